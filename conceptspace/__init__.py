@@ -1,0 +1,60 @@
+"""conceptspace: study and fix what distillation does to diffusion models.
+
+>>> from conceptspace import load_pair, sample, Hybrid          # doctest: +SKIP
+>>> pair = load_pair("sdxl", "dmd2")                             # doctest: +SKIP
+>>> result = sample(pair, "a photo of a person", Hybrid(k=1), seeds=range(8), record_x0=True)  # doctest: +SKIP
+"""
+
+from conceptspace.models import (
+    REGISTRY,
+    IncompatibleModelsError,
+    ModelNotFoundError,
+    ModelPair,
+    ModelSpec,
+    get_spec,
+    load_pair,
+    register,
+)
+from conceptspace.sampling import (
+    Base,
+    Distilled,
+    Hybrid,
+    Regime,
+    ReplaceFinal,
+    SampleResult,
+    SkipFirst,
+    StepInfo,
+    TrajectoryRecorder,
+    commitment_curve,
+    decode,
+    regime_from_name,
+    sample,
+    schedule_of,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY",
+    "Base",
+    "Distilled",
+    "Hybrid",
+    "IncompatibleModelsError",
+    "ModelNotFoundError",
+    "ModelPair",
+    "ModelSpec",
+    "Regime",
+    "ReplaceFinal",
+    "SampleResult",
+    "SkipFirst",
+    "StepInfo",
+    "TrajectoryRecorder",
+    "commitment_curve",
+    "decode",
+    "get_spec",
+    "load_pair",
+    "regime_from_name",
+    "register",
+    "sample",
+    "schedule_of",
+]

@@ -1,0 +1,701 @@
+"""Model pairs: a registry of base models and their distilled students, and loading a pair with one shared
+VAE, one set of tokenizers and text encoders, and two UNets.
+
+A :class:`ModelSpec` records what PAPER.md says about each checkpoint (hub id and files, how the weights are
+stored, scheduler, default steps/timesteps/guidance, resolution). :func:`load_pair` turns two names into a
+:class:`ModelPair` that the sampler (:mod:`conceptspace.sampling`) runs in any regime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+StorageKind = Literal["pipeline", "unet_folder", "unet_file", "random"]
+Role = Literal["base", "student"]
+
+# UNet config fields that decide the shapes of shared weights. Two UNets that agree on these accept the same
+# LoRAs and can hand latents to each other. `sample_size` (native resolution) and `time_cond_proj_dim` (the
+# LCM guidance embedding, an extra input layer) may differ between a base and its students.
+ARCHITECTURE_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "down_block_types",
+    "mid_block_type",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "num_attention_heads",
+    "use_linear_projection",
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "class_embed_type",
+    "encoder_hid_dim",
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model's files are neither in the Hugging Face cache nor at the given local path."""
+
+
+class IncompatibleModelsError(ValueError):
+    """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load and sample one checkpoint with its own defaults.
+
+    ``storage`` says how the weights are laid out: ``"pipeline"`` (a full diffusers pipeline repo; for a
+    student only its ``unet/`` and ``scheduler/`` are read), ``"unet_folder"`` (a diffusers UNet folder at the
+    repo root or ``subfolder``), ``"unet_file"`` (a bare UNet state dict in ``filename``; its architecture is
+    the base's) or ``"random"`` (tiny random weights made in memory from ``seed``, for smoke tests).
+    """
+
+    name: str
+    family: str
+    role: Role
+    repo_id: str
+    storage: StorageKind
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    resolution: int
+    base: str | None = None
+    filename: str | None = None
+    subfolder: str | None = None
+    scheduler_overrides: tuple[tuple[str, Any], ...] = ()
+    timesteps: tuple[int, ...] | None = None
+    variant: str | None = None
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role == "student" and not self.base:
+            raise ValueError(f"student {self.name!r} must name its base model")
+        if self.storage == "unet_file" and not self.filename:
+            raise ValueError(f"{self.name!r} is stored as a UNet file but names no filename")
+        if self.timesteps is not None and len(self.timesteps) != self.num_inference_steps:
+            raise ValueError(
+                f"{self.name!r}: {len(self.timesteps)} timesteps given for {self.num_inference_steps} steps"
+            )
+
+    @property
+    def key_files(self) -> tuple[str, ...]:
+        """Repo-relative files whose presence means the model is downloaded (used for cache checks)."""
+        if self.storage == "pipeline":
+            return ("model_index.json",) if self.role == "base" else ("unet/config.json",)
+        if self.storage == "unet_folder":
+            return (f"{self.subfolder}/config.json" if self.subfolder else "config.json",)
+        if self.storage == "unet_file":
+            return (self.filename,)
+        return ()
+
+    @property
+    def fetch_command(self) -> str:
+        """The shell command that downloads what this model needs into the Hugging Face cache."""
+        if self.storage == "unet_file":
+            return f"hf download {self.repo_id} {self.filename}"
+        if self.storage == "pipeline" and self.role == "student":
+            return f"hf download {self.repo_id} --include 'unet/*' 'scheduler/*'"
+        return f"hf download {self.repo_id}"
+
+    def scheduler_config_overrides(self) -> dict[str, Any]:
+        return dict(self.scheduler_overrides)
+
+
+_SDXL_BASE = ModelSpec(
+    name="sdxl",
+    family="sdxl",
+    role="base",
+    repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+    storage="pipeline",
+    scheduler="EulerDiscreteScheduler",
+    num_inference_steps=50,
+    guidance_scale=5.0,
+    resolution=1024,
+    variant="fp16",
+    description="SDXL 1.0 base, 50 Euler steps with CFG",
+)
+
+_REGISTRY_LIST: list[ModelSpec] = [
+    _SDXL_BASE,
+    ModelSpec(
+        name="dmd2",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="tianweiy/DMD2",
+        storage="unet_file",
+        filename="dmd2_sdxl_4step_unet_fp16.bin",
+        scheduler="LCMScheduler",
+        # original_inference_steps=4 makes [999, 749, 499, 249] the scheduler's own training grid.
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=1024,
+        description="DMD2 4-step SDXL student (UNet state dict)",
+    ),
+    ModelSpec(
+        name="lightning",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="ByteDance/SDXL-Lightning",
+        storage="unet_file",
+        filename="sdxl_lightning_4step_unet.safetensors",
+        scheduler="EulerDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="SDXL-Lightning 4-step UNet, Euler trailing",
+    ),
+    ModelSpec(
+        name="turbo",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="stabilityai/sdxl-turbo",
+        storage="pipeline",
+        scheduler="EulerAncestralDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=512,
+        variant="fp16",
+        description="SDXL-Turbo (full pipeline repo; its UNet is used), 512 px",
+    ),
+    ModelSpec(
+        name="lcm",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="latent-consistency/lcm-sdxl",
+        storage="unet_folder",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=8.0,
+        resolution=1024,
+        variant="fp16",
+        description="LCM-SDXL UNet; guidance is a timestep-conditioning embedding, not CFG",
+    ),
+    ModelSpec(
+        name="sd21",
+        family="sd21",
+        role="base",
+        repo_id="stabilityai/stable-diffusion-2-1-base",
+        storage="pipeline",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=7.5,
+        resolution=512,
+        variant="fp16",
+        description="Stable Diffusion 2.1 base, 50 Euler steps with CFG",
+    ),
+    ModelSpec(
+        name="sd-turbo",
+        family="sd21",
+        role="student",
+        base="sd21",
+        repo_id="stabilityai/sd-turbo",
+        storage="pipeline",
+        scheduler="EulerAncestralDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=512,
+        variant="fp16",
+        description="SD-Turbo (full pipeline repo; its UNet is used)",
+    ),
+    ModelSpec(
+        name="tiny-sdxl",
+        family="tiny-sdxl",
+        role="base",
+        repo_id="builtin:tiny-sdxl",
+        storage="random",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        resolution=64,
+        seed=0,
+        description="tiny random SDXL-architecture model (noise images; smoke tests and benchmarks)",
+    ),
+    ModelSpec(
+        name="tiny-dmd",
+        family="tiny-sdxl",
+        role="student",
+        base="tiny-sdxl",
+        repo_id="builtin:tiny-dmd",
+        storage="random",
+        scheduler="LCMScheduler",
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random student on the DMD2 schedule",
+    ),
+    ModelSpec(
+        name="tiny-lcm",
+        family="tiny-sdxl",
+        role="student",
+        base="tiny-sdxl",
+        repo_id="builtin:tiny-lcm",
+        storage="random",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=8.0,
+        resolution=64,
+        seed=2,
+        description="tiny random LCM-style student with a guidance embedding",
+    ),
+]
+
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _REGISTRY_LIST}
+
+
+def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add a model to the registry (see docs/model-pairs.md). A student's base must already be registered."""
+    if spec.name in REGISTRY and not overwrite:
+        raise ValueError(f"model {spec.name!r} is already registered; pass overwrite=True to replace it")
+    if spec.role == "student" and spec.base not in REGISTRY:
+        raise ValueError(f"student {spec.name!r} names base {spec.base!r}, which is not registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry called ``name``; an unknown name lists the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def bases() -> list[ModelSpec]:
+    return [spec for spec in REGISTRY.values() if spec.role == "base"]
+
+
+def students_of(base: str) -> list[ModelSpec]:
+    return [spec for spec in REGISTRY.values() if spec.role == "student" and spec.base == base]
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bool:
+    """True when the files that ``spec`` needs are in the Hugging Face cache (always true for random models)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in spec.key_files:
+        found = try_to_load_from_cache(spec.repo_id, filename, cache_dir=cache_dir)
+        if not isinstance(found, str):
+            return False
+    return True
+
+
+def _missing_error(
+    spec: ModelSpec, cache_dir: str | os.PathLike | None, detail: str = ""
+) -> ModelNotFoundError:
+    from huggingface_hub import constants
+
+    where = cache_dir or constants.HF_HUB_CACHE
+    files = ", ".join(spec.key_files) or "its files"
+    option = "--student-path" if spec.role == "student" else "--base-path"
+    reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
+    message = (
+        f"model {spec.name!r} needs {spec.repo_id} ({files}), which is not in the Hugging Face cache at {where} "
+        f"and {reason}. Fetch it with `{spec.fetch_command}`, or point {option} at a local copy."
+    )
+    if detail:
+        message += f" ({detail})"
+    return ModelNotFoundError(message)
+
+
+@dataclass
+class ModelPair:
+    """A base model and (optionally) one distilled student sharing one VAE and one set of text encoders.
+
+    ``pipeline`` is the base's diffusers pipeline: it owns the VAE, tokenizers, text encoders, the base UNet and
+    the image processor. ``student_unet`` is the only extra weight a pair holds. Schedulers are built fresh for
+    every sampling call from ``base_scheduler_config`` / ``student_scheduler_config``.
+    """
+
+    base: ModelSpec
+    student: ModelSpec | None
+    pipeline: Any
+    student_unet: Any | None
+    base_scheduler_config: Mapping[str, Any]
+    student_scheduler_config: Mapping[str, Any] | None = None
+    base_prediction_type: str = "epsilon"
+    student_prediction_type: str = "epsilon"
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return (
+            getattr(self.pipeline, "text_encoder_2", None) is not None or "XL" in type(self.pipeline).__name__
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.unet.dtype
+
+    @property
+    def base_unet(self) -> Any:
+        return self.pipeline.unet
+
+    @property
+    def default_resolution(self) -> int:
+        """The resolution pairs are compared at: the student's native one when there is a student."""
+        return (self.student or self.base).resolution
+
+    def unet(self, role: Role) -> Any:
+        if role == "base":
+            return self.pipeline.unet
+        if self.student_unet is None:
+            raise ValueError(
+                f"this pair has no student; load one with load_pair({self.base.name!r}, STUDENT)"
+            )
+        return self.student_unet
+
+    def spec(self, role: Role) -> ModelSpec:
+        if role == "base":
+            return self.base
+        if self.student is None:
+            raise ValueError(
+                f"this pair has no student; load one with load_pair({self.base.name!r}, STUDENT)"
+            )
+        return self.student
+
+    def make_scheduler(self, role: Role) -> Any:
+        """A fresh scheduler for ``role`` (its class and overrides from the registry applied)."""
+        import diffusers
+
+        spec = self.spec(role)
+        config = self.base_scheduler_config if role == "base" else self.student_scheduler_config
+        scheduler_cls = getattr(diffusers, spec.scheduler)
+        return scheduler_cls.from_config(dict(config), **spec.scheduler_config_overrides())
+
+    def prediction_type(self, role: Role) -> str:
+        return self.base_prediction_type if role == "base" else self.student_prediction_type
+
+    def to_diffusers(self, role: Role = "base") -> Any:
+        """A diffusers pipeline for ``role`` that shares this pair's components (no extra memory).
+
+        It is the reference the sampler is tested against; ``dtype`` is passed to ``from_pipe`` so that
+        diffusers does not upcast the shared modules (diffusers#12754).
+        """
+        scheduler = self.make_scheduler(role)
+        if role == "base":
+            pipe = type(self.pipeline).from_pipe(
+                self.pipeline, scheduler=scheduler, **_dtype_kwargs(self.dtype)
+            )
+        else:
+            pipe = type(self.pipeline).from_pipe(
+                self.pipeline, unet=self.unet("student"), scheduler=scheduler, **_dtype_kwargs(self.dtype)
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def to(self, device: str | torch.device) -> ModelPair:
+        self.pipeline.to(device)
+        if self.student_unet is not None:
+            self.student_unet.to(device)
+        return self
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``dtype=`` for diffusers versions that renamed ``torch_dtype`` (they warn on the old name)."""
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def check_compatible(
+    base_config: Mapping[str, Any], student_config: Mapping[str, Any], names: tuple[str, str]
+) -> None:
+    """Raise :class:`IncompatibleModelsError` naming every architecture field on which two UNets differ."""
+    differing = []
+    for key in ARCHITECTURE_FIELDS:
+        a, b = base_config.get(key), student_config.get(key)
+        if _normalise(a) != _normalise(b):
+            differing.append(f"{key}: {a!r} vs {b!r}")
+    if differing:
+        raise IncompatibleModelsError(
+            f"the UNets of {names[0]!r} and {names[1]!r} have different architectures, so latents, text "
+            f"encoders and LoRAs cannot be shared; differing config fields: " + "; ".join(differing)
+        )
+
+
+def _normalise(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _variants(spec: ModelSpec, dtype: torch.dtype) -> list[str | None]:
+    """Weight variants to try in order: the fp16 files first when loading in half precision."""
+    if spec.variant is None:
+        return [None]
+    return [spec.variant, None] if dtype == torch.float16 else [None, spec.variant]
+
+
+def _load_with_variants(
+    loader: Any, spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, **kwargs: Any
+) -> Any:
+    errors = []
+    for variant in _variants(spec, dtype):
+        try:
+            return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **kwargs)
+        except (OSError, ValueError) as error:  # diffusers reports absent files and variants with either
+            errors.append(f"variant={variant}: {str(error).splitlines()[0]}")
+    raise _missing_error(spec, cache_dir, "; ".join(errors))
+
+
+def _require_local(spec: ModelSpec, cache_dir: Any, path: str | None) -> None:
+    if path is not None:
+        if not Path(path).exists():
+            raise ModelNotFoundError(f"local path for model {spec.name!r} does not exist: {path}")
+        return
+    if hub_offline() and not is_cached(spec, cache_dir):
+        raise _missing_error(spec, cache_dir)
+
+
+def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None) -> Any:
+    import diffusers
+
+    if spec.storage == "random":
+        from conceptspace.testing import tiny_sdxl_pipeline
+
+        return tiny_sdxl_pipeline(seed=spec.seed, dtype=dtype)
+    if spec.storage != "pipeline":
+        raise ValueError(f"base model {spec.name!r} must be stored as a full pipeline, not {spec.storage!r}")
+    _require_local(spec, cache_dir, path)
+    pipeline_cls = (
+        diffusers.StableDiffusionXLPipeline if spec.family == "sdxl" else diffusers.StableDiffusionPipeline
+    )
+    source = path or spec.repo_id
+    kwargs: dict[str, Any] = {}
+    if spec.family != "sdxl":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return _load_with_variants(
+        lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir
+    )
+
+
+def _load_student_unet(
+    spec: ModelSpec, base_pipeline: Any, dtype: torch.dtype, cache_dir: Any, path: str | None
+) -> tuple[Any, Mapping[str, Any]]:
+    """The student's UNet and the scheduler config it is sampled with."""
+    from diffusers import UNet2DConditionModel
+
+    base_scheduler_config = base_pipeline.scheduler.config
+    if spec.storage == "random":
+        from conceptspace.testing import tiny_sdxl_unet
+
+        unet = tiny_sdxl_unet(
+            seed=spec.seed, lcm=spec.scheduler == "LCMScheduler" and spec.guidance_scale > 1
+        )
+        return unet.to(dtype), base_scheduler_config
+    _require_local(spec, cache_dir, path)
+    source = path or spec.repo_id
+    if spec.storage == "pipeline":
+        unet = _load_with_variants(
+            lambda **kw: UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+            spec,
+            dtype,
+            cache_dir,
+        )
+        return unet, _student_pipeline_scheduler_config(spec, source, cache_dir, base_scheduler_config)
+    if spec.storage == "unet_folder":
+        unet = _load_with_variants(
+            lambda **kw: UNet2DConditionModel.from_pretrained(source, subfolder=spec.subfolder, **kw),
+            spec,
+            dtype,
+            cache_dir,
+        )
+        return unet, base_scheduler_config
+    file_path = path or _cached_file(spec, cache_dir)
+    unet = load_unet_state_dict(file_path, base_pipeline.unet.config, dtype=dtype, name=spec.name)
+    return unet, base_scheduler_config
+
+
+def _student_pipeline_scheduler_config(
+    spec: ModelSpec, source: str, cache_dir: Any, fallback: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    from diffusers import SchedulerMixin
+
+    try:
+        config = SchedulerMixin.load_config(source, subfolder="scheduler", cache_dir=cache_dir)
+    except OSError:
+        return fallback  # the student repo ships no scheduler: sample it on its base's config
+    return config
+
+
+def _cached_file(spec: ModelSpec, cache_dir: Any) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(spec.repo_id, spec.filename, cache_dir=cache_dir)
+    except Exception as error:  # offline, missing, network: all mean the same to the user
+        raise _missing_error(spec, cache_dir, str(error).splitlines()[0]) from error
+
+
+def load_unet_state_dict(
+    file_path: str | os.PathLike, config: Mapping[str, Any], *, dtype: torch.dtype, name: str = "student"
+) -> Any:
+    """Build a UNet with ``config`` and fill it from a bare state-dict file (.safetensors, or .bin/.pt read with
+    ``weights_only=True`` so that a malicious pickle cannot run code).
+    """
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    state_dict = read_state_dict(file_path)
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(dict(config))
+    expected = unet.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if mismatched:
+            key = mismatched[0]
+            problems.append(
+                f"{len(mismatched)} shape mismatches (e.g. {key}: {tuple(state_dict[key].shape)} in the file, "
+                f"{tuple(expected[key].shape)} expected)"
+            )
+        raise IncompatibleModelsError(
+            f"{file_path} is not a UNet state dict for {name!r}'s architecture: " + ", ".join(problems)
+        )
+    unet.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
+    return unet.to(dtype).eval()
+
+
+def read_state_dict(file_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a pickle through ``torch.load(weights_only=True)``."""
+    file_path = Path(file_path)
+    if file_path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file_path))
+    try:
+        state_dict = torch.load(file_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{file_path} could not be read as a tensor-only checkpoint ({str(error).splitlines()[0]}); "
+            "files that need arbitrary code to unpickle are refused. Convert it to .safetensors."
+        ) from error
+    if (
+        isinstance(state_dict, dict)
+        and "state_dict" in state_dict
+        and isinstance(state_dict["state_dict"], dict)
+    ):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{file_path} does not hold a flat dict of tensors")
+    return state_dict
+
+
+def load_pair(
+    base: str | ModelSpec,
+    student: str | ModelSpec | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    base_path: str | os.PathLike | None = None,
+    student_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ModelPair:
+    """Load a base model and one of its distilled students with shared VAE and text encoders.
+
+    Args:
+        base: registry name (``"sdxl"``) or a :class:`ModelSpec`.
+        student: registry name (``"dmd2"``), a spec, or None for a base-only pair.
+        dtype: weights dtype; default float16 on CUDA, float32 on CPU.
+        device: default CUDA when available.
+        base_path / student_path: a local folder or file that replaces the registry's hub source.
+        cache_dir: Hugging Face hub cache to read (default: HF_HUB_CACHE).
+
+    Raises:
+        ModelNotFoundError: a model is not cached (with HF_HUB_OFFLINE=1) or not downloadable; the message
+            names the repo, the files and the ``hf download`` command.
+        IncompatibleModelsError: the two UNets' architectures differ (the message names the fields).
+
+    Example:
+        >>> pair = load_pair("sdxl", "dmd2")                      # doctest: +SKIP
+        >>> images = sample(pair, "a cute puppy", Hybrid(), seeds=range(4)).images   # doctest: +SKIP
+    """
+    base_spec = base if isinstance(base, ModelSpec) else get_spec(base)
+    student_spec = student if isinstance(student, ModelSpec) or student is None else get_spec(student)
+    if base_spec.role != "base":
+        raise ValueError(f"{base_spec.name!r} is a student of {base_spec.base!r}, not a base model")
+    if student_spec is not None:
+        if student_spec.role != "student":
+            raise ValueError(f"{student_spec.name!r} is a base model, not a distilled student")
+        if student_spec.family != base_spec.family:
+            raise IncompatibleModelsError(
+                f"{student_spec.name!r} is a {student_spec.family} student; it cannot pair with the "
+                f"{base_spec.family} base {base_spec.name!r} (its students: "
+                f"{', '.join(s.name for s in students_of(base_spec.name)) or 'none'})"
+            )
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    base_path = os.fspath(base_path) if base_path is not None else None
+    student_path = os.fspath(student_path) if student_path is not None else None
+
+    pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path)
+    pipeline.set_progress_bar_config(disable=True)
+    base_scheduler_config = dict(pipeline.scheduler.config)
+    pair = ModelPair(
+        base=base_spec,
+        student=student_spec,
+        pipeline=pipeline,
+        student_unet=None,
+        base_scheduler_config=base_scheduler_config,
+        base_prediction_type=base_scheduler_config.get("prediction_type", "epsilon"),
+        paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
+    )
+    if student_spec is not None:
+        unet, scheduler_config = _load_student_unet(student_spec, pipeline, dtype, cache_dir, student_path)
+        check_compatible(pipeline.unet.config, unet.config, (base_spec.name, student_spec.name))
+        pair.student_unet = unet.eval()
+        pair.student_scheduler_config = dict(scheduler_config)
+        pair.student_prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    return pair.to(device)
+
+
+def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
+    """A copy of ``spec`` with fields changed, e.g. ``with_overrides(get_spec("turbo"), num_inference_steps=1)``."""
+    return replace(spec, **changes)

@@ -1,0 +1,786 @@
+"""One sampler for every regime: a small loop over (denoiser, timestep) pairs with x̂0 reported at each step.
+
+A regime is only a choice of denoiser per step:
+
+- :class:`Base`        — the base model with CFG on its own schedule;
+- :class:`Distilled`   — the student on its own schedule (e.g. DMD2's [999, 749, 499, 249]);
+- :class:`Hybrid`      — the base for the first ``k`` steps of the student's schedule (CFG 0), the student after;
+- :class:`SkipFirst`   — the student's schedule without its first ``n`` steps (an ablation);
+- :class:`ReplaceFinal`— the student for the first steps, the base for the final ``n`` (the causal control).
+
+Regimes turn into :class:`Segment` s: one scheduler, a range of its steps and the denoiser of each step. Within a
+segment the scheduler's own ``step`` moves the latent (one call per step, so LCM's re-noising and ancestral noise
+happen exactly as in diffusers). Where consecutive segments use different schedulers the latent is handed over
+deterministically: x̂0 and ε̂ from the last step are recombined at the receiving scheduler's first timestep.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from conceptspace.models import ModelPair
+
+ModelName = Literal["base", "distilled"]
+OutputType = Literal["pil", "np", "pt", "latent"]
+
+_ROLE = {"base": "base", "distilled": "student"}
+
+
+# --------------------------------------------------------------------------------------------------- denoisers
+@dataclass
+class Conditioning:
+    """Text conditioning for one batch, in the layout the pair's UNets expect."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    add_time_ids: torch.Tensor | None = None
+
+    def repeat(self, n: int) -> Conditioning:
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))
+
+        return Conditioning(*(rep(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+@dataclass
+class Denoiser:
+    """A UNet turned into a prediction in the scheduler's parametrisation, with CFG where it applies.
+
+    CFG runs a second (unconditional) pass when ``guidance_scale > 1``, except for LCM-style UNets
+    (``time_cond_proj_dim`` set), which take the guidance scale as an embedding in a single pass.
+    """
+
+    name: ModelName
+    unet: Any
+    guidance_scale: float
+    prediction_type: str
+    guidance_embedding: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def embeds_guidance(self) -> bool:
+        return self.unet.config.time_cond_proj_dim is not None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0 and not self.embeds_guidance
+
+    def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        batch = model_input.shape[0]
+        encoder_states = cond.prompt_embeds
+        added = None
+        if cond.pooled_prompt_embeds is not None:
+            added = {"text_embeds": cond.pooled_prompt_embeds, "time_ids": cond.add_time_ids}
+        if self.uses_cfg:
+            model_input = torch.cat([model_input] * 2)
+            encoder_states = torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds])
+            if added is not None:
+                added = {
+                    "text_embeds": torch.cat([cond.negative_pooled_prompt_embeds, cond.pooled_prompt_embeds]),
+                    "time_ids": torch.cat([cond.add_time_ids, cond.add_time_ids]),
+                }
+        timestep_cond = None
+        if self.embeds_guidance:
+            w = torch.tensor(self.guidance_scale - 1).repeat(batch)
+            timestep_cond = self.guidance_embedding(w, embedding_dim=self.unet.config.time_cond_proj_dim)
+            timestep_cond = timestep_cond.to(device=model_input.device, dtype=model_input.dtype)
+        out = self.unet(
+            model_input,
+            t,
+            encoder_hidden_states=encoder_states,
+            timestep_cond=timestep_cond,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        if self.uses_cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + self.guidance_scale * (text - uncond)
+        return out
+
+
+def convert_prediction(
+    output: torch.Tensor, sample_vp: torch.Tensor, alpha_bar: torch.Tensor, source: str, target: str
+) -> torch.Tensor:
+    """Re-express a model output (ε, v or x0 prediction) in another parametrisation, given the VP sample."""
+    if source == target:
+        return output
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if source == "epsilon":
+        eps, x0 = output, (sample_vp - s * output) / a
+    elif source == "v_prediction":
+        eps, x0 = a * output + s * sample_vp, a * sample_vp - s * output
+    elif source == "sample":
+        eps, x0 = (sample_vp - a * output) / s, output
+    else:
+        raise ValueError(f"unknown prediction type {source!r}")
+    return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[target]
+
+
+# ----------------------------------------------------------------------------------------------------- segments
+@dataclass
+class Segment:
+    """Steps ``start..stop-1`` of one scheduler's timestep list, each with its denoiser."""
+
+    scheduler: Any
+    start: int
+    denoisers: list[Denoiser]
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.denoisers)
+
+    def timestep(self, index: int) -> int:
+        return int(self.scheduler.timesteps[index])
+
+
+@dataclass(frozen=True)
+class ScheduledStep:
+    """One model evaluation of a run: what the schedule in run.json lists."""
+
+    step: int
+    timestep: int
+    model: ModelName
+
+
+def _make_scheduler(
+    pair: ModelPair,
+    model: ModelName,
+    device: torch.device,
+    steps: int | None,
+    timesteps: Sequence[int] | None,
+) -> Any:
+    scheduler = pair.make_scheduler(_ROLE[model])
+    if timesteps is not None:
+        _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
+        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(
+                f"{type(scheduler).__name__} cannot run custom timesteps; give a number of steps instead"
+            )
+        scheduler.set_timesteps(timesteps=list(timesteps), device=device)
+    else:
+        if steps is None or steps < 1:
+            raise ValueError(f"number of steps must be at least 1, got {steps}")
+        scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def _check_timesteps(timesteps: Sequence[int], num_train: int) -> None:
+    ts = list(timesteps)
+    if not ts:
+        raise ValueError("timesteps must not be empty")
+    if any(not 0 <= t < num_train for t in ts):
+        raise ValueError(f"timesteps must lie in [0, {num_train - 1}], got {ts}")
+    if any(b >= a for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+
+
+def _denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> Denoiser:
+    role = _ROLE[model]
+    return Denoiser(
+        name=model,
+        unet=pair.unet(role),
+        guidance_scale=float(guidance_scale),
+        prediction_type=pair.prediction_type(role),
+        guidance_embedding=pair.pipeline.get_guidance_scale_embedding,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ regimes
+class Regime:
+    """A choice of denoiser per step. Subclasses are frozen dataclasses with a ``name``."""
+
+    name: str = "regime"
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"regime": self.name, **asdict(self)}  # type: ignore[call-overload]
+
+
+def _student_schedule(
+    pair: ModelPair, device: torch.device, steps: int | None = None, timesteps: Sequence[int] | None = None
+) -> Any:
+    spec = pair.spec("student")
+    if timesteps is None and steps is None:
+        timesteps = spec.timesteps
+    if timesteps is None and steps is None:
+        steps = spec.num_inference_steps
+    if timesteps is not None and steps is not None and len(timesteps) != steps:
+        raise ValueError(f"{len(timesteps)} timesteps given for {steps} steps")
+    return _make_scheduler(pair, "distilled", device, steps, timesteps)
+
+
+@dataclass(frozen=True)
+class Base(Regime):
+    """The base model with CFG on its own schedule (defaults: the registry's steps and guidance)."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    name: str = field(default="base", init=False)
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        spec = pair.base
+        scheduler = _make_scheduler(
+            pair,
+            "base",
+            device,
+            self.steps or spec.num_inference_steps,
+            spec.timesteps if self.steps is None else None,
+        )
+        guidance = spec.guidance_scale if self.guidance_scale is None else self.guidance_scale
+        den = _denoiser(pair, "base", guidance)
+        return [Segment(scheduler, 0, [den] * len(scheduler.timesteps))]
+
+
+@dataclass(frozen=True)
+class Distilled(Regime):
+    """The student on its own schedule (default: the registry's timesteps, e.g. [999, 749, 499, 249])."""
+
+    steps: int | None = None
+    timesteps: tuple[int, ...] | None = None
+    guidance_scale: float | None = None
+    name: str = field(default="distilled", init=False)
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        scheduler = _student_schedule(pair, device, self.steps, self.timesteps)
+        guidance = pair.spec("student").guidance_scale if self.guidance_scale is None else self.guidance_scale
+        den = _denoiser(pair, "distilled", guidance)
+        return [Segment(scheduler, 0, [den] * len(scheduler.timesteps))]
+
+
+@dataclass(frozen=True)
+class Hybrid(Regime):
+    """The base for the first ``k`` steps, the student after ("diversity distillation").
+
+    ``base_schedule="student"`` (the paper's setting): the base runs the student's first ``k`` timesteps on the
+    student's scheduler, with ``base_guidance`` (default 0, no CFG pass). ``base_schedule="own"``: the base runs its
+    own schedule (``base_steps``, default the registry's) from the start down to the student's ``k``-th timestep,
+    then hands over to the student there.
+    """
+
+    k: int = 1
+    base_guidance: float = 0.0
+    base_schedule: Literal["student", "own"] = "student"
+    base_steps: int | None = None
+    name: str = field(default="hybrid", init=False)
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        student = _student_schedule(pair, device)
+        n = len(student.timesteps)
+        if not 1 <= self.k <= n:
+            raise ValueError(f"hybrid k must be between 1 and the student's {n} steps, got {self.k}")
+        base_den = _denoiser(pair, "base", self.base_guidance)
+        student_den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        if self.base_schedule == "student":
+            return [Segment(student, 0, [base_den] * self.k + [student_den] * (n - self.k))]
+        if self.base_schedule != "own":
+            raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
+        base = _make_scheduler(pair, "base", device, self.base_steps or pair.base.num_inference_steps, None)
+        handoff = int(student.timesteps[self.k]) if self.k < n else -1
+        base_count = sum(int(t) > handoff for t in base.timesteps)
+        segments = [Segment(base, 0, [base_den] * base_count)]
+        if self.k < n:
+            segments.append(Segment(student, self.k, [student_den] * (n - self.k)))
+        return segments
+
+
+@dataclass(frozen=True)
+class SkipFirst(Regime):
+    """The student's schedule without its first ``n`` steps: start from pure noise at the later timestep."""
+
+    n: int = 1
+    name: str = field(default="skip-first", init=False)
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        student = _student_schedule(pair, device)
+        steps = len(student.timesteps)
+        if not 1 <= self.n < steps:
+            raise ValueError(
+                f"skip-first n must be between 1 and {steps - 1} for a {steps}-step student, got {self.n}"
+            )
+        den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        return [Segment(student, self.n, [den] * (steps - self.n))]
+
+
+@dataclass(frozen=True)
+class ReplaceFinal(Regime):
+    """The student for its first steps, the base for the final ``n`` (default: all but the first).
+
+    ``base_schedule="own"`` (default, the paper's causal control): the base continues on its own schedule, from
+    its first timestep at or below the hand-off, with its own CFG (``base_guidance`` default: the registry's).
+    ``"student"``: a 1-for-1 replacement on the student's timesteps.
+    """
+
+    n: int | None = None
+    base_guidance: float | None = None
+    base_schedule: Literal["student", "own"] = "own"
+    base_steps: int | None = None
+    name: str = field(default="replace-final", init=False)
+
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        student = _student_schedule(pair, device)
+        steps = len(student.timesteps)
+        n = steps - 1 if self.n is None else self.n
+        if not 1 <= n < steps:
+            raise ValueError(
+                f"replace-final n must be between 1 and {steps - 1} for a {steps}-step student, got {n}"
+            )
+        first = steps - n
+        guidance = pair.base.guidance_scale if self.base_guidance is None else self.base_guidance
+        base_den = _denoiser(pair, "base", guidance)
+        student_den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        if self.base_schedule == "student":
+            return [Segment(student, 0, [student_den] * first + [base_den] * n)]
+        if self.base_schedule != "own":
+            raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
+        base = _make_scheduler(pair, "base", device, self.base_steps or pair.base.num_inference_steps, None)
+        handoff = int(student.timesteps[first])
+        start = next((i for i, t in enumerate(base.timesteps) if int(t) <= handoff), len(base.timesteps))
+        if start == len(base.timesteps):
+            raise ValueError(f"the base's schedule has no timestep at or below {handoff}")
+        return [
+            Segment(student, 0, [student_den] * first),
+            Segment(base, start, [base_den] * (len(base.timesteps) - start)),
+        ]
+
+
+REGIMES: dict[str, type[Regime]] = {
+    "base": Base,
+    "distilled": Distilled,
+    "hybrid": Hybrid,
+    "skip-first": SkipFirst,
+    "replace-final": ReplaceFinal,
+}
+
+
+def regime_from_name(name: str, **options: Any) -> Regime:
+    """Build a regime by name; options that the regime does not take are ignored (None values too)."""
+    try:
+        cls = REGIMES[name]
+    except KeyError:
+        raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(REGIMES)}") from None
+    fields = {f.name for f in cls.__dataclass_fields__.values() if f.init}  # type: ignore[attr-defined]
+    return cls(**{k: v for k, v in options.items() if k in fields and v is not None})
+
+
+def schedule_of(regime: Regime, pair: ModelPair, device: torch.device | str = "cpu") -> list[ScheduledStep]:
+    """The (step, timestep, model) list a regime runs on a pair, without running anything."""
+    return schedule_of_segments(regime.segments(pair, torch.device(device)))
+
+
+def schedule_of_segments(segments: list[Segment]) -> list[ScheduledStep]:
+    steps: list[ScheduledStep] = []
+    for segment in segments:
+        for offset, den in enumerate(segment.denoisers):
+            steps.append(ScheduledStep(len(steps), segment.timestep(segment.start + offset), den.name))
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------------- the loop
+@dataclass
+class StepInfo:
+    """What a callback sees after each step (k-diffusion style): x̂0 for free."""
+
+    step: int
+    timestep: int
+    model: ModelName
+    latents: torch.Tensor
+    x0: torch.Tensor
+
+
+class TrajectoryRecorder:
+    """A callback keeping every step's x̂0 (latent space, on the CPU)."""
+
+    def __init__(self) -> None:
+        self.x0: list[torch.Tensor] = []
+        self.steps: list[ScheduledStep] = []
+
+    def __call__(self, info: StepInfo) -> None:
+        self.x0.append(info.x0.detach().float().cpu())
+        self.steps.append(ScheduledStep(info.step, info.timestep, info.model))
+
+    def stacked(self) -> torch.Tensor:
+        """(batch, steps, C, H, W)."""
+        return torch.stack(self.x0, dim=1)
+
+
+def _vp_scale(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The factor that turns this scheduler's latent at ``t`` into a variance-preserving one (1 for DDIM/LCM/DDPM,
+    1/sqrt(σ²+1) for the Euler family), read off the scheduler's own input scaling."""
+    probe = torch.ones(1, dtype=torch.float32, device=like.device)
+    return scheduler.scale_model_input(probe, t).to(like.dtype)
+
+
+def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def _x0_from(result: Any) -> torch.Tensor:
+    denoised = getattr(result, "denoised", None)  # LCM's boundary-conditioned x̂0, what it decodes
+    return denoised if denoised is not None else result.pred_original_sample
+
+
+def denoise(
+    segments: list[Segment],
+    latents: torch.Tensor,
+    cond: Conditioning,
+    *,
+    generator: list[torch.Generator] | torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    progress: tqdm | None = None,
+) -> torch.Tensor:
+    """Run the segments from ``latents`` (already in the first segment's latent space) and return the final x̂0.
+
+    This is the whole sampler: per step, scale the input, predict, convert to the scheduler's parametrisation,
+    call ``scheduler.step`` once, report x̂0.
+    """
+    step = 0
+    x0 = latents
+    previous: tuple[Any, torch.Tensor, torch.Tensor] | None = (
+        None  # (scheduler, t, VP sample) of the last step
+    )
+    for segment in segments:
+        scheduler = segment.scheduler
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(segment.start)
+        if previous is not None and previous[0] is not scheduler:
+            latents = _hand_off(previous, x0, scheduler, scheduler.timesteps[segment.start])
+        kwargs = _step_kwargs(scheduler, generator)
+        for offset, den in enumerate(segment.denoisers):
+            index = segment.start + offset
+            t = scheduler.timesteps[index]
+            model_input = scheduler.scale_model_input(latents, t)
+            output = den(model_input, t, cond)
+            target = scheduler.config.prediction_type
+            if den.prediction_type != target:
+                alpha_bar = scheduler.alphas_cumprod[int(t)].to(output.device, output.dtype)
+                output = convert_prediction(output, model_input, alpha_bar, den.prediction_type, target)
+            result = scheduler.step(output, t, latents, **kwargs)
+            x0 = _x0_from(result)
+            if not torch.isfinite(x0).all():
+                raise FloatingPointError(
+                    f"the {den.name} model produced NaN/inf at step {step} (t={int(t)}); in float16 try "
+                    "dtype=torch.bfloat16 or float32"
+                )
+            previous = (scheduler, t, model_input)
+            latents = result.prev_sample
+            if callback is not None:
+                callback(StepInfo(step, int(t), den.name, latents, x0))
+            if progress is not None:
+                progress.update(1)
+            step += 1
+    return x0
+
+
+def _hand_off(
+    previous: tuple[Any, torch.Tensor, torch.Tensor], x0: torch.Tensor, receiver: Any, t_next: torch.Tensor
+) -> torch.Tensor:
+    """Move to another scheduler: ε̂ from the last step's VP sample and x̂0, recombined at ``t_next`` (a
+    deterministic DDIM step), then expressed in the receiver's latent space."""
+    sender, t, sample_vp = previous
+    a = sender.alphas_cumprod[int(t)].to(x0.device, x0.dtype)
+    eps = (sample_vp - a.sqrt() * x0) / (1 - a).sqrt()
+    a_next = receiver.alphas_cumprod[int(t_next)].to(x0.device, x0.dtype)
+    vp = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return vp / _vp_scale(receiver, t_next, vp)
+
+
+# ----------------------------------------------------------------------------------------------- text and images
+def encode_text(
+    pair: ModelPair, prompt: str, *, negative_prompt: str | None, cfg: bool, height: int, width: int
+) -> Conditioning:
+    """Embed one prompt with the pair's shared text encoders (the base pipeline's ``encode_prompt``)."""
+    pipe = pair.pipeline
+    if pair.is_sdxl:
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt,
+            device=pair.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+        )
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=pos.dtype, device=pair.device)
+        return Conditioning(pos, neg, pooled, neg_pooled, time_ids)
+    pos, neg = pipe.encode_prompt(prompt, pair.device, 1, cfg, negative_prompt)
+    return Conditioning(pos, neg)
+
+
+def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pil") -> Any:
+    """Decode latents with the shared VAE exactly as the diffusers pipelines do (fp16 upcast, latent stats)."""
+    if output_type == "latent":
+        return latents
+    vae = pair.pipeline.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        latents = latents.to(device=vae.device, dtype=dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        with torch.no_grad():
+            image = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return pair.pipeline.image_processor.postprocess(image, output_type=output_type)
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+@dataclass
+class SampleResult:
+    """Images (or latents) for one prompt and regime, with x̂0 trajectories and what ran."""
+
+    prompt: str
+    regime: str
+    seeds: list[int]
+    latents: torch.Tensor
+    images: Any
+    schedule: list[ScheduledStep]
+    timings: dict[str, float]
+    trajectory: torch.Tensor | None = None  # (n, steps, C, H, W) x̂0 latents when recorded
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def schedule_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.schedule]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
+    factor = pair.pipeline.vae_scale_factor
+    unet_factor = factor * 2 ** (len(pair.base_unet.config.block_out_channels) - 1)
+    if height % unet_factor or width % unet_factor or height <= 0 or width <= 0:
+        raise ValueError(
+            f"height and width must be positive multiples of {unet_factor} for this model, got {height}x{width}"
+        )
+    return height // factor, width // factor
+
+
+def _initial_latents(
+    segment: Segment,
+    shape: tuple[int, ...],
+    generators: list[torch.Generator],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    noise = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+    scheduler = segment.scheduler
+    if segment.start == 0:
+        return noise * scheduler.init_noise_sigma  # exactly what the diffusers pipelines do
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(segment.start)
+    return noise / _vp_scale(scheduler, scheduler.timesteps[segment.start], noise)
+
+
+def sample(
+    pair: ModelPair,
+    prompt: str,
+    regime: Regime | str = "distilled",
+    seeds: Iterable[int] = (0,),
+    *,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 4,
+    output_type: OutputType = "pil",
+    record_x0: bool = False,
+    callback: Callable[[StepInfo], None] | None = None,
+    progress: bool = True,
+) -> SampleResult:
+    """Generate one image per seed for ``prompt`` in ``regime``.
+
+    Image ``i`` depends on ``(prompt, seeds[i])`` alone: every sample has its own ``torch.Generator`` (on the CPU,
+    as diffusers recommends for reproducibility), so the batch size changes nothing but speed.
+
+    Args:
+        pair: from :func:`conceptspace.load_pair`.
+        prompt: the text prompt (must not be empty).
+        regime: a :class:`Regime` or its name (``"base"``, ``"distilled"``, ``"hybrid"``, ``"skip-first"``,
+            ``"replace-final"``).
+        seeds: one image per seed.
+        height / width: default the pair's resolution (the student's native one).
+        output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (no VAE decode).
+        record_x0: keep every step's x̂0 latents in ``result.trajectory``.
+        callback: called with a :class:`StepInfo` after every step.
+
+    Example:
+        >>> pair = load_pair("tiny-sdxl", "tiny-dmd")                           # doctest: +SKIP
+        >>> result = sample(pair, "a red circle", Hybrid(k=1), seeds=range(8), record_x0=True)   # doctest: +SKIP
+        >>> [s.model for s in result.schedule]                                   # doctest: +SKIP
+        ['base', 'distilled', 'distilled', 'distilled']
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty: give the text to generate from")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("no seeds given: pass at least one seed")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    regime = regime_from_name(regime) if isinstance(regime, str) else regime
+    height = height or pair.default_resolution
+    width = width or pair.default_resolution
+    latent_h, latent_w = _latent_size(pair, height, width)
+    device, dtype = pair.device, pair.dtype
+    timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
+
+    probe_segments = regime.segments(pair, device)
+    schedule = schedule_of_segments(probe_segments)
+    cfg = any(den.uses_cfg for segment in probe_segments for den in segment.denoisers)
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        base_cond = encode_text(
+            pair, prompt, negative_prompt=negative_prompt, cfg=cfg, height=height, width=width
+        )
+    _sync(device)
+    timings["text_encoding"] = time.perf_counter() - start
+
+    finals, trajectories = [], []
+    bar = tqdm(total=len(seeds) * len(schedule), desc=f"{regime.name}", disable=not progress, leave=False)
+    channels = pair.base_unet.config.in_channels
+    for first in range(0, len(seeds), batch_size):
+        batch_seeds = seeds[first : first + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+        segments = regime.segments(pair, device)  # fresh schedulers: they carry per-run state
+        recorder = TrajectoryRecorder() if record_x0 else None
+
+        def report(info: StepInfo, recorder: TrajectoryRecorder | None = recorder) -> None:
+            if recorder is not None:
+                recorder(info)
+            if callback is not None:
+                callback(info)
+
+        start = time.perf_counter()
+        with torch.no_grad():
+            latents = _initial_latents(
+                segments[0],
+                (len(batch_seeds), channels, latent_h, latent_w),
+                generators,
+                device,
+                base_cond.prompt_embeds.dtype,
+            )
+            x0 = denoise(
+                segments,
+                latents,
+                base_cond.repeat(len(batch_seeds)),
+                generator=generators,
+                callback=report,
+                progress=bar,
+            )
+        _sync(device)
+        timings["denoising"] += time.perf_counter() - start
+        finals.append(x0)
+        if recorder is not None:
+            trajectories.append(recorder.stacked())
+    bar.close()
+
+    latents = torch.cat(finals)
+    start = time.perf_counter()
+    images = decode(pair, latents, output_type)
+    _sync(device)
+    timings["decoding"] = time.perf_counter() - start
+    return SampleResult(
+        prompt=prompt,
+        regime=regime.name,
+        seeds=seeds,
+        latents=latents.detach().cpu(),
+        images=images,
+        schedule=schedule,
+        timings=timings,
+        trajectory=torch.cat(trajectories) if trajectories else None,
+        settings={
+            **regime.describe(),
+            "height": height,
+            "width": width,
+            "negative_prompt": negative_prompt,
+            "batch_size": batch_size,
+        },
+    )
+
+
+def seeds_from(seed: int, n: int) -> list[int]:
+    """The seeds of ``n`` images starting at ``seed``: image i gets seed + i."""
+    return list(range(seed, seed + n))
+
+
+def latent_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two batches of latents, per sample (1 = same structure up to scale and offset)."""
+    a = a.flatten(1).float()
+    b = b.flatten(1).float()
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def commitment_curve(
+    trajectory: torch.Tensor,
+    final: torch.Tensor | None = None,
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = latent_correlation,
+) -> np.ndarray:
+    """Similarity of each step's x̂0 to the final image, shape (n_samples, n_steps).
+
+    ``trajectory`` is ``SampleResult.trajectory`` (n, steps, C, H, W); ``final`` defaults to its last step.
+    ``similarity(a, b)`` maps two (n, ...) batches to n scores; the default needs no downloads (latent
+    correlation); pass e.g. a DreamSim- or CLIP-based one on decoded images instead.
+    """
+    final = trajectory[:, -1] if final is None else final
+    return np.stack(
+        [similarity(trajectory[:, s], final).cpu().numpy() for s in range(trajectory.shape[1])], axis=1
+    )
+
+
+def steps_to_commit(curve: np.ndarray, threshold: float = 0.9) -> np.ndarray:
+    """Per sample, the fraction of steps run before similarity to the final image first reaches ``threshold``."""
+    reached = curve >= threshold
+    first = np.where(reached.any(1), reached.argmax(1), curve.shape[1] - 1)
+    return (first + 1) / curve.shape[1]
+
+
+__all__ = [
+    "Base",
+    "Conditioning",
+    "Denoiser",
+    "Distilled",
+    "Hybrid",
+    "REGIMES",
+    "Regime",
+    "ReplaceFinal",
+    "SampleResult",
+    "ScheduledStep",
+    "Segment",
+    "SkipFirst",
+    "StepInfo",
+    "TrajectoryRecorder",
+    "commitment_curve",
+    "convert_prediction",
+    "decode",
+    "denoise",
+    "encode_text",
+    "latent_correlation",
+    "regime_from_name",
+    "sample",
+    "schedule_of",
+    "seeds_from",
+    "steps_to_commit",
+]

@@ -641,7 +641,7 @@ def sample(
     height = height or pair.default_resolution
     width = width or pair.default_resolution
     latent_h, latent_w = _latent_size(pair, height, width)
-    device, dtype = pair.device, pair.dtype
+    device = pair.device
     timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
 
     probe_segments = regime.segments(pair, device)

@@ -25,12 +25,12 @@ from conceptspace.sampling import (
     SkipFirst,
     StepInfo,
     TrajectoryRecorder,
-    commitment_curve,
     decode,
     regime_from_name,
     sample,
     schedule_of,
 )
+from conceptspace.trajectories import commitment_curve, steps_to_commit
 
 __version__ = "0.1.0"
 
@@ -49,8 +49,9 @@ __all__ = [
     "SkipFirst",
     "StepInfo",
     "TrajectoryRecorder",
-    "commitment_curve",
     "decode",
+    "steps_to_commit",
+    "commitment_curve",
     "get_spec",
     "load_pair",
     "regime_from_name",

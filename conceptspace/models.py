@@ -521,7 +521,7 @@ def _load_student_unet(
         unet = tiny_sdxl_unet(
             seed=spec.seed, lcm=spec.scheduler == "LCMScheduler" and spec.guidance_scale > 1
         )
-        return unet.to(dtype), base_scheduler_config
+        return (unet if dtype == torch.float32 else unet.to(dtype)), base_scheduler_config
     _require_local(spec, cache_dir, path)
     source = path or spec.repo_id
     if spec.storage == "pipeline":
@@ -600,7 +600,7 @@ def load_unet_state_dict(
             f"{file_path} is not a UNet state dict for {name!r}'s architecture: " + ", ".join(problems)
         )
     unet.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
-    return unet.to(dtype).eval()
+    return unet.eval()
 
 
 def read_state_dict(file_path: str | os.PathLike) -> dict[str, torch.Tensor]:

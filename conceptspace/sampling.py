@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -724,39 +723,6 @@ def seeds_from(seed: int, n: int) -> list[int]:
     return list(range(seed, seed + n))
 
 
-def latent_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two batches of latents, per sample (1 = same structure up to scale and offset)."""
-    a = a.flatten(1).float()
-    b = b.flatten(1).float()
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
-
-
-def commitment_curve(
-    trajectory: torch.Tensor,
-    final: torch.Tensor | None = None,
-    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = latent_correlation,
-) -> np.ndarray:
-    """Similarity of each step's x̂0 to the final image, shape (n_samples, n_steps).
-
-    ``trajectory`` is ``SampleResult.trajectory`` (n, steps, C, H, W); ``final`` defaults to its last step.
-    ``similarity(a, b)`` maps two (n, ...) batches to n scores; the default needs no downloads (latent
-    correlation); pass e.g. a DreamSim- or CLIP-based one on decoded images instead.
-    """
-    final = trajectory[:, -1] if final is None else final
-    return np.stack(
-        [similarity(trajectory[:, s], final).cpu().numpy() for s in range(trajectory.shape[1])], axis=1
-    )
-
-
-def steps_to_commit(curve: np.ndarray, threshold: float = 0.9) -> np.ndarray:
-    """Per sample, the fraction of steps run before similarity to the final image first reaches ``threshold``."""
-    reached = curve >= threshold
-    first = np.where(reached.any(1), reached.argmax(1), curve.shape[1] - 1)
-    return (first + 1) / curve.shape[1]
-
-
 __all__ = [
     "Base",
     "Conditioning",
@@ -772,15 +738,12 @@ __all__ = [
     "SkipFirst",
     "StepInfo",
     "TrajectoryRecorder",
-    "commitment_curve",
     "convert_prediction",
     "decode",
     "denoise",
     "encode_text",
-    "latent_correlation",
     "regime_from_name",
     "sample",
     "schedule_of",
     "seeds_from",
-    "steps_to_commit",
 ]

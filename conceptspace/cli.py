@@ -1,0 +1,307 @@
+"""The ``conceptspace`` command: a thin layer over the Python API (parse, call, say where results went)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Study and fix what distillation does to diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Errors a user can fix: one line on stderr, exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    PermissionError,
+    FloatingPointError,
+)
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class BaseSchedule(str, Enum):
+    student = "student"
+    own = "own"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def models(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE).")
+    ] = None,
+) -> None:
+    """List the registry: every base with its students, their defaults, and whether each is in the local cache.
+
+    Example: conceptspace models
+    """
+    from conceptspace.models import REGISTRY, is_cached
+
+    typer.echo(
+        f"{'name':<11} {'role':<8} {'base':<10} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} source"
+    )
+    for spec in REGISTRY.values():
+        cached = "builtin" if spec.storage == "random" else ("yes" if is_cached(spec, cache_dir) else "no")
+        source = spec.repo_id + (f" [{spec.filename}]" if spec.filename else "")
+        typer.echo(
+            f"{spec.name:<11} {spec.role:<8} {spec.base or '-':<10} {cached:<7} {spec.num_inference_steps:<6} "
+            f"{spec.guidance_scale:<5g} {spec.resolution:<5} {source}"
+        )
+
+
+def _run(
+    trajectories: bool,
+    base: str,
+    student: str | None,
+    regime: list[str],
+    prompt: list[str],
+    n: int,
+    seed: int,
+    out: Path,
+    k: int,
+    base_guidance: float,
+    base_schedule: BaseSchedule,
+    skip: int,
+    replace: int | None,
+    steps: int | None,
+    guidance: float | None,
+    student_steps: int | None,
+    height: int | None,
+    width: int | None,
+    negative_prompt: str | None,
+    batch_size: int,
+    dtype: DType | None,
+    device: str | None,
+    base_path: Path | None,
+    student_path: Path | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    import torch
+
+    from conceptspace.generate import generate
+    from conceptspace.io import ensure_writable_dir
+    from conceptspace.models import load_pair
+    from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
+
+    names = [name.strip() for item in regime for name in item.split(",") if name.strip()]
+    builders = {
+        "base": lambda: Base(steps=steps, guidance_scale=guidance),
+        "distilled": lambda: Distilled(steps=student_steps),
+        "hybrid": lambda: Hybrid(
+            k=k, base_guidance=base_guidance, base_schedule=base_schedule.value, base_steps=steps
+        ),
+        "skip-first": lambda: SkipFirst(n=skip),
+        "replace-final": lambda: ReplaceFinal(
+            n=replace, base_schedule="own", base_steps=steps, base_guidance=guidance
+        ),
+    }
+    unknown = [name for name in names if name not in builders]
+    if unknown:
+        _fail(f"unknown regime {unknown[0]!r}; known regimes: {', '.join(builders)}")
+    if not prompt:
+        _fail("give at least one --prompt")
+    if n < 1:
+        _fail(f"-n must be at least 1, got {n}")
+    if student is None and any(name != "base" for name in names):
+        _fail(f"regimes {', '.join(x for x in names if x != 'base')} need a --student")
+    ensure_writable_dir(out)
+    pair = load_pair(
+        base,
+        student,
+        dtype=getattr(torch, dtype.value) if dtype else None,
+        device=device,
+        base_path=base_path,
+        student_path=student_path,
+        cache_dir=cache_dir,
+    )
+    run = generate(
+        pair,
+        prompt,
+        [builders[name]() for name in names],
+        seeds_from(seed, n),
+        out,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        trajectories=trajectories,
+        progress=not quiet,
+        parameters={
+            "k": k,
+            "base_guidance": base_guidance,
+            "base_schedule": base_schedule.value,
+            "skip": skip,
+            "replace": replace,
+        },
+    )
+    for name, record in run["regimes"].items():
+        models_run = " ".join(f"{s['timestep']}:{s['model'][0]}" for s in record["schedule"])
+        seconds = sum(v for key, v in record["timings"].items() if key != "writing")
+        typer.echo(f"{name:<14} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}")
+    typer.echo(f"wrote {out / 'run.json'}")
+
+
+# Options shared by `generate` and `trajectory` (typer needs them spelled out on each command).
+BaseOpt = Annotated[
+    str, typer.Option("--base", help="Base model (registry name, see `conceptspace models`).")
+]
+StudentOpt = Annotated[str | None, typer.Option("--student", help="Distilled student of the base.")]
+RegimeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--regime",
+        "--regimes",
+        help="base, distilled, hybrid, skip-first, replace-final (repeat or comma-separate).",
+    ),
+]
+PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
+NOpt = Annotated[int, typer.Option("-n", help="Images per prompt and regime.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+KOpt = Annotated[int, typer.Option("--k", help="hybrid: number of base steps at the start.")]
+BaseGuidanceOpt = Annotated[float, typer.Option(help="hybrid: the base's CFG scale (0 = no CFG pass).")]
+BaseScheduleOpt = Annotated[
+    BaseSchedule,
+    typer.Option(help="hybrid: base on the student's timesteps, or on its own schedule until the hand-off."),
+]
+SkipOpt = Annotated[int, typer.Option(help="skip-first: number of the student's first steps skipped.")]
+ReplaceOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="replace-final: number of final student steps given to the base (default all but the first)."
+    ),
+]
+StepsOpt = Annotated[int | None, typer.Option(help="Base steps on its own schedule (default: registry).")]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(help="Base CFG scale in the base and replace-final regimes (default: registry)."),
+]
+StudentStepsOpt = Annotated[
+    int | None, typer.Option(help="Student steps in the distilled regime (default: registry timesteps).")
+]
+HeightOpt = Annotated[
+    int | None, typer.Option(help="Image height (default: the student's native resolution).")
+]
+WidthOpt = Annotated[int | None, typer.Option(help="Image width (default: the student's native resolution).")]
+NegativeOpt = Annotated[str | None, typer.Option(help="Negative prompt for CFG passes.")]
+BatchOpt = Annotated[
+    int, typer.Option(help="Images per forward pass (changes speed only, never the images).")
+]
+DTypeOpt = Annotated[
+    DType | None, typer.Option(help="Weights dtype (default float16 on CUDA, float32 on CPU).")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="Device, e.g. cuda, cuda:1, cpu (default: CUDA if available).")
+]
+BasePathOpt = Annotated[Path | None, typer.Option(help="Local folder replacing the base's hub source.")]
+StudentPathOpt = Annotated[
+    Path | None, typer.Option(help="Local folder or UNet file replacing the student's hub source.")
+]
+CacheOpt = Annotated[Path | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@app.command()
+def generate(
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    regime: RegimeOpt = ["distilled"],  # noqa: B006 - typer reads the default
+    prompt: PromptOpt = [],  # noqa: B006
+    n: NOpt = 4,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("out/generate"),
+    k: KOpt = 1,
+    base_guidance: BaseGuidanceOpt = 0.0,
+    base_schedule: BaseScheduleOpt = BaseSchedule.student,
+    skip: SkipOpt = 1,
+    replace: ReplaceOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    student_steps: StudentStepsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: BatchOpt = 4,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate images in one or more regimes; writes DIR/<regime>/<prompt#>_<seed>.png and DIR/run.json.
+
+    Example: conceptspace generate --base sdxl --student dmd2 --regime hybrid --prompt "a cute puppy" -n 8 --out runs/puppy
+    """
+    _run(False, **locals())
+
+
+@app.command()
+def trajectory(
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    regime: RegimeOpt = ["base", "distilled", "hybrid"],  # noqa: B006
+    prompt: PromptOpt = [],  # noqa: B006
+    n: NOpt = 4,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("out/trajectory"),
+    k: KOpt = 1,
+    base_guidance: BaseGuidanceOpt = 0.0,
+    base_schedule: BaseScheduleOpt = BaseSchedule.student,
+    skip: SkipOpt = 1,
+    replace: ReplaceOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    student_steps: StudentStepsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: BatchOpt = 4,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Like generate, plus one x̂0 strip per sample (steps left to right) and commitment curves
+    (DIR/commitment.json and .csv: similarity of each step's x̂0 to the final image, with 95% CIs).
+
+    Example: conceptspace trajectory --base sdxl --student dmd2 --regime base,distilled --prompt "a car" -n 4 --out runs/traj
+    """
+    _run(True, **locals())
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except USER_ERRORS as error:
+        if os.environ.get("CONCEPTSPACE_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

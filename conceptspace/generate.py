@@ -1,0 +1,188 @@
+"""Generate images (and x̂0 trajectories) for prompts × regimes × seeds into a folder, with a run.json that
+records every parameter, package versions, wall time per phase and the schedule each regime actually ran."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json, write_text
+from conceptspace.models import ModelPair
+from conceptspace.sampling import Regime, sample
+from conceptspace.trajectories import commitment_curve, decode_trajectory, trajectory_strip
+
+COMMITMENT_COLUMNS = (
+    "prompt",
+    "regime",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "step",
+    "timestep",
+    "model",
+)
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    """File name of image ``seed`` of prompt number ``prompt_index`` inside its regime folder."""
+    return f"{prompt_index:03d}_{seed}.png"
+
+
+def generate(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    regimes: Sequence[Regime],
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 4,
+    trajectories: bool = False,
+    progress: bool = True,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Sample every prompt in every regime and write ``out_dir/<regime>/<prompt#>_<seed>.png`` and ``run.json``.
+
+    With ``trajectories=True`` also one x̂0 strip per sample (``trajectory_<prompt#>_<seed>.png``, steps left
+    to right) and commitment curves (``commitment.json`` / ``.csv``: similarity of each step's x̂0 to the final
+    image, mean with 95% CI per regime and step). ``run.json`` is written last: its presence marks a complete run.
+    Returns the run record (the content of run.json).
+    """
+    if not prompts:
+        raise ValueError("no prompt given: pass at least one prompt")
+    if not regimes:
+        raise ValueError("no regime given")
+    for prompt in prompts:
+        if not prompt.strip():
+            raise ValueError("a prompt is empty: give the text to generate from")
+    out = ensure_writable_dir(out_dir)
+    started = time.perf_counter()
+    records: dict[str, dict[str, Any]] = {}
+    commitment_rows: list[dict[str, Any]] = []
+    for regime in regimes:
+        regime_dir = out / regime.name
+        record: dict[str, Any] = {"settings": None, "schedule": None, "images": [], "timings": {}}
+        for prompt_index, prompt in enumerate(prompts):
+            result = sample(
+                pair,
+                prompt,
+                regime,
+                seeds,
+                negative_prompt=negative_prompt,
+                height=height,
+                width=width,
+                batch_size=batch_size,
+                record_x0=trajectories,
+                progress=progress,
+            )
+            record["settings"] = result.settings
+            record["schedule"] = result.schedule_dicts()
+            for phase, seconds in result.timings.items():
+                record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
+            write_start = time.perf_counter()
+            for seed, image in zip(result.seeds, result.images, strict=True):
+                path = write_image(regime_dir / image_name(prompt_index, seed), image)
+                record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
+            if trajectories:
+                decoded = decode_trajectory(pair, result.trajectory)
+                for seed, strip in zip(result.seeds, decoded, strict=True):
+                    write_image(
+                        regime_dir / f"trajectory_{image_name(prompt_index, seed)}", trajectory_strip(strip)
+                    )
+                curve = commitment_curve(result.trajectory)
+                commitment_rows += _commitment_rows(prompt, regime.name, curve, result.schedule_dicts())
+            record["timings"]["writing"] = (
+                record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
+            )
+        records[regime.name] = record
+
+    if trajectories:
+        write_json(out / "commitment.json", commitment_rows)
+        write_text(out / "commitment.csv", _csv(commitment_rows, COMMITMENT_COLUMNS))
+    run = {
+        "command": "generate",
+        "base": asdict(pair.base),
+        "student": asdict(pair.student) if pair.student else None,
+        "paths": pair.paths,
+        "device": str(pair.device),
+        "dtype": str(pair.dtype).replace("torch.", ""),
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "parameters": {
+            "negative_prompt": negative_prompt,
+            "height": height or pair.default_resolution,
+            "width": width or pair.default_resolution,
+            "batch_size": batch_size,
+            "trajectories": trajectories,
+            **(parameters or {}),
+        },
+        "versions": environment_versions(),
+        "regimes": records,
+        "schedule": _schedule_field(records),
+        "wall_time": {
+            "total": time.perf_counter() - started,
+            **{k: v["timings"] for k, v in records.items()},
+        },
+    }
+    write_json(out / "run.json", run)
+    return run
+
+
+def _schedule_field(records: dict[str, dict[str, Any]]) -> Any:
+    """One list when a single regime ran, else one list per regime."""
+    if len(records) == 1:
+        return next(iter(records.values()))["schedule"]
+    return {name: record["schedule"] for name, record in records.items()}
+
+
+def _commitment_rows(
+    prompt: str, regime: str, curve: np.ndarray, schedule: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    rows = []
+    n = curve.shape[0]
+    for step, entry in enumerate(schedule):
+        values = curve[:, step]
+        mean = float(values.mean())
+        half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+        rows.append(
+            {
+                "prompt": prompt,
+                "regime": regime,
+                "metric": "commitment",
+                "value": mean,
+                "ci_low": mean - half,
+                "ci_high": mean + half,
+                "n": n,
+                "step": step,
+                "timestep": entry["timestep"],
+                "model": entry["model"],
+            }
+        )
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def results_dir_images(out_dir: str | os.PathLike, regime: str) -> list[Path]:
+    """The images a run wrote for one regime, in file-name order (trajectory strips excluded)."""
+    return sorted(p for p in (Path(out_dir) / regime).glob("*.png") if not p.name.startswith("trajectory_"))

@@ -1,0 +1,87 @@
+"""Files out: every write is atomic (temporary file + rename), so an interrupted run never leaves a
+half-written file that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_image(path: str | os.PathLike, image: Any) -> Path:
+    """Save a PIL image atomically (format from the final suffix)."""
+    fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    return str(value)
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of the packages that decide numerical results, for run.json."""
+    import diffusers
+    import torch
+    import transformers
+
+    import conceptspace
+
+    versions = {
+        "conceptspace": conceptspace.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+    if torch.cuda.is_available():
+        versions["cuda"] = str(torch.version.cuda)
+        versions["gpu"] = torch.cuda.get_device_name()
+    return versions
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` and check that files can be written there, with a clear error otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to output folder {path}: {error.strerror or error}") from error
+    return path

@@ -233,7 +233,7 @@ class Base(Regime):
             pair,
             "base",
             device,
-            self.steps or spec.num_inference_steps,
+            spec.num_inference_steps if self.steps is None else self.steps,
             spec.timesteps if self.steps is None else None,
         )
         guidance = spec.guidance_scale if self.guidance_scale is None else self.guidance_scale
@@ -284,7 +284,13 @@ class Hybrid(Regime):
             return [Segment(student, 0, [base_den] * self.k + [student_den] * (n - self.k))]
         if self.base_schedule != "own":
             raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
-        base = _make_scheduler(pair, "base", device, self.base_steps or pair.base.num_inference_steps, None)
+        base = _make_scheduler(
+            pair,
+            "base",
+            device,
+            pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
+            None,
+        )
         handoff = int(student.timesteps[self.k]) if self.k < n else -1
         base_count = sum(int(t) > handoff for t in base.timesteps)
         segments = [Segment(base, 0, [base_den] * base_count)]
@@ -342,7 +348,13 @@ class ReplaceFinal(Regime):
             return [Segment(student, 0, [student_den] * first + [base_den] * n)]
         if self.base_schedule != "own":
             raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
-        base = _make_scheduler(pair, "base", device, self.base_steps or pair.base.num_inference_steps, None)
+        base = _make_scheduler(
+            pair,
+            "base",
+            device,
+            pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
+            None,
+        )
         handoff = int(student.timesteps[first])
         start = next((i for i, t in enumerate(base.timesteps) if int(t) <= handoff), len(base.timesteps))
         if start == len(base.timesteps):
@@ -438,7 +450,8 @@ def denoise(
     callback: Callable[[StepInfo], None] | None = None,
     progress: tqdm | None = None,
 ) -> torch.Tensor:
-    """Run the segments from ``latents`` (already in the first segment's latent space) and return the final x̂0.
+    """Run the segments from ``latents`` (already in the first segment's latent space) and return the latent
+    after the last step (what diffusers decodes; equal to the last x̂0 for schedulers that end at t=0).
 
     This is the whole sampler: per step, scale the input, predict, convert to the scheduler's parametrisation,
     call ``scheduler.step`` once, report x̂0.
@@ -478,7 +491,7 @@ def denoise(
             if progress is not None:
                 progress.update(1)
             step += 1
-    return x0
+    return latents
 
 
 def _hand_off(
@@ -566,10 +579,9 @@ def _sync(device: torch.device) -> None:
 
 def _latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
     factor = pair.pipeline.vae_scale_factor
-    unet_factor = factor * 2 ** (len(pair.base_unet.config.block_out_channels) - 1)
-    if height % unet_factor or width % unet_factor or height <= 0 or width <= 0:
+    if height % factor or width % factor or height <= 0 or width <= 0:
         raise ValueError(
-            f"height and width must be positive multiples of {unet_factor} for this model, got {height}x{width}"
+            f"height and width must be positive multiples of {factor} for this model, got {height}x{width}"
         )
     return height // factor, width // factor
 
@@ -679,7 +691,7 @@ def sample(
                 device,
                 base_cond.prompt_embeds.dtype,
             )
-            x0 = denoise(
+            final = denoise(
                 segments,
                 latents,
                 base_cond.repeat(len(batch_seeds)),
@@ -689,7 +701,7 @@ def sample(
             )
         _sync(device)
         timings["denoising"] += time.perf_counter() - start
-        finals.append(x0)
+        finals.append(final)
         if recorder is not None:
             trajectories.append(recorder.stacked())
     bar.close()

@@ -1,0 +1,170 @@
+"""The command line: what `generate` and `trajectory` write, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conceptspace.cli import app
+
+TINY = ["--base", "tiny-sdxl", "--student", "tiny-dmd", "--quiet"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=True)
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed entry point in a fresh process (the way users meet errors)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from conceptspace.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=300,
+    )
+
+
+def test_generate_writes_images_and_run_json_with_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "generate",
+        *TINY,
+        "--regime",
+        "hybrid",
+        "--prompt",
+        "a red circle",
+        "-n",
+        "3",
+        "--seed",
+        "10",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    images = sorted(p.name for p in (out / "hybrid").glob("*.png"))
+    assert images == ["000_10.png", "000_11.png", "000_12.png"]
+    assert Image.open(out / "hybrid" / "000_11.png").size == (64, 64)
+    run = json.loads((out / "run.json").read_text())
+    assert run["schedule"] == [
+        {"step": 0, "timestep": 999, "model": "base"},
+        {"step": 1, "timestep": 749, "model": "distilled"},
+        {"step": 2, "timestep": 499, "model": "distilled"},
+        {"step": 3, "timestep": 249, "model": "distilled"},
+    ]
+    assert run["seeds"] == [10, 11, 12]
+    assert run["base"]["name"] == "tiny-sdxl" and run["student"]["name"] == "tiny-dmd"
+    assert {"torch", "diffusers", "transformers", "python"} <= set(run["versions"])
+    assert set(run["wall_time"]["hybrid"]) >= {"text_encoding", "denoising", "decoding"}
+    assert run["parameters"]["k"] == 1 and run["parameters"]["base_guidance"] == 0.0
+    assert "wrote" in result.output and "999:b 749:d" in result.output
+
+
+def test_several_regimes_give_one_schedule_per_regime(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "generate",
+        *TINY,
+        "--regime",
+        "distilled,skip-first",
+        "--regime",
+        "hybrid",
+        "--k",
+        "2",
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "-n",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["schedule"]) == {"distilled", "skip-first", "hybrid"}
+    assert [s["model"] for s in run["schedule"]["hybrid"]] == ["base", "base", "distilled", "distilled"]
+    assert [s["timestep"] for s in run["schedule"]["skip-first"]] == [749, 499, 249]
+    assert sorted(p.name for p in (out / "distilled").glob("*.png")) == ["000_0.png", "001_0.png"]
+
+
+def test_trajectory_writes_strips_and_commitment_rows(tmp_path: Path) -> None:
+    out = tmp_path / "traj"
+    result = invoke(
+        "trajectory",
+        *TINY,
+        "--regime",
+        "base,distilled",
+        "--steps",
+        "5",
+        "--prompt",
+        "a shape",
+        "-n",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    strip = Image.open(out / "base" / "trajectory_000_0.png")
+    assert strip.size == (5 * 64, 64)  # five base steps, left to right
+    assert Image.open(out / "distilled" / "trajectory_000_1.png").size == (4 * 64, 64)
+    rows = list(csv.DictReader((out / "commitment.csv").open()))
+    assert [r["regime"] for r in rows] == ["base"] * 5 + ["distilled"] * 4
+    assert {r["n"] for r in rows} == {"2"}
+    last = [r for r in rows if r["regime"] == "distilled"][-1]
+    assert float(last["value"]) == pytest.approx(1.0, abs=1e-5)  # the final x̂0 is the final image
+    assert json.loads((out / "commitment.json").read_text())[0]["metric"] == "commitment"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--regime", "hybird", "--prompt", "x"], "unknown regime 'hybird'"),
+        (["--regime", "distilled"], "give at least one --prompt"),
+        (["--regime", "distilled", "--prompt", "  "], "prompt is empty"),
+        (["--regime", "hybrid", "--k", "7", "--prompt", "x"], "hybrid k must be between 1 and"),
+        (["--regime", "distilled", "--prompt", "x", "-n", "0"], "-n must be at least 1"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke("generate", *TINY, *args, "--out", str(tmp_path / "o"))
+    assert result.exit_code != 0
+    text = result.output + (str(result.exception) if result.exception else "")
+    assert message in text
+    assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_entry_point_exits_2_with_reason_on_stderr(tmp_path: Path) -> None:
+    unknown = run_cli(
+        "generate", "--base", "tiny-sdxl", "--student", "nope", "--prompt", "x", "--out", str(tmp_path / "a")
+    )
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().startswith("error: unknown model 'nope'; known models:")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    needs_student = run_cli(
+        "generate", "--base", "tiny-sdxl", "--regime", "hybrid", "--prompt", "x", "--out", str(tmp_path / "b")
+    )
+    assert needs_student.returncode == 2 and "need a --student" in needs_student.stderr
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("generate", *TINY, "--prompt", "x", "--out", str(blocker / "out"))
+    assert result.exit_code != 0
+    assert "cannot write to output folder" in str(result.exception)
+
+
+def test_help_shows_an_example() -> None:
+    for command in ("generate", "trajectory", "models"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.output and "conceptspace" in result.output

@@ -176,6 +176,25 @@ def test_hybrid_k1_runs_base_once_at_999_then_student_on_dmd2_schedule(sdxl_pair
     assert [(s.model, s.timestep) for s in result.schedule] == log.calls
 
 
+def test_lcm_hand_off_gives_student_the_renoised_base_x0_at_749(sdxl_pair: ModelPair) -> None:
+    """The student's first input is LCM's re-noising of the base's x̂0: sqrt(ᾱ749)·x̂0 + sqrt(1-ᾱ749)·z, with z the
+    sample's own next noise draw."""
+    inputs = []
+    hook = sdxl_pair.student_unet.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
+    try:
+        result = sample(
+            sdxl_pair, PROMPT, Hybrid(k=1), seeds=[4], output_type="latent", record_x0=True, progress=False
+        )
+    finally:
+        hook.remove()
+    generator = torch.Generator().manual_seed(4)
+    torch.randn((1, 4, 32, 32), generator=generator)  # the initial latent
+    z = torch.randn((1, 4, 32, 32), generator=generator)
+    a = sdxl_pair.make_scheduler("student").alphas_cumprod[749]
+    expected = a.sqrt() * result.trajectory[:, 0] + (1 - a).sqrt() * z
+    torch.testing.assert_close(inputs[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_hybrid_k2_and_base_cfg_doubles_only_base_batch(sdxl_pair: ModelPair) -> None:
     batches: list[tuple[str, int, int]] = []
     hooks = [

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json, write_text
+from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.models import ModelPair
+from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Regime, sample
 from conceptspace.trajectories import commitment_curve, decode_trajectory, trajectory_strip
 
@@ -55,8 +56,9 @@ def generate(
     """Sample every prompt in every regime and write ``out_dir/<regime>/<prompt#>_<seed>.png`` and ``run.json``.
 
     With ``trajectories=True`` also one x̂0 strip per sample (``trajectory_<prompt#>_<seed>.png``, steps left
-    to right) and commitment curves (``commitment.json`` / ``.csv``: similarity of each step's x̂0 to the final
-    image, mean with 95% CI per regime and step). ``run.json`` is written last: its presence marks a complete run.
+    to right) and commitment curves in ``metrics.json`` / ``metrics.csv`` (metric ``commitment``: similarity of
+    each step's x̂0 to the final image, mean with 95% CI per prompt, regime and step). ``run.json`` is written
+    last: its presence marks a complete run.
     Returns the run record (the content of run.json).
     """
     if not prompts:
@@ -108,8 +110,7 @@ def generate(
         records[regime.name] = record
 
     if trajectories:
-        write_json(out / "commitment.json", commitment_rows)
-        write_text(out / "commitment.csv", _csv(commitment_rows, COMMITMENT_COLUMNS))
+        write_metrics(out, commitment_rows)
     run = {
         "command": "generate",
         "base": asdict(pair.base),
@@ -149,38 +150,28 @@ def _schedule_field(records: dict[str, dict[str, Any]]) -> Any:
 def _commitment_rows(
     prompt: str, regime: str, curve: np.ndarray, schedule: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
+    """Mean commitment per step with a normal-approximation 95% CI over samples."""
     rows = []
     n = curve.shape[0]
     for step, entry in enumerate(schedule):
         values = curve[:, step]
         mean = float(values.mean())
-        half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+        half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
         rows.append(
-            {
-                "prompt": prompt,
-                "regime": regime,
-                "metric": "commitment",
-                "value": mean,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
-                "n": n,
-                "step": step,
-                "timestep": entry["timestep"],
-                "model": entry["model"],
-            }
+            metric_row(
+                prompt,
+                regime,
+                "commitment",
+                mean,
+                mean - half,
+                mean + half,
+                n,
+                step=step,
+                timestep=entry["timestep"],
+                model=entry["model"],
+            )
         )
     return rows
-
-
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def results_dir_images(out_dir: str | os.PathLike, regime: str) -> list[Path]:

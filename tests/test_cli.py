@@ -116,12 +116,12 @@ def test_trajectory_writes_strips_and_commitment_rows(tmp_path: Path) -> None:
     strip = Image.open(out / "base" / "trajectory_000_0.png")
     assert strip.size == (5 * 64, 64)  # five base steps, left to right
     assert Image.open(out / "distilled" / "trajectory_000_1.png").size == (4 * 64, 64)
-    rows = list(csv.DictReader((out / "commitment.csv").open()))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["regime"] for r in rows] == ["base"] * 5 + ["distilled"] * 4
     assert {r["n"] for r in rows} == {"2"}
     last = [r for r in rows if r["regime"] == "distilled"][-1]
     assert float(last["value"]) == pytest.approx(1.0, abs=1e-5)  # the final x̂0 is the final image
-    assert json.loads((out / "commitment.json").read_text())[0]["metric"] == "commitment"
+    assert [r["metric"] for r in json.loads((out / "metrics.json").read_text())] == ["commitment"] * 9
 
 
 @pytest.mark.parametrize(

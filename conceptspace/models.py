@@ -9,6 +9,7 @@ stored, scheduler, default steps/timesteps/guidance, resolution). :func:`load_pa
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -272,6 +273,11 @@ def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
         raise ValueError(f"model {spec.name!r} is already registered; pass overwrite=True to replace it")
     if spec.role == "student" and spec.base not in REGISTRY:
         raise ValueError(f"student {spec.name!r} names base {spec.base!r}, which is not registered")
+    if spec.role == "student" and REGISTRY[spec.base].family != spec.family:
+        raise ValueError(
+            f"student {spec.name!r} is of family {spec.family!r} but its base {spec.base!r} is of family "
+            f"{REGISTRY[spec.base].family!r}; load_pair would refuse the pair"
+        )
     REGISTRY[spec.name] = spec
     return spec
 
@@ -317,9 +323,11 @@ def _missing_error(
     files = ", ".join(spec.key_files) or "its files"
     option = "--student-path" if spec.role == "student" else "--base-path"
     reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
+    # `hf download` fills the default cache: name the one we read from when it is another.
+    command = spec.fetch_command + (f" --cache-dir {shlex.quote(os.fspath(cache_dir))}" if cache_dir else "")
     message = (
         f"model {spec.name!r} needs {spec.repo_id} ({files}), which is not in the Hugging Face cache at {where} "
-        f"and {reason}. Fetch it with `{spec.fetch_command}`, or point {option} at a local copy."
+        f"and {reason}. Fetch it with `{command}`, or point {option} at a local copy."
     )
     if detail:
         message += f" ({detail})"
@@ -405,13 +413,13 @@ class ModelPair:
         diffusers does not upcast the shared modules (diffusers#12754).
         """
         scheduler = self.make_scheduler(role)
+        # float32 needs no cast; passing it anyway makes diffusers re-cast every module and warn.
+        dtype = _dtype_kwargs(self.dtype) if self.dtype != torch.float32 else {}
         if role == "base":
-            pipe = type(self.pipeline).from_pipe(
-                self.pipeline, scheduler=scheduler, **_dtype_kwargs(self.dtype)
-            )
+            pipe = type(self.pipeline).from_pipe(self.pipeline, scheduler=scheduler, **dtype)
         else:
             pipe = type(self.pipeline).from_pipe(
-                self.pipeline, unet=self.unet("student"), scheduler=scheduler, **_dtype_kwargs(self.dtype)
+                self.pipeline, unet=self.unet("student"), scheduler=scheduler, **dtype
             )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -454,6 +462,12 @@ def check_compatible(
         )
 
 
+def _first_line(error: BaseException) -> str:
+    """An exception's first message line, or its type when the message is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _normalise(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
@@ -466,14 +480,19 @@ def _variants(spec: ModelSpec, dtype: torch.dtype) -> list[str | None]:
 
 
 def _load_with_variants(
-    loader: Any, spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, **kwargs: Any
+    loader: Any, spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None = None, **kwargs: Any
 ) -> Any:
     errors = []
     for variant in _variants(spec, dtype):
         try:
             return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **kwargs)
         except (OSError, ValueError) as error:  # diffusers reports absent files and variants with either
-            errors.append(f"variant={variant}: {str(error).splitlines()[0]}")
+            errors.append(f"variant={variant}: {_first_line(error)}")
+    if path is not None:  # a local copy was given: the hub cache and `hf download` are beside the point
+        raise ModelNotFoundError(
+            f"{path} is not a usable local copy of {spec.repo_id} for model {spec.name!r} (expected "
+            f"{', '.join(spec.key_files)} and its weights): " + "; ".join(errors)
+        )
     raise _missing_error(spec, cache_dir, "; ".join(errors))
 
 
@@ -503,9 +522,15 @@ def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, pat
     kwargs: dict[str, Any] = {}
     if spec.family != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return _load_with_variants(
-        lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir
+    pipeline = _load_with_variants(
+        lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir, path
     )
+    if spec.family == "sdxl" and getattr(pipeline, "text_encoder_2", None) is None:
+        # diffusers loads an SD 1.x/2.x folder as an SDXL pipeline without text_encoder_2; sampling would crash.
+        raise IncompatibleModelsError(
+            f"{source} is not an SDXL base pipeline for {spec.name!r}: it has no text_encoder_2/tokenizer_2"
+        )
+    return pipeline
 
 
 def _load_student_unet(
@@ -530,6 +555,7 @@ def _load_student_unet(
             spec,
             dtype,
             cache_dir,
+            path,
         )
         return unet, _student_pipeline_scheduler_config(spec, source, cache_dir, base_scheduler_config)
     if spec.storage == "unet_folder":
@@ -538,6 +564,7 @@ def _load_student_unet(
             spec,
             dtype,
             cache_dir,
+            path,
         )
         return unet, base_scheduler_config
     file_path = path or _cached_file(spec, cache_dir)
@@ -548,10 +575,13 @@ def _load_student_unet(
 def _student_pipeline_scheduler_config(
     spec: ModelSpec, source: str, cache_dir: Any, fallback: Mapping[str, Any]
 ) -> Mapping[str, Any]:
-    from diffusers import SchedulerMixin
+    import diffusers
 
+    # SchedulerMixin is not a ConfigMixin: read the config through the spec's scheduler class.
     try:
-        config = SchedulerMixin.load_config(source, subfolder="scheduler", cache_dir=cache_dir)
+        config = getattr(diffusers, spec.scheduler).load_config(
+            source, subfolder="scheduler", cache_dir=cache_dir
+        )
     except OSError:
         return fallback  # the student repo ships no scheduler: sample it on its base's config
     return config
@@ -563,7 +593,7 @@ def _cached_file(spec: ModelSpec, cache_dir: Any) -> str:
     try:
         return hf_hub_download(spec.repo_id, spec.filename, cache_dir=cache_dir)
     except Exception as error:  # offline, missing, network: all mean the same to the user
-        raise _missing_error(spec, cache_dir, str(error).splitlines()[0]) from error
+        raise _missing_error(spec, cache_dir, _first_line(error)) from error
 
 
 def load_unet_state_dict(
@@ -606,16 +636,24 @@ def load_unet_state_dict(
 def read_state_dict(file_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or from a pickle through ``torch.load(weights_only=True)``."""
     file_path = Path(file_path)
+    if not file_path.is_file():
+        raise FileNotFoundError(f"no state-dict file at {file_path}")
     if file_path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(file_path))
+        try:
+            return load_file(str(file_path))
+        except Exception as error:  # SafetensorError is not a ValueError and does not name the file
+            raise ValueError(
+                f"{file_path} is not a readable .safetensors file; it may be truncated or corrupt "
+                f"({_first_line(error)})"
+            ) from error
     try:
         state_dict = torch.load(file_path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"{file_path} could not be read as a tensor-only checkpoint ({str(error).splitlines()[0]}); "
-            "files that need arbitrary code to unpickle are refused. Convert it to .safetensors."
+            f"{file_path} could not be read as a tensor-only checkpoint ({_first_line(error)}): it is truncated "
+            "or corrupt, or it needs arbitrary code to unpickle, which is refused. Convert it to .safetensors."
         ) from error
     if (
         isinstance(state_dict, dict)
@@ -675,6 +713,10 @@ def load_pair(
     base_path = os.fspath(base_path) if base_path is not None else None
     student_path = os.fspath(student_path) if student_path is not None else None
 
+    # A missing model fails here, before minutes go into loading the other one.
+    for spec, path in ((base_spec, base_path), (student_spec, student_path)):
+        if spec is not None and spec.storage != "random":
+            _require_local(spec, cache_dir, path)
     pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path)
     pipeline.set_progress_bar_config(disable=True)
     base_scheduler_config = dict(pipeline.scheduler.config)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,8 +45,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def write_clip_tokenizer_files(directory: str | os.PathLike) -> Path:
-    """Write the real CLIP tokenizer (vocab.json, merges.txt, configs) built from open_clip's shipped BPE file."""
+def write_clip_tokenizer_files(directory: str | os.PathLike, *, pad_token: str = "<|endoftext|>") -> Path:
+    """Write the real CLIP tokenizer (vocab.json, merges.txt, configs) built from open_clip's shipped BPE file.
+
+    ``pad_token="!"`` gives the OpenCLIP tokenizers of SDXL's ``tokenizer_2`` and of SD 2.x, which pad with id 0.
+    """
     import open_clip
 
     directory = Path(directory)
@@ -62,7 +67,7 @@ def write_clip_tokenizer_files(directory: str | os.PathLike) -> Path:
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "pad_token": pad_token,
     }
     (directory / "special_tokens_map.json").write_text(json.dumps(special))
     config = {"model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer", **special}
@@ -259,16 +264,43 @@ def _snapshot(cache_dir: Path, repo_id: str) -> Path:
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(SNAPSHOT_REVISION)
     snapshot = repo_dir / "snapshots" / SNAPSHOT_REVISION
-    snapshot.mkdir(parents=True, exist_ok=True)
+    # a fresh folder: writing again through the old blob links would change the blobs they point to
+    shutil.rmtree(snapshot, ignore_errors=True)
+    snapshot.mkdir(parents=True)
     return snapshot
+
+
+def _link_blobs(snapshot: Path) -> None:
+    """Move a snapshot's files into the repo's ``blobs/`` and leave relative symlinks, as ``hf download`` does."""
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir(exist_ok=True)
+    for file in sorted(p for p in snapshot.rglob("*") if p.is_file() and not p.is_symlink()):
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        if blob.exists():
+            file.unlink()
+        else:
+            file.replace(blob)
+        file.symlink_to(os.path.relpath(blob, file.parent))
+
+
+def _write_repo_tokenizers(snapshot: Path, family: str) -> None:
+    """Tokenizer folders as the hub repos hold them: vocab.json + merges.txt (not transformers 5's tokenizer.json),
+    with the OpenCLIP tokenizers (SDXL's second, SD 2.x's only one) padding with "!"."""
+    for sub in ("tokenizer", "tokenizer_2"):
+        if (snapshot / sub).is_dir():
+            shutil.rmtree(snapshot / sub)
+            openclip = sub == "tokenizer_2" or family == "sd21"
+            write_clip_tokenizer_files(snapshot / sub, pad_token="!" if openclip else "<|endoftext|>")
 
 
 def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = None) -> Path:
     """Write tiny random weights for registry entries into a Hugging Face hub cache, in each repo's real layout.
 
-    Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders, the LCM
-    UNet a UNet folder at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
-    ``.safetensors`` state dict. ``names`` defaults to every downloadable entry.
+    Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders with both
+    full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers, the LCM UNet a
+    UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
+    fp16 ``.safetensors`` state dict. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
+    ``names`` defaults to every downloadable entry.
     """
     from diffusers import EulerAncestralDiscreteScheduler
     from safetensors.torch import save_file
@@ -292,10 +324,12 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                     pipe.scheduler.config, timestep_spacing="trailing"
                 )
             pipe.save_pretrained(snapshot)
+            pipe.to(torch.float16).save_pretrained(snapshot, variant="fp16")
+            _write_repo_tokenizers(snapshot, spec.family)
         elif spec.storage == "unet_folder":
-            unets[spec.family](seed=20, lcm=spec.scheduler == "LCMScheduler").save_pretrained(
-                snapshot / (spec.subfolder or "")
-            )
+            unet = unets[spec.family](seed=20, lcm=spec.scheduler == "LCMScheduler")
+            unet.save_pretrained(snapshot / (spec.subfolder or ""))
+            unet.to(torch.float16).save_pretrained(snapshot / (spec.subfolder or ""), variant="fp16")
         elif spec.storage == "unet_file":
             state_dict = {
                 k: v.to(torch.float16).contiguous()
@@ -305,4 +339,5 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                 save_file(state_dict, str(snapshot / spec.filename))
             else:
                 torch.save(state_dict, snapshot / spec.filename)
+        _link_blobs(snapshot)
     return cache_dir

@@ -79,6 +79,7 @@ class ModelSpec:
     variant: str | None = None
     seed: int = 0
     description: str = ""
+    embedder: str | None = None  # default embedder spec for this base (conceptspace.embeddings.load_embedder)
 
     def __post_init__(self) -> None:
         if self.role == "student" and not self.base:
@@ -126,6 +127,7 @@ _SDXL_BASE = ModelSpec(
     resolution=1024,
     variant="fp16",
     description="SDXL 1.0 base, 50 Euler steps with CFG",
+    embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
 )
 
 _REGISTRY_LIST: list[ModelSpec] = [
@@ -203,6 +205,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
         resolution=512,
         variant="fp16",
         description="Stable Diffusion 2.1 base, 50 Euler steps with CFG",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
     ),
     ModelSpec(
         name="sd-turbo",
@@ -304,13 +307,24 @@ def hub_offline() -> bool:
 
 
 def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bool:
-    """True when the files that ``spec`` needs are in the Hugging Face cache (always true for random models)."""
+    """True when the files that ``spec`` needs are in the Hugging Face cache (always true for random models):
+    its key files and, for folder layouts, the UNet weights in at least one variant."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in spec.key_files:
-        found = try_to_load_from_cache(spec.repo_id, filename, cache_dir=cache_dir)
-        if not isinstance(found, str):
-            return False
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(spec.repo_id, filename, cache_dir=cache_dir), str)
+
+    if not all(cached(filename) for filename in spec.key_files):
+        return False
+    if spec.storage in ("pipeline", "unet_folder"):
+        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
+        variants = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
+        if spec.variant:
+            variants += [
+                f"diffusion_pytorch_model.{spec.variant}.safetensors",
+                f"diffusion_pytorch_model.{spec.variant}.bin",
+            ]
+        return any(cached(folder + name) for name in variants)
     return True
 
 
@@ -321,6 +335,9 @@ def _missing_error(
 
     where = cache_dir or constants.HF_HUB_CACHE
     files = ", ".join(spec.key_files) or "its files"
+    if spec.storage in ("pipeline", "unet_folder"):
+        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
+        files += f" and UNet weights {folder}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
     option = "--student-path" if spec.role == "student" else "--base-path"
     reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
     # `hf download` fills the default cache: name the one we read from when it is another.

@@ -296,7 +296,7 @@ def test_missing_student_names_repo_files_and_command(
     with pytest.raises(ModelNotFoundError) as info:
         load_pair("sdxl", student, cache_dir=sdxl_only_cache)
     message = str(info.value)
-    assert f"{get_spec(student).repo_id} ({files})" in message
+    assert f"{get_spec(student).repo_id} ({files}" in message
     assert f"`{command} --cache-dir {sdxl_only_cache}`" in message
     assert "--student-path" in message
 
@@ -322,6 +322,8 @@ def test_partially_downloaded_base_is_a_missing_model(hub_cache: Path, tmp_path:
     ) as info:
         load_pair("sdxl", cache_dir=cache)
     assert "unet" in str(info.value)  # the detail says which part is absent
+    assert not is_cached(get_spec("sdxl"), cache)  # `conceptspace models` must not call it cached
+    assert is_cached(get_spec("sdxl"), hub_cache)
 
 
 # ----------------------------------------------------------------------------------------- incompatibility
@@ -613,7 +615,7 @@ def test_cli_models_reads_hf_hub_cache(hub_cache: Path):
     [
         (
             "dmd2",
-            f"error: model 'sdxl' needs {SDXL_REPO} (model_index.json), which is not in the Hugging Face cache",
+            f"error: model 'sdxl' needs {SDXL_REPO} (model_index.json and UNet weights unet/",
         ),
         ("dmd3", "error: unknown model 'dmd3'; known models: dmd2, "),
     ],

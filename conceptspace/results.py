@@ -97,13 +97,13 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path} must hold a list of metric rows")
-    rows = validate_rows(rows)
-    for row in rows:
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} must hold a list of metric rows (JSON objects)")
+    for row in rows:  # missing CIs are written as null
         for column in ("value", "ci_low", "ci_high"):
-            row[column] = math.nan if row[column] is None else float(row[column])
-    return rows
+            if column in row and row[column] is None:
+                row[column] = math.nan
+    return validate_rows(rows)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

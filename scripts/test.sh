@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), lint, and run the whole test suite offline.
+# The report tests drive headless Chromium; on Debian/Ubuntu as root the browser is installed if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+            || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+    else
+        echo "note: chromium/chromedriver not found; the browser tests will be skipped" >&2
+    fi
+fi
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 .venv/bin/ruff check conceptspace tests analyses benchmarks
 .venv/bin/python -m pytest -q "$@"

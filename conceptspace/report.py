@@ -1,0 +1,886 @@
+"""HTML reports of a run folder, rebuilt from its files alone (no model is loaded or run).
+
+>>> from conceptspace.report import build_report                 # doctest: +SKIP
+>>> build_report("runs/puppy")                                     # doctest: +SKIP
+PosixPath('runs/puppy/report.html')
+
+The report is one self-contained folder: ``report.html`` (CSS inline, no script, no font or file from the
+network) next to ``assets/`` (thumbnails and figures), with every image linked by a path relative to the report,
+so the run folder can be zipped, moved or opened offline. All text that came from a user (prompts, regime and
+file names, run parameters) is escaped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from conceptspace.io import atomic_write, write_text
+from conceptspace.results import REQUIRED_COLUMNS, read_metrics
+
+__all__ = ["ALL_PROMPTS", "DIVERSITY_METRICS", "build_report", "metric_family"]
+
+ALL_PROMPTS = "(all prompts)"
+"""The ``prompt`` of rows that average over every prompt of a run."""
+
+DIVERSITY_METRICS = frozenset({"pairwise_distance", "vendi", "vendi_score", "diversity"})
+"""Metric names drawn as diversity; names containing ``pairwise`` or ``vendi`` count too."""
+
+ASSETS = "assets"
+REPORT = "report.html"
+MAX_PROMPTS_PER_PLOT = 12  # more prompts than this: figures show the first ones and "(all prompts)"
+TABLE_OPEN_ROWS = 40  # tables with more rows start collapsed
+# Colour-blind-safe palette (seaborn "colorblind"); the fixed regimes keep their colour in every report.
+PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#56b4e9")
+FIXED_COLOURS = {"base": PALETTE[0], "distilled": PALETTE[1], "hybrid": PALETTE[2]}
+_IMAGE_NAME = re.compile(r"(\d+)_(-?\d+)\.png")
+_STRIP_PREFIX = "trajectory_"
+
+
+def metric_family(row: dict[str, Any]) -> str:
+    """``"curve"`` (rows with a ``step``: commitment and any other per-step metric), ``"difference"``
+    (``diff_*`` metrics: one regime against another, usually with a ``p_value``), ``"diversity"``
+    (:data:`DIVERSITY_METRICS`) or ``"other"``."""
+    name = str(row["metric"])
+    if row.get("step") is not None:
+        return "curve"
+    if name.startswith("diff_"):
+        return "difference"
+    lowered = name.lower()
+    if name in DIVERSITY_METRICS or "pairwise" in lowered or "vendi" in lowered:
+        return "diversity"
+    return "other"
+
+
+def build_report(
+    run_dir: str | os.PathLike, *, title: str | None = None, thumbnail: int | None = 256
+) -> Path:
+    """Write ``run_dir/report.html`` and ``run_dir/assets/`` from the files in ``run_dir``; return the report.
+
+    Reads ``metrics.json`` (tidy rows, see :mod:`conceptspace.results`), ``run.json`` when present and the
+    images of each regime folder (``<regime>/<prompt#>_<seed>.png`` and x̂0 strips
+    ``<regime>/trajectory_<prompt#>_<seed>.png``); nothing else is needed and no model is run. The page shows
+    image grids per prompt and regime (click a thumbnail for the full-size image), x̂0 strips, figures
+    (diversity per regime with 95% CIs, commitment curves against the fraction of steps run, a point-with-CI
+    plot for any other metric), one table per metric with every row (value [CI], n, p-value where present) and
+    the run's parameters (models, the schedule each regime ran, versions, wall times).
+
+    A folder with images but no ``metrics.json`` (``conceptspace generate`` writes none) still gets a report:
+    grids, strips and run details, with a note naming the commands that measure. A folder with neither raises
+    :class:`FileNotFoundError`. ``assets/`` belongs to the report: files there that this build did not write are
+    removed. Thumbnails are at most ``thumbnail`` pixels on their longer side (strips: half that in height) and
+    are reused while newer than their image; ``thumbnail=None`` links the full-size images directly. Every file
+    is written atomically, the report last.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if thumbnail is not None and (isinstance(thumbnail, bool) or int(thumbnail) < 16):
+        raise ValueError(f"thumbnail must be at least 16 pixels or None, got {thumbnail!r}")
+    run = _read_run(run_dir)
+    has_metrics = (run_dir / "metrics.json").exists()
+    rows = read_metrics(run_dir) if has_metrics else []
+    images = _find_images(run_dir, run)
+    if not has_metrics and not images:
+        raise FileNotFoundError(
+            f"nothing to report in {run_dir}: it has no metrics.json and no images. Make images with "
+            "`conceptspace generate` or `conceptspace trajectory` (which also writes commitment curves to "
+            "metrics.json), measure diversity with `conceptspace diversity`, then build the report."
+        )
+
+    notes: list[str] = []
+    if not has_metrics:
+        notes.append(
+            "No metrics.json in this folder, so no figures or tables: `conceptspace diversity` measures these "
+            "images, and `conceptspace trajectory` records commitment curves."
+        )
+    elif not rows:
+        notes.append("metrics.json holds no rows.")
+
+    regimes = _regime_order(run, images, rows)
+    colours = _colours(regimes + [str(r["regime"]) for r in rows])
+    written: set[Path] = set()
+    prompt_blocks = _image_blocks(run_dir, run, images, regimes, colours, thumbnail, written, notes)
+    figures = _figures(run_dir, rows, regimes, colours, written, notes) if rows else []
+    context = {
+        "title": title or f"conceptspace report: {run_dir.resolve().name}",
+        "subtitle": _subtitle(run, images, regimes),
+        "notes": notes,
+        "overview": _overview(run, images, regimes, colours),
+        "headline": _headline(rows, regimes, colours),
+        "prompts": prompt_blocks,
+        "has_strips": any(r["strips"] for p in prompt_blocks for r in p["regimes"]),
+        "has_images": any(r["images"] for p in prompt_blocks for r in p["regimes"]),
+        "figures": figures,
+        "tables": _tables(rows, colours),
+        "details": _details(run, colours),
+        "files": [
+            {"name": name, "href": quote(name)}
+            for name in ("run.json", "metrics.json", "metrics.csv")
+            if (run_dir / name).is_file()
+        ],
+        "built": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "version": _version(),
+    }
+    html = _environment().get_template("report.html").render(**context)
+    _remove_stale_assets(run_dir / ASSETS, written)
+    return write_text(run_dir / REPORT, html)
+
+
+# ---------------------------------------------------------------------------------------------- reading files
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} must hold a JSON object (the run record)")
+    return run
+
+
+@dataclass
+class _Image:
+    path: Path  # relative to the run folder
+    regime: str
+    prompt: str
+    prompt_index: int | None
+    seed: int | None
+    strip: bool
+
+
+def _find_images(run_dir: Path, run: dict[str, Any]) -> list[_Image]:
+    """Every PNG directly inside a sub-folder of the run (``assets/`` excepted), with its prompt and seed
+    from run.json's image list, or else from the file name and run.json's prompts."""
+    prompts = [str(p) for p in run.get("prompts") or [] if isinstance(p, str)]
+    listed: dict[str, tuple[str, Any]] = {}
+    records = run.get("regimes")
+    if isinstance(records, dict):
+        for record in records.values():
+            items = record.get("images") if isinstance(record, dict) else None
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("path"), str):
+                    listed[Path(item["path"]).as_posix()] = (str(item.get("prompt", "")), item.get("seed"))
+    found = []
+    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name != ASSETS):
+        if folder.is_symlink() or folder.name.startswith("."):
+            continue
+        for file in sorted(folder.glob("*.png")):
+            if not file.is_file() or file.name.startswith("."):
+                continue
+            rel = file.relative_to(run_dir)
+            strip = file.name.startswith(_STRIP_PREFIX)
+            match = _IMAGE_NAME.fullmatch(file.name[len(_STRIP_PREFIX) :] if strip else file.name)
+            index = int(match.group(1)) if match else None
+            seed = int(match.group(2)) if match else None
+            image_path = rel.parent / (match.group(0) if match else file.name)
+            if image_path.as_posix() in listed:
+                prompt = listed[image_path.as_posix()][0]
+            elif index is not None and index < len(prompts):
+                prompt = prompts[index]
+            elif index is not None:
+                prompt = f"prompt #{index}"
+            else:
+                prompt = "(other images)"
+            found.append(_Image(rel, folder.name, prompt, index, seed, strip))
+    return found
+
+
+def _regime_order(run: dict[str, Any], images: list[_Image], rows: list[dict[str, Any]]) -> list[str]:
+    order: dict[str, None] = {}
+    if isinstance(run.get("regimes"), dict):
+        order.update(dict.fromkeys(str(k) for k in run["regimes"]))
+    order.update(dict.fromkeys(i.regime for i in images))
+    order.update(dict.fromkeys(str(r["regime"]) for r in rows if metric_family(r) != "difference"))
+    return list(order)
+
+
+def _colours(names: Iterable[str]) -> dict[str, str]:
+    colours = dict(FIXED_COLOURS)
+    rest = [c for c in PALETTE if c not in FIXED_COLOURS.values()]
+    for index, name in enumerate(n for n in dict.fromkeys(names) if n not in FIXED_COLOURS):
+        colours[name] = rest[index % len(rest)]
+    return colours
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _href(path: Path | str) -> str:
+    """A path relative to the report as a URL (``#``, ``?``, spaces and the like percent-encoded)."""
+    return quote(Path(path).as_posix(), safe="/")
+
+
+def _thumbnail(run_dir: Path, image: _Image, size: int | None, written: set[Path]) -> dict[str, Any]:
+    """Make (or reuse) the thumbnail of one image; return what the template needs to show it."""
+    from PIL import Image
+
+    source = run_dir / image.path
+    with Image.open(source) as opened:
+        width, height = opened.size
+        if size is None:
+            return {"src": _href(image.path), "width": width, "height": height}
+        scale = min(1.0, (size // 2) / height) if image.strip else min(1.0, size / max(width, height))
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        thumb_rel = Path(ASSETS, "thumbs", image.path).with_suffix(".jpg")
+        thumb = run_dir / thumb_rel
+        if not _fresh(thumb, source, target):
+            picture = opened.convert("RGB")
+            if target != (width, height):
+                picture = picture.resize(target, Image.Resampling.LANCZOS)
+            atomic_write(thumb, lambda tmp: picture.save(tmp, format="JPEG", quality=88))
+    written.add(thumb)
+    return {"src": _href(thumb_rel), "width": target[0], "height": target[1]}
+
+
+def _fresh(thumb: Path, source: Path, size: tuple[int, int]) -> bool:
+    from PIL import Image
+
+    try:
+        if thumb.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            return False
+        with Image.open(thumb) as existing:
+            return existing.size == size
+    except OSError:
+        return False
+
+
+def _image_blocks(
+    run_dir: Path,
+    run: dict[str, Any],
+    images: list[_Image],
+    regimes: list[str],
+    colours: dict[str, str],
+    size: int | None,
+    written: set[Path],
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """One block per prompt (run.json's order), holding one row of thumbnails and of strips per regime."""
+    prompt_order: dict[str, None] = dict.fromkeys(str(p) for p in run.get("prompts") or [])
+    for image in sorted(images, key=lambda i: (i.prompt_index is None, i.prompt_index or 0)):
+        prompt_order.setdefault(image.prompt, None)
+    steps = _schedules(run)
+    grouped: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(
+        lambda: {"images": [], "strips": []}
+    )
+    unreadable = []
+    for image in sorted(images, key=lambda i: (i.seed is None, i.seed or 0, i.path.name)):
+        try:
+            shown = _thumbnail(run_dir, image, size, written)
+        except OSError:
+            unreadable.append(image.path.as_posix())
+            continue
+        seed = "" if image.seed is None else f"seed {image.seed}"
+        shown.update(
+            href=_href(image.path),
+            name=image.path.as_posix(),
+            seed=seed,
+            alt=f"{image.regime}, {seed or image.path.name}: {image.prompt}",
+        )
+        if image.strip:
+            shown["frames"] = _frame_labels(steps.get(image.regime), shown["width"], shown["height"])
+        grouped[image.prompt, image.regime]["strips" if image.strip else "images"].append(shown)
+    if unreadable:
+        notes.append(f"Skipped {len(unreadable)} unreadable image(s): {', '.join(unreadable[:5])}")
+    blocks = []
+    for number, prompt in enumerate(prompt_order, start=1):
+        rows = [
+            {
+                "name": regime,
+                "colour": colours[regime],
+                "schedule": _compact_schedule(steps.get(regime)),
+                **grouped[prompt, regime],
+            }
+            for regime in regimes
+            if (prompt, regime) in grouped
+        ]
+        if rows:
+            blocks.append({"number": number, "text": prompt, "regimes": rows})
+    return blocks
+
+
+def _frame_labels(schedule: list[dict[str, Any]] | None, width: int, height: int) -> list[dict[str, Any]]:
+    """Labels under each frame of an x̂0 strip (timestep and model), when the strip's width fits the schedule."""
+    if not schedule or not 0.5 <= width / len(schedule) / height <= 2:
+        return []  # frames are equally wide; a width that does not fit this schedule gets no labels
+    return [{"timestep": s.get("timestep"), "model": str(s.get("model", ""))} for s in schedule]
+
+
+# ---------------------------------------------------------------------------------------------- run record
+
+
+def _schedules(run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The schedule each regime ran: ``[{"step", "timestep", "model"}, …]`` per regime name."""
+    schedules: dict[str, list[dict[str, Any]]] = {}
+    records = run.get("regimes")
+    if isinstance(records, dict):
+        for name, record in records.items():
+            if isinstance(record, dict) and isinstance(record.get("schedule"), list):
+                schedules[str(name)] = [s for s in record["schedule"] if isinstance(s, dict)]
+    if isinstance(run.get("schedule"), dict):
+        for name, schedule in run["schedule"].items():
+            if isinstance(schedule, list):
+                schedules.setdefault(str(name), [s for s in schedule if isinstance(s, dict)])
+    return schedules
+
+
+def _compact_schedule(schedule: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Runs of consecutive steps by one model: ``[{"model", "timesteps", "count", "colour"}, …]``; a long run
+    shows its first three timesteps, an ellipsis and its last."""
+    segments: list[dict[str, Any]] = []
+    for step in schedule or []:
+        model = str(step.get("model", "?"))
+        if segments and segments[-1]["model"] == model:
+            segments[-1]["all"].append(step.get("timestep"))
+        else:
+            segments.append({"model": model, "all": [step.get("timestep")]})
+    for segment in segments:
+        every = segment.pop("all")
+        segment["count"] = len(every)
+        shown = [str(t) for t in every]
+        segment["timesteps"] = " ".join(shown if len(shown) <= 5 else [*shown[:3], "…", shown[-1]])
+        segment["colour"] = FIXED_COLOURS.get(segment["model"], PALETTE[-1])
+    return segments
+
+
+def _seconds(timings: Any) -> float | None:
+    if not isinstance(timings, dict):
+        return None
+    values = [v for k, v in timings.items() if k != "writing" and isinstance(v, (int, float))]
+    return float(sum(values)) if values else None
+
+
+def _overview(
+    run: dict[str, Any], images: list[_Image], regimes: list[str], colours: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One card per regime: its schedule, number of images and sampling time."""
+    records = run.get("regimes") if isinstance(run.get("regimes"), dict) else {}
+    schedules = _schedules(run)
+    cards = []
+    for regime in regimes:
+        record = records.get(regime) if isinstance(records.get(regime), dict) else {}
+        count = sum(1 for i in images if i.regime == regime and not i.strip)
+        seconds = _seconds(record.get("timings"))
+        if not count and regime not in schedules:
+            continue
+        cards.append(
+            {
+                "name": regime,
+                "colour": colours[regime],
+                "schedule": _compact_schedule(schedules.get(regime)),
+                "steps": len(schedules.get(regime) or []),
+                "images": count,
+                "seconds": seconds,
+                "per_image": seconds / count if seconds is not None and count else None,
+            }
+        )
+    return cards
+
+
+def _subtitle(run: dict[str, Any], images: list[_Image], regimes: list[str]) -> list[str]:
+    parts = []
+    base, student = run.get("base"), run.get("student")
+    if isinstance(base, dict) and base.get("name"):
+        parts.append(f"base {base['name']}")
+    if isinstance(student, dict) and student.get("name"):
+        parts.append(f"student {student['name']}")
+    prompts = run.get("prompts") or sorted({i.prompt for i in images})
+    seeds = run.get("seeds")
+    if prompts:
+        parts.append(f"{len(prompts)} prompt{'s' * (len(prompts) != 1)}")
+    if isinstance(seeds, list) and seeds:
+        parts.append(f"{len(seeds)} seed{'s' * (len(seeds) != 1)} each")
+    if regimes:
+        parts.append(f"{len(regimes)} regime{'s' * (len(regimes) != 1)}")
+    if run.get("command"):
+        parts.append(f"`{run['command']}` run")
+    return parts
+
+
+def _details(run: dict[str, Any], colours: dict[str, str]) -> dict[str, Any]:
+    """The run's parameters, grouped for the details section (empty without run.json)."""
+    if not run:
+        return {}
+    models = []
+    for role in ("base", "student"):
+        spec = run.get(role)
+        if isinstance(spec, dict):
+            source = str(spec.get("repo_id", ""))
+            if spec.get("filename"):
+                source += f" [{spec['filename']}]"
+            models.append(
+                {
+                    "role": role,
+                    "name": spec.get("name", ""),
+                    "source": source,
+                    "scheduler": spec.get("scheduler", ""),
+                    "steps": spec.get("num_inference_steps", ""),
+                    "cfg": spec.get("guidance_scale", ""),
+                    "resolution": spec.get("resolution", ""),
+                }
+            )
+    records = run.get("regimes") if isinstance(run.get("regimes"), dict) else {}
+    schedules = _schedules(run)
+    phases: dict[str, None] = {}
+    regimes = []
+    for name in dict.fromkeys([*records, *schedules]):
+        record = records.get(name) if isinstance(records.get(name), dict) else {}
+        timings = record.get("timings") if isinstance(record.get("timings"), dict) else {}
+        phases.update(dict.fromkeys(timings))
+        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+        regimes.append(
+            {
+                "name": name,
+                "colour": colours.get(name, PALETTE[-1]),
+                "schedule": _compact_schedule(schedules.get(name)),
+                "full_schedule": ", ".join(
+                    f"{s.get('timestep')}:{s.get('model')}" for s in schedules.get(name) or []
+                ),
+                "settings": _inline(
+                    {k: v for k, v in settings.items() if k not in ("name", "regime") and v is not None}
+                ),
+                "timings": timings,
+                "total": sum(v for v in timings.values() if isinstance(v, (int, float))),
+            }
+        )
+    shown = {
+        "base",
+        "student",
+        "regimes",
+        "schedule",
+        "wall_time",
+        "prompts",
+        "seeds",
+        "versions",
+        "parameters",
+    }
+    wall = run.get("wall_time") if isinstance(run.get("wall_time"), dict) else {}
+    return {
+        "models": models,
+        "regimes": regimes,
+        "phases": list(phases),
+        "total_seconds": wall.get("total") if isinstance(wall.get("total"), (int, float)) else None,
+        "parameters": _pairs(run.get("parameters")),
+        "versions": _pairs(run.get("versions")),
+        "prompts": [str(p) for p in run.get("prompts") or []],
+        "seeds": _seed_text(run.get("seeds")),
+        "other": _pairs({k: v for k, v in run.items() if k not in shown}),
+    }
+
+
+def _pairs(mapping: Any) -> list[tuple[str, str]]:
+    if not isinstance(mapping, dict):
+        return []
+    return [(str(k), v if isinstance(v, str) else _inline(v)) for k, v in mapping.items()]
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_inline(v)}" for k, v in value.items()) or "—"
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def _seed_text(seeds: Any) -> str:
+    if not isinstance(seeds, list) or not seeds:
+        return ""
+    if all(isinstance(s, int) for s in seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(str(s) for s in seeds)
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _ci(low: Any, high: Any) -> str:
+    if not (_is_number(low) and _is_number(high)):
+        return ""
+    return f"[{_num(float(low))}, {_num(float(high))}]"
+
+
+def _pvalue(value: Any) -> str:
+    if not _is_number(value):
+        return "—" if value is None or isinstance(value, float) else str(value)
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _secs(value: Any) -> str:
+    if not _is_number(value):
+        return "—"
+    return f"{value:.3g} s" if value < 10 else f"{value:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _tables(rows: list[dict[str, Any]], colours: dict[str, str]) -> list[dict[str, Any]]:
+    """One table per metric, every row in file order; extra columns are those the metric's rows use."""
+    by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_metric[str(row["metric"])].append(row)
+    tables = []
+    for metric, group in by_metric.items():
+        extra: dict[str, None] = {}
+        for row in group:
+            extra.update(
+                dict.fromkeys(
+                    k
+                    for k, v in row.items()
+                    if k not in REQUIRED_COLUMNS and k != "p_value" and v is not None
+                )
+            )
+        has_p = any(row.get("p_value") is not None for row in group)
+        tables.append(
+            {
+                "metric": metric,
+                "family": metric_family(group[0]),
+                "columns": list(extra),
+                "has_p": has_p,
+                "open": len(group) <= TABLE_OPEN_ROWS,
+                "rows": [
+                    {
+                        "prompt": str(row["prompt"]),
+                        "regime": str(row["regime"]),
+                        "colour": colours.get(str(row["regime"]), PALETTE[-1]),
+                        "extra": [_num(row.get(k)) if row.get(k) is not None else "" for k in extra],
+                        "value": _num(row["value"]),
+                        "ci": _ci(row["ci_low"], row["ci_high"]),
+                        "n": _num(row["n"]),
+                        "p": _pvalue(row.get("p_value")),
+                        "significant": _is_number(row.get("p_value")) and row["p_value"] < 0.05,
+                    }
+                    for row in group
+                ],
+            }
+        )
+    return tables
+
+
+def _headline(
+    rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]
+) -> dict[str, Any] | None:
+    """Diversity and other per-image metrics averaged over prompts (``(all prompts)`` rows, or the only prompt's
+    rows), one line per metric, one column per regime."""
+    flat = [r for r in rows if metric_family(r) in ("diversity", "other")]
+    chosen = [r for r in flat if r["prompt"] == ALL_PROMPTS]
+    label = "mean over all prompts"
+    if not chosen and len({r["prompt"] for r in flat}) == 1:
+        chosen = flat
+        label = f"prompt: {flat[0]['prompt']}" if flat else label
+    if not chosen:
+        return None
+    present = [r for r in regimes if any(str(row["regime"]) == r for row in chosen)]
+    lines: dict[str, dict[str, dict[str, str]]] = {}
+    for row in chosen:
+        key = _panel_title(row)
+        lines.setdefault(key, {})[str(row["regime"])] = {
+            "value": _num(row["value"]),
+            "ci": _ci(row["ci_low"], row["ci_high"]),
+        }
+    return {
+        "label": label,
+        "regimes": [{"name": r, "colour": colours[r]} for r in present],
+        "lines": [{"metric": k, "cells": [v.get(r) for r in present]} for k, v in lines.items()],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _panel_title(row: dict[str, Any]) -> str:
+    embedder = row.get("embedder")
+    return f"{row['metric']} ({embedder})" if embedder else str(row["metric"])
+
+
+def _label(text: Any, width: int = 28) -> str:
+    """Text safe for matplotlib: one line, shortened, and no mathtext (``$`` escaped)."""
+    flat = " ".join(str(text).split())
+    short = flat[: width - 1].rstrip() + "…" if len(flat) > width else flat
+    return short.replace("$", r"\$")
+
+
+def _ordered_prompts(rows: Sequence[dict[str, Any]]) -> tuple[list[str], bool]:
+    prompts = list(dict.fromkeys(str(r["prompt"]) for r in rows if r["prompt"] != ALL_PROMPTS))
+    truncated = len(prompts) > MAX_PROMPTS_PER_PLOT
+    if truncated:
+        prompts = prompts[:MAX_PROMPTS_PER_PLOT] if not any(r["prompt"] == ALL_PROMPTS for r in rows) else []
+    if any(r["prompt"] == ALL_PROMPTS for r in rows):
+        prompts.append(ALL_PROMPTS)
+    return prompts, truncated
+
+
+def _figures(
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    regimes: list[str],
+    colours: dict[str, str],
+    written: set[Path],
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    import matplotlib
+    import seaborn as sns
+
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        families[metric_family(row)].append(row)
+    style = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85)}
+    style.update({"axes.titleweight": "bold", "figure.dpi": 100, "savefig.dpi": 144})
+    figures = []
+    with matplotlib.rc_context(style):
+        spec = [
+            ("diversity", "Diversity per regime", _DIVERSITY_CAPTION),
+            ("difference", "Differences between regimes", _DIFFERENCE_CAPTION),
+            ("other", "Other metrics", _OTHER_CAPTION),
+        ]
+        for family, heading, caption in spec:
+            if families[family]:
+                figure = _points_figure(families[family], regimes, colours, zero_line=family == "difference")
+                figures.append(_save(run_dir, figure, family, heading, caption, written))
+        by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in families["curve"]:
+            by_metric[str(row["metric"])].append(row)
+        for metric, group in by_metric.items():
+            figure = _curves_figure(group, regimes, colours)
+            caption = _COMMITMENT_CAPTION if metric == "commitment" else _CURVE_CAPTION
+            heading = "Commitment curves" if metric == "commitment" else f"{metric} per step"
+            figures.append(_save(run_dir, figure, f"curve-{metric}", heading, caption, written))
+    if any(_ordered_prompts(group)[1] for group in families.values() if group):
+        notes.append(
+            f"Figures show at most {MAX_PROMPTS_PER_PLOT} prompts (or only the mean over all prompts, when the "
+            "rows have one); the tables hold every row."
+        )
+    return figures
+
+
+_DIVERSITY_CAPTION = (
+    "Mean with 95% confidence interval, per prompt (x) and regime (colour); one panel per diversity metric. "
+    "Higher is more diverse."
+)
+_DIFFERENCE_CAPTION = (
+    "Difference between two regimes with its 95% confidence interval; an interval that excludes 0 (dashed) is "
+    "a difference the data support. p-values are in the tables."
+)
+_OTHER_CAPTION = (
+    "Mean with 95% confidence interval, per prompt (x) and regime (colour); one panel per metric."
+)
+_COMMITMENT_CAPTION = (
+    "Similarity of each step's x̂0 to the final image against the fraction of sampling steps run: mean with 95% "
+    "confidence band, one panel per prompt. A curve that starts high commits to its final image at once "
+    "(distilled models); one that climbs slowly commits gradually (base models)."
+)
+_CURVE_CAPTION = (
+    "Mean with 95% confidence band against the fraction of sampling steps run, one panel per prompt."
+)
+
+
+def _save(
+    run_dir: Path, figure: Any, name: str, heading: str, caption: str, written: set[Path]
+) -> dict[str, Any]:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "figure"
+    rel = Path(ASSETS, "figures", f"{safe}.png")
+    atomic_write(run_dir / rel, lambda tmp: figure.savefig(tmp, format="png", metadata={"Software": None}))
+    written.add(run_dir / rel)
+    width, height = (round(v * 144) for v in figure.get_size_inches())
+    return {
+        "src": _href(rel),
+        "heading": heading,
+        "caption": caption,
+        "width": width,
+        "height": height,
+        "alt": heading,
+    }
+
+
+def _grid(count: int, max_columns: int) -> tuple[int, int]:
+    columns = max(1, min(count, max_columns))
+    return math.ceil(count / columns), columns
+
+
+def _points_figure(
+    rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str], *, zero_line: bool
+) -> Any:
+    from matplotlib.figure import Figure
+
+    panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        panels[_panel_title(row)].append(row)
+    hues = [
+        r
+        for r in dict.fromkeys([*regimes, *(str(r["regime"]) for r in rows)])
+        if any(str(row["regime"]) == r for row in rows)
+    ]
+    widest = max(len(_ordered_prompts(group)[0]) for group in panels.values())
+    panel_width = min(11.0, max(3.4, 0.32 * widest * max(1, len(hues)) + 1.4))
+    n_rows, n_columns = _grid(len(panels), max(1, int(11.5 // panel_width)))
+    figure = Figure(figsize=(panel_width * n_columns, 3.5 * n_rows + 0.5), layout="constrained")
+    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    handles: dict[str, Any] = {}
+    for ax, (title, group) in zip(axes, panels.items(), strict=False):
+        prompts, _ = _ordered_prompts(group)
+        position = {p: i for i, p in enumerate(prompts)}
+        width = 0.7 / max(1, len(hues))
+        for h, regime in enumerate(hues):
+            points = [r for r in group if str(r["regime"]) == regime and str(r["prompt"]) in position]
+            if not points:
+                continue
+            xs = [position[str(r["prompt"])] + (h - (len(hues) - 1) / 2) * width for r in points]
+            ys = [float(r["value"]) for r in points]
+            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
+            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
+            handles[regime] = ax.errorbar(
+                xs, ys, yerr=[low, high], fmt="o", ms=6, capsize=3, lw=1.5, color=colours[regime]
+            )
+        if ALL_PROMPTS in position and len(prompts) > 1:
+            ax.axvline(len(prompts) - 1.5, color="#999999", lw=1, ls=":")
+        if zero_line:
+            ax.axhline(0, color="#555555", lw=1, ls="--")
+        ax.set_xticks(range(len(prompts)))
+        ax.set_xticklabels(
+            [_label(p, 24) for p in prompts],
+            rotation=25 if len(prompts) > 2 else 0,
+            ha="right" if len(prompts) > 2 else "center",
+        )
+        ax.set_xlim(-0.6, len(prompts) - 0.4)
+        ax.grid(axis="x", visible=False)
+        ax.set_title(_label(title, 60))
+        ax.set_ylabel(_label(group[0]["metric"], 40))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    if handles:
+        figure.legend(
+            list(handles.values()),
+            [_label(h, 30) for h in handles],
+            loc="outside upper center",
+            ncols=min(len(handles), 6),
+            frameon=False,
+        )
+    return figure
+
+
+def _half(value: float, bound: float, *, below: bool) -> float:
+    """Length of one error bar (0 where the CI is missing or does not contain the value)."""
+    if not (_is_number(value) and _is_number(bound)):
+        return 0.0
+    return max(0.0, (value - bound) if below else (bound - value))
+
+
+def _curves_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]) -> Any:
+    from matplotlib.figure import Figure
+
+    prompts, _ = _ordered_prompts(rows)
+    n_rows, n_columns = _grid(len(prompts), 3)
+    figure = Figure(figsize=(3.9 * n_columns, 3.1 * n_rows + 0.5), layout="constrained")
+    axes = figure.subplots(n_rows, n_columns, squeeze=False, sharey=True).ravel()
+    hues = [r for r in dict.fromkeys([*regimes, *(str(r["regime"]) for r in rows)])]
+    handles: dict[str, Any] = {}
+    for ax, prompt in zip(axes, prompts, strict=False):
+        for regime in hues:
+            points = sorted(
+                (r for r in rows if str(r["prompt"]) == prompt and str(r["regime"]) == regime),
+                key=lambda r: int(r["step"]),
+            )
+            if not points:
+                continue
+            n_steps = max(int(r["step"]) for r in points) + 1
+            xs = [(int(r["step"]) + 1) / n_steps for r in points]
+            ys = [float(r["value"]) for r in points]
+            (handles[regime],) = ax.plot(
+                xs, ys, marker="o", ms=3.5, lw=1.8, color=colours.get(regime, PALETTE[-1])
+            )
+            band = [(x, r["ci_low"], r["ci_high"]) for x, r in zip(xs, points, strict=True)]
+            band = [b for b in band if _is_number(b[1]) and _is_number(b[2])]
+            if band:
+                ax.fill_between(
+                    [b[0] for b in band],
+                    [b[1] for b in band],
+                    [b[2] for b in band],
+                    color=colours.get(regime, PALETTE[-1]),
+                    alpha=0.2,
+                    lw=0,
+                )
+        ax.set_xlim(0, 1.03)
+        ax.set_title(_label(prompt, 40))
+        ax.set_xlabel("fraction of steps run")
+        ax.set_ylabel(_label(rows[0]["metric"], 40))
+    for ax in axes[len(prompts) :]:
+        ax.set_visible(False)
+    if handles:
+        figure.legend(
+            list(handles.values()),
+            [_label(h, 30) for h in handles],
+            loc="outside upper center",
+            ncols=min(len(handles), 6),
+            frameon=False,
+        )
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _environment() -> Any:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("conceptspace", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(num=_num, secs=_secs)
+    return environment
+
+
+def _remove_stale_assets(assets: Path, written: set[Path]) -> None:
+    """Delete files in ``assets/`` that this build did not write (old thumbnails, figures of gone metrics)."""
+    if not assets.is_dir():
+        return
+    keep = {p.resolve() for p in written}
+    for path in sorted(assets.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_symlink() or path.is_file():
+            if path.resolve() not in keep:
+                path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            shutil.rmtree(path)
+    if not any(assets.iterdir()):
+        assets.rmdir()
+
+
+def _version() -> str:
+    import conceptspace
+
+    return str(getattr(conceptspace, "__version__", ""))

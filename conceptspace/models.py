@@ -234,6 +234,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
         resolution=64,
         seed=0,
         description="tiny random SDXL-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
     ),
     ModelSpec(
         name="tiny-dmd",

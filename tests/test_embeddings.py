@@ -443,3 +443,17 @@ def test_default_embedder_is_the_bases():
         default_embedder("tiny-sdxl")
     with pytest.raises(KeyError, match="unknown model"):
         default_embedder("no-such-model")
+
+
+def test_pixel_embedder_needs_no_weights_and_sees_layout() -> None:
+    embedder = load_embedder("pixels:8", progress=False)
+    left = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+    left[:, :, :32] = 255
+    right = left[:, :, ::-1].copy()
+    vectors = embedder.embed_images(np.concatenate([left, left, right]))
+    assert vectors.shape == (3, 3 * 8 * 8)
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(3))
+    assert torch.allclose(vectors[0], vectors[1]) and float(vectors[0] @ vectors[2]) < -0.99
+    assert default_embedder("tiny-dmd") == "pixels:32"
+    with pytest.raises(EmbedderSpecError, match="takes a size"):
+        load_embedder("pixels:big")

@@ -5,6 +5,8 @@
 >>> result = sample(pair, "a photo of a person", Hybrid(k=1), seeds=range(8), record_x0=True)  # doctest: +SKIP
 """
 
+from conceptspace.diversity import diversity_run, measure_diversity
+from conceptspace.embeddings import Embedder, load_embedder
 from conceptspace.models import (
     REGISTRY,
     IncompatibleModelsError,
@@ -15,6 +17,7 @@ from conceptspace.models import (
     load_pair,
     register,
 )
+from conceptspace.report import build_report
 from conceptspace.sampling import (
     Base,
     Distilled,
@@ -50,6 +53,11 @@ __all__ = [
     "StepInfo",
     "TrajectoryRecorder",
     "decode",
+    "Embedder",
+    "build_report",
+    "diversity_run",
+    "load_embedder",
+    "measure_diversity",
     "steps_to_commit",
     "commitment_curve",
     "get_spec",

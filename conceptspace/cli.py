@@ -67,12 +67,12 @@ def models(
         )
 
 
-def _run(
-    trajectories: bool,
+def _prepare(
     base: str,
     student: str | None,
     regime: list[str],
     prompt: list[str],
+    prompts: Path | None,
     n: int,
     seed: int,
     out: Path,
@@ -84,20 +84,17 @@ def _run(
     steps: int | None,
     guidance: float | None,
     student_steps: int | None,
-    height: int | None,
-    width: int | None,
-    negative_prompt: str | None,
-    batch_size: int,
     dtype: DType | None,
     device: str | None,
     base_path: Path | None,
     student_path: Path | None,
     cache_dir: Path | None,
-    quiet: bool,
-) -> None:
+    **_: object,
+) -> tuple:
+    """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
     import torch
 
-    from conceptspace.generate import generate
+    from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import load_pair
     from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
@@ -117,8 +114,9 @@ def _run(
     unknown = [name for name in names if name not in builders]
     if unknown:
         _fail(f"unknown regime {unknown[0]!r}; known regimes: {', '.join(builders)}")
-    if not prompt:
-        _fail("give at least one --prompt")
+    prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
+    if not prompt_list:
+        _fail("give at least one --prompt (or --prompts FILE)")
     if n < 1:
         _fail(f"-n must be at least 1, got {n}")
     if student is None and any(name != "base" for name in names):
@@ -133,31 +131,43 @@ def _run(
         student_path=student_path,
         cache_dir=cache_dir,
     )
-    run = generate(
-        pair,
-        prompt,
-        [builders[name]() for name in names],
-        seeds_from(seed, n),
-        out,
-        negative_prompt=negative_prompt,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        trajectories=trajectories,
-        progress=not quiet,
-        parameters={
-            "k": k,
-            "base_guidance": base_guidance,
-            "base_schedule": base_schedule.value,
-            "skip": skip,
-            "replace": replace,
-        },
-    )
+    parameters = {
+        "k": k,
+        "base_guidance": base_guidance,
+        "base_schedule": base_schedule.value,
+        "skip": skip,
+        "replace": replace,
+    }
+    return pair, [builders[name]() for name in names], prompt_list, seeds_from(seed, n), parameters
+
+
+def _print_run(run: dict, out: Path) -> None:
     for name, record in run["regimes"].items():
         models_run = " ".join(f"{s['timestep']}:{s['model'][0]}" for s in record["schedule"])
         seconds = sum(v for key, v in record["timings"].items() if key != "writing")
         typer.echo(f"{name:<14} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}")
     typer.echo(f"wrote {out / 'run.json'}")
+
+
+def _generate(trajectories: bool, options: dict) -> None:
+    from conceptspace.generate import generate as generate_images
+
+    pair, regimes, prompts, seeds, parameters = _prepare(**options)
+    run = generate_images(
+        pair,
+        prompts,
+        regimes,
+        seeds,
+        options["out"],
+        negative_prompt=options["negative_prompt"],
+        height=options["height"],
+        width=options["width"],
+        batch_size=options["batch_size"],
+        trajectories=trajectories,
+        progress=not options["quiet"],
+        parameters=parameters,
+    )
+    _print_run(run, options["out"])
 
 
 # Options shared by `generate` and `trajectory` (typer needs them spelled out on each command).
@@ -174,6 +184,9 @@ RegimeOpt = Annotated[
     ),
 ]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
+PromptsOpt = Annotated[
+    Path | None, typer.Option(help="File of prompts: one per line, or a CSV with a 'prompt' column.")
+]
 NOpt = Annotated[int, typer.Option("-n", help="Images per prompt and regime.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
@@ -226,6 +239,7 @@ def generate(
     student: StudentOpt = None,
     regime: RegimeOpt = ["distilled"],  # noqa: B006 - typer reads the default
     prompt: PromptOpt = [],  # noqa: B006
+    prompts: PromptsOpt = None,
     n: NOpt = 4,
     seed: SeedOpt = 0,
     out: OutOpt = Path("out/generate"),
@@ -252,7 +266,7 @@ def generate(
 
     Example: conceptspace generate --base sdxl --student dmd2 --regime hybrid --prompt "a cute puppy" -n 8 --out runs/puppy
     """
-    _run(False, **locals())
+    _generate(False, locals())
 
 
 @app.command()
@@ -261,6 +275,7 @@ def trajectory(
     student: StudentOpt = None,
     regime: RegimeOpt = ["base", "distilled", "hybrid"],  # noqa: B006
     prompt: PromptOpt = [],  # noqa: B006
+    prompts: PromptsOpt = None,
     n: NOpt = 4,
     seed: SeedOpt = 0,
     out: OutOpt = Path("out/trajectory"),
@@ -288,7 +303,106 @@ def trajectory(
 
     Example: conceptspace trajectory --base sdxl --student dmd2 --regime base,distilled --prompt "a car" -n 4 --out runs/traj
     """
-    _run(True, **locals())
+    _generate(True, locals())
+
+
+@app.command()
+def diversity(
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    regime: RegimeOpt = ["base", "distilled", "hybrid"],  # noqa: B006
+    prompt: PromptOpt = [],  # noqa: B006
+    prompts: PromptsOpt = None,
+    n: NOpt = 100,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("out/diversity"),
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k or dreamsim:ensemble (default: the pair's)."
+        ),
+    ] = None,
+    metric: Annotated[
+        list[str],
+        typer.Option("--metric", "--metrics", help="pairwise_distance, vendi (repeat or comma-separate)."),
+    ] = ["pairwise_distance", "vendi"],  # noqa: B006
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    n_perm: Annotated[int, typer.Option(help="Permutations for the paired p-values.")] = 1000,
+    reuse: Annotated[
+        bool,
+        typer.Option(help="Reuse images an earlier run in --out made for the same pair, prompts and seeds."),
+    ] = True,
+    k: KOpt = 1,
+    base_guidance: BaseGuidanceOpt = 0.0,
+    base_schedule: BaseScheduleOpt = BaseSchedule.student,
+    skip: SkipOpt = 1,
+    replace: ReplaceOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    student_steps: StudentStepsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: BatchOpt = 4,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate (or reuse) images per regime, measure their diversity with 95% CIs and paired tests, and write
+    DIR/metrics.json, DIR/metrics.csv and DIR/report.html.
+
+    Example: conceptspace diversity --base sdxl --student dmd2 --regimes base,distilled,hybrid --prompt "a cute puppy" -n 100 --embedder dreamsim:ensemble --out runs/table2
+    """
+    from conceptspace.diversity import diversity_run
+    from conceptspace.metrics import ALL_PROMPTS
+
+    options = locals()
+    pair, regimes, prompt_list, seeds, parameters = _prepare(**options)
+    metrics = [name.strip() for item in metric for name in item.split(",") if name.strip()]
+    rows = diversity_run(
+        pair,
+        prompt_list,
+        regimes,
+        seeds,
+        out,
+        embedder=embedder,
+        reuse=reuse,
+        metrics=metrics,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        progress=not quiet,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        parameters=parameters,
+    )
+    summary = [r for r in rows if r["prompt"] == ALL_PROMPTS] or rows
+    typer.echo(f"{'regime':<24} {'metric':<26} {'value':>8}  95% CI               n   p")
+    for row in summary:
+        p_value = f"{row['p_value']:.3g}" if "p_value" in row else ""
+        ci = f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+        typer.echo(
+            f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {row['n']:<3} {p_value}"
+        )
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by generate, trajectory or diversity.")],
+    title: Annotated[str | None, typer.Option(help="Report title (default: the folder's name).")] = None,
+) -> None:
+    """Rebuild DIR/report.html from the files in DIR (metrics.json, run.json, images) without running a model.
+
+    Example: conceptspace report runs/table2
+    """
+    from conceptspace.report import build_report
+
+    typer.echo(f"wrote {build_report(run_dir, title=title)}")
 
 
 def main() -> None:

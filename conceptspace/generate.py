@@ -130,7 +130,7 @@ def generate(
         },
         "versions": environment_versions(),
         "regimes": records,
-        "schedule": _schedule_field(records),
+        "schedule": schedule_field(records),
         "wall_time": {
             "total": time.perf_counter() - started,
             **{k: v["timings"] for k, v in records.items()},
@@ -140,7 +140,7 @@ def generate(
     return run
 
 
-def _schedule_field(records: dict[str, dict[str, Any]]) -> Any:
+def schedule_field(records: dict[str, dict[str, Any]]) -> Any:
     """One list when a single regime ran, else one list per regime."""
     if len(records) == 1:
         return next(iter(records.values()))["schedule"]
@@ -174,6 +174,25 @@ def _commitment_rows(
     return rows
 
 
-def results_dir_images(out_dir: str | os.PathLike, regime: str) -> list[Path]:
-    """The images a run wrote for one regime, in file-name order (trajectory strips excluded)."""
-    return sorted(p for p in (Path(out_dir) / regime).glob("*.png") if not p.name.startswith("trajectory_"))
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """Prompts from a file: a CSV with a ``prompt`` column (e.g. the COCO-30k prompt set), or plain text with one
+    prompt per line (blank lines and lines starting with ``#`` skipped)."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise ValueError(
+                    f"{path} has no 'prompt' column (columns: {', '.join(reader.fieldnames or [])})"
+                )
+            prompts = [row["prompt"] for row in reader if row.get("prompt") and row["prompt"].strip()]
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts

@@ -430,7 +430,7 @@ def test_register_embedder(monkeypatch, pixels):
 
 
 def test_default_embedder_is_the_bases():
-    from conceptspace.models import get_spec
+    from conceptspace.models import get_spec, with_overrides
 
     assert default_embedder("sdxl") == "open_clip:ViT-B-32:laion2b_s34b_b79k"
     assert default_embedder("dmd2") == default_embedder("sdxl")  # a student resolves to its base
@@ -439,8 +439,9 @@ def test_default_embedder_is_the_bases():
         default_embedder(types.SimpleNamespace(base=get_spec("sd21")))
         == "open_clip:ViT-B-32:laion2b_s34b_b79k"
     )
+    assert default_embedder("tiny-dmd") == "pixels:32"
     with pytest.raises(ValueError, match="names no default embedder"):
-        default_embedder("tiny-sdxl")
+        default_embedder(with_overrides(get_spec("tiny-sdxl"), embedder=None))
     with pytest.raises(KeyError, match="unknown model"):
         default_embedder("no-such-model")
 

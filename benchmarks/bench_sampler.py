@@ -1,11 +1,11 @@
 """Speed and memory of the sampler against diffusers' own pipeline, on the tiny SDXL configuration.
 
 Every ratio is measured inside one repetition (the two calls back to back, order alternating), and the median
-over repetitions is reported with its range. Memory: bytes of distinct tensors a loaded pair holds, and peak
+over repetitions is reported with a bootstrap 95% CI and its range. Memory: bytes of distinct tensors a loaded pair holds, and peak
 resident memory of loading it in a fresh process, each against a base pipeline plus one extra UNet loaded with
 plain diffusers calls.
 
-    python benchmarks/bench_sampler.py --repeats 7 --out benchmarks/results/sampler.json
+    python benchmarks/bench_sampler.py --repeats 15 --out benchmarks/results/sampler-cpu.json
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def paired_ratio(numerator, denominator, repeats: int) -> dict:
         ratios.append(a / b)
         times.append((a, b))
     times = np.array(times)
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(2000, len(ratios))), axis=1)
     return {
         "median_ratio": float(np.median(ratios)),
+        "median_ci95": [float(x) for x in np.percentile(medians, [2.5, 97.5])],
         "min_ratio": float(np.min(ratios)),
         "max_ratio": float(np.max(ratios)),
         "median_seconds": [float(x) for x in np.median(times, axis=0)],
@@ -66,7 +69,15 @@ def speed(repeats: int, n: int) -> dict:
 
         def run():
             generators = [torch.Generator().manual_seed(s) for s in seeds]
-            pipe(PROMPT, num_images_per_prompt=n, generator=generators, height=64, width=64, output_type="np", **kwargs)
+            pipe(
+                PROMPT,
+                num_images_per_prompt=n,
+                generator=generators,
+                height=64,
+                width=64,
+                output_type="np",
+                **kwargs,
+            )
 
         return run
 
@@ -76,7 +87,9 @@ def speed(repeats: int, n: int) -> dict:
         )
 
     distilled_ref = diffusers_call("student", timesteps=list(spec.timesteps), guidance_scale=0.0)
-    base_ref = diffusers_call("base", num_inference_steps=pair.base.num_inference_steps, guidance_scale=pair.base.guidance_scale)
+    base_ref = diffusers_call(
+        "base", num_inference_steps=pair.base.num_inference_steps, guidance_scale=pair.base.guidance_scale
+    )
     return {
         "ours_vs_diffusers_distilled": paired_ratio(ours(Distilled()), distilled_ref, repeats),
         "ours_vs_diffusers_distilled_x0": paired_ratio(ours(Distilled(), True), distilled_ref, repeats),
@@ -127,12 +140,19 @@ def memory() -> dict:
     with tempfile.TemporaryDirectory() as cache:
         write_hub_cache(cache, ["sdxl", "dmd2"])
         pair = load_pair("sdxl", "dmd2", cache_dir=cache, device="cpu", dtype=torch.float32)
-        pair_bytes = held_bytes([c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)] + [pair.student_unet])
-        base_bytes = held_bytes([c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)])
+        pair_bytes = held_bytes(
+            [c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+            + [pair.student_unet]
+        )
+        base_bytes = held_bytes(
+            [c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+        )
         extra_unet = held_bytes([UNet2DConditionModel.from_config(pair.base_unet.config)])
         peaks = {}
         for mode in ("pair", "reference"):
-            out = subprocess.run([sys.executable, "-c", LOADER, cache, mode], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", LOADER, cache, mode], capture_output=True, text=True, check=True
+            )
             peaks[mode] = int(out.stdout.strip().splitlines()[-1])
     return {
         "held_bytes_pair": pair_bytes,
@@ -145,11 +165,16 @@ def memory() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("-n", type=int, default=4, help="images per call")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {
         "device": "cpu",
         "threads": torch.get_num_threads(),
@@ -158,10 +183,18 @@ def main() -> None:
         "memory": memory(),
     }
     for name, r in results["speed"].items():
-        print(f"{name:<34} median {r['median_ratio']:.3f}  range [{r['min_ratio']:.3f}, {r['max_ratio']:.3f}]  n={r['repeats']}")
+        low, high = r["median_ci95"]
+        print(
+            f"{name:<34} median {r['median_ratio']:.3f}  95% CI [{low:.3f}, {high:.3f}]  "
+            f"range [{r['min_ratio']:.3f}, {r['max_ratio']:.3f}]  n={r['repeats']}"
+        )
     m = results["memory"]
-    print(f"{'held memory pair/reference':<34} {m['held_ratio']:.3f}  ({m['held_bytes_pair']} / {m['held_bytes_reference']} bytes)")
-    print(f"{'peak RSS pair/reference':<34} {m['peak_rss_ratio']:.3f}  ({m['peak_rss_delta_pair']} / {m['peak_rss_delta_reference']} bytes)")
+    print(
+        f"{'held memory pair/reference':<34} {m['held_ratio']:.3f}  ({m['held_bytes_pair']} / {m['held_bytes_reference']} bytes)"
+    )
+    print(
+        f"{'peak RSS pair/reference':<34} {m['peak_rss_ratio']:.3f}  ({m['peak_rss_delta_pair']} / {m['peak_rss_delta_reference']} bytes)"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -89,6 +89,7 @@ def _prepare(
     base_path: Path | None,
     student_path: Path | None,
     cache_dir: Path | None,
+    quiet: bool = False,
     **_: object,
 ) -> tuple:
     """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
@@ -122,6 +123,8 @@ def _prepare(
     if student is None and any(name != "base" for name in names):
         _fail(f"regimes {', '.join(x for x in names if x != 'base')} need a --student")
     ensure_writable_dir(out)
+    if quiet:
+        _silence_libraries()
     pair = load_pair(
         base,
         student,
@@ -139,6 +142,19 @@ def _prepare(
         "replace": replace,
     }
     return pair, [builders[name]() for name in names], prompt_list, seeds_from(seed, n), parameters
+
+
+def _silence_libraries() -> None:
+    """--quiet: no progress bars or info logs from diffusers, transformers and huggingface_hub either."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def _print_run(run: dict, out: Path) -> None:
@@ -217,7 +233,10 @@ HeightOpt = Annotated[
 WidthOpt = Annotated[int | None, typer.Option(help="Image width (default: the student's native resolution).")]
 NegativeOpt = Annotated[str | None, typer.Option(help="Negative prompt for CFG passes.")]
 BatchOpt = Annotated[
-    int, typer.Option(help="Images per forward pass (changes speed only, never the images).")
+    int,
+    typer.Option(
+        help="Images per forward pass (changes speed, and the images only at float-rounding level)."
+    ),
 ]
 DTypeOpt = Annotated[
     DType | None, typer.Option(help="Weights dtype (default float16 on CUDA, float32 on CPU).")

@@ -65,6 +65,11 @@ def generate(
         raise ValueError("no prompt given: pass at least one prompt")
     if not regimes:
         raise ValueError("no regime given")
+    names = [regime.name for regime in regimes]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"regime names repeat ({', '.join(names)}): each regime writes to its own folder, run them separately"
+        )
     for prompt in prompts:
         if not prompt.strip():
             raise ValueError("a prompt is empty: give the text to generate from")

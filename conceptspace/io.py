@@ -76,12 +76,16 @@ def environment_versions() -> dict[str, str]:
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` and check that files can be written there, with a clear error otherwise."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise PermissionError(f"cannot write to output folder {path}: {error.strerror or error}") from error
+    """Check that ``path`` can be created (or is) a folder we can write to, with a clear error otherwise.
+
+    Nothing is created: a command that fails later (say, a model that is not downloaded) leaves no empty folder.
+    """
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PermissionError(f"cannot write to output folder {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to output folder {path}: {existing} is not writable")
     return path

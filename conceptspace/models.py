@@ -8,9 +8,11 @@ stored, scheduler, default steps/timesteps/guidance, resolution). :func:`load_pa
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,12 @@ ARCHITECTURE_FIELDS = (
     "projection_class_embeddings_input_dim",
     "class_embed_type",
     "encoder_hid_dim",
+)
+
+
+# Fields that diffusers accepts either as one int or as one value per down block.
+PER_BLOCK_FIELDS = frozenset(
+    {"transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "layers_per_block"}
 )
 
 
@@ -108,7 +116,9 @@ class ModelSpec:
         if self.storage == "unet_file":
             return f"hf download {self.repo_id} {self.filename}"
         if self.storage == "pipeline" and self.role == "student":
-            return f"hf download {self.repo_id} --include 'unet/*' 'scheduler/*'"
+            return f"hf download {self.repo_id} --include 'unet/*' --include 'scheduler/*'"
+        if self.storage == "random":
+            return ""
         return f"hf download {self.repo_id}"
 
     def scheduler_config_overrides(self) -> dict[str, Any]:
@@ -433,20 +443,35 @@ class ModelPair:
         scheduler = self.make_scheduler(role)
         # float32 needs no cast; passing it anyway makes diffusers re-cast every module and warn.
         dtype = _dtype_kwargs(self.dtype) if self.dtype != torch.float32 else {}
-        if role == "base":
-            pipe = type(self.pipeline).from_pipe(self.pipeline, scheduler=scheduler, **dtype)
-        else:
-            pipe = type(self.pipeline).from_pipe(
-                self.pipeline, unet=self.unet("student"), scheduler=scheduler, **dtype
-            )
+        unet = {} if role == "base" else {"unet": self.unet("student")}
+        with _diffusers_errors_only():
+            pipe = type(self.pipeline).from_pipe(self.pipeline, scheduler=scheduler, **unet, **dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def to(self, device: str | torch.device) -> ModelPair:
-        self.pipeline.to(device)
+        if torch.device(device) == self.device and (
+            self.student_unet is None or self.student_unet.device == self.device
+        ):
+            return self
+        with _diffusers_errors_only():
+            self.pipeline.to(device)
         if self.student_unet is not None:
             self.student_unet.to(device)
         return self
+
+
+@contextlib.contextmanager
+def _diffusers_errors_only() -> Iterator[None]:
+    """Hide diffusers' spurious "modules that should be kept in float32: []" warning on every .to()."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -469,9 +494,10 @@ def check_compatible(
 ) -> None:
     """Raise :class:`IncompatibleModelsError` naming every architecture field on which two UNets differ."""
     differing = []
+    blocks = len(base_config.get("down_block_types") or ())
     for key in ARCHITECTURE_FIELDS:
         a, b = base_config.get(key), student_config.get(key)
-        if _normalise(a) != _normalise(b):
+        if _normalise(key, a, blocks) != _normalise(key, b, blocks):
             differing.append(f"{key}: {a!r} vs {b!r}")
     if differing:
         raise IncompatibleModelsError(
@@ -486,8 +512,20 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _normalise(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _normalise(key: str, value: Any, blocks: int) -> Any:
+    """Lists as tuples; a per-block field given as one int as that int repeated for every down block."""
+    if isinstance(value, list):
+        return tuple(value)
+    if key in PER_BLOCK_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * blocks
+    return value
+
+
+def _prediction_type(spec: ModelSpec, scheduler_config: Mapping[str, Any]) -> str:
+    """What the UNet predicts: its scheduler config's ``prediction_type`` after the registry's overrides."""
+    return spec.scheduler_config_overrides().get(
+        "prediction_type", scheduler_config.get("prediction_type", "epsilon")
+    )
 
 
 def _variants(spec: ModelSpec, dtype: torch.dtype) -> list[str | None]:
@@ -523,8 +561,24 @@ def _require_local(spec: ModelSpec, cache_dir: Any, path: str | None) -> None:
         raise _missing_error(spec, cache_dir)
 
 
-def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None) -> Any:
+def _pipeline_class(spec: ModelSpec, source: str, cache_dir: Any) -> type:
+    """SDXL for the ``sdxl`` family; otherwise the class the repo's model_index.json names (SD 1.x/2.x by default),
+    so that a registered fine-tune of any family loads with its own pipeline class."""
     import diffusers
+
+    if spec.family == "sdxl":
+        return diffusers.StableDiffusionXLPipeline
+    try:
+        name = diffusers.DiffusionPipeline.load_config(source, cache_dir=cache_dir).get("_class_name", "")
+    except (OSError, ValueError):
+        name = ""
+    return {
+        "StableDiffusionXLPipeline": diffusers.StableDiffusionXLPipeline,
+        "StableDiffusionPipeline": diffusers.StableDiffusionPipeline,
+    }.get(name, diffusers.StableDiffusionPipeline)
+
+
+def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None) -> Any:
 
     if spec.storage == "random":
         from conceptspace.testing import tiny_sdxl_pipeline
@@ -533,12 +587,10 @@ def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, pat
     if spec.storage != "pipeline":
         raise ValueError(f"base model {spec.name!r} must be stored as a full pipeline, not {spec.storage!r}")
     _require_local(spec, cache_dir, path)
-    pipeline_cls = (
-        diffusers.StableDiffusionXLPipeline if spec.family == "sdxl" else diffusers.StableDiffusionPipeline
-    )
     source = path or spec.repo_id
+    pipeline_cls = _pipeline_class(spec, source, cache_dir)
     kwargs: dict[str, Any] = {}
-    if spec.family != "sdxl":
+    if "safety_checker" in inspect.signature(pipeline_cls.__init__).parameters:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipeline = _load_with_variants(
         lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir, path
@@ -728,8 +780,8 @@ def load_pair(
             )
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    base_path = os.fspath(base_path) if base_path is not None else None
-    student_path = os.fspath(student_path) if student_path is not None else None
+    base_path = os.path.abspath(base_path) if base_path is not None else None
+    student_path = os.path.abspath(student_path) if student_path is not None else None
 
     # A missing model fails here, before minutes go into loading the other one.
     for spec, path in ((base_spec, base_path), (student_spec, student_path)):
@@ -744,7 +796,7 @@ def load_pair(
         pipeline=pipeline,
         student_unet=None,
         base_scheduler_config=base_scheduler_config,
-        base_prediction_type=base_scheduler_config.get("prediction_type", "epsilon"),
+        base_prediction_type=_prediction_type(base_spec, base_scheduler_config),
         paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
     )
     if student_spec is not None:
@@ -752,7 +804,7 @@ def load_pair(
         check_compatible(pipeline.unet.config, unet.config, (base_spec.name, student_spec.name))
         pair.student_unet = unet.eval()
         pair.student_scheduler_config = dict(scheduler_config)
-        pair.student_prediction_type = scheduler_config.get("prediction_type", "epsilon")
+        pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)
     return pair.to(device)
 
 

@@ -293,6 +293,11 @@ class Hybrid(Regime):
         )
         handoff = int(student.timesteps[self.k]) if self.k < n else -1
         base_count = sum(int(t) > handoff for t in base.timesteps)
+        if base_count == 0:
+            raise ValueError(
+                f"the base's own {len(base.timesteps)}-step schedule has no timestep above the hand-off at {handoff}, "
+                "so it would run zero steps; give it more steps (base_steps / --steps) or use base_schedule='student'"
+            )
         segments = [Segment(base, 0, [base_den] * base_count)]
         if self.k < n:
             segments.append(Segment(student, self.k, [student_den] * (n - self.k)))
@@ -407,22 +412,34 @@ class StepInfo:
     model: ModelName
     latents: torch.Tensor
     x0: torch.Tensor
+    seeds: tuple[int, ...] = ()
 
 
 class TrajectoryRecorder:
-    """A callback keeping every step's x̂0 (latent space, on the CPU)."""
+    """A callback keeping every step's x̂0 (latent space, on the CPU), batch after batch.
+
+    A run of several batches reports step 0 again at the start of each batch; the recorder starts a new batch
+    there, so :meth:`stacked` gives one row per sample whatever the batch size.
+    """
 
     def __init__(self) -> None:
-        self.x0: list[torch.Tensor] = []
+        self.batches: list[list[torch.Tensor]] = []
+        self.seeds: list[int] = []
         self.steps: list[ScheduledStep] = []
 
     def __call__(self, info: StepInfo) -> None:
-        self.x0.append(info.x0.detach().float().cpu())
-        self.steps.append(ScheduledStep(info.step, info.timestep, info.model))
+        if info.step == 0:
+            self.batches.append([])
+            self.seeds.extend(info.seeds)
+        if len(self.batches) == 1:
+            self.steps.append(ScheduledStep(info.step, info.timestep, info.model))
+        self.batches[-1].append(info.x0.detach().float().cpu())
 
     def stacked(self) -> torch.Tensor:
-        """(batch, steps, C, H, W)."""
-        return torch.stack(self.x0, dim=1)
+        """(samples, steps, C, H, W)."""
+        if not self.batches:
+            raise ValueError("nothing was recorded: pass the recorder as callback= to sample()")
+        return torch.cat([torch.stack(batch, dim=1) for batch in self.batches])
 
 
 def _vp_scale(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -449,6 +466,7 @@ def denoise(
     generator: list[torch.Generator] | torch.Generator | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     progress: tqdm | None = None,
+    seeds: Sequence[int] = (),
 ) -> torch.Tensor:
     """Run the segments from ``latents`` (already in the first segment's latent space) and return the latent
     after the last step (what diffusers decodes; equal to the last x̂0 for schedulers that end at t=0).
@@ -487,9 +505,9 @@ def denoise(
             previous = (scheduler, t, model_input)
             latents = result.prev_sample
             if callback is not None:
-                callback(StepInfo(step, int(t), den.name, latents, x0))
+                callback(StepInfo(step, int(t), den.name, latents, x0, tuple(seeds)))
             if progress is not None:
-                progress.update(1)
+                progress.update(latents.shape[0])
             step += 1
     return latents
 
@@ -668,7 +686,9 @@ def sample(
     timings["text_encoding"] = time.perf_counter() - start
 
     finals, trajectories = [], []
-    bar = tqdm(total=len(seeds) * len(schedule), desc=f"{regime.name}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(seeds) * len(schedule), desc=regime.name, unit="img·step", disable=not progress, leave=False
+    )
     channels = pair.base_unet.config.in_channels
     for first in range(0, len(seeds), batch_size):
         batch_seeds = seeds[first : first + batch_size]
@@ -698,6 +718,7 @@ def sample(
                 generator=generators,
                 callback=report,
                 progress=bar,
+                seeds=batch_seeds,
             )
         _sync(device)
         timings["denoising"] += time.perf_counter() - start
@@ -726,6 +747,9 @@ def sample(
             "width": width,
             "negative_prompt": negative_prompt,
             "batch_size": batch_size,
+            "guidance_used": {
+                den.name: den.guidance_scale for segment in probe_segments for den in segment.denoisers
+            },
         },
     )
 

@@ -168,3 +168,31 @@ def test_help_shows_an_example() -> None:
         result = invoke(command, "--help")
         assert result.exit_code == 0
         assert "Example" in result.output and "conceptspace" in result.output
+
+
+def test_failed_load_leaves_no_output_folder(tmp_path: Path) -> None:
+    empty_cache = tmp_path / "cache"
+    empty_cache.mkdir()
+    out = tmp_path / "never"
+    result = invoke(
+        "generate",
+        "--base",
+        "sdxl",
+        "--student",
+        "dmd2",
+        "--prompt",
+        "x",
+        "--cache-dir",
+        str(empty_cache),
+        "--out",
+        str(out),
+    )
+    assert result.exit_code != 0 and "hf download" in str(result.exception)
+    assert not out.exists()
+
+
+def test_repeated_regime_names_are_refused(tmp_path: Path) -> None:
+    result = invoke(
+        "generate", *TINY, "--regime", "hybrid,hybrid", "--prompt", "x", "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code != 0 and "regime names repeat" in str(result.exception)

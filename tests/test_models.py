@@ -282,7 +282,7 @@ def test_missing_base_names_repo_files_and_command(empty_cache: Path):
             "sdxl_lightning_4step_unet.safetensors",
             "hf download ByteDance/SDXL-Lightning sdxl_lightning_4step_unet.safetensors",
         ),
-        ("turbo", "unet/config.json", "hf download stabilityai/sdxl-turbo --include 'unet/*' 'scheduler/*'"),
+        ("turbo", "unet/config.json", "hf download stabilityai/sdxl-turbo --include 'unet/*' --include 'scheduler/*'"),
         ("lcm", "config.json", "hf download latent-consistency/lcm-sdxl"),
     ],
 )
@@ -342,6 +342,23 @@ def test_check_compatible_names_differing_fields():
     assert "block_out_channels: (32, 64) vs (32, 96)" in message
     assert "cross_attention_dim: 64 vs 1024" in message
     assert "in_channels" not in message and "layers_per_block" not in message
+
+
+def test_check_compatible_reads_one_int_as_every_block():
+    blocks = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"]}
+    check_compatible(
+        {**blocks, "transformer_layers_per_block": 1, "in_channels": 4},
+        {**blocks, "transformer_layers_per_block": [1, 1], "in_channels": 4},
+        ("a", "b"),
+    )
+    with pytest.raises(IncompatibleModelsError, match="transformer_layers_per_block"):
+        check_compatible(
+            {**blocks, "transformer_layers_per_block": 1},
+            {**blocks, "transformer_layers_per_block": (1, 2)},
+            ("a", "b"),
+        )
+    with pytest.raises(IncompatibleModelsError, match="in_channels: 4 vs 9"):
+        check_compatible({**blocks, "in_channels": 4}, {**blocks, "in_channels": 9}, ("a", "b"))
 
 
 def test_student_folder_of_another_architecture_is_refused(hub_cache: Path, tmp_path: Path):

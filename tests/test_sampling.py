@@ -481,3 +481,31 @@ def test_nan_output_is_a_clear_error(sdxl_pair: ModelPair) -> None:
     )
     with pytest.raises(FloatingPointError, match="distilled model produced NaN/inf at step 1"):
         sample(broken, PROMPT, Hybrid(), [0], output_type="latent", progress=False)
+
+
+def test_recorder_as_callback_keeps_one_row_per_sample_across_batches(sdxl_pair: ModelPair) -> None:
+    from conceptspace import TrajectoryRecorder
+
+    recorder = TrajectoryRecorder()
+    result = sample(
+        sdxl_pair,
+        PROMPT,
+        Hybrid(),
+        [3, 4, 5, 6, 7],
+        batch_size=2,
+        output_type="latent",
+        record_x0=True,
+        callback=recorder,
+        progress=False,
+    )
+    assert recorder.stacked().shape == result.trajectory.shape == (5, 4, 4, 32, 32)
+    torch.testing.assert_close(recorder.stacked(), result.trajectory)
+    assert recorder.seeds == [3, 4, 5, 6, 7]
+    assert [(s.timestep, s.model) for s in recorder.steps] == [(s.timestep, s.model) for s in result.schedule]
+    assert result.settings["guidance_used"] == {"base": 0.0, "distilled": 0.0}
+
+
+def test_hybrid_on_own_schedule_refuses_zero_base_steps(sdxl_pair: ModelPair) -> None:
+    # A 2-step leading schedule starts at 501, below the hand-off at 749: the base would never run.
+    with pytest.raises(ValueError, match="would run zero steps"):
+        schedule_of(Hybrid(base_schedule="own", base_steps=2), sdxl_pair)

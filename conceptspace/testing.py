@@ -137,9 +137,7 @@ def tiny_vae(seed: int = 0) -> Any:
         ).eval()
 
 
-def tiny_sdxl_unet(seed: int = 0, *, lcm: bool = False) -> Any:
-    """A tiny UNet with SDXL's conditioning (two text encoders, pooled text + time ids); ``lcm`` adds LCM's
-    guidance-embedding input (``time_cond_proj_dim``)."""
+def _tiny_unet(seed: int, lcm: bool, **conditioning: Any) -> Any:
     from diffusers import UNet2DConditionModel
 
     with _seeded(seed):
@@ -153,35 +151,29 @@ def tiny_sdxl_unet(seed: int = 0, *, lcm: bool = False) -> Any:
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=TIME_EMBED_DIM,
-            transformer_layers_per_block=(1, 1),
-            projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
-            cross_attention_dim=2 * TEXT_HIDDEN,
             norm_num_groups=8,
             time_cond_proj_dim=LCM_TIME_COND_DIM if lcm else None,
+            **conditioning,
         ).eval()
+
+
+def tiny_sdxl_unet(seed: int = 0, *, lcm: bool = False) -> Any:
+    """A tiny UNet with SDXL's conditioning (two text encoders, pooled text + time ids); ``lcm`` adds LCM's
+    guidance-embedding input (``time_cond_proj_dim``)."""
+    return _tiny_unet(
+        seed,
+        lcm,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
+        cross_attention_dim=2 * TEXT_HIDDEN,
+    )
 
 
 def tiny_sd_unet(seed: int = 0, *, lcm: bool = False) -> Any:
     """A tiny SD 1.x/2.x-style UNet (one text encoder)."""
-    from diffusers import UNet2DConditionModel
-
-    with _seeded(seed):
-        return UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            cross_attention_dim=TEXT_HIDDEN,
-            norm_num_groups=8,
-            time_cond_proj_dim=LCM_TIME_COND_DIM if lcm else None,
-        ).eval()
+    return _tiny_unet(seed, lcm, cross_attention_dim=TEXT_HIDDEN)
 
 
 def _euler_scheduler(**overrides: Any) -> Any:

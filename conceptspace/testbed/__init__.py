@@ -7,6 +7,11 @@
   shipped weights in ``weights/probe/`` (safetensors + ``config.json``).
 - :mod:`conceptspace.testbed.diversity`: ground-truth diversity from factors (true or probed): entropy of the
   shape×colour distribution and spreads of size and position, with bootstrap 95% intervals.
+- :mod:`conceptspace.testbed.train`: training of the miniature Stable Diffusion (tiny AutoencoderKL, CLIP, UNet)
+  and of its DMD-style 4-step student, one function per stage, from a seed.
+- :mod:`conceptspace.testbed.pair`: the shipped pair (``weights/shapes/``, ``weights/dmd/``) as registry specs and
+  :func:`~conceptspace.testbed.pair.load_testbed_pair`.
+- :mod:`conceptspace.testbed.evaluate`: probe-based diversity per regime (base / distilled / hybrid) and sample grids.
 
 Nothing heavy is imported here: import the submodule you need.
 """

@@ -1,0 +1,741 @@
+"""Training of the testbed's miniature Stable Diffusion and its DMD2-style 4-step student, from a seed.
+
+One function per stage, each taking a seed, a step budget and an output folder, logging its loss and saving
+atomically in diffusers / transformers folder format (safetensors):
+
+1. :func:`train_vae`: a tiny ``AutoencoderKL`` (32×32×3 → 8×8×4), reconstruction + small KL; its
+   ``scaling_factor`` is set afterwards so that scaled latents have unit standard deviation (as SD's 0.18215).
+2. :func:`train_clip`: a tiny ``CLIPModel`` trained contrastively on images and captions. Its text tower
+   (``CLIPTextModel``) conditions the UNet; its image tower (``CLIPVisionModelWithProjection``) is kept as the
+   testbed's image embedder.
+3. :func:`train_unet`: a tiny ``UNet2DConditionModel`` with cross-attention, ε-prediction DDPM on the VAE's latents
+   with SD's 1000-step ``scaled_linear`` betas (0.00085 → 0.012) and 10% caption dropout (for CFG).
+4. :func:`distill_dmd`: a DMD-style 4-step student at timesteps [999, 749, 499, 249], initialised from the base
+   UNet: distribution-matching loss (a fake-score UNet trained online on the student's samples against the
+   teacher's CFG score), a regression loss on a small fixed set of teacher noise → latent pairs, and backward
+   simulation (each of the 4 steps trains on inputs made by the student's own earlier steps).
+
+:func:`train_all` runs the four stages and assembles ``out_dir/shapes/`` (a ``StableDiffusionPipeline`` folder) and
+``out_dir/dmd/unet/`` (the student UNet), plus ``out_dir/clip_vision/``. Run it as
+``python -m conceptspace.testbed.train OUT_DIR --seed 0``. Training is meant for one CPU core
+(``num_threads=1``); every stage is deterministic given its seed and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conceptspace.io import write_json
+from conceptspace.testbed.data import ShapesDataset, captions, make_batch
+
+__all__ = [
+    "BETA_END",
+    "BETA_START",
+    "DEFAULT_BUDGET",
+    "DMD_TIMESTEPS",
+    "MAX_TOKENS",
+    "assemble_pipeline",
+    "clip_config",
+    "distill_dmd",
+    "load_tokenizer",
+    "scheduler_config",
+    "split_clip",
+    "teacher_latents",
+    "train_all",
+    "train_clip",
+    "train_unet",
+    "train_vae",
+    "unet_config",
+    "vae_config",
+    "write_tokenizer",
+]
+
+BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS = 0.00085, 0.012, 1000
+DMD_TIMESTEPS = (999, 749, 499, 249)
+MAX_TOKENS = 16
+"""Token positions of the text encoder and ``model_max_length`` of the tokenizer (the longest caption has 14)."""
+TEXT_HIDDEN = 64
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+def vae_config() -> dict[str, Any]:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def clip_config() -> Any:
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=2 * TEXT_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        projection_dim=64,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        num_channels=3,
+        hidden_act="quick_gelu",
+        projection_dim=64,
+    )
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
+
+
+def unet_config() -> dict[str, Any]:
+    return dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def scheduler_config() -> dict[str, Any]:
+    """Stable Diffusion's training/inference schedule (the ``EulerDiscreteScheduler`` config SD ships)."""
+    return dict(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def _alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+class _Log:
+    """Loss logging: a line every ``every`` steps (stdout, flushed) and the full history for the stage's json."""
+
+    def __init__(self, stage: str, steps: int, every: int = 50, quiet: bool = False) -> None:
+        self.stage, self.steps, self.every, self.quiet = stage, steps, every, quiet
+        self.history: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+        self._acc: dict[str, list[float]] = {}
+
+    def __call__(self, step: int, **losses: float) -> None:
+        for k, v in losses.items():
+            self._acc.setdefault(k, []).append(float(v))
+        if (step + 1) % self.every == 0 or step + 1 == self.steps:
+            row = {"step": step + 1, "seconds": round(time.perf_counter() - self.start, 1)}
+            row.update({k: float(np.mean(v)) for k, v in self._acc.items()})
+            self.history.append(row)
+            self._acc = {}
+            if not self.quiet:
+                text = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "seconds"))
+                print(f"[{self.stage}] step {step + 1}/{self.steps} {row['seconds']}s {text}", flush=True)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _save_atomic(out_dir: str | os.PathLike, save: Callable[[Path], None]) -> Path:
+    """Write a folder through ``save(tmp)`` then rename it into place (an old folder is replaced)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _save_model(model: Any, out_dir: str | os.PathLike, *, fp16: bool = True) -> Path:
+    model = copy.deepcopy(model).to(torch.float16 if fp16 else torch.float32)
+    return _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+
+
+def _write_stage_log(out_dir: Path, stage: str, seed: int, steps: int, log: _Log, **extra: Any) -> None:
+    write_json(
+        out_dir / "training_log.json",
+        {
+            "stage": stage,
+            "seed": seed,
+            "steps": steps,
+            "seconds": round(log.seconds, 1),
+            **extra,
+            "history": log.history,
+        },
+    )
+
+
+def _setup(seed: int, num_threads: int | None) -> None:
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+
+
+def write_tokenizer(out_dir: str | os.PathLike) -> Path:
+    """The real CLIP BPE tokenizer (49408 tokens) with ``model_max_length`` = :data:`MAX_TOKENS`."""
+    from conceptspace.testing import write_clip_tokenizer_files
+
+    def save(tmp: Path) -> None:
+        write_clip_tokenizer_files(tmp)
+        config_path = tmp / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["model_max_length"] = MAX_TOKENS
+        config_path.write_text(json.dumps(config))
+
+    return _save_atomic(out_dir, save)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(path))
+    tokenizer.model_max_length = MAX_TOKENS
+    return tokenizer
+
+
+def _tokens(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(
+        list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+# ---------------------------------------------------------------------------------------------------------- VAE
+def train_vae(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = 800,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+    num_threads: int | None = 1,
+    quiet: bool = False,
+) -> Path:
+    """Train the tiny ``AutoencoderKL`` and save it to ``out_dir`` (fp16 safetensors + config)."""
+    from diffusers import AutoencoderKL
+
+    _setup(seed, num_threads)
+    vae = AutoencoderKL(**vae_config()).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    data = ShapesDataset(batch_size, seed=seed * 1000 + 1)
+    gen = torch.Generator().manual_seed(seed)
+    log = _Log("vae", steps, quiet=quiet)
+    for step in range(steps):
+        x = data.batch(step).images
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec + kl_weight * kl * x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        log(step, loss=loss.item(), rec=rec.item(), kl=kl.item())
+    vae.eval()
+    with torch.no_grad():
+        held = ShapesDataset(256, seed=seed * 1000 + 2)
+        z = torch.cat([vae.encode(held.batch(i).images).latent_dist.sample(gen) for i in range(4)])
+        scaling = float(1.0 / z.std())
+        x = held.batch(4).images
+        mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x).item()
+    vae.register_to_config(scaling_factor=scaling)
+    out_dir = _save_model(vae, out_dir)
+    _write_stage_log(out_dir, "vae", seed, steps, log, scaling_factor=scaling, heldout_mse=mse)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------------- CLIP
+def train_clip(
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    num_threads: int | None = 1,
+    quiet: bool = False,
+) -> Path:
+    """Train the tiny ``CLIPModel`` contrastively and save it whole (fp32) to ``out_dir``.
+
+    :func:`split_clip` turns it into the pipeline's ``text_encoder`` and the testbed's image embedder.
+    """
+    from transformers import CLIPModel
+
+    _setup(seed, num_threads)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = CLIPModel(clip_config()).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    data = ShapesDataset(batch_size, seed=seed * 1000 + 3)
+    log = _Log("clip", steps, quiet=quiet)
+    labels = torch.arange(batch_size)
+    for step in range(steps):
+        batch = data.batch(step)
+        out = model(input_ids=_tokens(tokenizer, batch.captions), pixel_values=batch.images, return_dict=True)
+        logits = out.logits_per_image
+        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(1) == labels).float().mean()
+        log(step, loss=loss.item(), acc=acc.item(), scale=model.logit_scale.exp().item())
+    model.eval()
+    out_dir = _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    _write_stage_log(out_dir, "clip", seed, steps, log)
+    return out_dir
+
+
+def split_clip(
+    clip_dir: str | os.PathLike, text_dir: str | os.PathLike, vision_dir: str | os.PathLike
+) -> None:
+    """Save the text tower as a ``CLIPTextModel`` (the pipeline's text encoder, fp16) and the image tower with its
+    projection as a ``CLIPVisionModelWithProjection`` (the testbed's image embedder, fp16)."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
+
+    clip = CLIPModel.from_pretrained(str(clip_dir))
+    text = CLIPTextModel(clip.config.text_config)
+    state = clip.state_dict()
+    text_keys = set(text.state_dict())
+    text.load_state_dict(
+        {k: state[k] for k in text_keys if k in state}
+        | {k: state[f"text_model.{k}"] for k in text_keys if k not in state}
+    )
+    vision = CLIPVisionModelWithProjection(clip.config.vision_config)
+    vision.load_state_dict({k: state[k] for k in vision.state_dict()})
+    _save_model(text.eval(), text_dir)
+    _save_model(vision.eval(), vision_dir)
+
+
+# --------------------------------------------------------------------------------------------------------- UNet
+def _encode_text(text_encoder: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return text_encoder(_tokens(tokenizer, texts))[0]
+
+
+def train_unet(
+    out_dir: str | os.PathLike,
+    vae_dir: str | os.PathLike,
+    text_encoder_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    caption_dropout: float = 0.1,
+    ema_decay: float = 0.995,
+    init_from: str | os.PathLike | None = None,
+    first_batch: int = 0,
+    num_threads: int | None = 1,
+    quiet: bool = False,
+) -> Path:
+    """Train the base ``UNet2DConditionModel`` (ε-prediction DDPM, SD's schedule, caption dropout) and save its
+    EMA weights to ``out_dir`` (fp16).
+
+    ``init_from``: continue from a saved UNet folder (a second round with a fresh learning-rate cycle), reading the
+    data stream from batch ``first_batch`` on (so no batch is seen twice).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    _setup(seed, num_threads)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).eval()
+    text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir), torch_dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if init_from is not None:
+        unet = UNet2DConditionModel.from_pretrained(str(init_from), torch_dtype=torch.float32).train()
+    else:
+        unet = UNet2DConditionModel(**unet_config()).train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.03)
+    alphas = _alphas_cumprod()
+    data = ShapesDataset(batch_size, seed=seed * 1000 + 4)
+    gen = torch.Generator().manual_seed(seed + first_batch)
+    rng = np.random.default_rng([seed, first_batch])
+    log = _Log("unet", steps, quiet=quiet)
+    for step in range(steps):
+        batch = data.batch(first_batch + step)
+        texts = ["" if rng.random() < caption_dropout else c for c in batch.captions]
+        with torch.no_grad():
+            x0 = vae.encode(batch.images).latent_dist.sample(gen) * vae.config.scaling_factor
+            cond = _encode_text(text_encoder, tokenizer, texts)
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(xt, t, cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        decay = ema_decay if init_from is not None else min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        log(step, loss=loss.item())
+    out_dir = _save_model(ema, out_dir)
+    _write_stage_log(
+        out_dir,
+        "unet",
+        seed,
+        steps,
+        log,
+        caption_dropout=caption_dropout,
+        ema_decay=ema_decay,
+        lr=lr,
+        init_from=str(init_from) if init_from is not None else None,
+        first_batch=first_batch,
+    )
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- DMD
+def _x0_from_eps(xt: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return (xt - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def _cfg_eps(
+    unet: Any, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, w: float
+):
+    eps = unet(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([uncond, cond])).sample
+    e_u, e_c = eps.chunk(2)
+    return e_u + w * (e_c - e_u)
+
+
+@torch.no_grad()
+def teacher_latents(
+    unet: Any,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    *,
+    steps: int = 25,
+    guidance_scale: float = 5.0,
+) -> torch.Tensor:
+    """The base's deterministic DDIM sample (with CFG) from ``noise``: the regression targets."""
+    alphas = _alphas_cumprod()
+    ts = list(range(NUM_TRAIN_TIMESTEPS - 1, 0, -NUM_TRAIN_TIMESTEPS // steps))[:steps]
+    x = noise
+    for i, t in enumerate(ts):
+        a = alphas[t]
+        tt = torch.full((len(x),), t, dtype=torch.long)
+        eps = _cfg_eps(unet, x, tt, cond, uncond, guidance_scale)
+        x0 = _x0_from_eps(x, eps, a)
+        a_next = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return x
+
+
+def distill_dmd(
+    out_dir: str | os.PathLike,
+    pipeline_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    fake_lr: float = 2e-4,
+    fake_updates: int = 1,
+    guidance_scale: float = 5.0,
+    num_pairs: int = 64,
+    regression_weight: float = 0.25,
+    regression_batch: int = 16,
+    timesteps: Sequence[int] = DMD_TIMESTEPS,
+    num_threads: int | None = 1,
+    quiet: bool = False,
+) -> Path:
+    """Distil the base in ``pipeline_dir`` into a 4-step student (see the module docstring); save its UNet (fp16).
+
+    Generator: x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ with the student's ε̂ at the student's timesteps; its next input is
+    √ᾱ_next·x̂0 + √(1−ᾱ_next)·fresh noise (exactly ``LCMScheduler``'s step, whose boundary condition is ≈ x̂0 at
+    t ≥ 249). Each generator update draws the step ``k`` to train uniformly and builds its input with the
+    student's own first ``k`` steps (backward simulation, no gradient).
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    _setup(seed, num_threads)
+    pipeline_dir = Path(pipeline_dir)
+    teacher = UNet2DConditionModel.from_pretrained(str(pipeline_dir / "unet"), torch_dtype=torch.float32)
+    teacher.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    text_encoder = CLIPTextModel.from_pretrained(
+        str(pipeline_dir / "text_encoder"), torch_dtype=torch.float32
+    )
+    text_encoder.eval()
+    tokenizer = load_tokenizer(pipeline_dir / "tokenizer")
+    alphas = _alphas_cumprod()
+    ts = list(timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    latent_shape = (4, 8, 8)
+    uncond1 = _encode_text(text_encoder, tokenizer, [""])
+
+    def prompts(n: int) -> list[str]:
+        return captions(make_batch(n, rng).factors, rng)
+
+    # the fixed regression set: teacher noise → latent pairs on captions from the data distribution
+    pair_texts = prompts(num_pairs)
+    pair_cond = _encode_text(text_encoder, tokenizer, pair_texts)
+    pair_noise = torch.randn((num_pairs, *latent_shape), generator=gen)
+    pair_x0 = torch.cat(
+        [
+            teacher_latents(
+                teacher,
+                pair_noise[i : i + 32],
+                pair_cond[i : i + 32],
+                uncond1.expand(len(pair_cond[i : i + 32]), -1, -1),
+                guidance_scale=guidance_scale,
+            )
+            for i in range(0, num_pairs, 32)
+        ]
+    )
+
+    opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.999))
+    opt_f = torch.optim.AdamW(fake.parameters(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
+    log = _Log("dmd", steps, every=25, quiet=quiet)
+
+    def generate(x: torch.Tensor, index: int, cond: torch.Tensor) -> torch.Tensor:
+        t = torch.full((len(x),), ts[index], dtype=torch.long)
+        return _x0_from_eps(x, student(x, t, cond).sample, alphas[ts[index]])
+
+    for step in range(steps):
+        texts = prompts(batch_size)
+        cond = _encode_text(text_encoder, tokenizer, texts)
+        uncond = uncond1.expand(batch_size, -1, -1)
+        # backward simulation: the input of step k comes from the student's own steps 0..k-1
+        k = int(rng.integers(len(ts)))
+        x = torch.randn((batch_size, *latent_shape), generator=gen)
+        with torch.no_grad():
+            for i in range(k):
+                x0 = generate(x, i, cond)
+                a_next = alphas[ts[i + 1]]
+                x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * torch.randn(x0.shape, generator=gen)
+        x0 = generate(x, k, cond)
+
+        # distribution matching: ∇ KL ≈ (fake score − real score), normalised as in DMD
+        t = torch.randint(20, 981, (batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = a.sqrt() * x0.detach() + (1 - a).sqrt() * noise
+        with torch.no_grad():
+            real_x0 = _x0_from_eps(xt, _cfg_eps(teacher, xt, t, cond, uncond, guidance_scale), a)
+            fake_x0 = _x0_from_eps(xt, fake(xt, t, cond).sample, a)
+            weight = (x0.detach() - real_x0).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
+            grad = (fake_x0 - real_x0) / weight
+        loss_dmd = 0.5 * F.mse_loss(x0, (x0 - grad).detach(), reduction="sum") / batch_size
+
+        # regression on the fixed teacher pairs (first step, from the pair's noise)
+        idx = torch.randint(0, num_pairs, (regression_batch,), generator=gen)
+        reg = F.mse_loss(generate(pair_noise[idx], 0, pair_cond[idx]), pair_x0[idx])
+        loss_g = loss_dmd + regression_weight * reg * x0[0].numel()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt_g.step()
+
+        # the fake score learns the student's current distribution (denoising loss on its samples)
+        for _ in range(fake_updates):
+            tf = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch_size,), generator=gen)
+            af = alphas[tf].view(-1, 1, 1, 1)
+            nf = torch.randn(x0.shape, generator=gen)
+            xf = af.sqrt() * x0.detach() + (1 - af).sqrt() * nf
+            loss_f = F.mse_loss(fake(xf, tf, cond).sample, nf)
+            opt_f.zero_grad(set_to_none=True)
+            loss_f.backward()
+            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
+            opt_f.step()
+        log(step, dmd=loss_dmd.item(), reg=reg.item(), fake=loss_f.item())
+    student.eval()
+    out_dir = _save_model(student, out_dir)
+    _write_stage_log(
+        out_dir,
+        "dmd",
+        seed,
+        steps,
+        log,
+        timesteps=ts,
+        guidance_scale=guidance_scale,
+        num_pairs=num_pairs,
+        regression_weight=regression_weight,
+        lr=lr,
+        fake_lr=fake_lr,
+        fake_updates=fake_updates,
+    )
+    return out_dir
+
+
+# -------------------------------------------------------------------------------------------------- assembling
+def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet") -> Path:
+    """Assemble the ``StableDiffusionPipeline`` folder from the trained parts (vae, text_encoder, tokenizer,
+    unet) with SD's Euler scheduler; safety checker and feature extractor null."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(str(parts / "vae"), torch_dtype=torch.float16),
+        text_encoder=CLIPTextModel.from_pretrained(str(parts / "text_encoder"), torch_dtype=torch.float16),
+        tokenizer=load_tokenizer(parts / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(str(parts / unet), torch_dtype=torch.float16),
+        scheduler=EulerDiscreteScheduler(**scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+    def save(tmp: Path) -> None:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # ship the slow tokenizer's files (vocab.json + merges.txt: 1.5 MB) instead of tokenizer.json (3.5 MB)
+        shutil.rmtree(tmp / "tokenizer")
+        shutil.copytree(parts / "tokenizer", tmp / "tokenizer")
+
+    return _save_atomic(out_dir, save)
+
+
+DEFAULT_BUDGET = {"vae": 700, "clip": 800, "unet": 1300, "unet_more": 1500, "dmd": 500}
+"""The budget of the shipped weights (steps per stage; ``unet_more``: a second UNet round at half the peak lr)."""
+
+
+def train_all(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    budget: dict[str, int] | None = None,
+    *,
+    num_threads: int | None = 1,
+    quiet: bool = False,
+) -> Path:
+    """Run every stage (skipping those whose output already exists: resumable) and assemble
+    ``out_dir/shapes/`` (pipeline), ``out_dir/dmd/unet/`` (student) and ``out_dir/clip_vision/`` (embedder).
+    Intermediate parts live in ``out_dir/parts/``."""
+    budget = {**DEFAULT_BUDGET, **(budget or {})}
+    out_dir = Path(out_dir)
+    parts = out_dir / "parts"
+    if not (parts / "tokenizer").exists():
+        write_tokenizer(parts / "tokenizer")
+    if not (parts / "vae").exists():
+        train_vae(parts / "vae", seed=seed, steps=budget["vae"], num_threads=num_threads, quiet=quiet)
+    if not (parts / "clip").exists():
+        train_clip(
+            parts / "clip",
+            parts / "tokenizer",
+            seed=seed,
+            steps=budget["clip"],
+            num_threads=num_threads,
+            quiet=quiet,
+        )
+    if not (parts / "text_encoder").exists():
+        split_clip(parts / "clip", parts / "text_encoder", out_dir / "clip_vision")
+    if not (parts / "unet").exists():
+        train_unet(
+            parts / "unet",
+            parts / "vae",
+            parts / "text_encoder",
+            parts / "tokenizer",
+            seed=seed,
+            steps=budget["unet"],
+            num_threads=num_threads,
+            quiet=quiet,
+        )
+    if budget["unet_more"] > 0 and not (parts / "unet_more").exists():
+        train_unet(
+            parts / "unet_more",
+            parts / "vae",
+            parts / "text_encoder",
+            parts / "tokenizer",
+            seed=seed,
+            steps=budget["unet_more"],
+            lr=5e-4,
+            init_from=parts / "unet",
+            first_batch=budget["unet"],
+            num_threads=num_threads,
+            quiet=quiet,
+        )
+    if not (out_dir / "shapes").exists():
+        assemble_pipeline(out_dir / "shapes", parts, "unet_more" if budget["unet_more"] > 0 else "unet")
+    if not (out_dir / "dmd" / "unet").exists():
+        distill_dmd(
+            out_dir / "dmd" / "unet",
+            out_dir / "shapes",
+            seed=seed,
+            steps=budget["dmd"],
+            num_threads=num_threads,
+            quiet=quiet,
+        )
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    for stage, steps in DEFAULT_BUDGET.items():
+        parser.add_argument(f"--{stage}-steps", type=int, default=steps)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    budget = {stage: getattr(args, f"{stage}_steps") for stage in DEFAULT_BUDGET}
+    train_all(args.out_dir, args.seed, budget, num_threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

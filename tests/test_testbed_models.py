@@ -1,0 +1,96 @@
+"""The embedded testbed models: the shipped miniature Stable Diffusion and its DMD-style 4-step student."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conceptspace.sampling import Base, Distilled, Hybrid, sample
+from conceptspace.testbed import train
+from conceptspace.testbed.pair import WEIGHTS_DIR, load_testbed_pair
+
+SHAPES = WEIGHTS_DIR / "shapes"
+DMD = WEIGHTS_DIR / "dmd"
+
+pytestmark = pytest.mark.skipif(
+    not (SHAPES / "model_index.json").exists(), reason="testbed weights not built"
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.set_num_threads(1)
+    return load_testbed_pair()
+
+
+def test_folders_are_diffusers_pipeline_and_unet():
+    index = json.loads((SHAPES / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    assert index["requires_safety_checker"] is False
+    for part in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        assert (SHAPES / part).is_dir(), part
+    assert (DMD / "unet" / "config.json").exists()
+    scheduler = json.loads((SHAPES / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["beta_schedule"] == "scaled_linear"
+    assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["num_train_timesteps"]) == (
+        0.00085,
+        0.012,
+        1000,
+    )
+
+
+def test_weights_are_fp16_safetensors_and_small():
+    files = list(WEIGHTS_DIR.rglob("*.safetensors"))
+    assert not list(WEIGHTS_DIR.rglob("*.bin"))
+    assert sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file()) <= 15 * 2**20
+    for path in files:
+        if "probe" in path.parts:
+            continue
+        with safe_open(str(path), "pt") as handle:
+            dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118
+        assert dtypes == {"F16"}, (path, dtypes)
+
+
+def test_loads_offline_with_from_pretrained():
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES, torch_dtype=torch.float32)
+    student = UNet2DConditionModel.from_pretrained(DMD, subfolder="unet", torch_dtype=torch.float32)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
+    assert pipe.vae_scale_factor == 4 and pipe.vae.config.latent_channels == 4
+
+    def architecture(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert architecture(student.config) == architecture(pipe.unet.config)
+    assert pipe.unet.dtype == student.dtype == torch.float32
+
+
+def test_student_and_base_sample(pair):
+    student = sample(pair, "a red circle", Distilled(), seeds=range(4), output_type="np", progress=False)
+    assert student.images.shape == (4, 32, 32, 3)
+    assert [s.timestep for s in student.schedule] == [999, 749, 499, 249]
+    base = sample(pair, "a red circle", Base(steps=6), seeds=range(2), output_type="np", progress=False)
+    assert base.images.shape == (2, 32, 32, 3)
+    hybrid = sample(pair, "a red circle", Hybrid(k=1), seeds=range(2), output_type="np", progress=False)
+    assert [s.model for s in hybrid.schedule] == ["base", "distilled", "distilled", "distilled"]
+    assert np.isfinite(student.images).all() and np.isfinite(base.images).all()
+
+
+def test_train_stage_saves_loadable_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    out = train.train_vae(tmp_path / "vae", seed=0, steps=2, batch_size=4, quiet=True)
+    vae = AutoencoderKL.from_pretrained(out, torch_dtype=torch.float32)
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["steps"] == 2 and len(log["history"]) == 1
+    assert vae.config.scaling_factor == pytest.approx(log["scaling_factor"])

@@ -169,6 +169,16 @@ def _generate(trajectories: bool, options: dict) -> None:
     from conceptspace.generate import generate as generate_images
 
     pair, regimes, prompts, seeds, parameters = _prepare(**options)
+    embedder = None
+    if options.get("embedder"):
+        from conceptspace.embeddings import load_embedder
+
+        embedder = load_embedder(
+            options["embedder"],
+            device=options["device"],
+            cache_dir=options["cache_dir"],
+            progress=not options["quiet"],
+        )
     run = generate_images(
         pair,
         prompts,
@@ -180,6 +190,7 @@ def _generate(trajectories: bool, options: dict) -> None:
         width=options["width"],
         batch_size=options["batch_size"],
         trajectories=trajectories,
+        commitment_embedder=embedder,
         progress=not options["quiet"],
         parameters=parameters,
     )
@@ -315,6 +326,12 @@ def trajectory(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="Measure commitment in this embedder's space on decoded x̂0 (e.g. dreamsim:ensemble); default latent correlation."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Like generate, plus one x̂0 strip per sample (steps left to right) and commitment curves

@@ -17,7 +17,12 @@ from conceptspace.io import ensure_writable_dir, environment_versions, write_ima
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Regime, sample
-from conceptspace.trajectories import commitment_curve, decode_trajectory, trajectory_strip
+from conceptspace.trajectories import (
+    commitment_curve,
+    decode_trajectory,
+    embedding_commitment,
+    trajectory_strip,
+)
 
 COMMITMENT_COLUMNS = (
     "prompt",
@@ -50,6 +55,7 @@ def generate(
     width: int | None = None,
     batch_size: int = 4,
     trajectories: bool = False,
+    commitment_embedder: Any = None,
     progress: bool = True,
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -57,8 +63,9 @@ def generate(
 
     With ``trajectories=True`` also one x̂0 strip per sample (``trajectory_<prompt#>_<seed>.png``, steps left
     to right) and commitment curves in ``metrics.json`` / ``metrics.csv`` (metric ``commitment``: similarity of
-    each step's x̂0 to the final image, mean with 95% CI per prompt, regime and step). ``run.json`` is written
-    last: its presence marks a complete run.
+    each step's x̂0 to the final image, mean with 95% CI per prompt, regime and step; latent correlation, or
+    cosine similarity in ``commitment_embedder``'s space when one is given). ``run.json`` is written last: its
+    presence marks a complete run.
     Returns the run record (the content of run.json).
     """
     if not prompts:
@@ -107,8 +114,14 @@ def generate(
                     write_image(
                         regime_dir / f"trajectory_{image_name(prompt_index, seed)}", trajectory_strip(strip)
                     )
-                curve = commitment_curve(result.trajectory)
-                commitment_rows += _commitment_rows(prompt, regime.name, curve, result.schedule_dicts())
+                if commitment_embedder is None:
+                    curve, similarity = commitment_curve(result.trajectory), "latent_correlation"
+                else:
+                    curve = embedding_commitment(decoded, commitment_embedder)
+                    similarity = commitment_embedder.name
+                commitment_rows += _commitment_rows(
+                    prompt, regime.name, curve, result.schedule_dicts(), similarity=similarity
+                )
             record["timings"]["writing"] = (
                 record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
             )
@@ -131,6 +144,9 @@ def generate(
             "width": width or pair.default_resolution,
             "batch_size": batch_size,
             "trajectories": trajectories,
+            "commitment_similarity": getattr(commitment_embedder, "name", "latent_correlation")
+            if trajectories
+            else None,
             **(parameters or {}),
         },
         "versions": environment_versions(),
@@ -153,7 +169,7 @@ def schedule_field(records: dict[str, dict[str, Any]]) -> Any:
 
 
 def _commitment_rows(
-    prompt: str, regime: str, curve: np.ndarray, schedule: list[dict[str, Any]]
+    prompt: str, regime: str, curve: np.ndarray, schedule: list[dict[str, Any]], *, similarity: str
 ) -> list[dict[str, Any]]:
     """Mean commitment per step with a normal-approximation 95% CI over samples."""
     rows = []
@@ -174,6 +190,7 @@ def _commitment_rows(
                 step=step,
                 timestep=entry["timestep"],
                 model=entry["model"],
+                similarity=similarity,
             )
         )
     return rows

@@ -9,7 +9,7 @@ correlation) needs no downloads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,17 @@ def decode_trajectory(pair: ModelPair, trajectory: torch.Tensor, *, batch_size: 
         for i in range(0, len(flat), batch_size)
     ]
     return torch.cat(images).view(n, steps, *images[0].shape[1:])
+
+
+def embedding_commitment(decoded: torch.Tensor, embedder: Any) -> np.ndarray:
+    """Commitment measured by an image embedder (``conceptspace.embeddings``): cosine similarity of each step's
+    decoded x̂0 to the final image in the embedder's space, shape (n_samples, n_steps).
+
+    ``decoded`` is :func:`decode_trajectory`'s output (n, steps, 3, H, W) in [0, 1]; each image is embedded once.
+    """
+    n, steps = decoded.shape[:2]
+    vectors = embedder.embed_images(decoded.flatten(0, 1)).view(n, steps, -1)
+    return (vectors * vectors[:, -1:]).sum(-1).numpy()
 
 
 def trajectory_strip(images: torch.Tensor, *, thumbnail: int | None = 256) -> Image.Image:

@@ -196,3 +196,27 @@ def test_repeated_regime_names_are_refused(tmp_path: Path) -> None:
         "generate", *TINY, "--regime", "hybrid,hybrid", "--prompt", "x", "--out", str(tmp_path / "o")
     )
     assert result.exit_code != 0 and "regime names repeat" in str(result.exception)
+
+
+def test_trajectory_commitment_in_an_embedders_space(tmp_path: Path) -> None:
+    out = tmp_path / "traj"
+    result = invoke(
+        "trajectory",
+        *TINY,
+        "--regime",
+        "distilled",
+        "--prompt",
+        "a shape",
+        "-n",
+        "2",
+        "--embedder",
+        "pixels:8",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["similarity"] for r in rows} == {"pixels:8"}
+    assert float(rows[-1]["value"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[0]["value"]) < float(rows[-1]["value"])
+    assert json.loads((out / "run.json").read_text())["parameters"]["commitment_similarity"] == "pixels:8"

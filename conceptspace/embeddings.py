@@ -174,7 +174,8 @@ class Embedder(ABC):
         """Features ``(B, D)`` for a batch of RGB PIL images (any device and dtype; not yet normalised)."""
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """Features ``(B, D)`` for a batch of texts; only called when ``has_text`` (subclasses with a text tower)."""
+        raise TextNotSupportedError(f"embedder {self.name!r} has no text tower")
 
     @staticmethod
     def _normalise(features: torch.Tensor, count: int) -> torch.Tensor:

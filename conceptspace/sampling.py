@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -194,13 +195,14 @@ def _denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> Denoi
 
 
 # ------------------------------------------------------------------------------------------------------ regimes
-class Regime:
+class Regime(ABC):
     """A choice of denoiser per step. Subclasses are frozen dataclasses with a ``name``."""
 
     name: str = "regime"
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+        """The segments (scheduler, step range, denoiser per step) this regime runs on ``pair``."""
 
     def describe(self) -> dict[str, Any]:
         return {"regime": self.name, **asdict(self)}  # type: ignore[call-overload]

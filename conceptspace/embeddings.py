@@ -86,7 +86,7 @@ class EmbedderSpecError(ValueError):
     """A malformed embedder spec, an unknown prefix, or an argument the embedder does not know."""
 
 
-class TextNotSupportedError(NotImplementedError):
+class TextNotSupportedError(TypeError):
     """``embed_texts`` on an image-only embedder (DINOv2, DreamSim)."""
 
 

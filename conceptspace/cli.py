@@ -59,7 +59,10 @@ def models(
         f"{'name':<11} {'role':<8} {'base':<10} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} source"
     )
     for spec in REGISTRY.values():
-        cached = "builtin" if spec.storage == "random" else ("yes" if is_cached(spec, cache_dir) else "no")
+        if spec.storage == "random" or spec.local_dir:
+            cached = "builtin" if spec.storage == "random" else "shipped"
+        else:
+            cached = "yes" if is_cached(spec, cache_dir) else "no"
         source = spec.repo_id + (f" [{spec.filename}]" if spec.filename else "")
         typer.echo(
             f"{spec.name:<11} {spec.role:<8} {spec.base or '-':<10} {cached:<7} {spec.num_inference_steps:<6} "
@@ -425,6 +428,73 @@ def diversity(
             f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {row['n']:<3} {p_value}"
         )
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
+    prompt: Annotated[
+        list[str],
+        typer.Option("--prompt", help="Prompt (repeatable; default: a shape, a circle, a red shape)."),
+    ] = [],  # noqa: B006
+    n: Annotated[int, typer.Option("-n", help="Seeds per prompt and regime.")] = 64,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the study on the embedded testbed: base, distilled and hybrid samples with x̂0 trajectories, diversity
+    by factor probe and testbed CLIP with 95% CIs, metrics.json/csv and report.html. No download; about a minute
+    on a CPU.
+
+    Example: conceptspace demo --out out/demo
+    """
+    from conceptspace.demo import DEMO_PROMPTS, run_demo, summary_lines
+
+    if n < 2:
+        _fail(f"-n must be at least 2 (diversity needs two images), got {n}")
+    if quiet:
+        _silence_libraries()
+    result = run_demo(out, prompts=prompt or DEMO_PROMPTS, n=n, seed=seed, n_boot=n_boot, progress=not quiet)
+    for line in summary_lines(result.rows):
+        typer.echo(line)
+    typer.echo(
+        f"wrote {result.out_dir / 'metrics.json'}, {result.out_dir / 'metrics.csv'} and {result.report}"
+    )
+
+
+testbed_app = typer.Typer(help="The embedded testbed: retrain its models.", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+
+
+@testbed_app.command("train")
+def testbed_train(
+    out: Annotated[
+        Path, typer.Argument(help="Folder for the trained models (shapes/, dmd/, clip_vision/, parts/).")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (training is deterministic per thread count).")
+    ] = 1,
+    workers: Annotated[int, typer.Option(help="Processes rendering batches ahead (useful with a GPU).")] = 0,
+    vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default: the shipped budget).")] = None,
+    clip_steps: Annotated[int | None, typer.Option(help="CLIP steps.")] = None,
+    unet_steps: Annotated[int | None, typer.Option(help="UNet steps.")] = None,
+    dmd_steps: Annotated[int | None, typer.Option(help="Student steps.")] = None,
+) -> None:
+    """Retrain the testbed's VAE, CLIP, UNet and DMD student from a seed (resumable: finished stages are kept).
+
+    Load the result with `--base-path OUT/shapes --student-path OUT/dmd`, or `load_pair("shapes", "dmd",
+    base_path=..., student_path=...)`.
+
+    Example: conceptspace testbed train runs/testbed --seed 0
+    """
+    from conceptspace.testbed.train import train_all
+
+    steps = {"vae": vae_steps, "clip": clip_steps, "unet": unet_steps, "dmd": dmd_steps}
+    budget = {stage: value for stage, value in steps.items() if value is not None}
+    train_all(out, seed, budget, num_threads=threads, device=device, workers=workers)
+    typer.echo(f"wrote {out / 'shapes'}, {out / 'dmd'} and {out / 'clip_vision'}")
 
 
 @app.command()

@@ -68,6 +68,8 @@ class ModelSpec:
     student only its ``unet/`` and ``scheduler/`` are read), ``"unet_folder"`` (a diffusers UNet folder at the
     repo root or ``subfolder``), ``"unet_file"`` (a bare UNet state dict in ``filename``; its architecture is
     the base's) or ``"random"`` (tiny random weights made in memory from ``seed``, for smoke tests).
+    ``local_dir``: a folder that holds the weights in that layout (the testbed's, shipped inside the package); it is
+    read instead of the hub unless a path is passed to :func:`load_pair`.
     """
 
     name: str
@@ -88,6 +90,7 @@ class ModelSpec:
     seed: int = 0
     description: str = ""
     embedder: str | None = None  # default embedder spec for this base (conceptspace.embeddings.load_embedder)
+    local_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.role == "student" and not self.base:
@@ -113,12 +116,12 @@ class ModelSpec:
     @property
     def fetch_command(self) -> str:
         """The shell command that downloads what this model needs into the Hugging Face cache."""
+        if self.storage == "random" or self.local_dir:
+            return ""
         if self.storage == "unet_file":
             return f"hf download {self.repo_id} {self.filename}"
         if self.storage == "pipeline" and self.role == "student":
             return f"hf download {self.repo_id} --include 'unet/*' --include 'scheduler/*'"
-        if self.storage == "random":
-            return ""
         return f"hf download {self.repo_id}"
 
     def scheduler_config_overrides(self) -> dict[str, Any]:
@@ -278,6 +281,41 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ),
 ]
 
+_TESTBED_WEIGHTS = Path(__file__).parent / "testbed" / "weights"
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="shapes",
+        family="testbed",
+        role="base",
+        repo_id="conceptspace/testbed-shapes",
+        storage="pipeline",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        resolution=32,
+        description="the embedded testbed: a miniature Stable Diffusion trained on a procedural shapes world",
+        embedder="testbed:clip",
+        local_dir=str(_TESTBED_WEIGHTS / "shapes"),
+    ),
+    ModelSpec(
+        name="dmd",
+        family="testbed",
+        role="student",
+        base="shapes",
+        repo_id="conceptspace/testbed-dmd",
+        storage="unet_folder",
+        subfolder="unet",
+        scheduler="LCMScheduler",
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=32,
+        description="DMD2-style 4-step student of the testbed, trained by conceptspace.testbed.train",
+        local_dir=str(_TESTBED_WEIGHTS / "dmd"),
+    ),
+]
+
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _REGISTRY_LIST}
 
 
@@ -321,6 +359,9 @@ def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bo
     """True when the files that ``spec`` needs are in the Hugging Face cache (always true for random models):
     its key files and, for folder layouts, the UNet weights in at least one variant."""
     from huggingface_hub import try_to_load_from_cache
+
+    if spec.local_dir:
+        return all((Path(spec.local_dir) / filename).is_file() for filename in spec.key_files)
 
     def cached(filename: str) -> bool:
         return isinstance(try_to_load_from_cache(spec.repo_id, filename, cache_dir=cache_dir), str)
@@ -780,7 +821,10 @@ def load_pair(
             )
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
+    base_path = base_path if base_path is not None else base_spec.local_dir
     base_path = os.path.abspath(base_path) if base_path is not None else None
+    if student_spec is not None and student_path is None:
+        student_path = student_spec.local_dir
     student_path = os.path.abspath(student_path) if student_path is not None else None
 
     # A missing model fails here, before minutes go into loading the other one.

@@ -303,7 +303,7 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
     specs = (
         [REGISTRY[n] for n in names]
         if names is not None
-        else [s for s in REGISTRY.values() if s.storage != "random"]
+        else [s for s in REGISTRY.values() if s.storage != "random" and not s.local_dir]
     )
     pipelines = {"sdxl": tiny_sdxl_pipeline, "sd21": tiny_sd_pipeline}
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}

@@ -410,18 +410,18 @@ class _MeanColour(Embedder):
 
 def test_register_embedder(monkeypatch, pixels):
     monkeypatch.setattr(embeddings, "_FACTORIES", dict(embeddings._FACTORIES))
-    register_embedder("testbed", _MeanColour)
-    assert "testbed" in embeddings.embedder_prefixes()
-    embedder = load_embedder("testbed:mean-colour", device="cpu", batch_size=2, progress=False)
+    register_embedder("meancolour", _MeanColour)
+    assert "meancolour" in embeddings.embedder_prefixes()
+    embedder = load_embedder("meancolour:mean-colour", device="cpu", batch_size=2, progress=False)
     assert isinstance(embedder, _MeanColour) and embedder.argument == "mean-colour"
-    assert embedder.name == "testbed:mean-colour" and embedder.batch_size == 2
+    assert embedder.name == "meancolour:mean-colour" and embedder.batch_size == 2
     expected = torch.nn.functional.normalize(
         torch.from_numpy(pixels.astype(np.float32)).mean(dim=(1, 2)), dim=-1
     )
     torch.testing.assert_close(embedder.embed_images(pixels), expected)
     with pytest.raises(ValueError, match="already registered"):
-        register_embedder("testbed", lambda argument, **options: _MeanColour(argument, **options))
-    register_embedder("testbed", _MeanColour)  # the same factory again is a no-op
+        register_embedder("meancolour", lambda argument, **options: _MeanColour(argument, **options))
+    register_embedder("meancolour", _MeanColour)  # the same factory again is a no-op
     with pytest.raises(ValueError, match="without ':'"):
         register_embedder("a:b", _MeanColour)
     register_embedder("not-an-embedder", lambda argument, **options: object())

@@ -108,7 +108,7 @@ def registry():
 
 # ------------------------------------------------------------------------------------------- the cache's layout
 def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
-    downloadable = {s.name for s in REGISTRY.values() if s.storage != "random"}
+    downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
     assert downloadable == {"sdxl", "sd21", *STUDENTS}, "a registry entry without a loading test"
 
     for repo_id in (
@@ -595,8 +595,9 @@ def test_cli_models_reports_what_is_cached(hub_cache: Path, sdxl_only_cache: Pat
     from conceptspace.cli import app
 
     runner = CliRunner()
-    downloadable = {s.name for s in REGISTRY.values() if s.storage != "random"}
-    builtin = set(REGISTRY) - downloadable
+    downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
+    shipped = {s.name for s in REGISTRY.values() if s.local_dir}
+    builtin = set(REGISTRY) - downloadable - shipped
     for cache, cached in [(hub_cache, downloadable), (empty_cache, set()), (sdxl_only_cache, {"sdxl"})]:
         result = runner.invoke(app, ["models", "--cache-dir", str(cache)])
         assert result.exit_code == 0, result.output
@@ -605,6 +606,7 @@ def test_cli_models_reports_what_is_cached(hub_cache: Path, sdxl_only_cache: Pat
         assert {n for n, v in rows.items() if v == "yes"} == cached
         assert {n for n, v in rows.items() if v == "no"} == downloadable - cached
         assert {n for n, v in rows.items() if v == "builtin"} == builtin
+        assert {n for n, v in rows.items() if v == "shipped"} == shipped == {"shapes", "dmd"}
 
 
 def _cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
@@ -634,7 +636,7 @@ def test_cli_models_reads_hf_hub_cache(hub_cache: Path):
             "dmd2",
             f"error: model 'sdxl' needs {SDXL_REPO} (model_index.json and UNet weights unet/",
         ),
-        ("dmd3", "error: unknown model 'dmd3'; known models: dmd2, "),
+        ("dmd3", "error: unknown model 'dmd3'; known models: dmd, dmd2, "),
     ],
 )
 def test_cli_user_errors_are_one_line_with_status_2(

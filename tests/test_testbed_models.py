@@ -94,3 +94,88 @@ def test_train_stage_saves_loadable_folder(tmp_path):
     log = json.loads((out / "training_log.json").read_text())
     assert log["steps"] == 2 and len(log["history"]) == 1
     assert vae.config.scaling_factor == pytest.approx(log["scaling_factor"])
+
+
+def test_registered_by_name_and_shipped():
+    from conceptspace.models import get_spec, is_cached, load_pair
+
+    base, student = get_spec("shapes"), get_spec("dmd")
+    assert student.base == "shapes" and base.embedder == "testbed:clip"
+    assert is_cached(base) and is_cached(student) and base.fetch_command == ""
+    pair = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
+    assert pair.paths == {"base": str(SHAPES), "student": str(DMD)}
+    result = sample(pair, "a shape", Distilled(), seeds=range(2), output_type="np", progress=False)
+    assert result.images.shape == (2, 32, 32, 3)
+
+
+def test_a_path_given_replaces_the_shipped_folder(tmp_path):
+    from conceptspace.models import ModelNotFoundError, load_pair
+
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_pair("shapes", "dmd", device="cpu", base_path=tmp_path / "nowhere")
+
+
+def _tiny_budget():
+    return {"vae": 2, "clip": 2, "unet": 2, "dmd": 2}
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return {
+        str(path.relative_to(folder)): load_file(str(path))
+        for path in sorted(folder.rglob("*.safetensors"))
+        if "parts" not in path.parts
+    }
+
+
+def test_train_all_is_reproducible_resumable_and_complete(tmp_path):
+    first = train.train_all(tmp_path / "a", seed=3, budget=_tiny_budget(), quiet=True)
+    second = train.train_all(tmp_path / "b", seed=3, budget=_tiny_budget(), quiet=True)
+    a, b = _weights(first), _weights(second)
+    assert set(a) == {
+        "clip_vision/model.safetensors",
+        "dmd/unet/diffusion_pytorch_model.safetensors",
+        "shapes/text_encoder/model.safetensors",
+        "shapes/unet/diffusion_pytorch_model.safetensors",
+        "shapes/vae/diffusion_pytorch_model.safetensors",
+    }
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    # the result loads as a pair, and a second call finds every stage done
+    pair = load_testbed_pair(first)
+    assert pair.student_unet is not None
+    stamp = (first / "dmd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    train.train_all(first, seed=3, budget=_tiny_budget(), quiet=True)
+    assert (first / "dmd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    logs = {
+        stage: json.loads((first / "parts" / stage / "training_log.json").read_text())
+        for stage in ("vae", "clip", "unet")
+    }
+    assert all(log["seed"] == 3 and log["steps"] == 2 for log in logs.values())
+    assert logs["unet"]["text_lr"] == train.DEFAULT_RECIPE["text_lr"]
+
+
+def test_train_all_recipe_options(tmp_path):
+    with pytest.raises(ValueError, match="unknown training options"):
+        train.train_all(tmp_path / "x", budget={"unet_more": 3})
+    with pytest.raises(ValueError, match="stop_after"):
+        train.train_all(tmp_path / "x", stop_after="everything")
+    out = train.train_all(
+        tmp_path / "frozen",
+        budget=_tiny_budget(),
+        recipe={"text_lr": 0.0, "regression_weight": 0.0},
+        stop_after="unet",
+        quiet=True,
+    )
+    assert (out / "shapes" / "model_index.json").exists() and not (out / "dmd").exists()
+    # a frozen text encoder is the CLIP text tower unchanged
+    from safetensors.torch import load_file
+
+    clip_text = load_file(str(out / "parts" / "clip_text" / "model.safetensors"))
+    shipped = load_file(str(out / "shapes" / "text_encoder" / "model.safetensors"))
+    assert all(torch.equal(clip_text[k], shipped[k]) for k in clip_text)
+    out = train.train_all(out, budget=_tiny_budget(), recipe={"text_lr": 0.0, "num_pairs": 0}, quiet=True)
+    log = json.loads((out / "dmd" / "unet" / "training_log.json").read_text())
+    assert log["num_pairs"] == 0 and all(row["reg"] == 0 for row in log["history"])

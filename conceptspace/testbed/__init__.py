@@ -12,6 +12,18 @@
 - :mod:`conceptspace.testbed.pair`: the shipped pair (``weights/shapes/``, ``weights/dmd/``) as registry specs and
   :func:`~conceptspace.testbed.pair.load_testbed_pair`.
 - :mod:`conceptspace.testbed.evaluate`: probe-based diversity per regime (base / distilled / hybrid) and sample grids.
+- :mod:`conceptspace.testbed.embedder`: the testbed CLIP's image tower as the embedder ``testbed:clip``.
 
-Nothing heavy is imported here: import the submodule you need.
+Nothing heavy is imported here (the embedder registers a factory and loads nothing): import the submodule you need.
 """
+
+from conceptspace.embeddings import register_embedder
+
+
+def _testbed_factory(argument: str, **options):  # noqa: ANN202 - signature of EmbedderFactory
+    from conceptspace.testbed.embedder import testbed_embedder
+
+    return testbed_embedder(argument, **options)
+
+
+register_embedder("testbed", _testbed_factory)

@@ -1,4 +1,5 @@
-"""The testbed's model pair: the miniature Stable Diffusion ("shapes") and its DMD-style 4-step student.
+"""The testbed's model pair: the miniature Stable Diffusion (registry name ``shapes``) and its DMD-style 4-step
+student (``dmd``).
 
 Both ship in ``weights/`` next to this file in diffusers folder format (``weights/shapes/`` is a
 ``StableDiffusionPipeline`` folder, ``weights/dmd/unet/`` the student's UNet), trained by
@@ -15,41 +16,14 @@ from pathlib import Path
 
 import torch
 
-from conceptspace.models import ModelPair, ModelSpec, load_pair
-from conceptspace.testbed.train import DMD_TIMESTEPS
+from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair
 
 __all__ = ["TESTBED_BASE", "TESTBED_DMD", "WEIGHTS_DIR", "load_testbed_pair"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-TESTBED_BASE = ModelSpec(
-    name="testbed-shapes",
-    family="testbed",
-    role="base",
-    repo_id="conceptspace/testbed-shapes",
-    storage="pipeline",
-    scheduler="EulerDiscreteScheduler",
-    num_inference_steps=50,
-    guidance_scale=5.0,
-    resolution=32,
-    description="the embedded miniature Stable Diffusion on the procedural shapes world",
-)
-TESTBED_DMD = ModelSpec(
-    name="testbed-dmd",
-    family="testbed",
-    role="student",
-    base="testbed-shapes",
-    repo_id="conceptspace/testbed-dmd",
-    storage="unet_folder",
-    subfolder="unet",
-    scheduler="LCMScheduler",
-    scheduler_overrides=(("original_inference_steps", 4),),
-    num_inference_steps=4,
-    timesteps=DMD_TIMESTEPS,
-    guidance_scale=0.0,
-    resolution=32,
-    description="DMD-style 4-step student of testbed-shapes",
-)
+TESTBED_BASE: ModelSpec = get_spec("shapes")
+TESTBED_DMD: ModelSpec = get_spec("dmd")
 
 
 def load_testbed_pair(

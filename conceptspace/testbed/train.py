@@ -45,6 +45,7 @@ __all__ = [
     "BETA_END",
     "BETA_START",
     "DEFAULT_BUDGET",
+    "DEFAULT_RECIPE",
     "DMD_TIMESTEPS",
     "MAX_TOKENS",
     "assemble_pipeline",
@@ -197,7 +198,7 @@ def _save_atomic(out_dir: str | os.PathLike, save: Callable[[Path], None]) -> Pa
 
 
 def _save_model(model: Any, out_dir: str | os.PathLike, *, fp16: bool = True) -> Path:
-    model = copy.deepcopy(model).to(torch.float16 if fp16 else torch.float32)
+    model = copy.deepcopy(model).to("cpu", torch.float16 if fp16 else torch.float32)
     return _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
@@ -219,6 +220,41 @@ def _setup(seed: int, num_threads: int | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
+
+
+def _randn(shape: Sequence[int], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Normal noise drawn on the CPU generator, then moved: the same numbers on every device."""
+    return torch.randn(tuple(shape), generator=gen).to(device)
+
+
+def _randint(low: int, high: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randint(low, high, (n,), generator=gen).to(device)
+
+
+class _BatchRange(torch.utils.data.Dataset):
+    """Batches ``first … first + count − 1`` of a :class:`ShapesDataset`, for a prefetching ``DataLoader``."""
+
+    def __init__(self, data: ShapesDataset, first: int, count: int) -> None:
+        self.data, self.first, self.count = data, first, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        batch = self.data.batch(self.first + index)
+        return batch.images, batch.captions
+
+
+def _batches(data: ShapesDataset, first: int, count: int, workers: int) -> Any:
+    """``(images, captions)`` of batches ``first …`` in order; rendered by ``workers`` processes ahead of the
+    training loop (0: in the loop). Each batch is a function of its index, so the stream is the same either way."""
+    return torch.utils.data.DataLoader(
+        _BatchRange(data, first, count),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=8 if workers else None,
+        persistent_workers=False,
+    )
 
 
 def write_tokenizer(out_dir: str | os.PathLike) -> Path:
@@ -244,9 +280,15 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
 
 
 def _tokens(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
-    return tokenizer(
-        list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-    ).input_ids
+    """Padded token ids; captions repeat endlessly in training, so each is tokenised once per tokenizer."""
+    cache = tokenizer.__dict__.setdefault("_conceptspace_ids", {})
+    missing = sorted({text for text in texts if text not in cache})
+    if missing:
+        ids = tokenizer(
+            missing, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids
+        cache.update(zip(missing, ids, strict=True))
+    return torch.stack([cache[text] for text in texts])
 
 
 # ---------------------------------------------------------------------------------------------------------- VAE
@@ -259,22 +301,25 @@ def train_vae(
     lr: float = 1e-3,
     kl_weight: float = 1e-6,
     num_threads: int | None = 1,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
     quiet: bool = False,
 ) -> Path:
     """Train the tiny ``AutoencoderKL`` and save it to ``out_dir`` (fp16 safetensors + config)."""
     from diffusers import AutoencoderKL
 
     _setup(seed, num_threads)
-    vae = AutoencoderKL(**vae_config()).train()
+    device = torch.device(device)
+    vae = AutoencoderKL(**vae_config()).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 1)
     gen = torch.Generator().manual_seed(seed)
     log = _Log("vae", steps, quiet=quiet)
-    for step in range(steps):
-        x = data.batch(step).images
+    for step, (x, _) in enumerate(_batches(data, 0, steps, workers)):
+        x = x.to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * _randn(posterior.mean.shape, gen, device)
         recon = vae.decode(z).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         kl = posterior.kl().mean() / x[0].numel()
@@ -287,8 +332,8 @@ def train_vae(
         log(step, loss=loss.item(), rec=rec.item(), kl=kl.item())
     vae.eval()
     with torch.no_grad():
-        held = ShapesDataset(256, seed=seed * 1000 + 2)
-        z = torch.cat([vae.encode(held.batch(i).images).latent_dist.sample(gen) for i in range(4)])
+        held = ShapesDataset(256, seed=seed * 1000 + 2, device=device)
+        z = torch.cat([vae.encode(held.batch(i).images).latent_dist.mode() for i in range(4)])
         scaling = float(1.0 / z.std())
         x = held.batch(4).images
         mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x).item()
@@ -308,27 +353,35 @@ def train_clip(
     batch_size: int = 128,
     lr: float = 2e-3,
     num_threads: int | None = 1,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
     quiet: bool = False,
 ) -> Path:
     """Train the tiny ``CLIPModel`` contrastively and save it whole (fp32) to ``out_dir``.
+
+    Captions repeat within a batch ("a red shape" twice), so the contrastive targets spread each row's mass over
+    all images whose caption is identical, instead of calling all but one of them wrong.
 
     :func:`split_clip` turns it into the pipeline's ``text_encoder`` and the testbed's image embedder.
     """
     from transformers import CLIPModel
 
     _setup(seed, num_threads)
+    device = torch.device(device)
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = CLIPModel(clip_config()).train()
+    model = CLIPModel(clip_config()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 3)
     log = _Log("clip", steps, quiet=quiet)
-    labels = torch.arange(batch_size)
-    for step in range(steps):
-        batch = data.batch(step)
-        out = model(input_ids=_tokens(tokenizer, batch.captions), pixel_values=batch.images, return_dict=True)
+    labels = torch.arange(batch_size, device=device)
+    for step, (images, texts) in enumerate(_batches(data, 0, steps, workers)):
+        ids = _tokens(tokenizer, texts)
+        out = model(input_ids=ids.to(device), pixel_values=images.to(device), return_dict=True)
         logits = out.logits_per_image
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1).float().to(device)
+        targets = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -336,7 +389,7 @@ def train_clip(
         sched.step()
         acc = (logits.argmax(1) == labels).float().mean()
         log(step, loss=loss.item(), acc=acc.item(), scale=model.logit_scale.exp().item())
-    model.eval()
+    model.eval().cpu()
     out_dir = _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
     _write_stage_log(out_dir, "clip", seed, steps, log)
     return out_dir
@@ -366,7 +419,7 @@ def split_clip(
 # --------------------------------------------------------------------------------------------------------- UNet
 def _encode_text(text_encoder: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     with torch.no_grad():
-        return text_encoder(_tokens(tokenizer, texts))[0]
+        return text_encoder(_tokens(tokenizer, texts).to(text_encoder.device))[0]
 
 
 def train_unet(
@@ -387,6 +440,8 @@ def train_unet(
     text_lr: float = 3e-4,
     mentions: Mentions | None = None,
     num_threads: int | None = 1,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
     quiet: bool = False,
 ) -> Path:
     """Train the base ``UNet2DConditionModel`` (ε-prediction DDPM, SD's schedule, caption dropout) and save its
@@ -404,15 +459,18 @@ def train_unet(
     from transformers import CLIPTextModel
 
     _setup(seed, num_threads)
-    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).eval()
-    text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir), torch_dtype=torch.float32).eval()
+    device = torch.device(device)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir), torch_dtype=torch.float32)
+    text_encoder.to(device).eval()
     train_text = text_encoder_out is not None
     text_encoder.requires_grad_(train_text)
     tokenizer = load_tokenizer(tokenizer_dir)
     if init_from is not None:
-        unet = UNet2DConditionModel.from_pretrained(str(init_from), torch_dtype=torch.float32).train()
+        unet = UNet2DConditionModel.from_pretrained(str(init_from), torch_dtype=torch.float32)
     else:
-        unet = UNet2DConditionModel(**unet_config()).train()
+        unet = UNet2DConditionModel(**unet_config())
+    unet.to(device).train()
     models = torch.nn.ModuleList([unet, text_encoder] if train_text else [unet])
     ema = copy.deepcopy(models).eval().requires_grad_(False)
     groups = [{"params": list(unet.parameters()), "lr": lr}]
@@ -421,23 +479,24 @@ def train_unet(
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     max_lr = [g["lr"] for g in groups]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.03)
-    alphas = _alphas_cumprod()
+    alphas = _alphas_cumprod().to(device)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 4, mentions=mentions)
     gen = torch.Generator().manual_seed(seed + first_batch)
     rng = np.random.default_rng([seed, first_batch])
     log = _Log("unet", steps, quiet=quiet)
-    for step in range(steps):
-        batch = data.batch(first_batch + step)
-        texts = ["" if rng.random() < caption_dropout else c for c in batch.captions]
+    for step, (images, batch_captions) in enumerate(_batches(data, first_batch, steps, workers)):
+        texts = ["" if rng.random() < caption_dropout else c for c in batch_captions]
         with torch.no_grad():
-            x0 = vae.encode(batch.images).latent_dist.sample(gen) * vae.config.scaling_factor
+            posterior = vae.encode(images.to(device)).latent_dist
+            x0 = posterior.mean + posterior.std * _randn(posterior.mean.shape, gen, device)
+            x0 = x0 * vae.config.scaling_factor
         if train_text:
             text_encoder.train()
-            cond = text_encoder(_tokens(tokenizer, texts))[0]
+            cond = text_encoder(_tokens(tokenizer, texts).to(device))[0]
         else:
             cond = _encode_text(text_encoder, tokenizer, texts)
-        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        t = _randint(0, NUM_TRAIN_TIMESTEPS, batch_size, gen, device)
+        noise = _randn(x0.shape, gen, device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(unet(xt, t, cond).sample, noise)
@@ -527,6 +586,7 @@ def distill_dmd(
     regression_batch: int = 16,
     timesteps: Sequence[int] = DMD_TIMESTEPS,
     num_threads: int | None = 1,
+    device: str | torch.device = "cpu",
     quiet: bool = False,
 ) -> Path:
     """Distil the base in ``pipeline_dir`` into a 4-step student (see the module docstring); save its UNet (fp16).
@@ -534,23 +594,25 @@ def distill_dmd(
     Generator: x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ with the student's ε̂ at the student's timesteps; its next input is
     √ᾱ_next·x̂0 + √(1−ᾱ_next)·fresh noise (exactly ``LCMScheduler``'s step, whose boundary condition is ≈ x̂0 at
     t ≥ 249). Each generator update draws the step ``k`` to train uniformly and builds its input with the
-    student's own first ``k`` steps (backward simulation, no gradient).
+    student's own first ``k`` steps (backward simulation, no gradient). ``regression_weight=0`` or
+    ``num_pairs=0``: distribution matching alone (DMD without its regression anchor).
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     _setup(seed, num_threads)
+    device = torch.device(device)
     pipeline_dir = Path(pipeline_dir)
     teacher = UNet2DConditionModel.from_pretrained(str(pipeline_dir / "unet"), torch_dtype=torch.float32)
-    teacher.eval().requires_grad_(False)
+    teacher.to(device).eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
     text_encoder = CLIPTextModel.from_pretrained(
         str(pipeline_dir / "text_encoder"), torch_dtype=torch.float32
     )
-    text_encoder.eval()
+    text_encoder.to(device).eval()
     tokenizer = load_tokenizer(pipeline_dir / "tokenizer")
-    alphas = _alphas_cumprod()
+    alphas = _alphas_cumprod().to(device)
     ts = list(timesteps)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -561,28 +623,32 @@ def distill_dmd(
         return captions(make_batch(n, rng).factors, rng)
 
     # the fixed regression set: teacher noise → latent pairs on captions from the data distribution
+    regress = num_pairs > 0 and regression_weight > 0
+    num_pairs = num_pairs if regress else 0
     pair_texts = prompts(num_pairs)
-    pair_cond = _encode_text(text_encoder, tokenizer, pair_texts)
-    pair_noise = torch.randn((num_pairs, *latent_shape), generator=gen)
-    pair_x0 = torch.cat(
-        [
-            teacher_latents(
-                teacher,
-                pair_noise[i : i + 32],
-                pair_cond[i : i + 32],
-                uncond1.expand(len(pair_cond[i : i + 32]), -1, -1),
-                guidance_scale=guidance_scale,
-            )
-            for i in range(0, num_pairs, 32)
-        ]
-    )
+    pair_cond = _encode_text(text_encoder, tokenizer, pair_texts) if regress else None
+    pair_noise = _randn((num_pairs, *latent_shape), gen, device)
+    pair_x0 = None
+    if regress:
+        pair_x0 = torch.cat(
+            [
+                teacher_latents(
+                    teacher,
+                    pair_noise[i : i + 32],
+                    pair_cond[i : i + 32],
+                    uncond1.expand(len(pair_cond[i : i + 32]), -1, -1),
+                    guidance_scale=guidance_scale,
+                )
+                for i in range(0, num_pairs, 32)
+            ]
+        )
 
     opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.999))
     opt_f = torch.optim.AdamW(fake.parameters(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
     log = _Log("dmd", steps, every=25, quiet=quiet)
 
     def generate(x: torch.Tensor, index: int, cond: torch.Tensor) -> torch.Tensor:
-        t = torch.full((len(x),), ts[index], dtype=torch.long)
+        t = torch.full((len(x),), ts[index], dtype=torch.long, device=device)
         return _x0_from_eps(x, student(x, t, cond).sample, alphas[ts[index]])
 
     for step in range(steps):
@@ -591,18 +657,18 @@ def distill_dmd(
         uncond = uncond1.expand(batch_size, -1, -1)
         # backward simulation: the input of step k comes from the student's own steps 0..k-1
         k = int(rng.integers(len(ts)))
-        x = torch.randn((batch_size, *latent_shape), generator=gen)
+        x = _randn((batch_size, *latent_shape), gen, device)
         with torch.no_grad():
             for i in range(k):
                 x0 = generate(x, i, cond)
                 a_next = alphas[ts[i + 1]]
-                x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * torch.randn(x0.shape, generator=gen)
+                x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * _randn(x0.shape, gen, device)
         x0 = generate(x, k, cond)
 
         # distribution matching: ∇ KL ≈ (fake score − real score), normalised as in DMD
-        t = torch.randint(20, 981, (batch_size,), generator=gen)
+        t = _randint(20, 981, batch_size, gen, device)
         a = alphas[t].view(-1, 1, 1, 1)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = _randn(x0.shape, gen, device)
         xt = a.sqrt() * x0.detach() + (1 - a).sqrt() * noise
         with torch.no_grad():
             real_x0 = _x0_from_eps(xt, _cfg_eps(teacher, xt, t, cond, uncond, guidance_scale), a)
@@ -612,9 +678,12 @@ def distill_dmd(
         loss_dmd = 0.5 * F.mse_loss(x0, (x0 - grad).detach(), reduction="sum") / batch_size
 
         # regression on the fixed teacher pairs (first step, from the pair's noise)
-        idx = torch.randint(0, num_pairs, (regression_batch,), generator=gen)
-        reg = F.mse_loss(generate(pair_noise[idx], 0, pair_cond[idx]), pair_x0[idx])
-        loss_g = loss_dmd + regression_weight * reg * x0[0].numel()
+        loss_g = loss_dmd
+        reg = torch.zeros(())
+        if regress:
+            idx = _randint(0, num_pairs, regression_batch, gen, device)
+            reg = F.mse_loss(generate(pair_noise[idx], 0, pair_cond[idx]), pair_x0[idx])
+            loss_g = loss_g + regression_weight * reg * x0[0].numel()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -622,9 +691,9 @@ def distill_dmd(
 
         # the fake score learns the student's current distribution (denoising loss on its samples)
         for _ in range(fake_updates):
-            tf = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch_size,), generator=gen)
+            tf = _randint(0, NUM_TRAIN_TIMESTEPS, batch_size, gen, device)
             af = alphas[tf].view(-1, 1, 1, 1)
-            nf = torch.randn(x0.shape, generator=gen)
+            nf = _randn(x0.shape, gen, device)
             xf = af.sqrt() * x0.detach() + (1 - af).sqrt() * nf
             loss_f = F.mse_loss(fake(xf, tf, cond).sample, nf)
             opt_f.zero_grad(set_to_none=True)
@@ -633,7 +702,7 @@ def distill_dmd(
             opt_f.step()
         log(step, dmd=loss_dmd.item(), reg=reg.item(), fake=loss_f.item())
     student.eval()
-    out_dir = _save_model(student, out_dir)
+    out_dir = _save_model(student.cpu(), out_dir)
     _write_stage_log(
         out_dir,
         "dmd",
@@ -679,74 +748,81 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
     return _save_atomic(out_dir, save)
 
 
-DEFAULT_BUDGET = {"vae": 700, "clip": 800, "unet": 1300, "unet_more": 1500, "dmd": 500}
-"""The budget of the shipped weights (steps per stage; ``unet_more``: a second UNet round at half the peak lr)."""
+DEFAULT_BUDGET = {"vae": 1500, "clip": 3000, "unet": 5000, "dmd": 2000}
+"""Steps per stage of the shipped weights."""
+
+DEFAULT_RECIPE = {"text_lr": 3e-4, "num_pairs": 64, "regression_weight": 0.25}
+"""Options of the shipped weights: ``text_lr`` fine-tunes the text encoder with the UNet (0: frozen);
+``num_pairs`` and ``regression_weight`` set the student's regression anchor (0: distribution matching alone)."""
 
 
 def train_all(
     out_dir: str | os.PathLike,
     seed: int = 0,
     budget: dict[str, int] | None = None,
+    recipe: dict[str, float] | None = None,
     *,
     num_threads: int | None = 1,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    stop_after: str | None = None,
     quiet: bool = False,
 ) -> Path:
     """Run every stage (skipping those whose output already exists: resumable) and assemble
     ``out_dir/shapes/`` (pipeline), ``out_dir/dmd/unet/`` (student) and ``out_dir/clip_vision/`` (embedder).
-    Intermediate parts live in ``out_dir/parts/``."""
+    Intermediate parts live in ``out_dir/parts/``. ``budget``/``recipe`` override :data:`DEFAULT_BUDGET` and
+    :data:`DEFAULT_RECIPE`; ``workers`` processes render training batches ahead of a GPU. ``stop_after`` a stage
+    ("vae", "clip", "unet") ends there, so that several recipes can share the stages before they differ."""
     budget = {**DEFAULT_BUDGET, **(budget or {})}
+    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    unknown = set(budget) - set(DEFAULT_BUDGET) | set(recipe) - set(DEFAULT_RECIPE)
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    if stop_after not in (None, *DEFAULT_BUDGET):
+        raise ValueError(f"stop_after must be one of {', '.join(DEFAULT_BUDGET)}, got {stop_after!r}")
     out_dir = Path(out_dir)
     parts = out_dir / "parts"
+    common = dict(seed=seed, num_threads=num_threads, device=device, quiet=quiet)
     if not (parts / "tokenizer").exists():
         write_tokenizer(parts / "tokenizer")
     if not (parts / "vae").exists():
-        train_vae(parts / "vae", seed=seed, steps=budget["vae"], num_threads=num_threads, quiet=quiet)
+        train_vae(parts / "vae", steps=budget["vae"], workers=workers, **common)
+    if stop_after == "vae":
+        return out_dir
     if not (parts / "clip").exists():
-        train_clip(
-            parts / "clip",
-            parts / "tokenizer",
-            seed=seed,
-            steps=budget["clip"],
-            num_threads=num_threads,
-            quiet=quiet,
-        )
-    if not (parts / "text_encoder").exists():
-        split_clip(parts / "clip", parts / "text_encoder", out_dir / "clip_vision")
+        train_clip(parts / "clip", parts / "tokenizer", steps=budget["clip"], workers=workers, **common)
+    if not (parts / "clip_text").exists():
+        split_clip(parts / "clip", parts / "clip_text", out_dir / "clip_vision")
+    if stop_after == "clip":
+        return out_dir
+    train_text = recipe["text_lr"] > 0
     if not (parts / "unet").exists():
         train_unet(
             parts / "unet",
             parts / "vae",
-            parts / "text_encoder",
+            parts / "clip_text",
             parts / "tokenizer",
-            seed=seed,
             steps=budget["unet"],
-            num_threads=num_threads,
-            quiet=quiet,
+            batch_size=128,
+            text_encoder_out=parts / "text_encoder" if train_text else None,
+            text_lr=recipe["text_lr"],
+            workers=workers,
+            **common,
         )
-    if budget["unet_more"] > 0 and not (parts / "unet_more").exists():
-        train_unet(
-            parts / "unet_more",
-            parts / "vae",
-            parts / "text_encoder",
-            parts / "tokenizer",
-            seed=seed,
-            steps=budget["unet_more"],
-            lr=5e-4,
-            init_from=parts / "unet",
-            first_batch=budget["unet"],
-            num_threads=num_threads,
-            quiet=quiet,
-        )
+    if not train_text and not (parts / "text_encoder").exists():
+        shutil.copytree(parts / "clip_text", parts / "text_encoder")
     if not (out_dir / "shapes").exists():
-        assemble_pipeline(out_dir / "shapes", parts, "unet_more" if budget["unet_more"] > 0 else "unet")
+        assemble_pipeline(out_dir / "shapes", parts, "unet")
+    if stop_after == "unet":
+        return out_dir
     if not (out_dir / "dmd" / "unet").exists():
         distill_dmd(
             out_dir / "dmd" / "unet",
             out_dir / "shapes",
-            seed=seed,
             steps=budget["dmd"],
-            num_threads=num_threads,
-            quiet=quiet,
+            num_pairs=int(recipe["num_pairs"]),
+            regression_weight=recipe["regression_weight"],
+            **common,
         )
     return out_dir
 
@@ -757,10 +833,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     for stage, steps in DEFAULT_BUDGET.items():
         parser.add_argument(f"--{stage}-steps", type=int, default=steps)
+    for name, value in DEFAULT_RECIPE.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--stop-after", choices=list(DEFAULT_BUDGET))
     args = parser.parse_args(argv)
     budget = {stage: getattr(args, f"{stage}_steps") for stage in DEFAULT_BUDGET}
-    train_all(args.out_dir, args.seed, budget, num_threads=args.threads)
+    recipe = {name: getattr(args, name) for name in DEFAULT_RECIPE}
+    train_all(
+        args.out_dir,
+        args.seed,
+        budget,
+        recipe,
+        num_threads=args.threads,
+        device=args.device,
+        workers=args.workers,
+        stop_after=args.stop_after,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""``conceptspace demo``: the whole study on the embedded testbed, in about a minute on a laptop CPU.
+
+For a few underspecified prompts the shipped pair (``shapes`` and its 4-step student ``dmd``) samples ``n`` seeds
+in three regimes: base (50 Euler steps, CFG 5), distilled (4 steps) and hybrid (the base for the first step, the
+student for the other 3). It records x̂0 at every step (commitment curves and trajectory strips), then measures
+diversity two ways, each with 95% intervals and paired differences between regimes on the same seeds:
+
+- ground truth: the factor probe reads shape, colour, size and position from every image
+  (:mod:`conceptspace.testbed.diversity`: entropy of shape×colour in bits, spreads in pixels);
+- embeddings: pairwise cosine distance and Vendi score in the testbed CLIP's image space (``testbed:clip``).
+
+Everything lands in one folder: images per regime, ``metrics.json`` / ``metrics.csv`` (tidy rows), ``run.json``
+and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conceptspace.diversity import default_pairs, images_by_prompt, measure_diversity
+from conceptspace.generate import generate
+from conceptspace.models import ModelPair, load_pair
+from conceptspace.results import read_metrics, write_metrics
+from conceptspace.sampling import Base, Distilled, Hybrid, Regime, seeds_from
+
+__all__ = ["DEMO_PROMPTS", "DemoResult", "demo_regimes", "probe_rows", "run_demo", "summary_lines"]
+
+DEMO_PROMPTS = ("a shape", "a circle", "a red shape")
+"""Underspecified prompts: each leaves most of the world's factors free, so there is diversity to keep or lose."""
+
+PROBE = "probe"
+"""The ``embedder`` column of ground-truth rows (factors read by the probe, not an embedding)."""
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made: the output folder, the report, every metric row, and the run record."""
+
+    out_dir: Path
+    report: Path
+    rows: list[dict[str, Any]]
+    run: dict[str, Any]
+
+
+def demo_regimes() -> list[Regime]:
+    """Base, distilled, and hybrid with one base step (no CFG on it, the student's schedule)."""
+    return [Base(), Distilled(), Hybrid(k=1)]
+
+
+def _probe_images(paths: Sequence[Path]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+
+
+def probe_rows(
+    run: dict[str, Any], run_dir: str | os.PathLike, *, n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Ground-truth diversity of every prompt and regime of a testbed run (rows with ``embedder="probe"``), and
+    paired differences between regimes (``distilled - base``, ``hybrid - base``, ``hybrid - distilled``)."""
+    from conceptspace.testbed.diversity import diversity_rows, expected_diversity, paired_difference_rows
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe()
+    regimes = list(run["regimes"])
+    model = run["base"]["name"] + (f"/{run['student']['name']}" if run.get("student") else "")
+    extra = {"embedder": PROBE, "model": model}
+    rows: list[dict[str, Any]] = []
+    for prompt, by_regime in images_by_prompt(run, run_dir).items():
+        world = expected_diversity(prompt)
+        factors = {
+            regime: probe.predict_factors(_probe_images([path for _, path in by_regime[regime]]))
+            for regime in regimes
+        }
+        for regime in regimes:
+            for row in diversity_rows(factors[regime], prompt, regime, n_boot=n_boot, seed=seed, **extra):
+                rows.append({**row, "world": world[row["metric"]]})
+        rows += paired_difference_rows(
+            factors, prompt, default_pairs(regimes), n_boot=n_boot, seed=seed, **extra
+        )
+    return rows
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "out/demo",
+    *,
+    prompts: Sequence[str] = DEMO_PROMPTS,
+    n: int = 64,
+    seed: int = 0,
+    pair: ModelPair | None = None,
+    embedder: str = "testbed:clip",
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> DemoResult:
+    """Sample, record, measure and report (see the module docstring); returns a :class:`DemoResult`.
+
+    ``pair`` defaults to ``load_pair("shapes", "dmd")`` on the CPU in float32 (the testbed is too small for a GPU to
+    help). Rows: probe rows (``embedder="probe"``), embedding rows (``embedder="testbed:clip"``) and commitment
+    curves (``metric="commitment"``).
+    """
+    if n < 2:
+        raise ValueError(f"the demo measures diversity, which needs -n of at least 2, got {n}")
+    from conceptspace.report import build_report
+
+    out = Path(out_dir)
+    pair = pair or load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
+    run = generate(
+        pair,
+        list(prompts),
+        demo_regimes(),
+        seeds_from(seed, n),
+        out,
+        batch_size=batch_size,
+        trajectories=True,
+        progress=progress,
+        parameters={"demo": True},
+    )
+    commitment = read_metrics(out)
+    embedding = measure_diversity(out, embedder, n_boot=n_boot, n_perm=n_perm, seed=seed, progress=progress)
+    rows = probe_rows(run, out, n_boot=n_boot, seed=seed) + embedding + commitment
+    write_metrics(out, rows)
+    report = build_report(out, title="conceptspace demo: the shapes testbed")
+    return DemoResult(out, report, rows, run)
+
+
+def summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The demo's short table: per prompt and regime, probe entropy of shape×colour (bits) and testbed-CLIP
+    pairwise distance, each with its 95% CI; then the paired differences against the base."""
+
+    def cell(row: dict[str, Any] | None, digits: int) -> str:
+        if row is None:
+            return ""
+        return f"{row['value']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+    def find(prompt: str, regime: str, metric: str, probe: bool) -> dict[str, Any] | None:
+        for row in rows:
+            if (row["prompt"], row["regime"], row["metric"]) == (prompt, regime, metric) and (
+                (row.get("embedder") == PROBE) == probe
+            ):
+                return row
+        return None
+
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows if r.get("embedder") == PROBE))
+    regimes = list(dict.fromkeys(r["regime"] for r in rows if r.get("embedder") == PROBE))
+    lines = [f"{'prompt':<13} {'regime':<20} {'H(shape×colour) bits':<24} {'CLIP pairwise distance':<24}"]
+    for prompt in prompts:
+        for regime in regimes:
+            entropy = "entropy_shape_colour"
+            probe = find(prompt, regime, entropy, True) or find(prompt, regime, f"diff_{entropy}", True)
+            clip = find(prompt, regime, "pairwise_distance", False) or find(
+                prompt, regime, "diff_pairwise_distance", False
+            )
+            if probe is not None and (" - " not in regime or regime.endswith(" - base")):
+                lines.append(f"{prompt:<13} {regime:<20} {cell(probe, 2):<24} {cell(clip, 3):<24}")
+    return lines

@@ -1,0 +1,67 @@
+"""The testbed's own image embedder: the image tower of the CLIP trained on the shapes world.
+
+``load_embedder("testbed:clip")`` (the ``shapes`` model's default embedder) loads the shipped tower from
+``weights/clip_vision/``; ``testbed:clip:/some/folder`` loads another ``CLIPVisionModelWithProjection`` folder (one
+that :func:`conceptspace.testbed.train.train_all` wrote). Images are resized to 32×32 and scaled to [-1, 1], as in
+training. Image only: the text tower that trained beside it conditions the UNet and is not shipped separately.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conceptspace.embeddings import Embedder, EmbedderNotFoundError, EmbedderSpecError
+from conceptspace.testbed.data import IMAGE_SIZE
+
+WEIGHTS = Path(__file__).parent / "weights" / "clip_vision"
+
+__all__ = ["TestbedCLIPEmbedder", "testbed_embedder"]
+
+
+class TestbedCLIPEmbedder(Embedder):
+    """The testbed CLIP's image tower (with its projection): 64-dimensional embeddings."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike = WEIGHTS,
+        *,
+        name: str = "testbed:clip",
+        cache_dir: str | os.PathLike | None = None,
+        **options: Any,
+    ) -> None:
+        from transformers import CLIPVisionModelWithProjection
+
+        super().__init__(name, **options)
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise EmbedderNotFoundError(
+                f"no CLIPVisionModelWithProjection folder at {folder} (expected config.json and model.safetensors)"
+            )
+        self.model = CLIPVisionModelWithProjection.from_pretrained(str(folder), torch_dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.dim = self.model.config.projection_dim
+
+    def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        arrays = [
+            np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)
+            for image in images
+        ]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        pixels = pixels.to(self.device, self.dtype)
+        return self.model(pixel_values=pixels).image_embeds
+
+
+def testbed_embedder(argument: str, **options: Any) -> Embedder:
+    """Factory for ``testbed:clip`` and ``testbed:clip:/folder`` (registered with :func:`register_embedder`)."""
+    kind, _, folder = argument.partition(":")
+    if kind != "clip":
+        raise EmbedderSpecError(
+            f"the testbed offers 'testbed:clip' (or 'testbed:clip:/folder'), not {argument!r}"
+        )
+    return TestbedCLIPEmbedder(folder or WEIGHTS, **options)

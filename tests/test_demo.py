@@ -1,0 +1,94 @@
+"""`conceptspace demo` and the testbed embedder: the shipped pair end to end at small n."""
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conceptspace.embeddings import load_embedder
+from conceptspace.testbed.data import COLOUR_NAMES, from_tensor, make_batch, sample_factors
+from conceptspace.testbed.diversity import paired_difference, paired_difference_rows
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+
+
+def test_testbed_clip_embedder_separates_colours():
+    embedder = load_embedder("testbed:clip", device="cpu", progress=False)
+    assert embedder.dim == 64 and not embedder.has_text
+    by_colour = {
+        colour: embedder.embed_images(from_tensor(make_batch(16, 1, fixed={"colour": colour}).images))
+        for colour in COLOUR_NAMES[:2]
+    }
+    red, other = by_colour.values()
+    assert torch.allclose(red.norm(dim=1), torch.ones(16))
+    within = (red @ red.T).mean().item()
+    across = (red @ other.T).mean().item()
+    assert within > across + 0.1
+
+
+def test_testbed_embedder_spec_errors(tmp_path):
+    from conceptspace.embeddings import EmbedderNotFoundError, EmbedderSpecError
+
+    with pytest.raises(EmbedderSpecError, match="testbed:clip"):
+        load_embedder("testbed:probe")
+    with pytest.raises(EmbedderNotFoundError, match="config.json"):
+        load_embedder(f"testbed:clip:{tmp_path}")
+
+
+def test_paired_difference_of_factor_diversity():
+    everything = sample_factors(200, 0)
+    circles = sample_factors(200, 0, fixed={"shape": "circle"})
+    drop = paired_difference(circles, everything, "entropy_shape")
+    assert drop.value == pytest.approx(-math.log2(3), abs=0.05)
+    assert drop.ci_low <= drop.value <= drop.ci_high < 0 and drop.p_value < 0.01
+    same = paired_difference(everything, everything, "std_size")
+    assert same.value == same.ci_low == same.ci_high == 0.0
+    rows = paired_difference_rows(
+        {"base": everything, "distilled": circles},
+        "a shape",
+        [("distilled", "base")],
+        ["entropy_shape", "std_x"],
+    )
+    assert [(r["regime"], r["metric"]) for r in rows] == [
+        ("distilled - base", "diff_entropy_shape"),
+        ("distilled - base", "diff_std_x"),
+    ]
+    with pytest.raises(ValueError, match="same size"):
+        paired_difference(everything, circles[:10], "std_x")
+
+
+def test_demo_cli_writes_everything(tmp_path):
+    from conceptspace.cli import app
+    from conceptspace.results import read_metrics
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "-n", "4", "--prompt", "a circle", "--n-boot", "50", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:2] == ["prompt", "regime"]
+    assert any(line.startswith("a circle") and "distilled - base" in line for line in lines)
+    assert f"{out / 'report.html'}" in result.output
+    rows = read_metrics(out)
+    embedders = {row.get("embedder") for row in rows}
+    assert {"probe", "testbed:clip"} <= embedders
+    probe = [r for r in rows if r.get("embedder") == "probe" and r["metric"] == "entropy_shape_colour"]
+    assert sorted(r["regime"] for r in probe) == ["base", "distilled", "hybrid"]
+    assert all(r["n"] == 4 and r["world"] == pytest.approx(math.log2(6)) for r in probe)
+    assert any(r["metric"] == "commitment" for r in rows)
+    assert len(list((out / "distilled").glob("*.png"))) >= 4
+    assert (out / "report.html").stat().st_size > 1000 and (out / "run.json").exists()
+
+
+def test_demo_refuses_too_few_samples(tmp_path):
+    from conceptspace.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "-n", "1"])
+    assert result.exit_code == 2 and "at least 2" in result.output
+    assert not (tmp_path / "d").exists()

@@ -98,13 +98,15 @@ def run_demo(
     n_boot: int = 1000,
     n_perm: int = 1000,
     batch_size: int = 64,
+    strips: int = 4,
     progress: bool = True,
 ) -> DemoResult:
     """Sample, record, measure and report (see the module docstring); returns a :class:`DemoResult`.
 
     ``pair`` defaults to ``load_pair("shapes", "dmd")`` on the CPU in float32 (the testbed is too small for a GPU to
     help). Rows: probe rows (``embedder="probe"``), embedding rows (``embedder="testbed:clip"``) and commitment
-    curves (``metric="commitment"``).
+    curves (``metric="commitment"``, latent correlation over every sample); x̂0 strips for the first ``strips``
+    seeds of each prompt and regime.
     """
     if n < 2:
         raise ValueError(f"the demo measures diversity, which needs -n of at least 2, got {n}")
@@ -120,6 +122,7 @@ def run_demo(
         out,
         batch_size=batch_size,
         trajectories=True,
+        strips=strips,
         progress=progress,
         parameters={"demo": True},
     )

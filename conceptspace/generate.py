@@ -55,6 +55,7 @@ def generate(
     width: int | None = None,
     batch_size: int = 4,
     trajectories: bool = False,
+    strips: int | None = None,
     commitment_embedder: Any = None,
     progress: bool = True,
     parameters: dict[str, Any] | None = None,
@@ -64,7 +65,9 @@ def generate(
     With ``trajectories=True`` also one x̂0 strip per sample (``trajectory_<prompt#>_<seed>.png``, steps left
     to right) and commitment curves in ``metrics.json`` / ``metrics.csv`` (metric ``commitment``: similarity of
     each step's x̂0 to the final image, mean with 95% CI per prompt, regime and step; latent correlation, or
-    cosine similarity in ``commitment_embedder``'s space when one is given). ``run.json`` is written last: its
+    cosine similarity in ``commitment_embedder``'s space when one is given). ``strips``: write strips for the first
+    ``strips`` seeds of each prompt and regime only (default all; the curves always use every sample).
+    ``run.json`` is written last: its
     presence marks a complete run.
     Returns the run record (the content of run.json).
     """
@@ -109,8 +112,12 @@ def generate(
                 path = write_image(regime_dir / image_name(prompt_index, seed), image)
                 record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
             if trajectories:
-                decoded = decode_trajectory(pair, result.trajectory)
-                for seed, strip in zip(result.seeds, decoded, strict=True):
+                shown = len(result.seeds) if strips is None else min(strips, len(result.seeds))
+                # every sample is decoded only when the commitment curve is measured on images
+                decoded = decode_trajectory(
+                    pair, result.trajectory if commitment_embedder is not None else result.trajectory[:shown]
+                )
+                for seed, strip in zip(result.seeds[:shown], decoded[:shown], strict=True):
                     write_image(
                         regime_dir / f"trajectory_{image_name(prompt_index, seed)}", trajectory_strip(strip)
                     )
@@ -144,6 +151,7 @@ def generate(
             "width": width or pair.default_resolution,
             "batch_size": batch_size,
             "trajectories": trajectories,
+            "strips": strips,
             "commitment_similarity": getattr(commitment_embedder, "name", "latent_correlation")
             if trajectories
             else None,

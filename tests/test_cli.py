@@ -220,3 +220,17 @@ def test_trajectory_commitment_in_an_embedders_space(tmp_path: Path) -> None:
     assert float(rows[-1]["value"]) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[0]["value"]) < float(rows[-1]["value"])
     assert json.loads((out / "run.json").read_text())["parameters"]["commitment_similarity"] == "pixels:8"
+
+
+def test_generate_can_limit_trajectory_strips(tmp_path: Path, tiny_sdxl_pair) -> None:
+    from conceptspace.generate import generate
+    from conceptspace.sampling import Distilled
+
+    out = tmp_path / "strips"
+    run = generate(
+        tiny_sdxl_pair, ["a shape"], [Distilled()], [0, 1, 2], out, trajectories=True, strips=1, progress=False
+    )
+    assert sorted(p.name for p in (out / "distilled").glob("trajectory_*.png")) == ["trajectory_000_0.png"]
+    assert run["parameters"]["strips"] == 1
+    rows = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 4 and {row["n"] for row in rows} == {3}  # the curves still use every sample

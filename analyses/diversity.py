@@ -29,11 +29,15 @@ REGIMES = ("base", "distilled", "hybrid")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", default="sdxl")
     parser.add_argument("--student", default="dmd2")
     parser.add_argument("-n", type=int, default=100, help="images per prompt and regime")
-    parser.add_argument("--embedder", default=None, help="default: the pair's (the paper used dreamsim:ensemble)")
+    parser.add_argument(
+        "--embedder", default=None, help="default: the pair's (the paper used dreamsim:ensemble)"
+    )
     parser.add_argument("--prompt", action="append", help="replace the five prompts (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/table2"))
     args = parser.parse_args()
@@ -44,7 +48,9 @@ def main() -> None:
     rows = diversity_run(pair, prompts, regimes, range(args.n), args.out, embedder=args.embedder)
 
     value = {(r["prompt"], r["regime"], r["metric"]): r for r in rows}
-    print(f"\nmean pairwise distance, {args.n} images per prompt and regime (95% CI); paper's DMD2 numbers in ()")
+    print(
+        f"\nmean pairwise distance, {args.n} images per prompt and regime (95% CI); paper's DMD2 numbers in ()"
+    )
     print(f"{'prompt':<38}" + "".join(f"{regime:>28}" for regime in REGIMES))
     for prompt in [*prompts, ALL_PROMPTS]:
         cells = []
@@ -55,7 +61,9 @@ def main() -> None:
         print(f"{prompt[:37]:<38}" + "".join(f"{cell:>28}" for cell in cells))
     for comparison in ("distilled - base", "hybrid - distilled", "hybrid - base"):
         row = value[(ALL_PROMPTS, comparison, "diff_pairwise_distance")]
-        print(f"{comparison:<20} {row['value']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  p={row['p_value']:.3g}")
+        print(
+            f"{comparison:<20} {row['value']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  p={row['p_value']:.3g}"
+        )
     print(f"report: {args.out / 'report.html'}")
 
 

@@ -1,0 +1,564 @@
+"""LoRA files: reading every format, writing files diffusers loads, applying with scale and timestep window, and
+refusing bad input with a clear reason.
+
+The proofs: our apply equals the explicit merge W + s·(alpha/rank)·up·down; a file we write, loaded by diffusers'
+own ``load_lora_weights``, gives the UNet outputs our apply gives; a pickle whose unpickling would run code never
+runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conceptspace.lora import (
+    LoRA,
+    LoRAFormatError,
+    LoRAMismatchError,
+    LoRAWeights,
+    apply_lora,
+    coverage,
+    family_unet,
+    inspect_lora,
+    merge_lora,
+    read_lora,
+    write_lora,
+)
+
+torch.set_num_threads(1)
+
+ATTN = "down_blocks.1.attentions.0.transformer_blocks.0"
+TARGETS = (
+    f"{ATTN}.attn1.to_q",
+    f"{ATTN}.attn2.to_k",
+    "mid_block.attentions.0.transformer_blocks.0.attn1.to_v",
+    "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_out.0",
+    "down_blocks.1.attentions.0.proj_in",
+    "up_blocks.0.resnets.1.conv1",  # a 3x3 convolution
+)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """The tiny SDXL UNet (seed 0, as in ``tiny_sdxl_pipeline(0)``). Tests must leave it as they found it."""
+    from conceptspace.testing import tiny_sdxl_unet
+
+    return tiny_sdxl_unet(0)
+
+
+def random_lora(unet, targets=TARGETS, *, seed=0, ranks=(4, 2), alphas=(1.0, 4.0, 2.0)) -> LoRA:
+    """A LoRA with random factors (both nonzero, unlike a fresh one) for ``targets``; ranks and alphas vary."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(unet.named_modules())
+    weights = {}
+    for i, name in enumerate(targets):
+        module, rank = modules[name], ranks[i % len(ranks)]
+        if isinstance(module, torch.nn.Conv2d):
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            down = torch.randn(rank, module.in_features, generator=generator)
+            up = torch.randn(module.out_features, rank, generator=generator)
+        weights[name] = LoRAWeights(down=down * 0.2, up=up * 0.2, alpha=alphas[i % len(alphas)])
+    return LoRA(weights)
+
+
+def explicit_merge(unet, *terms: tuple[LoRA, float]):
+    """A copy of ``unet`` with W + s·(alpha/rank)·up·down added to each target weight, written out by hand."""
+    assert not any(m._forward_hooks for m in unet.modules()), (
+        "a deep copy would carry the applied LoRA's hooks"
+    )
+    merged = copy.deepcopy(unet)
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for lora, scale in terms:
+            for name, w in lora.modules.items():
+                weight = modules[name].weight
+                product = (w.up.flatten(1) @ w.down.flatten(1)).reshape(weight.shape)
+                weight += scale * (w.alpha / w.down.shape[0]) * product
+    return merged
+
+
+def run(unet, t: float | torch.Tensor = 500.0, **kwargs) -> torch.Tensor:
+    """One UNet call on fixed inputs (tiny SDXL conditioning)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        return unet(
+            torch.randn(2, 4, 8, 8, generator=g),
+            t if isinstance(t, torch.Tensor) else torch.tensor(t),
+            encoder_hidden_states=torch.randn(2, 5, 64, generator=g),
+            added_cond_kwargs={
+                "text_embeds": torch.randn(2, 32, generator=g),
+                "time_ids": torch.randn(2, 6, generator=g),
+            },
+            **kwargs,
+        ).sample
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
+    assert (a - b).abs().max().item() <= atol, (a - b).abs().max().item()
+
+
+# ---- applying ---------------------------------------------------------------------------------------------------
+
+
+def test_apply_equals_explicit_merge_and_merge_lora(unet):
+    lora = random_lora(unet)
+    base = run(unet)
+    expected = run(explicit_merge(unet, (lora, 0.7)))
+    with apply_lora(unet, lora, scale=0.7) as handle:
+        out = run(unet)
+        assert handle.coverage.complete and len(handle.coverage.matched) == len(TARGETS)
+    assert (expected - base).abs().max() > 1e-2  # the LoRA does change the output
+    assert_close(out, expected, 1e-5)
+    merged = copy.deepcopy(unet)
+    merge_lora(merged, lora, 0.7)
+    assert_close(run(merged), expected, 1e-5)
+    assert torch.equal(run(unet), base)
+
+
+def test_negative_scale_and_scale_changed_after_applying(unet):
+    lora = random_lora(unet, seed=1)
+    # expectations first: a deep copy of a UNet with a LoRA applied would carry its hooks along
+    minus, plus, base = (run(explicit_merge(unet, (lora, s))) for s in (-1.5, 2.0, 0.0))
+    with apply_lora(unet, lora, scale=-1.5) as handle:
+        assert_close(run(unet), minus, 1e-5)
+        handle.scale = 2.0
+        assert_close(run(unet), plus, 1e-5)
+        handle.scale = 0.0
+        assert torch.equal(run(unet), base)
+
+
+def test_timestep_window_off_above_t_start_on_below(unet):
+    lora = random_lora(unet, seed=2)
+    merged = explicit_merge(unet, (lora, 1.0))
+    base = {t: run(unet, t=t) for t in (800, 500)}
+    on = {t: run(merged, t=t) for t in (700, 500, 250)}
+    with apply_lora(unet, lora, scale=1.0, t_start=700) as handle:
+        assert torch.equal(run(unet, t=800), base[800])  # t > t_start: off, bit-exactly the base
+        assert_close(run(unet, t=700), on[700], 1e-5)  # t == t_start: on
+        assert_close(run(unet, t=250), on[250], 1e-5)
+        assert handle.timestep == 250.0  # read from the UNet call
+        with pytest.raises(ValueError, match="one timestep per UNet call"):
+            run(unet, t=torch.tensor([800.0, 500.0]))
+    with apply_lora(unet, lora):  # without a window a batch may mix timesteps
+        run(unet, t=torch.tensor([800.0, 500.0]))
+    # a sampler may set the timestep itself instead
+    with apply_lora(unet, lora, t_start=700, track_timestep=False) as handle:
+        with pytest.raises(RuntimeError, match="set_timestep"):
+            run(unet)
+        with handle.at(torch.tensor([999, 999])):
+            assert torch.equal(run(unet, t=500), base[500])
+        handle.set_timestep(699)
+        assert_close(run(unet, t=500), on[500], 1e-5)
+
+
+def test_remove_restores_the_unet_bit_exactly(unet):
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    base = run(unet)
+    first = apply_lora(unet, random_lora(unet, seed=3))
+    second = apply_lora(unet, random_lora(unet, seed=4), t_start=900)
+    assert not torch.equal(run(unet), base)
+    first.remove()
+    second.remove()
+    second.remove()  # harmless twice
+    assert torch.equal(run(unet), base)
+    assert all(torch.equal(v, state[k]) for k, v in unet.state_dict().items())
+    assert not unet._forward_hooks and not unet._forward_pre_hooks
+    assert all(not m._forward_hooks for m in unet.modules())
+
+
+def test_two_loras_at_once_add(unet):
+    a, b = random_lora(unet, seed=5), random_lora(unet, TARGETS[:3], seed=6)
+    expected = run(explicit_merge(unet, (a, 0.8), (b, -1.2)))
+    with apply_lora(unet, a, scale=0.8), apply_lora(unet, b, scale=-1.2):
+        assert_close(run(unet), expected, 1e-5)
+
+
+def test_a_base_lora_applies_to_a_student_and_to_the_testbed_unet():
+    from diffusers import UNet2DConditionModel
+
+    from conceptspace.models import REGISTRY
+    from conceptspace.testing import tiny_sdxl_unet
+
+    student = tiny_sdxl_unet(1, lcm=True)  # a student with LCM's extra guidance input
+    lora = random_lora(student, seed=7)
+    with apply_lora(student, lora, scale=1.3):
+        out = run(student, timestep_cond=torch.ones(2, 32))
+    assert_close(out, run(explicit_merge(student, (lora, 1.3)), timestep_cond=torch.ones(2, 32)), 1e-5)
+
+    # the testbed's proj_in is a 1x1 Conv2d: a linear (2-D) LoRA for it is applied as a 1x1 convolution
+    testbed = UNet2DConditionModel.from_pretrained(Path(REGISTRY["shapes"].local_dir) / "unet").eval()
+    name = "down_blocks.1.attentions.0.proj_in"
+    conv = dict(testbed.named_modules())[name]
+    g = torch.Generator().manual_seed(8)
+    linear = LoRA(
+        {name: LoRAWeights(torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g), alpha=1.0)}
+    )
+    x = (torch.randn(1, 4, 8, 8, generator=g), torch.tensor(400), torch.randn(1, 3, 64, generator=g))
+    with apply_lora(testbed, linear, scale=0.5), torch.no_grad():
+        out = testbed(*x).sample
+    merged = copy.deepcopy(testbed)
+    with torch.no_grad():
+        dict(merged.named_modules())[name].weight += (
+            0.5 * 0.5 * (linear.modules[name].up @ linear.modules[name].down)[:, :, None, None]
+        )
+        expected = merged(*x).sample
+    assert conv.kernel_size == (1, 1)
+    assert_close(out, expected, 1e-5)
+
+
+# ---- files ------------------------------------------------------------------------------------------------------
+
+
+def test_kohya_to_diffusers_round_trip(unet, tmp_path):
+    lora = random_lora(unet, seed=9)
+    kohya = write_lora(lora, tmp_path / "slider.safetensors", format="kohya")
+    from safetensors import safe_open
+
+    with safe_open(str(kohya), "pt") as handle:
+        keys = set(handle.keys())
+    assert f"lora_unet_{ATTN.replace('.', '_')}_attn1_to_q.lora_down.weight" in keys
+    assert "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_out_0.alpha" in keys
+
+    read = read_lora(kohya)
+    assert read.format == "kohya" and not read.unresolved and set(read.modules) == set(TARGETS)
+    diffusers_file = write_lora(read, tmp_path / "slider-diffusers.safetensors")
+    again = read_lora(diffusers_file)
+    assert again.format == "diffusers"
+    for name, w in lora.modules.items():
+        for other in (read.modules[name], again.modules[name]):
+            assert torch.equal(other.down, w.down) and torch.equal(other.up, w.up) and other.alpha == w.alpha
+    back = read_lora(write_lora(again, tmp_path / "back.safetensors", format="kohya"))
+    assert back.alphas == lora.alphas
+
+
+def test_a_file_we_write_loads_in_diffusers_with_the_same_outputs(unet, tmp_path):
+    from conceptspace.testing import tiny_sdxl_pipeline
+
+    lora = random_lora(unet, seed=10)  # mixed ranks and alphas, a 3x3 conv: diffusers needs the header config
+    path = write_lora(lora, tmp_path / "ours.safetensors")
+    pipe = tiny_sdxl_pipeline(0)
+    pipe.load_lora_weights(str(path), adapter_name="ours")
+    pipe.set_adapters(["ours"], adapter_weights=[0.6])
+    with apply_lora(unet, read_lora(path), scale=0.6):
+        ours = run(unet)
+    assert_close(run(pipe.unet), ours, 1e-4)
+
+    # a kohya file with one alpha (the slider case) loads in diffusers too
+    uniform = random_lora(unet, seed=11, ranks=(4,), alphas=(1.0,))
+    kohya = write_lora(uniform, tmp_path / "ours-kohya.safetensors", format="kohya")
+    pipe = tiny_sdxl_pipeline(0)
+    pipe.load_lora_weights(str(kohya), adapter_name="kohya")
+    with apply_lora(unet, read_lora(kohya)):
+        ours = run(unet)
+    assert_close(run(pipe.unet), ours, 1e-4)
+
+
+def test_sd_style_kohya_names_resolve_like_diffusers_does(unet, tmp_path):
+    from safetensors.torch import save_file
+
+    from conceptspace.testing import tiny_sdxl_pipeline
+
+    # the original SD (LDM) names of four tiny-SDXL modules (layers_per_block=1), as kohya's SDXL trainer writes
+    ldm = {
+        "input_blocks_3_1_transformer_blocks_0_attn1_to_q": f"{ATTN}.attn1.to_q",
+        "middle_block_1_transformer_blocks_0_attn2_to_v": "mid_block.attentions.0.transformer_blocks.0.attn2.to_v",
+        "output_blocks_1_1_transformer_blocks_0_attn1_to_out_0": (
+            "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_out.0"
+        ),
+        "output_blocks_1_1_proj_out": "up_blocks.0.attentions.1.proj_out",
+    }
+    lora = random_lora(unet, tuple(ldm.values()), seed=12, ranks=(4,), alphas=(2.0,))
+    tensors = {}
+    for old, new in ldm.items():
+        w = lora.modules[new]
+        tensors |= {
+            f"lora_unet_{old}.lora_down.weight": w.down,
+            f"lora_unet_{old}.lora_up.weight": w.up,
+            f"lora_unet_{old}.alpha": torch.tensor(w.alpha),
+        }
+    path = tmp_path / "sgm.safetensors"
+    save_file(tensors, str(path))
+
+    read = read_lora(path)
+    assert sorted(read.unresolved) == sorted(f"lora_unet_{k}" for k in ldm)
+    assert coverage(unet, read).targets == {f"lora_unet_{k}": v for k, v in ldm.items()}
+    with pytest.raises(LoRAFormatError, match="pass unet="):
+        write_lora(read, tmp_path / "x.safetensors")
+    assert set(read_lora(write_lora(read, tmp_path / "x.safetensors", unet=unet)).modules) == set(
+        ldm.values()
+    )
+
+    with apply_lora(unet, read, scale=0.9):
+        ours = run(unet)
+    assert_close(ours, run(explicit_merge(unet, (lora, 0.9))), 1e-5)
+    pipe = tiny_sdxl_pipeline(0)  # diffusers' own SGM → diffusers block mapping, as an independent check
+    pipe.load_lora_weights(str(path), adapter_name="sgm")
+    pipe.set_adapters(["sgm"], adapter_weights=[0.9])
+    assert_close(run(pipe.unet), ours, 1e-4)
+
+
+def test_peft_adapter_folder_and_diffusers_save_lora_weights(unet, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = LoraConfig(
+        r=4,
+        lora_alpha=2,
+        target_modules=["to_q", "to_v", "to_out.0"],
+        alpha_pattern={"attn2.to_v": 8},
+        init_lora_weights=False,  # random B, so the adapter changes the output
+    )
+    peft_unet = copy.deepcopy(unet)
+    peft_unet.add_adapter(config)
+    expected = run(peft_unet)
+    state = get_peft_model_state_dict(peft_unet)
+    assert all(".lora_A.weight" in k or ".lora_B.weight" in k for k in state)
+
+    folder = tmp_path / "peft-adapter"
+    config.save_pretrained(folder)
+    save_file(
+        {f"base_model.model.{k}": v for k, v in state.items()}, str(folder / "adapter_model.safetensors")
+    )
+    peft_lora = read_lora(folder)
+    assert peft_lora.format == "peft" and len(peft_lora) == len(state) // 2
+
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path / "diffusers-saved", unet_lora_layers=state, unet_lora_adapter_metadata=config.to_dict()
+    )
+    saved = read_lora(tmp_path / "diffusers-saved")
+    assert saved.format == "diffusers"
+    for lora in (peft_lora, saved):
+        assert {w.alpha for n, w in lora.modules.items() if "attn2.to_v" in n} == {8.0}
+        with apply_lora(unet, lora):
+            assert_close(run(unet), expected, 1e-5)
+
+    # the older diffusers spelling (unet.<module>.lora.down/up.weight; alpha = rank) reads to the same factors
+    old = {
+        f"unet.{k}".replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v
+        for k, v in state.items()
+    }
+    save_file(old, str(tmp_path / "old.safetensors"))
+    old_lora = read_lora(tmp_path / "old.safetensors")
+    assert old_lora.format == "diffusers" and set(old_lora.alphas.values()) == {4.0}
+    assert all(torch.equal(old_lora.modules[n].down, w.down) for n, w in saved.modules.items())
+
+
+def test_pt_files_load_tensors_only(unet, tmp_path):
+    lora = random_lora(unet, seed=13)
+    kohya = read_lora(write_lora(lora, tmp_path / "k.safetensors", format="kohya"))
+    state = {}
+    for name, w in lora.modules.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        state |= {f"{key}.lora_down.weight": w.down, f"{key}.lora_up.weight": w.up, f"{key}.alpha": w.alpha}
+    torch.save(state, tmp_path / "slider.pt")  # as Concept Sliders and SliderSpace save theirs
+    read = read_lora(tmp_path / "slider.pt")
+    assert read.alphas == kohya.alphas and all(
+        torch.equal(read.modules[n].up, w.up) for n, w in lora.modules.items()
+    )
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('the payload ran')",))
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["torch.save", "legacy-pickle"])
+def test_a_pt_whose_unpickling_would_run_code_never_runs_it(tmp_path, zipped):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "slider.pt"
+    payload = {"lora_unet_conv_in.lora_down.weight": torch.zeros(1, 4, 3, 3), "x": _Payload(marker)}
+    torch.save(payload, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(LoRAFormatError, match=r"weights_only=True.*run code.*refused"):
+        read_lora(path)
+    with pytest.raises(LoRAFormatError):
+        inspect_lora(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: a plain unpickle runs it
+    assert marker.read_text() == "the payload ran"
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+
+
+def test_truncated_files_are_refused(unet, tmp_path):
+    path = write_lora(random_lora(unet), tmp_path / "cut.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(LoRAFormatError, match="truncated or corrupt"):
+        read_lora(path)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(LoRAFormatError, match="truncated or corrupt"):
+        read_lora(tmp_path / "empty.safetensors")
+    torch.save({"lora_unet_conv_in.alpha": torch.tensor(1.0)}, tmp_path / "cut.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "cut.pt").read_bytes()[:100])
+    with pytest.raises(LoRAFormatError, match="truncated or corrupt"):
+        read_lora(tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError):
+        read_lora(tmp_path / "nothing.safetensors")
+
+
+def test_non_lora_and_unsupported_files_are_refused(unet, tmp_path):
+    from safetensors.torch import save_file
+
+    weights = {k: v for k, v in unet.state_dict().items() if k.startswith("conv_in")}
+    save_file(weights, str(tmp_path / "unet.safetensors"))
+    with pytest.raises(LoRAFormatError, match=r"not a LoRA file.*conv_in"):
+        read_lora(tmp_path / "unet.safetensors")
+    te = {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 32)}
+    save_file(te, str(tmp_path / "te.safetensors"))
+    with pytest.raises(LoRAFormatError, match="only text-encoder"):
+        read_lora(tmp_path / "te.safetensors")
+    dora = {
+        "lora_unet_conv_in.lora_down.weight": torch.zeros(2, 4, 3, 3),
+        "lora_unet_conv_in.lora_up.weight": torch.zeros(32, 2, 1, 1),
+        "lora_unet_conv_in.dora_scale": torch.zeros(1, 32, 1, 1),
+    }
+    save_file(dora, str(tmp_path / "dora.safetensors"))
+    with pytest.raises(LoRAFormatError, match="DoRA"):
+        read_lora(tmp_path / "dora.safetensors")
+    save_file(
+        {"lora_unet_conv_in.lora_down.weight": torch.zeros(2, 4, 3, 3)}, str(tmp_path / "half.safetensors")
+    )
+    with pytest.raises(LoRAFormatError, match="no up weight"):
+        read_lora(tmp_path / "half.safetensors")
+
+
+def test_rank_mismatch_between_up_and_down_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    key = f"lora_unet_{ATTN.replace('.', '_')}_attn1_to_q"
+    bad = {f"{key}.lora_down.weight": torch.zeros(3, 64), f"{key}.lora_up.weight": torch.zeros(64, 4)}
+    save_file(bad, str(tmp_path / "ranks.safetensors"))
+    with pytest.raises(LoRAFormatError, match=r"down rank 3 .* up rank 4"):
+        read_lora(tmp_path / "ranks.safetensors")
+
+
+def sdxl_lora() -> LoRA:
+    """A LoRA for the real SDXL UNet's shapes (built from its meta-device architecture), two namings mixed."""
+    sdxl = family_unet("sdxl")
+    names = [f"down_blocks.{b}.attentions.0.transformer_blocks.0.attn1.to_q" for b in (1, 2)]
+    lora = random_lora(sdxl, names, seed=14)
+    # input_blocks.8.1 is SDXL's down_blocks.2.attentions.1 in the original SD naming
+    sd_name = "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_k"
+    lora.modules[sd_name] = LoRAWeights(torch.zeros(2, 2048), torch.zeros(1280, 2), alpha=1.0)
+    return lora
+
+
+def test_a_lora_for_another_architecture_is_refused_with_the_reason(tmp_path):
+    path = write_lora(sdxl_lora(), tmp_path / "sdxl.safetensors", format="kohya")
+    testbed = family_unet("testbed")
+    report = coverage(testbed, read_lora(path))
+    assert not report.matched and len(report.missing) == 2 and len(report.mismatched) == 1
+    assert "(640, 640)" in str(report) and "(64, 64)" in str(report)
+    with pytest.raises(LoRAMismatchError, match=r"does not fit this UNet at all.*inspect_lora"):
+        apply_lora(testbed, path)
+    info = inspect_lora(path)
+    assert info["fits"]["sdxl"]["fits"] and not info["fits"]["testbed"]["fits"]
+    assert {"sdxl", "dmd2", "lightning", "turbo", "lcm"} <= set(info["fits_models"])
+    assert "shapes" not in info["fits_models"] and info["unresolved"] == 1
+
+
+def test_allow_partial_applies_the_part_that_fits_and_reports_coverage(unet):
+    lora = random_lora(unet, seed=15)
+    foreign = sdxl_lora().modules  # two modules the tiny UNet lacks, one it has with other shapes
+    foreign[f"{ATTN}.attn1.to_k"] = foreign.pop(f"{ATTN}.attn1.to_q")
+    mixed = LoRA({**lora.modules, **foreign}, source="mixed.safetensors")
+    with pytest.raises(
+        LoRAMismatchError, match=r"mixed\.safetensors.*6 of 9 modules fit.*allow_partial=True"
+    ):
+        apply_lora(unet, mixed)
+    with apply_lora(unet, mixed, scale=0.5, allow_partial=True) as handle:
+        out = run(unet)
+    report = handle.coverage
+    assert set(report.matched) == set(TARGETS) and not report.complete
+    assert len(report.missing) == 2 and len(report.mismatched) == 1
+    assert "6 of 9 modules fit" in str(report) and "missing" in str(report)
+    assert_close(out, run(explicit_merge(unet, (lora, 0.5))), 1e-5)
+
+
+# ---- metadata and atomic writes ---------------------------------------------------------------------------------
+
+
+def test_metadata_round_trips_in_the_safetensors_header(unet, tmp_path):
+    from safetensors import safe_open
+
+    lora = random_lora(unet, seed=16, ranks=(4,), alphas=(1.0,))
+    recipe = {"target": "person", "positive": "old person", "eta": 4.0, "layers": "attn1"}
+    for fmt in ("diffusers", "kohya"):
+        path = write_lora(
+            lora,
+            tmp_path / f"{fmt}.safetensors",
+            format=fmt,
+            metadata={"base_model": "tiny-sdxl", "recipe": recipe},
+        )
+        read = read_lora(path)
+        assert read.metadata["base_model"] == "tiny-sdxl" and read.metadata["recipe"] == recipe
+        assert read.metadata["rank"] == 4 and read.metadata["alpha"] == 1.0
+        assert read.metadata["target_modules"] == sorted(TARGETS)
+        with safe_open(str(path), "pt") as handle:
+            header = handle.metadata()
+        assert json.loads(header["conceptspace_lora"])["recipe"] == recipe
+        if fmt == "kohya":
+            assert header["ss_network_dim"] == "4" and header["ss_network_alpha"] == "1.0"
+        else:
+            assert json.loads(header["lora_adapter_metadata"])["unet.lora_alpha"] == 1.0
+        # metadata read back is kept when the LoRA is written again
+        assert read_lora(write_lora(read, tmp_path / f"again-{fmt}.safetensors")).metadata["recipe"] == recipe
+    with pytest.raises(ValueError, match="JSON"):
+        write_lora(lora, tmp_path / "bad.safetensors", metadata={"recipe": object()})
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_failed_write_leaves_nothing_half_written(unet, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    lora = random_lora(unet)
+    path = write_lora(lora, tmp_path / "keep.safetensors")
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_lora(random_lora(unet, seed=17), path)
+    with pytest.raises(OSError, match="disk full"):
+        write_lora(lora, tmp_path / "new.safetensors", format="kohya")
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.safetensors"]
+
+
+def test_inspect_lora(unet, tmp_path):
+    path = write_lora(
+        random_lora(unet, seed=18),
+        tmp_path / "tiny.safetensors",
+        format="kohya",
+        metadata={"base_model": "tiny-sdxl"},
+    )
+    info = inspect_lora(path)
+    assert info["format"] == "kohya" and info["modules"] == len(TARGETS)
+    assert info["ranks"] == [2, 4] and info["alphas"] == [1.0, 2.0, 4.0] and info["conv_modules"] == 1
+    assert info["metadata"]["base_model"] == "tiny-sdxl"
+    assert info["fits"]["tiny-sdxl"] == {
+        "models": ["tiny-sdxl", "tiny-dmd", "tiny-lcm"],
+        "fits": True,
+        "matched": 6,
+        "missing": 0,
+        "mismatched": 0,
+    }
+    assert not info["fits"]["sdxl"]["fits"] and not info["fits"]["sd21"]["fits"]
+    json.dumps(info)  # JSON-ready

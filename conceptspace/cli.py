@@ -435,7 +435,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
     prompt: Annotated[
         list[str],
-        typer.Option("--prompt", help="Prompt (repeatable; default: a shape, a circle, a red shape)."),
+        typer.Option("--prompt", help="Prompt (repeatable; default: a shape, a triangle, a red shape)."),
     ] = [],  # noqa: B006
     n: Annotated[int, typer.Option("-n", help="Seeds per prompt and regime.")] = 64,
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,

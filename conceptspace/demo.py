@@ -33,7 +33,7 @@ from conceptspace.sampling import Base, Distilled, Hybrid, Regime, seeds_from
 
 __all__ = ["DEMO_PROMPTS", "DemoResult", "demo_regimes", "probe_rows", "run_demo", "summary_lines"]
 
-DEMO_PROMPTS = ("a shape", "a circle", "a red shape")
+DEMO_PROMPTS = ("a shape", "a triangle", "a red shape")
 """Underspecified prompts: each leaves most of the world's factors free, so there is diversity to keep or lose."""
 
 PROBE = "probe"

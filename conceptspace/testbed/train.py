@@ -751,7 +751,7 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
 DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 2000, "dmd": 800}
 """Steps per stage of the shipped weights."""
 
-DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 64, "regression_weight": 0.25}
+DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 8, "regression_weight": 0.25}
 """Options of the shipped weights: ``text_lr`` fine-tunes the text encoder with the UNet (0: frozen);
 ``num_pairs`` and ``regression_weight`` set the student's regression anchor (0: distribution matching alone)."""
 

@@ -497,6 +497,72 @@ def testbed_train(
     typer.echo(f"wrote {out / 'shapes'}, {out / 'dmd'} and {out / 'clip_vision'}")
 
 
+lora_app = typer.Typer(help="LoRA and slider files: inspect and convert.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+class LoRAFormat(str, Enum):
+    diffusers = "diffusers"
+    kohya = "kohya"
+
+
+@lora_app.command("inspect")
+def lora_inspect(
+    path: Annotated[Path, typer.Argument(help="A LoRA file (.safetensors, .pt) or a peft adapter folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """Show a LoRA's format, modules, ranks, alpha, metadata and which registry models it fits.
+
+    Example: conceptspace lora inspect sliders/age.safetensors
+    """
+    import json
+
+    from conceptspace.lora import inspect_lora
+
+    info = inspect_lora(path)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    typer.echo(f"{info['path']}: {info['format']} format, {info['modules']} modules, {info['dtype']}")
+    typer.echo(f"rank {info['rank']}  alpha {info['alpha'] if info['alpha'] is not None else 'per module'}")
+    if info["metadata"]:
+        typer.echo("metadata: " + ", ".join(f"{k}={v}" for k, v in info["metadata"].items()))
+    for family, fit in info["fits"].items():
+        verdict = "unknown" if fit["fits"] is None else ("fits" if fit["fits"] else "does not fit")
+        detail = (
+            ""
+            if fit["fits"] is None
+            else f" ({fit['matched']} matched, {fit['missing']} missing, {fit['mismatched']} mis-shaped)"
+        )
+        typer.echo(f"  {family:<10} {verdict}{detail}: {', '.join(fit['models'])}")
+
+
+@lora_app.command("convert")
+def lora_convert(
+    source: Annotated[Path, typer.Argument(help="The LoRA to read (any supported format).")],
+    out: Annotated[Path, typer.Argument(help="The .safetensors file to write.")],
+    to: Annotated[
+        LoRAFormat, typer.Option(help="diffusers (pipe.load_lora_weights) or kohya (A1111, ComfyUI).")
+    ],
+    base_model: Annotated[
+        str | None, typer.Option(help="Record the base model in the file's metadata.")
+    ] = None,
+) -> None:
+    """Convert a LoRA between kohya, diffusers and peft layouts (written atomically, metadata kept).
+
+    Example: conceptspace lora convert slider.pt --to diffusers slider.safetensors
+    """
+    from conceptspace.lora import read_lora, write_lora
+
+    if out.suffix != ".safetensors":
+        _fail(f"write to a .safetensors file, not {out.name!r}")
+    lora = read_lora(source)
+    written = write_lora(
+        lora, out, format=to.value, metadata={"base_model": base_model} if base_model else None
+    )
+    typer.echo(f"wrote {written} ({to.value}, {len(lora.modules)} modules, rank {lora.rank})")
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by generate, trajectory or diversity.")],

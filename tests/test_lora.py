@@ -562,3 +562,62 @@ def test_inspect_lora(unet, tmp_path):
     }
     assert not info["fits"]["sdxl"]["fits"] and not info["fits"]["sd21"]["fits"]
     json.dumps(info)  # JSON-ready
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+def test_cli_inspect_and_convert(unet, tmp_path):
+    from typer.testing import CliRunner
+
+    from conceptspace.cli import app
+
+    runner = CliRunner()
+    kohya = write_lora(random_lora(unet), tmp_path / "slider.safetensors", format="kohya")
+    shown = runner.invoke(app, ["lora", "inspect", str(kohya)])
+    assert shown.exit_code == 0, shown.output
+    assert "kohya format" in shown.output and "tiny-sdxl  fits" in shown.output
+    assert "sdxl       does not fit (0 matched, 0 missing, 6 mis-shaped)" in shown.output
+    as_json = json.loads(runner.invoke(app, ["lora", "inspect", str(kohya), "--json"]).output)
+    assert as_json["format"] == "kohya" and "tiny-sdxl" in as_json["fits_models"]
+
+    out = tmp_path / "slider-diffusers.safetensors"
+    converted = runner.invoke(
+        app, ["lora", "convert", str(kohya), str(out), "--to", "diffusers", "--base-model", "tiny-sdxl"]
+    )
+    assert converted.exit_code == 0, converted.output
+    back = read_lora(out)
+    assert back.format == "diffusers" and back.metadata.get("base_model") == "tiny-sdxl"
+    original = read_lora(kohya, unet=unet)
+    for name, weights in original.modules.items():
+        assert torch.equal(back.modules[name].up, weights.up) and torch.equal(
+            back.modules[name].down, weights.down
+        )
+
+
+def test_cli_refuses_bad_files_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conceptspace.cli",
+            "lora",
+            "convert",
+            str(bogus),
+            str(tmp_path / "o.safetensors"),
+            "--to",
+            "kohya",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert (
+        done.returncode == 2
+        and done.stderr.startswith("error: ")
+        and len(done.stderr.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "o.safetensors").exists()

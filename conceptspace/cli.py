@@ -525,8 +525,10 @@ def lora_inspect(
         return
     typer.echo(f"{info['path']}: {info['format']} format, {info['modules']} modules, {info['dtype']}")
     typer.echo(f"rank {info['rank']}  alpha {info['alpha'] if info['alpha'] is not None else 'per module'}")
-    if info["metadata"]:
-        typer.echo("metadata: " + ", ".join(f"{k}={v}" for k, v in info["metadata"].items()))
+    # rank, alpha and target modules are shown above; the rest is what the author recorded
+    recorded = {k: v for k, v in info["metadata"].items() if k not in ("rank", "alpha", "target_modules")}
+    if recorded:
+        typer.echo("metadata: " + ", ".join(f"{k}={v}" for k, v in recorded.items()))
     for family, fit in info["fits"].items():
         verdict = "unknown" if fit["fits"] is None else ("fits" if fit["fits"] else "does not fit")
         detail = (

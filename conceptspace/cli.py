@@ -497,6 +497,88 @@ def testbed_train(
     typer.echo(f"wrote {out / 'shapes'}, {out / 'dmd'} and {out / 'clip_vision'}")
 
 
+@app.command()
+def transfer(
+    lora: Annotated[Path, typer.Option("--lora", help="The LoRA (slider) file or folder to transfer.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The prompt every image is sampled from.")],
+    base: BaseOpt = "sdxl",
+    students: Annotated[
+        str, typer.Option("--students", help="Comma-separated students of the base, e.g. dmd2,lightning,lcm.")
+    ] = "dmd2",
+    scales: Annotated[
+        str, typer.Option("--scales", help="Comma-separated LoRA scales; must include 0 (the reference).")
+    ] = "-2,-1,0,1,2",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds: a range 0-3 or a list 0,1,5.")] = "0-3",
+    out: OutOpt = Path("out/transfer"),
+    text: Annotated[
+        str | None, typer.Option(help="Concept text for the CLIP score change (default: the prompt).")
+    ] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder spec (default: the base's, e.g. open_clip:ViT-B-32:…).")
+    ] = None,
+    t_start: Annotated[
+        int | None,
+        typer.Option(help="LoRA off while the timestep is above this (slider convention, e.g. 700)."),
+    ] = None,
+    reverse: Annotated[
+        bool, typer.Option("--reverse", help="The LoRA was trained on the student: ratio base / student.")
+    ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="Apply the modules that fit when the LoRA fits only in part."),
+    ] = False,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Apply a LoRA at several scales to the base and each student (each with its own sampler settings), and
+    measure how far each moves from scale 0; write per-model grids, metrics.json/csv and report.html.
+
+    Example: conceptspace transfer --lora age.safetensors --base sdxl --students dmd2,lcm --prompt "a portrait" --scales -2,-1,0,1,2 --seeds 0-3 --out runs/age
+    """
+    from conceptspace.transfer import parse_scales, parse_seeds, scale_label
+    from conceptspace.transfer import transfer as run_transfer
+
+    if quiet:
+        _silence_libraries()
+    scale_list, seed_list = parse_scales(scales), parse_seeds(seeds)
+    rows = run_transfer(
+        lora,
+        base,
+        students.split(","),
+        prompt,
+        scale_list,
+        seed_list,
+        out,
+        text=text,
+        embedder=embedder,
+        t_start=t_start,
+        reverse=reverse,
+        allow_partial=allow_partial,
+        device=device,
+        progress=not quiet,
+    )
+    clip = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "clip_score_change"}
+    typer.echo(f"{'model':<14} {'scale':>6}  {'distance to scale 0 [95% CI]':<32} clip score change %")
+    for row in rows:
+        if row["metric"] != "distance_to_scale_0":
+            continue
+        ci = f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+        change = clip.get((row["model"], row["scale"]))
+        change_text = (
+            f"{change['value']:+.2f} [{change['ci_low']:+.2f}, {change['ci_high']:+.2f}]" if change else ""
+        )
+        typer.echo(
+            f"{row['model']:<14} {scale_label(row['scale']):>6}  {row['value']:.4f} {ci:<25} {change_text}"
+        )
+    for row in rows:
+        if row["metric"] == "transfer_ratio":
+            typer.echo(
+                f"transfer ratio {row['regime']} at {scale_label(row['scale'])}: {row['value']:.3f} "
+                f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+            )
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
+
+
 lora_app = typer.Typer(help="LoRA and slider files: inspect and convert.", no_args_is_help=True)
 app.add_typer(lora_app, name="lora")
 

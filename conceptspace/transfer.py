@@ -1,0 +1,442 @@
+"""Does a LoRA trained on one model transfer to the others of its family? (``conceptspace transfer``)
+
+A LoRA (a concept slider, say) trained on the base is applied to the base and to each distilled student at a
+range of scales; every model samples the same seeds at every scale with its own sampler settings (the base with
+CFG on its schedule, each student on its few-step schedule). Per model the images go to
+``DIR/<model>@<scale>/000_<seed>.png`` (one "regime" per model and scale, so :func:`build_report` shows them)
+and a grid ``DIR/grid_<model>.png`` (rows: scales, columns: seeds). Measured, with bootstrap CIs over seeds:
+
+* ``distance_to_scale_0``: cosine distance of each image to the same seed's scale-0 image in the embedder's space;
+* ``clip_score_change``: the paper's metric, percent change in CLIP score against the concept text between scale 0
+  and s (only with an embedder that has a text tower);
+* ``transfer_ratio``: the effect on a student over the effect on the base (distance at s / distance at s);
+* on the testbed with its image-only embedder: ``probe_*`` rows, how the probe's factors (size, x, y, and the
+  share of images whose shape or colour changed) move between scale 0 and s.
+
+``reverse=True`` says the LoRA was trained on the student: the ratio is then base / student.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptspace.generate import image_name
+from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
+from conceptspace.models import ModelPair, get_spec, load_pair
+from conceptspace.results import metric_row, write_metrics
+from conceptspace.sampling import Base, Distilled, sample
+
+__all__ = ["TransferError", "parse_scales", "parse_seeds", "regime_name", "scale_label", "transfer"]
+
+N_BOOT = 1000
+CONFIDENCE = 0.95
+PROBE_CONTINUOUS = ("size", "x", "y")
+PROBE_CATEGORICAL = ("shape", "colour")
+
+
+class TransferError(ValueError):
+    """Arguments a transfer run cannot start with (no scale 0, no seeds, no students…)."""
+
+
+def scale_label(scale: float) -> str:
+    """``0``, ``+1``, ``-0.5``: the scale as it appears in folder and regime names."""
+    return "0" if scale == 0 else f"{scale:+g}"
+
+
+def regime_name(model: str, scale: float) -> str:
+    """The folder / regime name of one model at one scale, e.g. ``dmd2@+1``."""
+    return f"{model}@{scale_label(scale)}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3"`` → [0, 1, 2, 3]; ``"0,1,5"`` → [0, 1, 5]; ranges and lists combine (``"0-2,7"``)."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        start, dash, stop = part.partition("-")
+        try:
+            first, last = (int(start), int(stop)) if dash and start else (int(part), int(part))
+        except ValueError:
+            raise TransferError(f"bad seeds {text!r}: write a range 0-3 or a list 0,1,5") from None
+        if last < first:
+            raise TransferError(f"seed range {part!r} runs backwards: write e.g. 0-3")
+        seeds.extend(range(first, last + 1))
+    if not seeds:
+        raise TransferError(f"no seeds in {text!r}: write a range 0-3 or a list 0,1,5")
+    if len(set(seeds)) != len(seeds):
+        raise TransferError(f"seeds repeat in {text!r}: each seed is one paired sample")
+    return seeds
+
+
+def parse_scales(text: str | Sequence[float]) -> list[float]:
+    """``"-2,-1,0,1,2"`` → floats; refuses lists without 0 (the reference every metric compares to)."""
+    if isinstance(text, str):
+        try:
+            scales = [float(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise TransferError(
+                f"bad scales {text!r}: write numbers separated by commas, e.g. -2,-1,0,1,2"
+            ) from None
+    else:
+        scales = [float(s) for s in text]
+    if any(not math.isfinite(s) for s in scales):
+        raise TransferError(f"scales must be finite numbers, got {scales}")
+    if len(set(scales)) != len(scales):
+        raise TransferError(f"scales repeat: {scales}")
+    if 0.0 not in scales:
+        raise TransferError(
+            f"scales {', '.join(f'{s:g}' for s in scales) or '(none)'} do not include 0: every metric compares "
+            "scale s with scale 0 (the model without the LoRA), add 0, e.g. --scales -1,0,1"
+        )
+    return scales
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of ``values(indices)`` over ``N_BOOT`` resamples of the n seeds (rows of indices)."""
+    if n < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    replicates = values(rng.integers(0, n, size=(N_BOOT, n)))
+    replicates = replicates[np.isfinite(replicates)]
+    if not len(replicates):
+        return math.nan, math.nan
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(replicates, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def _mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
+    """Mean over seeds with a bootstrap CI (seeds resampled)."""
+    low, high = _bootstrap_ci(lambda idx: values[idx].mean(axis=1), len(values), seed)
+    return metric_row(prompt, regime, metric, float(values.mean()), low, high, len(values), **extra)
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().double().cpu().numpy()
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_distances(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Row-wise ``1 − cos`` of unit vectors, as ``‖a − b‖² / 2``: exactly 0 for identical rows."""
+    return 0.5 * ((reference - other) ** 2).sum(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def _grid(images_by_scale: dict[float, list[Any]], seeds: Sequence[int], title: str) -> Any:
+    """One image: rows = scales (labelled at the left), columns = seeds (labelled on top)."""
+    from PIL import Image, ImageDraw
+
+    first = next(iter(images_by_scale.values()))[0]
+    w, h = first.size
+    margin_left, margin_top = 48, 14
+    grid = Image.new("RGB", (margin_left + w * len(seeds), margin_top + h * len(images_by_scale)), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((2, 1), title[:8], fill="black")
+    for j, seed in enumerate(seeds):
+        draw.text((margin_left + j * w + 2, 1), f"seed {seed}", fill="black")
+    for i, (scale, images) in enumerate(images_by_scale.items()):
+        draw.text((2, margin_top + i * h + h // 2 - 5), scale_label(scale), fill="black")
+        for j, image in enumerate(images):
+            grid.paste(image.convert("RGB").resize((w, h)), (margin_left + j * w, margin_top + i * h))
+    return grid
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def transfer(
+    lora: str | os.PathLike | LoRA,
+    base: str,
+    students: Sequence[str],
+    prompt: str,
+    scales: Sequence[float] | str,
+    seeds: Sequence[int] | str,
+    out_dir: str | os.PathLike,
+    *,
+    text: str | None = None,
+    embedder: Any = None,
+    t_start: float | None = None,
+    reverse: bool = False,
+    allow_partial: bool = False,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    loader: Callable[[str, str], ModelPair] | None = None,
+) -> list[dict[str, Any]]:
+    """Apply ``lora`` at each of ``scales`` to ``base`` and to each of ``students``, sample ``seeds`` (the same at
+    every scale) and measure how far each model moves; write images, grids, run.json, metrics.json/csv and
+    report.html to ``out_dir``; return the metric rows.
+
+    Args:
+        lora: a LoRA file or folder (any format :func:`read_lora` reads) or a :class:`LoRA`.
+        base / students: registry names; each student is loaded with the base (the base is sampled once).
+        scales: must include 0 (the reference); ``"-1,0,1"`` or numbers.
+        seeds: ``"0-3"``, ``"0,1,5"`` or ints.
+        text: the concept text for the CLIP score change (default: the prompt).
+        embedder: a spec string or a loaded embedder (default: the base's registry embedder).
+        t_start: the LoRA is off while the timestep is above it (the slider convention).
+        reverse: the LoRA was trained on the students: the transfer ratio is base / student.
+        allow_partial: apply the modules that fit when the LoRA does not fit a UNet completely.
+        loader: ``(base, student) -> ModelPair`` (default :func:`load_pair` with ``device``/``dtype``).
+
+    Raises:
+        FileNotFoundError: no LoRA at the path.
+        LoRAMismatchError: the LoRA does not fit a model's UNet (unless ``allow_partial``).
+        TransferError: scales without 0, no seeds, no students, an empty prompt.
+    """
+    from conceptspace.embeddings import default_embedder, load_embedder
+
+    scales = parse_scales(scales)
+    seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    if not seeds:
+        raise TransferError("no seeds given: pass e.g. 0-3")
+    students = [s.strip() for s in students if s.strip()]
+    if not students:
+        raise TransferError("no students given: pass e.g. --students dmd2,lcm")
+    if len(set(students)) != len(students) or base in students:
+        raise TransferError(f"models repeat in base {base!r} and students {students}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TransferError("prompt is empty: give the text to generate from")
+    base_spec = get_spec(base)
+    for name in students:
+        get_spec(name)  # unknown names fail before anything loads
+    lora = lora if isinstance(lora, LoRA) else read_lora(lora)
+    out = ensure_writable_dir(out_dir)
+    loader = loader or (lambda b, s: load_pair(b, s, device=device, dtype=dtype))
+    started = time.perf_counter()
+
+    # images[model][scale] = PIL images in seed order; records: run.json's "regimes"
+    images: dict[str, dict[float, list[Any]]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+
+    def run_model(pair: ModelPair, role: str, name: str) -> None:
+        unet = pair.unet("base" if role == "base" else "student")
+        report = coverage(unet, lora)
+        # apply_lora refuses a LoRA that does not fit; checking first names the model in the message
+        if not report.matched or (not report.complete and not allow_partial):
+            raise LoRAMismatchError(
+                f"LoRA {lora.name} does not fit {name}'s UNet: {report.summary()}; it is for another "
+                "architecture (conceptspace lora inspect lists the models it fits)"
+                + ("" if not report.matched else ", or pass --allow-partial to apply the modules that fit")
+            )
+        spec = pair.spec("base" if role == "base" else "student")
+        regime = Base() if role == "base" else Distilled()
+        handle = apply_lora(unet, lora, scale=0.0, t_start=t_start, allow_partial=allow_partial)
+        images[name] = {}
+        try:
+            for scale in scales:
+                handle.scale = float(scale)
+                result = sample(
+                    pair,
+                    prompt,
+                    regime,
+                    seeds,
+                    height=spec.resolution,
+                    width=spec.resolution,
+                    progress=progress,
+                )
+                images[name][scale] = list(result.images)
+                folder = regime_name(name, scale)
+                record: dict[str, Any] = {
+                    "model": name,
+                    "scale": scale,
+                    "settings": result.settings,
+                    "schedule": result.schedule_dicts(),
+                    "timings": dict(result.timings),
+                    "images": [],
+                }
+                for seed, image in zip(result.seeds, result.images, strict=True):
+                    path = write_image(out / folder / image_name(0, seed), image)
+                    record["images"].append(
+                        {"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))}
+                    )
+                records[folder] = record
+        finally:
+            handle.remove()
+        write_image(out / f"grid_{name}.png", _grid(images[name], seeds, name))
+        models[name] = {
+            "role": role,
+            "spec": asdict(spec),
+            "coverage": {"matched": len(report.matched), "total": report.total, "complete": report.complete},
+        }
+
+    pair = None
+    for index, student in enumerate(students):
+        pair = loader(base, student)
+        if index == 0:
+            run_model(pair, "base", base)  # sampled once: the base is the same in every pair
+        run_model(pair, "student", student)
+
+    # ---- measure
+    if embedder is None:
+        embedder = default_embedder(pair if pair is not None else base_spec)
+    if isinstance(embedder, str):
+        embedder = load_embedder(embedder, device=device, progress=progress)
+    embedder_name = getattr(embedder, "name", type(embedder).__name__)
+    has_text = bool(getattr(embedder, "has_text", False))
+    text = text or prompt
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    distances: dict[str, dict[float, np.ndarray]] = {}
+    text_embedding = embedder.embed_texts([text]) if has_text else None
+    if not has_text:
+        notes.append(f"embedder {embedder_name} has no text tower: the CLIP score change is not measured")
+    for name, by_scale in images.items():
+        embeddings = {s: _unit(embedder.embed_images(imgs)) for s, imgs in by_scale.items()}
+        distances[name] = {}
+        for s in scales:
+            d = cosine_distances(embeddings[0.0], embeddings[s])
+            distances[name][s] = d
+            rows.append(
+                _mean_row(
+                    d,
+                    prompt,
+                    regime_name(name, s),
+                    "distance_to_scale_0",
+                    seed=0,
+                    model=name,
+                    scale=s,
+                    embedder=embedder_name,
+                    ci_method="bootstrap over seeds",
+                )
+            )
+        if text_embedding is not None:
+            from conceptspace.metrics import clip_score_change
+
+            for s in scales:
+                if s == 0:
+                    continue
+                try:
+                    estimate = clip_score_change(
+                        embeddings[0.0], embeddings[s], text_embedding.double().numpy(), n_boot=N_BOOT
+                    )
+                except ValueError as error:  # a reference CLIP score of 0: the percent change is undefined
+                    notes.append(f"{regime_name(name, s)}: clip_score_change not measured ({error})")
+                    continue
+                rows.append(
+                    estimate.row(
+                        prompt,
+                        regime_name(name, s),
+                        "clip_score_change",
+                        model=name,
+                        scale=s,
+                        text=text,
+                        embedder=embedder_name,
+                        ci_method=estimate.method,
+                    )
+                )
+
+    # ---- transfer ratio: effect on the student over effect on the base (reverse: base over student)
+    for student in students:
+        numerator, denominator = (base, student) if reverse else (student, base)
+        for s in scales:
+            if s == 0:
+                continue
+            top, bottom = distances[numerator][s], distances[denominator][s]
+
+            def ratio(idx: np.ndarray, top: np.ndarray = top, bottom: np.ndarray = bottom) -> np.ndarray:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    return top[idx].mean(axis=-1) / bottom[idx].mean(axis=-1)
+
+            value = float(ratio(np.arange(len(seeds))))
+            low, high = _bootstrap_ci(ratio, len(seeds), seed=1)
+            rows.append(
+                metric_row(
+                    prompt,
+                    f"{numerator} / {denominator}",
+                    "transfer_ratio",
+                    value,
+                    low,
+                    high,
+                    len(seeds),
+                    model=student,
+                    scale=s,
+                    embedder=embedder_name,
+                    ci_method="bootstrap over seeds (paired)",
+                )
+            )
+
+    # ---- the testbed: what the probe sees change
+    if not has_text and base_spec.family == "testbed":
+        rows += _probe_rows(images, scales, prompt, device)
+
+    run = {
+        "command": "transfer",
+        "lora": lora.source or lora.name,
+        "lora_modules": len(lora.modules),
+        "base": base,
+        "students": students,
+        "models": models,
+        "reverse": reverse,
+        "prompts": [prompt],
+        "seeds": seeds,
+        "scales": scales,
+        "parameters": {
+            "text": text,
+            "embedder": embedder_name,
+            "t_start": t_start,
+            "allow_partial": allow_partial,
+            "reverse": reverse,
+        },
+        "notes": notes,
+        "device": str(pair.device) if pair is not None else None,
+        "dtype": str(pair.dtype).replace("torch.", "") if pair is not None else None,
+        "versions": environment_versions(),
+        "regimes": records,
+        "wall_time": {"total": time.perf_counter() - started},
+    }
+    write_metrics(out, rows)
+    write_json(out / "run.json", run)
+    from conceptspace.report import build_report
+
+    build_report(out, title=f"transfer of {Path(str(lora.source or lora.name)).name}")
+    return rows
+
+
+def _probe_rows(
+    images: dict[str, dict[float, list[Any]]], scales: Sequence[float], prompt: str, device: Any
+) -> list[dict[str, Any]]:
+    """Per model and scale s ≠ 0: mean change of size/x/y (pixels) and share of shape/colour changes."""
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe(device=device)
+    rows = []
+    for name, by_scale in images.items():
+        factors = {
+            s: probe.predict(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in imgs]))
+            for s, imgs in by_scale.items()
+        }
+        for s in scales:
+            if s == 0:
+                continue
+            regime = regime_name(name, s)
+            extra = {
+                "model": name,
+                "scale": s,
+                "embedder": "testbed probe",
+                "ci_method": "bootstrap over seeds",
+            }
+            for factor in PROBE_CONTINUOUS:
+                change = factors[s][factor].astype(float) - factors[0.0][factor].astype(float)
+                rows.append(_mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, **extra))
+            for factor in PROBE_CATEGORICAL:
+                changed = (factors[s][factor] != factors[0.0][factor]).astype(float)
+                rows.append(_mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, **extra))
+    return rows

@@ -1,0 +1,216 @@
+"""LoRA transfer: a LoRA applied at several scales to the base and its students, paired seeds, distances to
+scale 0 with CIs, the transfer ratio, grids and a report; a LoRA for another architecture is refused; the UNets are
+left exactly as they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conceptspace.lora import LoRA, LoRAMismatchError, LoRAWeights, write_lora
+from conceptspace.models import load_pair
+from conceptspace.transfer import TransferError, parse_scales, parse_seeds, transfer
+
+torch.set_num_threads(1)
+
+ATTN = "down_blocks.1.attentions.0.transformer_blocks.0"
+TARGETS = (
+    f"{ATTN}.attn1.to_q",
+    f"{ATTN}.attn2.to_v",
+    "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0",
+    "up_blocks.0.resnets.1.conv1",
+)
+
+
+def random_lora(unet, targets=TARGETS, *, seed=0, rank=2, size=1.0) -> LoRA:
+    """Random nonzero factors for ``targets`` of ``unet`` (large enough to change the images visibly)."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(unet.named_modules())
+    weights = {}
+    for name in targets:
+        module = modules[name]
+        if isinstance(module, torch.nn.Conv2d):
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            down = torch.randn(rank, module.in_features, generator=generator)
+            up = torch.randn(module.out_features, rank, generator=generator)
+        weights[name] = LoRAWeights(down=down * size, up=up * size, alpha=float(rank))
+    return LoRA(weights)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Our own tiny pair (the session one must not be touched): transfer applies and removes hooks on it."""
+    return load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def lora_file(pair, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lora") / "slider.safetensors"
+    return write_lora(random_lora(pair.base_unet), path)
+
+
+def unet_outputs(pair) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    hidden = torch.randn(1, 5, 64, generator=g)
+    added = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+    outputs = []
+    with torch.no_grad():
+        for unet in (pair.base_unet, pair.student_unet):
+            outputs.append(unet(x, torch.tensor(500.0), hidden, added_cond_kwargs=added).sample)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def run(pair, lora_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("transfer")
+    before = unet_outputs(pair)
+    rows = transfer(
+        lora_file,
+        "tiny-sdxl",
+        ["tiny-dmd"],
+        "a red circle",
+        "-1,0,1",
+        [0, 1],
+        out,
+        embedder="pixels:32",
+        progress=False,
+        loader=lambda base, student: pair,
+    )
+    return out, rows, before
+
+
+def test_parsing():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("0,1,5") == [0, 1, 5]
+    assert parse_seeds("0-1,7") == [0, 1, 7]
+    assert parse_scales("-2,-1,0,1,2") == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(TransferError, match="do not include 0"):
+        parse_scales("-1,1")
+    with pytest.raises(TransferError, match="seeds"):
+        parse_seeds("a-b")
+
+
+def test_files(run):
+    out, _, _ = run
+    for model in ("tiny-sdxl", "tiny-dmd"):
+        assert (out / f"grid_{model}.png").is_file()
+        for scale in ("-1", "0", "+1"):
+            assert sorted(p.name for p in (out / f"{model}@{scale}").glob("*.png")) == [
+                "000_0.png",
+                "000_1.png",
+            ]
+    for name in ("metrics.json", "metrics.csv", "run.json", "report.html"):
+        assert (out / name).is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"] == "transfer" and record["scales"] == [-1.0, 0.0, 1.0]
+    assert any("no text tower" in note for note in record["notes"])
+    assert record["models"]["tiny-dmd"]["coverage"]["complete"]
+    assert "tiny-dmd@+1" in (out / "report.html").read_text()
+
+
+def test_distances_and_ratio(run):
+    _, rows, _ = run
+    distance = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "distance_to_scale_0"}
+    assert set(distance) == {(m, s) for m in ("tiny-sdxl", "tiny-dmd") for s in (-1.0, 0.0, 1.0)}
+    for (_, scale), row in distance.items():
+        assert row["n"] == 2 and row["embedder"] == "pixels:32"
+        if scale == 0:
+            assert row["value"] == 0.0
+        else:
+            assert row["value"] > 0 and row["ci_low"] <= row["value"] <= row["ci_high"]
+    ratios = [r for r in rows if r["metric"] == "transfer_ratio"]
+    assert {r["scale"] for r in ratios} == {-1.0, 1.0}
+    for row in ratios:
+        assert row["regime"] == "tiny-dmd / tiny-sdxl"
+        expected = (
+            distance[("tiny-dmd", row["scale"])]["value"] / distance[("tiny-sdxl", row["scale"])]["value"]
+        )
+        assert row["value"] == pytest.approx(expected)
+    assert not [r for r in rows if r["metric"] == "clip_score_change"]  # pixels has no text tower
+
+
+def test_handle_removed(run, pair):
+    _, _, before = run
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.base_unet.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.student_unet.modules())
+    fresh = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.float32)
+    for after, expected, reference in zip(unet_outputs(pair), before, unet_outputs(fresh), strict=True):
+        assert torch.equal(after, expected) and torch.equal(after, reference)
+
+
+def test_mismatched_lora_refused(pair, tmp_path):
+    good = random_lora(pair.base_unet)
+    # another architecture: the same module names with other widths (and one module the UNet lacks)
+    modules = {
+        name: LoRAWeights(down=torch.randn(2, w.down.shape[1] + 3, *w.down.shape[2:]), up=w.up, alpha=2.0)
+        for name, w in list(good.modules.items())[:2]
+    }
+    modules.update(list(good.modules.items())[2:])
+    bad = write_lora(LoRA(modules), tmp_path / "other.safetensors")
+    with pytest.raises(LoRAMismatchError, match="does not fit tiny-sdxl's UNet.*2 of 4 modules fit"):
+        transfer(bad, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "a", embedder="pixels:32",
+                 progress=False, loader=lambda b, s: pair)  # fmt: skip
+    rows = transfer(
+        bad,
+        "tiny-sdxl",
+        ["tiny-dmd"],
+        "x",
+        "0,1",
+        [0, 1],
+        tmp_path / "b",
+        embedder="pixels:32",
+        allow_partial=True,
+        progress=False,
+        loader=lambda b, s: pair,
+    )
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert record["models"]["tiny-sdxl"]["coverage"] == {"matched": 2, "total": 4, "complete": False}
+    assert any(r["metric"] == "distance_to_scale_0" for r in rows)
+    assert not any(m._forward_hooks for m in pair.base_unet.modules())
+
+
+def test_bad_arguments(lora_file, tmp_path):
+    with pytest.raises(TransferError, match="do not include 0"):
+        transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "-1,1", [0], tmp_path / "a", progress=False)
+    with pytest.raises(FileNotFoundError, match="no LoRA"):
+        transfer(tmp_path / "none.safetensors", "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "b")
+
+
+def test_cli(lora_file, tmp_path):
+    from conceptspace.cli import app
+
+    out = tmp_path / "cli"
+    args = ["transfer", "--lora", str(lora_file), "--base", "tiny-sdxl", "--students", "tiny-dmd"]
+    args += ["--prompt", "a red circle", "--scales", "0,1", "--seeds", "0-1", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--embedder", "pixels:32", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "distance to scale 0" in result.output and "tiny-dmd" in result.output
+    assert "transfer ratio tiny-dmd / tiny-sdxl at +1" in result.output
+    assert (out / "report.html").is_file()
+    bad = CliRunner().invoke(app, [*args[:-6], "--prompt", "x", "--scales", "1,2", "--out", str(out)])
+    assert isinstance(bad.exception, TransferError)
+
+
+def test_testbed_probe_rows(tmp_path):
+    shapes = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
+    lora = random_lora(shapes.base_unet, targets=_attention_targets(shapes.base_unet), size=0.5)
+    # reverse: as if the LoRA had been trained on the student, so the ratio is base / student
+    rows = transfer(lora, "shapes", ["dmd"], "a red circle", "0,1", [0, 1], tmp_path, progress=False,
+                    reverse=True, loader=lambda b, s: shapes)  # fmt: skip
+    probe = {(r["model"], r["metric"]) for r in rows if r["metric"].startswith("probe_")}
+    for model in ("shapes", "dmd"):
+        for metric in ("probe_size_change", "probe_x_change", "probe_y_change", "probe_shape_changed"):
+            assert (model, metric) in probe
+    assert any(r["metric"] == "transfer_ratio" and r["regime"] == "shapes / dmd" for r in rows)
+    assert not any(r["metric"] == "clip_score_change" for r in rows)  # testbed:clip has no text tower
+
+
+def _attention_targets(unet) -> tuple[str, ...]:
+    return tuple(name for name, _ in unet.named_modules() if name.endswith(("attn1.to_q", "attn2.to_v")))[:4]

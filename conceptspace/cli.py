@@ -579,6 +579,36 @@ def transfer(
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
 
 
+slider_app = typer.Typer(help="Concept Sliders: train text sliders from recipes.", no_args_is_help=True)
+app.add_typer(slider_app, name="slider")
+
+
+@slider_app.command("train")
+def slider_train(
+    recipe: Annotated[Path, typer.Argument(help="A slider recipe (sliders/*.yaml).")],
+    base: Annotated[
+        str, typer.Option(help="The base model to train on (registry name, e.g. sdxl or shapes).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The .safetensors file to write (default: out/sliders/NAME-BASE.safetensors)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: the recipe's).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA when available).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a Concept Slider on a base model's UNet and write it as a diffusers LoRA (recipe in its metadata).
+
+    Example: conceptspace slider train sliders/testbed-size.yaml --base shapes
+    """
+    from conceptspace.sliders import load_recipe, train_slider
+
+    parsed = load_recipe(recipe)
+    out = out or Path("out") / "sliders" / f"{parsed.name}-{base}.safetensors"
+    written = train_slider(base, parsed, out, steps=steps, device=device, progress=not quiet)
+    typer.echo(f"wrote {written}")
+
+
 lora_app = typer.Typer(help="LoRA and slider files: inspect and convert.", no_args_is_help=True)
 app.add_typer(lora_app, name="lora")
 

@@ -807,18 +807,9 @@ def load_pair(
         >>> images = sample(pair, "a cute puppy", Hybrid(), seeds=range(4)).images   # doctest: +SKIP
     """
     base_spec = base if isinstance(base, ModelSpec) else get_spec(base)
-    student_spec = student if isinstance(student, ModelSpec) or student is None else get_spec(student)
     if base_spec.role != "base":
         raise ValueError(f"{base_spec.name!r} is a student of {base_spec.base!r}, not a base model")
-    if student_spec is not None:
-        if student_spec.role != "student":
-            raise ValueError(f"{student_spec.name!r} is a base model, not a distilled student")
-        if student_spec.family != base_spec.family:
-            raise IncompatibleModelsError(
-                f"{student_spec.name!r} is a {student_spec.family} student; it cannot pair with the "
-                f"{base_spec.family} base {base_spec.name!r} (its students: "
-                f"{', '.join(s.name for s in students_of(base_spec.name)) or 'none'})"
-            )
+    student_spec = _student_spec(base_spec, student)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     base_path = base_path if base_path is not None else base_spec.local_dir
@@ -844,12 +835,62 @@ def load_pair(
         paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
     )
     if student_spec is not None:
-        unet, scheduler_config = _load_student_unet(student_spec, pipeline, dtype, cache_dir, student_path)
-        check_compatible(pipeline.unet.config, unet.config, (base_spec.name, student_spec.name))
-        pair.student_unet = unet.eval()
-        pair.student_scheduler_config = dict(scheduler_config)
-        pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)
+        _attach_student(pair, student_spec, dtype, cache_dir, student_path)
     return pair.to(device)
+
+
+def with_student(
+    pair: ModelPair,
+    student: str | ModelSpec,
+    *,
+    student_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ModelPair:
+    """``pair``'s base with another student: the base pipeline is shared (not reloaded); only the student's UNet
+    is read, in the pair's dtype and on its device. ``pair`` itself is unchanged.
+
+    Example:
+        >>> pairs = [with_student(pair, name) for name in ("lightning", "turbo")]   # doctest: +SKIP
+    """
+    student_spec = _student_spec(pair.base, student)
+    if student_path is None:
+        student_path = student_spec.local_dir
+    student_path = os.path.abspath(student_path) if student_path is not None else None
+    if student_spec.storage != "random":
+        _require_local(student_spec, cache_dir, student_path)
+    paths = {k: v for k, v in pair.paths.items() if k != "student"}
+    other = replace(pair, student=student_spec, student_unet=None, paths=paths)
+    if student_path:
+        other.paths["student"] = student_path
+    _attach_student(other, student_spec, pair.dtype, cache_dir, student_path)
+    other.student_unet.to(pair.device)
+    return other
+
+
+def _student_spec(base_spec: ModelSpec, student: str | ModelSpec | None) -> ModelSpec | None:
+    """The student's spec, checked to be a student of ``base_spec``'s family."""
+    student_spec = student if isinstance(student, ModelSpec) or student is None else get_spec(student)
+    if student_spec is None:
+        return None
+    if student_spec.role != "student":
+        raise ValueError(f"{student_spec.name!r} is a base model, not a distilled student")
+    if student_spec.family != base_spec.family:
+        raise IncompatibleModelsError(
+            f"{student_spec.name!r} is a {student_spec.family} student; it cannot pair with the "
+            f"{base_spec.family} base {base_spec.name!r} (its students: "
+            f"{', '.join(s.name for s in students_of(base_spec.name)) or 'none'})"
+        )
+    return student_spec
+
+
+def _attach_student(
+    pair: ModelPair, student_spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, student_path: str | None
+) -> None:
+    unet, scheduler_config = _load_student_unet(student_spec, pair.pipeline, dtype, cache_dir, student_path)
+    check_compatible(pair.pipeline.unet.config, unet.config, (pair.base.name, student_spec.name))
+    pair.student_unet = unet.eval()
+    pair.student_scheduler_config = dict(scheduler_config)
+    pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)
 
 
 def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:

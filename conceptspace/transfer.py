@@ -32,7 +32,7 @@ import torch
 from conceptspace.generate import image_name
 from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
-from conceptspace.models import ModelPair, get_spec, load_pair
+from conceptspace.models import ModelPair, get_spec, load_pair, with_student
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Base, Distilled, sample
 
@@ -193,7 +193,8 @@ def transfer(
         t_start: the LoRA is off while the timestep is above it (the slider convention).
         reverse: the LoRA was trained on the students: the transfer ratio is base / student.
         allow_partial: apply the modules that fit when the LoRA does not fit a UNet completely.
-        loader: ``(base, student) -> ModelPair`` (default :func:`load_pair` with ``device``/``dtype``).
+        loader: ``(base, student) -> ModelPair`` for every student (default: :func:`load_pair` with
+            ``device``/``dtype`` once, then :func:`with_student`, which shares the base).
 
     Raises:
         FileNotFoundError: no LoRA at the path.
@@ -218,7 +219,6 @@ def transfer(
         get_spec(name)  # unknown names fail before anything loads
     lora = lora if isinstance(lora, LoRA) else read_lora(lora)
     out = ensure_writable_dir(out_dir)
-    loader = loader or (lambda b, s: load_pair(b, s, device=device, dtype=dtype))
     started = time.perf_counter()
 
     # images[model][scale] = PIL images in seed order; records: run.json's "regimes"
@@ -279,7 +279,12 @@ def transfer(
 
     pair = None
     for index, student in enumerate(students):
-        pair = loader(base, student)
+        if loader is not None:
+            pair = loader(base, student)
+        elif pair is None:
+            pair = load_pair(base, student, device=device, dtype=dtype)
+        else:
+            pair = with_student(pair, student)  # the base pipeline is shared, not loaded again
         if index == 0:
             run_model(pair, "base", base)  # sampled once: the base is the same in every pair
         run_model(pair, "student", student)

@@ -33,6 +33,7 @@ from conceptspace.models import (
     read_state_dict,
     register,
     with_overrides,
+    with_student,
 )
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -282,7 +283,11 @@ def test_missing_base_names_repo_files_and_command(empty_cache: Path):
             "sdxl_lightning_4step_unet.safetensors",
             "hf download ByteDance/SDXL-Lightning sdxl_lightning_4step_unet.safetensors",
         ),
-        ("turbo", "unet/config.json", "hf download stabilityai/sdxl-turbo --include 'unet/*' --include 'scheduler/*'"),
+        (
+            "turbo",
+            "unet/config.json",
+            "hf download stabilityai/sdxl-turbo --include 'unet/*' --include 'scheduler/*'",
+        ),
         ("lcm", "config.json", "hf download latent-consistency/lcm-sdxl"),
     ],
 )
@@ -662,3 +667,23 @@ def test_cli_user_errors_are_one_line_with_status_2(
     assert "Traceback" not in run.stderr and "\x1b" not in run.stderr
     if student == "dmd2":
         assert f"hf download {SDXL_REPO} --cache-dir {empty_cache}" in lines[0]
+
+
+def test_with_student_shares_the_base_and_equals_a_fresh_pair(hub_cache: Path):
+    pair = load_pair("sdxl", "dmd2", dtype=torch.float32, device="cpu", cache_dir=hub_cache)
+    other = with_student(pair, "lightning", cache_dir=hub_cache)
+    fresh = load_pair("sdxl", "lightning", dtype=torch.float32, device="cpu", cache_dir=hub_cache)
+    assert (
+        other.pipeline is pair.pipeline and pair.student.name == "dmd2"
+    )  # nothing reloaded, nothing changed
+    assert (
+        other.student.name == "lightning" and other.student_scheduler_config == fresh.student_scheduler_config
+    )
+    fresh_state = fresh.student_unet.state_dict()
+    assert all(torch.equal(v, fresh_state[k]) for k, v in other.student_unet.state_dict().items())
+    assert (
+        other.student_unet.dtype == torch.float32
+        and other.student_prediction_type == fresh.student_prediction_type
+    )
+    with pytest.raises(IncompatibleModelsError, match="sd-turbo"):
+        with_student(pair, "sd-turbo", cache_dir=hub_cache)

@@ -57,6 +57,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from conceptspace.models import ModelPair, default_dtype, get_spec, with_overrides
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, sample
+from conceptspace.testing import SD_EULER_SCHEDULER
 
 PROMPT = "a photo of a cat"
 BASE_STEPS, BASE_GUIDANCE = 50, 5.0
@@ -122,15 +123,6 @@ OPENCLIP_BIGG: dict[str, Any] = {
         projection_dim=1280,
     ),
 }
-SDXL_SCHEDULER: dict[str, Any] = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-    timestep_spacing="leading",
-    prediction_type="epsilon",
-)
 
 # --tiny: the same block structure with few channels (64 px images, 8x8 latents), for a CPU check of the script.
 TINY_UNET = dict(
@@ -233,7 +225,7 @@ def build_pair(arch: Architecture, device: torch.device, dtype: torch.dtype) -> 
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=on_device(lambda: UNet2DConditionModel(**arch.unet), device, dtype),
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        scheduler=EulerDiscreteScheduler(**SD_EULER_SCHEDULER),
         add_watermarker=False,
     )
     pipeline.set_progress_bar_config(disable=True)

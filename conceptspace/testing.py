@@ -176,20 +176,22 @@ def tiny_sd_unet(seed: int = 0, *, lcm: bool = False) -> Any:
     return _tiny_unet(seed, lcm, cross_attention_dim=TEXT_HIDDEN)
 
 
+SD_EULER_SCHEDULER: dict[str, Any] = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+"""The ``EulerDiscreteScheduler`` config SD 1.x/2.x and SDXL ship (their 1000-step ``scaled_linear`` betas)."""
+
+
 def _euler_scheduler(**overrides: Any) -> Any:
     from diffusers import EulerDiscreteScheduler
 
-    config = dict(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
-    config.update(overrides)
-    return EulerDiscreteScheduler(**config)
+    return EulerDiscreteScheduler(**{**SD_EULER_SCHEDULER, **overrides})
 
 
 def tiny_sdxl_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:

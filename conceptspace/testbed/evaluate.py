@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptspace.demo import DEMO_PROMPTS
 from conceptspace.io import write_json
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, sample
 from conceptspace.testbed.diversity import diversity_rows, expected_diversity
@@ -26,7 +27,7 @@ from conceptspace.testbed.probe import load_probe
 
 __all__ = ["DEFAULT_PROMPTS", "REGIMES", "evaluate", "grid", "sample_uint8"]
 
-DEFAULT_PROMPTS = ("a shape", "a circle", "a red shape")
+DEFAULT_PROMPTS = DEMO_PROMPTS
 REGIMES: dict[str, Regime] = {"base": Base(), "distilled": Distilled(), "hybrid": Hybrid(k=1)}
 
 

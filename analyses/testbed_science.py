@@ -22,10 +22,7 @@ from pathlib import Path
 import torch
 
 from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, load_pair
-from conceptspace.demo import DEMO_PROMPTS, probe_rows
-from conceptspace.diversity import measure_diversity
-from conceptspace.generate import generate
-from conceptspace.results import read_metrics, write_metrics
+from conceptspace.demo import DEMO_PROMPTS, run_demo
 
 REGIMES = [Base(), Distilled(), Hybrid(k=1), SkipFirst(n=1), ReplaceFinal(n=None)]
 SHOWN = ("entropy_shape_colour", "entropy_shape", "entropy_colour", "std_size", "std_x")
@@ -53,13 +50,10 @@ def main() -> None:
         paths = {"base_path": args.weights / "shapes", "student_path": args.weights / "dmd"}
     pair = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu", **paths)
     prompts = args.prompt or list(DEMO_PROMPTS)
-    run = generate(
-        pair, prompts, REGIMES, range(args.n), args.out, batch_size=128, trajectories=True, strips=4
-    )
-    commitment = read_metrics(args.out)
-    embedding = measure_diversity(args.out, "testbed:clip", pairs=[(r.name, "base") for r in REGIMES[1:]])
-    probe = probe_rows(run, args.out)
-    write_metrics(args.out, probe + embedding + commitment)
+    rows = run_demo(args.out, prompts=prompts, n=args.n, pair=pair, regimes=REGIMES, batch_size=128).rows
+    probe = [r for r in rows if r.get("embedder") == "probe"]
+    embedding = [r for r in rows if r.get("embedder") == "testbed:clip"]
+    commitment = [r for r in rows if r["metric"] == "commitment"]
 
     for prompt in prompts:
         print(f"\n{prompt!r}  (n = {args.n} per regime; probe measures, world value in brackets)")

@@ -94,6 +94,7 @@ def run_demo(
     n: int = 64,
     seed: int = 0,
     pair: ModelPair | None = None,
+    regimes: Sequence[Regime] | None = None,
     embedder: str = "testbed:clip",
     n_boot: int = 1000,
     n_perm: int = 1000,
@@ -104,7 +105,7 @@ def run_demo(
     """Sample, record, measure and report (see the module docstring); returns a :class:`DemoResult`.
 
     ``pair`` defaults to ``load_pair("shapes", "dmd")`` on the CPU in float32 (the testbed is too small for a GPU to
-    help). Rows: probe rows (``embedder="probe"``), embedding rows (``embedder="testbed:clip"``) and commitment
+    help); ``regimes`` default to :func:`demo_regimes`. Rows: probe rows (``embedder="probe"``), embedding rows (``embedder="testbed:clip"``) and commitment
     curves (``metric="commitment"``, latent correlation over every sample); x̂0 strips for the first ``strips``
     seeds of each prompt and regime.
     """
@@ -117,7 +118,7 @@ def run_demo(
     run = generate(
         pair,
         list(prompts),
-        demo_regimes(),
+        list(regimes or demo_regimes()),
         seeds_from(seed, n),
         out,
         batch_size=batch_size,

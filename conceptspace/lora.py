@@ -955,6 +955,9 @@ def _lora_hook(
     cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # factors in training (slider training) change in place every step: a cached cast would go stale
+        if down.requires_grad or up.requires_grad:
+            return down.to(x.device, x.dtype), up.to(x.device, x.dtype)
         key = (x.device, x.dtype)
         if key not in cache:  # cast once per device/dtype, not on every call
             cache[key] = (down.to(x.device, x.dtype), up.to(x.device, x.dtype))

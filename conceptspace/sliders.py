@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from conceptspace.lora import LoRA, LoRAWeights, write_lora
+from conceptspace.lora import LoRA, LoRAWeights, apply_lora, write_lora
 from conceptspace.models import ModelPair, load_pair
 from conceptspace.sampling import Conditioning, Denoiser, encode_text
 
@@ -205,16 +205,15 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
 
 
 class _Slider:
-    """Trainable LoRA factors hooked into a frozen UNet; ``scale`` 0 turns them off (the frozen base)."""
+    """Trainable LoRA factors on a frozen UNet, applied with :func:`apply_lora`; scale 0 is the frozen base."""
 
     def __init__(
         self, unet: nn.Module, names: list[str], rank: int, alpha: float, generator: torch.Generator
     ):
         modules = dict(unet.named_modules())
-        self.alpha, self.rank, self.scale = float(alpha), rank, 0.0
-        self.factors: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
-        self._hooks = []
         device = next(unet.parameters()).device
+        self.alpha = float(alpha)
+        weights = {}
         for name in names:
             layer = modules[name]
             # the reference initialisation: down random (kaiming-uniform scale), up zero, so training starts at base
@@ -222,44 +221,32 @@ class _Slider:
             down = (torch.rand(rank, layer.in_features, generator=generator) * 2 - 1) * bound
             down = nn.Parameter(down.to(device))
             up = nn.Parameter(torch.zeros(layer.out_features, rank, device=device))
-            self.factors[name] = (down, up)
-            self._hooks.append(layer.register_forward_hook(self._hook(down, up)))
-
-    def _hook(self, down: torch.Tensor, up: torch.Tensor) -> Any:
-        factor = self.alpha / self.rank
-
-        def hook(_module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            if self.scale == 0.0:
-                return None
-            x = inputs[0]
-            # factors stay float32; cast per call so gradients reach them whatever the UNet's dtype
-            term = F.linear(F.linear(x, down.to(x.dtype)), up.to(x.dtype))
-            return output + term * (self.scale * factor)
-
-        return hook
+            weights[name] = LoRAWeights(down=down, up=up, alpha=self.alpha)
+        self.lora = LoRA(modules=weights)
+        self.handle = apply_lora(unet, self.lora, scale=0.0, track_timestep=False)
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for pair in self.factors.values() for p in pair]
+        return [p for w in self.lora.modules.values() for p in (w.down, w.up)]
 
     @contextmanager
     def at(self, scale: float) -> Iterator[None]:
-        previous, self.scale = self.scale, float(scale)
+        previous, self.handle.scale = self.handle.scale, float(scale)
         try:
             yield
         finally:
-            self.scale = previous
+            self.handle.scale = previous
 
     def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        self.handle.remove()
 
     def export(self, metadata: dict[str, Any]) -> LoRA:
         modules = {
             name: LoRAWeights(
-                down=d.detach().float().cpu().clone(), up=u.detach().float().cpu().clone(), alpha=self.alpha
+                down=w.down.detach().float().cpu().clone(),
+                up=w.up.detach().float().cpu().clone(),
+                alpha=w.alpha,
             )
-            for name, (d, u) in self.factors.items()
+            for name, w in self.lora.modules.items()
         }
         return LoRA(modules=modules, metadata=metadata)
 

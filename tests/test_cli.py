@@ -228,7 +228,14 @@ def test_generate_can_limit_trajectory_strips(tmp_path: Path, tiny_sdxl_pair) ->
 
     out = tmp_path / "strips"
     run = generate(
-        tiny_sdxl_pair, ["a shape"], [Distilled()], [0, 1, 2], out, trajectories=True, strips=1, progress=False
+        tiny_sdxl_pair,
+        ["a shape"],
+        [Distilled()],
+        [0, 1, 2],
+        out,
+        trajectories=True,
+        strips=1,
+        progress=False,
     )
     assert sorted(p.name for p in (out / "distilled").glob("trajectory_*.png")) == ["trajectory_000_0.png"]
     assert run["parameters"]["strips"] == 1

@@ -621,3 +621,20 @@ def test_cli_refuses_bad_files_in_one_line(tmp_path):
         and len(done.stderr.strip().splitlines()) == 1
     )
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_trainable_factors_follow_their_updates_in_a_low_precision_model():
+    """Factors in training (slider training) are cast on every call: after an optimiser step changes them in place,
+    the next forward pass uses the new values, also when the model runs in another dtype than the factors."""
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8)).to(torch.bfloat16).requires_grad_(False)
+    down = torch.nn.Parameter(torch.randn(2, 8))
+    up = torch.nn.Parameter(torch.randn(8, 2))
+    handle = apply_lora(net, LoRA({"0": LoRAWeights(down=down, up=up, alpha=2.0)}), track_timestep=False)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    net(x).float().sum().backward()
+    assert up.grad is not None and up.grad.abs().sum() > 0 and down.grad is not None
+    with torch.no_grad():  # what an optimiser step does: change the factors in place
+        up.zero_()
+    handle.scale = 1.0
+    assert torch.equal(net(x), net[0].forward(x))  # zero up factors: the layer's own output
+    handle.remove()

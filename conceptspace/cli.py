@@ -527,6 +527,12 @@ def transfer(
         bool,
         typer.Option("--allow-partial", help="Apply the modules that fit when the LoRA fits only in part."),
     ] = False,
+    probe_factor: Annotated[
+        str | None,
+        typer.Option(
+            help="Testbed only: the factor the slider moves (size, x, y, colour=red, colour=red-blue)."
+        ),
+    ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -554,6 +560,7 @@ def transfer(
         t_start=t_start,
         reverse=reverse,
         allow_partial=allow_partial,
+        probe_factor=probe_factor,
         device=device,
         progress=not quiet,
     )
@@ -576,6 +583,14 @@ def transfer(
                 f"transfer ratio {row['regime']} at {scale_label(row['scale'])}: {row['value']:.3f} "
                 f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
             )
+    for row in rows:
+        label = {
+            "probe_factor_change": f"{probe_factor} change on {row.get('model')} at {scale_label(row.get('scale', 0))}",
+            "probe_factor_rank_correlation": f"{probe_factor} rank correlation with scale on {row.get('model')}",
+            "probe_transfer_ratio": f"{probe_factor} transfer ratio {row['regime']} at {scale_label(row.get('scale', 0))}",
+        }.get(row["metric"])
+        if label:
+            typer.echo(f"{label}: {row['value']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
 
 
@@ -616,6 +631,7 @@ app.add_typer(lora_app, name="lora")
 class LoRAFormat(str, Enum):
     diffusers = "diffusers"
     kohya = "kohya"
+    peft = "peft"
 
 
 @lora_app.command("inspect")
@@ -654,9 +670,12 @@ def lora_inspect(
 @lora_app.command("convert")
 def lora_convert(
     source: Annotated[Path, typer.Argument(help="The LoRA to read (any supported format).")],
-    out: Annotated[Path, typer.Argument(help="The .safetensors file to write.")],
+    out: Annotated[Path, typer.Argument(help="The .safetensors file (a folder for peft) to write.")],
     to: Annotated[
-        LoRAFormat, typer.Option(help="diffusers (pipe.load_lora_weights) or kohya (A1111, ComfyUI).")
+        LoRAFormat,
+        typer.Option(
+            help="diffusers (pipe.load_lora_weights), kohya (A1111, ComfyUI) or peft (an adapter folder)."
+        ),
     ],
     base_model: Annotated[
         str | None, typer.Option(help="Record the base model in the file's metadata.")
@@ -668,7 +687,9 @@ def lora_convert(
     """
     from conceptspace.lora import read_lora, write_lora
 
-    if out.suffix != ".safetensors":
+    if to is LoRAFormat.peft and out.suffix:
+        _fail(f"a peft adapter is a folder: give a folder name without a suffix, not {out.name!r}")
+    if to is not LoRAFormat.peft and out.suffix != ".safetensors":
         _fail(f"write to a .safetensors file, not {out.name!r}")
     lora = read_lora(source)
     written = write_lora(

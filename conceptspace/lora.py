@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conceptspace.io import atomic_write
+from conceptspace.io import atomic_write, atomic_write_folder
 
-LoRAFileFormat = Literal["diffusers", "kohya"]
+LoRAFileFormat = Literal["diffusers", "kohya", "peft"]
 
 # Our metadata (rank, alpha, target modules, base model, recipe, …) as one JSON value in the safetensors header.
 HEADER_KEY = "conceptspace_lora"
@@ -658,23 +658,28 @@ def write_lora(
     dtype: torch.dtype | None = None,
     unet: nn.Module | None = None,
 ) -> Path:
-    """Write ``lora`` to a ``.safetensors`` file, atomically (nothing is left behind if it fails).
+    """Write ``lora`` to a ``.safetensors`` file (or a peft adapter folder), atomically: nothing is left behind if
+    it fails.
 
     ``format="diffusers"`` writes ``unet.<module>.lora_A/lora_B.weight`` with diffusers' ``lora_adapter_metadata``
     header entry (rank, alpha and target modules as a peft LoraConfig), which ``pipe.load_lora_weights(path)``
     loads; ``format="kohya"`` writes ``lora_unet_<module>.lora_down.weight/.lora_up.weight/.alpha``, as Concept
-    Sliders, A1111 and ComfyUI read them. Either way the header's ``conceptspace_lora`` entry holds the LoRA's
+    Sliders, A1111 and ComfyUI read them; ``format="peft"`` writes the folder ``path`` with
+    ``adapter_model.safetensors`` (``base_model.model.<module>.lora_A/lora_B.weight``) and ``adapter_config.json``
+    (a peft ``LoraConfig``), which ``PeftModel.from_pretrained`` and ``unet.load_lora_adapter`` load. Every way the header's ``conceptspace_lora`` entry holds the LoRA's
     metadata updated with ``metadata`` (by convention ``base_model`` and ``recipe``) and the rank, alpha and target
     modules. ``dtype`` casts the factors; ``unet`` resolves kohya names still unresolved (SD naming).
     """
-    if format not in ("diffusers", "kohya"):
-        raise ValueError(f"unknown LoRA file format {format!r}; write 'diffusers' or 'kohya'")
+    if format not in ("diffusers", "kohya", "peft"):
+        raise ValueError(f"unknown LoRA file format {format!r}; write 'diffusers', 'kohya' or 'peft'")
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if format == "peft" and path.suffix:
+        raise ValueError(f"a peft adapter is a folder; {path} has a file suffix: give a folder name")
+    if format != "peft" and path.suffix != ".safetensors":
         raise ValueError(f"LoRA files are written as .safetensors; {path} has another suffix")
     if unet is not None:
         lora = lora.resolve(unet)
-    if format == "diffusers" and lora.unresolved:
+    if format != "kohya" and lora.unresolved:
         raise LoRAFormatError(
             f"{lora.name}: {len(lora.unresolved)} modules keep kohya names that only a UNet can map to diffusers "
             f"paths (e.g. {lora.unresolved[0]!r}); pass unet= (a UNet of the family the LoRA is for), or write "
@@ -701,17 +706,19 @@ def write_lora(
         down, up = weights.down, weights.up
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
-        if format == "diffusers":
-            tensors[f"unet.{name}.lora_A.weight"] = down.contiguous()
-            tensors[f"unet.{name}.lora_B.weight"] = up.contiguous()
+        if format != "kohya":
+            prefix = "unet." if format == "diffusers" else "base_model.model."
+            tensors[f"{prefix}{name}.lora_A.weight"] = down.contiguous()
+            tensors[f"{prefix}{name}.lora_B.weight"] = up.contiguous()
         else:
             key = name if name.startswith(KOHYA_PREFIX) else KOHYA_PREFIX + name.replace(".", "_")
             tensors[f"{key}.lora_down.weight"] = down.contiguous()
             tensors[f"{key}.lora_up.weight"] = up.contiguous()
             tensors[f"{key}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
     if format == "diffusers":
-        header[DIFFUSERS_HEADER_KEY] = json.dumps(_peft_config(ranks, alphas), sort_keys=True)
-    else:
+        config = {f"unet.{k}": v for k, v in _peft_config(ranks, alphas, anchor="^").items()}
+        header[DIFFUSERS_HEADER_KEY] = json.dumps(config, sort_keys=True)
+    elif format == "kohya":
         # the header kohya's own scripts write, read by A1111/ComfyUI front ends
         header.update(ss_network_module="networks.lora")
         if len(set(ranks.values())) == 1 and len(set(alphas.values())) == 1:
@@ -719,6 +726,20 @@ def write_lora(
 
     from safetensors.torch import save_file
 
+    if format == "peft":
+        config = {
+            "peft_type": "LORA",
+            "base_model_name_or_path": info.get("base_model"),
+            "bias": "none",
+            "lora_dropout": 0.0,
+            **_peft_config(ranks, alphas, anchor=""),
+        }
+
+        def write_folder(folder: Path) -> None:
+            save_file(tensors, str(folder / "adapter_model.safetensors"), metadata=header)
+            (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+        return atomic_write_folder(path, write_folder)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
@@ -727,18 +748,17 @@ def _uniform_or_map(values: Mapping[str, Any]) -> Any:
     return distinct.pop() if len(distinct) == 1 else dict(sorted(values.items()))
 
 
-def _peft_config(ranks: Mapping[str, int], alphas: Mapping[str, float]) -> dict[str, Any]:
-    """The LoraConfig fields (prefixed ``unet.``) diffusers builds the adapter from: the most common rank and
-    alpha, and anchored per-module patterns for the others."""
+def _peft_config(ranks: Mapping[str, int], alphas: Mapping[str, float], anchor: str) -> dict[str, Any]:
+    """The LoraConfig fields an adapter is built from: the most common rank and alpha, and per-module patterns
+    for the others (``anchor="^"`` pins them to the start of the path, as diffusers' own loader writes them)."""
     rank = collections.Counter(ranks.values()).most_common(1)[0][0]
     alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
     return {
-        "unet.r": rank,
-        "unet.lora_alpha": alpha,
-        "unet.target_modules": sorted(ranks),
-        # "^" anchors a pattern at the start of the module path, as diffusers' own loader does
-        "unet.rank_pattern": {"^" + re.escape(k): v for k, v in sorted(ranks.items()) if v != rank},
-        "unet.alpha_pattern": {"^" + re.escape(k): v for k, v in sorted(alphas.items()) if v != alpha},
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": sorted(ranks),
+        "rank_pattern": {anchor + re.escape(k): v for k, v in sorted(ranks.items()) if v != rank},
+        "alpha_pattern": {anchor + re.escape(k): v for k, v in sorted(alphas.items()) if v != alpha},
     }
 
 

@@ -352,6 +352,39 @@ def test_peft_adapter_folder_and_diffusers_save_lora_weights(unet, tmp_path):
     assert all(torch.equal(old_lora.modules[n].down, w.down) for n, w in saved.modules.items())
 
 
+def test_a_peft_folder_we_write_loads_in_peft_with_the_same_outputs(unet, tmp_path):
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    lora = random_lora(unet, seed=12)  # mixed ranks and alphas: the config needs rank and alpha patterns
+    folder = write_lora(lora, tmp_path / "adapter", format="peft", metadata={"base_model": "tiny-sdxl"})
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "tiny-sdxl"
+
+    peft_unet = copy.deepcopy(unet)
+    inject_adapter_in_model(LoraConfig(**{k: v for k, v in config.items() if k != "peft_type"}), peft_unet)
+    state = {
+        k.removeprefix("base_model.model."): v
+        for k, v in load_file(folder / "adapter_model.safetensors").items()
+    }
+    result = set_peft_model_state_dict(peft_unet, state)
+    assert not result.unexpected_keys
+    with apply_lora(unet, lora):
+        ours = run(unet)
+    assert_close(run(peft_unet), ours, 1e-5)
+
+    back = read_lora(folder)  # and our reader takes the folder back, factors and alphas unchanged
+    assert back.format == "peft" and back.alphas == lora.alphas
+    assert all(torch.equal(back.modules[n].up, w.up) for n, w in lora.modules.items())
+
+    rewritten = write_lora(random_lora(unet, seed=13), folder, format="peft")  # replaces the folder whole
+    assert not torch.equal(read_lora(rewritten).modules[TARGETS[0]].down, lora.modules[TARGETS[0]].down)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary folder left
+    with pytest.raises(ValueError, match="folder"):
+        write_lora(lora, tmp_path / "adapter.safetensors", format="peft")
+
+
 def test_pt_files_load_tensors_only(unet, tmp_path):
     lora = random_lora(unet, seed=13)
     kohya = read_lora(write_lora(lora, tmp_path / "k.safetensors", format="kohya"))
@@ -538,6 +571,8 @@ def test_a_failed_write_leaves_nothing_half_written(unet, tmp_path, monkeypatch)
         write_lora(random_lora(unet, seed=17), path)
     with pytest.raises(OSError, match="disk full"):
         write_lora(lora, tmp_path / "new.safetensors", format="kohya")
+    with pytest.raises(OSError, match="disk full"):
+        write_lora(lora, tmp_path / "new-adapter", format="peft")
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["keep.safetensors"]
 
@@ -591,6 +626,14 @@ def test_cli_inspect_and_convert(unet, tmp_path):
         assert torch.equal(back.modules[name].up, weights.up) and torch.equal(
             back.modules[name].down, weights.down
         )
+
+    folder = tmp_path / "slider-peft"
+    assert runner.invoke(app, ["lora", "convert", str(out), str(folder), "--to", "peft"]).exit_code == 0
+    assert read_lora(folder).format == "peft" and (folder / "adapter_config.json").is_file()
+    refused = runner.invoke(
+        app, ["lora", "convert", str(out), str(tmp_path / "x.safetensors"), "--to", "peft"]
+    )
+    assert refused.exit_code == 2 and "folder" in refused.output
 
 
 def test_cli_refuses_bad_files_in_one_line(tmp_path):

@@ -11,7 +11,9 @@ and a grid ``DIR/grid_<model>.png`` (rows: scales, columns: seeds). Measured, wi
   and s (only with an embedder that has a text tower);
 * ``transfer_ratio``: the effect on a student over the effect on the base (distance at s / distance at s);
 * on the testbed with its image-only embedder: ``probe_*`` rows, how the probe's factors (size, x, y, and the
-  share of images whose shape or colour changed) move between scale 0 and s.
+  share of images whose shape or colour changed) move between scale 0 and s; with ``probe_factor`` (``"size"``,
+  ``"colour=red-blue"``, …) also that one factor's change, its rank correlation with the scale (is the slider
+  monotone?) and its transfer ratio (the change on the student over the change on the base).
 
 ``reverse=True`` says the LoRA was trained on the student: the ratio is then base / student.
 """
@@ -36,7 +38,15 @@ from conceptspace.models import ModelPair, get_spec, load_pair, with_student
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Base, Distilled, sample
 
-__all__ = ["TransferError", "parse_scales", "parse_seeds", "regime_name", "scale_label", "transfer"]
+__all__ = [
+    "TransferError",
+    "parse_probe_factor",
+    "parse_scales",
+    "parse_seeds",
+    "regime_name",
+    "scale_label",
+    "transfer",
+]
 
 N_BOOT = 1000
 CONFIDENCE = 0.95
@@ -102,6 +112,38 @@ def parse_scales(text: str | Sequence[float]) -> list[float]:
     return scales
 
 
+def parse_probe_factor(text: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A testbed factor as one number per image, from the probe's predictions (with probabilities).
+
+    ``"size"``, ``"x"``, ``"y"``: pixels. ``"colour=red"``: the probe's probability that the shape is red (likewise
+    ``"shape=circle"``). ``"colour=red-blue"``: P(red) − P(blue), a contrast for a slider between two levels.
+    """
+    from conceptspace.testbed.data import CATEGORICAL, CONTINUOUS, LEVELS
+
+    name, _, levels = (part.strip() for part in str(text).partition("="))
+    if name in CONTINUOUS and not levels:
+        return lambda predictions: predictions[name].astype(float)
+    if name not in CATEGORICAL or not levels:
+        raise TransferError(
+            f"unknown probe factor {text!r}: write one of {', '.join(CONTINUOUS)}, or a level of "
+            f"{', '.join(CATEGORICAL)} like colour=red, or a contrast like colour=red-blue"
+        )
+    positive, _, negative = (level.strip() for level in levels.partition("-"))
+    for level in filter(None, (positive, negative)):
+        if level not in LEVELS[name]:
+            raise TransferError(
+                f"unknown {name} {level!r} in {text!r}: choose from {', '.join(LEVELS[name])}"
+            )
+    columns = [LEVELS[name].index(level) for level in (positive, negative) if level]
+
+    def score(predictions: dict[str, np.ndarray]) -> np.ndarray:
+        probabilities = predictions[f"{name}_probs"].astype(float)
+        value = probabilities[:, columns[0]]
+        return value - probabilities[:, columns[1]] if len(columns) == 2 else value
+
+    return score
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 
 
@@ -123,6 +165,41 @@ def _mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: i
     """Mean over seeds with a bootstrap CI (seeds resampled)."""
     low, high = _bootstrap_ci(lambda idx: values[idx].mean(axis=1), len(values), seed)
     return metric_row(prompt, regime, metric, float(values.mean()), low, high, len(values), **extra)
+
+
+def _ratio_row(
+    top: np.ndarray, bottom: np.ndarray, prompt: str, regime: str, metric: str, **extra: Any
+) -> dict[str, Any]:
+    """Mean of ``top`` over mean of ``bottom`` (per-seed values of two models), seeds resampled jointly."""
+
+    def ratio(idx: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return top[idx].mean(axis=-1) / bottom[idx].mean(axis=-1)
+
+    low, high = _bootstrap_ci(ratio, len(top), seed=1)
+    value = float(ratio(np.arange(len(top))))
+    return metric_row(
+        prompt, regime, metric, value, low, high, len(top), ci_method="bootstrap over seeds (paired)", **extra
+    )
+
+
+def _rank_correlation(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray:
+    """Per seed, Spearman's correlation between the scale and the score over the scales (rows: seeds)."""
+    from scipy.stats import rankdata
+
+    scale_ranks = rankdata(scales)
+    score_ranks = rankdata(scores, axis=1)
+    centred_scales = scale_ranks - scale_ranks.mean()
+    centred = score_ranks - score_ranks.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (centred @ centred_scales) / np.sqrt((centred**2).sum(axis=1) * (centred_scales**2).sum())
+
+
+def _slope(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray:
+    """Per seed, the least-squares slope of the score over the scale (rows: seeds; columns: scales)."""
+    centred_scales = np.asarray(scales, dtype=float) - np.mean(scales)
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    return (centred @ centred_scales) / (centred_scales**2).sum()
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:
@@ -174,6 +251,7 @@ def transfer(
     t_start: float | None = None,
     reverse: bool = False,
     allow_partial: bool = False,
+    probe_factor: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -193,6 +271,10 @@ def transfer(
         t_start: the LoRA is off while the timestep is above it (the slider convention).
         reverse: the LoRA was trained on the students: the transfer ratio is base / student.
         allow_partial: apply the modules that fit when the LoRA does not fit a UNet completely.
+        probe_factor: on the testbed, the factor the slider should move (see :func:`parse_probe_factor`):
+            adds per model ``probe_factor_change`` (per scale), ``probe_factor_slope`` (least-squares slope over
+            the scales) and ``probe_factor_rank_correlation``, and per student ``probe_transfer_ratio`` (per
+            scale) and ``probe_transfer_ratio_slope`` (the ratio of the slopes).
         loader: ``(base, student) -> ModelPair`` for every student (default: :func:`load_pair` with
             ``device``/``dtype`` once, then :func:`with_student`, which shares the base).
 
@@ -217,6 +299,10 @@ def transfer(
     base_spec = get_spec(base)
     for name in students:
         get_spec(name)  # unknown names fail before anything loads
+    if probe_factor is not None:
+        if base_spec.family != "testbed":
+            raise TransferError(f"--probe-factor needs the testbed (base shapes); {base} has no factor probe")
+        parse_probe_factor(probe_factor)  # a typo fails before anything samples
     lora = lora if isinstance(lora, LoRA) else read_lora(lora)
     out = ensure_writable_dir(out_dir)
     started = time.perf_counter()
@@ -354,33 +440,23 @@ def transfer(
         for s in scales:
             if s == 0:
                 continue
-            top, bottom = distances[numerator][s], distances[denominator][s]
-
-            def ratio(idx: np.ndarray, top: np.ndarray = top, bottom: np.ndarray = bottom) -> np.ndarray:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    return top[idx].mean(axis=-1) / bottom[idx].mean(axis=-1)
-
-            value = float(ratio(np.arange(len(seeds))))
-            low, high = _bootstrap_ci(ratio, len(seeds), seed=1)
             rows.append(
-                metric_row(
+                _ratio_row(
+                    distances[numerator][s],
+                    distances[denominator][s],
                     prompt,
                     f"{numerator} / {denominator}",
                     "transfer_ratio",
-                    value,
-                    low,
-                    high,
-                    len(seeds),
                     model=student,
                     scale=s,
                     embedder=embedder_name,
-                    ci_method="bootstrap over seeds (paired)",
                 )
             )
 
     # ---- the testbed: what the probe sees change
-    if not has_text and base_spec.family == "testbed":
-        rows += _probe_rows(images, scales, prompt, device)
+    if base_spec.family == "testbed" and (not has_text or probe_factor is not None):
+        ratio_pairs = [(s, *((base, s) if reverse else (s, base))) for s in students]
+        rows += _probe_rows(images, scales, prompt, device, probe_factor, ratio_pairs)
 
     run = {
         "command": "transfer",
@@ -399,6 +475,7 @@ def transfer(
             "t_start": t_start,
             "allow_partial": allow_partial,
             "reverse": reverse,
+            "probe_factor": probe_factor,
         },
         "notes": notes,
         "device": str(pair.device) if pair is not None else None,
@@ -416,32 +493,107 @@ def transfer(
 
 
 def _probe_rows(
-    images: dict[str, dict[float, list[Any]]], scales: Sequence[float], prompt: str, device: Any
+    images: dict[str, dict[float, list[Any]]],
+    scales: Sequence[float],
+    prompt: str,
+    device: Any,
+    probe_factor: str | None = None,
+    ratio_pairs: Sequence[tuple[str, str, str]] = (),
 ) -> list[dict[str, Any]]:
-    """Per model and scale s ≠ 0: mean change of size/x/y (pixels) and share of shape/colour changes."""
+    """Per model and scale s ≠ 0: mean change of size/x/y (pixels) and share of shape/colour changes; with
+    ``probe_factor`` also that factor's change, its rank correlation with the scale per model and, for each
+    ``(student, numerator, denominator)``, the ratio of the two models' changes."""
     from conceptspace.testbed.probe import load_probe
 
     probe = load_probe(device=device)
+    score = parse_probe_factor(probe_factor) if probe_factor is not None else None
+    factor_extra = {"factor": probe_factor} if probe_factor is not None else {}
     rows = []
+    factor_change: dict[str, dict[float, np.ndarray]] = {}
+    factor_slope: dict[str, np.ndarray] = {}
     for name, by_scale in images.items():
         factors = {
-            s: probe.predict(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in imgs]))
+            s: probe.predict(
+                np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in imgs]), probabilities=True
+            )
             for s, imgs in by_scale.items()
         }
+        extra = {"model": name, "embedder": "testbed probe", "ci_method": "bootstrap over seeds"}
         for s in scales:
             if s == 0:
                 continue
             regime = regime_name(name, s)
-            extra = {
-                "model": name,
-                "scale": s,
-                "embedder": "testbed probe",
-                "ci_method": "bootstrap over seeds",
-            }
             for factor in PROBE_CONTINUOUS:
                 change = factors[s][factor].astype(float) - factors[0.0][factor].astype(float)
-                rows.append(_mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, **extra))
+                rows.append(
+                    _mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, scale=s, **extra)
+                )
             for factor in PROBE_CATEGORICAL:
                 changed = (factors[s][factor] != factors[0.0][factor]).astype(float)
-                rows.append(_mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, **extra))
+                rows.append(
+                    _mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, scale=s, **extra)
+                )
+        if score is None:
+            continue
+        scores = {s: score(factors[s]) for s in scales}
+        factor_change[name] = {s: scores[s] - scores[0.0] for s in scales}
+        for s in scales:
+            if s != 0:
+                rows.append(
+                    _mean_row(
+                        factor_change[name][s],
+                        prompt,
+                        regime_name(name, s),
+                        "probe_factor_change",
+                        seed=4,
+                        scale=s,
+                        **extra,
+                        **factor_extra,
+                    )
+                )
+        by_seed = np.stack([scores[s] for s in scales], axis=1)
+        factor_slope[name] = _slope(by_seed, scales)
+        rows.append(
+            _mean_row(factor_slope[name], prompt, name, "probe_factor_slope", seed=6, **extra, **factor_extra)
+        )
+        correlation = _rank_correlation(by_seed, scales)
+        rows.append(
+            _mean_row(
+                np.nan_to_num(correlation),  # a seed whose score never moves has no rank order: 0
+                prompt,
+                name,
+                "probe_factor_rank_correlation",
+                seed=5,
+                **extra,
+                **factor_extra,
+            )
+        )
+    for student, numerator, denominator in ratio_pairs if score is not None else ():
+        rows.append(  # one ratio over all scales: steadier than per scale where one model barely moves
+            _ratio_row(
+                factor_slope[numerator],
+                factor_slope[denominator],
+                prompt,
+                f"{numerator} / {denominator}",
+                "probe_transfer_ratio_slope",
+                model=student,
+                embedder="testbed probe",
+                **factor_extra,
+            )
+        )
+        for s in scales:
+            if s != 0:
+                rows.append(
+                    _ratio_row(
+                        factor_change[numerator][s],
+                        factor_change[denominator][s],
+                        prompt,
+                        f"{numerator} / {denominator}",
+                        "probe_transfer_ratio",
+                        model=student,
+                        scale=s,
+                        embedder="testbed probe",
+                        **factor_extra,
+                    )
+                )
     return rows

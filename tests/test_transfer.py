@@ -7,13 +7,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from conceptspace.lora import LoRA, LoRAMismatchError, LoRAWeights, write_lora
 from conceptspace.models import load_pair
-from conceptspace.transfer import TransferError, parse_scales, parse_seeds, transfer
+from conceptspace.transfer import (
+    TransferError,
+    _rank_correlation,
+    parse_probe_factor,
+    parse_scales,
+    parse_seeds,
+    transfer,
+)
 
 torch.set_num_threads(1)
 
@@ -210,6 +218,63 @@ def test_testbed_probe_rows(tmp_path):
             assert (model, metric) in probe
     assert any(r["metric"] == "transfer_ratio" and r["regime"] == "shapes / dmd" for r in rows)
     assert not any(r["metric"] == "clip_score_change" for r in rows)  # testbed:clip has no text tower
+    assert not any(r["metric"].startswith("probe_factor") for r in rows)  # only when a factor is named
+
+
+def test_testbed_probe_factor_rows(tmp_path):
+    shapes = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
+    lora = random_lora(shapes.base_unet, targets=_attention_targets(shapes.base_unet), size=0.5)
+    rows = transfer(lora, "shapes", ["dmd"], "a shape", "-1,0,1", [0, 1, 2], tmp_path, progress=False,
+                    probe_factor="colour=red-blue", loader=lambda b, s: shapes)  # fmt: skip
+    change = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "probe_factor_change"}
+    assert set(change) == {(m, s) for m in ("shapes", "dmd") for s in (-1.0, 1.0)}
+    assert all(r["factor"] == "colour=red-blue" and r["n"] == 3 for r in change.values())
+    assert all(-2 <= r["value"] <= 2 for r in change.values())  # a difference of two probabilities
+    correlation = [r for r in rows if r["metric"] == "probe_factor_rank_correlation"]
+    assert sorted(r["model"] for r in correlation) == ["dmd", "shapes"]
+    assert all(-1 <= r["value"] <= 1 for r in correlation)
+    ratios = [r for r in rows if r["metric"] == "probe_transfer_ratio"]
+    assert {(r["regime"], r["model"], r["scale"]) for r in ratios} == {
+        ("dmd / shapes", "dmd", s) for s in (-1, 1)
+    }
+    for r in ratios:  # the ratio of the two models' mean changes, as in the change rows
+        expected = change[("dmd", r["scale"])]["value"] / change[("shapes", r["scale"])]["value"]
+        assert r["value"] == pytest.approx(expected)
+    slopes = {r["model"]: r["value"] for r in rows if r["metric"] == "probe_factor_slope"}
+    for model in ("shapes", "dmd"):  # with scales -1, 0, 1 the slope is half the change from -1 to +1
+        assert slopes[model] == pytest.approx(
+            (change[(model, 1.0)]["value"] - change[(model, -1.0)]["value"]) / 2
+        )
+    (slope_ratio,) = [r for r in rows if r["metric"] == "probe_transfer_ratio_slope"]
+    assert slope_ratio["value"] == pytest.approx(slopes["dmd"] / slopes["shapes"])
+
+
+def test_parse_probe_factor():
+    predictions = {
+        "size": np.array([3.0, 5.0]),
+        "colour_probs": np.array([[0.7, 0.1, 0.0, 0.0, 0.2, 0.0], [0.1, 0.0, 0.0, 0.0, 0.9, 0.0]]),
+    }
+    assert parse_probe_factor("size")(predictions).tolist() == [3.0, 5.0]
+    assert parse_probe_factor("colour=red")(predictions) == pytest.approx([0.7, 0.1])
+    assert parse_probe_factor("colour = red-blue")(predictions) == pytest.approx([0.5, -0.8])
+    with pytest.raises(TransferError, match="choose from red, orange"):
+        parse_probe_factor("colour=crimson")
+    with pytest.raises(TransferError, match="colour=red-blue"):
+        parse_probe_factor("hue")
+    with pytest.raises(TransferError, match="colour=red"):
+        parse_probe_factor("colour")
+
+
+def test_probe_factor_needs_the_testbed(tmp_path):
+    lora = tmp_path / "never-read.safetensors"
+    with pytest.raises(TransferError, match="testbed"):
+        transfer(lora, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path, probe_factor="size")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_rank_correlation_reads_monotone_rows():
+    scores = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [1.0, 3.0, 2.0]])
+    assert _rank_correlation(scores, [-1, 0, 1]) == pytest.approx([1.0, -1.0, 0.5])
 
 
 def _attention_targets(unet) -> tuple[str, ...]:

@@ -169,6 +169,22 @@ class Embedder(ABC):
                 rows.append(self._normalise(self._embed_text_batch(batch), len(batch)))
         return self._stack(rows)
 
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a float tensor ``(N, 3, H, W)`` in [0, 1] *differentiably*: ``(N, D)`` float32 unit rows on the
+        embedder's device, with gradients flowing back to ``pixels`` (what training a slider against embedding
+        directions needs; the model's own weights stay frozen). Resizing is bilinear, so values differ slightly
+        from :meth:`embed_images`, which resizes PIL images with the model's own transform."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must be (N, 3, H, W) in [0, 1], got shape {tuple(pixels.shape)}")
+        features = self._embed_pixel_tensor(pixels.to(self.device))
+        return F.normalize(features.reshape(len(pixels), -1).float(), dim=-1)
+
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise TypeError(
+            f"embedder {self.name!r} cannot embed tensors differentiably; use an open_clip, hf-clip, pixels or "
+            "testbed:clip embedder"
+        )
+
     @abstractmethod
     def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Features ``(B, D)`` for a batch of RGB PIL images (any device and dtype; not yet normalised)."""
@@ -191,6 +207,22 @@ class Embedder(ABC):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Input formats
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _resize_and_normalise(
+    pixels: torch.Tensor, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """A differentiable stand-in for CLIP's preprocessing of [0, 1] pixels: resize, then (x − mean) / std."""
+    if tuple(pixels.shape[-2:]) != tuple(size):
+        pixels = F.interpolate(
+            pixels.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 def _iter_images(images: Images) -> tuple[int | None, Iterator[Image.Image]]:
@@ -528,6 +560,13 @@ class OpenCLIPEmbedder(Embedder):
         pixels = torch.stack([self.preprocess(image) for image in images])
         return self.model.encode_image(pixels.to(self.device, self._input_dtype))
 
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        size = self.model.visual.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        mean = getattr(self.model.visual, "image_mean", None) or OPENAI_CLIP_MEAN
+        std = getattr(self.model.visual, "image_std", None) or OPENAI_CLIP_STD
+        return self.model.encode_image(_resize_and_normalise(pixels, size, mean, std).to(self._input_dtype))
+
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
@@ -570,6 +609,12 @@ class HFCLIPEmbedder(Embedder):
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
 
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        crop = self.processor.crop_size or {"height": 224, "width": 224}
+        size = (crop["height"], crop["width"])
+        x = _resize_and_normalise(pixels, size, self.processor.image_mean, self.processor.image_std)
+        return _pooled(self.model.get_image_features(pixel_values=x.to(self.dtype)))
+
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(
             texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -611,6 +656,10 @@ class PixelEmbedder(Embedder):
             ]
         )
         small = F.adaptive_avg_pool2d(pixels, self.size).flatten(1)
+        return small - small.mean(dim=1, keepdim=True)
+
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        small = F.adaptive_avg_pool2d(pixels.float(), self.size).flatten(1)
         return small - small.mean(dim=1, keepdim=True)
 
 

@@ -547,6 +547,17 @@ def encode_text(
     return Conditioning(pos, neg)
 
 
+def vae_input(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Diffusion latents → what ``vae.decode`` takes: undo the scaling factor (and the latent statistics, for VAEs
+    that have them), as the diffusers pipelines do. Differentiable."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+        return latents * std / vae.config.scaling_factor + mean
+    return latents / vae.config.scaling_factor
+
+
 def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pil") -> Any:
     """Decode latents with the shared VAE exactly as the diffusers pipelines do (fp16 upcast, latent stats)."""
     if output_type == "latent":
@@ -557,14 +568,7 @@ def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pi
     if upcast:
         vae.to(torch.float32)
     try:
-        latents = latents.to(device=vae.device, dtype=dtype)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-            latents = latents * std / vae.config.scaling_factor + mean
-        else:
-            latents = latents / vae.config.scaling_factor
+        latents = vae_input(vae, latents.to(device=vae.device, dtype=dtype))
         with torch.no_grad():
             image = vae.decode(latents, return_dict=False)[0]
     finally:

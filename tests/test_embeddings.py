@@ -172,6 +172,41 @@ def test_same_image_same_embedding_different_images_differ(loaded, pixels, kind)
     assert cosine[0, 1] < 1 - 1e-4
 
 
+def _input_size(embedder) -> tuple[int, int]:
+    if hasattr(embedder, "processor"):
+        return embedder.processor.crop_size["height"], embedder.processor.crop_size["width"]
+    size = embedder.model.visual.image_size
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
+@pytest.mark.parametrize("kind", CLIP_KINDS)
+def test_embed_pixels_is_differentiable_and_matches_embed_images(loaded, kind):
+    embedder = loaded[kind]
+    height, width = _input_size(embedder)  # at the model's input size no resize differs between the two paths
+    images = np.random.default_rng(1).integers(0, 256, size=(3, height, width, 3), dtype=np.uint8)
+    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).requires_grad_(True)
+    embedded = embedder.embed_pixels(pixels)
+    torch.testing.assert_close(embedded.detach(), embedder.embed_images(images), atol=1e-4, rtol=0)
+    embedded[:, 0].sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert not any(p.grad is not None for p in embedder.model.parameters())  # the embedder stays frozen
+
+
+def test_embed_pixels_on_the_testbed_and_pixels_embedders_and_refusals(loaded):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    for spec in ("testbed:clip", "pixels:8"):
+        embedder = load_embedder(spec, device="cpu", dtype=torch.float32, progress=False)
+        torch.testing.assert_close(
+            embedder.embed_pixels(pixels), embedder.embed_images(images), atol=1e-4, rtol=0
+        )
+    with pytest.raises(TypeError, match="cannot embed tensors differentiably"):
+        loaded["dinov2"].embed_pixels(pixels)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        loaded["hf-clip"].embed_pixels(pixels[:, :1])
+
+
 def test_image_files_and_single_images_are_accepted(loaded, pixels, tmp_path):
     embedder = loaded["open_clip"]
     path = tmp_path / "image.png"

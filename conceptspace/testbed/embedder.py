@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conceptspace.embeddings import Embedder, EmbedderNotFoundError, EmbedderSpecError
@@ -44,7 +45,7 @@ class TestbedCLIPEmbedder(Embedder):
                 f"no CLIPVisionModelWithProjection folder at {folder} (expected config.json and model.safetensors)"
             )
         self.model = CLIPVisionModelWithProjection.from_pretrained(str(folder), torch_dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval().requires_grad_(False)
         self.dim = self.model.config.projection_dim
 
     def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
@@ -55,6 +56,11 @@ class TestbedCLIPEmbedder(Embedder):
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
         pixels = pixels.to(self.device, self.dtype)
         return self.model(pixel_values=pixels).image_embeds
+
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != IMAGE_SIZE or pixels.shape[-2] != IMAGE_SIZE:
+            pixels = F.adaptive_avg_pool2d(pixels.float(), IMAGE_SIZE)  # the box filter embed_images uses
+        return self.model(pixel_values=(pixels * 2.0 - 1.0).to(self.dtype)).image_embeds
 
 
 def testbed_embedder(argument: str, **options: Any) -> Embedder:

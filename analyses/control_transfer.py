@@ -90,16 +90,18 @@ def main() -> None:
         measure = f"{factor} change" if factor else "CLIP score change %"
         metric = "probe_factor_change" if factor else "clip_score_change"
         print(f"\n{name}  ({measure}; 95% CIs over {find(rows, 'distance_to_scale_0')['n']} seeds)")
-        print(
-            f"{'model':<12} " + " ".join(f"{scale_label(s):>24}" for s in scales) + "   rank corr. with scale"
-        )
+        header = " ".join(f"{scale_label(s):>22}" for s in scales)
+        print(f"{'model':<12} {header} {'slope per unit scale':>22}   rank corr. with scale")
         for model in [args.base, *students]:
-            changes = " ".join(f"{cell(find(rows, metric, model=model, scale=s)):>24}" for s in scales)
-            print(f"{model:<12} {changes}   {cell(find(rows, 'probe_factor_rank_correlation', model=model))}")
+            changes = " ".join(f"{cell(find(rows, metric, model=model, scale=s)):>22}" for s in scales)
+            slope = cell(find(rows, "probe_factor_slope", model=model))
+            correlation = cell(find(rows, "probe_factor_rank_correlation", model=model))
+            print(f"{model:<12} {changes} {slope:>22}   {correlation}")
         for student in students:
             ratio_metric = "probe_transfer_ratio" if factor else "transfer_ratio"
-            ratios = " ".join(f"{cell(find(rows, ratio_metric, model=student, scale=s)):>24}" for s in scales)
-            print(f"{'ratio ' + student:<12} {ratios}")
+            ratios = " ".join(f"{cell(find(rows, ratio_metric, model=student, scale=s)):>22}" for s in scales)
+            slope_ratio = cell(find(rows, "probe_transfer_ratio_slope", model=student))
+            print(f"{'ratio ' + student:<12} {ratios} {slope_ratio:>22}")
     print(f"\nper slider: {args.out}/<slider>/report.html, metrics.csv")
 
 

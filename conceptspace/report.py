@@ -47,11 +47,22 @@ _IMAGE_NAME = re.compile(r"(\d+)_(-?\d+)\.png")
 _STRIP_PREFIX = "trajectory_"
 
 
+_DIRECTION_SUFFIX = re.compile(r"_dir_\d+$")
+
+
+def metric_stem(metric: str) -> str:
+    """The metric without a SliderSpace direction suffix: ``variance_share_dir_3`` → ``variance_share``."""
+    return _DIRECTION_SUFFIX.sub("", metric)
+
+
 def metric_family(row: dict[str, Any]) -> str:
-    """``"curve"`` (rows with a ``step``: commitment and any other per-step metric), ``"difference"``
+    """``"direction"`` (rows with a SliderSpace ``direction``), ``"curve"`` (rows with a ``step``: commitment and
+    any other per-step metric), ``"difference"``
     (``diff_*`` metrics: one regime against another, usually with a ``p_value``), ``"diversity"``
     (:data:`DIVERSITY_METRICS`) or ``"other"``."""
     name = str(row["metric"])
+    if row.get("direction") is not None:
+        return "direction"
     if row.get("step") is not None:
         return "curve"
     if name.startswith("diff_"):
@@ -547,10 +558,11 @@ def _secs(value: Any) -> str:
 
 
 def _tables(rows: list[dict[str, Any]], colours: dict[str, str]) -> list[dict[str, Any]]:
-    """One table per metric, every row in file order; extra columns are those the metric's rows use."""
+    """One table per metric (direction metrics ``…_dir_k`` share one, with a direction column), every row in file
+    order; extra columns are those the metric's rows use."""
     by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        by_metric[str(row["metric"])].append(row)
+        by_metric[metric_stem(str(row["metric"]))].append(row)
     tables = []
     for metric, group in by_metric.items():
         extra: dict[str, None] = {}
@@ -669,6 +681,17 @@ def _figures(
             if families[family]:
                 figure = _points_figure(families[family], regimes, colours, zero_line=family == "difference")
                 figures.append(_save(run_dir, figure, family, heading, caption, written))
+        by_stem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in families["direction"]:
+            by_stem[metric_stem(str(row["metric"]))].append(row)
+        for stem, group in by_stem.items():
+            if any(row.get("factor") is not None for row in group):
+                figure, caption = _factor_heatmap(group), _FACTOR_CAPTION
+            else:
+                figure, caption = _direction_figure(group, regimes, colours), _DIRECTION_CAPTION
+            figures.append(
+                _save(run_dir, figure, f"direction-{stem}", f"{stem} per direction", caption, written)
+            )
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in families["curve"]:
             by_metric[str(row["metric"])].append(row)
@@ -700,6 +723,14 @@ _COMMITMENT_CAPTION = (
     "Similarity of each step's x̂0 to the final image against the fraction of sampling steps run: mean with 95% "
     "confidence band, one panel per prompt. A curve that starts high commits to its final image at once "
     "(distilled models); one that climbs slowly commits gradually (base models)."
+)
+_DIRECTION_CAPTION = (
+    "One value per SliderSpace direction (x: direction index, 0 = most variance) and regime (colour), with its "
+    "95% confidence interval."
+)
+_FACTOR_CAPTION = (
+    "Correlation of each direction's coordinate (rows) with each factor the testbed probe reads (columns): what "
+    "each discovered direction means."
 )
 _CURVE_CAPTION = (
     "Mean with 95% confidence band against the fraction of sampling steps run, one panel per prompt."
@@ -795,6 +826,81 @@ def _half(value: float, bound: float, *, below: bool) -> float:
     if not (_is_number(value) and _is_number(bound)):
         return 0.0
     return max(0.0, (value - bound) if below else (bound - value))
+
+
+def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]) -> Any:
+    """One line per regime across the directions, with CI bars. Rows with a ``scale`` (a slider's effect) get
+    one panel per scale and one line per model."""
+    from matplotlib.figure import Figure
+
+    panels: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        panels[row.get("scale")].append(row)
+    by_model = any(row.get("scale") is not None and row.get("model") for row in rows)
+
+    def hue(row: dict[str, Any]) -> str:
+        return str(row["model"]) if by_model else str(row["regime"])
+
+    hues = list(dict.fromkeys([*([] if by_model else regimes), *(hue(r) for r in rows)]))
+    hues = [h for h in hues if any(hue(r) == h for r in rows)]
+    palette = _colours(hues) if by_model else colours
+    directions = sorted({int(r["direction"]) for r in rows})
+    n_rows, n_columns = _grid(len(panels), 2)
+    figure = Figure(figsize=(5.6 * n_columns, 3.2 * n_rows + 0.5), layout="constrained")
+    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    handles: dict[str, Any] = {}
+    for ax, (scale, group) in zip(axes, panels.items(), strict=False):
+        for h, name in enumerate(hues):
+            points = sorted((r for r in group if hue(r) == name), key=lambda r: int(r["direction"]))
+            if not points:
+                continue
+            xs = [int(r["direction"]) + (h - (len(hues) - 1) / 2) * 0.08 for r in points]
+            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
+            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
+            handles[name] = ax.errorbar(
+                xs, [float(r["value"]) for r in points], yerr=[low, high], fmt="o-", ms=4, lw=1.4, capsize=2,
+                color=palette.get(name, PALETTE[-1]),
+            )  # fmt: skip
+        ax.set_xticks(directions)
+        ax.set_xlabel("direction")
+        ax.set_ylabel(_label(metric_stem(str(group[0]["metric"])), 40))
+        if scale is not None:
+            ax.set_title(f"scale {scale:+g}" if _is_number(scale) else _label(scale))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    if handles:
+        figure.legend(
+            list(handles.values()),
+            [_label(h, 30) for h in handles],
+            loc="outside upper center",
+            ncols=min(len(handles), 6),
+            frameon=False,
+        )
+    return figure
+
+
+def _factor_heatmap(rows: list[dict[str, Any]]) -> Any:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    directions = sorted({int(r["direction"]) for r in rows})
+    factors = list(dict.fromkeys(str(r["factor"]) for r in rows))
+    values = np.full((len(directions), len(factors)), np.nan)
+    for row in rows:
+        values[directions.index(int(row["direction"])), factors.index(str(row["factor"]))] = float(
+            row["value"]
+        )
+    figure = Figure(figsize=(0.62 * len(factors) + 2.2, 0.38 * len(directions) + 1.6), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(factors)), [_label(f, 16) for f in factors], rotation=45, ha="right")
+    ax.set_yticks(range(len(directions)), [f"dir {d}" for d in directions])
+    ax.grid(False)
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    return figure
 
 
 def _curves_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]) -> Any:

@@ -36,7 +36,7 @@ from conceptspace.models import ModelPair, load_pair
 from conceptspace.sampling import Conditioning, Denoiser, encode_text
 
 Layers = Literal["self-attention", "cross-attention", "all"]
-LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "all")
+LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "cross-attention-kv", "all")
 _ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 _FF = ("ff.net.0.proj", "ff.net.2")
 
@@ -187,11 +187,18 @@ def load_recipe(path: str | os.PathLike) -> SliderRecipe:
 
 # ----------------------------------------------------------------------------------------------------- layers
 def target_modules(unet: nn.Module, layers: str) -> list[str]:
-    """The UNet's linear layers a slider on ``layers`` trains, as diffusers module paths."""
+    """The UNet's linear layers a slider on ``layers`` trains, as diffusers module paths: ``self-attention``
+    (attn1 q/k/v/out), ``cross-attention`` (attn2 q/k/v/out), ``cross-attention-kv`` (attn2 to_k/to_v only, what
+    SliderSpace trains) or ``all`` (both attentions and the feed-forward layers)."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
-    attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}[layers]
-    suffixes = [f".{a}.{p}" for a in attns for p in _ATTN_PROJECTIONS]
+    if layers == "cross-attention-kv":
+        suffixes = [".attn2.to_k", ".attn2.to_v"]
+    else:
+        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}[
+            layers
+        ]
+        suffixes = [f".{a}.{p}" for a in attns for p in _ATTN_PROJECTIONS]
     if layers == "all":
         suffixes += [f".{s}" for s in _FF]
     names = [
@@ -204,8 +211,12 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
     return names
 
 
-class _Slider:
-    """Trainable LoRA factors on a frozen UNet, applied with :func:`apply_lora`; scale 0 is the frozen base."""
+class TrainableLoRA:
+    """Trainable LoRA factors on a frozen UNet, applied with :func:`apply_lora`; scale 0 is the frozen base.
+
+    ``with slider.at(scale):`` runs the UNet with the factors at ``scale``; :meth:`export` gives a :class:`LoRA` to
+    write; :meth:`remove` takes the hooks off.
+    """
 
     def __init__(
         self, unet: nn.Module, names: list[str], rank: int, alpha: float, generator: torch.Generator
@@ -339,7 +350,7 @@ def train_slider(
 
     grad_flags = [p.requires_grad for p in unet.parameters()]
     unet.requires_grad_(False)  # only the slider's factors train
-    slider = _Slider(unet, target_modules(unet, recipe.layers), recipe.rank, recipe.alpha, generator)
+    slider = TrainableLoRA(unet, target_modules(unet, recipe.layers), recipe.rank, recipe.alpha, generator)
     optimiser = torch.optim.AdamW(slider.parameters(), lr=recipe.lr)
     latent = size // factor
     channels = unet.config.in_channels

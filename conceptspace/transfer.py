@@ -161,13 +161,13 @@ def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int)
     return float(low), float(high)
 
 
-def _mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
+def mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
     """Mean over seeds with a bootstrap CI (seeds resampled)."""
     low, high = _bootstrap_ci(lambda idx: values[idx].mean(axis=1), len(values), seed)
     return metric_row(prompt, regime, metric, float(values.mean()), low, high, len(values), **extra)
 
 
-def _ratio_row(
+def ratio_row(
     top: np.ndarray, bottom: np.ndarray, prompt: str, regime: str, metric: str, **extra: Any
 ) -> dict[str, Any]:
     """Mean of ``top`` over mean of ``bottom`` (per-seed values of two models), seeds resampled jointly."""
@@ -195,7 +195,7 @@ def _rank_correlation(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray
         return (centred @ centred_scales) / np.sqrt((centred**2).sum(axis=1) * (centred_scales**2).sum())
 
 
-def _slope(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray:
+def per_seed_slope(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray:
     """Per seed, the least-squares slope of the score over the scale (rows: seeds; columns: scales)."""
     centred_scales = np.asarray(scales, dtype=float) - np.mean(scales)
     centred = scores - scores.mean(axis=1, keepdims=True)
@@ -215,20 +215,24 @@ def cosine_distances(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def _grid(images_by_scale: dict[float, list[Any]], seeds: Sequence[int], title: str) -> Any:
-    """One image: rows = scales (labelled at the left), columns = seeds (labelled on top)."""
+def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], title: str) -> Any:
+    """One image: one row per key of ``images_by_row`` (a scale or a model name, labelled at the left), one
+    column per entry of ``columns`` (seeds or scales, labelled on top)."""
     from PIL import Image, ImageDraw
 
-    first = next(iter(images_by_scale.values()))[0]
+    def label(key: Any) -> str:
+        return scale_label(key) if isinstance(key, (int, float)) else str(key)[:8]
+
+    first = next(iter(images_by_row.values()))[0]
     w, h = first.size
     margin_left, margin_top = 48, 14
-    grid = Image.new("RGB", (margin_left + w * len(seeds), margin_top + h * len(images_by_scale)), "white")
+    grid = Image.new("RGB", (margin_left + w * len(columns), margin_top + h * len(images_by_row)), "white")
     draw = ImageDraw.Draw(grid)
     draw.text((2, 1), title[:8], fill="black")
-    for j, seed in enumerate(seeds):
-        draw.text((margin_left + j * w + 2, 1), f"seed {seed}", fill="black")
-    for i, (scale, images) in enumerate(images_by_scale.items()):
-        draw.text((2, margin_top + i * h + h // 2 - 5), scale_label(scale), fill="black")
+    for j, column in enumerate(columns):
+        draw.text((margin_left + j * w + 2, 1), label(column), fill="black")
+    for i, (key, images) in enumerate(images_by_row.items()):
+        draw.text((2, margin_top + i * h + h // 2 - 5), label(key), fill="black")
         for j, image in enumerate(images):
             grid.paste(image.convert("RGB").resize((w, h)), (margin_left + j * w, margin_top + i * h))
     return grid
@@ -356,7 +360,7 @@ def transfer(
                 records[folder] = record
         finally:
             handle.remove()
-        write_image(out / f"grid_{name}.png", _grid(images[name], seeds, name))
+        write_image(out / f"grid_{name}.png", scale_grid(images[name], [f"seed {s}" for s in seeds], name))
         models[name] = {
             "role": role,
             "spec": asdict(spec),
@@ -396,7 +400,7 @@ def transfer(
             d = cosine_distances(embeddings[0.0], embeddings[s])
             distances[name][s] = d
             rows.append(
-                _mean_row(
+                mean_row(
                     d,
                     prompt,
                     regime_name(name, s),
@@ -441,7 +445,7 @@ def transfer(
             if s == 0:
                 continue
             rows.append(
-                _ratio_row(
+                ratio_row(
                     distances[numerator][s],
                     distances[denominator][s],
                     prompt,
@@ -526,12 +530,12 @@ def _probe_rows(
             for factor in PROBE_CONTINUOUS:
                 change = factors[s][factor].astype(float) - factors[0.0][factor].astype(float)
                 rows.append(
-                    _mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, scale=s, **extra)
+                    mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, scale=s, **extra)
                 )
             for factor in PROBE_CATEGORICAL:
                 changed = (factors[s][factor] != factors[0.0][factor]).astype(float)
                 rows.append(
-                    _mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, scale=s, **extra)
+                    mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, scale=s, **extra)
                 )
         if score is None:
             continue
@@ -540,7 +544,7 @@ def _probe_rows(
         for s in scales:
             if s != 0:
                 rows.append(
-                    _mean_row(
+                    mean_row(
                         factor_change[name][s],
                         prompt,
                         regime_name(name, s),
@@ -552,13 +556,13 @@ def _probe_rows(
                     )
                 )
         by_seed = np.stack([scores[s] for s in scales], axis=1)
-        factor_slope[name] = _slope(by_seed, scales)
+        factor_slope[name] = per_seed_slope(by_seed, scales)
         rows.append(
-            _mean_row(factor_slope[name], prompt, name, "probe_factor_slope", seed=6, **extra, **factor_extra)
+            mean_row(factor_slope[name], prompt, name, "probe_factor_slope", seed=6, **extra, **factor_extra)
         )
         correlation = _rank_correlation(by_seed, scales)
         rows.append(
-            _mean_row(
+            mean_row(
                 np.nan_to_num(correlation),  # a seed whose score never moves has no rank order: 0
                 prompt,
                 name,
@@ -570,7 +574,7 @@ def _probe_rows(
         )
     for student, numerator, denominator in ratio_pairs if score is not None else ():
         rows.append(  # one ratio over all scales: steadier than per scale where one model barely moves
-            _ratio_row(
+            ratio_row(
                 factor_slope[numerator],
                 factor_slope[denominator],
                 prompt,
@@ -584,7 +588,7 @@ def _probe_rows(
         for s in scales:
             if s != 0:
                 rows.append(
-                    _ratio_row(
+                    ratio_row(
                         factor_change[numerator][s],
                         factor_change[denominator][s],
                         prompt,

@@ -1,0 +1,622 @@
+"""SliderSpace on a model pair: discover a concept's directions of variation, train a slider for each, and measure
+which directions each sampling regime activates (``conceptspace sliderspace discover | train | activation``).
+
+One folder holds a whole study:
+
+* :func:`discover` samples ``n`` images of one prompt (default: the student, as the reference code does), embeds
+  them, fits a :class:`~conceptspace.sliderspace.SliderSpace` and writes ``sliderspace.safetensors``,
+  ``samples.safetensors`` (final latents, embeddings, seeds), some of the images, ``metrics.json`` (the
+  explained-variance curve; on the testbed, how each direction correlates with the probe's factors), ``run.json``
+  and ``report.html``.
+* :func:`train_direction_sliders` trains one rank-1 LoRA per direction (cross-attention to_k/to_v) so that the
+  change it causes in the embedding of x̂0 points along the direction (loss −cos(Δφ, v_k)), at the sampler's own
+  timesteps, from the stored latents re-noised to one of them; writes ``sliders/direction_KK.safetensors`` (our
+  LoRA format: ``conceptspace transfer`` takes them), strips along each direction on the base and the student,
+  and the effect of each slider on both models measured along its direction, with CIs.
+* :func:`measure_activation` samples each regime on fresh paired seeds and measures the variance along every
+  direction, its share of the base's and a paired test (``activation/``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from conceptspace.generate import image_name
+from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.lora import apply_lora, read_lora, write_lora
+from conceptspace.models import ModelPair, load_pair
+from conceptspace.results import metric_row, read_metrics, write_metrics
+from conceptspace.sampling import (
+    Base,
+    Conditioning,
+    Denoiser,
+    Distilled,
+    Regime,
+    convert_prediction,
+    encode_text,
+    regime_from_name,
+    sample,
+    schedule_of,
+    seeds_from,
+    vae_input,
+)
+from conceptspace.sliders import TrainableLoRA, target_modules
+from conceptspace.sliderspace import SliderSpace
+
+__all__ = ["discover", "load_study", "measure_activation", "train_direction_sliders"]
+
+SPACE_FILE = "sliderspace.safetensors"
+SAMPLES_FILE = "samples.safetensors"
+SLIDER_DIR = "sliders"
+ACTIVATION_DIR = "activation"
+ACTIVATION_SEED = 1_000_000  # activation samples start here: never the seeds the space was fitted on
+CHUNK = 64  # images sampled and embedded at a time, so memory stays flat for any n
+
+
+def _embedder_of(pair: ModelPair, embedder: Any, device: Any, progress: bool) -> Any:
+    from conceptspace.embeddings import default_embedder, load_embedder
+
+    spec = embedder or default_embedder(pair)
+    return load_embedder(spec, device=device, progress=False) if isinstance(spec, str) else spec
+
+
+def _sample_and_embed(
+    pair: ModelPair,
+    prompt: str,
+    regime: Regime,
+    seeds: Sequence[int],
+    embedder: Any,
+    *,
+    batch_size: int,
+    keep_images: int,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, np.ndarray, list[Any]]:
+    """Final latents, unit embeddings and the first ``keep_images`` images of ``regime`` for ``seeds``."""
+    latents, embeddings, kept = [], [], []
+    bar = tqdm(total=len(seeds), desc=desc, unit="img", disable=not progress, leave=False)
+    with bar:
+        for start in range(0, len(seeds), CHUNK):
+            result = sample(
+                pair, prompt, regime, seeds[start : start + CHUNK], batch_size=batch_size, progress=False
+            )
+            latents.append(result.latents.to(torch.float16))
+            embeddings.append(embedder.embed_images(result.images).double().numpy())
+            kept += list(result.images)[: max(0, keep_images - len(kept))]
+            bar.update(len(result.seeds))
+    return torch.cat(latents), np.concatenate(embeddings), kept
+
+
+# ---------------------------------------------------------------------------------------------------- discover
+
+
+def discover(
+    pair: ModelPair | tuple[str, str],
+    prompt: str,
+    out_dir: str | os.PathLike,
+    *,
+    n: int = 1000,
+    n_directions: int = 16,
+    regime: Regime | str = "distilled",
+    embedder: Any = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    keep_images: int = 64,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SliderSpace:
+    """Sample ``n`` images of ``prompt`` in ``regime``, embed them and fit ``n_directions`` directions; write the
+    study folder (see the module docstring) and return the fitted space.
+
+    ``pair``: a loaded pair or ``(base, student)`` registry names. ``regime``: ``"distilled"`` (default, as the
+    reference code samples the student) or ``"base"``, or any regime. ``embedder``: a spec or a loaded embedder
+    (default: the base's registry embedder). Seeds are ``seed … seed + n − 1``.
+
+    Example:
+        >>> space = discover(("shapes", "dmd"), "a shape", "runs/space", n=1000, n_directions=8)  # doctest: +SKIP
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty: give the concept prompt to sample")
+    if n_directions < 1:
+        raise ValueError(f"n_directions must be at least 1, got {n_directions}")
+    if n <= n_directions:
+        raise ValueError(
+            f"n = {n} samples cannot give {n_directions} directions: sample more than the directions"
+        )
+    out = ensure_writable_dir(out_dir)
+    pair = load_pair(*pair, device=device) if isinstance(pair, tuple) else pair
+    regime = regime_from_name(regime) if isinstance(regime, str) else regime
+    embedder = _embedder_of(pair, embedder, device, progress)
+    started = time.perf_counter()
+    seeds = seeds_from(seed, n)
+    latents, embeddings, images = _sample_and_embed(
+        pair, prompt, regime, seeds, embedder, batch_size=batch_size, keep_images=keep_images,
+        progress=progress, desc=f"discover [{regime.name}]",
+    )  # fmt: skip
+    space = SliderSpace(n_directions=n_directions).fit(embeddings)
+
+    from safetensors.torch import save_file
+
+    from conceptspace.io import atomic_write
+
+    samples = {
+        "latents": latents.contiguous(),
+        "embeddings": torch.from_numpy(embeddings).float().contiguous(),
+        "seeds": torch.tensor(seeds, dtype=torch.int64),
+    }
+    atomic_write(out / SAMPLES_FILE, lambda tmp: save_file(samples, str(tmp)))
+    space.save(out / SPACE_FILE)
+    written = [
+        {"prompt": prompt, "seed": s, "path": str(write_image(out / regime.name / image_name(0, s), im).relative_to(out))}
+        for s, im in zip(seeds, images, strict=False)
+    ]  # fmt: skip
+
+    extra = {
+        "model": pair.spec("student" if _uses_student(regime) else "base").name,
+        "embedder": embedder.name,
+    }
+    rows = space.explained_variance_rows(prompt, regime=regime.name, **extra)
+    if pair.base.family == "testbed":
+        rows += _probe_correlation_rows(
+            space, embeddings, latents, pair=pair, prompt=prompt, regime=regime.name
+        )
+    write_metrics(out, rows)
+    run = {
+        "command": "sliderspace discover",
+        "base": asdict(pair.base),
+        "student": asdict(pair.student) if pair.student else None,
+        "prompts": [prompt],
+        "seeds": seeds,
+        "parameters": {
+            "prompt": prompt,
+            "n": n,
+            "n_directions": n_directions,
+            "regime": regime.describe(),
+            "embedder": embedder.name,
+            "seed": seed,
+            "batch_size": batch_size,
+        },
+        "explained_variance_ratio": space.explained_variance_ratio_.tolist(),
+        "versions": environment_versions(),
+        "regimes": {regime.name: {"images": written, "schedule": None}},
+        "wall_time": {"total": time.perf_counter() - started},
+    }
+    write_json(out / "run.json", run)
+    from conceptspace.report import build_report
+
+    build_report(out, title=f"SliderSpace of {prompt!r}")
+    return space
+
+
+def _uses_student(regime: Regime) -> bool:
+    return not isinstance(regime, Base)
+
+
+def _probe_correlation_rows(
+    space: SliderSpace,
+    embeddings: np.ndarray,
+    latents: torch.Tensor,
+    *,
+    pair: ModelPair,
+    prompt: str,
+    regime: str,
+) -> list[dict[str, Any]]:
+    """On the testbed: Pearson correlation of each direction's coordinate with each probe factor (size, x, y, and
+    one indicator per shape and colour level), with a Fisher-z 95% interval."""
+    from conceptspace.sampling import decode
+    from conceptspace.testbed.data import LEVELS
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe(device=pair.device)
+    factors: dict[str, np.ndarray] = {}
+    for start in range(0, len(latents), 256):
+        pixels = decode(pair, latents[start : start + 256].to(pair.device, pair.dtype), output_type="np")
+        predicted = probe.predict((np.asarray(pixels) * 255).round().astype(np.uint8))
+        for name in ("size", "x", "y", "shape", "colour"):
+            factors.setdefault(name, []).append(predicted[name])  # type: ignore[attr-defined]
+    columns = {
+        name: np.concatenate(parts).astype(float)
+        for name, parts in factors.items()
+        if name in ("size", "x", "y")
+    }
+    for name in ("shape", "colour"):
+        values = np.concatenate(factors[name])
+        for index, level in enumerate(LEVELS[name]):
+            columns[f"{name}={level}"] = (values == index).astype(float)
+    coordinates = space.transform(embeddings)
+    n = len(coordinates)
+    rows = []
+    for k in range(coordinates.shape[1]):
+        for factor, values in columns.items():
+            r = _pearson(coordinates[:, k], values)
+            half = 1.96 / math.sqrt(n - 3) if n > 3 else math.nan
+            low, high = (math.tanh(math.atanh(np.clip(r, -0.999999, 0.999999)) + d) for d in (-half, half))
+            rows.append(
+                metric_row(prompt, regime, f"probe_correlation_dir_{k}", r, low, high, n, direction=k,
+                           factor=factor, ci_method="Fisher z", embedder="testbed probe")
+            )  # fmt: skip
+    return rows
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------------------- the study
+
+
+def load_study(run_dir: str | os.PathLike) -> tuple[SliderSpace, dict[str, Any]]:
+    """The fitted space and run.json of a folder :func:`discover` wrote (a clear error if it is not one)."""
+    run_dir = Path(run_dir)
+    space_file, run_file = run_dir / SPACE_FILE, run_dir / "run.json"
+    if not space_file.is_file() or not run_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a SliderSpace folder (no {SPACE_FILE} or run.json): run `conceptspace sliderspace "
+            "discover --out DIR` first"
+        )
+    return SliderSpace.load(space_file), json.loads(run_file.read_text(encoding="utf-8"))
+
+
+def _study_pair(run: dict[str, Any], pair: ModelPair | None, device: Any) -> ModelPair:
+    if pair is not None:
+        return pair
+    student = run["student"]["name"] if run.get("student") else None
+    return load_pair(run["base"]["name"], student, device=device)
+
+
+def _regime_of(run: dict[str, Any]) -> Regime:
+    described = dict(run["parameters"]["regime"])
+    name = described.pop("regime")
+    described.pop("name", None)
+    return regime_from_name(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in described.items()})
+
+
+def _read_samples(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / SAMPLES_FILE))
+
+
+# ------------------------------------------------------------------------------------------------------ train
+
+
+def train_direction_sliders(
+    run_dir: str | os.PathLike,
+    *,
+    pair: ModelPair | None = None,
+    directions: Sequence[int] | None = None,
+    model: str = "base",
+    steps: int = 200,
+    lr: float = 2e-3,
+    rank: int = 1,
+    layers: str = "cross-attention-kv",
+    batch_size: int = 4,
+    seed: int = 0,
+    scales: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+    measure_seeds: int = 16,
+    embedder: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Train one slider per direction of the study in ``run_dir`` on ``model`` (``"base"`` or ``"student"``),
+    write them to ``run_dir/sliders/``, then show and measure them on both models; return the slider files.
+
+    The loss is −cos(φ(x̂0 with the slider) − φ(x̂0 without), v_k), where φ is the study's embedder (run
+    differentiably through the VAE decoder), x̂0 the model's own prediction at a random one of its sampler's
+    timesteps from a stored latent re-noised to it. After training, per direction: a strip
+    ``sliders/direction_KK.png`` (rows: base, student; columns: ``scales``) and, over ``measure_seeds`` seeds,
+    ``direction_effect`` rows (the mean change of the coordinate along v_k from scale 0 to each scale, per model)
+    and ``direction_transfer_ratio`` rows (student / base), appended to ``run_dir/metrics.json``.
+    """
+    run_dir = Path(run_dir)
+    space, run = load_study(run_dir)
+    if model not in ("base", "student"):
+        raise ValueError(f"model must be 'base' or 'student', got {model!r}")
+    directions = list(range(space.n_directions)) if directions is None else [int(k) for k in directions]
+    for k in directions:
+        if not 0 <= k < space.n_directions:
+            raise ValueError(
+                f"direction {k} does not exist: the study has directions 0-{space.n_directions - 1}"
+            )
+    if steps < 1 or batch_size < 1 or rank < 1:
+        raise ValueError("steps, batch_size and rank must be at least 1")
+    if 0.0 not in [float(s) for s in scales]:
+        raise ValueError(f"scales {list(scales)} must include 0, the reference the effect is measured from")
+    pair = _study_pair(run, pair, device)
+    if model == "student" and pair.student is None:
+        raise ValueError("the study has no student to train on; use model='base'")
+    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device, progress)
+    prompt = run["parameters"]["prompt"]
+    latents = _read_samples(run_dir)["latents"]
+
+    role = "base" if model == "base" else "student"
+    spec = pair.spec(role)
+    unet = pair.unet(role)
+    denoiser = Denoiser(
+        "base" if model == "base" else "distilled",
+        unet,
+        spec.guidance_scale,
+        pair.prediction_type(role),
+        pair.pipeline.get_guidance_scale_embedding,
+    )
+    timesteps = [step.timestep for step in schedule_of(_regime_of(run), pair, pair.device)]
+    size = latents.shape[-1] * pair.pipeline.vae_scale_factor
+    with torch.no_grad():
+        cond = encode_text(pair, prompt, negative_prompt=None, cfg=denoiser.uses_cfg, height=size, width=size)
+    alphas = pair.make_scheduler(role).alphas_cumprod
+
+    slider_dir = run_dir / SLIDER_DIR
+    written = []
+    for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False):
+        direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
+        lora, losses = _train_one(
+            pair, unet, denoiser, cond, latents, timesteps, alphas, direction, embedder,
+            steps=steps, lr=lr, rank=rank, layers=layers, batch_size=batch_size, seed=seed + k, name=str(k),
+            progress=progress,
+        )  # fmt: skip
+        metadata = {
+            "kind": "sliderspace",
+            "direction": k,
+            "explained_variance_ratio": float(space.explained_variance_ratio_[k]),
+            "prompt": prompt,
+            "base_model": pair.base.name,
+            "trained_on": spec.name,
+            "embedder": embedder.name,
+            "steps": steps,
+            "initial_loss": float(np.mean(losses[:10])),
+            "final_loss": float(np.mean(losses[-10:])),
+        }
+        lora.metadata = metadata
+        written.append(write_lora(lora, slider_dir / f"direction_{k:02d}.safetensors", metadata=metadata))
+
+    rows = _measure_sliders(
+        pair, space, written, directions, prompt, embedder, scales=scales,
+        seeds=seeds_from(ACTIVATION_SEED, measure_seeds), out=slider_dir, progress=progress,
+    )  # fmt: skip
+    kept = [r for r in read_metrics(run_dir) if not str(r["metric"]).startswith("direction_")]
+    write_metrics(run_dir, kept + rows)
+    run["sliders"] = {
+        "files": [str(p.relative_to(run_dir)) for p in written],
+        "trained_on": spec.name,
+        "steps": steps,
+        "lr": lr,
+        "rank": rank,
+        "layers": layers,
+        "timesteps": timesteps,
+        "scales": list(scales),
+        "measure_seeds": measure_seeds,
+    }
+    write_json(run_dir / "run.json", run)
+    from conceptspace.report import build_report
+
+    build_report(run_dir, title=f"SliderSpace of {prompt!r}")
+    return written
+
+
+def _train_one(
+    pair: ModelPair,
+    unet: Any,
+    denoiser: Denoiser,
+    cond: Conditioning,
+    latents: torch.Tensor,
+    timesteps: Sequence[int],
+    alphas: torch.Tensor,
+    direction: torch.Tensor,
+    embedder: Any,
+    *,
+    steps: int,
+    lr: float,
+    rank: int,
+    layers: str,
+    batch_size: int,
+    seed: int,
+    name: str,
+    progress: bool,
+) -> tuple[Any, list[float]]:
+    """One rank-``rank`` LoRA trained so the embedding change it causes in x̂0 points along ``direction``."""
+    import torch.nn.functional as F
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    picker = random.Random(seed)
+    flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(False)
+    vae = pair.pipeline.vae
+    slider = TrainableLoRA(unet, target_modules(unet, layers), rank, 1.0, generator)
+    # both factors random: with one factor zero, as for text sliders, −cos has no gradient at the start
+    with torch.no_grad():
+        for weights in slider.lora.modules.values():
+            weights.up.copy_(torch.randn(weights.up.shape, generator=generator) * 1e-3)
+    optimiser = torch.optim.AdamW(slider.parameters(), lr=lr)
+    batch_cond = cond.repeat(batch_size)
+    losses: list[float] = []
+
+    def embedded_x0(model_input: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        output = denoiser(model_input, t, batch_cond)
+        x0 = convert_prediction(
+            output.float(), model_input.float(), alpha_bar, denoiser.prediction_type, "sample"
+        )
+        pixels = vae.decode(vae_input(vae, x0.to(vae.dtype)), return_dict=False)[0]
+        return embedder.embed_pixels(((pixels.float() + 1) / 2).clamp(0, 1))
+
+    try:
+        bar = tqdm(range(steps), desc=f"slider for direction {name}", disable=not progress, leave=False)
+        for _ in bar:
+            index = torch.tensor([picker.randrange(len(latents)) for _ in range(batch_size)])
+            x0 = latents[index].to(pair.device, torch.float32)
+            t = int(picker.choice(list(timesteps)))
+            alpha_bar = alphas[t].to(pair.device, torch.float32)
+            noise = torch.randn(x0.shape, generator=generator).to(pair.device)
+            # the UNet's input is the variance-preserving sample whatever the scheduler's own latent space
+            model_input = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).to(pair.dtype)
+            timestep = torch.tensor(t, device=pair.device)
+            with torch.no_grad(), slider.at(0.0):
+                reference = embedded_x0(model_input, timestep, alpha_bar)
+            with slider.at(1.0):
+                moved = embedded_x0(model_input, timestep, alpha_bar)
+            loss = -F.cosine_similarity(moved - reference, direction.expand_as(moved), dim=-1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(cos=f"{-losses[-1]:.3f}")
+    finally:
+        slider.remove()
+        for param, flag in zip(unet.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+    return slider.export({}), losses
+
+
+def _measure_sliders(
+    pair: ModelPair,
+    space: SliderSpace,
+    files: Sequence[Path],
+    directions: Sequence[int],
+    prompt: str,
+    embedder: Any,
+    *,
+    scales: Sequence[float],
+    seeds: Sequence[int],
+    out: Path,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Per direction: strips on both models and the change along v_k per model and scale, with CIs."""
+    from conceptspace.transfer import mean_row, per_seed_slope, ratio_row, scale_grid, scale_label
+
+    models = [("base", Base(), pair.base.name)]
+    if pair.student is not None:
+        models.append(("student", Distilled(), pair.student.name))
+    rows: list[dict[str, Any]] = []
+    for k, file in zip(directions, files, strict=True):
+        lora = read_lora(file)
+        change: dict[str, dict[float, np.ndarray]] = {}
+        strip: dict[str, list[Any]] = {}
+        for role, regime, name in models:
+            handle = apply_lora(pair.unet(role), lora, scale=0.0)
+            coordinates = {}
+            strip[name] = []
+            try:
+                for s in scales:
+                    handle.scale = float(s)
+                    result = sample(pair, prompt, regime, seeds, progress=False)
+                    coordinates[s] = space.transform(embedder.embed_images(result.images).double().numpy())[
+                        :, k
+                    ]
+                    strip[name].append(result.images[0])
+            finally:
+                handle.remove()
+            change[name] = {s: coordinates[s] - coordinates[0.0] for s in scales}
+            for s in scales:
+                if s != 0:
+                    rows.append(mean_row(change[name][s], prompt, f"{name}@{scale_label(s)}", "direction_effect",
+                                          seed=k, model=name, scale=s, direction=k, embedder=embedder.name))  # fmt: skip
+        write_image(out / f"direction_{k:02d}.png", scale_grid(strip, list(scales), f"dir {k}"))
+        slopes = {}
+        for _, _, name in models:
+            slopes[name] = per_seed_slope(np.stack([change[name][s] for s in scales], axis=1), scales)
+            rows.append(
+                mean_row(slopes[name], prompt, name, "direction_effect_slope", seed=k, model=name, direction=k,
+                         embedder=embedder.name)
+            )  # fmt: skip
+        if len(models) == 2:
+            base_name, student_name = models[0][2], models[1][2]
+            ratio = f"{student_name} / {base_name}"
+            rows.append(
+                ratio_row(slopes[student_name], slopes[base_name], prompt, ratio, "direction_transfer_ratio_slope",
+                          model=student_name, direction=k, embedder=embedder.name)
+            )  # fmt: skip
+            for s in scales:
+                if s != 0:
+                    rows.append(ratio_row(change[student_name][s], change[base_name][s], prompt, ratio,
+                                          "direction_transfer_ratio", model=student_name, scale=s, direction=k,
+                                          embedder=embedder.name))  # fmt: skip
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- activation
+
+
+def measure_activation(
+    run_dir: str | os.PathLike,
+    *,
+    pair: ModelPair | None = None,
+    regimes: Sequence[Regime | str] = ("base", "distilled", "hybrid"),
+    n: int = 256,
+    seed: int = ACTIVATION_SEED,
+    batch_size: int = 16,
+    keep_images: int = 16,
+    n_boot: int = 1000,
+    embedder: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Sample ``n`` images per regime on the same seeds (paired), embed them with the study's embedder and measure
+    the variance along every direction of the study in ``run_dir``: per regime, its share of the base's, and a
+    paired test. Writes ``run_dir/activation/`` (images, metrics.json/csv, run.json, report.html); returns the rows.
+    """
+    run_dir = Path(run_dir)
+    space, run = load_study(run_dir)
+    regimes = [regime_from_name(r) if isinstance(r, str) else r for r in regimes]
+    names = [r.name for r in regimes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"regimes repeat: {', '.join(names)}")
+    if "base" not in names:
+        raise ValueError("activation is measured against the base: include the base regime")
+    if n < 3:
+        raise ValueError(f"n must be at least 3 to measure a variance with a CI, got {n}")
+    out = ensure_writable_dir(run_dir / ACTIVATION_DIR)
+    pair = _study_pair(run, pair, device)
+    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device, progress)
+    prompt = run["parameters"]["prompt"]
+    seeds = seeds_from(seed, n)
+    started = time.perf_counter()
+    embeddings, records = {}, {}
+    for regime in regimes:
+        _, embeddings[regime.name], images = _sample_and_embed(
+            pair, prompt, regime, seeds, embedder, batch_size=batch_size, keep_images=keep_images,
+            progress=progress, desc=f"activation [{regime.name}]",
+        )  # fmt: skip
+        records[regime.name] = {
+            "images": [
+                {"prompt": prompt, "seed": s, "path": str(write_image(out / regime.name / image_name(0, s), im).relative_to(out))}
+                for s, im in zip(seeds, images, strict=False)
+            ],
+            "schedule": [asdict(step) for step in schedule_of(regime, pair, pair.device)],
+            "settings": regime.describe(),
+        }  # fmt: skip
+    result = space.activation(embeddings, reference="base", n_boot=n_boot, seed=seed, paired=True)
+    rows = result.rows(prompt, embedder=embedder.name)
+    write_metrics(out, rows)
+    write_json(
+        out / "run.json",
+        {
+            "command": "sliderspace activation",
+            "study": str(run_dir),
+            "base": run["base"],
+            "student": run.get("student"),
+            "prompts": [prompt],
+            "seeds": seeds,
+            "parameters": {"n": n, "seed": seed, "n_boot": n_boot, "embedder": embedder.name,
+                           "n_directions": space.n_directions},
+            "versions": environment_versions(),
+            "regimes": records,
+            "wall_time": {"total": time.perf_counter() - started},
+        },
+    )  # fmt: skip
+    from conceptspace.report import build_report
+
+    build_report(out, title=f"Directions activated per regime: {prompt!r}")
+    return rows

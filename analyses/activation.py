@@ -68,7 +68,7 @@ def main() -> None:
         )  # fmt: skip
     if args.train:
         train_direction_sliders(
-            args.out, pair=pair, directions=range(min(args.train, space.n_directions)), steps=args.steps, lr=1e-2,
+            args.out, pair=pair, directions=range(min(args.train, space.n_directions)), steps=args.steps,
             measure_seeds=args.measure_seeds,
         )  # fmt: skip
     activation = measure_activation(args.out, pair=pair, regimes=args.regimes.split(","), n=args.activation_n)

@@ -624,6 +624,125 @@ def slider_train(
     typer.echo(f"wrote {written}")
 
 
+sliderspace_app = typer.Typer(
+    help="SliderSpace: discover a concept's directions, train a slider per direction, measure activation.",
+    no_args_is_help=True,
+)
+app.add_typer(sliderspace_app, name="sliderspace")
+StudyDirArg = Annotated[Path, typer.Argument(help="A folder written by `conceptspace sliderspace discover`.")]
+EmbedderOpt = Annotated[
+    str | None, typer.Option(help="Embedder spec (default: the base's, e.g. open_clip:ViT-B-32:…).")
+]
+
+
+@sliderspace_app.command("discover")
+def sliderspace_discover(
+    prompt: Annotated[str, typer.Option("--prompt", help="The concept prompt to sample.")],
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    n: Annotated[int, typer.Option("-n", help="Images to sample and embed.")] = 1000,
+    directions: Annotated[int, typer.Option(help="Directions (principal components) to keep.")] = 16,
+    regime: Annotated[
+        str, typer.Option(help="Sample the student (distilled, the reference's choice) or the base.")
+    ] = "distilled",
+    embedder: EmbedderOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 16,
+    out: OutOpt = Path("out/sliderspace"),
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample N images of a concept, embed them and find its directions of variation (PCA); write the study folder.
+
+    Example: conceptspace sliderspace discover --base shapes --student dmd --prompt "a shape" -n 1000 --directions 8 --out runs/space
+    """
+    from conceptspace.directions import discover
+    from conceptspace.models import load_pair
+
+    if quiet:
+        _silence_libraries()
+    if student is None and regime != "base":
+        _fail(f"regime {regime} needs a --student (or sample the base with --regime base)")
+    pair = load_pair(base, student, device=device)
+    space = discover(
+        pair, prompt, out, n=n, n_directions=directions, regime=regime, embedder=embedder, seed=seed,
+        batch_size=batch_size, device=device, progress=not quiet,
+    )  # fmt: skip
+    ratios = ", ".join(f"{r:.3f}" for r in space.explained_variance_ratio_[:8])
+    typer.echo(f"explained variance ratio of the top directions: {ratios}")
+    typer.echo(f"wrote {out / 'sliderspace.safetensors'}, {out / 'metrics.json'} and {out / 'report.html'}")
+
+
+@sliderspace_app.command("train")
+def sliderspace_train(
+    study: StudyDirArg,
+    directions: Annotated[
+        str | None, typer.Option(help="Directions to train, e.g. 0,1,2 (default: all).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Train on the base (default) or the student.")] = "base",
+    steps: Annotated[int, typer.Option(help="Training steps per direction.")] = 300,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
+    measure_seeds: Annotated[int, typer.Option(help="Seeds per model and scale for the effect rows.")] = 16,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a rank-1 slider per direction (loss −cos(Δφ(x̂0), v_k)), then show and measure each on both models.
+
+    Example: conceptspace sliderspace train runs/space --directions 0,1,2
+    """
+    from conceptspace.directions import train_direction_sliders
+
+    if quiet:
+        _silence_libraries()
+    chosen = [int(k) for k in directions.split(",") if k.strip()] if directions else None
+    written = train_direction_sliders(
+        study, directions=chosen, model=model, steps=steps, lr=lr, measure_seeds=measure_seeds, device=device,
+        progress=not quiet,
+    )  # fmt: skip
+    typer.echo(f"wrote {len(written)} sliders to {study / 'sliders'}; effects in {study / 'metrics.json'}")
+
+
+@sliderspace_app.command("activation")
+def sliderspace_activation(
+    study: StudyDirArg,
+    regimes: Annotated[str, typer.Option(help="Comma-separated regimes; base is the reference.")] = (
+        "base,distilled,hybrid"
+    ),
+    n: Annotated[int, typer.Option("-n", help="Images per regime (the same seeds in every regime).")] = 256,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure the variance each regime puts along each discovered direction (share of the base's, paired test).
+
+    Example: conceptspace sliderspace activation runs/space --regimes base,distilled,hybrid -n 256
+    """
+    from conceptspace.directions import measure_activation
+
+    if quiet:
+        _silence_libraries()
+    rows = measure_activation(
+        study, regimes=[r.strip() for r in regimes.split(",") if r.strip()], n=n, n_boot=n_boot, device=device,
+        progress=not quiet,
+    )  # fmt: skip
+    p_values = {
+        (r["regime"], r.get("direction")): r["p_value"]
+        for r in rows
+        if r["metric"].startswith("variance_log_ratio_")
+    }
+    typer.echo(
+        "variance along each direction as a share of the base's [95% CI], paired test p (first 4 shown)"
+    )
+    for row in rows:
+        if row["metric"].startswith("variance_share_") and (row.get("direction") or 0) < 4:
+            p = p_values.get((row["regime"], row.get("direction")), float("nan"))
+            typer.echo(
+                f"{row['regime']:<12} {row['metric']:<26} {row['value']:.3f} "
+                f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]  p = {p:.3g}"
+            )
+    typer.echo(f"wrote {study / 'activation' / 'metrics.json'} and {study / 'activation' / 'report.html'}")
+
+
 lora_app = typer.Typer(help="LoRA and slider files: inspect and convert.", no_args_is_help=True)
 app.add_typer(lora_app, name="lora")
 
@@ -710,6 +829,155 @@ def report(
     from conceptspace.report import build_report
 
     typer.echo(f"wrote {build_report(run_dir, title=title)}")
+
+
+# ------------------------------------------------------------------------------ prompt-set runs: run, evaluate
+@app.command("run")
+def run_prompts(
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            help="Prompt set: a CSV with case_number,prompt,evaluation_seed columns (COCO-30k format), or text "
+            "with one prompt per line."
+        ),
+    ],
+    out: OutOpt,
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    regime: RegimeOpt = ["distilled"],  # noqa: B006 - typer reads the default
+    n: Annotated[int, typer.Option("-n", "--per-prompt", help="Images per prompt and regime.")] = 1,
+    seed: Annotated[
+        int, typer.Option(help="Seed of image 0 where the file gives none; image i uses seed + i.")
+    ] = 0,
+    from_case: Annotated[int | None, typer.Option(help="First case_number to run (inclusive).")] = None,
+    till_case: Annotated[int | None, typer.Option(help="Last case_number to run (inclusive).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out: keep finished images, make the rest.")
+    ] = False,
+    k: KOpt = 1,
+    base_guidance: BaseGuidanceOpt = 0.0,
+    base_schedule: BaseScheduleOpt = BaseSchedule.student,
+    skip: SkipOpt = 1,
+    replace: ReplaceOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    student_steps: StudentStepsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Images per forward pass (part of the run: images change at float-rounding level)."
+        ),
+    ] = 4,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample a whole prompt set in one or more regimes: DIR/<regime>/<case>_<i>.png, DIR/manifest.jsonl, DIR/run.json.
+
+    Resumable (--resume after any interruption, even kill -9) and sharded over processes with
+    `accelerate launch -m conceptspace run ...` (see docs/runs.md).
+
+    Example: conceptspace run --base sdxl --student dmd2 --regimes distilled,hybrid --prompts coco_30k.csv --till-case 999 --out runs/coco
+    """
+    options = locals()
+    import torch
+
+    from conceptspace.models import default_device
+    from conceptspace.runs import WRITE_ERRORS, accelerate_state, read_cases, run_prompt_set
+
+    cases = read_cases(prompts, seed=seed, from_case=from_case, till_case=till_case)
+    # the accelerate state first: it gives each process its own GPU before the models are loaded
+    state = accelerate_state(torch.device(device) if device else default_device())
+    if device is None and state.num_processes > 1:
+        options["device"] = str(state.device)
+    pair, regimes, _, _, _ = _prepare(**{**options, "prompt": []})
+    try:
+        summary = run_prompt_set(
+            pair,
+            cases,
+            regimes,
+            out,
+            per_prompt=n,
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            negative_prompt=negative_prompt,
+            resume=resume,
+            progress=not quiet,
+            prompts_file=prompts,
+        )
+    except OSError as error:
+        if error.errno in WRITE_ERRORS:  # a full disk: the user's to fix, one line
+            _fail(error.strerror or str(error))
+        raise
+    if not state.is_main_process:
+        return
+    made = ", ".join(f"{name} {count}" for name, count in summary["written"].items()) or "none"
+    by = f" (process 0 of {summary['processes']})" if summary["processes"] > 1 else ""
+    typer.echo(f"made {made}{by}; {summary['skipped']} already finished")
+    state_text = "complete" if summary["complete"] else "incomplete: rerun with --resume"
+    typer.echo(f"wrote {out / 'manifest.jsonl'} and {out / 'run.json'} ({state_text})")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by `conceptspace run`.")],
+    fid_ref: Annotated[
+        str | None,
+        typer.Option(help="FID reference: a regime of this run (e.g. base) or a folder of real images."),
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIP embedder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k (default: the base's)."
+        ),
+    ] = None,
+    fid_weights: Annotated[
+        Path | None, typer.Option(help="Local FID Inception weights file (needed offline unless cached).")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    device: DeviceOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """CLIP score (each image against its prompt) and FID per regime of a run; writes DIR/metrics.json and .csv.
+
+    Example: conceptspace evaluate runs/coco --fid-ref data/coco-val2014 --embedder open_clip:ViT-B-32:laion2b_s34b_b79k
+    """
+    import json
+
+    from conceptspace.runs import evaluate_run
+
+    if quiet:
+        _silence_libraries()
+    rows = evaluate_run(
+        run_dir,
+        embedder=embedder,
+        fid_ref=fid_ref,
+        fid_weights=fid_weights,
+        device=device,
+        cache_dir=cache_dir,
+        n_boot=n_boot,
+        progress=not quiet,
+    )
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if not run.get("complete"):
+        typer.secho(
+            f"note: the run is not complete ({run.get('finished', '?')} of {run.get('images', '?')} images); "
+            "these metrics use the finished ones",
+            err=True,
+        )
+    typer.echo(f"{'regime':<16} {'metric':<11} {'value':>9}  95% CI                n")
+    for row in rows:
+        ci = "" if row["metric"] == "fid" else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        typer.echo(f"{row['regime']:<16} {row['metric']:<11} {row['value']:9.3f}  {ci:<21} {row['n']}")
+    typer.echo(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'metrics.csv'}")
 
 
 def main() -> None:

@@ -1044,7 +1044,7 @@ def _offline() -> bool:
     )
 
 
-def _inception_weights(weights_path: str | os.PathLike | None) -> str | None:
+def inception_weights(weights_path: str | os.PathLike | None) -> str | None:
     """A local Inception weights file, or None to let torch-fidelity download it (online only)."""
     if weights_path is not None:
         path = Path(weights_path).expanduser()
@@ -1123,7 +1123,7 @@ def fid(
         metric = FrechetInceptionDistance(feature=_Features(extractor, num_features), normalize=True)
         real_batches = itertools.chain([first], real_batches)
     else:
-        path = _inception_weights(weights_path)
+        path = inception_weights(weights_path)
         try:
             import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
         except ImportError:

@@ -601,7 +601,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
+def latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
+    """The latent height and width of a ``height``×``width`` image (a clear error if the VAE cannot make it)."""
     factor = pair.pipeline.vae_scale_factor
     if height % factor or width % factor or height <= 0 or width <= 0:
         raise ValueError(
@@ -610,13 +611,16 @@ def _latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
     return height // factor, width // factor
 
 
-def _initial_latents(
+def initial_latents(
     segment: Segment,
     shape: tuple[int, ...],
     generators: list[torch.Generator],
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
+    """The starting latents of a batch (one CPU generator per sample, as the diffusers pipelines draw them), in the
+    first segment's latent space: noise × ``init_noise_sigma`` from its first step, or the VP equivalent when the
+    segment starts later."""
     from diffusers.utils.torch_utils import randn_tensor
 
     noise = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
@@ -675,7 +679,7 @@ def sample(
     regime = regime_from_name(regime) if isinstance(regime, str) else regime
     height = height or pair.default_resolution
     width = width or pair.default_resolution
-    latent_h, latent_w = _latent_size(pair, height, width)
+    latent_h, latent_w = latent_size(pair, height, width)
     device = pair.device
     timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
 
@@ -710,7 +714,7 @@ def sample(
 
         start = time.perf_counter()
         with torch.no_grad():
-            latents = _initial_latents(
+            latents = initial_latents(
                 segments[0],
                 (len(batch_seeds), channels, latent_h, latent_w),
                 generators,

@@ -1,0 +1,861 @@
+"""Prompt-set runs: many prompts × regimes × images into one folder, resumable and sharded across processes.
+
+A run samples every case of a prompt file (the COCO-30k CSV format ``case_number,prompt,evaluation_seed,…`` or
+plain text, one prompt per line) in every regime and writes::
+
+    OUT/run.json                     every parameter (a resumed run must match them), versions, schedules
+    OUT/<regime>/<case>_<i>.png      image i of a case; its seed is the case's seed + i
+    OUT/manifest.jsonl               one JSON line per finished image (prompt, case_number, i, seed, regime,
+                                     schedule, seconds); while a run is going, each process appends to its own
+                                     OUT/manifest.<rank>.jsonl, merged into manifest.jsonl when the run ends
+
+Crash safety: images are written atomically (temporary file + rename) and an image's manifest line is appended
+(flushed and fsynced) only after its file is in place. An image counts as done when both exist; resuming first
+reconciles whatever a kill left behind (a truncated last manifest line, an image without its line, a line
+without its image, temporary files) and then makes only the missing images.
+
+Reproducibility: every forward pass has exactly ``batch_size`` rows (a short last batch is padded with a copy of
+its last sample, whose output is discarded). A sample's numbers depend on the batch *shape* (libraries pick other
+kernels for other batch sizes: on the CPU oneDNN's convolutions, and a matrix-vector instead of a matrix-matrix
+product for a batch of one) but not on which samples share the batch (measured on the CPU; expected, not yet
+measured, on GPUs). So an image is a function of (prompt, seed, batch size) on a given device, dtype, thread count
+and library versions: the same files for any number of processes, any case range and any interruption. Another
+batch size changes images at float-rounding level (a grey level or so in a few pixels), which is why a run refuses
+to resume with another batch size.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from conceptspace.generate import read_prompt_file
+from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.models import ModelPair
+from conceptspace.sampling import (
+    Conditioning,
+    Regime,
+    decode,
+    denoise,
+    encode_text,
+    initial_latents,
+    latent_size,
+    schedule_of,
+)
+
+RUN_FILE = "run.json"
+MANIFEST = "manifest.jsonl"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Writes that fail for these reasons are the user's to fix (free space, then --resume), not bugs.
+WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+__all__ = [
+    "Case",
+    "WorkItem",
+    "accelerate_state",
+    "evaluate_run",
+    "process_shard",
+    "read_cases",
+    "read_manifest",
+    "run_prompt_set",
+    "sample_batch",
+    "work_items",
+]
+
+
+# ------------------------------------------------------------------------------------------------- prompt files
+@dataclass(frozen=True)
+class Case:
+    """One prompt of a prompt set: its number (in file names), its text and the seed of its image 0."""
+
+    number: int
+    prompt: str
+    seed: int
+
+
+def read_cases(
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    from_case: int | None = None,
+    till_case: int | None = None,
+) -> list[Case]:
+    """The cases of a prompt file whose number lies in ``[from_case, till_case]`` (both inclusive).
+
+    A ``.csv`` file needs a ``prompt`` column; ``case_number`` (default: the row index) and ``evaluation_seed``
+    (default: ``seed``) are read when present, other columns are ignored. Prompts may hold commas, quotes and line
+    breaks (standard CSV quoting). Any other file is plain text: one prompt per line, blank lines and lines
+    starting with ``#`` skipped, case number = index among the prompts, every case seeded with ``seed``.
+
+    Raises ValueError naming the line of a row with an empty prompt, a non-integer number or seed, or a repeated
+    case number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    if from_case is not None and till_case is not None and from_case > till_case:
+        raise ValueError(f"--from-case {from_case} is after --till-case {till_case}")
+    if path.suffix.lower() == ".csv":
+        cases = _read_csv_cases(path, seed)
+    else:
+        cases = [Case(number, prompt, seed) for number, prompt in enumerate(read_prompt_file(path))]
+    selected = [
+        case
+        for case in cases
+        if (from_case is None or case.number >= from_case) and (till_case is None or case.number <= till_case)
+    ]
+    if not selected:
+        numbers = [case.number for case in cases]
+        wanted = (
+            f"[{'start' if from_case is None else from_case}, {'end' if till_case is None else till_case}]"
+        )
+        raise ValueError(
+            f"no case of {path} lies in {wanted}: its case numbers run from {min(numbers)} to {max(numbers)}"
+        )
+    return selected
+
+
+def _read_csv_cases(path: Path, default_seed: int) -> list[Case]:
+    cases: list[Case] = []
+    first_line: dict[int, int] = {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if "prompt" not in columns:
+            raise ValueError(f"{path} has no 'prompt' column (columns: {', '.join(columns) or 'none'})")
+        for index, row in enumerate(reader):
+            where = f"{path}, row ending on line {reader.line_num}"
+            prompt = row.get("prompt")
+            if prompt is None or not prompt.strip():
+                raise ValueError(f"{where}: the prompt is empty")
+            number = _integer(row, "case_number", where) if "case_number" in columns else index
+            seed = _integer(row, "evaluation_seed", where) if "evaluation_seed" in columns else default_seed
+            if number in first_line:
+                raise ValueError(
+                    f"{where}: case_number {number} repeats (first on line {first_line[number]}); "
+                    "each case needs its own number, its images are named after it"
+                )
+            first_line[number] = reader.line_num
+            cases.append(Case(number, prompt, seed))
+    if not cases:
+        raise ValueError(f"{path} holds no prompts")
+    return cases
+
+
+def _integer(row: dict[str, Any], column: str, where: str) -> int:
+    value = row.get(column)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{where}: {column} {value!r} is not an integer") from None
+
+
+# ----------------------------------------------------------------------------------------------------- work list
+@dataclass(frozen=True)
+class WorkItem:
+    """Image ``i`` of a case in one regime: the unit that is sampled, written and listed in the manifest."""
+
+    regime: str
+    case: Case
+    i: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.regime, self.case.number, self.i)
+
+    @property
+    def seed(self) -> int:
+        return self.case.seed + self.i
+
+    @property
+    def path(self) -> str:
+        """The image's path inside the run folder."""
+        return _image_path(*self.key)
+
+
+def work_items(cases: Sequence[Case], regimes: Sequence[str], per_prompt: int) -> list[WorkItem]:
+    """Every image of a run, regime by regime, case by case: the order shards and the manifest follow."""
+    return [WorkItem(regime, case, i) for regime in regimes for case in cases for i in range(per_prompt)]
+
+
+def process_shard(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
+    """The items process ``index`` of ``count`` makes: item k goes to process k % count."""
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} is outside 0..{count - 1}")
+    return list(items[index::count])
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+def sample_batch(
+    pair: ModelPair,
+    regime: Regime,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    batch_size: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+) -> list[Any]:
+    """One PIL image per (prompt, seed) pair, sampled together in one batch of exactly ``batch_size`` rows.
+
+    Prompts may differ within the batch. A short batch is padded by repeating its last sample (the copies are
+    discarded), so every forward pass of a run has the same shape. With ``batch_size=1`` the image equals
+    ``sample(pair, prompt, regime, [seed], batch_size=1)`` bit for bit.
+    """
+    rows = len(prompts)
+    batch_size = batch_size or rows
+    if rows != len(seeds):
+        raise ValueError(f"{rows} prompts but {len(seeds)} seeds: give one seed per prompt")
+    if not 1 <= rows <= batch_size:
+        raise ValueError(f"a batch holds 1 to {batch_size} samples, got {rows}")
+    padding = batch_size - rows
+    prompts = list(prompts) + [prompts[-1]] * padding
+    seeds = [int(s) for s in seeds] + [int(seeds[-1])] * padding
+    height = height or pair.default_resolution
+    width = width or pair.default_resolution
+    latent_h, latent_w = latent_size(pair, height, width)
+    segments = regime.segments(pair, pair.device)  # fresh schedulers: they carry per-run state
+    cfg = any(den.uses_cfg for segment in segments for den in segment.denoisers)
+    with torch.no_grad():
+        encoded = {
+            prompt: encode_text(
+                pair, prompt, negative_prompt=negative_prompt, cfg=cfg, height=height, width=width
+            )
+            for prompt in dict.fromkeys(prompts)
+        }
+        cond = _concatenate([encoded[prompt] for prompt in prompts])
+        # one CPU generator per sample, as in sample(): a sample's noise does not depend on its batch
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        channels = pair.base_unet.config.in_channels
+        latents = initial_latents(
+            segments[0],
+            (batch_size, channels, latent_h, latent_w),
+            generators,
+            pair.device,
+            cond.prompt_embeds.dtype,
+        )
+        final = denoise(segments, latents, cond, generator=generators, seeds=seeds)
+    return list(decode(pair, final, "pil"))[:rows]
+
+
+def _concatenate(conditionings: list[Conditioning]) -> Conditioning:
+    """Stack one-prompt conditionings into one batch (row order kept)."""
+    fields = {}
+    for name in Conditioning.__dataclass_fields__:
+        parts = [getattr(c, name) for c in conditionings]
+        fields[name] = None if parts[0] is None else torch.cat(parts)
+    return Conditioning(**fields)
+
+
+# ------------------------------------------------------------------------------------------------------ manifest
+def _manifest_files(out: Path) -> list[Path]:
+    """manifest.jsonl first, then the per-process shards by rank."""
+    shards = sorted(out.glob("manifest.*.jsonl"), key=lambda p: (len(p.name), p.name))
+    merged = out / MANIFEST
+    return ([merged] if merged.is_file() else []) + shards
+
+
+def _read_manifest_file(path: Path) -> list[dict[str, Any]]:
+    """The entries of one manifest file. An unterminated or unreadable *last* line is what a kill during an append
+    leaves behind: it is skipped (and dropped at the next consolidation); a broken line before it is an error."""
+    lines = path.read_bytes().split(b"\n")
+    complete = [(number, line) for number, line in enumerate(lines[:-1], 1) if line.strip()]
+    entries = []
+    for position, (number, line) in enumerate(complete):
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if position == len(complete) - 1 and not lines[-1].strip():
+                break  # the last line, cut short (e.g. a full disk during the append)
+            raise ValueError(
+                f"{path} line {number} is not valid JSON; delete that line and resume (its image is remade)"
+            ) from None
+        if not isinstance(entry, dict) or not {"regime", "case_number", "i"} <= set(entry):
+            raise ValueError(f"{path} line {number} is not a manifest entry (needs regime, case_number, i)")
+        entries.append(entry)
+    return entries
+
+
+def _entry_key(entry: dict[str, Any]) -> tuple[str, int, int]:
+    return (str(entry["regime"]), int(entry["case_number"]), int(entry["i"]))
+
+
+def _merged_entries(out: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
+    entries: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for path in _manifest_files(out):
+        for entry in _read_manifest_file(path):
+            entries[_entry_key(entry)] = entry  # a repeated image (remade after its file was lost): last wins
+    return entries
+
+
+def read_manifest(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The manifest entries of a run (manifest.jsonl and any per-process shards merged), one per image, sorted by
+    regime, case number and image index. A cut-off last line is skipped; `conceptspace run --resume` repairs it."""
+    entries = _merged_entries(Path(run_dir))
+    return [entries[key] for key in sorted(entries)]
+
+
+def _consolidate_manifest(out: Path, order: Sequence[WorkItem]) -> list[dict[str, Any]]:
+    """Rewrite manifest.jsonl from every manifest file, keeping one entry per image whose file exists, in work
+    order, then delete the shards. Safe to interrupt: the merged file is written atomically before any shard
+    goes, and entries repeated in both are merged again next time."""
+    shards = [path for path in _manifest_files(out) if path.name != MANIFEST]
+    entries = _merged_entries(out)
+    position = {item.key: index for index, item in enumerate(order)}
+    kept = [entry for key, entry in entries.items() if (out / _image_path(*key)).is_file()]
+    kept.sort(key=lambda entry: (position.get(_entry_key(entry), len(position)), _entry_key(entry)))
+    text = "".join(json.dumps(entry) + "\n" for entry in kept)
+    atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return kept
+
+
+def _image_path(regime: str, case_number: int, i: int) -> str:
+    return f"{regime}/{case_number}_{i}.png"
+
+
+class _ManifestShard:
+    """This process's manifest file: one line per image, each on disk (fsynced) before the next image starts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry) + "\n").encode("utf-8")
+        while data:  # a regular file takes it in one write unless the disk fills up
+            written = os.write(self.fd, data)
+            data = data[written:]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _remove_temporary_files(out: Path, regimes: Sequence[str]) -> None:
+    """Temporary files of atomic writes that a kill interrupted (io.atomic_write names them .NAME.*.tmp.EXT)."""
+    leftovers = [*out.glob(f".{RUN_FILE}.*.tmp.json"), *out.glob(f".{MANIFEST}.*.tmp.jsonl")]
+    for regime in regimes:
+        leftovers += (out / regime).glob(".*.tmp.png")
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- run folder checks
+def _run_parameters(
+    pair: ModelPair,
+    cases: Sequence[Case],
+    regimes: Sequence[Regime],
+    *,
+    per_prompt: int,
+    batch_size: int,
+    height: int,
+    width: int,
+    negative_prompt: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What decides a run's files: a resumed run must have the same (JSON-normalised) values."""
+    prompt_set = hashlib.sha256(
+        json.dumps([[case.number, case.prompt, case.seed] for case in cases]).encode("utf-8")
+    ).hexdigest()
+    parameters = {
+        "base": pair.base.name,
+        "student": pair.student.name if pair.student else None,
+        "dtype": str(pair.dtype).replace("torch.", ""),
+        "device_type": pair.device.type,
+        "regimes": {regime.name: regime.describe() for regime in regimes},
+        "cases": len(cases),
+        "case_range": [cases[0].number, cases[-1].number],
+        "prompt_set_sha256": prompt_set,
+        "per_prompt": per_prompt,
+        "batch_size": batch_size,
+        "height": height,
+        "width": width,
+        "negative_prompt": negative_prompt,
+        **(extra or {}),
+    }
+    return json.loads(json.dumps(parameters, default=str))
+
+
+def _previous_run(out: Path, parameters: dict[str, Any], regimes: Sequence[str], resume: bool) -> bool:
+    """Whether ``out`` holds a run to continue; refuse (ValueError) what cannot be continued or overwritten."""
+    run_file = out / RUN_FILE
+    manifests = out.is_dir() and bool(_manifest_files(out))
+    images = any((out / regime).is_dir() and any((out / regime).glob("*.png")) for regime in regimes)
+    if not resume:
+        if run_file.is_file() or manifests:
+            raise ValueError(
+                f"{out} holds a previous run: pass --resume (resume=True) to continue it, or choose another --out"
+            )
+        if images:
+            raise ValueError(f"{out} already holds images that no run.json describes: choose another --out")
+        return False
+    if not run_file.is_file():
+        if manifests or images:
+            raise ValueError(
+                f"{out} holds images but no {RUN_FILE}, so it is not a run to resume: choose another --out"
+            )
+        return False
+    try:
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{run_file} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if recorded.get("command") != "run":
+        raise ValueError(
+            f"{run_file} was written by `conceptspace {recorded.get('command')}`, not `conceptspace run`: "
+            "choose another --out"
+        )
+    before, now = _flatten(recorded.get("parameters", {})), _flatten(parameters)
+    differing = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if differing:
+        shown = ", ".join(dict.fromkeys(_difference(key, before, now) for key in differing))
+        raise ValueError(
+            f"cannot resume {out}: it was started with other parameters ({shown}); resume with the same options, "
+            "or choose another --out"
+        )
+    return True
+
+
+def _flatten(parameters: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (``regimes.hybrid.k``), so that a difference names the exact setting."""
+    flat: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _difference(key: str, before: dict[str, Any], now: dict[str, Any]) -> str:
+    if key not in before or key not in now:  # a regime added or left out: name it once, not each field
+        return f"{key.rsplit('.', 1)[0]} {'added' if key not in before else 'left out'}"
+    if len(repr(before[key])) + len(repr(now[key])) > 80:  # e.g. the prompt set's hash: the key says enough
+        return key
+    return f"{key}: {before[key]!r} then, {now[key]!r} now"
+
+
+# ------------------------------------------------------------------------------------------------------- the run
+def accelerate_state(device: torch.device) -> Any:
+    """accelerate's ``PartialState`` of this process (one process, or one of those ``accelerate launch`` or
+    torchrun started); on a CPU device with ``cpu=True``, which makes several CPU processes talk over gloo."""
+    from accelerate import PartialState
+
+    # a process that finishes its share early waits at the last barrier for the slowest one, which may take longer
+    # than the default timeout of the process group (10 minutes for NCCL)
+    return PartialState(cpu=device.type == "cpu", timeout=timedelta(hours=24))
+
+
+def _process_state(shard: tuple[int, int] | None, device: torch.device) -> tuple[int, int, Any]:
+    """(process index, number of processes, accelerate state or None) for this process."""
+    if shard is not None:
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+        return index, count, None
+    state = accelerate_state(device)
+    return state.process_index, state.num_processes, state
+
+
+def _wait_for_everyone(state: Any) -> None:
+    if state is not None:
+        state.wait_for_everyone()
+
+
+def run_prompt_set(
+    pair: ModelPair,
+    cases: Sequence[Case],
+    regimes: Sequence[Regime],
+    out_dir: str | os.PathLike,
+    *,
+    per_prompt: int = 1,
+    batch_size: int = 4,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    prompts_file: str | os.PathLike | None = None,
+    parameters: dict[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Sample ``per_prompt`` images of every case in every regime into ``out_dir`` (layout in the module doc).
+
+    Under ``accelerate launch`` (or torchrun) each process makes its share of the images (item k of the work list
+    goes to process k % num_processes); ``shard=(index, count)`` sets the share by hand instead. ``resume=True``
+    continues a run in ``out_dir`` (or starts one there): finished images are kept, missing ones made. Without it,
+    a folder that holds a run is refused. ``parameters``: more values recorded in run.json (and compared on resume).
+
+    Returns what this process did: ``{"processes": n, "written": {regime: n}, "skipped": n, "pending": n,
+    "complete": bool}`` (``complete``: the whole run, as process 0 sees it at the end).
+    """
+    if not cases:
+        raise ValueError("no prompt given: the prompt set is empty")
+    if not regimes:
+        raise ValueError("no regime given")
+    names = [regime.name for regime in regimes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"regime names repeat ({', '.join(names)}): each regime writes to its own folder")
+    repeated = [number for number, n in Counter(case.number for case in cases).items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"case number {repeated[0]} repeats: each case needs its own number, images are named by it"
+        )
+    if per_prompt < 1:
+        raise ValueError(f"images per prompt must be at least 1, got {per_prompt}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    out = ensure_writable_dir(out_dir)
+    height = height or pair.default_resolution
+    width = width or pair.default_resolution
+    latent_size(pair, height, width)
+    # every regime's schedule now, so that a regime that cannot run on this pair fails before any file exists
+    schedules = {regime.name: schedule_of(regime, pair, pair.device) for regime in regimes}
+    recorded = _run_parameters(
+        pair,
+        cases,
+        regimes,
+        per_prompt=per_prompt,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        negative_prompt=negative_prompt,
+        extra=parameters,
+    )
+    index, count, state = _process_state(shard, pair.device)
+    items = work_items(cases, names, per_prompt)
+    started = time.perf_counter()
+
+    # Every process checks the folder before any of them writes to it; then the first one prepares it.
+    previous = _previous_run(out, recorded, names, resume)
+    _wait_for_everyone(state)
+    run = {
+        "command": "run",
+        "parameters": recorded,
+        "prompts_file": str(Path(prompts_file).absolute()) if prompts_file else None,
+        "base": asdict(pair.base),
+        "student": asdict(pair.student) if pair.student else None,
+        "paths": pair.paths,
+        "device": str(pair.device),
+        "versions": environment_versions(),
+        "schedule": {name: [asdict(step) for step in steps] for name, steps in schedules.items()},
+        "images": len(items),
+        "complete": False,
+    }
+    if index == 0:
+        if previous:
+            _remove_temporary_files(out, names)
+            _consolidate_manifest(out, items)
+        else:
+            write_json(out / RUN_FILE, run)
+    _wait_for_everyone(state)
+
+    done = {key for key in _merged_entries(out) if (out / _image_path(*key)).is_file()}
+    mine = process_shard(items, index, count)
+    pending = [item for item in mine if item.key not in done]
+    written = _make_images(
+        pair,
+        regimes,
+        pending,
+        out,
+        schedules,
+        rank=index,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        negative_prompt=negative_prompt,
+        progress=progress and index == 0,
+    )
+
+    _wait_for_everyone(state)
+    complete = False
+    if index == 0:
+        finished = _consolidate_manifest(out, items)
+        complete = len(finished) >= len(items) and all((out / item.path).is_file() for item in items)
+        write_json(
+            out / RUN_FILE,
+            {
+                **run,
+                "complete": complete,
+                "finished": len(finished),
+                "processes": count,
+                "session_seconds": time.perf_counter() - started,
+            },
+        )
+    return {
+        "processes": count,
+        "written": dict(written),
+        "skipped": len(mine) - len(pending),
+        "pending": len(pending),
+        "complete": complete,
+    }
+
+
+def _make_images(
+    pair: ModelPair,
+    regimes: Sequence[Regime],
+    pending: Sequence[WorkItem],
+    out: Path,
+    schedules: dict[str, Any],
+    *,
+    rank: int,
+    batch_size: int,
+    height: int,
+    width: int,
+    negative_prompt: str | None,
+    progress: bool,
+) -> Counter:
+    written: Counter = Counter()
+    if not pending:
+        return written
+    shard = _ManifestShard(out / f"manifest.{rank}.jsonl")
+    bar = tqdm(total=len(pending), desc="run", unit="img", disable=not progress)
+    try:
+        for regime in regimes:
+            todo = [item for item in pending if item.regime == regime.name]
+            compact_schedule = [[step.timestep, step.model] for step in schedules[regime.name]]
+            for first in range(0, len(todo), batch_size):
+                batch = todo[first : first + batch_size]
+                start = time.perf_counter()
+                images = sample_batch(
+                    pair,
+                    regime,
+                    [item.case.prompt for item in batch],
+                    [item.seed for item in batch],
+                    batch_size=batch_size,
+                    height=height,
+                    width=width,
+                    negative_prompt=negative_prompt,
+                )
+                seconds = (time.perf_counter() - start) / len(batch)
+                for item, image in zip(batch, images, strict=True):
+                    _write_finished(shard, out, item, image, compact_schedule, seconds, rank)
+                    written[item.regime] += 1
+                    bar.update(1)
+    finally:
+        bar.close()
+        shard.close()
+    return written
+
+
+def _write_finished(
+    shard: _ManifestShard,
+    out: Path,
+    item: WorkItem,
+    image: Any,
+    schedule: list[list[Any]],
+    seconds: float,
+    rank: int,
+) -> None:
+    """The image first (atomically), then its manifest line: a line always means a complete file."""
+    try:
+        write_image(out / item.path, image)
+        shard.append(
+            {
+                "regime": item.regime,
+                "case_number": item.case.number,
+                "i": item.i,
+                "seed": item.seed,
+                "prompt": item.case.prompt,
+                "path": item.path,
+                "schedule": schedule,
+                "seconds": round(seconds, 6),
+                "rank": rank,
+            }
+        )
+    except OSError as error:
+        if error.errno in WRITE_ERRORS:
+            raise OSError(
+                error.errno,
+                f"{WRITE_ERRORS[error.errno]} while writing {out / item.path}; finished images are kept: make "
+                "room (or make the folder writable), then rerun with --resume",
+            ) from error
+        raise
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class _Reference:
+    name: str
+    paths: list[Path]
+    regime: str | None  # set when the reference is a regime of the run itself
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    embedder: Any = None,
+    fid_ref: str | os.PathLike | None = None,
+    fid_weights: str | os.PathLike | None = None,
+    fid_feature_extractor: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """CLIP score (and, with ``fid_ref``, FID) of each regime's finished images; writes RUN_DIR/metrics.json/csv.
+
+    ``embedder``: a spec for :func:`conceptspace.embeddings.load_embedder` or a loaded embedder with a text tower
+    (default: the run's base model's embedder); each image is scored against its own prompt. ``fid_ref``: the name
+    of a regime of this run, or a folder of reference images (searched recursively; resized and centre-cropped to
+    the run's image size). FID uses the Inception network (``fid_weights``: a local weights file; offline, it must
+    be given or cached) unless ``fid_feature_extractor`` (any module mapping an image batch to features) is given.
+
+    Rows: ``metric="clip_score"`` per regime (mean over images, bootstrap 95% CI) and ``metric="fid"`` per regime
+    other than the reference (no CI; ``reference`` and ``n_reference`` keys), all with ``prompt="(all prompts)"``.
+    """
+    from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
+    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid
+    from conceptspace.results import metric_row, write_metrics
+
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder: it has no {RUN_FILE} (make one with `conceptspace run`)"
+        )
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    by_regime: dict[str, list[tuple[Path, str]]] = {}
+    for entry in read_manifest(run_dir):
+        path = run_dir / _image_path(*_entry_key(entry))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is in the manifest but missing: rerun `conceptspace run --resume`"
+            )
+        by_regime.setdefault(str(entry["regime"]), []).append((path, str(entry["prompt"])))
+    if not by_regime:
+        raise ValueError(f"{run_dir} has no finished images yet")
+
+    # everything that can fail fast does so before the slow embedding
+    reference = _fid_reference(fid_ref, by_regime) if fid_ref is not None else None
+    if reference is not None and fid_feature_extractor is None:
+        _check_inception_available(fid_weights)
+    spec = embedder if embedder is not None else default_embedder(run.get("parameters", {}).get("base"))
+    if isinstance(spec, str):
+        spec = load_embedder(
+            spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        )
+    if not getattr(spec, "has_text", False):
+        raise ValueError(
+            f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
+            f"embedder, e.g. --embedder {EXAMPLE_SPEC}"
+        )
+
+    rows = []
+    for regime, images in by_regime.items():
+        prompts = [prompt for _, prompt in images]
+        unique = list(dict.fromkeys(prompts))
+        texts = spec.embed_texts(unique)
+        row_of = {prompt: row for row, prompt in enumerate(unique)}
+        estimate = clip_score(
+            spec.embed_images([str(path) for path, _ in images]),
+            texts[[row_of[prompt] for prompt in prompts]],
+            n_boot=n_boot,
+        )
+        rows.append(
+            estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=spec.name, ci_method=estimate.method)
+        )
+    if reference is not None:
+        size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size
+        for regime, images in by_regime.items():
+            if regime == reference.regime:
+                continue
+            value = fid(
+                _image_batches(reference.paths, size, batch_size),
+                _image_batches([path for path, _ in images], size, batch_size),
+                feature_extractor=fid_feature_extractor,
+                weights_path=fid_weights,
+                device=device,
+            )
+            rows.append(
+                metric_row(
+                    ALL_PROMPTS,
+                    regime,
+                    "fid",
+                    value,
+                    n=len(images),
+                    reference=reference.name,
+                    n_reference=len(reference.paths),
+                )
+            )
+    write_metrics(run_dir, rows)
+    return rows
+
+
+def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:
+    """A regime of the run (by name) or a folder of images."""
+    if str(value) in by_regime:
+        return _Reference(f"regime:{value}", [path for path, _ in by_regime[str(value)]], str(value))
+    folder = Path(value)
+    if not folder.is_dir():
+        raise ValueError(
+            f"FID reference {str(value)!r} is neither a folder nor a regime of this run ({', '.join(by_regime)})"
+        )
+    paths = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+    if len(paths) < 2:
+        raise ValueError(f"FID reference folder {folder} holds {len(paths)} images; FID needs at least 2")
+    return _Reference(str(folder), paths, None)
+
+
+def _check_inception_available(weights_path: str | os.PathLike | None) -> None:
+    """Fail before any work when the FID Inception network cannot be had (offline without weights)."""
+    from conceptspace.metrics import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
+
+    try:
+        inception_weights(weights_path)  # a missing weights_path file raises FileNotFoundError itself
+    except ValueError:  # offline with nothing cached: say it in the command's words
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+        raise ValueError(
+            "FID needs the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE is set): pass "
+            f"--fid-weights FILE (fid_weights= in Python) with a local copy of {INCEPTION_WEIGHTS_URL}, or put "
+            f"it at {cached}"
+        ) from None
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ValueError("FID with the Inception network needs torch-fidelity: pip install torch-fidelity")
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _image_batches(paths: Sequence[Path], size: tuple[int, int], batch_size: int) -> Iterator[list[Any]]:
+    """Images as lists of ``batch_size`` PIL images of one size (read as needed, so any number fits in memory)."""
+    from PIL import Image, ImageOps
+
+    for first in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[first : first + batch_size]:
+            image = _open_rgb(path)
+            if image.size != size:
+                # centre crop to the aspect ratio, then resize
+                image = ImageOps.fit(image, size, Image.Resampling.BICUBIC)
+            batch.append(image)
+        yield batch

@@ -1,0 +1,672 @@
+"""Prompt-set runs (`conceptspace run`, `conceptspace evaluate`): prompt files, resumability after kill -9 and
+other partial states, the same files for any number of processes, and one-line errors for what a user can fix."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conceptspace import runs
+from conceptspace.cli import app
+from conceptspace.io import atomic_write
+from conceptspace.runs import (
+    Case,
+    evaluate_run,
+    process_shard,
+    read_cases,
+    read_manifest,
+    run_prompt_set,
+    work_items,
+)
+from conceptspace.sampling import Distilled, Hybrid, sample
+
+TINY = ["--base", "tiny-sdxl", "--student", "tiny-dmd", "--quiet", "--device", "cpu", "--dtype", "float32"]
+COCO = Path("/work/shared/data/coco_30k.csv")
+PROMPTS = ["a red circle", 'a blue, "quoted" square', "a green\ntriangle on two lines"]
+
+
+def write_csv(
+    path: Path, rows: list[list[object]], header=("case_number", "source", "prompt", "evaluation_seed")
+):
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompt_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three cases in the COCO-30k layout, numbered out of order, with commas, quotes and a line break."""
+    folder = tmp_path_factory.mktemp("prompts")
+    rows = [[7, "coco", PROMPTS[0], 100], [3, "coco", PROMPTS[1], 200], [12, "coco", PROMPTS[2], 300]]
+    return write_csv(folder / "prompts.csv", rows)
+
+
+def image_bytes(run_dir: Path) -> dict[str, bytes]:
+    """Every image of a run by its path inside the run folder."""
+    return {
+        str(path.relative_to(run_dir)): path.read_bytes()
+        for path in sorted(run_dir.glob("*/*.png"))
+        if not path.name.startswith(".")
+    }
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    """Temporary files of interrupted atomic writes."""
+    return [path for path in run_dir.rglob(".*") if ".tmp" in path.name]
+
+
+def make_run(pair, cases, out: Path, regimes=(Distilled(), Hybrid(k=1)), **options):
+    options = {"per_prompt": 2, "batch_size": 3, "progress": False, **options}
+    return run_prompt_set(pair, cases, list(regimes), out, **options)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_sdxl_pair, prompt_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run (distilled and hybrid, 3 cases × 2 images, batch 3): read only."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    summary = make_run(tiny_sdxl_pair, read_cases(prompt_csv), out)
+    assert summary["complete"] and summary["written"] == {"distilled": 6, "hybrid": 6}
+    return out
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=True)
+
+
+def error_text(result) -> str:
+    return result.output + (str(result.exception) if result.exception else "")
+
+
+def subprocess_env() -> dict[str, str]:
+    # the same thread count as this process: CPU kernels may round differently with another
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+# ------------------------------------------------------------------------------------------------- prompt files
+def test_csv_cases_keep_commas_quotes_line_breaks_numbers_and_seeds(prompt_csv: Path) -> None:
+    cases = read_cases(prompt_csv)
+    assert cases == [Case(7, PROMPTS[0], 100), Case(3, PROMPTS[1], 200), Case(12, PROMPTS[2], 300)]
+    assert [c.number for c in read_cases(prompt_csv, from_case=3, till_case=7)] == [7, 3]
+    assert [c.number for c in read_cases(prompt_csv, from_case=8)] == [12]
+
+
+def test_plain_text_cases_are_numbered_by_prompt_and_seeded_by_seed(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\n\n# a comment\na dog, running\n", encoding="utf-8")
+    assert read_cases(path, seed=5) == [Case(0, "a cat", 5), Case(1, "a dog, running", 5)]
+    assert read_cases(path, from_case=1, till_case=1) == [Case(1, "a dog, running", 0)]
+
+
+@pytest.mark.skipif(not COCO.is_file(), reason="the COCO-30k prompt file is not in /work/shared/data")
+def test_the_real_coco_30k_file_reads_completely() -> None:
+    cases = read_cases(COCO)
+    assert len(cases) == 30000 and [c.number for c in cases] == list(range(30000))
+    assert cases[0] == Case(0, "A bicycle replica with a clock as the front wheel.", 41337)
+    assert any("\n" in c.prompt for c in cases) and any("," in c.prompt for c in cases)
+    assert [c.number for c in read_cases(COCO, from_case=10, till_case=19)] == list(range(10, 20))
+
+
+@pytest.mark.parametrize(
+    "header,rows,message",
+    [
+        (
+            ("case_number", "caption", "evaluation_seed"),
+            [[0, "a cat", 1]],
+            "has no 'prompt' column (columns: ",
+        ),
+        (
+            None,
+            [[0, "coco", "a cat", 1], [1, "coco", "a dog", "x12"]],
+            "line 3: evaluation_seed 'x12' is not an",
+        ),
+        (None, [[0, "coco", "a cat", 1], [1, "coco", "  ", 2]], "line 3: the prompt is empty"),
+        (None, [[0, "coco", "a cat", 1], [1, "coco"]], "line 3: the prompt is empty"),
+        (None, [["one", "coco", "a cat", 1]], "line 2: case_number 'one' is not an integer"),
+        (None, [[4, "coco", "a cat", 1], [4, "coco", "a dog", 2]], "case_number 4 repeats (first on line 2)"),
+        (None, [], "holds no prompts"),
+    ],
+)
+def test_malformed_csv_rows_are_refused_naming_the_line(tmp_path: Path, header, rows, message) -> None:
+    path = write_csv(tmp_path / "bad.csv", rows, *([header] if header else []))
+    with pytest.raises(ValueError) as error:
+        read_cases(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_case_range_errors(prompt_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--from-case 9 is after --till-case 2"):
+        read_cases(prompt_csv, from_case=9, till_case=2)
+    with pytest.raises(
+        ValueError, match=r"no case of .* lies in \[20, 30\]: its case numbers run from 3 to 12"
+    ):
+        read_cases(prompt_csv, from_case=20, till_case=30)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_cases(tmp_path / "missing.csv")
+
+
+def test_work_is_split_round_robin_over_processes(prompt_csv: Path) -> None:
+    items = work_items(read_cases(prompt_csv), ["distilled", "hybrid"], 2)
+    assert [item.key for item in items[:3]] == [("distilled", 7, 0), ("distilled", 7, 1), ("distilled", 3, 0)]
+    assert items[5].path == "distilled/12_1.png" and items[5].seed == 301
+    shards = [process_shard(items, index, 3) for index in range(3)]
+    assert sorted(item.key for shard in shards for item in shard) == sorted(item.key for item in items)
+    assert shards[1] == [items[1], items[4], items[7], items[10]]
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+def test_run_command_writes_images_manifest_and_run_json(tmp_path: Path, prompt_csv: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled,hybrid",
+        "--prompts",
+        str(prompt_csv),
+        "-n",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, error_text(result)
+    assert "made distilled 6, hybrid 6; 0 already finished" in result.output and "(complete)" in result.output
+    assert sorted(image_bytes(out)) == sorted(
+        f"{regime}/{case}_{i}.png"
+        for regime in ("distilled", "hybrid")
+        for case in (3, 7, 12)
+        for i in (0, 1)
+    )
+    assert Image.open(out / "hybrid" / "12_1.png").size == (64, 64)
+    assert sorted(p.name for p in out.iterdir()) == ["distilled", "hybrid", "manifest.jsonl", "run.json"]
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [(e["regime"], e["case_number"], e["i"]) for e in entries[:3]] == [
+        ("distilled", 7, 0),
+        ("distilled", 7, 1),
+        ("distilled", 3, 0),
+    ]
+    twelve = entries[5]
+    assert twelve["prompt"] == PROMPTS[2] and twelve["seed"] == 301 and twelve["path"] == "distilled/12_1.png"
+    assert entries[6]["schedule"] == [
+        [999, "base"],
+        [749, "distilled"],
+        [499, "distilled"],
+        [249, "distilled"],
+    ]
+    assert all(e["seconds"] > 0 for e in entries)
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "run" and run["complete"] and run["finished"] == run["images"] == 12
+    assert run["parameters"]["regimes"]["hybrid"]["k"] == 1 and run["parameters"]["batch_size"] == 4
+    assert run["parameters"]["case_range"] == [7, 12] and run["prompts_file"] == str(prompt_csv)
+    assert {"torch", "diffusers"} <= set(run["versions"])
+
+
+def test_batch_size_one_gives_exactly_what_sample_gives(
+    tiny_sdxl_pair, prompt_csv: Path, tmp_path: Path
+) -> None:
+    case = read_cases(prompt_csv)[2]
+    make_run(tiny_sdxl_pair, [case], tmp_path / "run", regimes=[Hybrid(k=1)], batch_size=1)
+    expected = sample(tiny_sdxl_pair, case.prompt, Hybrid(k=1), [case.seed + 1], batch_size=1, progress=False)
+    got = np.asarray(Image.open(tmp_path / "run" / "hybrid" / "12_1.png"))
+    assert np.array_equal(got, np.asarray(expected.images[0]))
+
+
+def test_same_files_for_any_sharding_and_case_range(
+    tiny_sdxl_pair, prompt_csv: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    cases = read_cases(prompt_csv)
+    sharded = tmp_path / "sharded"  # as two processes would, one after the other
+    first = make_run(tiny_sdxl_pair, cases, sharded, shard=(0, 2))
+    assert not first["complete"] and sum(first["written"].values()) == 6
+    second = make_run(tiny_sdxl_pair, cases, sharded, shard=(1, 2), resume=True)
+    assert second["skipped"] == 0 and sum(second["written"].values()) == 6
+    assert image_bytes(sharded) == image_bytes(reference_run)
+    assert len(read_manifest(sharded)) == 12
+    # case ranges into one folder each: other batches, same images
+    for number in (7, 3, 12):
+        part = tmp_path / f"case-{number}"
+        make_run(tiny_sdxl_pair, read_cases(prompt_csv, from_case=number, till_case=number), part)
+        for name, data in image_bytes(part).items():
+            assert data == image_bytes(reference_run)[name], name
+
+
+def test_batch_size_changes_images_only_at_rounding_level(
+    tiny_sdxl_pair, prompt_csv: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    """A batch of 1 and a batch of 3 round differently on CPUs (oneDNN convolutions and small matrix products pick
+    other kernels per batch size), so the PNGs may differ, by at most a grey level or two in a few pixels."""
+    make_run(tiny_sdxl_pair, read_cases(prompt_csv), tmp_path / "one", batch_size=1)
+    one, three = image_bytes(tmp_path / "one"), image_bytes(reference_run)
+    assert one.keys() == three.keys()
+    for name in one:
+        a = np.asarray(Image.open(tmp_path / "one" / name)).astype(int)
+        b = np.asarray(Image.open(reference_run / name)).astype(int)
+        assert np.abs(a - b).max() <= 2, name
+
+
+# ------------------------------------------------------------------------------------------- resuming and errors
+def test_resume_reconciles_every_partial_state(
+    tiny_sdxl_pair, prompt_csv: Path, reference_run: Path, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    # distilled/7_1 has its image but only half a manifest line (killed during the append, as if by kill -9);
+    # hybrid/3_0 has its line but lost its image; hybrid/12_1 has its image but no line (killed between the two)
+    # and a half-written temporary file lies next to the images; the lines sit in two process shards
+    truncated = lines[1][: len(lines[1]) // 2]
+    keep = [line for index, line in enumerate(lines) if index not in (1, 11)]
+    (out / "manifest.jsonl").unlink()
+    (out / "manifest.0.jsonl").write_text("".join(keep[:5]) + truncated, encoding="utf-8")
+    (out / "manifest.1.jsonl").write_text("".join(keep[5:]), encoding="utf-8")
+    (out / "hybrid" / "3_0.png").unlink()
+    (out / "distilled" / ".3_1.png.x1y2.tmp.png").write_bytes(b"\x89PNG half")
+    listed = {(e["regime"], e["case_number"], e["i"]) for e in read_manifest(out)}  # the cut line is skipped
+    assert len(listed) == 10 and ("hybrid", 3, 0) in listed  # reading repairs nothing: resuming does
+
+    summary = make_run(tiny_sdxl_pair, read_cases(prompt_csv), out, resume=True)
+    assert summary["written"] == {"distilled": 1, "hybrid": 2} and summary["skipped"] == 9
+    assert summary["complete"]
+    assert image_bytes(out) == image_bytes(reference_run) and not leftovers(out)
+    assert sorted(p.name for p in out.iterdir()) == ["distilled", "hybrid", "manifest.jsonl", "run.json"]
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    keys = [(e["regime"], e["case_number"], e["i"]) for e in entries]
+    reference = [json.loads(line) for line in (reference_run / "manifest.jsonl").read_text().splitlines()]
+    assert keys == [(e["regime"], e["case_number"], e["i"]) for e in reference]  # each once, in work order
+
+
+def test_a_broken_line_inside_the_manifest_is_an_error(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text(lines[0] + "{broken\n" + "".join(lines[1:]))
+    with pytest.raises(ValueError, match=r"manifest.jsonl line 2 is not valid JSON; delete that line"):
+        read_manifest(out)
+
+
+def test_a_previous_run_needs_resume_and_the_same_parameters(
+    tiny_sdxl_pair, prompt_csv: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    cases = read_cases(prompt_csv)
+    with pytest.raises(ValueError, match="holds a previous run: pass --resume"):
+        make_run(tiny_sdxl_pair, cases, out)
+    with pytest.raises(ValueError) as error:
+        make_run(
+            tiny_sdxl_pair, cases[:2], out, regimes=[Distilled(), Hybrid(k=2)], batch_size=2, resume=True
+        )
+    message = str(error.value)
+    assert message.startswith(f"cannot resume {out}: it was started with other parameters (")
+    for difference in (
+        "batch_size: 3 then, 2 now",
+        "regimes.hybrid.k: 1 then, 2 now",
+        "cases: 3 then, 2 now",
+    ):
+        assert difference in message
+    assert "prompt_set_sha256" in message
+    with pytest.raises(ValueError, match="regimes.skip-first added"):
+        from conceptspace.sampling import SkipFirst
+
+        make_run(tiny_sdxl_pair, cases, out, regimes=[Distilled(), Hybrid(k=1), SkipFirst()], resume=True)
+    assert image_bytes(out) == image_bytes(reference_run)  # nothing was touched
+    stray = tmp_path / "stray"
+    (stray / "distilled").mkdir(parents=True)
+    (stray / "distilled" / "0_0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a run to resume"):
+        make_run(tiny_sdxl_pair, cases, stray, resume=True)
+    with pytest.raises(ValueError, match="already holds images that no run.json describes"):
+        make_run(tiny_sdxl_pair, cases, stray)
+
+
+def test_resume_without_a_previous_run_starts_one(tiny_sdxl_pair, prompt_csv: Path, tmp_path: Path) -> None:
+    cases = read_cases(prompt_csv)[:1]
+    summary = make_run(
+        tiny_sdxl_pair, cases, tmp_path / "new", regimes=[Distilled()], per_prompt=1, resume=True
+    )
+    assert summary["complete"] and summary["written"] == {"distilled": 1}
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_half_written_image(
+    tiny_sdxl_pair, prompt_csv: Path, reference_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real_write_image = runs.write_image
+    calls = []
+
+    def fills_up(path, image):
+        calls.append(path)
+        if len(calls) < 4:
+            return real_write_image(path, image)
+
+        def half_then_full(tmp: Path) -> None:
+            tmp.write_bytes(b"\x89PNG\r\n\x1a\n half an image")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return atomic_write(path, half_then_full)
+
+    monkeypatch.setattr(runs, "write_image", fills_up)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as error:
+        make_run(tiny_sdxl_pair, read_cases(prompt_csv), out)
+    assert error.value.errno == errno.ENOSPC
+    assert "no space left on the device while writing" in str(error.value) and "--resume" in str(error.value)
+    assert sorted(image_bytes(out)) == ["distilled/3_0.png", "distilled/7_0.png", "distilled/7_1.png"]
+    assert not leftovers(out) and len(read_manifest(out)) == 3
+    for name, data in image_bytes(out).items():
+        assert data == image_bytes(reference_run)[name]
+
+    result = invoke(
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled,hybrid",
+        "--prompts",
+        str(prompt_csv),
+        "-n",
+        "2",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
+        "--resume",
+    )
+    assert result.exit_code == 2 and "error: no space left on the device" in result.output
+
+    monkeypatch.setattr(runs, "write_image", real_write_image)
+    summary = make_run(tiny_sdxl_pair, read_cases(prompt_csv), out, resume=True)
+    assert summary["complete"] and image_bytes(out) == image_bytes(reference_run)
+
+
+def test_unwritable_output_folder_is_refused_before_loading(tmp_path: Path, prompt_csv: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("run", *TINY, "--prompts", str(prompt_csv), "--out", str(blocker / "out"))
+    assert isinstance(result.exception, PermissionError)
+    assert "cannot write to output folder" in str(result.exception) and "is a file" in str(result.exception)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only folders")
+def test_read_only_output_folder_is_refused(tmp_path: Path, prompt_csv: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = invoke("run", *TINY, "--prompts", str(prompt_csv), "--out", str(locked / "out"))
+    assert isinstance(result.exception, PermissionError) and "is not writable" in str(result.exception)
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    bad = write_csv(tmp_path / "bad.csv", [[0, "coco", "a cat", "seven"]])
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conceptspace",
+            "run",
+            *TINY,
+            "--prompts",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {bad}, row ending on line 2: evaluation_seed 'seven' is not an integer"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_kill_9_during_a_run_then_resume_gives_the_files_of_an_uninterrupted_run(
+    tiny_sdxl_pair, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\na yellow star\n", encoding="utf-8")
+    command = [
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled",
+        "--prompts",
+        str(prompts),
+        "-n",
+        "5",
+        "--seed",
+        "40",
+        "--batch-size",
+        "1",
+    ]
+    reference = tmp_path / "reference"
+    make_run(
+        tiny_sdxl_pair, read_cases(prompts, seed=40), reference, [Distilled()], per_prompt=5, batch_size=1
+    )
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conceptspace", *command, "--out", str(out)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    shard = out / "manifest.0.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if shard.is_file() and shard.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, (
+        "the run ended before it could be killed: " + process.stderr.read().decode()
+    )
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stderr.close()
+    finished = {(e["regime"], e["case_number"], e["i"]) for e in read_manifest(out)}
+    assert 4 <= len(finished) < 20 and not json.loads((out / "run.json").read_text())["complete"]
+
+    again = invoke(*command, "--out", str(out))
+    assert again.exit_code != 0 and "pass --resume" in error_text(again)
+    resumed = invoke(*command, "--out", str(out), "--resume")
+    assert resumed.exit_code == 0, error_text(resumed)
+    done_before = sum((out / f"{r}/{c}_{i}.png").is_file() for r, c, i in finished)
+    assert f"made distilled {20 - done_before}; {done_before} already finished" in resumed.output
+    assert image_bytes(out) == image_bytes(reference) and not leftovers(out)
+    keys = [(e["regime"], e["case_number"], e["i"]) for e in map(json.loads, (out / "manifest.jsonl").open())]
+    assert len(keys) == len(set(keys)) == 20
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_make_the_files_of_one(
+    reference_run: Path, prompt_csv: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a free port for the processes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    # accelerate starts several CPU processes through its multi-GPU (torchrun) launcher; `--cpu` starts one
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+    command = [
+        "-m",
+        "conceptspace",
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled,hybrid",
+        "--prompts",
+        str(prompt_csv),
+        "-n",
+        "2",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        [*launch, *command], capture_output=True, text=True, env=subprocess_env(), timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert image_bytes(out) == image_bytes(reference_run)
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(entries) == 12 and {e["rank"] for e in entries} == {0, 1}
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["distilled", "hybrid", "manifest.jsonl", "run.json"]
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+@pytest.fixture(scope="module")
+def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny transformers CLIP (random weights, the real tokenizer) as an ``hf-clip:`` spec."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from conceptspace.testing import write_clip_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("hf-clip")
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        image_size=30,
+        patch_size=6,
+    )
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
+        folder
+    )
+    write_clip_tokenizer_files(folder)
+    return f"hf-clip:{folder}"
+
+
+def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec: str, tmp_path: Path) -> None:
+    from conceptspace.embeddings import load_embedder
+    from conceptspace.metrics import clip_score
+    from conceptspace.results import read_metrics
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    real = tmp_path / "real"  # a reference folder: the distilled images, one of them at another size
+    shutil.copytree(run / "distilled", real)
+    Image.open(real / "3_0.png").resize((96, 96), Image.Resampling.NEAREST).save(real / "3_0.png")
+    features = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())  # 48 per image
+    rows = evaluate_run(
+        run, embedder=clip_spec, fid_ref=real, fid_feature_extractor=features, n_boot=200, progress=False
+    )
+    assert [(r["regime"], r["metric"]) for r in rows] == [
+        ("distilled", "clip_score"),
+        ("hybrid", "clip_score"),
+        ("distilled", "fid"),
+        ("hybrid", "fid"),
+    ]
+    embedder = load_embedder(clip_spec, device="cpu", progress=False)
+    entries = [e for e in read_manifest(run) if e["regime"] == "hybrid"]
+    expected = clip_score(
+        embedder.embed_images([str(run / e["path"]) for e in entries]),
+        embedder.embed_texts([e["prompt"] for e in entries]),
+        n_boot=200,
+    )
+    assert rows[1]["value"] == pytest.approx(expected.value, rel=1e-5) and rows[1]["n"] == 6
+    assert rows[1]["ci_low"] <= rows[1]["value"] <= rows[1]["ci_high"] and rows[1]["embedder"] == clip_spec
+    distilled_fid, hybrid_fid = rows[2]["value"], rows[3]["value"]
+    assert (
+        0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
+    )
+    assert [r["metric"] for r in read_metrics(run)] == ["clip_score"] * 2 + ["fid"] * 2
+    assert (run / "metrics.csv").read_text().startswith("prompt,regime,metric,value,ci_low,ci_high,n")
+
+    by_regime = evaluate_run(
+        run, embedder=clip_spec, fid_ref="distilled", fid_feature_extractor=features, progress=False
+    )
+    assert [(r["regime"], r["metric"]) for r in by_regime][2:] == [("hybrid", "fid")]
+    assert by_regime[2]["reference"] == "regime:distilled"
+
+
+def test_evaluate_command_prints_the_table(reference_run: Path, clip_spec: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    result = invoke("evaluate", str(run), "--embedder", clip_spec, "--n-boot", "50", "--quiet")
+    assert result.exit_code == 0, error_text(result)
+    assert "distilled        clip_score" in result.output and "hybrid           clip_score" in result.output
+    assert f"wrote {run / 'metrics.json'}" in result.output and "not complete" not in result.output
+
+
+def test_evaluate_errors_say_what_to_do(
+    reference_run: Path, clip_spec: str, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached Inception weights
+    # tiny-sdxl's default embedder (pixels) has no text tower
+    no_text = invoke("evaluate", str(reference_run), "--quiet")
+    assert isinstance(no_text.exception, ValueError) and "embeds images only" in str(no_text.exception)
+    offline = invoke(
+        "evaluate", str(reference_run), "--embedder", clip_spec, "--fid-ref", "distilled", "--quiet"
+    )
+    assert isinstance(offline.exception, ValueError)
+    assert str(offline.exception).startswith(
+        "FID needs the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE is set): pass "
+        "--fid-weights FILE"
+    )
+    weights = invoke(
+        "evaluate",
+        str(reference_run),
+        "--embedder",
+        clip_spec,
+        "--fid-ref",
+        "distilled",
+        "--fid-weights",
+        str(tmp_path / "inception.pth"),
+        "--quiet",
+    )
+    assert isinstance(weights.exception, FileNotFoundError) and "do not exist" in str(weights.exception)
+    unknown = invoke("evaluate", str(reference_run), "--embedder", clip_spec, "--fid-ref", "nowhere")
+    assert "neither a folder nor a regime of this run (distilled, hybrid)" in str(unknown.exception)
+    not_a_run = invoke("evaluate", str(tmp_path), "--embedder", clip_spec)
+    assert isinstance(not_a_run.exception, FileNotFoundError) and "has no run.json" in str(
+        not_a_run.exception
+    )
+    assert not (reference_run / "metrics.json").exists()

@@ -33,12 +33,14 @@ from conceptspace.sampling import (
     sample,
     schedule_of,
 )
+from conceptspace.sliderspace import ActivationResult, SliderSpace
 from conceptspace.trajectories import commitment_curve, steps_to_commit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "ActivationResult",
     "Base",
     "Distilled",
     "Hybrid",
@@ -50,6 +52,7 @@ __all__ = [
     "ReplaceFinal",
     "SampleResult",
     "SkipFirst",
+    "SliderSpace",
     "StepInfo",
     "TrajectoryRecorder",
     "decode",

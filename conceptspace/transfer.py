@@ -224,7 +224,7 @@ def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], titl
         return scale_label(key) if isinstance(key, (int, float)) else str(key)[:8]
 
     first = next(iter(images_by_row.values()))[0]
-    w, h = first.size
+    w, h = (max(side, 64) for side in first.size)  # small images (the testbed's 32²) are enlarged to stay legible
     margin_left, margin_top = 48, 14
     grid = Image.new("RGB", (margin_left + w * len(columns), margin_top + h * len(images_by_row)), "white")
     draw = ImageDraw.Draw(grid)
@@ -234,7 +234,8 @@ def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], titl
     for i, (key, images) in enumerate(images_by_row.items()):
         draw.text((2, margin_top + i * h + h // 2 - 5), label(key), fill="black")
         for j, image in enumerate(images):
-            grid.paste(image.convert("RGB").resize((w, h)), (margin_left + j * w, margin_top + i * h))
+            cell = image.convert("RGB").resize((w, h), Image.NEAREST)
+            grid.paste(cell, (margin_left + j * w, margin_top + i * h))
     return grid
 
 

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace.generate import image_name
-from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.lora import apply_lora, read_lora, write_lora
 from conceptspace.models import ModelPair, load_pair
 from conceptspace.results import metric_row, read_metrics, write_metrics
@@ -65,7 +65,8 @@ ACTIVATION_SEED = 1_000_000  # activation samples start here: never the seeds th
 CHUNK = 64  # images sampled and embedded at a time, so memory stays flat for any n
 
 
-def _embedder_of(pair: ModelPair, embedder: Any, device: Any, progress: bool) -> Any:
+def _embedder_of(pair: ModelPair, embedder: Any, device: Any) -> Any:
+    """A loaded embedder: ``embedder`` itself, its spec loaded, or the base's registry embedder."""
     from conceptspace.embeddings import default_embedder, load_embedder
 
     spec = embedder or default_embedder(pair)
@@ -138,7 +139,7 @@ def discover(
     out = ensure_writable_dir(out_dir)
     pair = load_pair(*pair, device=device) if isinstance(pair, tuple) else pair
     regime = regime_from_name(regime) if isinstance(regime, str) else regime
-    embedder = _embedder_of(pair, embedder, device, progress)
+    embedder = _embedder_of(pair, embedder, device)
     started = time.perf_counter()
     seeds = seeds_from(seed, n)
     latents, embeddings, images = _sample_and_embed(
@@ -148,8 +149,6 @@ def discover(
     space = SliderSpace(n_directions=n_directions).fit(embeddings)
 
     from safetensors.torch import save_file
-
-    from conceptspace.io import atomic_write
 
     samples = {
         "latents": latents.contiguous(),
@@ -220,21 +219,17 @@ def _probe_correlation_rows(
     from conceptspace.testbed.probe import load_probe
 
     probe = load_probe(device=pair.device)
-    factors: dict[str, np.ndarray] = {}
+    predictions = []
     for start in range(0, len(latents), 256):
         pixels = decode(pair, latents[start : start + 256].to(pair.device, pair.dtype), output_type="np")
-        predicted = probe.predict((np.asarray(pixels) * 255).round().astype(np.uint8))
-        for name in ("size", "x", "y", "shape", "colour"):
-            factors.setdefault(name, []).append(predicted[name])  # type: ignore[attr-defined]
-    columns = {
-        name: np.concatenate(parts).astype(float)
-        for name, parts in factors.items()
-        if name in ("size", "x", "y")
+        predictions.append(probe.predict((np.asarray(pixels) * 255).round().astype(np.uint8)))
+    factors = {
+        name: np.concatenate([p[name] for p in predictions]) for name in ("size", "x", "y", "shape", "colour")
     }
-    for name in ("shape", "colour"):
-        values = np.concatenate(factors[name])
+    columns = {name: factors[name].astype(float) for name in ("size", "x", "y")}
+    for name in ("shape", "colour"):  # a categorical factor: one indicator per level
         for index, level in enumerate(LEVELS[name]):
-            columns[f"{name}={level}"] = (values == index).astype(float)
+            columns[f"{name}={level}"] = (factors[name] == index).astype(float)
     coordinates = space.transform(embeddings)
     n = len(coordinates)
     rows = []
@@ -339,7 +334,7 @@ def train_direction_sliders(
     pair = _study_pair(run, pair, device)
     if model == "student" and pair.student is None:
         raise ValueError("the study has no student to train on; use model='base'")
-    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device, progress)
+    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
     prompt = run["parameters"]["prompt"]
     latents = _read_samples(run_dir)["latents"]
 
@@ -500,6 +495,12 @@ def _measure_sliders(
     if pair.student is not None:
         models.append(("student", Distilled(), pair.student.name))
     rows: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=len(files) * len(models) * len(scales),
+        desc="measuring sliders",
+        disable=not progress,
+        leave=False,
+    )
     for k, file in zip(directions, files, strict=True):
         lora = read_lora(file)
         change: dict[str, dict[float, np.ndarray]] = {}
@@ -512,10 +513,10 @@ def _measure_sliders(
                 for s in scales:
                     handle.scale = float(s)
                     result = sample(pair, prompt, regime, seeds, progress=False)
-                    coordinates[s] = space.transform(embedder.embed_images(result.images).double().numpy())[
-                        :, k
-                    ]
+                    embedded = embedder.embed_images(result.images).double().numpy()
+                    coordinates[s] = space.transform(embedded)[:, k]
                     strip[name].append(result.images[0])
+                    bar.update(1)
             finally:
                 handle.remove()
             change[name] = {s: coordinates[s] - coordinates[0.0] for s in scales}
@@ -543,6 +544,7 @@ def _measure_sliders(
                     rows.append(ratio_row(change[student_name][s], change[base_name][s], prompt, ratio,
                                           "direction_transfer_ratio", model=student_name, scale=s, direction=k,
                                           embedder=embedder.name))  # fmt: skip
+    bar.close()
     return rows
 
 
@@ -579,7 +581,7 @@ def measure_activation(
         raise ValueError(f"n must be at least 3 to measure a variance with a CI, got {n}")
     out = ensure_writable_dir(run_dir / ACTIVATION_DIR)
     pair = _study_pair(run, pair, device)
-    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device, progress)
+    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
     prompt = run["parameters"]["prompt"]
     seeds = seeds_from(seed, n)
     started = time.perf_counter()

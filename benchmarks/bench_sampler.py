@@ -1,9 +1,11 @@
-"""Speed and memory of the sampler against diffusers' own pipeline, on the tiny SDXL configuration.
+"""Speed and memory of the sampler against diffusers' own pipeline, on the tiny SDXL configuration and on the
+embedded testbed (``shapes`` + ``dmd``, shipped weights, 32x32; keys prefixed ``testbed_``).
 
 Every ratio is measured inside one repetition (the two calls back to back, order alternating), and the median
-over repetitions is reported with a bootstrap 95% CI and its range. Memory: bytes of distinct tensors a loaded pair holds, and peak
-resident memory of loading it in a fresh process, each against a base pipeline plus one extra UNet loaded with
-plain diffusers calls.
+over repetitions is reported with a bootstrap 95% CI and its range. Every ours-vs-diffusers ratio first asserts
+that both calls produce the same images (max |diff| recorded). Memory: bytes of distinct tensors a loaded pair
+holds, and peak resident memory of loading it in a fresh process, each against a base pipeline plus one extra UNet
+loaded with plain diffusers calls.
 
     python benchmarks/bench_sampler.py --repeats 15 --out benchmarks/results/sampler-cpu.json
 """
@@ -17,27 +19,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 
-from conceptspace import Distilled, Hybrid, load_pair, sample
+from conceptspace import Base, Distilled, Hybrid, ModelPair, load_pair, sample
+from conceptspace.sampling import Regime
 
 PROMPT = "a red circle on the left"
+SAME_IMAGES_ATOL = 1e-4  # the tolerance tests/test_sampling.py holds the sampler to against diffusers
 
 
-def timed(fn) -> float:
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def paired_ratio(numerator, denominator, repeats: int) -> dict:
-    """Median (and range) of numerator-time / denominator-time, measured back to back in each repetition."""
-    numerator(), denominator()  # warm-up
+def paired_ratio(
+    numerator: Callable[[], np.ndarray],
+    denominator: Callable[[], np.ndarray],
+    repeats: int,
+    same_images: bool = False,
+) -> dict:
+    """Median (and range) of numerator-time / denominator-time, measured back to back in each repetition.
+
+    With ``same_images``, the warm-up's outputs of both calls must agree to SAME_IMAGES_ATOL.
+    """
+    warm_numerator, warm_denominator = numerator(), denominator()
+    checked = {}
+    if same_images:
+        max_abs_diff = float(np.abs(warm_numerator - warm_denominator).max())
+        assert max_abs_diff <= SAME_IMAGES_ATOL, f"the two calls' images differ by {max_abs_diff}"
+        checked["max_abs_diff"] = max_abs_diff
     ratios, times = [], []
     for i in range(repeats):
         if i % 2:
@@ -56,7 +75,49 @@ def paired_ratio(numerator, denominator, repeats: int) -> dict:
         "max_ratio": float(np.max(ratios)),
         "median_seconds": [float(x) for x in np.median(times, axis=0)],
         "repeats": repeats,
+        **checked,
     }
+
+
+def diffusers_call(
+    pipe: DiffusionPipeline, seeds: list[int], size: int, **kwargs
+) -> Callable[[], np.ndarray]:
+    """The diffusers pipeline call that our sampler reproduces: one generator per sample, as ours uses."""
+
+    def run() -> np.ndarray:
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe(
+            PROMPT,
+            num_images_per_prompt=len(seeds),
+            generator=generators,
+            height=size,
+            width=size,
+            output_type="np",
+            **kwargs,
+        ).images
+
+    return run
+
+
+def our_call(
+    pair: ModelPair, seeds: list[int], regime: Regime | str, record_x0: bool = False
+) -> Callable[[], np.ndarray]:
+    """Our sampler on the same seeds, all in one batch like the diffusers call."""
+
+    def run() -> np.ndarray:
+        result = sample(
+            pair,
+            PROMPT,
+            regime,
+            seeds,
+            batch_size=len(seeds),
+            output_type="np",
+            record_x0=record_x0,
+            progress=False,
+        )
+        return result.images
+
+    return run
 
 
 def speed(repeats: int, n: int) -> dict:
@@ -64,38 +125,58 @@ def speed(repeats: int, n: int) -> dict:
     seeds = list(range(n))
     spec = pair.student
 
-    def diffusers_call(role: str, **kwargs):
-        pipe = pair.to_diffusers(role)
+    def ours(regime: Regime | str, record_x0: bool = False) -> Callable[[], np.ndarray]:
+        return our_call(pair, seeds, regime, record_x0)
 
-        def run():
-            generators = [torch.Generator().manual_seed(s) for s in seeds]
-            pipe(
-                PROMPT,
-                num_images_per_prompt=n,
-                generator=generators,
-                height=64,
-                width=64,
-                output_type="np",
-                **kwargs,
-            )
-
-        return run
-
-    def ours(regime, record_x0: bool = False):
-        return lambda: sample(
-            pair, PROMPT, regime, seeds, batch_size=n, output_type="np", record_x0=record_x0, progress=False
-        )
-
-    distilled_ref = diffusers_call("student", timesteps=list(spec.timesteps), guidance_scale=0.0)
+    distilled_ref = diffusers_call(
+        pair.to_diffusers("student"), seeds, 64, timesteps=list(spec.timesteps), guidance_scale=0.0
+    )
     base_ref = diffusers_call(
-        "base", num_inference_steps=pair.base.num_inference_steps, guidance_scale=pair.base.guidance_scale
+        pair.to_diffusers("base"),
+        seeds,
+        64,
+        num_inference_steps=pair.base.num_inference_steps,
+        guidance_scale=pair.base.guidance_scale,
     )
     return {
-        "ours_vs_diffusers_distilled": paired_ratio(ours(Distilled()), distilled_ref, repeats),
-        "ours_vs_diffusers_distilled_x0": paired_ratio(ours(Distilled(), True), distilled_ref, repeats),
-        "ours_vs_diffusers_base": paired_ratio(ours("base"), base_ref, repeats),
-        "ours_vs_diffusers_base_x0": paired_ratio(ours("base", True), base_ref, repeats),
+        "ours_vs_diffusers_distilled": paired_ratio(ours(Distilled()), distilled_ref, repeats, True),
+        "ours_vs_diffusers_distilled_x0": paired_ratio(ours(Distilled(), True), distilled_ref, repeats, True),
+        "ours_vs_diffusers_base": paired_ratio(ours("base"), base_ref, repeats, True),
+        "ours_vs_diffusers_base_x0": paired_ratio(ours("base", True), base_ref, repeats, True),
         "hybrid_vs_distilled": paired_ratio(ours(Hybrid(k=1, base_guidance=0.0)), ours(Distilled()), repeats),
+    }
+
+
+def testbed_speed(repeats: int, n: int) -> dict:
+    """The same ratios on the embedded testbed: a trained StableDiffusion-style pair, 32x32, 4-step student."""
+    pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
+    seeds = list(range(n))
+    size = pair.base.resolution
+    # pair.pipeline is the base's own diffusers pipeline; the student's shares its components.
+    base_ref = diffusers_call(
+        pair.pipeline,
+        seeds,
+        size,
+        num_inference_steps=pair.base.num_inference_steps,
+        guidance_scale=pair.base.guidance_scale,
+    )
+    distilled_ref = diffusers_call(
+        pair.to_diffusers("student"),
+        seeds,
+        size,
+        timesteps=list(pair.student.timesteps),
+        guidance_scale=pair.student.guidance_scale,
+    )
+    return {
+        "testbed_ours_vs_diffusers_base": paired_ratio(
+            our_call(pair, seeds, Base()), base_ref, repeats, True
+        ),
+        "testbed_ours_vs_diffusers_distilled": paired_ratio(
+            our_call(pair, seeds, Distilled()), distilled_ref, repeats, True
+        ),
+        "testbed_hybrid_vs_distilled": paired_ratio(
+            our_call(pair, seeds, Hybrid()), our_call(pair, seeds, Distilled()), repeats
+        ),
     }
 
 
@@ -179,21 +260,22 @@ def main() -> None:
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "speed": speed(args.repeats, args.n),
+        "speed": speed(args.repeats, args.n) | testbed_speed(args.repeats, args.n),
         "memory": memory(),
     }
     for name, r in results["speed"].items():
         low, high = r["median_ci95"]
+        same = f"  max |diff| {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""
         print(
-            f"{name:<34} median {r['median_ratio']:.3f}  95% CI [{low:.3f}, {high:.3f}]  "
-            f"range [{r['min_ratio']:.3f}, {r['max_ratio']:.3f}]  n={r['repeats']}"
+            f"{name:<36} median {r['median_ratio']:.3f}  95% CI [{low:.3f}, {high:.3f}]  "
+            f"range [{r['min_ratio']:.3f}, {r['max_ratio']:.3f}]  n={r['repeats']}{same}"
         )
     m = results["memory"]
     print(
-        f"{'held memory pair/reference':<34} {m['held_ratio']:.3f}  ({m['held_bytes_pair']} / {m['held_bytes_reference']} bytes)"
+        f"{'held memory pair/reference':<36} {m['held_ratio']:.3f}  ({m['held_bytes_pair']} / {m['held_bytes_reference']} bytes)"
     )
     print(
-        f"{'peak RSS pair/reference':<34} {m['peak_rss_ratio']:.3f}  ({m['peak_rss_delta_pair']} / {m['peak_rss_delta_reference']} bytes)"
+        f"{'peak RSS pair/reference':<36} {m['peak_rss_ratio']:.3f}  ({m['peak_rss_delta_pair']} / {m['peak_rss_delta_reference']} bytes)"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -382,10 +382,18 @@ def train_direction_sliders(
         pair, space, written, directions, prompt, embedder, scales=scales,
         seeds=seeds_from(ACTIVATION_SEED, measure_seeds), out=slider_dir, progress=progress,
     )  # fmt: skip
-    kept = [r for r in read_metrics(run_dir) if not str(r["metric"]).startswith("direction_")]
+    # a later call for other directions keeps the earlier ones' measurements (and strips)
+    retrained = set(directions)
+    kept = [
+        r
+        for r in read_metrics(run_dir)
+        if not (str(r["metric"]).startswith("direction_") and r.get("direction") in retrained)
+    ]
     write_metrics(run_dir, kept + rows)
     run["sliders"] = {
-        "files": [str(p.relative_to(run_dir)) for p in written],
+        "files": sorted(
+            {*run.get("sliders", {}).get("files", []), *(str(p.relative_to(run_dir)) for p in written)}
+        ),
         "trained_on": spec.name,
         "steps": steps,
         "lr": lr,
@@ -395,6 +403,17 @@ def train_direction_sliders(
         "scales": list(scales),
         "measure_seeds": measure_seeds,
     }
+    earlier = [f for f in run.get("figures") or [] if f.get("direction") not in retrained]
+    run["figures"] = earlier + [
+        {
+            "direction": k,
+            "path": str((slider_dir / f"direction_{k:02d}.png").relative_to(run_dir)),
+            "heading": f"Slider for direction {k}",
+            "caption": f"The slider trained on {spec.name} for direction {k}, at scales "
+            f"{', '.join(f'{s:g}' for s in scales)} (columns) on the base and the student (rows), one seed.",
+        }
+        for k in directions
+    ]
     write_json(run_dir / "run.json", run)
     from conceptspace.report import build_report
 

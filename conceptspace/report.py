@@ -123,6 +123,7 @@ def build_report(
     written: set[Path] = set()
     prompt_blocks = _image_blocks(run_dir, run, images, regimes, colours, thumbnail, written, notes)
     figures = _figures(run_dir, rows, regimes, colours, written, notes) if rows else []
+    figures += _run_figures(run_dir, run, notes)
     context = {
         "title": title or f"conceptspace report: {run_dir.resolve().name}",
         "subtitle": _subtitle(run, images, regimes),
@@ -209,6 +210,33 @@ def _find_images(run_dir: Path, run: dict[str, Any]) -> list[_Image]:
                 prompt = "(other images)"
             found.append(_Image(rel, folder.name, prompt, index, seed, strip))
     return found
+
+
+def _run_figures(run_dir: Path, run: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """Images a command listed in run.json's ``figures`` (``[{"path", "heading", "caption"}]``, paths relative to
+    the run folder), e.g. the strips of SliderSpace's direction sliders; a missing file becomes a note."""
+    from PIL import Image
+
+    figures = []
+    for entry in run.get("figures") or []:
+        path = run_dir / str(entry.get("path", ""))
+        if not path.is_file():
+            notes.append(f"run.json lists the figure {entry.get('path')!r}, which is missing")
+            continue
+        with Image.open(path) as image:
+            width, height = image.size
+        scale = 1.44 * max(1.0, 360 / width)  # small images shown at least 360 px wide
+        figures.append(
+            {
+                "src": _href(path.relative_to(run_dir)),
+                "heading": str(entry.get("heading") or path.stem),
+                "caption": str(entry.get("caption") or ""),
+                "width": round(width * scale),
+                "height": round(height * scale),
+                "alt": str(entry.get("heading") or path.stem),
+            }
+        )
+    return figures
 
 
 def _regime_order(run: dict[str, Any], images: list[_Image], rows: list[dict[str, Any]]) -> list[str]:

@@ -76,6 +76,16 @@ def test_direction_sliders_train_and_transfer(study, shapes, tmp_path):
     assert any(r["metric"] == "direction_transfer_ratio_slope" and r["model"] == "dmd" for r in rows)
     assert any(r["metric"].startswith("probe_correlation") for r in rows)  # discovery rows are kept
 
+    # training another direction later keeps this one's measurements and strip
+    train_direction_sliders(
+        folder, pair=shapes, directions=[1], steps=2, scales=(0, 1), measure_seeds=2, progress=False
+    )
+    rows = read_metrics(folder)
+    assert {r["direction"] for r in rows if r["metric"] == "direction_effect_slope"} == {0, 1}
+    report = (folder / "report.html").read_text()
+    assert "Slider for direction 0" in report and "Slider for direction 1" in report
+    assert "sliders/direction_00.png" in report
+
     from conceptspace.transfer import transfer
 
     transferred = transfer(written, "shapes", ["dmd"], PROMPT, "0,1", [0, 1], tmp_path, progress=False,

@@ -973,10 +973,10 @@ def evaluate(
             "these metrics use the finished ones",
             err=True,
         )
-    typer.echo(f"{'regime':<16} {'metric':<11} {'value':>9}  95% CI                n")
+    typer.echo(f"{'regime':<16} {'metric':<17} {'value':>9}  95% CI                n")
     for row in rows:
         ci = "" if row["metric"] == "fid" else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-        typer.echo(f"{row['regime']:<16} {row['metric']:<11} {row['value']:9.3f}  {ci:<21} {row['n']}")
+        typer.echo(f"{row['regime']:<16} {row['metric']:<17} {row['value']:9.4g}  {ci:<21} {row['n']}")
     typer.echo(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'metrics.csv'}")
 
 

@@ -38,8 +38,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -56,6 +57,9 @@ from conceptspace.sampling import (
     latent_size,
     schedule_of,
 )
+
+if TYPE_CHECKING:
+    from conceptspace.metrics import Estimate
 
 RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"
@@ -714,16 +718,21 @@ def evaluate_run(
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """CLIP score (and, with ``fid_ref``, FID) of each regime's finished images; writes RUN_DIR/metrics.json/csv.
+    """CLIP score, FID (with ``fid_ref``) and sampling time of each regime's finished images; writes
+    RUN_DIR/metrics.json/csv.
 
-    ``embedder``: a spec for :func:`conceptspace.embeddings.load_embedder` or a loaded embedder with a text tower
-    (default: the run's base model's embedder); each image is scored against its own prompt. ``fid_ref``: the name
-    of a regime of this run, or a folder of reference images (searched recursively; resized and centre-cropped to
-    the run's image size). FID uses the Inception network (``fid_weights``: a local weights file; offline, it must
-    be given or cached) unless ``fid_feature_extractor`` (any module mapping an image batch to features) is given.
+    ``embedder``: a spec for :func:`conceptspace.embeddings.load_embedder` or a loaded embedder (default: the run's
+    base model's embedder); each image is scored against its own prompt. An image-only embedder (no text tower,
+    e.g. ``testbed:clip``) skips the CLIP score, which the ``notes`` of the time rows say; with no FID reference
+    either there is nothing to measure, and that is an error. ``fid_ref``: the name of a regime of this run, or a
+    folder of reference images (searched recursively; resized and centre-cropped to the run's image size). FID
+    uses the Inception network (``fid_weights``: a local weights file; offline, it must be given or cached) unless
+    ``fid_feature_extractor`` (any module mapping an image batch in [0, 1] to features) is given.
 
-    Rows: ``metric="clip_score"`` per regime (mean over images, bootstrap 95% CI) and ``metric="fid"`` per regime
-    other than the reference (no CI; ``reference`` and ``n_reference`` keys), all with ``prompt="(all prompts)"``.
+    Rows, all with ``prompt="(all prompts)"``: ``metric="clip_score"`` per regime (mean over images, bootstrap 95%
+    CI), ``metric="fid"`` per regime other than the reference (no CI; ``reference`` and ``n_reference`` keys), and
+    ``metric="seconds_per_image"`` per regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over
+    images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
     from conceptspace.metrics import ALL_PROMPTS, clip_score, fid
@@ -737,6 +746,7 @@ def evaluate_run(
         )
     run = json.loads(run_file.read_text(encoding="utf-8"))
     by_regime: dict[str, list[tuple[Path, str]]] = {}
+    seconds: dict[str, list[float]] = {}
     for entry in read_manifest(run_dir):
         path = run_dir / _image_path(*_entry_key(entry))
         if not path.is_file():
@@ -744,6 +754,8 @@ def evaluate_run(
                 f"{path} is in the manifest but missing: rerun `conceptspace run --resume`"
             )
         by_regime.setdefault(str(entry["regime"]), []).append((path, str(entry["prompt"])))
+        if "seconds" in entry:
+            seconds.setdefault(str(entry["regime"]), []).append(float(entry["seconds"]))
     if not by_regime:
         raise ValueError(f"{run_dir} has no finished images yet")
 
@@ -756,14 +768,15 @@ def evaluate_run(
         spec = load_embedder(
             spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
         )
-    if not getattr(spec, "has_text", False):
+    has_text = getattr(spec, "has_text", False)
+    if not has_text and reference is None:
         raise ValueError(
             f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
-            f"embedder, e.g. --embedder {EXAMPLE_SPEC}"
+            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone"
         )
 
     rows = []
-    for regime, images in by_regime.items():
+    for regime, images in (by_regime if has_text else {}).items():  # image-only embedder: no CLIP score
         prompts = [prompt for _, prompt in images]
         unique = list(dict.fromkeys(prompts))
         texts = spec.embed_texts(unique)
@@ -799,8 +812,38 @@ def evaluate_run(
                     n_reference=len(reference.paths),
                 )
             )
+    # Time per image: each image's share of its batch's sampling time, so it depends on the batch size and device.
+    parameters = run.get("parameters", {})
+    name = getattr(spec, "name", spec)
+    notes = {} if has_text else {"notes": f"no clip_score: embedder {name!r} has no text tower"}
+    for regime, values in seconds.items():
+        estimate = _mean_estimate(np.array(values), n_boot)
+        rows.append(
+            estimate.row(
+                ALL_PROMPTS,
+                regime,
+                "seconds_per_image",
+                ci_method=estimate.method,
+                batch_size=parameters.get("batch_size"),
+                device_type=parameters.get("device_type"),
+                **notes,
+            )
+        )
     write_metrics(run_dir, rows)
     return rows
+
+
+def _mean_estimate(values: np.ndarray, n_boot: int, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """The mean of ``values`` with a percentile bootstrap interval over them (as for the CLIP score)."""
+    from conceptspace.metrics import Estimate, _percentile
+
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    replicates = (
+        values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
+    )
+    low, high = _percentile(replicates, confidence)
+    return Estimate(float(values.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
 
 
 def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:

@@ -603,6 +603,8 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
         ("hybrid", "clip_score"),
         ("distilled", "fid"),
         ("hybrid", "fid"),
+        ("distilled", "seconds_per_image"),
+        ("hybrid", "seconds_per_image"),
     ]
     embedder = load_embedder(clip_spec, device="cpu", progress=False)
     entries = [e for e in read_manifest(run) if e["regime"] == "hybrid"]
@@ -617,13 +619,15 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     assert (
         0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
     )
-    assert [r["metric"] for r in read_metrics(run)] == ["clip_score"] * 2 + ["fid"] * 2
+    assert [(r["regime"], r["metric"]) for r in read_metrics(run)] == [
+        (r["regime"], r["metric"]) for r in rows
+    ]
     assert (run / "metrics.csv").read_text().startswith("prompt,regime,metric,value,ci_low,ci_high,n")
 
     by_regime = evaluate_run(
         run, embedder=clip_spec, fid_ref="distilled", fid_feature_extractor=features, progress=False
     )
-    assert [(r["regime"], r["metric"]) for r in by_regime][2:] == [("hybrid", "fid")]
+    assert [(r["regime"], r["metric"]) for r in by_regime][2:3] == [("hybrid", "fid")]
     assert by_regime[2]["reference"] == "regime:distilled"
 
 
@@ -670,3 +674,39 @@ def test_evaluate_errors_say_what_to_do(
         not_a_run.exception
     )
     assert not (reference_run / "metrics.json").exists()
+
+
+def test_evaluate_times_each_regime_from_the_manifest(
+    reference_run: Path, clip_spec: str, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    rows = evaluate_run(run, embedder=clip_spec, n_boot=200, progress=False)
+    timed = {r["regime"]: r for r in rows if r["metric"] == "seconds_per_image"}
+    assert list(timed) == ["distilled", "hybrid"]
+    for regime, row in timed.items():
+        seconds = [e["seconds"] for e in read_manifest(run) if e["regime"] == regime]
+        assert row["value"] == pytest.approx(np.mean(seconds)) and row["n"] == len(seconds) == 6
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["ci_method"] == "bootstrap"
+        assert row["batch_size"] == 3 and row["device_type"] == "cpu" and "notes" not in row
+
+
+def test_evaluate_with_an_image_only_embedder_skips_the_clip_score(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    features = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+    # tiny-sdxl's default embedder (pixels:32) has no text tower: FID and time only, and a note saying why
+    rows = evaluate_run(run, fid_ref="distilled", fid_feature_extractor=features, n_boot=50, progress=False)
+    assert [(r["regime"], r["metric"]) for r in rows] == [
+        ("hybrid", "fid"),
+        ("distilled", "seconds_per_image"),
+        ("hybrid", "seconds_per_image"),
+    ]
+    assert rows[1]["notes"] == "no clip_score: embedder 'pixels:32' has no text tower"
+    # nothing at all to measure is still an error
+    (run / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="embeds images only.*or --fid-ref for FID alone"):
+        evaluate_run(run, progress=False)
+    assert not (run / "metrics.json").exists()

@@ -838,6 +838,12 @@ def _points_figure(
         ax.set_ylabel(_label(group[0]["metric"], 40))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    _legend(figure, handles)
+    return figure
+
+
+def _legend(figure: Any, handles: dict[str, Any]) -> None:
+    """One legend above all panels (at most six entries a line)."""
     if handles:
         figure.legend(
             list(handles.values()),
@@ -846,7 +852,6 @@ def _points_figure(
             ncols=min(len(handles), 6),
             frameon=False,
         )
-    return figure
 
 
 def _half(value: float, bound: float, *, below: bool) -> float:
@@ -896,14 +901,7 @@ def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: d
             ax.set_title(f"scale {scale:+g}" if _is_number(scale) else _label(scale))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    if handles:
-        figure.legend(
-            list(handles.values()),
-            [_label(h, 30) for h in handles],
-            loc="outside upper center",
-            ncols=min(len(handles), 6),
-            frameon=False,
-        )
+    _legend(figure, handles)
     return figure
 
 
@@ -971,14 +969,7 @@ def _curves_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict
         ax.set_ylabel(_label(rows[0]["metric"], 40))
     for ax in axes[len(prompts) :]:
         ax.set_visible(False)
-    if handles:
-        figure.legend(
-            list(handles.values()),
-            [_label(h, 30) for h in handles],
-            loc="outside upper center",
-            ncols=min(len(handles), 6),
-            frameon=False,
-        )
+    _legend(figure, handles)
     return figure
 
 

@@ -76,6 +76,42 @@ def write_clip_tokenizer_files(directory: str | os.PathLike, *, pad_token: str =
 
 
 @functools.lru_cache(maxsize=1)
+def write_tiny_hf_clip(folder: str | os.PathLike, *, seed: int = 1) -> str:
+    """A tiny transformers ``CLIPModel`` (random weights; 24-dimensional projections, 30×30 images) with its image
+    processor and the real CLIP tokenizer in ``folder``; returns its embedder spec ``hf-clip:<folder>``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = Path(folder)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        image_size=30,
+        patch_size=6,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
+        folder
+    )
+    write_clip_tokenizer_files(folder)
+    return f"hf-clip:{folder}"
+
+
 def _tokenizer_dir() -> str:
     return str(write_clip_tokenizer_files(Path(tempfile.mkdtemp(prefix="conceptspace-clip-tok-"))))
 

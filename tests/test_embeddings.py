@@ -57,38 +57,9 @@ def open_clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def hf_clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny transformers CLIPModel folder with a small-crop CLIPImageProcessor and the real CLIP tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from conceptspace.testing import write_tiny_hf_clip
 
-    from conceptspace.testing import write_clip_tokenizer_files
-
-    folder = tmp_path_factory.mktemp("hf-clip")
-    text = dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=1,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=1,
-        image_size=30,
-        patch_size=6,
-    )
-    with _seeded(1):
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
-    model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
-        folder
-    )
-    write_clip_tokenizer_files(folder)
-    return f"hf-clip:{folder}"
+    return write_tiny_hf_clip(tmp_path_factory.mktemp("hf-clip"))
 
 
 @pytest.fixture(scope="module")

@@ -334,7 +334,9 @@ def _bootstrap_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarr
     return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
-def _percentile(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``replicates`` at ``confidence`` (non-finite replicates dropped;
+    NaN with fewer than two)."""
     finite = replicates[np.isfinite(replicates)]
     if len(finite) < 2:
         return math.nan, math.nan
@@ -405,7 +407,7 @@ def _single(
     n = pairs.size
     value = float(pairs.mean(np.ones((1, n)))[0])
     replicates = pairs.mean(_bootstrap_counts(rng, n, n_boot)) if n_boot else np.empty(0)
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     method = "bootstrap" if n_boot else "none"
     return _Draws(Estimate(value, low, high, n, method=method), replicates, np.empty(0))
 
@@ -485,7 +487,7 @@ def _paired_draws(
         in_a = np.concatenate([1 - swap, swap], axis=1)  # indicators over [a's images, b's images]
         in_b = np.concatenate([swap, 1 - swap], axis=1)
         permuted = pairs_union.mean(in_a) - pairs_union.mean(in_b)
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     method = "bootstrap" if n_boot else "none"
     estimate = Estimate(value, low, high, n, p_value=_p_value(value, permuted), method=method)
     return _Draws(estimate, replicates, permuted)
@@ -833,7 +835,7 @@ def _aggregate(
             chosen = rng.integers(0, n_prompts, size=(n_boot, n_prompts))
             column = rng.integers(0, per_prompt.shape[1], size=(n_boot, n_prompts))
             replicates = per_prompt[chosen, column].mean(axis=1)
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     p_value = math.nan
     if all(len(d.permuted) for d in draws):
         # Independent within-seed swaps in every prompt: the joint null of "no difference in any prompt".
@@ -1198,7 +1200,7 @@ def clip_score(
     replicates = (
         scores[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
     )
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     return Estimate(float(scores.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
 
 
@@ -1245,7 +1247,7 @@ def clip_score_change(
     if n_perm:
         swap = rng.integers(0, 2, size=(n_perm, n)).astype(bool)
         permuted = _percent_change(np.where(swap, scaled, reference), np.where(swap, reference, scaled))
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     method = "bootstrap" if len(replicates) else "none"
     return Estimate(
         value, low, high, n, p_value=_p_value(value, permuted[np.isfinite(permuted)]), method=method

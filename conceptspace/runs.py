@@ -835,14 +835,14 @@ def evaluate_run(
 
 def _mean_estimate(values: np.ndarray, n_boot: int, confidence: float = 0.95, seed: int = 0) -> Estimate:
     """The mean of ``values`` with a percentile bootstrap interval over them (as for the CLIP score)."""
-    from conceptspace.metrics import Estimate, _percentile
+    from conceptspace.metrics import Estimate, percentile_interval
 
     n = len(values)
     rng = np.random.default_rng(seed)
     replicates = (
         values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
     )
-    low, high = _percentile(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     return Estimate(float(values.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
 
 

@@ -34,9 +34,9 @@ from conceptspace.metrics import (
     _bootstrap_counts,
     _check_settings,
     _p_value,
-    _percentile,
     _rng,
     _swaps,
+    percentile_interval,
 )
 from conceptspace.results import metric_row
 
@@ -488,7 +488,7 @@ def _intervals(replicates: np.ndarray, confidence: float) -> np.ndarray:
     out = np.empty((regimes, columns, 2))
     for r in range(regimes):
         for column in range(columns):
-            out[r, column] = _percentile(replicates[r, :, column], confidence)
+            out[r, column] = percentile_interval(replicates[r, :, column], confidence)
     return out
 
 

@@ -151,14 +151,10 @@ def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int)
     """Percentile interval of ``values(indices)`` over ``N_BOOT`` resamples of the n seeds (rows of indices)."""
     if n < 2:
         return math.nan, math.nan
+    from conceptspace.metrics import percentile_interval
+
     rng = np.random.default_rng(seed)
-    replicates = values(rng.integers(0, n, size=(N_BOOT, n)))
-    replicates = replicates[np.isfinite(replicates)]
-    if not len(replicates):
-        return math.nan, math.nan
-    alpha = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(replicates, [alpha, 1 - alpha])
-    return float(low), float(high)
+    return percentile_interval(values(rng.integers(0, n, size=(N_BOOT, n))), CONFIDENCE)
 
 
 def mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
@@ -224,7 +220,9 @@ def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], titl
         return scale_label(key) if isinstance(key, (int, float)) else str(key)[:8]
 
     first = next(iter(images_by_row.values()))[0]
-    w, h = (max(side, 64) for side in first.size)  # small images (the testbed's 32²) are enlarged to stay legible
+    w, h = (
+        max(side, 64) for side in first.size
+    )  # small images (the testbed's 32²) are enlarged to stay legible
     margin_left, margin_top = 48, 14
     grid = Image.new("RGB", (margin_left + w * len(columns), margin_top + h * len(images_by_row)), "white")
     draw = ImageDraw.Draw(grid)

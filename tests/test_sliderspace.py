@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptspace.metrics import _bootstrap_counts, _p_value, _percentile, _rng, _swaps
+from conceptspace.metrics import _bootstrap_counts, _p_value, _rng, _swaps, percentile_interval
 from conceptspace.results import REQUIRED_COLUMNS, read_metrics, validate_rows, write_metrics
 from conceptspace.sliderspace import ActivationResult, SliderSpace
 
@@ -197,8 +197,8 @@ def test_activation_matches_brute_force_resampling():
     }
     shares = replicates["other"] / replicates["base"]
     for k in range(2):
-        assert np.allclose(result.variance_ci[0, k], _percentile(replicates["base"][:, k], 0.95))
-        assert np.allclose(result.share_ci[1, k], _percentile(shares[:, k], 0.95))
+        assert np.allclose(result.variance_ci[0, k], percentile_interval(replicates["base"][:, k], 0.95))
+        assert np.allclose(result.share_ci[1, k], percentile_interval(shares[:, k], 0.95))
 
     swaps = _swaps(_rng(seed, "sliderspace", "permutation"), n_perm, 30).astype(bool)[:, :, None]
     centred = {r: c - c.mean(axis=0) for r, c in coordinates.items()}

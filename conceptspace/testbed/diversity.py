@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from conceptspace.metrics import Estimate
+from conceptspace.metrics import Estimate, percentile_interval
 from conceptspace.testbed.data import (
     FACTORS,
     LEVELS,
@@ -61,14 +61,6 @@ def _check(confidence: float, n_boot: int) -> None:
         raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-
-
-def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    if len(replicates) < 2:
-        return math.nan, math.nan
-    alpha = 1.0 - confidence
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
 
 
 def _plug_in(counts: np.ndarray) -> np.ndarray:
@@ -118,7 +110,7 @@ def entropy(
     if not n_boot:
         return Estimate(value, n=n, method="none")
     replicates = _plug_in(np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot))
-    q_low, q_high = _percentiles(replicates, confidence)
+    q_low, q_high = percentile_interval(replicates, confidence)
     low, high = (float(np.clip(v, 0.0, bound)) + 0.0 for v in (2 * plug_in - q_high, 2 * plug_in - q_low))
     return Estimate(value + 0.0, low, high, n, method="basic bootstrap")
 
@@ -137,7 +129,7 @@ def std(values: Any, *, n_boot: int = 1000, confidence: float = 0.95, seed: int 
         return Estimate(value, n=n, method="none")
     rng = np.random.default_rng(seed)
     replicates = values[rng.integers(0, n, size=(n_boot, n))].std(axis=1, ddof=1)
-    low, high = _percentiles(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     return Estimate(value, low, high, n, method="bootstrap")
 
 
@@ -245,7 +237,7 @@ def paired_difference(
     basic = measure.startswith("entropy_")
     if basic:  # reflected replicates: the basic interval, which carries the entropy's bias correction
         replicates = 2 * value - replicates
-    low, high = _percentiles(replicates, confidence)
+    low, high = percentile_interval(replicates, confidence)
     p = min(1.0, 2 * min(float(np.mean(replicates <= 0)), float(np.mean(replicates >= 0))))
     method = "paired basic bootstrap" if basic else "paired bootstrap"
     return Estimate(value, low, high, n, p_value=p, method=method)

@@ -1,4 +1,4 @@
-"""Claim 1, control transfer (the paper's Table 1): a Concept Slider trained on the base moves its concept on the
+"""Claim 2, control transfer (the paper's Table 1): a Concept Slider trained on the base moves its concept on the
 distilled students too, with the same file and no retraining.
 
 For every slider recipe: train it on the base (or reuse the file from an earlier run), apply it at each scale to

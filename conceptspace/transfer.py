@@ -116,7 +116,8 @@ def parse_probe_factor(text: str) -> Callable[[dict[str, np.ndarray]], np.ndarra
     """A testbed factor as one number per image, from the probe's predictions (with probabilities).
 
     ``"size"``, ``"x"``, ``"y"``: pixels. ``"colour=red"``: the probe's probability that the shape is red (likewise
-    ``"shape=circle"``). ``"colour=red-blue"``: P(red) − P(blue), a contrast for a slider between two levels.
+    ``"shape=circle"``). ``"colour=red-blue"``: P(red) − P(blue), a contrast for a slider between two levels;
+    ``+`` joins levels on either side: ``"colour=red+orange+yellow-blue+purple+green"`` is warm minus cool.
     """
     from conceptspace.testbed.data import CATEGORICAL, CONTINUOUS, LEVELS
 
@@ -128,18 +129,20 @@ def parse_probe_factor(text: str) -> Callable[[dict[str, np.ndarray]], np.ndarra
             f"unknown probe factor {text!r}: write one of {', '.join(CONTINUOUS)}, or a level of "
             f"{', '.join(CATEGORICAL)} like colour=red, or a contrast like colour=red-blue"
         )
-    positive, _, negative = (level.strip() for level in levels.partition("-"))
-    for level in filter(None, (positive, negative)):
+    positive, _, negative = levels.partition("-")
+    sides = [[level.strip() for level in side.split("+") if level.strip()] for side in (positive, negative)]
+    if not sides[0]:
+        raise TransferError(f"{text!r} names no level before the '-': write e.g. colour=red-blue")
+    for level in (*sides[0], *sides[1]):
         if level not in LEVELS[name]:
             raise TransferError(
                 f"unknown {name} {level!r} in {text!r}: choose from {', '.join(LEVELS[name])}"
             )
-    columns = [LEVELS[name].index(level) for level in (positive, negative) if level]
+    plus, minus = ([LEVELS[name].index(level) for level in side] for side in sides)
 
     def score(predictions: dict[str, np.ndarray]) -> np.ndarray:
         probabilities = predictions[f"{name}_probs"].astype(float)
-        value = probabilities[:, columns[0]]
-        return value - probabilities[:, columns[1]] if len(columns) == 2 else value
+        return probabilities[:, plus].sum(axis=1) - probabilities[:, minus].sum(axis=1)
 
     return score
 

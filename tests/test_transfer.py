@@ -257,12 +257,15 @@ def test_parse_probe_factor():
     assert parse_probe_factor("size")(predictions).tolist() == [3.0, 5.0]
     assert parse_probe_factor("colour=red")(predictions) == pytest.approx([0.7, 0.1])
     assert parse_probe_factor("colour = red-blue")(predictions) == pytest.approx([0.5, -0.8])
+    assert parse_probe_factor("colour=red+orange-blue+green")(predictions) == pytest.approx([0.6, 0.1 - 0.9])
     with pytest.raises(TransferError, match="choose from red, orange"):
         parse_probe_factor("colour=crimson")
     with pytest.raises(TransferError, match="colour=red-blue"):
         parse_probe_factor("hue")
     with pytest.raises(TransferError, match="colour=red"):
         parse_probe_factor("colour")
+    with pytest.raises(TransferError, match="names no level"):
+        parse_probe_factor("colour=-blue")
 
 
 def test_probe_factor_needs_the_testbed(tmp_path):

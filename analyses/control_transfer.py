@@ -23,7 +23,11 @@ from pathlib import Path
 from conceptspace.sliders import load_recipe, train_slider
 from conceptspace.transfer import scale_label, transfer
 
-TESTBED_SLIDERS = ("sliders/testbed-size.yaml:size", "sliders/testbed-colour.yaml:colour=red-blue")
+# the colour recipe ("a red shape" vs "a blue shape") learns warm versus cool on this testbed: measure that
+TESTBED_SLIDERS = (
+    "sliders/testbed-size.yaml:size",
+    "sliders/testbed-colour.yaml:colour=red+orange+yellow-blue+purple+green",
+)
 
 
 def find(rows: list[dict], metric: str, **keys) -> dict | None:

@@ -345,6 +345,21 @@ def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[floa
     return float(low), float(high)
 
 
+def mean_estimate(
+    values: ArrayLike, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Estimate:
+    """The mean of ``values`` with a percentile bootstrap interval over them (``n_boot`` resamples; no interval
+    with ``n_boot=0`` or fewer than two values)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    replicates = (
+        values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
+    )
+    low, high = percentile_interval(replicates, confidence)
+    return Estimate(float(values.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
+
+
 def _z(confidence: float) -> float:
     from statistics import NormalDist
 
@@ -1194,14 +1209,9 @@ def clip_score(
 ) -> Estimate:
     """Mean CLIP score over images, with a percentile bootstrap interval over images."""
     _check_settings(confidence, n_boot)
-    scores = clip_scores(image_embeddings, text_embeddings)
-    n = len(scores)
-    rng = np.random.default_rng(seed)
-    replicates = (
-        scores[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
+    return mean_estimate(
+        clip_scores(image_embeddings, text_embeddings), n_boot=n_boot, confidence=confidence, seed=seed
     )
-    low, high = percentile_interval(replicates, confidence)
-    return Estimate(float(scores.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
 
 
 def _percent_change(reference: np.ndarray, scaled: np.ndarray) -> np.ndarray:

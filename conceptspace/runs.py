@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +57,6 @@ from conceptspace.sampling import (
     latent_size,
     schedule_of,
 )
-
-if TYPE_CHECKING:
-    from conceptspace.metrics import Estimate
 
 RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"
@@ -735,7 +732,7 @@ def evaluate_run(
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
-    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid
+    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid, mean_estimate
     from conceptspace.results import metric_row, write_metrics
 
     run_dir = Path(run_dir)
@@ -817,7 +814,7 @@ def evaluate_run(
     name = getattr(spec, "name", spec)
     notes = {} if has_text else {"notes": f"no clip_score: embedder {name!r} has no text tower"}
     for regime, values in seconds.items():
-        estimate = _mean_estimate(np.array(values), n_boot)
+        estimate = mean_estimate(np.array(values), n_boot=n_boot)
         rows.append(
             estimate.row(
                 ALL_PROMPTS,
@@ -831,19 +828,6 @@ def evaluate_run(
         )
     write_metrics(run_dir, rows)
     return rows
-
-
-def _mean_estimate(values: np.ndarray, n_boot: int, confidence: float = 0.95, seed: int = 0) -> Estimate:
-    """The mean of ``values`` with a percentile bootstrap interval over them (as for the CLIP score)."""
-    from conceptspace.metrics import Estimate, percentile_interval
-
-    n = len(values)
-    rng = np.random.default_rng(seed)
-    replicates = (
-        values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n_boot and n > 1 else np.empty(0)
-    )
-    low, high = percentile_interval(replicates, confidence)
-    return Estimate(float(values.mean()), low, high, n, method="bootstrap" if len(replicates) else "none")
 
 
 def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:

@@ -162,8 +162,12 @@ def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int)
 
 def mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
     """Mean over seeds with a bootstrap CI (seeds resampled)."""
-    low, high = _bootstrap_ci(lambda idx: values[idx].mean(axis=1), len(values), seed)
-    return metric_row(prompt, regime, metric, float(values.mean()), low, high, len(values), **extra)
+    from conceptspace.metrics import mean_estimate
+
+    estimate = mean_estimate(values, n_boot=N_BOOT, confidence=CONFIDENCE, seed=seed)
+    return metric_row(
+        prompt, regime, metric, estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, **extra
+    )
 
 
 def ratio_row(

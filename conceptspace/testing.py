@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +371,33 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                 torch.save(state_dict, snapshot / spec.filename)
         _link_blobs(snapshot)
     return cache_dir
+
+
+def random_lora(
+    unet: Any,
+    targets: Sequence[str],
+    *,
+    seed: int = 0,
+    ranks: Sequence[int] = (2,),
+    alphas: Sequence[float] | None = None,
+    size: float = 1.0,
+) -> Any:
+    """A LoRA with random factors (both nonzero, unlike a freshly initialised one) on ``targets`` of ``unet``:
+    module i gets rank ``ranks[i % len(ranks)]`` and alpha ``alphas[i % len(alphas)]`` (default: its rank, so
+    scale 1 adds up·down), factors drawn from a normal distribution times ``size``. Linear and conv layers."""
+    from conceptspace.lora import LoRA, LoRAWeights
+
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(unet.named_modules())
+    weights = {}
+    for i, name in enumerate(targets):
+        module, rank = modules[name], ranks[i % len(ranks)]
+        if isinstance(module, torch.nn.Conv2d):
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            down = torch.randn(rank, module.in_features, generator=generator)
+            up = torch.randn(module.out_features, rank, generator=generator)
+        alpha = float(rank) if alphas is None else float(alphas[i % len(alphas)])
+        weights[name] = LoRAWeights(down=down * size, up=up * size, alpha=alpha)
+    return LoRA(weights)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conceptspace import testing
 from conceptspace.lora import (
     LoRA,
     LoRAFormatError,
@@ -53,19 +54,7 @@ def unet():
 
 def random_lora(unet, targets=TARGETS, *, seed=0, ranks=(4, 2), alphas=(1.0, 4.0, 2.0)) -> LoRA:
     """A LoRA with random factors (both nonzero, unlike a fresh one) for ``targets``; ranks and alphas vary."""
-    generator = torch.Generator().manual_seed(seed)
-    modules = dict(unet.named_modules())
-    weights = {}
-    for i, name in enumerate(targets):
-        module, rank = modules[name], ranks[i % len(ranks)]
-        if isinstance(module, torch.nn.Conv2d):
-            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
-            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
-        else:
-            down = torch.randn(rank, module.in_features, generator=generator)
-            up = torch.randn(module.out_features, rank, generator=generator)
-        weights[name] = LoRAWeights(down=down * 0.2, up=up * 0.2, alpha=alphas[i % len(alphas)])
-    return LoRA(weights)
+    return testing.random_lora(unet, targets, seed=seed, ranks=ranks, alphas=alphas, size=0.2)
 
 
 def explicit_merge(unet, *terms: tuple[LoRA, float]):

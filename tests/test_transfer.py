@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conceptspace import testing
 from conceptspace.lora import LoRA, LoRAMismatchError, LoRAWeights, write_lora
 from conceptspace.models import load_pair
 from conceptspace.transfer import (
@@ -36,19 +37,7 @@ TARGETS = (
 
 def random_lora(unet, targets=TARGETS, *, seed=0, rank=2, size=1.0) -> LoRA:
     """Random nonzero factors for ``targets`` of ``unet`` (large enough to change the images visibly)."""
-    generator = torch.Generator().manual_seed(seed)
-    modules = dict(unet.named_modules())
-    weights = {}
-    for name in targets:
-        module = modules[name]
-        if isinstance(module, torch.nn.Conv2d):
-            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
-            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
-        else:
-            down = torch.randn(rank, module.in_features, generator=generator)
-            up = torch.randn(module.out_features, rank, generator=generator)
-        weights[name] = LoRAWeights(down=down * size, up=up * size, alpha=float(rank))
-    return LoRA(weights)
+    return testing.random_lora(unet, targets, seed=seed, ranks=(rank,), size=size)
 
 
 @pytest.fixture(scope="module")

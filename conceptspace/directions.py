@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,10 @@ def _sample_and_embed(
     keep_images: int,
     progress: bool,
     desc: str,
+    on_images: Callable[[list[Any]], None] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, list[Any]]:
-    """Final latents, unit embeddings and the first ``keep_images`` images of ``regime`` for ``seeds``."""
+    """Final latents, unit embeddings and the first ``keep_images`` images of ``regime`` for ``seeds``;
+    ``on_images`` sees every chunk of images as it is made (they are not all kept)."""
     latents, embeddings, kept = [], [], []
     bar = tqdm(total=len(seeds), desc=desc, unit="img", disable=not progress, leave=False)
     with bar:
@@ -95,6 +97,8 @@ def _sample_and_embed(
             )
             latents.append(result.latents.to(torch.float16))
             embeddings.append(embedder.embed_images(result.images).double().numpy())
+            if on_images is not None:
+                on_images(list(result.images))
             kept += list(result.images)[: max(0, keep_images - len(kept))]
             bar.update(len(result.seeds))
     return torch.cat(latents), np.concatenate(embeddings), kept
@@ -142,9 +146,13 @@ def discover(
     embedder = _embedder_of(pair, embedder, device)
     started = time.perf_counter()
     seeds = seeds_from(seed, n)
+    probe_reads: list[
+        dict[str, np.ndarray]
+    ] = []  # on the testbed: the probe's factors, read as images are made
+    read_factors = _probe_reader(pair, probe_reads) if pair.base.family == "testbed" else None
     latents, embeddings, images = _sample_and_embed(
         pair, prompt, regime, seeds, embedder, batch_size=batch_size, keep_images=keep_images,
-        progress=progress, desc=f"discover [{regime.name}]",
+        progress=progress, desc=f"discover [{regime.name}]", on_images=read_factors,
     )  # fmt: skip
     space = SliderSpace(n_directions=n_directions).fit(embeddings)
 
@@ -167,10 +175,8 @@ def discover(
         "embedder": embedder.name,
     }
     rows = space.explained_variance_rows(prompt, regime=regime.name, **extra)
-    if pair.base.family == "testbed":
-        rows += _probe_correlation_rows(
-            space, embeddings, latents, pair=pair, prompt=prompt, regime=regime.name
-        )
+    if probe_reads:
+        rows += _probe_correlation_rows(space, embeddings, probe_reads, prompt=prompt, regime=regime.name)
     write_metrics(out, rows)
     run = {
         "command": "sliderspace discover",
@@ -203,28 +209,34 @@ def _uses_student(regime: Regime) -> bool:
     return not isinstance(regime, Base)
 
 
+def _probe_reader(pair: ModelPair, reads: list[dict[str, np.ndarray]]) -> Callable[[list[Any]], None]:
+    """A callback that appends the testbed probe's reading of each chunk of images to ``reads``."""
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe(device=pair.device)
+
+    def read(images: list[Any]) -> None:
+        reads.append(
+            probe.predict(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]))
+        )
+
+    return read
+
+
 def _probe_correlation_rows(
     space: SliderSpace,
     embeddings: np.ndarray,
-    latents: torch.Tensor,
+    reads: list[dict[str, np.ndarray]],
     *,
-    pair: ModelPair,
     prompt: str,
     regime: str,
 ) -> list[dict[str, Any]]:
     """On the testbed: Pearson correlation of each direction's coordinate with each probe factor (size, x, y, and
     one indicator per shape and colour level), with a Fisher-z 95% interval."""
-    from conceptspace.sampling import decode
     from conceptspace.testbed.data import LEVELS
-    from conceptspace.testbed.probe import load_probe
 
-    probe = load_probe(device=pair.device)
-    predictions = []
-    for start in range(0, len(latents), 256):
-        pixels = decode(pair, latents[start : start + 256].to(pair.device, pair.dtype), output_type="np")
-        predictions.append(probe.predict((np.asarray(pixels) * 255).round().astype(np.uint8)))
     factors = {
-        name: np.concatenate([p[name] for p in predictions]) for name in ("size", "x", "y", "shape", "colour")
+        name: np.concatenate([r[name] for r in reads]) for name in ("size", "x", "y", "shape", "colour")
     }
     columns = {name: factors[name].astype(float) for name in ("size", "x", "y")}
     for name in ("shape", "colour"):  # a categorical factor: one indicator per level
@@ -514,30 +526,37 @@ def _measure_sliders(
     if pair.student is not None:
         models.append(("student", Distilled(), pair.student.name))
     rows: list[dict[str, Any]] = []
+    moved_scales = [s for s in scales if s != 0]
     bar = tqdm(
-        total=len(files) * len(models) * len(scales),
+        total=len(models) * (1 + len(files) * len(moved_scales)),
         desc="measuring sliders",
         disable=not progress,
         leave=False,
     )
+
+    def coordinates_of(regime: Regime) -> tuple[np.ndarray, Any]:
+        """Every direction's coordinate for each seed, and the first seed's image."""
+        result = sample(pair, prompt, regime, seeds, progress=False)
+        bar.update(1)
+        return space.transform(embedder.embed_images(result.images).double().numpy()), result.images[0]
+
+    # scale 0 is the model without a slider: sampled once per model, shared by every direction
+    unmoved = {name: coordinates_of(regime) for _, regime, name in models}
     for k, file in zip(directions, files, strict=True):
         lora = read_lora(file)
         change: dict[str, dict[float, np.ndarray]] = {}
         strip: dict[str, list[Any]] = {}
         for role, regime, name in models:
             handle = apply_lora(pair.unet(role), lora, scale=0.0)
-            coordinates = {}
-            strip[name] = []
+            by_scale = {0.0: unmoved[name]}
             try:
-                for s in scales:
+                for s in moved_scales:
                     handle.scale = float(s)
-                    result = sample(pair, prompt, regime, seeds, progress=False)
-                    embedded = embedder.embed_images(result.images).double().numpy()
-                    coordinates[s] = space.transform(embedded)[:, k]
-                    strip[name].append(result.images[0])
-                    bar.update(1)
+                    by_scale[s] = coordinates_of(regime)
             finally:
                 handle.remove()
+            coordinates = {s: by_scale[s][0][:, k] for s in scales}
+            strip[name] = [by_scale[s][1] for s in scales]
             change[name] = {s: coordinates[s] - coordinates[0.0] for s in scales}
             for s in scales:
                 if s != 0:

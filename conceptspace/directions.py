@@ -520,7 +520,14 @@ def _measure_sliders(
     progress: bool,
 ) -> list[dict[str, Any]]:
     """Per direction: strips on both models and the change along v_k per model and scale, with CIs."""
-    from conceptspace.transfer import mean_row, per_seed_slope, ratio_row, scale_grid, scale_label
+    from conceptspace.transfer import (
+        mean_row,
+        per_seed_slope,
+        ratio_row,
+        ratio_rows_per_scale,
+        scale_grid,
+        scale_label,
+    )
 
     models = [("base", Base(), pair.base.name)]
     if pair.student is not None:
@@ -577,11 +584,9 @@ def _measure_sliders(
                 ratio_row(slopes[student_name], slopes[base_name], prompt, ratio, "direction_transfer_ratio_slope",
                           model=student_name, direction=k, embedder=embedder.name)
             )  # fmt: skip
-            for s in scales:
-                if s != 0:
-                    rows.append(ratio_row(change[student_name][s], change[base_name][s], prompt, ratio,
-                                          "direction_transfer_ratio", model=student_name, scale=s, direction=k,
-                                          embedder=embedder.name))  # fmt: skip
+            rows += ratio_rows_per_scale(change[student_name], change[base_name], prompt, ratio,
+                                         "direction_transfer_ratio", model=student_name, direction=k,
+                                         embedder=embedder.name)  # fmt: skip
     bar.close()
     return rows
 

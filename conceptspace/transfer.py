@@ -186,6 +186,18 @@ def ratio_row(
     )
 
 
+def ratio_rows_per_scale(
+    top: dict[float, np.ndarray],
+    bottom: dict[float, np.ndarray],
+    prompt: str,
+    regime: str,
+    metric: str,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """:func:`ratio_row` at every scale but 0 (``top``/``bottom``: per-seed values by scale), with a ``scale`` key."""
+    return [ratio_row(top[s], bottom[s], prompt, regime, metric, scale=s, **extra) for s in top if s != 0]
+
+
 def _rank_correlation(scores: np.ndarray, scales: Sequence[float]) -> np.ndarray:
     """Per seed, Spearman's correlation between the scale and the score over the scales (rows: seeds)."""
     from scipy.stats import rankdata
@@ -447,21 +459,15 @@ def transfer(
     # ---- transfer ratio: effect on the student over effect on the base (reverse: base over student)
     for student in students:
         numerator, denominator = (base, student) if reverse else (student, base)
-        for s in scales:
-            if s == 0:
-                continue
-            rows.append(
-                ratio_row(
-                    distances[numerator][s],
-                    distances[denominator][s],
-                    prompt,
-                    f"{numerator} / {denominator}",
-                    "transfer_ratio",
-                    model=student,
-                    scale=s,
-                    embedder=embedder_name,
-                )
-            )
+        rows += ratio_rows_per_scale(
+            distances[numerator],
+            distances[denominator],
+            prompt,
+            f"{numerator} / {denominator}",
+            "transfer_ratio",
+            model=student,
+            embedder=embedder_name,
+        )
 
     # ---- the testbed: what the probe sees change
     if base_spec.family == "testbed" and (not has_text or probe_factor is not None):
@@ -591,19 +597,14 @@ def _probe_rows(
                 **factor_extra,
             )
         )
-        for s in scales:
-            if s != 0:
-                rows.append(
-                    ratio_row(
-                        factor_change[numerator][s],
-                        factor_change[denominator][s],
-                        prompt,
-                        f"{numerator} / {denominator}",
-                        "probe_transfer_ratio",
-                        model=student,
-                        scale=s,
-                        embedder="testbed probe",
-                        **factor_extra,
-                    )
-                )
+        rows += ratio_rows_per_scale(
+            factor_change[numerator],
+            factor_change[denominator],
+            prompt,
+            f"{numerator} / {denominator}",
+            "probe_transfer_ratio",
+            model=student,
+            embedder="testbed probe",
+            **factor_extra,
+        )
     return rows

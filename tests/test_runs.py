@@ -86,6 +86,23 @@ def reference_run(tiny_sdxl_pair, prompt_csv: Path, tmp_path_factory: pytest.Tem
     return out
 
 
+def run_args(prompts: Path, out: Path, *extra: str) -> list[str]:
+    """``conceptspace run`` on the tiny pair: distilled and hybrid, two images per case."""
+    return [
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled,hybrid",
+        "--prompts",
+        str(prompts),
+        "-n",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=True)
 
@@ -174,18 +191,7 @@ def test_work_is_split_round_robin_over_processes(prompt_csv: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ the run
 def test_run_command_writes_images_manifest_and_run_json(tmp_path: Path, prompt_csv: Path) -> None:
     out = tmp_path / "run"
-    result = invoke(
-        "run",
-        *TINY,
-        "--regimes",
-        "distilled,hybrid",
-        "--prompts",
-        str(prompt_csv),
-        "-n",
-        "2",
-        "--out",
-        str(out),
-    )
+    result = invoke(*run_args(prompt_csv, out))
     assert result.exit_code == 0, error_text(result)
     assert "made distilled 6, hybrid 6; 0 already finished" in result.output and "(complete)" in result.output
     assert sorted(image_bytes(out)) == sorted(
@@ -373,21 +379,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_half_written_image(
     for name, data in image_bytes(out).items():
         assert data == image_bytes(reference_run)[name]
 
-    result = invoke(
-        "run",
-        *TINY,
-        "--regimes",
-        "distilled,hybrid",
-        "--prompts",
-        str(prompt_csv),
-        "-n",
-        "2",
-        "--batch-size",
-        "3",
-        "--out",
-        str(out),
-        "--resume",
-    )
+    result = invoke(*run_args(prompt_csv, out, "--batch-size", "3", "--resume"))
     assert result.exit_code == 2 and "error: no space left on the device" in result.output
 
     monkeypatch.setattr(runs, "write_image", real_write_image)
@@ -520,22 +512,7 @@ def test_two_processes_under_accelerate_make_the_files_of_one(
         "--main_process_port",
         str(port),
     ]
-    command = [
-        "-m",
-        "conceptspace",
-        "run",
-        *TINY,
-        "--regimes",
-        "distilled,hybrid",
-        "--prompts",
-        str(prompt_csv),
-        "-n",
-        "2",
-        "--batch-size",
-        "3",
-        "--out",
-        str(out),
-    ]
+    command = ["-m", "conceptspace", *run_args(prompt_csv, out, "--batch-size", "3")]
     result = subprocess.run(
         [*launch, *command], capture_output=True, text=True, env=subprocess_env(), timeout=600
     )

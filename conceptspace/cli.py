@@ -896,7 +896,8 @@ def run_prompts(
     state = accelerate_state(torch.device(device) if device else default_device())
     if device is None and state.num_processes > 1:
         options["device"] = str(state.device)
-    pair, regimes, _, _, _ = _prepare(**{**options, "prompt": []})
+    # the prompt file is read (as cases) already: _prepare only checks the options, builds regimes, loads the pair
+    pair, regimes, _, _, _ = _prepare(**{**options, "prompt": [cases[0].prompt], "prompts": None})
     try:
         summary = run_prompt_set(
             pair,

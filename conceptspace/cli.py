@@ -442,13 +442,14 @@ def demo(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Run the study on the embedded testbed: base, distilled and hybrid samples with x̂0 trajectories, diversity
-    by factor probe and testbed CLIP with 95% CIs, metrics.json/csv and report.html. No download; about a minute
-    on a CPU.
+    """Run the study on the embedded testbed: base, distilled, hybrid and replace-final samples with x̂0
+    trajectories, diversity by factor probe and testbed CLIP with 95% CIs, a verdict per claim of the paper,
+    metrics.json/csv and report.html. No download; about a minute on a CPU.
 
     Example: conceptspace demo --out out/demo
     """
-    from conceptspace.demo import DEMO_PROMPTS, run_demo, summary_lines
+    from conceptspace.demo import DEMO_BASE_STEPS, DEMO_PROMPTS, run_demo, summary_lines
+    from conceptspace.verdicts import verdict_lines, verdicts
 
     if n < 2:
         _fail(f"-n must be at least 2 (diversity needs two images), got {n}")
@@ -456,6 +457,9 @@ def demo(
         _silence_libraries()
     result = run_demo(out, prompts=prompt or DEMO_PROMPTS, n=n, seed=seed, n_boot=n_boot, progress=not quiet)
     for line in summary_lines(result.rows):
+        typer.echo(line)
+    typer.echo(f"\nThe paper's claims on these {n} seeds per prompt (base: {DEMO_BASE_STEPS} Euler steps, not 50, to keep the demo short):")
+    for line in verdict_lines(verdicts(result.rows)):
         typer.echo(line)
     typer.echo(
         f"wrote {result.out_dir / 'metrics.json'}, {result.out_dir / 'metrics.csv'} and {result.report}"

@@ -3,7 +3,6 @@ records every parameter, package versions, wall time per phase and the schedule 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.metrics import mean_estimate
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Regime, sample
@@ -179,22 +179,20 @@ def schedule_field(records: dict[str, dict[str, Any]]) -> Any:
 def _commitment_rows(
     prompt: str, regime: str, curve: np.ndarray, schedule: list[dict[str, Any]], *, similarity: str
 ) -> list[dict[str, Any]]:
-    """Mean commitment per step with a normal-approximation 95% CI over samples."""
+    """Mean commitment per step with a percentile-bootstrap 95% CI over samples (it stays inside [0, 1] for the
+    probe's 0/1 matches, which a normal interval would not at small n)."""
     rows = []
-    n = curve.shape[0]
     for step, entry in enumerate(schedule):
-        values = curve[:, step]
-        mean = float(values.mean())
-        half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+        estimate = mean_estimate(curve[:, step])
         rows.append(
             metric_row(
                 prompt,
                 regime,
                 "commitment",
-                mean,
-                mean - half,
-                mean + half,
-                n,
+                estimate.value,
+                estimate.ci_low,
+                estimate.ci_high,
+                estimate.n,
                 step=step,
                 timestep=entry["timestep"],
                 model=entry["model"],

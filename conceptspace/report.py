@@ -20,7 +20,7 @@ import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -125,6 +125,7 @@ def build_report(
     figures = _figures(run_dir, rows, regimes, colours, written, notes) if rows else []
     figures += _run_figures(run_dir, run, notes)
     context = {
+        "verdicts": _verdicts(rows),
         "title": title or f"conceptspace report: {run_dir.resolve().name}",
         "subtitle": _subtitle(run, images, regimes),
         "notes": notes,
@@ -147,6 +148,17 @@ def build_report(
     html = _environment().get_template("report.html").render(**context)
     _remove_stale_assets(run_dir / ASSETS, written)
     return write_text(run_dir / REPORT, html)
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's claims judged on the rows (:mod:`conceptspace.verdicts`); none when nothing could be judged."""
+    from conceptspace.verdicts import verdicts
+
+    found = verdicts(rows)
+    if all(v.reproduced is None for v in found):
+        return []
+    css = {True: "yes", False: "no", None: "none"}
+    return [{**asdict(v), "label": v.label, "css": css[v.reproduced]} for v in found]
 
 
 # ---------------------------------------------------------------------------------------------- reading files

@@ -185,3 +185,53 @@ def test_train_all_recipe_options(tmp_path):
     out = train.train_all(out, budget=_tiny_budget(), recipe={"text_lr": 0.0, "num_pairs": 0}, quiet=True)
     log = json.loads((out / "dmd" / "unet" / "training_log.json").read_text())
     assert log["num_pairs"] == 0 and all(row["reg"] == 0 for row in log["history"])
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(monkeypatch, stage, step_index):
+    """Make the stage's loss logging raise at ``step_index``: the stage dies mid-way, as under kill -9."""
+    original = train._Log.__call__
+
+    def dying(self, step, **losses):
+        if self.stage == stage and step == step_index:
+            raise _Killed
+        return original(self, step, **losses)
+
+    monkeypatch.setattr(train._Log, "__call__", dying)
+
+
+def test_a_stage_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    budget = {**_tiny_budget(), "unet": 6, "dmd": 6}
+    parts = train.train_all(tmp_path / "run", seed=1, budget=budget, stop_after="unet", quiet=True) / "parts"
+    unet_args = (parts / "vae", parts / "clip_text", parts / "tokenizer")
+    common = dict(seed=1, steps=6, batch_size=4, quiet=True)
+    whole = train.train_unet(tmp_path / "whole", *unet_args, checkpoint_every=None, **common)
+
+    with monkeypatch.context() as patch:
+        _kill_at(patch, "unet", 4)
+        with pytest.raises(_Killed):
+            train.train_unet(tmp_path / "resumed", *unet_args, checkpoint_every=2, **common)
+    checkpoint = tmp_path / ".resumed.checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4 and not (tmp_path / "resumed").exists()
+    resumed = train.train_unet(tmp_path / "resumed", *unet_args, checkpoint_every=2, **common)
+    assert not checkpoint.exists()
+    a, b = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((resumed / "training_log.json").read_text())["history"]
+    assert [row["step"] for row in history] == [6]
+
+    pipeline = tmp_path / "run" / "shapes"
+    dmd = dict(seed=1, steps=6, batch_size=2, num_pairs=2, regression_batch=2, quiet=True)
+    whole = train.distill_dmd(tmp_path / "dmd-whole", pipeline, checkpoint_every=None, **dmd)
+    with monkeypatch.context() as patch:
+        _kill_at(patch, "dmd", 3)
+        with pytest.raises(_Killed):
+            train.distill_dmd(tmp_path / "dmd-resumed", pipeline, checkpoint_every=2, **dmd)
+    resumed = train.distill_dmd(tmp_path / "dmd-resumed", pipeline, checkpoint_every=2, **dmd)
+    a, b = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,6 +4,12 @@
 ``weights/clip_vision/``; ``testbed:clip:/some/folder`` loads another ``CLIPVisionModelWithProjection`` folder (one
 that :func:`conceptspace.testbed.train.train_all` wrote). Images are resized to 32×32 and scaled to [-1, 1], as in
 training. Image only: the text tower that trained beside it conditions the UNet and is not shipped separately.
+
+``testbed:probe`` is ground truth as an embedding: the probe's reading of shape and colour as a one-hot vector of
+the 18 shape×colour classes. Cosine similarity between two images is then 1 when the probe reads the same shape
+and colour in both and 0 otherwise, so a commitment curve measured with it (``generate(...,
+commitment_embedder=...)``, ``conceptspace trajectory --commitment-embedder testbed:probe``) is the share of
+samples whose x̂0 shows the final image's shape and colour.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptspace.embeddings import Embedder, EmbedderNotFoundError, EmbedderSpecError
-from conceptspace.testbed.data import IMAGE_SIZE
+from conceptspace.testbed.data import IMAGE_SIZE, LEVELS
 
 WEIGHTS = Path(__file__).parent / "weights" / "clip_vision"
 
-__all__ = ["TestbedCLIPEmbedder", "testbed_embedder"]
+__all__ = ["ProbeClassEmbedder", "TestbedCLIPEmbedder", "testbed_embedder"]
 
 
 class TestbedCLIPEmbedder(Embedder):
@@ -63,11 +69,40 @@ class TestbedCLIPEmbedder(Embedder):
         return self.model(pixel_values=(pixels * 2.0 - 1.0).to(self.dtype)).image_embeds
 
 
+class ProbeClassEmbedder(Embedder):
+    """The probe's shape×colour class of each image, one-hot (18 dimensions): see the module docstring."""
+
+    def __init__(
+        self, *, name: str = "testbed:probe", cache_dir: str | os.PathLike | None = None, **options: Any
+    ):
+        from conceptspace.testbed.probe import load_probe
+
+        super().__init__(name, **options)
+        self.probe = load_probe().to(self.device)
+        self.dim = len(LEVELS["shape"]) * len(LEVELS["colour"])
+
+    def _classes(self, out: dict[str, np.ndarray]) -> torch.Tensor:
+        index = torch.from_numpy(out["shape"] * len(LEVELS["colour"]) + out["colour"])
+        return F.one_hot(index, self.dim).float()
+
+    def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        arrays = [
+            np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)) for image in images
+        ]
+        return self._classes(self.probe.predict(np.stack(arrays)))
+
+    def _embed_pixel_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise TypeError("testbed:probe reads classes: it has no gradient; use testbed:clip to train against")
+
+
 def testbed_embedder(argument: str, **options: Any) -> Embedder:
-    """Factory for ``testbed:clip`` and ``testbed:clip:/folder`` (registered with :func:`register_embedder`)."""
+    """Factory for ``testbed:clip``, ``testbed:clip:/folder`` and ``testbed:probe`` (registered with
+    :func:`register_embedder`)."""
     kind, _, folder = argument.partition(":")
+    if kind == "probe" and not folder:
+        return ProbeClassEmbedder(**options)
     if kind != "clip":
         raise EmbedderSpecError(
-            f"the testbed offers 'testbed:clip' (or 'testbed:clip:/folder'), not {argument!r}"
+            f"the testbed offers 'testbed:clip' (or 'testbed:clip:/folder') and 'testbed:probe', not {argument!r}"
         )
     return TestbedCLIPEmbedder(folder or WEIGHTS, **options)

@@ -3,7 +3,7 @@
 One function per stage, each taking a seed, a step budget and an output folder, logging its loss and saving
 atomically in diffusers / transformers folder format (safetensors):
 
-1. :func:`train_vae`: a tiny ``AutoencoderKL`` (32×32×3 → 8×8×4), reconstruction + small KL; its
+1. :func:`train_vae`: a tiny ``AutoencoderKL`` (32×32×3 → 32×32×4), reconstruction + small KL; its
    ``scaling_factor`` is set afterwards so that scaled latents have unit standard deviation (as SD's 0.18215).
 2. :func:`train_clip`: a tiny ``CLIPModel`` trained contrastively on images and captions. Its text tower
    (``CLIPTextModel``) conditions the UNet; its image tower (``CLIPVisionModelWithProjection``) is kept as the
@@ -69,20 +69,24 @@ DMD_TIMESTEPS = (999, 749, 499, 249)
 MAX_TOKENS = 16
 """Token positions of the text encoder and ``model_max_length`` of the tokenizer (the longest caption has 14)."""
 TEXT_HIDDEN = 64
+LATENT_CHANNELS, LATENT_SIZE = 4, 32
+"""The latent is 32×32×4 (4,096 numbers): enough that a step at t = 999 already sees the object (docs/testbed.md)."""
 
 
 # ------------------------------------------------------------------------------------------------------ configs
 def vae_config() -> dict[str, Any]:
+    """32×32×3 → 32×32×4: one level, no downsampling, no attention (see docs/testbed.md, "Why 32×32 latents")."""
     return dict(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
         sample_size=32,
+        mid_block_add_attention=False,
     )
 
 
@@ -117,17 +121,18 @@ def clip_config() -> Any:
 
 
 def unet_config() -> dict[str, Any]:
+    """Four levels (32, 16, 8, 4 positions); cross-attention only at 8×8 and 4×4, where it is cheap."""
     return dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=(16, 32, 64, 64),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
     )
 
 
@@ -157,13 +162,14 @@ class _Log:
         self.stage, self.steps, self.every, self.quiet = stage, steps, every, quiet
         self.history: list[dict[str, float]] = []
         self.start = time.perf_counter()
+        self.before = 0.0  # seconds spent before a resume
         self._acc: dict[str, list[float]] = {}
 
     def __call__(self, step: int, **losses: float) -> None:
         for k, v in losses.items():
             self._acc.setdefault(k, []).append(float(v))
         if (step + 1) % self.every == 0 or step + 1 == self.steps:
-            row = {"step": step + 1, "seconds": round(time.perf_counter() - self.start, 1)}
+            row = {"step": step + 1, "seconds": round(self.seconds, 1)}
             row.update({k: float(np.mean(v)) for k, v in self._acc.items()})
             self.history.append(row)
             self._acc = {}
@@ -173,7 +179,13 @@ class _Log:
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self.start
+        return time.perf_counter() - self.start + self.before
+
+    def state(self) -> dict[str, Any]:
+        return {"history": self.history, "seconds": self.seconds}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.history, self.before = state["history"], state["seconds"]
 
 
 def _save_atomic(out_dir: str | os.PathLike, save: Callable[[Path], None]) -> Path:
@@ -214,6 +226,45 @@ def _write_stage_log(out_dir: Path, stage: str, seed: int, steps: int, log: _Log
             "history": log.history,
         },
     )
+
+
+class _Checkpoint:
+    """A stage's training state every ``every`` steps, beside its output folder, so a killed stage resumes.
+
+    Saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``: state dicts, generator states
+    and the log history only. Resuming continues the same data stream and random draws, so a resumed stage gives
+    the same weights as an uninterrupted one. The file is removed when the stage's output is saved.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, every: int | None) -> None:
+        out_dir = Path(out_dir)
+        self.path = out_dir.parent / f".{out_dir.name}.checkpoint.pt"
+        self.every = every
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.every or not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def due(self, step: int, steps: int) -> bool:
+        return bool(self.every) and (step + 1) % self.every == 0 and step + 1 < steps
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
+    return {"gen": gen.get_state(), "rng": json.dumps(rng.bit_generator.state)}
+
+
+def _restore_rng(state: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
+    gen.set_state(state["gen"])
+    rng.bit_generator.state = json.loads(state["rng"])
 
 
 def _setup(seed: int, num_threads: int | None) -> None:
@@ -442,6 +493,7 @@ def train_unet(
     num_threads: int | None = 1,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    checkpoint_every: int | None = 250,
     quiet: bool = False,
 ) -> Path:
     """Train the base ``UNet2DConditionModel`` (ε-prediction DDPM, SD's schedule, caption dropout) and save its
@@ -454,6 +506,7 @@ def train_unet(
     EMA as the UNet's) and save its EMA weights there (fp16). The contrastive CLIP alone barely separates shape
     words (cosine ≈ 0.999 between "a circle" and "a square" hidden states), so the UNet cannot follow them.
     ``mentions``: caption mention probabilities of the training stream (default :class:`Mentions`).
+    ``checkpoint_every``: save the training state that often (None: never); a rerun resumes from it.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -484,7 +537,18 @@ def train_unet(
     gen = torch.Generator().manual_seed(seed + first_batch)
     rng = np.random.default_rng([seed, first_batch])
     log = _Log("unet", steps, quiet=quiet)
-    for step, (images, batch_captions) in enumerate(_batches(data, first_batch, steps, workers)):
+    checkpoint = _Checkpoint(out_dir, checkpoint_every)
+    done = 0
+    if (state := checkpoint.load()) is not None:
+        models.load_state_dict(state["models"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        _restore_rng(state, gen, rng)
+        log.restore(state)
+        done = state["step"]
+    batches = _batches(data, first_batch + done, steps - done, workers)
+    for step, (images, batch_captions) in enumerate(batches, start=done):
         texts = ["" if rng.random() < caption_dropout else c for c in batch_captions]
         with torch.no_grad():
             posterior = vae.encode(images.to(device)).latent_dist
@@ -510,6 +574,18 @@ def train_unet(
             for pe, p in zip(ema.parameters(), models.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
         log(step, loss=loss.item())
+        if checkpoint.due(step, steps):
+            checkpoint.save(
+                {
+                    "step": step + 1,
+                    "models": models.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    **log.state(),
+                    **_rng_state(gen, rng),
+                }
+            )
     if train_text:
         _save_model(ema[1].eval(), text_encoder_out)
     out_dir = _save_model(ema[0], out_dir)
@@ -530,6 +606,7 @@ def train_unet(
         if mentions is None
         else {n: float(v) for n, v in zip(FACTORS, mentions.probabilities(), strict=True)},
     )
+    checkpoint.remove()
     return out_dir
 
 
@@ -587,6 +664,7 @@ def distill_dmd(
     timesteps: Sequence[int] = DMD_TIMESTEPS,
     num_threads: int | None = 1,
     device: str | torch.device = "cpu",
+    checkpoint_every: int | None = 100,
     quiet: bool = False,
 ) -> Path:
     """Distil the base in ``pipeline_dir`` into a 4-step student (see the module docstring); save its UNet (fp16).
@@ -616,7 +694,7 @@ def distill_dmd(
     ts = list(timesteps)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    latent_shape = (4, 8, 8)
+    latent_shape = (LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
     uncond1 = _encode_text(text_encoder, tokenizer, [""])
 
     def prompts(n: int) -> list[str]:
@@ -646,12 +724,20 @@ def distill_dmd(
     opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.999))
     opt_f = torch.optim.AdamW(fake.parameters(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
     log = _Log("dmd", steps, every=25, quiet=quiet)
+    checkpoint = _Checkpoint(out_dir, checkpoint_every)
+    done = 0
+    if (state := checkpoint.load()) is not None:
+        for module, key in ((student, "student"), (fake, "fake"), (opt_g, "opt_g"), (opt_f, "opt_f")):
+            module.load_state_dict(state[key])
+        _restore_rng(state, gen, rng)
+        log.restore(state)
+        done = state["step"]
 
     def generate(x: torch.Tensor, index: int, cond: torch.Tensor) -> torch.Tensor:
         t = torch.full((len(x),), ts[index], dtype=torch.long, device=device)
         return _x0_from_eps(x, student(x, t, cond).sample, alphas[ts[index]])
 
-    for step in range(steps):
+    for step in range(done, steps):
         texts = prompts(batch_size)
         cond = _encode_text(text_encoder, tokenizer, texts)
         uncond = uncond1.expand(batch_size, -1, -1)
@@ -701,6 +787,18 @@ def distill_dmd(
             torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
             opt_f.step()
         log(step, dmd=loss_dmd.item(), reg=reg.item(), fake=loss_f.item())
+        if checkpoint.due(step, steps):
+            checkpoint.save(
+                {
+                    "step": step + 1,
+                    "student": student.state_dict(),
+                    "fake": fake.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_f": opt_f.state_dict(),
+                    **log.state(),
+                    **_rng_state(gen, rng),
+                }
+            )
     student.eval()
     out_dir = _save_model(student.cpu(), out_dir)
     _write_stage_log(
@@ -717,6 +815,7 @@ def distill_dmd(
         fake_lr=fake_lr,
         fake_updates=fake_updates,
     )
+    checkpoint.remove()
     return out_dir
 
 
@@ -748,7 +847,7 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
     return _save_atomic(out_dir, save)
 
 
-DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 2000, "dmd": 800}
+DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 3000, "dmd": 800}
 """Steps per stage of the shipped weights."""
 
 DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 8, "regression_weight": 0.25}

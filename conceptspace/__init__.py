@@ -5,36 +5,88 @@
 >>> result = sample(pair, "a photo of a person", Hybrid(k=1), seeds=range(8), record_x0=True)  # doctest: +SKIP
 """
 
-from conceptspace.diversity import diversity_run, measure_diversity
-from conceptspace.embeddings import Embedder, load_embedder
-from conceptspace.models import (
-    REGISTRY,
-    IncompatibleModelsError,
-    ModelNotFoundError,
-    ModelPair,
-    ModelSpec,
-    get_spec,
-    load_pair,
-    register,
-)
-from conceptspace.report import build_report
-from conceptspace.sampling import (
-    Base,
-    Distilled,
-    Hybrid,
-    Regime,
-    ReplaceFinal,
-    SampleResult,
-    SkipFirst,
-    StepInfo,
-    TrajectoryRecorder,
-    decode,
-    regime_from_name,
-    sample,
-    schedule_of,
-)
-from conceptspace.sliderspace import ActivationResult, SliderSpace
-from conceptspace.trajectories import commitment_curve, steps_to_commit
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names and the module that defines each. They are imported on first use (PEP 562), so that
+# `import conceptspace` and the command line's help answer without loading torch and diffusers.
+_EXPORTS = {
+    "conceptspace.diversity": ("diversity_run", "measure_diversity"),
+    "conceptspace.embeddings": ("Embedder", "load_embedder"),
+    "conceptspace.registry": (
+        "REGISTRY",
+        "IncompatibleModelsError",
+        "ModelNotFoundError",
+        "ModelSpec",
+        "get_spec",
+        "register",
+    ),
+    "conceptspace.models": ("ModelPair", "load_pair"),
+    "conceptspace.report": ("build_report",),
+    "conceptspace.sampling": (
+        "Base",
+        "Distilled",
+        "Hybrid",
+        "Regime",
+        "ReplaceFinal",
+        "SampleResult",
+        "SkipFirst",
+        "StepInfo",
+        "TrajectoryRecorder",
+        "decode",
+        "regime_from_name",
+        "sample",
+        "schedule_of",
+    ),
+    "conceptspace.sliderspace": ("ActivationResult", "SliderSpace"),
+    "conceptspace.trajectories": ("commitment_curve", "steps_to_commit"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+if TYPE_CHECKING:
+    from conceptspace.diversity import diversity_run, measure_diversity
+    from conceptspace.embeddings import Embedder, load_embedder
+    from conceptspace.models import ModelPair, load_pair
+    from conceptspace.registry import (
+        REGISTRY,
+        IncompatibleModelsError,
+        ModelNotFoundError,
+        ModelSpec,
+        get_spec,
+        register,
+    )
+    from conceptspace.report import build_report
+    from conceptspace.sampling import (
+        Base,
+        Distilled,
+        Hybrid,
+        Regime,
+        ReplaceFinal,
+        SampleResult,
+        SkipFirst,
+        StepInfo,
+        TrajectoryRecorder,
+        decode,
+        regime_from_name,
+        sample,
+        schedule_of,
+    )
+    from conceptspace.sliderspace import ActivationResult, SliderSpace
+    from conceptspace.trajectories import commitment_curve, steps_to_commit
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conceptspace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})
+
 
 __version__ = "0.1.0"
 

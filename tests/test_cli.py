@@ -241,3 +241,26 @@ def test_generate_can_limit_trajectory_strips(tmp_path: Path, tiny_sdxl_pair) ->
     assert run["parameters"]["strips"] == 1
     rows = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 4 and {row["n"] for row in rows} == {3}  # the curves still use every sample
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo", "--help"]])
+def test_help_and_models_answer_without_loading_torch(args: list[str]) -> None:
+    # torch + diffusers take seconds to import; commands that only talk must not pay for them
+    code = (
+        "import sys, time\n"
+        "start = time.perf_counter()\n"
+        "from conceptspace.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))\n"
+        "print('seconds:', time.perf_counter() - start)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
+    assert "Usage" in result.stdout or "shapes" in result.stdout

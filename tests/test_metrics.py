@@ -6,6 +6,7 @@ import math
 import os
 import re
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -238,6 +239,52 @@ def test_vendi_jackknife_interval_covers_the_expected_score():
         )
         hits += estimate.ci_low <= truth <= estimate.ci_high
     assert_coverage(hits, repeats)
+
+
+@pytest.mark.parametrize(
+    ("n", "extra_dims", "path"),
+    [(400, 6, "second-order delete-one"), (300, 62, "delete-a-group")],
+)
+def test_vendi_jackknife_keeps_its_coverage_for_large_sets(n, extra_dims, path):
+    # above EXACT_JACKKNIFE_MAX images the jackknife is approximated (n >= 8 d) or grouped (otherwise)
+    assert n > metrics.EXACT_JACKKNIFE_MAX and (n >= 8 * (extra_dims + 2)) == (path != "delete-a-group")
+    rng = np.random.default_rng(17)
+    draw = lambda: circle_embeddings(rng.normal(0, 1.0, n), rng, extra_dims=extra_dims)  # noqa: E731
+    truth = np.mean([vendi_score(draw()) for _ in range(1000)])
+    repeats, hits = 200, 0
+    for _ in range(repeats):
+        estimate = diversity(draw(), "vendi")
+        hits += estimate.ci_low <= truth <= estimate.ci_high
+    assert_coverage(hits, repeats)
+
+
+def test_second_order_vendi_jackknife_matches_exact_leave_one_out():
+    rng = np.random.default_rng(19)
+    n, d = 1024, 128
+    x = rng.normal(size=(n, d))
+    x[:, :3] += 2.0  # a common direction, as real prompts have
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    gram = x.T @ x
+    for q in (1.0, 2.0, 0.5):
+        exact = np.array(
+            [
+                metrics._vendi_from_eigenvalues(np.linalg.eigvalsh(gram - np.outer(r, r))[None], q)[0]
+                for r in x
+            ]
+        )
+        fast = metrics._vendi_jackknife(x, q)
+        assert len(fast) == n
+        np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-3)
+        assert metrics._jackknife_se(fast) == pytest.approx(metrics._jackknife_se(exact), rel=0.01)
+
+
+def test_vendi_with_its_interval_at_ten_thousand_images_is_fast():
+    x = np.random.default_rng(23).normal(size=(10_000, 512))
+    start = time.perf_counter()
+    estimate = diversity(x, "vendi")
+    seconds = time.perf_counter() - start
+    assert estimate.method == "jackknife" and estimate.ci_low < estimate.value < estimate.ci_high
+    assert seconds < 10, f"{seconds:.1f} s"  # about 1 s on 2 busy cores; benchmarks/bench_vendi.py times it
 
 
 def test_permutation_p_value_is_uniform_under_the_null():

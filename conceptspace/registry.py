@@ -1,0 +1,397 @@
+"""The model registry: base models, their distilled students and their defaults, as data.
+
+A :class:`ModelSpec` records what PAPER.md says about each checkpoint (hub id and files, how the weights are
+stored, scheduler, default steps/timesteps/guidance, resolution). Nothing here imports torch or diffusers, so
+``conceptspace models`` and ``conceptspace --help`` answer at once; :mod:`conceptspace.models` loads the pairs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+StorageKind = Literal["pipeline", "unet_folder", "unet_file", "random"]
+Role = Literal["base", "student"]
+
+# UNet config fields that decide the shapes of shared weights. Two UNets that agree on these accept the same
+# LoRAs and can hand latents to each other. `sample_size` (native resolution) and `time_cond_proj_dim` (the
+# LCM guidance embedding, an extra input layer) may differ between a base and its students.
+ARCHITECTURE_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "down_block_types",
+    "mid_block_type",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "num_attention_heads",
+    "use_linear_projection",
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "class_embed_type",
+    "encoder_hid_dim",
+)
+
+
+# Fields that diffusers accepts either as one int or as one value per down block.
+PER_BLOCK_FIELDS = frozenset(
+    {"transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "layers_per_block"}
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model's files are neither in the Hugging Face cache nor at the given local path."""
+
+
+class IncompatibleModelsError(ValueError):
+    """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load and sample one checkpoint with its own defaults.
+
+    ``storage`` says how the weights are laid out: ``"pipeline"`` (a full diffusers pipeline repo; for a
+    student only its ``unet/`` and ``scheduler/`` are read), ``"unet_folder"`` (a diffusers UNet folder at the
+    repo root or ``subfolder``), ``"unet_file"`` (a bare UNet state dict in ``filename``; its architecture is
+    the base's) or ``"random"`` (tiny random weights made in memory from ``seed``, for smoke tests).
+    ``local_dir``: a folder that holds the weights in that layout (the testbed's, shipped inside the package); it is
+    read instead of the hub unless a path is passed to :func:`load_pair`.
+    """
+
+    name: str
+    family: str
+    role: Role
+    repo_id: str
+    storage: StorageKind
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    resolution: int
+    base: str | None = None
+    filename: str | None = None
+    subfolder: str | None = None
+    scheduler_overrides: tuple[tuple[str, Any], ...] = ()
+    timesteps: tuple[int, ...] | None = None
+    variant: str | None = None
+    seed: int = 0
+    description: str = ""
+    embedder: str | None = None  # default embedder spec for this base (conceptspace.embeddings.load_embedder)
+    local_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role == "student" and not self.base:
+            raise ValueError(f"student {self.name!r} must name its base model")
+        if self.storage == "unet_file" and not self.filename:
+            raise ValueError(f"{self.name!r} is stored as a UNet file but names no filename")
+        if self.timesteps is not None and len(self.timesteps) != self.num_inference_steps:
+            raise ValueError(
+                f"{self.name!r}: {len(self.timesteps)} timesteps given for {self.num_inference_steps} steps"
+            )
+
+    @property
+    def key_files(self) -> tuple[str, ...]:
+        """Repo-relative files whose presence means the model is downloaded (used for cache checks)."""
+        if self.storage == "pipeline":
+            return ("model_index.json",) if self.role == "base" else ("unet/config.json",)
+        if self.storage == "unet_folder":
+            return (f"{self.subfolder}/config.json" if self.subfolder else "config.json",)
+        if self.storage == "unet_file":
+            return (self.filename,)
+        return ()
+
+    @property
+    def fetch_command(self) -> str:
+        """The shell command that downloads what this model needs into the Hugging Face cache."""
+        if self.storage == "random" or self.local_dir:
+            return ""
+        if self.storage == "unet_file":
+            return f"hf download {self.repo_id} {self.filename}"
+        if self.storage == "pipeline" and self.role == "student":
+            return f"hf download {self.repo_id} --include 'unet/*' --include 'scheduler/*'"
+        return f"hf download {self.repo_id}"
+
+    def scheduler_config_overrides(self) -> dict[str, Any]:
+        return dict(self.scheduler_overrides)
+
+
+_SDXL_BASE = ModelSpec(
+    name="sdxl",
+    family="sdxl",
+    role="base",
+    repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+    storage="pipeline",
+    scheduler="EulerDiscreteScheduler",
+    num_inference_steps=50,
+    guidance_scale=5.0,
+    resolution=1024,
+    variant="fp16",
+    description="SDXL 1.0 base, 50 Euler steps with CFG",
+    embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+)
+
+_REGISTRY_LIST: list[ModelSpec] = [
+    _SDXL_BASE,
+    ModelSpec(
+        name="dmd2",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="tianweiy/DMD2",
+        storage="unet_file",
+        filename="dmd2_sdxl_4step_unet_fp16.bin",
+        scheduler="LCMScheduler",
+        # original_inference_steps=4 makes [999, 749, 499, 249] the scheduler's own training grid.
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=1024,
+        description="DMD2 4-step SDXL student (UNet state dict)",
+    ),
+    ModelSpec(
+        name="lightning",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="ByteDance/SDXL-Lightning",
+        storage="unet_file",
+        filename="sdxl_lightning_4step_unet.safetensors",
+        scheduler="EulerDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="SDXL-Lightning 4-step UNet, Euler trailing",
+    ),
+    ModelSpec(
+        name="turbo",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="stabilityai/sdxl-turbo",
+        storage="pipeline",
+        scheduler="EulerAncestralDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=512,
+        variant="fp16",
+        description="SDXL-Turbo (full pipeline repo; its UNet is used), 512 px",
+    ),
+    ModelSpec(
+        name="lcm",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="latent-consistency/lcm-sdxl",
+        storage="unet_folder",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=8.0,
+        resolution=1024,
+        variant="fp16",
+        description="LCM-SDXL UNet; guidance is a timestep-conditioning embedding, not CFG",
+    ),
+    ModelSpec(
+        name="sd21",
+        family="sd21",
+        role="base",
+        repo_id="stabilityai/stable-diffusion-2-1-base",
+        storage="pipeline",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=7.5,
+        resolution=512,
+        variant="fp16",
+        description="Stable Diffusion 2.1 base, 50 Euler steps with CFG",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="sd-turbo",
+        family="sd21",
+        role="student",
+        base="sd21",
+        repo_id="stabilityai/sd-turbo",
+        storage="pipeline",
+        scheduler="EulerAncestralDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=512,
+        variant="fp16",
+        description="SD-Turbo (full pipeline repo; its UNet is used)",
+    ),
+    ModelSpec(
+        name="tiny-sdxl",
+        family="tiny-sdxl",
+        role="base",
+        repo_id="builtin:tiny-sdxl",
+        storage="random",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        resolution=64,
+        seed=0,
+        description="tiny random SDXL-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
+    ),
+    ModelSpec(
+        name="tiny-dmd",
+        family="tiny-sdxl",
+        role="student",
+        base="tiny-sdxl",
+        repo_id="builtin:tiny-dmd",
+        storage="random",
+        scheduler="LCMScheduler",
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random student on the DMD2 schedule",
+    ),
+    ModelSpec(
+        name="tiny-lcm",
+        family="tiny-sdxl",
+        role="student",
+        base="tiny-sdxl",
+        repo_id="builtin:tiny-lcm",
+        storage="random",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=8.0,
+        resolution=64,
+        seed=2,
+        description="tiny random LCM-style student with a guidance embedding",
+    ),
+]
+
+_TESTBED_WEIGHTS = Path(__file__).parent / "testbed" / "weights"
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="shapes",
+        family="testbed",
+        role="base",
+        repo_id="conceptspace/testbed-shapes",
+        storage="pipeline",
+        scheduler="EulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        resolution=32,
+        description="the embedded testbed: a miniature Stable Diffusion trained on a procedural shapes world",
+        embedder="testbed:clip",
+        local_dir=str(_TESTBED_WEIGHTS / "shapes"),
+    ),
+    ModelSpec(
+        name="dmd",
+        family="testbed",
+        role="student",
+        base="shapes",
+        repo_id="conceptspace/testbed-dmd",
+        storage="unet_folder",
+        subfolder="unet",
+        scheduler="LCMScheduler",
+        scheduler_overrides=(("original_inference_steps", 4),),
+        num_inference_steps=4,
+        timesteps=(999, 749, 499, 249),
+        guidance_scale=0.0,
+        resolution=32,
+        description="DMD2-style 4-step student of the testbed, trained by conceptspace.testbed.train",
+        local_dir=str(_TESTBED_WEIGHTS / "dmd"),
+    ),
+]
+
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _REGISTRY_LIST}
+
+
+def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add a model to the registry (see docs/model-pairs.md). A student's base must already be registered."""
+    if spec.name in REGISTRY and not overwrite:
+        raise ValueError(f"model {spec.name!r} is already registered; pass overwrite=True to replace it")
+    if spec.role == "student" and spec.base not in REGISTRY:
+        raise ValueError(f"student {spec.name!r} names base {spec.base!r}, which is not registered")
+    if spec.role == "student" and REGISTRY[spec.base].family != spec.family:
+        raise ValueError(
+            f"student {spec.name!r} is of family {spec.family!r} but its base {spec.base!r} is of family "
+            f"{REGISTRY[spec.base].family!r}; load_pair would refuse the pair"
+        )
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry called ``name``; an unknown name lists the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def bases() -> list[ModelSpec]:
+    return [spec for spec in REGISTRY.values() if spec.role == "base"]
+
+
+def students_of(base: str) -> list[ModelSpec]:
+    return [spec for spec in REGISTRY.values() if spec.role == "student" and spec.base == base]
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bool:
+    """True when the files that ``spec`` needs are in the Hugging Face cache (always true for random models):
+    its key files and, for folder layouts, the UNet weights in at least one variant."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if spec.local_dir:
+        return all((Path(spec.local_dir) / filename).is_file() for filename in spec.key_files)
+
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(spec.repo_id, filename, cache_dir=cache_dir), str)
+
+    if not all(cached(filename) for filename in spec.key_files):
+        return False
+    if spec.storage in ("pipeline", "unet_folder"):
+        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
+        variants = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
+        if spec.variant:
+            variants += [
+                f"diffusion_pytorch_model.{spec.variant}.safetensors",
+                f"diffusion_pytorch_model.{spec.variant}.bin",
+            ]
+        return any(cached(folder + name) for name in variants)
+    return True
+
+
+def _missing_error(
+    spec: ModelSpec, cache_dir: str | os.PathLike | None, detail: str = ""
+) -> ModelNotFoundError:
+    from huggingface_hub import constants
+
+    where = cache_dir or constants.HF_HUB_CACHE
+    files = ", ".join(spec.key_files) or "its files"
+    if spec.storage in ("pipeline", "unet_folder"):
+        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
+        files += f" and UNet weights {folder}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
+    option = "--student-path" if spec.role == "student" else "--base-path"
+    reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
+    # `hf download` fills the default cache: name the one we read from when it is another.
+    command = spec.fetch_command + (f" --cache-dir {shlex.quote(os.fspath(cache_dir))}" if cache_dir else "")
+    message = (
+        f"model {spec.name!r} needs {spec.repo_id} ({files}), which is not in the Hugging Face cache at {where} "
+        f"and {reason}. Fetch it with `{command}`, or point {option} at a local copy."
+    )
+    if detail:
+        message += f" ({detail})"
+    return ModelNotFoundError(message)

@@ -27,10 +27,12 @@ the modes is m²·ᾱ_t/(1−ᾱ_t) (the "coarse SNR"). For each m² the script 
   for base and student, and the share of the base's steps it needs until 60% of seeds are committed.
   (The argmax mode alone would say nothing: the exact deterministic base keeps its argmax from the first step.)
 
-With ``--separations NAME=M2 …`` (e.g. measured with ``analyses/latent_separation.py``) it marks those geometries
-on the figure. Writes DIR/results.json (tidy rows) and DIR/first_step_scale.png and prints a table.
+``--vae NAME=FOLDER`` measures a testbed VAE's separations — the mean ||Δz||² between the scaled latents of two
+images that differ only in colour, only in shape or only in background (256 random images) — and marks them on
+the figure with the simulation's values at them; ``--separations NAME=M2`` marks any other value. Writes DIR/results.json (tidy rows) and DIR/first_step_scale.png and prints a table.
 
     python analyses/first_step_scale.py --out runs/first-step-scale          # ≈ 20 s
+    python analyses/first_step_scale.py --vae 8x8=conceptspace/testbed/weights/shapes/vae --vae 32x32=runs/testbed/parts/vae
 """
 
 from __future__ import annotations
@@ -57,6 +59,34 @@ STUDENT_ENTROPY_BITS = 3.36  # the shipped 8×8 testbed student's shape×colour 
 SEPARATIONS = tuple(float(v) for v in np.geomspace(10, 1e5, 17))
 REGIMES = ("base", "distilled", "hybrid", "replace-final", "skip-first")
 COMMITTED = 0.6
+
+
+def latent_separations(vae_dir: str, n: int = 256, seed: int = 0) -> dict[str, float]:
+    """Mean ||z(a) − z(b)||² of a testbed VAE's scaled latents for images that differ in one factor only."""
+    import dataclasses
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from conceptspace.testbed.data import LEVELS, render, sample_factors
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval()
+    rng = np.random.default_rng(seed)
+    factors = sample_factors(n, rng)
+
+    def latents(batch: Any) -> torch.Tensor:
+        pixels = torch.from_numpy(render(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+    reference = latents(factors)
+    out = {}
+    for name in ("colour", "shape", "background"):
+        k = len(LEVELS[name])
+        other = (getattr(factors, name) + 1 + rng.integers(k - 1, size=n)) % k  # another level, uniformly
+        moved = latents(dataclasses.replace(factors, **{name: other}))
+        out[name] = float(((moved - reference) ** 2).flatten(1).sum(1).mean())
+    return out
 
 
 def alphas_cumprod() -> np.ndarray:
@@ -292,9 +322,21 @@ def main() -> None:
         metavar="NAME=M2",
         help="geometries to mark on the figure, e.g. colour-8x8=83",
     )
+    parser.add_argument(
+        "--vae",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="a testbed VAE folder whose factor separations to measure and mark",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/first_step_scale"))
     args = parser.parse_args()
     marks = {name: float(value) for name, value in (item.split("=", 1) for item in args.separations)}
+    for item in args.vae:
+        name, folder = item.split("=", 1)
+        for factor, value in latent_separations(folder).items():
+            marks[f"{factor} {name}"] = value
+            print(f"{name}: {factor} separation m² = {value:.0f}")
     start = time.perf_counter()
     rows = run(n=args.n, seed=args.seed, separations=tuple(sorted({*SEPARATIONS, *marks.values()})))
     print_table(rows)

@@ -65,13 +65,15 @@ _TEXT_ENCODER_PREFIXES = (
     "te.",
     "te1.",
 )
-_UNSUPPORTED = {
-    ".dora_scale": "DoRA",
-    ".lora_magnitude_vector": "DoRA",
-    ".hada_": "LyCORIS LoHa",
-    ".lokr_": "LyCORIS LoKr",
-    ".lora_mid.": "LyCORIS LoCon with a Tucker mid factor",
-    ".oft_": "OFT",
+_UNSUPPORTED = {  # key pattern -> the variant it marks (LyCORIS names as in its own code and ComfyUI's loader)
+    re.compile(r"\.dora_scale$|\.lora_magnitude_vector"): "DoRA",
+    re.compile(r"\.hada_"): "LyCORIS LoHa",
+    re.compile(r"\.lokr_"): "LyCORIS LoKr",
+    re.compile(r"\.lora_mid\."): "LyCORIS LoCon with a Tucker mid factor",
+    re.compile(r"\.oft_|\.oft_blocks$"): "OFT",
+    re.compile(r"\.on_input$"): "LyCORIS IA3",
+    re.compile(r"\.[ab][12]\.weight$"): "LyCORIS GLoRA",
+    re.compile(r"\.diff(_b)?$"): "LyCORIS full (weight differences, not low-rank factors)",
 }
 _KOHYA_KEY = re.compile(r"^(lora_unet_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _PEFT_KEY = re.compile(r"^(.+)\.(lora_A|lora_B)(?:\.[A-Za-z0-9_\-]+)?\.weight$")
@@ -372,7 +374,7 @@ def _parse(
     formats: set[str] = set()
     for key, value in tensors.items():
         for marker, variant in _UNSUPPORTED.items():
-            if marker in key:
+            if marker.search(key):
                 raise LoRAFormatError(
                     f"{source} is a {variant} file (key {key!r}); only plain LoRA (down/up/alpha) is supported: "
                     "merge it into a plain LoRA first"
@@ -505,6 +507,17 @@ def _factor(value: Any, source: str, name: str, part: str) -> torch.Tensor:
     if not value.is_floating_point():
         raise LoRAFormatError(
             f"{source}: the {part} weight of module {name!r} is {value.dtype}, not floating point"
+        )
+    if 0 in value.shape:
+        raise LoRAFormatError(
+            f"{source}: the {part} weight of module {name!r} has shape {tuple(value.shape)}, an empty factor "
+            "(rank 0); the file is broken: export it again"
+        )
+    if not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise LoRAFormatError(
+            f"{source}: the {part} weight of module {name!r} holds {bad} NaN/Inf values; the file is corrupt "
+            "(or was trained into divergence): export it again from a good checkpoint"
         )
     return value
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -456,6 +459,57 @@ def test_non_lora_and_unsupported_files_are_refused(unet, tmp_path):
     )
     with pytest.raises(LoRAFormatError, match="no up weight"):
         read_lora(tmp_path / "half.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("keys", "variant"),
+    [
+        ({"lora_unet_conv_in.hada_w1_a": (2, 4), "lora_unet_conv_in.hada_w1_b": (2, 4)}, "LyCORIS LoHa"),
+        ({"lora_unet_conv_in.lokr_w1": (2, 2), "lora_unet_conv_in.lokr_w2": (16, 18)}, "LyCORIS LoKr"),
+        ({"lora_unet_conv_in.weight": (32,), "lora_unet_conv_in.on_input": (1,)}, "LyCORIS IA3"),
+        (
+            {f"lora_unet_conv_in.{n}.weight": (2, 4) for n in ("a1", "a2", "b1", "b2")},
+            "LyCORIS GLoRA",
+        ),
+        ({"lora_unet_conv_in.diff": (32, 4, 3, 3), "lora_unet_conv_in.diff_b": (32,)}, "LyCORIS full"),
+        ({"lora_unet_conv_in.oft_blocks": (4, 8, 8)}, "OFT"),
+    ],
+)
+def test_lycoris_and_other_variants_are_named(tmp_path, keys, variant):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, str(tmp_path / "v.safetensors"))
+    with pytest.raises(LoRAFormatError, match=f"is a {re.escape(variant)}"):
+        read_lora(tmp_path / "v.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("down", "up", "message"),
+    [
+        (torch.full((2, 4, 3, 3), float("nan")), torch.zeros(32, 2, 1, 1), "72 NaN/Inf values"),
+        (torch.zeros(2, 4, 3, 3), torch.full((32, 2, 1, 1), float("inf")), "NaN/Inf values"),
+        (torch.zeros(0, 4, 3, 3), torch.zeros(32, 0, 1, 1), "rank 0"),
+    ],
+)
+def test_broken_factors_are_blamed_on_the_file(tmp_path, down, up, message):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "broken.safetensors"
+    save_file({"lora_unet_conv_in.lora_down.weight": down, "lora_unet_conv_in.lora_up.weight": up}, str(path))
+    with pytest.raises(LoRAFormatError, match=f"broken.safetensors.*conv_in.*{message}"):
+        read_lora(path)
+    transfer = ["transfer", "--lora", str(path), "--base", "tiny-sdxl", "--students", "tiny-dmd"]
+    transfer += ["--prompt", "a red circle", "--out", str(tmp_path / "t"), "--device", "cpu", "--quiet"]
+    for command in (["lora", "inspect", str(path)], transfer):
+        done = subprocess.run(
+            [sys.executable, "-m", "conceptspace.cli", *command],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert done.returncode == 2 and done.stderr.startswith("error: "), (command, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "broken.safetensors" in done.stderr
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").rglob("*.png"))
 
 
 def test_rank_mismatch_between_up_and_down_is_refused(tmp_path):

@@ -34,8 +34,8 @@ def test_testbed_clip_embedder_separates_colours():
 def test_testbed_embedder_spec_errors(tmp_path):
     from conceptspace.embeddings import EmbedderNotFoundError, EmbedderSpecError
 
-    with pytest.raises(EmbedderSpecError, match="testbed:clip"):
-        load_embedder("testbed:probe")
+    with pytest.raises(EmbedderSpecError, match="testbed:clip.*testbed:probe"):
+        load_embedder("testbed:vit")
     with pytest.raises(EmbedderNotFoundError, match="config.json"):
         load_embedder(f"testbed:clip:{tmp_path}")
 
@@ -64,6 +64,7 @@ def test_paired_difference_of_factor_diversity():
 
 def test_demo_cli_writes_everything(tmp_path):
     from conceptspace.cli import app
+    from conceptspace.demo import DEMO_BASE_STEPS
     from conceptspace.results import read_metrics
 
     out = tmp_path / "demo"
@@ -79,9 +80,18 @@ def test_demo_cli_writes_everything(tmp_path):
     embedders = {row.get("embedder") for row in rows}
     assert {"probe", "testbed:clip"} <= embedders
     probe = [r for r in rows if r.get("embedder") == "probe" and r["metric"] == "entropy_shape_colour"]
-    assert sorted(r["regime"] for r in probe) == ["base", "distilled", "hybrid"]
+    assert sorted(r["regime"] for r in probe) == ["base", "distilled", "hybrid", "replace-final"]
     assert all(r["n"] == 4 and r["world"] == pytest.approx(math.log2(6)) for r in probe)
-    assert any(r["metric"] == "commitment" for r in rows)
+    commitment = [r for r in rows if r["metric"] == "commitment"]
+    assert {r["similarity"] for r in commitment} == {"testbed:probe"}
+    assert all(0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1 for r in commitment)  # shares of samples
+    base_steps = [r for r in commitment if r["regime"] == "base"]
+    assert len(base_steps) == DEMO_BASE_STEPS and f"{DEMO_BASE_STEPS} Euler steps, not 50" in result.output
+    # a verdict per claim, in the output and at the top of the report
+    for claim in ("collapse", "first-step commitment", "hybrid restores", "causal"):
+        assert any(line.startswith(f"{claim}: ") for line in lines), claim
+    html = (out / "report.html").read_text()
+    assert html.index('id="verdicts"') < html.index('id="overview"')
     assert len(list((out / "distilled").glob("*.png"))) >= 4
     assert (out / "report.html").stat().st_size > 1000 and (out / "run.json").exists()
 

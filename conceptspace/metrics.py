@@ -468,7 +468,6 @@ def _vendi_jackknife(x: np.ndarray, q: float) -> np.ndarray:
 
 def _vendi_leave_one_out_expanded(x: np.ndarray, q: float) -> np.ndarray:
     """Leave-one-out Vendi scores to second order in the removed row (see :func:`_vendi_jackknife`)."""
-    n = len(x)
     lam, vectors = np.linalg.eigh(x.T @ x)
     lam = np.clip(lam, 1e-12, None)
     if q == 1:

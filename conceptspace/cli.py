@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from enum import Enum
@@ -24,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     PermissionError,
     FloatingPointError,
+    MemoryError,
 )
 
 
@@ -93,6 +95,8 @@ def _prepare(
     student_path: Path | None,
     cache_dir: Path | None,
     quiet: bool = False,
+    height: int | None = None,
+    width: int | None = None,
     **_: object,
 ) -> tuple:
     """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
@@ -100,7 +104,7 @@ def _prepare(
 
     from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
-    from conceptspace.models import load_pair
+    from conceptspace.models import check_device, load_pair
     from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
 
     names = [name.strip() for item in regime for name in item.split(",") if name.strip()]
@@ -125,6 +129,16 @@ def _prepare(
         _fail(f"-n must be at least 1, got {n}")
     if student is None and any(name != "base" for name in names):
         _fail(f"regimes {', '.join(x for x in names if x != 'base')} need a --student")
+    for option, value in (("--height", height), ("--width", width)):
+        if value is not None and value < 1:
+            _fail(f"{option} must be a positive number of pixels, got {value}")
+    for option, value in (("--guidance", guidance), ("--base-guidance", base_guidance)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            _fail(f"{option} must be a finite number >= 0, got {value}")
+    # numbers are checked before anything is loaded: the regimes check their own, seeds must fit a generator
+    built = [builders[name]() for name in names]
+    seeds = seeds_from(seed, n)
+    device = check_device(device)
     ensure_writable_dir(out)
     if quiet:
         _silence_libraries()
@@ -144,7 +158,7 @@ def _prepare(
         "skip": skip,
         "replace": replace,
     }
-    return pair, [builders[name]() for name in names], prompt_list, seeds_from(seed, n), parameters
+    return pair, built, prompt_list, seeds, parameters
 
 
 def _silence_libraries() -> None:

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from conceptspace.models import (
     ModelNotFoundError,
     ModelSpec,
+    check_device,
     default_device,
     default_dtype,
     get_spec,
@@ -124,7 +125,7 @@ class Embedder(ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = check_device(device) or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.batch_size = batch_size
         self.progress = progress

@@ -48,6 +48,7 @@ __all__ = [
     "StorageKind",
     "bases",
     "check_compatible",
+    "check_device",
     "default_device",
     "default_dtype",
     "get_spec",
@@ -182,6 +183,35 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` that exists on this machine (None stays None: the default), or a ValueError
+    that names it and says what to use instead."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not a device name: use cpu, cuda, cuda:N (the N-th GPU) or mps"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {device!r} asks for a CUDA GPU, but torch {torch.__version__} sees none on this machine "
+                "(no GPU, no driver, or a CPU-only torch build): use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {count} CUDA GPU(s), cuda:0 …"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {device!r} asks for Apple's MPS, which is not available here: use --device cpu"
+        )
+    return parsed
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -245,6 +275,12 @@ def _load_with_variants(
             return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **kwargs)
         except (OSError, ValueError) as error:  # diffusers reports absent files and variants with either
             errors.append(f"variant={variant}: {_first_line(error)}")
+        except (TypeError, KeyError, AttributeError, IndexError) as error:  # a config the class cannot build
+            where = os.path.join(path or spec.repo_id, kwargs.get("subfolder") or spec.subfolder or "")
+            raise ModelNotFoundError(
+                f"the config.json in {where} (model {spec.name!r}) does not describe a model that diffusers can "
+                f"build ({type(error).__name__}: {_first_line(error)}); download it again or fix the file"
+            ) from None
     if path is not None:  # a local copy was given: the hub cache and `hf download` are beside the point
         raise ModelNotFoundError(
             f"{path} is not a usable local copy of {spec.repo_id} for model {spec.name!r} (expected "
@@ -470,7 +506,17 @@ def load_pair(
     if base_spec.role != "base":
         raise ValueError(f"{base_spec.name!r} is a student of {base_spec.base!r}, not a base model")
     student_spec = _student_spec(base_spec, student)
-    device = torch.device(device) if device is not None else default_device()
+    for spec, path, option in (
+        (base_spec, base_path, "base_path"),
+        (student_spec, student_path, "student_path"),
+    ):
+        if spec is not None and spec.storage == "random" and path is not None:
+            raise ValueError(
+                f"{spec.name!r} is built in (tiny random weights made in memory), so {option} {path} would be "
+                f"ignored: drop it, or load your model under a registry name of its architecture "
+                f"(conceptspace models lists them)"
+            )
+    device = check_device(device) or default_device()
     dtype = dtype or default_dtype(device)
     base_path = base_path if base_path is not None else base_spec.local_dir
     base_path = os.path.abspath(base_path) if base_path is not None else None

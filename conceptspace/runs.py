@@ -50,6 +50,7 @@ from conceptspace.models import ModelPair
 from conceptspace.sampling import (
     Conditioning,
     Regime,
+    check_seed,
     decode,
     denoise,
     encode_text,
@@ -149,6 +150,7 @@ def _read_csv_cases(path: Path, default_seed: int) -> list[Case]:
                 raise ValueError(f"{where}: the prompt is empty")
             number = _integer(row, "case_number", where) if "case_number" in columns else index
             seed = _integer(row, "evaluation_seed", where) if "evaluation_seed" in columns else default_seed
+            check_seed(seed, f" ({where}, column evaluation_seed)")
             if number in first_line:
                 raise ValueError(
                     f"{where}: case_number {number} repeats (first on line {first_line[number]}); "

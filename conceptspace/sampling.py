@@ -16,11 +16,13 @@ deterministically: x̂0 and ε̂ from the last step are recombined at the receiv
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -199,6 +201,21 @@ class Regime(ABC):
     """A choice of denoiser per step. Subclasses are frozen dataclasses with a ``name``."""
 
     name: str = "regime"
+
+    def __post_init__(self) -> None:
+        # Numbers are checked here, before any model work: NaN guidance would silently turn CFG off.
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None or f.name == "name":
+                continue
+            if "guidance" in f.name and not (
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"{self.name}: {f.name} must be a finite number >= 0, got {value!r}")
+            if f.name in ("steps", "base_steps", "k", "n") and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            ):
+                raise ValueError(f"{self.name}: {f.name} must be a whole number >= 1, got {value!r}")
 
     @abstractmethod
     def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
@@ -671,14 +688,14 @@ def sample(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt is empty: give the text to generate from")
-    seeds = [int(s) for s in seeds]
+    seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given: pass at least one seed")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     regime = regime_from_name(regime) if isinstance(regime, str) else regime
-    height = height or pair.default_resolution
-    width = width or pair.default_resolution
+    height = pair.default_resolution if height is None else height
+    width = pair.default_resolution if width is None else width
     latent_h, latent_w = latent_size(pair, height, width)
     device = pair.device
     timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
@@ -695,53 +712,60 @@ def sample(
     _sync(device)
     timings["text_encoding"] = time.perf_counter() - start
 
-    finals, trajectories = [], []
-    bar = tqdm(
-        total=len(seeds) * len(schedule), desc=regime.name, unit="img·step", disable=not progress, leave=False
-    )
-    channels = pair.base_unet.config.in_channels
-    for first in range(0, len(seeds), batch_size):
-        batch_seeds = seeds[first : first + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-        segments = regime.segments(pair, device)  # fresh schedulers: they carry per-run state
-        recorder = TrajectoryRecorder() if record_x0 else None
+    with out_of_memory_as_error(
+        device, f"{len(seeds)} image(s) of {height}×{width} in batches of {batch_size}"
+    ):
+        finals, trajectories = [], []
+        bar = tqdm(
+            total=len(seeds) * len(schedule),
+            desc=regime.name,
+            unit="img·step",
+            disable=not progress,
+            leave=False,
+        )
+        channels = pair.base_unet.config.in_channels
+        for first in range(0, len(seeds), batch_size):
+            batch_seeds = seeds[first : first + batch_size]
+            generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+            segments = regime.segments(pair, device)  # fresh schedulers: they carry per-run state
+            recorder = TrajectoryRecorder() if record_x0 else None
 
-        def report(info: StepInfo, recorder: TrajectoryRecorder | None = recorder) -> None:
+            def report(info: StepInfo, recorder: TrajectoryRecorder | None = recorder) -> None:
+                if recorder is not None:
+                    recorder(info)
+                if callback is not None:
+                    callback(info)
+
+            start = time.perf_counter()
+            with torch.no_grad():
+                latents = initial_latents(
+                    segments[0],
+                    (len(batch_seeds), channels, latent_h, latent_w),
+                    generators,
+                    device,
+                    base_cond.prompt_embeds.dtype,
+                )
+                final = denoise(
+                    segments,
+                    latents,
+                    base_cond.repeat(len(batch_seeds)),
+                    generator=generators,
+                    callback=report,
+                    progress=bar,
+                    seeds=batch_seeds,
+                )
+            _sync(device)
+            timings["denoising"] += time.perf_counter() - start
+            finals.append(final)
             if recorder is not None:
-                recorder(info)
-            if callback is not None:
-                callback(info)
+                trajectories.append(recorder.stacked())
+        bar.close()
 
+        latents = torch.cat(finals)
         start = time.perf_counter()
-        with torch.no_grad():
-            latents = initial_latents(
-                segments[0],
-                (len(batch_seeds), channels, latent_h, latent_w),
-                generators,
-                device,
-                base_cond.prompt_embeds.dtype,
-            )
-            final = denoise(
-                segments,
-                latents,
-                base_cond.repeat(len(batch_seeds)),
-                generator=generators,
-                callback=report,
-                progress=bar,
-                seeds=batch_seeds,
-            )
+        images = decode(pair, latents, output_type)
         _sync(device)
-        timings["denoising"] += time.perf_counter() - start
-        finals.append(final)
-        if recorder is not None:
-            trajectories.append(recorder.stacked())
-    bar.close()
-
-    latents = torch.cat(finals)
-    start = time.perf_counter()
-    images = decode(pair, latents, output_type)
-    _sync(device)
-    timings["decoding"] = time.perf_counter() - start
+        timings["decoding"] = time.perf_counter() - start
     return SampleResult(
         prompt=prompt,
         regime=regime.name,
@@ -764,8 +788,56 @@ def sample(
     )
 
 
+class SamplingMemoryError(MemoryError):
+    """Sampling needs more memory than the device has (a user error: smaller images or batches fix it)."""
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(device: torch.device, what: str) -> Iterator[None]:
+    """Turn the allocator's failure (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError) into one
+    :class:`SamplingMemoryError` that says what was being made and what to change."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        text = str(error)
+        if not isinstance(error, MemoryError | torch.OutOfMemoryError) and "allocate" not in text:
+            raise
+        if isinstance(error, SamplingMemoryError):
+            raise
+        detail = next(
+            (line for line in text.splitlines() if "allocate" in line), text.splitlines()[0] if text else ""
+        )
+        raise SamplingMemoryError(
+            f"{what} need more memory than the {device.type} device has ({detail.strip()[:160]}): use a smaller "
+            "--height/--width or --batch-size"
+        ) from None
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds a ``torch.Generator`` accepts."""
+
+
+def check_seed(seed: Any, where: str = "") -> int:
+    """``seed`` as an int, or a ValueError naming it (and ``where`` it came from) if a generator cannot take it."""
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed {seed!r}{where} is not an integer") from None
+    if isinstance(seed, float) and seed != value:
+        raise ValueError(f"seed {seed!r}{where} is not an integer")
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ValueError(
+            f"seed {value}{where} does not fit the 64 bits a random generator takes: use a seed from 0 to "
+            f"2**64 - 1 = {SEED_RANGE[1]}"
+        )
+    return value
+
+
 def seeds_from(seed: int, n: int) -> list[int]:
-    """The seeds of ``n`` images starting at ``seed``: image i gets seed + i."""
+    """The seeds of ``n`` images starting at ``seed``: image i gets seed + i (all checked with :func:`check_seed`)."""
+    if n > 0:
+        check_seed(seed)
+        check_seed(seed + n - 1, f" (the last of {n} seeds from {seed})")
     return list(range(seed, seed + n))
 
 

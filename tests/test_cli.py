@@ -132,6 +132,21 @@ def test_trajectory_writes_strips_and_commitment_rows(tmp_path: Path) -> None:
         (["--regime", "distilled", "--prompt", "  "], "prompt is empty"),
         (["--regime", "hybrid", "--k", "7", "--prompt", "x"], "hybrid k must be between 1 and"),
         (["--regime", "distilled", "--prompt", "x", "-n", "0"], "-n must be at least 1"),
+        # numbers are checked before anything loads: NaN guidance would silently turn CFG off
+        (["--regime", "base", "--prompt", "x", "--guidance", "nan"], "--guidance must be a finite number >= 0"),
+        (["--regime", "hybrid", "--prompt", "x", "--base-guidance", "nan"], "--base-guidance must be a finite"),
+        (["--regime", "base", "--prompt", "x", "--guidance", "-1"], "--guidance must be a finite number >= 0"),
+        (["--regime", "base", "--prompt", "x", "--steps", "0"], "base: steps must be a whole number >= 1"),
+        (["--regime", "base", "--prompt", "x", "--height", "0"], "--height must be a positive number of pixels"),
+        (["--regime", "base", "--prompt", "x", "--width", "-64"], "--width must be a positive number of pixels"),
+        (["--prompt", "x", "--seed", str(2**64)], f"seed {2**64} does not fit the 64 bits"),
+        (["--prompt", "x", "--seed", str(2**64 - 2), "-n", "4"], "the last of 4 seeds from"),
+        (["--prompt", "x", "--device", "bogus"], "device 'bogus' is not a device name: use cpu, cuda"),
+        (["--prompt", "x", "--base-path", "/nowhere"], "'tiny-sdxl' is built in"),
+        (
+            ["--prompt", "x", "--height", "99992", "--width", "99992"],
+            "need more memory than the cpu device has",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
@@ -153,6 +168,26 @@ def test_entry_point_exits_2_with_reason_on_stderr(tmp_path: Path) -> None:
         "generate", "--base", "tiny-sdxl", "--regime", "hybrid", "--prompt", "x", "--out", str(tmp_path / "b")
     )
     assert needs_student.returncode == 2 and "need a --student" in needs_student.stderr
+
+
+def test_cuda_without_a_gpu_and_a_broken_student_config_are_one_line_errors(tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = run_cli("generate", *TINY, "--prompt", "x", "--device", "cuda", "--out", str(tmp_path / "c"))
+        assert cuda.returncode == 2 and len(cuda.stderr.strip().splitlines()) == 1
+        assert "asks for a CUDA GPU" in cuda.stderr and "use --device cpu" in cuda.stderr
+    from conceptspace.testbed.pair import WEIGHTS_DIR
+
+    broken = tmp_path / "student"
+    (broken / "unet").mkdir(parents=True)
+    for file in (WEIGHTS_DIR / "dmd" / "unet").iterdir():
+        (broken / "unet" / file.name).write_bytes(file.read_bytes())
+    (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel", "in_channels": [1]}')
+    args = ["--base", "shapes", "--student", "dmd", "--student-path", str(broken), "--prompt", "x"]
+    done = run_cli("generate", *args, "--quiet", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"the config.json in {broken / 'unet'}" in done.stderr and "fix the file" in done.stderr
 
 
 def test_unwritable_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -159,6 +159,11 @@ def test_the_real_coco_30k_file_reads_completely() -> None:
         (None, [["one", "coco", "a cat", 1]], "line 2: case_number 'one' is not an integer"),
         (None, [[4, "coco", "a cat", 1], [4, "coco", "a dog", 2]], "case_number 4 repeats (first on line 2)"),
         (None, [], "holds no prompts"),
+        (
+            None,
+            [[0, "coco", "a cat", 1], [1, "coco", "a dog", 2**64]],
+            "bad.csv, row ending on line 3, column evaluation_seed) does not fit the 64 bits",
+        ),
     ],
 )
 def test_malformed_csv_rows_are_refused_naming_the_line(tmp_path: Path, header, rows, message) -> None:

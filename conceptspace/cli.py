@@ -23,6 +23,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     KeyError,
     FileNotFoundError,
+    FileExistsError,
     PermissionError,
     FloatingPointError,
     MemoryError,

@@ -12,14 +12,28 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename.
+
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask; temporary files are 0600), and
+    a folder at ``path`` is refused rather than replaced."""
     path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(
+            f"{path} is a folder; a file is to be written there: remove it or choose another name"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +55,11 @@ def atomic_write_folder(path: str | os.PathLike, write: Callable[[Path], None]) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 folders
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                os.chmod(file, 0o666 & ~mask)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)

@@ -679,6 +679,45 @@ def test_cli_inspect_and_convert(unet, tmp_path):
     assert refused.exit_code == 2 and "folder" in refused.output
 
 
+def test_convert_keeps_the_umask_mode_and_refuses_to_overwrite_a_folder(unet, tmp_path):
+    source = write_lora(random_lora(unet), tmp_path / "in.safetensors")
+    old = os.umask(0o022)
+    try:
+        out = write_lora(read_lora(source), tmp_path / "out.safetensors", format="kohya")
+        assert out.stat().st_mode & 0o777 == 0o644  # what open() makes, not mkstemp's 0600
+        os.chmod(source, 0o644)
+        write_lora(read_lora(source), source, format="kohya")  # in place: the mode is not narrowed
+        assert source.stat().st_mode & 0o777 == 0o644
+        folder = write_lora(read_lora(source), tmp_path / "peft", format="peft")
+        assert folder.stat().st_mode & 0o777 == 0o755
+        assert (folder / "adapter_config.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        private = write_lora(read_lora(source), tmp_path / "private.safetensors")
+        assert private.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    (tmp_path / "taken.safetensors").mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conceptspace.cli",
+            "lora",
+            "convert",
+            str(source),
+            str(tmp_path / "taken.safetensors"),
+            "--to",
+            "kohya",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "is a folder; a file is to be written there" in done.stderr
+    assert (tmp_path / "taken.safetensors").is_dir() and not any((tmp_path / "taken.safetensors").iterdir())
+
+
 def test_cli_refuses_bad_files_in_one_line(tmp_path):
     import subprocess
     import sys

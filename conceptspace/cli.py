@@ -473,7 +473,9 @@ def demo(
     result = run_demo(out, prompts=prompt or DEMO_PROMPTS, n=n, seed=seed, n_boot=n_boot, progress=not quiet)
     for line in summary_lines(result.rows):
         typer.echo(line)
-    typer.echo(f"\nThe paper's claims on these {n} seeds per prompt (base: {DEMO_BASE_STEPS} Euler steps, not 50, to keep the demo short):")
+    typer.echo(
+        f"\nThe paper's claims on these {n} seeds per prompt (base: {DEMO_BASE_STEPS} Euler steps, not 50, to keep the demo short):"
+    )
     for line in verdict_lines(verdicts(result.rows)):
         typer.echo(line)
     typer.echo(
@@ -907,35 +909,39 @@ def run_prompts(
     options = locals()
     import torch
 
+    from conceptspace.io import ensure_writable_dir
     from conceptspace.models import default_device
-    from conceptspace.runs import WRITE_ERRORS, accelerate_state, read_cases, run_prompt_set
+    from conceptspace.runs import WRITE_ERRORS, accelerate_state, read_cases, run_lock, run_prompt_set
 
     cases = read_cases(prompts, seed=seed, from_case=from_case, till_case=till_case)
     # the accelerate state first: it gives each process its own GPU before the models are loaded
     state = accelerate_state(torch.device(device) if device else default_device())
     if device is None and state.num_processes > 1:
         options["device"] = str(state.device)
-    # the prompt file is read (as cases) already: _prepare only checks the options, builds regimes, loads the pair
-    pair, regimes, _, _, _ = _prepare(**{**options, "prompt": [cases[0].prompt], "prompts": None})
-    try:
-        summary = run_prompt_set(
-            pair,
-            cases,
-            regimes,
-            out,
-            per_prompt=n,
-            batch_size=batch_size,
-            height=height,
-            width=width,
-            negative_prompt=negative_prompt,
-            resume=resume,
-            progress=not quiet,
-            prompts_file=prompts,
-        )
-    except OSError as error:
-        if error.errno in WRITE_ERRORS:  # a full disk: the user's to fix, one line
-            _fail(error.strerror or str(error))
-        raise
+    ensure_writable_dir(out)
+    # the folder's lock before the models load: a second process into a busy folder is refused at once
+    with run_lock(out, state.process_index):
+        # the prompt file is read (as cases) already: _prepare only checks the options, builds regimes, loads the pair
+        pair, regimes, _, _, _ = _prepare(**{**options, "prompt": [cases[0].prompt], "prompts": None})
+        try:
+            summary = run_prompt_set(
+                pair,
+                cases,
+                regimes,
+                out,
+                per_prompt=n,
+                batch_size=batch_size,
+                height=height,
+                width=width,
+                negative_prompt=negative_prompt,
+                resume=resume,
+                progress=not quiet,
+                prompts_file=prompts,
+            )
+        except OSError as error:
+            if error.errno in WRITE_ERRORS:  # a full disk: the user's to fix, one line
+                _fail(error.strerror or str(error))
+            raise
     if not state.is_main_process:
         return
     made = ", ".join(f"{name} {count}" for name, count in summary["written"].items()) or "none"

@@ -32,13 +32,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ __all__ = [
     "accelerate_state",
     "evaluate_run",
     "process_shard",
+    "run_lock",
     "read_cases",
     "read_manifest",
     "run_prompt_set",
@@ -546,6 +548,114 @@ def run_prompt_set(
         extra=parameters,
     )
     index, count, state = _process_state(shard, pair.device)
+    with run_lock(out, index):
+        return _run_locked(
+            pair,
+            cases,
+            regimes,
+            out,
+            recorded,
+            schedules,
+            index,
+            count,
+            state,
+            per_prompt=per_prompt,
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            negative_prompt=negative_prompt,
+            resume=resume,
+            progress=progress,
+            prompts_file=prompts_file,
+        )
+
+
+def run_lock(out_dir: str | os.PathLike, rank: int = 0) -> _RunLock:
+    """The lock :func:`run_prompt_set` holds on ``out_dir`` while it works (see :class:`_RunLock`); take it
+    earlier, around loading the models too, so that a second process is refused before it loads anything.
+    Re-entrant within a process."""
+    return _RunLock(Path(out_dir), rank)
+
+
+class _RunLock:
+    """An exclusive lock on ``OUT/.lock.<rank>`` for as long as this process works on the run.
+
+    Processes of one launch have distinct ranks and share the folder by design; a second launch into the same
+    folder (a second ``--resume`` started by hand) meets a held lock on its own rank and is refused before it
+    writes anything, instead of both appending to the same manifest shard. The kernel drops the lock when the
+    process dies, so a killed run never leaves the folder locked.
+    """
+
+    _held: ClassVar[
+        dict[Path, list[Any]]
+    ] = {}  # path -> [open handle, depth] of the locks this process holds
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.path = (out / f".lock.{rank}").absolute()
+        self.handle: Any = None
+        self.created = False
+
+    def __enter__(self) -> _RunLock:
+        import fcntl
+
+        if self.path in self._held:  # this process holds it already: a nested use
+            self._held[self.path][1] += 1
+            return self
+        self.created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise RunInProgressError(
+                f"{self.path.parent} is in use by {holder}, which is still writing to it: wait for it to finish "
+                "(it completes the run), or give this one another --out"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        self.handle.flush()
+        self._held[self.path] = [self.handle, 1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        entry = self._held[self.path]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[self.path]
+            entry[0].close()  # closing releases the lock; the file stays (removing it would race a waiter)
+            if self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+                shutil.rmtree(self.path.parent, ignore_errors=True)  # failed before writing: leave no folder
+
+
+class RunInProgressError(ValueError):
+    """Another process is writing to the run folder."""
+
+
+def _run_locked(
+    pair: ModelPair,
+    cases: Sequence[Case],
+    regimes: Sequence[Regime],
+    out: Path,
+    recorded: dict[str, Any],
+    schedules: dict[str, Any],
+    index: int,
+    count: int,
+    state: Any,
+    *,
+    per_prompt: int,
+    batch_size: int,
+    height: int,
+    width: int,
+    negative_prompt: str | None,
+    resume: bool,
+    progress: bool,
+    prompts_file: str | os.PathLike | None,
+) -> dict[str, Any]:
+    names = [regime.name for regime in regimes]
     items = work_items(cases, names, per_prompt)
     started = time.perf_counter()
 

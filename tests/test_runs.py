@@ -492,6 +492,63 @@ def test_kill_9_during_a_run_then_resume_gives_the_files_of_an_uninterrupted_run
     assert len(keys) == len(set(keys)) == 20
 
 
+def test_a_second_resume_into_a_busy_folder_is_refused_and_the_first_completes(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\na yellow star\n", encoding="utf-8")
+    out = tmp_path / "shared"
+    command = [
+        sys.executable,
+        "-m",
+        "conceptspace",
+        "run",
+        *TINY,
+        "--regimes",
+        "distilled",
+        "--prompts",
+        str(prompts),
+        "-n",
+        "4",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--resume",
+    ]
+    # the second process imports everything first and waits, so that it starts work while the first still runs
+    warm = "import sys, conceptspace.runs, conceptspace.models; from conceptspace.cli import main; sys.stdin.readline(); main()"
+    second = subprocess.Popen(
+        [sys.executable, "-c", warm, *command[3:]],
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shard = out / "manifest.0.jsonl"
+    deadline = time.monotonic() + 240
+    while (
+        time.monotonic() < deadline
+        and first.poll() is None
+        and not (shard.is_file() and shard.stat().st_size)
+    ):
+        time.sleep(0.02)
+    assert first.poll() is None, (
+        "the first run ended before the second could start: " + first.stderr.read().decode()
+    )
+    second_out, second_err = second.communicate("go\n", timeout=300)
+    assert first.poll() is None, "the first run ended before the second was refused"
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err.decode()
+    assert second.returncode == 2 and len(second_err.strip().splitlines()) == 1, second_err
+    assert f"{out} is in use by process {first.pid}" in second_err and "another --out" in second_err
+    keys = [(e["regime"], e["case_number"], e["i"]) for e in read_manifest(out)]
+    assert len(keys) == len(set(keys)) == 16 and json.loads((out / "run.json").read_text())["complete"]
+    # once the first has finished, the folder is free again: a later --resume finds everything done
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "16 already finished" in again.stdout, again.stderr
+
+
 @pytest.mark.slow
 def test_two_processes_under_accelerate_make_the_files_of_one(
     reference_run: Path, prompt_csv: Path, tmp_path: Path

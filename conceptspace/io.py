@@ -135,3 +135,21 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to output folder {path}: {existing} is not writable")
     return path
+
+
+def torch_load_error(file: str | os.PathLike, error: BaseException) -> str:
+    """What went wrong when ``torch.load(file, weights_only=True)`` raised ``error``, in our words.
+
+    torch's own message for a refused pickle advises re-running with ``weights_only=False``, which would run the
+    file's code: that advice never reaches the user. A truncated or corrupt file is named as such."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            f"{file} cannot be read with torch.load(weights_only=True): it holds pickled Python objects, not only "
+            "tensors, and unpickling them could run code, which is refused. Get a .safetensors version of it, or "
+            "convert it to .safetensors yourself only where you trust its source"
+        )
+    lines = str(error).strip().splitlines()
+    detail = lines[0].split(". This is an internal")[0] if lines else type(error).__name__
+    return f"{file} is not a readable checkpoint ({detail}): it is truncated or corrupt; download or export it again"

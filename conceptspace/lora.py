@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conceptspace.io import atomic_write, atomic_write_folder
+from conceptspace.io import atomic_write, atomic_write_folder, torch_load_error
 
 LoRAFileFormat = Literal["diffusers", "kohya", "peft"]
 
@@ -339,11 +339,7 @@ def _read_tensors(file: Path) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise LoRAFormatError(
-            f"{file} cannot be read with torch.load(weights_only=True) ({_first_line(error)}): it is truncated or "
-            "corrupt, or unpickling it would construct arbitrary Python objects (run code), which is refused; "
-            "convert it to .safetensors where you trust its source"
-        ) from error
+        raise LoRAFormatError(torch_load_error(file, error)) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from conceptspace.io import torch_load_error
 from conceptspace.registry import (
     ARCHITECTURE_FIELDS,
     PER_BLOCK_FIELDS,
@@ -458,10 +459,7 @@ def read_state_dict(file_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state_dict = torch.load(file_path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(
-            f"{file_path} could not be read as a tensor-only checkpoint ({_first_line(error)}): it is truncated "
-            "or corrupt, or it needs arbitrary code to unpickle, which is refused. Convert it to .safetensors."
-        ) from error
+        raise ValueError(torch_load_error(file_path, error)) from None
     if (
         isinstance(state_dict, dict)
         and "state_dict" in state_dict

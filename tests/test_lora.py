@@ -407,8 +407,9 @@ def test_a_pt_whose_unpickling_would_run_code_never_runs_it(tmp_path, zipped):
     path = tmp_path / "slider.pt"
     payload = {"lora_unet_conv_in.lora_down.weight": torch.zeros(1, 4, 3, 3), "x": _Payload(marker)}
     torch.save(payload, path, _use_new_zipfile_serialization=zipped)
-    with pytest.raises(LoRAFormatError, match=r"weights_only=True.*run code.*refused"):
+    with pytest.raises(LoRAFormatError, match=r"weights_only=True.*run code.*refused") as refused:
         read_lora(path)
+    assert "weights_only=False" not in str(refused.value)  # torch's advice would run the payload
     with pytest.raises(LoRAFormatError):
         inspect_lora(path)
     assert not marker.exists()

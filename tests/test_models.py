@@ -467,11 +467,18 @@ def test_pickle_that_runs_code_is_refused(sdxl_only_cache: Path, tmp_path: Path,
         file.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, file)
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(ValueError, match="refused") as refused:
         read_state_dict(file)
-    with pytest.raises(ValueError, match="dmd2_sdxl_4step_unet_fp16.bin could not be read"):
+    # torch's own message advises weights_only=False, which would run the payload: it must not reach the user
+    assert "weights_only=False" not in str(refused.value) and "False" not in str(refused.value)
+    with pytest.raises(ValueError, match="dmd2_sdxl_4step_unet_fp16.bin cannot be read with torch.load"):
         load_pair("sdxl", "dmd2", student_path=file, cache_dir=sdxl_only_cache)
     assert not marker.exists()
+    truncated = tmp_path / "truncated.bin"
+    torch.save({"conv_in.weight": torch.zeros(64)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(ValueError, match="truncated.bin is not a readable checkpoint .*truncated or corrupt"):
+        read_state_dict(truncated)
 
 
 def _tiny_state_dict() -> dict[str, torch.Tensor]:

@@ -434,14 +434,18 @@ def diversity(
         batch_size=batch_size,
         parameters=parameters,
     )
-    summary = [r for r in rows if r["prompt"] == ALL_PROMPTS] or rows
-    typer.echo(f"{'regime':<24} {'metric':<26} {'value':>8}  95% CI               n   p")
+    # one prompt: its own rows (n counts images); several: their average (n counts prompts, beside the images)
+    averaged = len(prompt_list) > 1
+    summary = [r for r in rows if (r["prompt"] == ALL_PROMPTS) == averaged]
+    typer.echo(
+        f"{'regime':<24} {'metric':<26} {'value':>8}  95% CI               "
+        + ("prompts images  p" if averaged else "images  p")
+    )
     for row in summary:
         p_value = f"{row['p_value']:.3g}" if "p_value" in row else ""
         ci = f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
-        typer.echo(
-            f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {row['n']:<3} {p_value}"
-        )
+        counts = f"{row['n']:<7} {row.get('n_images', ''):<7}" if averaged else f"{row['n']:<7}"
+        typer.echo(f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {counts} {p_value}")
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
 
 

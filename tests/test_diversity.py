@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,9 @@ def test_diversity_run_reuses_regimes_already_sampled(
     assert {r["regime"] for r in rows} >= {"distilled", "hybrid", "hybrid - distilled"}
 
 
+TINY_PAIR = ["--base", "tiny-sdxl", "--student", "tiny-dmd"]
+
+
 def test_cli_diversity_writes_metrics_and_report(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# underspecified prompts\na shape\n\na red circle\n")
@@ -138,6 +142,34 @@ def test_cli_diversity_writes_metrics_and_report(tmp_path: Path) -> None:
     assert {r["embedder"] for r in rows} == {"pixels:32"}  # the tiny pair's default
     assert (out / "report.html").exists() and (out / "metrics.csv").exists()
     assert "hybrid - distilled" in result.output and "report.html" in result.output
+    # averages over two prompts say what they count: n = 2 prompts beside 6 images
+    header, first = result.output.splitlines()[0], result.output.splitlines()[1]
+    assert header.rstrip().endswith("prompts images  p") and re.search(r"\]\s+2\s+6\s", first), result.output
+
+    one = CliRunner().invoke(
+        app,
+        [
+            "diversity",
+            *TINY_PAIR,
+            "--regimes",
+            "distilled,hybrid",
+            "--prompt",
+            "a shape",
+            "-n",
+            "3",
+            "--n-boot",
+            "50",
+            "--n-perm",
+            "50",
+            "--out",
+            str(tmp_path / "one"),
+            "--quiet",
+        ],
+    )
+    assert one.exit_code == 0, one.output
+    lines = one.output.splitlines()
+    assert lines[0].rstrip().endswith("images  p") and "prompts" not in lines[0]
+    assert all(re.search(r"\]\s+3\s", line) for line in lines[1:-1]), one.output  # one prompt: n = its images
 
 
 def test_prompt_files_plain_and_csv(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from conceptspace.embeddings import Embedder, default_embedder, load_embedder
 from conceptspace.generate import generate, schedule_field
@@ -110,16 +111,26 @@ def measure_diversity(
     if not grouped:
         raise ValueError(f"{run_dir} holds no images to measure")
     regimes = list(run["regimes"])
-    embeddings: dict[str, dict[str, torch.Tensor]] = {}
+    chosen: dict[str, dict[str, list[Any]]] = {}
     for prompt, by_regime in grouped.items():
         missing = [r for r in regimes if r not in by_regime]
         if missing:
             raise ValueError(f"prompt {prompt!r} has no images for regime(s) {', '.join(missing)}")
         seeds = _paired_seeds(prompt, by_regime)
-        embeddings[prompt] = {
-            regime: embedder.embed_images([path for s, path in by_regime[regime] if s in seeds])
-            for regime in regimes
-        }
+        chosen[prompt] = {regime: [path for s, path in by_regime[regime] if s in seeds] for regime in regimes}
+    # one bar for the whole phase; the embedder's own per-call bar would flash once per prompt and regime
+    total = sum(len(paths) for by_regime in chosen.values() for paths in by_regime.values())
+    embeddings: dict[str, dict[str, torch.Tensor]] = {}
+    own_bar, embedder.progress = embedder.progress, False
+    try:
+        with tqdm(total=total, desc=f"embedding [{embedder.name}]", unit="img", disable=not progress) as bar:
+            for prompt, by_regime in chosen.items():
+                embeddings[prompt] = {}
+                for regime, paths in by_regime.items():
+                    embeddings[prompt][regime] = embedder.embed_images(paths)
+                    bar.update(len(paths))
+    finally:
+        embedder.progress = own_bar
     if resample == "auto":
         resample = "images" if len(grouped) < 10 else "both"
     model = run["base"]["name"] + (f"/{run['student']['name']}" if run.get("student") else "")

@@ -192,3 +192,21 @@ def test_reads_the_real_coco_prompt_set() -> None:
     assert (
         any("\n" in p for p in prompts) and any('"' in p for p in prompts) and any("," in p for p in prompts)
     )
+
+
+def test_embedding_shows_one_bar_that_advances_over_every_image(
+    tiny_sdxl_pair, tmp_path: Path, capsys
+) -> None:
+    from conceptspace.diversity import measure_diversity
+    from conceptspace.generate import generate
+
+    generate(
+        tiny_sdxl_pair, ["a shape", "a circle"], [Distilled(), Hybrid()], [0, 1, 2], tmp_path, progress=False
+    )
+    capsys.readouterr()
+    measure_diversity(tmp_path, "pixels:8", n_boot=20, n_perm=20, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("embedding [pixels:8]:   0%") == 1, (
+        err
+    )  # one bar for the phase, not one per prompt × regime
+    assert "12/12" in err

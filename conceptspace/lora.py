@@ -673,7 +673,8 @@ def write_lora(
     ``format="diffusers"`` writes ``unet.<module>.lora_A/lora_B.weight`` with diffusers' ``lora_adapter_metadata``
     header entry (rank, alpha and target modules as a peft LoraConfig), which ``pipe.load_lora_weights(path)``
     loads; ``format="kohya"`` writes ``lora_unet_<module>.lora_down.weight/.lora_up.weight/.alpha``, as Concept
-    Sliders, A1111 and ComfyUI read them; ``format="peft"`` writes the folder ``path`` with
+    Sliders, A1111 and ComfyUI read them, with one alpha for all modules (the largest rank) and each module's own
+    alpha folded into its up factor (the same update, read alike by every loader); ``format="peft"`` writes the folder ``path`` with
     ``adapter_model.safetensors`` (``base_model.model.<module>.lora_A/lora_B.weight``) and ``adapter_config.json``
     (a peft ``LoraConfig``), which ``PeftModel.from_pretrained`` and ``unet.load_lora_adapter`` load. Every way the header's ``conceptspace_lora`` entry holds the LoRA's
     metadata updated with ``metadata`` (by convention ``base_model`` and ``recipe``) and the rank, alpha and target
@@ -698,6 +699,9 @@ def write_lora(
         raise ValueError(f"{lora.name} has no modules to write")
 
     ranks, alphas = lora.ranks, lora.alphas
+    kohya_alpha = float(max(ranks.values()))  # = the rank when ranks agree: scale 1, whatever a loader assumes
+    if format == "kohya":
+        alphas = dict.fromkeys(ranks, kohya_alpha)  # each module's own alpha is folded into its up (below)
     info = {
         **lora.metadata,
         **(metadata or {}),
@@ -720,18 +724,23 @@ def write_lora(
             tensors[f"{prefix}{name}.lora_A.weight"] = down.contiguous()
             tensors[f"{prefix}{name}.lora_B.weight"] = up.contiguous()
         else:
+            # one alpha for every module, each module's own alpha folded into its up factor: diffusers' kohya
+            # converter drops the alphas of attention projections (it names them so that they match no module)
+            # and gives those modules the file's most common alpha, so only a uniform alpha reads alike in every
+            # loader (diffusers, ComfyUI, A1111, kohya's own scripts, ours)
             key = name if name.startswith(KOHYA_PREFIX) else KOHYA_PREFIX + name.replace(".", "_")
+            folded = (weights.up.float() * (weights.alpha / kohya_alpha)).to(up.dtype)
             tensors[f"{key}.lora_down.weight"] = down.contiguous()
-            tensors[f"{key}.lora_up.weight"] = up.contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
+            tensors[f"{key}.lora_up.weight"] = folded.contiguous()
+            tensors[f"{key}.alpha"] = torch.tensor(kohya_alpha, dtype=torch.float32)
     if format == "diffusers":
         config = {f"unet.{k}": v for k, v in _peft_config(ranks, alphas, anchor="^").items()}
         header[DIFFUSERS_HEADER_KEY] = json.dumps(config, sort_keys=True)
     elif format == "kohya":
         # the header kohya's own scripts write, read by A1111/ComfyUI front ends
         header.update(ss_network_module="networks.lora")
-        if len(set(ranks.values())) == 1 and len(set(alphas.values())) == 1:
-            header.update(ss_network_dim=str(lora.rank), ss_network_alpha=str(lora.alpha))
+        if len(set(ranks.values())) == 1:
+            header.update(ss_network_dim=str(lora.rank), ss_network_alpha=str(kohya_alpha))
 
     from safetensors.torch import save_file
 
@@ -743,6 +752,11 @@ def write_lora(
             "lora_dropout": 0.0,
             **_peft_config(ranks, alphas, anchor=""),
         }
+
+        # diffusers' `unet.load_lora_adapter(folder, weight_name="adapter_model.safetensors",
+        # prefix="base_model.model")` reads rank and alpha patterns from this header entry (else alpha = rank)
+        prefixed = {f"base_model.model.{k}": v for k, v in _peft_config(ranks, alphas, anchor="^").items()}
+        header[DIFFUSERS_HEADER_KEY] = json.dumps(prefixed, sort_keys=True)
 
         def write_folder(folder: Path) -> None:
             save_file(tensors, str(folder / "adapter_model.safetensors"), metadata=header)

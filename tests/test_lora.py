@@ -220,14 +220,20 @@ def test_kohya_to_diffusers_round_trip(unet, tmp_path):
 
     read = read_lora(kohya)
     assert read.format == "kohya" and not read.unresolved and set(read.modules) == set(TARGETS)
+    # kohya files carry one alpha (the largest rank), each module's own folded into up: the same update
+    assert read.alphas == dict.fromkeys(lora.ranks, float(max(lora.ranks.values())))
+    assert len(set(lora.alphas.values()) - set(read.alphas.values())) > 0  # the test LoRA's alphas do differ
     diffusers_file = write_lora(read, tmp_path / "slider-diffusers.safetensors")
     again = read_lora(diffusers_file)
     assert again.format == "diffusers"
     for name, w in lora.modules.items():
         for other in (read.modules[name], again.modules[name]):
-            assert torch.equal(other.down, w.down) and torch.equal(other.up, w.up) and other.alpha == w.alpha
+            assert torch.equal(other.down, w.down)
+            torch.testing.assert_close(other.delta(), w.delta(), rtol=1e-6, atol=1e-7)
     back = read_lora(write_lora(again, tmp_path / "back.safetensors", format="kohya"))
-    assert back.alphas == lora.alphas
+    assert back.alphas == read.alphas and all(
+        torch.equal(back.modules[k].up, read.modules[k].up) for k in TARGETS
+    )
 
 
 def test_a_file_we_write_loads_in_diffusers_with_the_same_outputs(unet, tmp_path):
@@ -242,14 +248,42 @@ def test_a_file_we_write_loads_in_diffusers_with_the_same_outputs(unet, tmp_path
         ours = run(unet)
     assert_close(run(pipe.unet), ours, 1e-4)
 
-    # a kohya file with one alpha (the slider case) loads in diffusers too
-    uniform = random_lora(unet, seed=11, ranks=(4,), alphas=(1.0,))
-    kohya = write_lora(uniform, tmp_path / "ours-kohya.safetensors", format="kohya")
-    pipe = tiny_sdxl_pipeline(0)
-    pipe.load_lora_weights(str(kohya), adapter_name="kohya")
-    with apply_lora(unet, read_lora(kohya)):
-        ours = run(unet)
-    assert_close(run(pipe.unet), ours, 1e-4)
+    # kohya files load in diffusers alike: one alpha (the slider case), and mixed ranks and alphas, where
+    # diffusers' converter would drop the attention layers' alphas were they not folded into up
+    for seed, ranks, alphas in ((11, (4,), (1.0,)), (12, (4, 2), (1.0, 4.0, 2.0))):
+        kohya = write_lora(
+            random_lora(unet, seed=seed, ranks=ranks, alphas=alphas),
+            tmp_path / f"kohya-{seed}.safetensors",
+            format="kohya",
+        )
+        pipe = tiny_sdxl_pipeline(0)
+        pipe.load_lora_weights(str(kohya), adapter_name="kohya")
+        with apply_lora(unet, random_lora(unet, seed=seed, ranks=ranks, alphas=alphas)):
+            ours = run(unet)
+        assert_close(run(pipe.unet), ours, 1e-4)
+
+
+def test_every_kohya_key_we_write_maps_to_a_weight_by_comfyuis_rule(unet, tmp_path):
+    """ComfyUI (comfy/lora.py, model_lora_keys_unet) maps ``lora_unet_<diffusers weight path, dots as _>`` to that
+    weight, and reads ``<name>.lora_up.weight``, ``<name>.lora_down.weight`` and ``<name>.alpha``: every key of a
+    kohya file we write must be one of those, for a LoRA on every linear and conv layer of the UNet."""
+    targets = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    weights = [k[: -len(".weight")] for k in unet.state_dict() if k.endswith(".weight")]
+    comfy_map = {"lora_unet_" + k.replace(".", "_"): k for k in weights}
+    assert len(comfy_map) == len(weights)  # no two weights collide once dots become underscores
+    path = write_lora(testing.random_lora(unet, targets, size=0.01), tmp_path / "all.safetensors", format="kohya")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        keys = list(handle.keys())
+    assert len(keys) == 3 * len(targets)
+    mapped = set()
+    for key in keys:
+        name, _, part = key.partition(".")
+        assert part in ("lora_up.weight", "lora_down.weight", "alpha"), key
+        assert name in comfy_map, f"ComfyUI maps no weight to {key}"
+        mapped.add(comfy_map[name])
+    assert mapped == set(targets)
 
 
 def test_sd_style_kohya_names_resolve_like_diffusers_does(unet, tmp_path):
@@ -366,6 +400,16 @@ def test_a_peft_folder_we_write_loads_in_peft_with_the_same_outputs(unet, tmp_pa
         ours = run(unet)
     assert_close(run(peft_unet), ours, 1e-5)
 
+    # diffusers loads the folder exactly through the model's own loader, the prefix named (rank and alpha
+    # patterns come from the file's header); pipe.load_lora_weights expects unet.-prefixed keys: convert first
+    from conceptspace.testing import tiny_sdxl_unet
+
+    diffusers_unet = tiny_sdxl_unet(0)
+    diffusers_unet.load_lora_adapter(
+        str(folder), weight_name="adapter_model.safetensors", prefix="base_model.model", adapter_name="ours"
+    )
+    assert_close(run(diffusers_unet), ours, 1e-5)
+
     back = read_lora(folder)  # and our reader takes the folder back, factors and alphas unchanged
     assert back.format == "peft" and back.alphas == lora.alphas
     assert all(torch.equal(back.modules[n].up, w.up) for n, w in lora.modules.items())
@@ -386,9 +430,13 @@ def test_pt_files_load_tensors_only(unet, tmp_path):
         state |= {f"{key}.lora_down.weight": w.down, f"{key}.lora_up.weight": w.up, f"{key}.alpha": w.alpha}
     torch.save(state, tmp_path / "slider.pt")  # as Concept Sliders and SliderSpace save theirs
     read = read_lora(tmp_path / "slider.pt")
-    assert read.alphas == kohya.alphas and all(
+    assert read.alphas == lora.alphas and all(
         torch.equal(read.modules[n].up, w.up) for n, w in lora.modules.items()
     )
+    for name in lora.modules:  # the same update as the kohya file we write (which folds alphas into up)
+        torch.testing.assert_close(
+            read.modules[name].delta(), kohya.modules[name].delta(), rtol=1e-6, atol=1e-7
+        )
 
 
 class _Payload:
@@ -583,13 +631,14 @@ def test_metadata_round_trips_in_the_safetensors_header(unet, tmp_path):
         )
         read = read_lora(path)
         assert read.metadata["base_model"] == "tiny-sdxl" and read.metadata["recipe"] == recipe
-        assert read.metadata["rank"] == 4 and read.metadata["alpha"] == 1.0
+        # kohya files hold alpha = rank, the LoRA's own alpha 1 folded into up (see write_lora)
+        assert read.metadata["rank"] == 4 and read.metadata["alpha"] == (1.0 if fmt == "diffusers" else 4.0)
         assert read.metadata["target_modules"] == sorted(TARGETS)
         with safe_open(str(path), "pt") as handle:
             header = handle.metadata()
         assert json.loads(header["conceptspace_lora"])["recipe"] == recipe
         if fmt == "kohya":
-            assert header["ss_network_dim"] == "4" and header["ss_network_alpha"] == "1.0"
+            assert header["ss_network_dim"] == "4" and header["ss_network_alpha"] == "4.0"
         else:
             assert json.loads(header["lora_adapter_metadata"])["unet.lora_alpha"] == 1.0
         # metadata read back is kept when the LoRA is written again
@@ -630,7 +679,8 @@ def test_inspect_lora(unet, tmp_path):
     )
     info = inspect_lora(path)
     assert info["format"] == "kohya" and info["modules"] == len(TARGETS)
-    assert info["ranks"] == [2, 4] and info["alphas"] == [1.0, 2.0, 4.0] and info["conv_modules"] == 1
+    # one alpha in a kohya file we write: the largest rank (each module's own alpha is folded into its up)
+    assert info["ranks"] == [2, 4] and info["alphas"] == [4.0] and info["conv_modules"] == 1
     assert info["metadata"]["base_model"] == "tiny-sdxl"
     assert info["fits"]["tiny-sdxl"] == {
         "models": ["tiny-sdxl", "tiny-dmd", "tiny-lcm"],

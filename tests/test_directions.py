@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conceptspace import directions
 from conceptspace.cli import app
 from conceptspace.directions import discover, load_study, measure_activation, train_direction_sliders
 from conceptspace.lora import read_lora
@@ -93,9 +94,20 @@ def test_direction_sliders_train_and_transfer(study, shapes, tmp_path):
     assert any(r["metric"] == "transfer_ratio" for r in transferred)
 
 
-def test_activation_compares_regimes_on_paired_seeds(study, shapes):
+def test_activation_compares_regimes_on_paired_seeds(study, shapes, monkeypatch):
     folder, _ = study
+    sampled: dict[str, list[int]] = {}
+    original = directions.sample
+
+    def recording(pair, prompt, regime, seeds, **kwargs):
+        sampled.setdefault(regime.name, []).extend(seeds)
+        return original(pair, prompt, regime, seeds, **kwargs)
+
+    monkeypatch.setattr(directions, "sample", recording)
     rows = measure_activation(folder, pair=shapes, n=12, n_boot=200, keep_images=2, progress=False)
+    # paired: every regime sampled exactly the same seeds, fresh ones (not the discovery's)
+    assert set(sampled) == {"base", "distilled", "hybrid"}
+    assert sampled["base"] == sampled["distilled"] == sampled["hybrid"] == list(range(1_000_000, 1_000_012))
     out = folder / "activation"
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
     run = json.loads((out / "run.json").read_text())

@@ -204,7 +204,29 @@ def test_text_embeddings_share_the_image_space(loaded, pixels, kind):
     assert texts.shape == (3, images.shape[1]) and texts.dtype == torch.float32
     torch.testing.assert_close(texts.norm(dim=-1), torch.ones(3))
     scores = images @ texts.T  # cosine(image, text)
-    assert scores.shape == (N_IMAGES, 3) and bool((scores.abs() <= 1 + 1e-5).all())
+    # the shared space is the one CLIP's own image-text logits live in: the model's forward on the same inputs
+    # gives logit_scale · cos(image, text) — a text vector from another head or space would not match
+    from PIL import Image
+
+    pil = [Image.fromarray(p) for p in pixels]
+    with torch.no_grad():
+        if kind == "hf-clip":
+            tokens = embedder.tokenizer(
+                prompts,
+                padding="max_length",
+                truncation=True,
+                max_length=embedder.max_length,
+                return_tensors="pt",
+            )
+            pixel_values = embedder.processor(images=pil, return_tensors="pt")["pixel_values"]
+            out = embedder.model(**tokens, pixel_values=pixel_values)
+            expected = out.logits_per_image / embedder.model.logit_scale.exp()
+        else:
+            image_features, text_features, logit_scale = embedder.model(
+                torch.stack([embedder.preprocess(im) for im in pil]), embedder.tokenizer(prompts)
+            )[:3]
+            expected = image_features @ text_features.T
+    torch.testing.assert_close(scores, expected.float(), atol=1e-4, rtol=0)
     torch.testing.assert_close(embedder.embed_texts(prompts, batch_size=1), texts, atol=1e-5, rtol=0)
     torch.testing.assert_close(embedder.embed_texts(prompts[1]), texts[1:2], atol=1e-5, rtol=0)
     assert not torch.allclose(texts[0], texts[1])

@@ -98,9 +98,29 @@ def test_default_layers_are_self_attention(shapes_pair, tmp_path: Path) -> None:
 
 
 def test_sdxl_added_conditions(tiny_sdxl_pair, tmp_path: Path) -> None:
-    out = train_slider(
-        tiny_sdxl_pair, _recipe(steps=2, sampling_steps=2), tmp_path / "x.safetensors", progress=False
-    )
+    # SDXL's UNet needs pooled text embeds and time ids with every call: training must pass them, batch-sized
+    unet = tiny_sdxl_pair.base_unet
+    calls: list[tuple[int, dict]] = []
+
+    def record(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        calls.append((sample.shape[0], kwargs.get("added_cond_kwargs") or {}))
+
+    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = train_slider(
+            tiny_sdxl_pair, _recipe(steps=2, sampling_steps=2), tmp_path / "x.safetensors", progress=False
+        )
+    finally:
+        handle.remove()
+    assert calls, "training never called the UNet"
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    for batch, added in calls:
+        assert set(added) == {"text_embeds", "time_ids"}
+        assert tuple(added["text_embeds"].shape) == (batch, pooled) and tuple(added["time_ids"].shape) == (
+            batch,
+            6,
+        )
     assert read_lora(out).metadata["base_model"] == "tiny-sdxl"
 
 

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from conceptspace import testing
 from conceptspace.lora import LoRA, LoRAMismatchError, LoRAWeights, write_lora
 from conceptspace.models import load_pair
+from conceptspace.testbed.data import LEVELS
 from conceptspace.transfer import (
     TransferError,
     _rank_correlation,
@@ -195,16 +198,38 @@ def test_cli(lora_file, tmp_path):
     assert isinstance(bad.exception, TransferError)
 
 
+def _probe_readings(run_dir):
+    """The probe's reading (with probabilities) of every image a transfer run saved, by (model, scale)."""
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe()
+    run = json.loads((run_dir / "run.json").read_text())
+    return {
+        (record["model"], float(record["scale"])): probe.predict(
+            np.stack(
+                [np.asarray(Image.open(run_dir / item["path"]).convert("RGB")) for item in record["images"]]
+            ),
+            probabilities=True,
+        )
+        for record in run["regimes"].values()
+    }
+
+
 def test_testbed_probe_rows(tmp_path):
     shapes = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
     lora = random_lora(shapes.base_unet, targets=_attention_targets(shapes.base_unet), size=0.5)
     # reverse: as if the LoRA had been trained on the student, so the ratio is base / student
     rows = transfer(lora, "shapes", ["dmd"], "a red circle", "0,1", [0, 1], tmp_path, progress=False,
                     reverse=True, loader=lambda b, s: shapes)  # fmt: skip
-    probe = {(r["model"], r["metric"]) for r in rows if r["metric"].startswith("probe_")}
+    probe_rows = {(r["model"], r["metric"]): r for r in rows if r["metric"].startswith("probe_")}
+    read = _probe_readings(tmp_path)  # the probe on the images the run saved, per (model, scale)
     for model in ("shapes", "dmd"):
-        for metric in ("probe_size_change", "probe_x_change", "probe_y_change", "probe_shape_changed"):
-            assert (model, metric) in probe
+        for factor in ("size", "x", "y"):
+            expected = (read[model, 1.0][factor] - read[model, 0.0][factor]).mean()
+            assert probe_rows[model, f"probe_{factor}_change"]["value"] == pytest.approx(expected, abs=1e-9)
+        for factor in ("shape", "colour"):
+            expected = (read[model, 1.0][factor] != read[model, 0.0][factor]).mean()
+            assert probe_rows[model, f"probe_{factor}_changed"]["value"] == pytest.approx(expected)
     assert any(r["metric"] == "transfer_ratio" and r["regime"] == "shapes / dmd" for r in rows)
     assert not any(r["metric"] == "clip_score_change" for r in rows)  # testbed:clip has no text tower
     assert not any(r["metric"].startswith("probe_factor") for r in rows)  # only when a factor is named
@@ -218,10 +243,18 @@ def test_testbed_probe_factor_rows(tmp_path):
     change = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "probe_factor_change"}
     assert set(change) == {(m, s) for m in ("shapes", "dmd") for s in (-1.0, 1.0)}
     assert all(r["factor"] == "colour=red-blue" and r["n"] == 3 for r in change.values())
-    assert all(-2 <= r["value"] <= 2 for r in change.values())  # a difference of two probabilities
-    correlation = [r for r in rows if r["metric"] == "probe_factor_rank_correlation"]
-    assert sorted(r["model"] for r in correlation) == ["dmd", "shapes"]
-    assert all(-1 <= r["value"] <= 1 for r in correlation)
+    # the change is P(red) − P(blue) at the scale minus at 0, read from the saved images by the probe
+    red, blue = LEVELS["colour"].index("red"), LEVELS["colour"].index("blue")
+    read = _probe_readings(tmp_path)
+    score = {k: v["colour_probs"][:, red] - v["colour_probs"][:, blue] for k, v in read.items()}
+    for (model, scale), row in change.items():
+        assert row["value"] == pytest.approx((score[model, scale] - score[model, 0.0]).mean(), abs=1e-6)
+    correlation = {r["model"]: r for r in rows if r["metric"] == "probe_factor_rank_correlation"}
+    assert sorted(correlation) == ["dmd", "shapes"]
+    for model, row in correlation.items():  # Spearman's rho of the score with the scale, averaged over seeds
+        by_seed = np.stack([score[model, s] for s in (-1.0, 0.0, 1.0)], axis=1)
+        rho = [scipy.stats.spearmanr([-1, 0, 1], seed_scores)[0] for seed_scores in by_seed]
+        assert row["value"] == pytest.approx(np.mean(np.nan_to_num(rho)), abs=1e-6)
     ratios = [r for r in rows if r["metric"] == "probe_transfer_ratio"]
     assert {(r["regime"], r["model"], r["scale"]) for r in ratios} == {
         ("dmd / shapes", "dmd", s) for s in (-1, 1)

@@ -60,6 +60,16 @@ def random_lora(unet, targets=TARGETS, *, seed=0, ranks=(4, 2), alphas=(1.0, 4.0
     return testing.random_lora(unet, targets, seed=seed, ranks=ranks, alphas=alphas, size=0.2)
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The command line in a fresh process, offline: how a user meets its errors."""
+    return subprocess.run(
+        [sys.executable, "-m", "conceptspace.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
 def explicit_merge(unet, *terms: tuple[LoRA, float]):
     """A copy of ``unet`` with W + s·(alpha/rank)·up·down added to each target weight, written out by hand."""
     assert not any(m._forward_hooks for m in unet.modules()), (
@@ -271,7 +281,9 @@ def test_every_kohya_key_we_write_maps_to_a_weight_by_comfyuis_rule(unet, tmp_pa
     weights = [k[: -len(".weight")] for k in unet.state_dict() if k.endswith(".weight")]
     comfy_map = {"lora_unet_" + k.replace(".", "_"): k for k in weights}
     assert len(comfy_map) == len(weights)  # no two weights collide once dots become underscores
-    path = write_lora(testing.random_lora(unet, targets, size=0.01), tmp_path / "all.safetensors", format="kohya")
+    path = write_lora(
+        testing.random_lora(unet, targets, size=0.01), tmp_path / "all.safetensors", format="kohya"
+    )
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as handle:
@@ -550,12 +562,7 @@ def test_broken_factors_are_blamed_on_the_file(tmp_path, down, up, message):
     transfer = ["transfer", "--lora", str(path), "--base", "tiny-sdxl", "--students", "tiny-dmd"]
     transfer += ["--prompt", "a red circle", "--out", str(tmp_path / "t"), "--device", "cpu", "--quiet"]
     for command in (["lora", "inspect", str(path)], transfer):
-        done = subprocess.run(
-            [sys.executable, "-m", "conceptspace.cli", *command],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
+        done = cli(*command)
         assert done.returncode == 2 and done.stderr.startswith("error: "), (command, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and "broken.safetensors" in done.stderr
     assert not (tmp_path / "t").exists() or not any((tmp_path / "t").rglob("*.png"))
@@ -748,49 +755,16 @@ def test_convert_keeps_the_umask_mode_and_refuses_to_overwrite_a_folder(unet, tm
     finally:
         os.umask(old)
     (tmp_path / "taken.safetensors").mkdir()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "conceptspace.cli",
-            "lora",
-            "convert",
-            str(source),
-            str(tmp_path / "taken.safetensors"),
-            "--to",
-            "kohya",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    done = cli("lora", "convert", str(source), str(tmp_path / "taken.safetensors"), "--to", "kohya")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "is a folder; a file is to be written there" in done.stderr
     assert (tmp_path / "taken.safetensors").is_dir() and not any((tmp_path / "taken.safetensors").iterdir())
 
 
 def test_cli_refuses_bad_files_in_one_line(tmp_path):
-    import subprocess
-    import sys
-
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "conceptspace.cli",
-            "lora",
-            "convert",
-            str(bogus),
-            str(tmp_path / "o.safetensors"),
-            "--to",
-            "kohya",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    done = cli("lora", "convert", str(bogus), str(tmp_path / "o.safetensors"), "--to", "kohya")
     assert (
         done.returncode == 2
         and done.stderr.startswith("error: ")

@@ -55,10 +55,16 @@ def main() -> None:
     parser.add_argument("--activation-n", type=int, default=256, help="samples per regime for activation")
     parser.add_argument("--regimes", default="base,distilled,hybrid")
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--weights", type=Path, help="a folder from `conceptspace testbed train` (default: the shipped testbed)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/activation"))
     args = parser.parse_args()
 
-    pair = load_pair(args.base, args.student, device=args.device)
+    paths = {}
+    if args.weights:
+        paths = {"base_path": args.weights / "shapes", "student_path": args.weights / "dmd"}
+    pair = load_pair(args.base, args.student, device=args.device, **paths)
     if (args.out / "sliderspace.safetensors").exists():  # a rerun reuses the discovery
         space, _ = load_study(args.out)
     else:

@@ -228,10 +228,12 @@ def test_a_stage_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch
     pipeline = tmp_path / "run" / "shapes"
     dmd = dict(seed=1, steps=6, batch_size=2, num_pairs=2, regression_batch=2, quiet=True)
     whole = train.distill_dmd(tmp_path / "dmd-whole", pipeline, checkpoint_every=None, **dmd)
+    resumed_dir = tmp_path / "dmd-resumed" / "unet"  # as train_all lays it out: the parent does not exist yet
     with monkeypatch.context() as patch:
         _kill_at(patch, "dmd", 3)
         with pytest.raises(_Killed):
-            train.distill_dmd(tmp_path / "dmd-resumed", pipeline, checkpoint_every=2, **dmd)
-    resumed = train.distill_dmd(tmp_path / "dmd-resumed", pipeline, checkpoint_every=2, **dmd)
+            train.distill_dmd(resumed_dir, pipeline, checkpoint_every=2, **dmd)
+    assert torch.load(resumed_dir.parent / ".unet.checkpoint.pt", weights_only=True)["step"] == 2
+    resumed = train.distill_dmd(resumed_dir, pipeline, checkpoint_every=2, **dmd)
     a, b = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)

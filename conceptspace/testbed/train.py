@@ -8,8 +8,8 @@ atomically in diffusers / transformers folder format (safetensors):
 2. :func:`train_clip`: a tiny ``CLIPModel`` trained contrastively on images and captions. Its text tower
    (``CLIPTextModel``) conditions the UNet; its image tower (``CLIPVisionModelWithProjection``) is kept as the
    testbed's image embedder.
-3. :func:`train_unet`: a tiny ``UNet2DConditionModel`` with cross-attention, ε-prediction DDPM on the VAE's latents
-   with SD's 1000-step ``scaled_linear`` betas (0.00085 → 0.012) and 10% caption dropout (for CFG).
+3. :func:`train_unet`: a tiny ``UNet2DConditionModel`` with cross-attention, ε-prediction DDPM on the VAE's latent
+   means with SD's 1000-step ``scaled_linear`` betas (0.00085 → 0.012) and 10% caption dropout (for CFG).
 4. :func:`distill_dmd`: a DMD-style 4-step student at timesteps [999, 749, 499, 249], initialised from the base
    UNet: distribution-matching loss (a fake-score UNet trained online on the student's samples against the
    teacher's CFG score), a regression loss on a small fixed set of teacher noise → latent pairs, and backward
@@ -250,6 +250,7 @@ class _Checkpoint:
         return bool(self.every) and (step + 1) % self.every == 0 and step + 1 < steps
 
     def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
@@ -551,9 +552,10 @@ def train_unet(
     for step, (images, batch_captions) in enumerate(batches, start=done):
         texts = ["" if rng.random() < caption_dropout else c for c in batch_captions]
         with torch.no_grad():
-            posterior = vae.encode(images.to(device)).latent_dist
-            x0 = posterior.mean + posterior.std * _randn(posterior.mean.shape, gen, device)
-            x0 = x0 * vae.config.scaling_factor
+            # the posterior's mean, not a sample: this full-resolution VAE's posterior is wide (std 0.55–0.9 of
+            # the scaled latents' spread of 0.6–1.3 per channel, which its decoder tolerates), so samples would
+            # make much of every target encoder noise — a loss floor, and textured backgrounds when sampling
+            x0 = vae.encode(images.to(device)).latent_dist.mean * vae.config.scaling_factor
         if train_text:
             text_encoder.train()
             cond = text_encoder(_tokens(tokenizer, texts).to(device))[0]
@@ -847,7 +849,7 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
     return _save_atomic(out_dir, save)
 
 
-DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 3000, "dmd": 800}
+DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 2000, "dmd": 800}
 """Steps per stage of the shipped weights."""
 
 DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 8, "regression_weight": 0.25}

@@ -4,6 +4,7 @@ every sample the same result whatever the batch size."""
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -436,18 +437,34 @@ def test_v_prediction_student_on_epsilon_scheduler_gives_same_images(sdxl_pair: 
 @pytest.mark.parametrize(
     "regime,message",
     [
-        (Hybrid(k=0), "hybrid k"),
         (Hybrid(k=5), "hybrid k"),
         (SkipFirst(n=4), "skip-first n"),
-        (ReplaceFinal(n=0), "replace-final n"),
         (Distilled(timesteps=(249, 499)), "strictly decreasing"),
         (Distilled(timesteps=(1200, 499)), "lie in"),
-        (Base(steps=0), "at least 1"),
     ],
 )
-def test_invalid_regimes_are_refused_with_a_reason(sdxl_pair: ModelPair, regime, message: str) -> None:
+def test_regimes_that_do_not_fit_the_pair_are_refused_with_a_reason(
+    sdxl_pair: ModelPair, regime, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         sample(sdxl_pair, PROMPT, regime, [0], output_type="latent", progress=False)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: Hybrid(k=0), "hybrid: k must be a whole number >= 1, got 0"),
+        (lambda: ReplaceFinal(n=0), "replace-final: n must be a whole number >= 1"),
+        (lambda: Base(steps=0), "base: steps must be a whole number >= 1"),
+        (lambda: Base(steps=2.5), "base: steps must be a whole number >= 1"),
+        (lambda: Hybrid(k=True), "hybrid: k must be a whole number >= 1"),
+        (lambda: Base(guidance_scale=float("nan")), "guidance_scale must be a finite number >= 0"),
+        (lambda: Distilled(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
+    ],
+)
+def test_impossible_regime_numbers_are_refused_when_the_regime_is_made(make, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
 
 
 def test_bad_prompt_seeds_and_sizes_are_refused(sdxl_pair: ModelPair) -> None:

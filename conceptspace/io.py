@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -144,12 +145,39 @@ def torch_load_error(file: str | os.PathLike, error: BaseException) -> str:
     file's code: that advice never reaches the user. A truncated or corrupt file is named as such."""
     import pickle
 
-    if isinstance(error, pickle.UnpicklingError):
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and _is_pickle_stream(file):
         return (
             f"{file} cannot be read with torch.load(weights_only=True): it holds pickled Python objects, not only "
             "tensors, and unpickling them could run code, which is refused. Get a .safetensors version of it, or "
             "convert it to .safetensors yourself only where you trust its source"
         )
-    lines = str(error).strip().splitlines()
-    detail = lines[0].split(". This is an internal")[0] if lines else type(error).__name__
+    # torch wraps the unpickler's own complaint ("Unsupported operand 110") in advice that does not apply here.
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = text.strip().splitlines()
+    if unpickler:
+        detail = unpickler.group(1).strip()
+    else:
+        detail = lines[0].split(". This is an internal")[0] if lines else type(error).__name__
     return f"{file} is not a readable checkpoint ({detail}): it is truncated or corrupt; download or export it again"
+
+
+def _is_pickle_stream(file: str | os.PathLike) -> bool:
+    """Whether ``file`` holds a complete pickle (bare, or torch.save's zip with its data.pkl), read as opcodes only:
+    nothing is unpickled, so nothing in it runs. Garbage and truncated files are not pickle streams."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                data = archive.read(name)
+        else:
+            data = Path(file).read_bytes()
+        ops = list(pickletools.genops(data))
+    except Exception:  # any parse failure means "not a pickle"
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP"

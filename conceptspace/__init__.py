@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "conceptspace.diversity": ("diversity_run", "measure_diversity"),
     "conceptspace.embeddings": ("Embedder", "load_embedder"),
-    "conceptspace.registry": (
+    "conceptspace.models.registry": (
         "REGISTRY",
         "IncompatibleModelsError",
         "ModelNotFoundError",
@@ -21,7 +21,7 @@ _EXPORTS = {
         "get_spec",
         "register",
     ),
-    "conceptspace.models": ("ModelPair", "load_pair"),
+    "conceptspace.models.loading": ("ModelPair", "load_pair"),
     "conceptspace.report": ("build_report",),
     "conceptspace.sampling": (
         "Base",
@@ -46,8 +46,8 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 if TYPE_CHECKING:
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
-    from conceptspace.models import ModelPair, load_pair
-    from conceptspace.registry import (
+    from conceptspace.models.loading import ModelPair, load_pair
+    from conceptspace.models.registry import (
         REGISTRY,
         IncompatibleModelsError,
         ModelNotFoundError,

@@ -56,7 +56,7 @@ def models(
 
     Example: conceptspace models
     """
-    from conceptspace.registry import REGISTRY, is_cached
+    from conceptspace.models.registry import REGISTRY, is_cached
 
     typer.echo(
         f"{'name':<11} {'role':<8} {'base':<10} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} source"

@@ -46,6 +46,7 @@ from conceptspace.sampling import (
     Regime,
     convert_prediction,
     encode_text,
+    make_denoiser,
     regime_from_name,
     sample,
     schedule_of,
@@ -352,14 +353,7 @@ def train_direction_sliders(
 
     role = "base" if model == "base" else "student"
     spec = pair.spec(role)
-    unet = pair.unet(role)
-    denoiser = Denoiser(
-        "base" if model == "base" else "distilled",
-        unet,
-        spec.guidance_scale,
-        pair.prediction_type(role),
-        pair.pipeline.get_guidance_scale_embedding,
-    )
+    denoiser = make_denoiser(pair, "base" if model == "base" else "distilled", spec.guidance_scale)
     timesteps = [step.timestep for step in schedule_of(_regime_of(run), pair, pair.device)]
     size = latents.shape[-1] * pair.pipeline.vae_scale_factor
     with torch.no_grad():
@@ -371,7 +365,7 @@ def train_direction_sliders(
     for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False):
         direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
         lora, losses = _train_one(
-            pair, unet, denoiser, cond, latents, timesteps, alphas, direction, embedder,
+            pair, denoiser.unet, denoiser, cond, latents, timesteps, alphas, direction, embedder,
             steps=steps, lr=lr, rank=rank, layers=layers, batch_size=batch_size, seed=seed + k, name=str(k),
             progress=progress,
         )  # fmt: skip

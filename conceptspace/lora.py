@@ -1111,15 +1111,16 @@ FAMILY_UNET_CONFIGS: dict[str, dict[str, Any]] = {"sdxl": SDXL_UNET_CONFIG, "sd2
 def family_unet(family: str) -> nn.Module | None:
     """A UNet in the architecture of a registry family, for shape checks: meta-device (no memory) for the real
     families and folders with a config, the tiny random one for tiny families; None when none is known offline."""
-    from conceptspace.models import bases
+    from conceptspace.models import bases, family_of
 
     for spec in bases():
         if spec.family != family:
             continue
         if spec.storage == "random":
-            return _cached_tiny_unet(spec.seed)
+            return _cached_random_network(spec.architecture_name, spec.seed)
         if spec.local_dir:
-            folder = Path(spec.local_dir) / ("unet" if spec.storage == "pipeline" else (spec.subfolder or ""))
+            network_folder = family_of(spec).network_folder
+            folder = Path(spec.local_dir) / (network_folder if spec.storage == "pipeline" else (spec.subfolder or ""))
             if (folder / "config.json").is_file():
                 return _meta_unet((folder / "config.json").read_text(encoding="utf-8"))
         if family in FAMILY_UNET_CONFIGS:
@@ -1128,10 +1129,10 @@ def family_unet(family: str) -> nn.Module | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_tiny_unet(seed: int) -> nn.Module:
-    from conceptspace.testing import tiny_sdxl_unet
+def _cached_random_network(architecture: str, seed: int) -> nn.Module:
+    from conceptspace.models import family_of
 
-    return tiny_sdxl_unet(seed)
+    return family_of(architecture).random_network(seed)
 
 
 @functools.lru_cache(maxsize=8)

@@ -53,10 +53,9 @@ from conceptspace.sampling import (
     Regime,
     check_seed,
     decode,
-    denoise,
     encode_text,
-    initial_latents,
     latent_size,
+    sample_latents,
     schedule_of,
 )
 
@@ -237,9 +236,8 @@ def sample_batch(
     seeds = [int(s) for s in seeds] + [int(seeds[-1])] * padding
     height = height or pair.default_resolution
     width = width or pair.default_resolution
-    latent_h, latent_w = latent_size(pair, height, width)
-    segments = regime.segments(pair, pair.device)  # fresh schedulers: they carry per-run state
-    cfg = any(den.uses_cfg for segment in segments for den in segment.denoisers)
+    latent_shape = latent_size(pair, height, width)
+    cfg = any(den.uses_cfg for segment in regime.segments(pair, pair.device) for den in segment.denoisers)
     with torch.no_grad():
         encoded = {
             prompt: encode_text(
@@ -247,28 +245,9 @@ def sample_batch(
             )
             for prompt in dict.fromkeys(prompts)
         }
-        cond = _concatenate([encoded[prompt] for prompt in prompts])
-        # one CPU generator per sample, as in sample(): a sample's noise does not depend on its batch
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        channels = pair.base_unet.config.in_channels
-        latents = initial_latents(
-            segments[0],
-            (batch_size, channels, latent_h, latent_w),
-            generators,
-            pair.device,
-            cond.prompt_embeds.dtype,
-        )
-        final = denoise(segments, latents, cond, generator=generators, seeds=seeds)
+    cond = Conditioning.concatenate([encoded[prompt] for prompt in prompts])
+    final = sample_latents(pair, regime, cond, seeds, latent_shape=latent_shape)
     return list(decode(pair, final, "pil"))[:rows]
-
-
-def _concatenate(conditionings: list[Conditioning]) -> Conditioning:
-    """Stack one-prompt conditionings into one batch (row order kept)."""
-    fields = {}
-    for name in Conditioning.__dataclass_fields__:
-        parts = [getattr(c, name) for c in conditionings]
-        fields[name] = None if parts[0] is None else torch.cat(parts)
-    return Conditioning(**fields)
 
 
 # ------------------------------------------------------------------------------------------------------ manifest
@@ -583,7 +562,9 @@ class _RunLock:
     Processes of one launch have distinct ranks and share the folder by design; a second launch into the same
     folder (a second ``--resume`` started by hand) meets a held lock on its own rank and is refused before it
     writes anything, instead of both appending to the same manifest shard. The kernel drops the lock when the
-    process dies, so a killed run never leaves the folder locked.
+    process dies, so a killed run never leaves the folder locked. The file is removed when the lock is released
+    (a finished run leaves only its results); a process that locked a file just removed sees that the path no
+    longer names it and locks the new one instead.
     """
 
     _held: ClassVar[
@@ -603,17 +584,21 @@ class _RunLock:
             return self
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.path.open("a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise RunInProgressError(
-                f"{self.path.parent} is in use by {holder}, which is still writing to it: wait for it to finish "
-                "(it completes the run), or give this one another --out"
-            ) from None
+        while True:
+            self.handle = self.path.open("a+")
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.handle.seek(0)
+                holder = self.handle.read().strip() or "another process"
+                self.handle.close()
+                raise RunInProgressError(
+                    f"{self.path.parent} is in use by {holder}, which is still writing to it: wait for it to "
+                    "finish (it completes the run), or give this one another --out"
+                ) from None
+            if self._names_our_file():
+                break
+            self.handle.close()  # the holder removed the file between our open and our lock: lock the new one
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')})")
@@ -626,9 +611,17 @@ class _RunLock:
         entry[1] -= 1
         if entry[1] == 0:
             del self._held[self.path]
-            entry[0].close()  # closing releases the lock; the file stays (removing it would race a waiter)
-            if self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+            self.path.unlink(missing_ok=True)  # while still held: whoever locks the old file next sees it is gone
+            entry[0].close()  # closing releases the lock
+            if self.created and not any(self.path.parent.iterdir()):
                 shutil.rmtree(self.path.parent, ignore_errors=True)  # failed before writing: leave no folder
+
+
+    def _names_our_file(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
 
 class RunInProgressError(ValueError):

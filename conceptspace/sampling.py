@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from conceptspace.models import ModelPair
+from conceptspace.models.families import Conditioning, Family
+from conceptspace.models.loading import ModelPair
 
 ModelName = Literal["base", "distilled"]
 OutputType = Literal["pil", "np", "pt", "latent"]
@@ -38,39 +39,24 @@ _ROLE = {"base": "base", "distilled": "student"}
 
 # --------------------------------------------------------------------------------------------------- denoisers
 @dataclass
-class Conditioning:
-    """Text conditioning for one batch, in the layout the pair's UNets expect."""
-
-    prompt_embeds: torch.Tensor
-    negative_prompt_embeds: torch.Tensor | None = None
-    pooled_prompt_embeds: torch.Tensor | None = None
-    negative_pooled_prompt_embeds: torch.Tensor | None = None
-    add_time_ids: torch.Tensor | None = None
-
-    def repeat(self, n: int) -> Conditioning:
-        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))
-
-        return Conditioning(*(rep(getattr(self, f)) for f in self.__dataclass_fields__))
-
-
-@dataclass
 class Denoiser:
-    """A UNet turned into a prediction in the scheduler's parametrisation, with CFG where it applies.
+    """A denoising network turned into a prediction in its own parametrisation, with CFG where it applies.
 
-    CFG runs a second (unconditional) pass when ``guidance_scale > 1``, except for LCM-style UNets
-    (``time_cond_proj_dim`` set), which take the guidance scale as an embedding in a single pass.
+    CFG runs a second (unconditional) pass when ``guidance_scale > 1``, except for networks that take the guidance
+    scale as an input (LCM-style UNets with ``time_cond_proj_dim``), which get it in a single pass. What the
+    network's call looks like is the family adapter's business.
     """
 
     name: ModelName
     unet: Any
     guidance_scale: float
     prediction_type: str
-    guidance_embedding: Callable[..., torch.Tensor] | None = None
+    family: Family
+    pipeline: Any = None  # the pair's pipeline, for families whose guidance input it builds
 
     @property
     def embeds_guidance(self) -> bool:
-        return self.unet.config.time_cond_proj_dim is not None
+        return self.family.embeds_guidance(self.unet)
 
     @property
     def uses_cfg(self) -> bool:
@@ -78,31 +64,15 @@ class Denoiser:
 
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = model_input.shape[0]
-        encoder_states = cond.prompt_embeds
-        added = None
-        if cond.pooled_prompt_embeds is not None:
-            added = {"text_embeds": cond.pooled_prompt_embeds, "time_ids": cond.add_time_ids}
+        inputs = cond.inputs
         if self.uses_cfg:
             model_input = torch.cat([model_input] * 2)
-            encoder_states = torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds])
-            if added is not None:
-                added = {
-                    "text_embeds": torch.cat([cond.negative_pooled_prompt_embeds, cond.pooled_prompt_embeds]),
-                    "time_ids": torch.cat([cond.add_time_ids, cond.add_time_ids]),
-                }
-        timestep_cond = None
+            inputs = cond.with_unconditional()
+        guidance = None
         if self.embeds_guidance:
-            w = torch.tensor(self.guidance_scale - 1).repeat(batch)
-            timestep_cond = self.guidance_embedding(w, embedding_dim=self.unet.config.time_cond_proj_dim)
-            timestep_cond = timestep_cond.to(device=model_input.device, dtype=model_input.dtype)
-        out = self.unet(
-            model_input,
-            t,
-            encoder_hidden_states=encoder_states,
-            timestep_cond=timestep_cond,
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
+            guidance = self.family.guidance_condition(self.pipeline, self.unet, self.guidance_scale, batch)
+            guidance = guidance.to(device=model_input.device, dtype=model_input.dtype)
+        out = self.family.predict(self.unet, model_input, t, inputs, guidance)
         if self.uses_cfg:
             uncond, text = out.chunk(2)
             out = uncond + self.guidance_scale * (text - uncond)
@@ -185,14 +155,16 @@ def _check_timesteps(timesteps: Sequence[int], num_train: int) -> None:
         raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
 
 
-def _denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> Denoiser:
+def make_denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> Denoiser:
+    """The denoiser of ``model`` (``"base"`` or ``"distilled"``) in ``pair`` at ``guidance_scale``."""
     role = _ROLE[model]
     return Denoiser(
         name=model,
         unet=pair.unet(role),
         guidance_scale=float(guidance_scale),
         prediction_type=pair.prediction_type(role),
-        guidance_embedding=pair.pipeline.get_guidance_scale_embedding,
+        family=pair.family,
+        pipeline=pair.pipeline,
     )
 
 
@@ -256,7 +228,7 @@ class Base(Regime):
             spec.timesteps if self.steps is None else None,
         )
         guidance = spec.guidance_scale if self.guidance_scale is None else self.guidance_scale
-        den = _denoiser(pair, "base", guidance)
+        den = make_denoiser(pair, "base", guidance)
         return [Segment(scheduler, 0, [den] * len(scheduler.timesteps))]
 
 
@@ -272,7 +244,7 @@ class Distilled(Regime):
     def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
         scheduler = _student_schedule(pair, device, self.steps, self.timesteps)
         guidance = pair.spec("student").guidance_scale if self.guidance_scale is None else self.guidance_scale
-        den = _denoiser(pair, "distilled", guidance)
+        den = make_denoiser(pair, "distilled", guidance)
         return [Segment(scheduler, 0, [den] * len(scheduler.timesteps))]
 
 
@@ -297,8 +269,8 @@ class Hybrid(Regime):
         n = len(student.timesteps)
         if not 1 <= self.k <= n:
             raise ValueError(f"hybrid k must be between 1 and the student's {n} steps, got {self.k}")
-        base_den = _denoiser(pair, "base", self.base_guidance)
-        student_den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        base_den = make_denoiser(pair, "base", self.base_guidance)
+        student_den = make_denoiser(pair, "distilled", pair.spec("student").guidance_scale)
         if self.base_schedule == "student":
             return [Segment(student, 0, [base_den] * self.k + [student_den] * (n - self.k))]
         if self.base_schedule != "own":
@@ -337,7 +309,7 @@ class SkipFirst(Regime):
             raise ValueError(
                 f"skip-first n must be between 1 and {steps - 1} for a {steps}-step student, got {self.n}"
             )
-        den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        den = make_denoiser(pair, "distilled", pair.spec("student").guidance_scale)
         return [Segment(student, self.n, [den] * (steps - self.n))]
 
 
@@ -366,8 +338,8 @@ class ReplaceFinal(Regime):
             )
         first = steps - n
         guidance = pair.base.guidance_scale if self.base_guidance is None else self.base_guidance
-        base_den = _denoiser(pair, "base", guidance)
-        student_den = _denoiser(pair, "distilled", pair.spec("student").guidance_scale)
+        base_den = make_denoiser(pair, "base", guidance)
+        student_den = make_denoiser(pair, "distilled", pair.spec("student").guidance_scale)
         if self.base_schedule == "student":
             return [Segment(student, 0, [student_den] * first + [base_den] * n)]
         if self.base_schedule != "own":
@@ -548,20 +520,17 @@ def _hand_off(
 def encode_text(
     pair: ModelPair, prompt: str, *, negative_prompt: str | None, cfg: bool, height: int, width: int
 ) -> Conditioning:
-    """Embed one prompt with the pair's shared text encoders (the base pipeline's ``encode_prompt``)."""
-    pipe = pair.pipeline
-    if pair.is_sdxl:
-        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt,
-            device=pair.device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg,
-            negative_prompt=negative_prompt,
-        )
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=pos.dtype, device=pair.device)
-        return Conditioning(pos, neg, pooled, neg_pooled, time_ids)
-    pos, neg = pipe.encode_prompt(prompt, pair.device, 1, cfg, negative_prompt)
-    return Conditioning(pos, neg)
+    """Embed one prompt with the pair's shared text encoders (the base pipeline's ``encode_prompt``, through the
+    family adapter)."""
+    return pair.family.encode_text(
+        pair.pipeline,
+        prompt,
+        negative_prompt=negative_prompt,
+        cfg=cfg,
+        height=height,
+        width=width,
+        device=pair.device,
+    )
 
 
 def vae_input(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -649,6 +618,34 @@ def initial_latents(
     return noise / _vp_scale(scheduler, scheduler.timesteps[segment.start], noise)
 
 
+def sample_latents(
+    pair: ModelPair,
+    regime: Regime,
+    cond: Conditioning,
+    seeds: Sequence[int],
+    *,
+    latent_shape: tuple[int, int],
+    callback: Callable[[StepInfo], None] | None = None,
+    progress: tqdm | None = None,
+) -> torch.Tensor:
+    """The final latents of one batch, row ``i`` from ``seeds[i]`` and row ``i`` of ``cond``: the body that
+    :func:`sample` and prompt-set runs share.
+
+    Every row has its own CPU generator (as the diffusers pipelines draw noise), so a sample does not depend on its
+    batch; the regime's segments are built afresh, since schedulers carry per-run state.
+    """
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    segments = regime.segments(pair, pair.device)
+    channels = pair.family.latent_channels(pair.base_unet)
+    with torch.no_grad():
+        latents = initial_latents(
+            segments[0], (len(seeds), channels, *latent_shape), generators, pair.device, cond.dtype
+        )
+        return denoise(
+            segments, latents, cond, generator=generators, callback=callback, progress=progress, seeds=seeds
+        )
+
+
 def sample(
     pair: ModelPair,
     prompt: str,
@@ -723,11 +720,8 @@ def sample(
             disable=not progress,
             leave=False,
         )
-        channels = pair.base_unet.config.in_channels
         for first in range(0, len(seeds), batch_size):
             batch_seeds = seeds[first : first + batch_size]
-            generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-            segments = regime.segments(pair, device)  # fresh schedulers: they carry per-run state
             recorder = TrajectoryRecorder() if record_x0 else None
 
             def report(info: StepInfo, recorder: TrajectoryRecorder | None = recorder) -> None:
@@ -737,23 +731,15 @@ def sample(
                     callback(info)
 
             start = time.perf_counter()
-            with torch.no_grad():
-                latents = initial_latents(
-                    segments[0],
-                    (len(batch_seeds), channels, latent_h, latent_w),
-                    generators,
-                    device,
-                    base_cond.prompt_embeds.dtype,
-                )
-                final = denoise(
-                    segments,
-                    latents,
-                    base_cond.repeat(len(batch_seeds)),
-                    generator=generators,
-                    callback=report,
-                    progress=bar,
-                    seeds=batch_seeds,
-                )
+            final = sample_latents(
+                pair,
+                regime,
+                base_cond.repeat(len(batch_seeds)),
+                batch_seeds,
+                latent_shape=(latent_h, latent_w),
+                callback=report,
+                progress=bar,
+            )
             _sync(device)
             timings["denoising"] += time.perf_counter() - start
             finals.append(final)
@@ -860,8 +846,10 @@ __all__ = [
     "decode",
     "denoise",
     "encode_text",
+    "make_denoiser",
     "regime_from_name",
     "sample",
+    "sample_latents",
     "schedule_of",
     "seeds_from",
 ]

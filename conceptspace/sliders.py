@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from conceptspace.lora import LoRA, LoRAWeights, apply_lora, write_lora
 from conceptspace.models import ModelPair, load_pair
-from conceptspace.sampling import Conditioning, Denoiser, encode_text
+from conceptspace.sampling import Conditioning, encode_text, make_denoiser
 
 Layers = Literal["self-attention", "cross-attention", "all"]
 LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "cross-attention-kv", "all")
@@ -336,12 +336,8 @@ def train_slider(
             f"none of the sampler's {sampling_steps} timesteps lies in t_range {list(recipe.t_range)}"
         )
 
-    sampler = Denoiser(
-        "base", unet, guidance, pair.prediction_type("base"), pair.pipeline.get_guidance_scale_embedding
-    )
-    single = Denoiser(
-        "base", unet, 1.0, pair.prediction_type("base"), pair.pipeline.get_guidance_scale_embedding
-    )
+    sampler = make_denoiser(pair, "base", guidance)
+    single = make_denoiser(pair, "base", 1.0)
     prompts = _encode(pair, recipe, size, sampler.uses_cfg)
     n = recipe.batch_size
     target, positive, negative, neutral = (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -25,11 +26,11 @@ from conceptspace.models import (
     IncompatibleModelsError,
     ModelNotFoundError,
     ModelSpec,
-    check_compatible,
+    family_of,
     get_spec,
     is_cached,
+    load_network_state_dict,
     load_pair,
-    load_unet_state_dict,
     read_state_dict,
     register,
     with_overrides,
@@ -181,7 +182,7 @@ def test_registry_pair_loads_offline_from_the_hub_cache(hub_cache: Path, base: s
 
     assert pair.dtype == torch.float32 and pair.device.type == "cpu"
     assert pair.student.name == student and pair.base.name == base
-    assert pair.is_sdxl == (base == "sdxl")
+    assert pair.family.name == ("sdxl" if base == "sdxl" else "sd")
 
     # the student's weights are the ones in its repo's file, and not the base's
     written = weights_in(snapshot(hub_cache, repo_id) / weights_file)
@@ -297,7 +298,7 @@ def test_missing_student_names_repo_files_and_command(
     def load_base(*args):
         pytest.fail("the base was loaded before the missing student was noticed")
 
-    monkeypatch.setattr(models, "_load_base_pipeline", load_base)
+    monkeypatch.setattr(models.loading, "_load_base_pipeline", load_base)
     with pytest.raises(ModelNotFoundError) as info:
         load_pair("sdxl", student, cache_dir=sdxl_only_cache)
     message = str(info.value)
@@ -332,6 +333,9 @@ def test_partially_downloaded_base_is_a_missing_model(hub_cache: Path, tmp_path:
 
 
 # ----------------------------------------------------------------------------------------- incompatibility
+check_compatible = family_of("sdxl").check_compatible
+
+
 def test_check_compatible_names_differing_fields():
     base = dict(testing.tiny_sdxl_unet().config)
     check_compatible(base, dict(base), ("a", "b"))
@@ -494,7 +498,7 @@ def test_state_dict_of_the_wrong_shape_names_the_keys(tmp_path: Path):
     file = tmp_path / "bad.safetensors"
     save_file(state, str(file))
     with pytest.raises(IncompatibleModelsError) as info:
-        load_unet_state_dict(file, config, dtype=torch.float32, name="dmd2")
+        load_network_state_dict(file, UNet2DConditionModel, config, dtype=torch.float32, name="dmd2")
     message = str(info.value)
     assert "for 'dmd2'" in message
     assert "1 missing keys (e.g. conv_out.bias)" in message
@@ -520,7 +524,9 @@ def test_state_dict_readers_accept_wrapped_and_refuse_non_tensors(tmp_path: Path
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": state}, wrapped)
     assert read_state_dict(wrapped).keys() == state.keys()
-    unet = load_unet_state_dict(wrapped, testing.tiny_sdxl_unet().config, dtype=torch.float32)
+    unet = load_network_state_dict(
+        wrapped, UNet2DConditionModel, testing.tiny_sdxl_unet().config, dtype=torch.float32
+    )
     assert unet.dtype == torch.float32 and not unet.conv_in.weight.is_meta
     torch.testing.assert_close(unet.conv_in.weight, state["conv_in.weight"].float())
 

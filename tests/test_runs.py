@@ -35,6 +35,10 @@ from conceptspace.runs import (
 )
 from conceptspace.sampling import Distilled, Hybrid, sample
 
+# Byte-identical images across batch compositions hold on one CPU thread (docs/runs.md): with more, the matrix
+# products' split over rows rounds a row differently depending on its neighbours.
+torch.set_num_threads(1)
+
 TINY = ["--base", "tiny-sdxl", "--student", "tiny-dmd", "--quiet", "--device", "cpu", "--dtype", "float32"]
 COCO = Path("/work/shared/data/coco_30k.csv")
 PROMPTS = ["a red circle", 'a blue, "quoted" square', "a green\ntriangle on two lines"]

@@ -137,7 +137,7 @@ def test_slider_moves_epsilon_along_the_concept_direction(shapes_pair, tmp_path:
     def cond(prompt: str) -> torch.Tensor:
         return encode_text(
             shapes_pair, prompt, negative_prompt=None, cfg=False, height=32, width=32
-        ).prompt_embeds
+        ).inputs["encoder_hidden_states"]
 
     g = torch.Generator().manual_seed(123)
     x = torch.randn(8, unet.config.in_channels, 8, 8, generator=g)

@@ -311,7 +311,7 @@ def _batches(data: ShapesDataset, first: int, count: int, workers: int) -> Any:
 
 def write_tokenizer(out_dir: str | os.PathLike) -> Path:
     """The real CLIP BPE tokenizer (49408 tokens) with ``model_max_length`` = :data:`MAX_TOKENS`."""
-    from conceptspace.testing import write_clip_tokenizer_files
+    from conceptspace.models.tiny import write_clip_tokenizer_files
 
     def save(tmp: Path) -> None:
         write_clip_tokenizer_files(tmp)

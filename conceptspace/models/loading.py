@@ -1,9 +1,10 @@
 """Model pairs: loading a base and its distilled student with one shared VAE, one set of tokenizers and text
-encoders, and two UNets.
+encoders, and two denoising networks.
 
-The registry of names (:class:`ModelSpec`, :data:`REGISTRY`, :func:`register`) lives in
-:mod:`conceptspace.registry` and is re-exported here. :func:`load_pair` turns two names into a
-:class:`ModelPair` that the sampler (:mod:`conceptspace.sampling`) runs in any regime.
+:func:`load_pair` turns two registry names (:mod:`conceptspace.models.registry`) into a :class:`ModelPair` that
+the sampler (:mod:`conceptspace.sampling`) runs in any regime. Everything that depends on the architecture —
+pipeline and network classes, text encoding, the network's call — is asked of the pair's family adapter
+(:mod:`conceptspace.models.families`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any
 import torch
 
 from conceptspace.io import torch_load_error
-from conceptspace.registry import (
-    ARCHITECTURE_FIELDS,
-    PER_BLOCK_FIELDS,
+from conceptspace.models.families import Family, family_of
+from conceptspace.models.registry import (
     REGISTRY,
     IncompatibleModelsError,
     ModelNotFoundError,
@@ -38,8 +38,6 @@ from conceptspace.registry import (
 )
 
 __all__ = [
-    "ARCHITECTURE_FIELDS",
-    "PER_BLOCK_FIELDS",
     "REGISTRY",
     "IncompatibleModelsError",
     "ModelNotFoundError",
@@ -48,15 +46,14 @@ __all__ = [
     "Role",
     "StorageKind",
     "bases",
-    "check_compatible",
     "check_device",
     "default_device",
     "default_dtype",
     "get_spec",
     "hub_offline",
     "is_cached",
+    "load_network_state_dict",
     "load_pair",
-    "load_unet_state_dict",
     "read_state_dict",
     "register",
     "students_of",
@@ -69,8 +66,9 @@ __all__ = [
 class ModelPair:
     """A base model and (optionally) one distilled student sharing one VAE and one set of text encoders.
 
-    ``pipeline`` is the base's diffusers pipeline: it owns the VAE, tokenizers, text encoders, the base UNet and
-    the image processor. ``student_unet`` is the only extra weight a pair holds. Schedulers are built fresh for
+    ``pipeline`` is the base's diffusers pipeline: it owns the VAE, tokenizers, text encoders, the base network and
+    the image processor. ``student_unet`` (the student's denoising network, a UNet or a transformer) is the only
+    extra weight a pair holds. ``family`` is the base's architecture adapter. Schedulers are built fresh for
     every sampling call from ``base_scheduler_config`` / ``student_scheduler_config``.
     """
 
@@ -85,22 +83,21 @@ class ModelPair:
     paths: dict[str, str] = field(default_factory=dict)
 
     @property
-    def is_sdxl(self) -> bool:
-        return (
-            getattr(self.pipeline, "text_encoder_2", None) is not None or "XL" in type(self.pipeline).__name__
-        )
+    def family(self) -> Family:
+        return family_of(self.base)
 
     @property
     def device(self) -> torch.device:
-        return self.pipeline.unet.device
+        return self.base_unet.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipeline.unet.dtype
+        return self.base_unet.dtype
 
     @property
     def base_unet(self) -> Any:
-        return self.pipeline.unet
+        """The base's denoising network (``pipeline.unet``, or ``pipeline.transformer`` for transformer families)."""
+        return getattr(self.pipeline, self.family.network_folder)
 
     @property
     def default_resolution(self) -> int:
@@ -108,8 +105,9 @@ class ModelPair:
         return (self.student or self.base).resolution
 
     def unet(self, role: Role) -> Any:
+        """The denoising network of ``role``."""
         if role == "base":
-            return self.pipeline.unet
+            return self.base_unet
         if self.student_unet is None:
             raise ValueError(
                 f"this pair has no student; load one with load_pair({self.base.name!r}, STUDENT)"
@@ -146,7 +144,7 @@ class ModelPair:
         scheduler = self.make_scheduler(role)
         # float32 needs no cast; passing it anyway makes diffusers re-cast every module and warn.
         dtype = _dtype_kwargs(self.dtype) if self.dtype != torch.float32 else {}
-        unet = {} if role == "base" else {"unet": self.unet("student")}
+        unet = {} if role == "base" else {self.family.network_folder: self.unet("student")}
         with _diffusers_errors_only():
             pipe = type(self.pipeline).from_pipe(self.pipeline, scheduler=scheduler, **unet, **dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -221,36 +219,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def check_compatible(
-    base_config: Mapping[str, Any], student_config: Mapping[str, Any], names: tuple[str, str]
-) -> None:
-    """Raise :class:`IncompatibleModelsError` naming every architecture field on which two UNets differ."""
-    differing = []
-    blocks = len(base_config.get("down_block_types") or ())
-    for key in ARCHITECTURE_FIELDS:
-        a, b = base_config.get(key), student_config.get(key)
-        if _normalise(key, a, blocks) != _normalise(key, b, blocks):
-            differing.append(f"{key}: {a!r} vs {b!r}")
-    if differing:
-        raise IncompatibleModelsError(
-            f"the UNets of {names[0]!r} and {names[1]!r} have different architectures, so latents, text "
-            f"encoders and LoRAs cannot be shared; differing config fields: " + "; ".join(differing)
-        )
-
-
 def _first_line(error: BaseException) -> str:
     """An exception's first message line, or its type when the message is empty."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def _normalise(key: str, value: Any, blocks: int) -> Any:
-    """Lists as tuples; a per-block field given as one int as that int repeated for every down block."""
-    if isinstance(value, list):
-        return tuple(value)
-    if key in PER_BLOCK_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * blocks
-    return value
 
 
 def _prediction_type(spec: ModelSpec, scheduler_config: Mapping[str, Any]) -> str:
@@ -299,67 +271,43 @@ def _require_local(spec: ModelSpec, cache_dir: Any, path: str | None) -> None:
         raise _missing_error(spec, cache_dir)
 
 
-def _pipeline_class(spec: ModelSpec, source: str, cache_dir: Any) -> type:
-    """SDXL for the ``sdxl`` family; otherwise the class the repo's model_index.json names (SD 1.x/2.x by default),
-    so that a registered fine-tune of any family loads with its own pipeline class."""
-    import diffusers
-
-    if spec.family == "sdxl":
-        return diffusers.StableDiffusionXLPipeline
-    try:
-        name = diffusers.DiffusionPipeline.load_config(source, cache_dir=cache_dir).get("_class_name", "")
-    except (OSError, ValueError):
-        name = ""
-    return {
-        "StableDiffusionXLPipeline": diffusers.StableDiffusionXLPipeline,
-        "StableDiffusionPipeline": diffusers.StableDiffusionPipeline,
-    }.get(name, diffusers.StableDiffusionPipeline)
-
-
 def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None) -> Any:
-
+    family = family_of(spec)
     if spec.storage == "random":
-        from conceptspace.testing import tiny_sdxl_pipeline
-
-        return tiny_sdxl_pipeline(seed=spec.seed, dtype=dtype)
+        return family.random_pipeline(spec.seed, dtype)
     if spec.storage != "pipeline":
         raise ValueError(f"base model {spec.name!r} must be stored as a full pipeline, not {spec.storage!r}")
     _require_local(spec, cache_dir, path)
     source = path or spec.repo_id
-    pipeline_cls = _pipeline_class(spec, source, cache_dir)
+    pipeline_cls = family.pipeline_class()
     kwargs: dict[str, Any] = {}
     if "safety_checker" in inspect.signature(pipeline_cls.__init__).parameters:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipeline = _load_with_variants(
         lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir, path
     )
-    if spec.family == "sdxl" and getattr(pipeline, "text_encoder_2", None) is None:
-        # diffusers loads an SD 1.x/2.x folder as an SDXL pipeline without text_encoder_2; sampling would crash.
-        raise IncompatibleModelsError(
-            f"{source} is not an SDXL base pipeline for {spec.name!r}: it has no text_encoder_2/tokenizer_2"
-        )
+    family.check_pipeline(pipeline, source, spec.name)
     return pipeline
 
 
 def _load_student_unet(
     spec: ModelSpec, base_pipeline: Any, dtype: torch.dtype, cache_dir: Any, path: str | None
 ) -> tuple[Any, Mapping[str, Any]]:
-    """The student's UNet and the scheduler config it is sampled with."""
-    from diffusers import UNet2DConditionModel
-
+    """The student's denoising network and the scheduler config it is sampled with."""
+    family = family_of(spec)
+    network_class = family.network_class()
     base_scheduler_config = base_pipeline.scheduler.config
     if spec.storage == "random":
-        from conceptspace.testing import tiny_sdxl_unet
-
-        unet = tiny_sdxl_unet(
-            seed=spec.seed, lcm=spec.scheduler == "LCMScheduler" and spec.guidance_scale > 1
+        # An LCM student with guidance > 1 is the kind that takes w as an input (LCM-SDXL's time_cond_proj_dim).
+        network = family.random_network(
+            spec.seed, embeds_guidance=spec.scheduler == "LCMScheduler" and spec.guidance_scale > 1
         )
-        return (unet if dtype == torch.float32 else unet.to(dtype)), base_scheduler_config
+        return (network if dtype == torch.float32 else network.to(dtype)), base_scheduler_config
     _require_local(spec, cache_dir, path)
     source = path or spec.repo_id
     if spec.storage == "pipeline":
         unet = _load_with_variants(
-            lambda **kw: UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+            lambda **kw: network_class.from_pretrained(source, subfolder=family.network_folder, **kw),
             spec,
             dtype,
             cache_dir,
@@ -368,7 +316,7 @@ def _load_student_unet(
         return unet, _student_pipeline_scheduler_config(spec, source, cache_dir, base_scheduler_config)
     if spec.storage == "unet_folder":
         unet = _load_with_variants(
-            lambda **kw: UNet2DConditionModel.from_pretrained(source, subfolder=spec.subfolder, **kw),
+            lambda **kw: network_class.from_pretrained(source, subfolder=spec.subfolder, **kw),
             spec,
             dtype,
             cache_dir,
@@ -376,8 +324,11 @@ def _load_student_unet(
         )
         return unet, base_scheduler_config
     file_path = path or _cached_file(spec, cache_dir)
-    unet = load_unet_state_dict(file_path, base_pipeline.unet.config, dtype=dtype, name=spec.name)
-    return unet, base_scheduler_config
+    base_network = getattr(base_pipeline, family.network_folder)
+    network = load_network_state_dict(
+        file_path, network_class, base_network.config, dtype=dtype, name=spec.name
+    )
+    return network, base_scheduler_config
 
 
 def _student_pipeline_scheduler_config(
@@ -404,19 +355,23 @@ def _cached_file(spec: ModelSpec, cache_dir: Any) -> str:
         raise _missing_error(spec, cache_dir, _first_line(error)) from error
 
 
-def load_unet_state_dict(
-    file_path: str | os.PathLike, config: Mapping[str, Any], *, dtype: torch.dtype, name: str = "student"
+def load_network_state_dict(
+    file_path: str | os.PathLike,
+    network_class: type,
+    config: Mapping[str, Any],
+    *,
+    dtype: torch.dtype,
+    name: str = "student",
 ) -> Any:
-    """Build a UNet with ``config`` and fill it from a bare state-dict file (.safetensors, or .bin/.pt read with
-    ``weights_only=True`` so that a malicious pickle cannot run code).
+    """Build a ``network_class`` (e.g. ``UNet2DConditionModel``) with ``config`` and fill it from a bare state-dict
+    file (.safetensors, or .bin/.pt read with ``weights_only=True`` so that a malicious pickle cannot run code).
     """
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
 
     state_dict = read_state_dict(file_path)
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(dict(config))
-    expected = unet.state_dict()
+        network = network_class.from_config(dict(config))
+    expected = network.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
@@ -435,10 +390,11 @@ def load_unet_state_dict(
                 f"{tuple(expected[key].shape)} expected)"
             )
         raise IncompatibleModelsError(
-            f"{file_path} is not a UNet state dict for {name!r}'s architecture: " + ", ".join(problems)
+            f"{file_path} is not a {network_class.__name__} state dict for {name!r}'s architecture: "
+            + ", ".join(problems)
         )
-    unet.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
-    return unet.eval()
+    network.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
+    return network.eval()
 
 
 def read_state_dict(file_path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -578,7 +534,10 @@ def _student_spec(base_spec: ModelSpec, student: str | ModelSpec | None) -> Mode
         return None
     if student_spec.role != "student":
         raise ValueError(f"{student_spec.name!r} is a base model, not a distilled student")
-    if student_spec.family != base_spec.family:
+    if (
+        student_spec.family != base_spec.family
+        or student_spec.architecture_name != base_spec.architecture_name
+    ):
         raise IncompatibleModelsError(
             f"{student_spec.name!r} is a {student_spec.family} student; it cannot pair with the "
             f"{base_spec.family} base {base_spec.name!r} (its students: "
@@ -591,7 +550,7 @@ def _attach_student(
     pair: ModelPair, student_spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, student_path: str | None
 ) -> None:
     unet, scheduler_config = _load_student_unet(student_spec, pair.pipeline, dtype, cache_dir, student_path)
-    check_compatible(pair.pipeline.unet.config, unet.config, (pair.base.name, student_spec.name))
+    pair.family.check_compatible(pair.base_unet.config, unet.config, (pair.base.name, student_spec.name))
     pair.student_unet = unet.eval()
     pair.student_scheduler_config = dict(scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)

@@ -2,7 +2,8 @@
 
 A :class:`ModelSpec` records what PAPER.md says about each checkpoint (hub id and files, how the weights are
 stored, scheduler, default steps/timesteps/guidance, resolution). Nothing here imports torch or diffusers, so
-``conceptspace models`` and ``conceptspace --help`` answer at once; :mod:`conceptspace.models` loads the pairs.
+``conceptspace models`` and ``conceptspace --help`` answer at once; :mod:`conceptspace.models.loading` loads the pairs
+with the family adapters of :mod:`conceptspace.models.families`.
 """
 
 from __future__ import annotations
@@ -15,35 +16,6 @@ from typing import Any, Literal
 
 StorageKind = Literal["pipeline", "unet_folder", "unet_file", "random"]
 Role = Literal["base", "student"]
-
-# UNet config fields that decide the shapes of shared weights. Two UNets that agree on these accept the same
-# LoRAs and can hand latents to each other. `sample_size` (native resolution) and `time_cond_proj_dim` (the
-# LCM guidance embedding, an extra input layer) may differ between a base and its students.
-ARCHITECTURE_FIELDS = (
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "mid_block_type",
-    "up_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "transformer_layers_per_block",
-    "cross_attention_dim",
-    "attention_head_dim",
-    "num_attention_heads",
-    "use_linear_projection",
-    "addition_embed_type",
-    "addition_time_embed_dim",
-    "projection_class_embeddings_input_dim",
-    "class_embed_type",
-    "encoder_hid_dim",
-)
-
-
-# Fields that diffusers accepts either as one int or as one value per down block.
-PER_BLOCK_FIELDS = frozenset(
-    {"transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "layers_per_block"}
-)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -64,6 +36,8 @@ class ModelSpec:
     the base's) or ``"random"`` (tiny random weights made in memory from ``seed``, for smoke tests).
     ``local_dir``: a folder that holds the weights in that layout (the testbed's, shipped inside the package); it is
     read instead of the hub unless a path is passed to :func:`load_pair`.
+    ``family`` groups a base with the students it pairs with; ``architecture`` names the family adapter that loads
+    and runs the weights (:mod:`conceptspace.models.families`: ``"sd"``, ``"sdxl"`` …), by default ``family``.
     """
 
     name: str
@@ -85,6 +59,7 @@ class ModelSpec:
     description: str = ""
     embedder: str | None = None  # default embedder spec for this base (conceptspace.embeddings.load_embedder)
     local_dir: str | None = None
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         if self.role == "student" and not self.base:
@@ -95,6 +70,11 @@ class ModelSpec:
             raise ValueError(
                 f"{self.name!r}: {len(self.timesteps)} timesteps given for {self.num_inference_steps} steps"
             )
+
+    @property
+    def architecture_name(self) -> str:
+        """The family adapter's name: ``architecture``, or ``family`` when it is not given."""
+        return self.architecture or self.family
 
     @property
     def key_files(self) -> tuple[str, ...]:
@@ -203,6 +183,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ModelSpec(
         name="sd21",
         family="sd21",
+        architecture="sd",
         role="base",
         repo_id="stabilityai/stable-diffusion-2-1-base",
         storage="pipeline",
@@ -217,6 +198,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ModelSpec(
         name="sd-turbo",
         family="sd21",
+        architecture="sd",
         role="student",
         base="sd21",
         repo_id="stabilityai/sd-turbo",
@@ -232,6 +214,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ModelSpec(
         name="tiny-sdxl",
         family="tiny-sdxl",
+        architecture="sdxl",
         role="base",
         repo_id="builtin:tiny-sdxl",
         storage="random",
@@ -246,6 +229,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ModelSpec(
         name="tiny-dmd",
         family="tiny-sdxl",
+        architecture="sdxl",
         role="student",
         base="tiny-sdxl",
         repo_id="builtin:tiny-dmd",
@@ -262,6 +246,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ModelSpec(
         name="tiny-lcm",
         family="tiny-sdxl",
+        architecture="sdxl",
         role="student",
         base="tiny-sdxl",
         repo_id="builtin:tiny-lcm",
@@ -275,11 +260,12 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ),
 ]
 
-_TESTBED_WEIGHTS = Path(__file__).parent / "testbed" / "weights"
+_TESTBED_WEIGHTS = Path(__file__).parent.parent / "testbed" / "weights"
 _REGISTRY_LIST += [
     ModelSpec(
         name="shapes",
         family="testbed",
+        architecture="sd",
         role="base",
         repo_id="conceptspace/testbed-shapes",
         storage="pipeline",
@@ -294,6 +280,7 @@ _REGISTRY_LIST += [
     ModelSpec(
         name="dmd",
         family="testbed",
+        architecture="sd",
         role="student",
         base="shapes",
         repo_id="conceptspace/testbed-dmd",

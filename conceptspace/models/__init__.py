@@ -1,0 +1,116 @@
+"""Base models, their distilled students, and how to load and run them.
+
+- :mod:`~conceptspace.models.registry` — the registry of names (:class:`ModelSpec`, :func:`register`), as data;
+- :mod:`~conceptspace.models.families` — one adapter per architecture family (SD, SDXL …): the seam between
+  diffusers' models and the sampler;
+- :mod:`~conceptspace.models.loading` — :func:`load_pair`: a :class:`ModelPair` with shared VAE and text encoders;
+- :mod:`~conceptspace.models.tiny` — tiny random models of each family, built in memory.
+
+The names below are imported on first use (PEP 562), so that reading the registry (``conceptspace models``) does
+not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "conceptspace.models.registry": (
+        "REGISTRY",
+        "IncompatibleModelsError",
+        "ModelNotFoundError",
+        "ModelSpec",
+        "Role",
+        "StorageKind",
+        "bases",
+        "get_spec",
+        "hub_offline",
+        "is_cached",
+        "register",
+        "students_of",
+    ),
+    "conceptspace.models.families": ("FAMILIES", "Conditioning", "Family", "family_of"),
+    "conceptspace.models.loading": (
+        "ModelPair",
+        "check_device",
+        "default_device",
+        "default_dtype",
+        "load_network_state_dict",
+        "load_pair",
+        "read_state_dict",
+        "with_overrides",
+        "with_student",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+if TYPE_CHECKING:
+    from conceptspace.models.families import FAMILIES, Conditioning, Family, family_of
+    from conceptspace.models.loading import (
+        ModelPair,
+        check_device,
+        default_device,
+        default_dtype,
+        load_network_state_dict,
+        load_pair,
+        read_state_dict,
+        with_overrides,
+        with_student,
+    )
+    from conceptspace.models.registry import (
+        REGISTRY,
+        IncompatibleModelsError,
+        ModelNotFoundError,
+        ModelSpec,
+        Role,
+        StorageKind,
+        bases,
+        get_spec,
+        hub_offline,
+        is_cached,
+        register,
+        students_of,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conceptspace.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})
+
+
+__all__ = [
+    "FAMILIES",
+    "REGISTRY",
+    "Conditioning",
+    "Family",
+    "IncompatibleModelsError",
+    "ModelNotFoundError",
+    "ModelPair",
+    "ModelSpec",
+    "Role",
+    "StorageKind",
+    "bases",
+    "check_device",
+    "default_device",
+    "default_dtype",
+    "family_of",
+    "get_spec",
+    "hub_offline",
+    "is_cached",
+    "load_network_state_dict",
+    "load_pair",
+    "read_state_dict",
+    "register",
+    "students_of",
+    "with_overrides",
+    "with_student",
+]

@@ -1,0 +1,31 @@
+"""One adapter per architecture family (see :class:`~conceptspace.models.families.base.Family`).
+
+A registry entry names its family in ``ModelSpec.architecture`` (default: its ``family``); :func:`family_of`
+returns the adapter. Adding a family is one module here plus an entry in :data:`FAMILIES`
+(docs/model-pairs.md, "Adding a family").
+"""
+
+from __future__ import annotations
+
+from conceptspace.models.families.base import Conditioning, Family
+from conceptspace.models.families.sd import StableDiffusion
+from conceptspace.models.families.sdxl import StableDiffusionXL
+from conceptspace.models.registry import ModelSpec
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (StableDiffusion(), StableDiffusionXL())}
+
+
+def family_of(spec: ModelSpec | str) -> Family:
+    """The adapter for a registry entry (its ``architecture``) or for an architecture name."""
+    name = spec if isinstance(spec, str) else spec.architecture_name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        what = name if isinstance(spec, str) else f"{name!r} (model {spec.name!r})"
+        raise ValueError(
+            f"unknown architecture {what}; known architectures: {', '.join(FAMILIES)}. Set architecture= in the "
+            "ModelSpec to the one its weights are, or add a family adapter (docs/model-pairs.md)"
+        ) from None
+
+
+__all__ = ["FAMILIES", "Conditioning", "Family", "StableDiffusion", "StableDiffusionXL", "family_of"]

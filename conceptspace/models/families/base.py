@@ -1,0 +1,164 @@
+"""What every architecture family provides: the seam between diffusers' models and conceptspace's sampler.
+
+The sampler, the regimes, LoRA transfer and SliderSpace speak only to a :class:`Family` and to
+:class:`Conditioning`; everything that differs between SD's UNet, SDXL's UNet and the flow-matching transformers
+(pipeline class, text encoding, the network's call signature, which config fields two networks must share)
+lives in one adapter per family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from conceptspace.models.registry import IncompatibleModelsError
+
+
+@dataclass
+class Conditioning:
+    """The text conditioning of a batch as the family's network takes it.
+
+    ``inputs`` are keyword tensors whose first dimension is the batch (the family names them, e.g.
+    ``encoder_hidden_states``); ``negative`` holds the unconditional ones for classifier-free guidance, or None when
+    the prompt was encoded without CFG.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    negative: dict[str, torch.Tensor] | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.inputs.values())).dtype
+
+    def repeat(self, n: int) -> Conditioning:
+        """Every row ``n`` times (a one-prompt conditioning for a batch of ``n`` seeds)."""
+
+        def rep(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            if tensors is None:
+                return None
+            return {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in tensors.items()}
+
+        return Conditioning(rep(self.inputs), rep(self.negative))  # type: ignore[arg-type]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Conditioning]) -> Conditioning:
+        """Stack conditionings of several prompts into one batch, rows in order."""
+        if not parts:
+            raise ValueError("no conditionings to concatenate")
+
+        def cat(tensors: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+            if tensors[0] is None:
+                return None
+            return {k: torch.cat([t[k] for t in tensors]) for k in tensors[0]}  # type: ignore[index]
+
+        return cls(cat([p.inputs for p in parts]), cat([p.negative for p in parts]))  # type: ignore[arg-type]
+
+    def with_unconditional(self) -> dict[str, torch.Tensor]:
+        """The inputs of a CFG pass: the unconditional rows first, then the conditional ones (diffusers' order)."""
+        if self.negative is None:
+            raise ValueError("this conditioning was encoded without CFG: encode it with cfg=True")
+        return {k: torch.cat([self.negative[k], v]) for k, v in self.inputs.items()}
+
+
+class Family(ABC):
+    """One architecture family: how its pipelines load, encode text and call their denoising network.
+
+    Subclasses set the class attributes and implement the abstract methods; :data:`conceptspace.models.families.
+    FAMILIES` maps the registry's ``architecture`` names to instances. Adding a family is one such file.
+    """
+
+    name: ClassVar[str]
+    network_folder: ClassVar[str] = "unet"
+    """The pipeline component and repo subfolder holding the denoising network."""
+    shared_config_fields: ClassVar[tuple[str, ...]] = ()
+    """Network config fields that decide the shapes of shared weights: two networks that agree on them take the
+    same latents and LoRAs."""
+    per_block_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields that diffusers accepts either as one int or as one value per down block."""
+
+    @abstractmethod
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class of this family's base models."""
+
+    @abstractmethod
+    def network_class(self) -> type:
+        """The diffusers model class of the denoising network."""
+
+    def check_pipeline(self, pipeline: Any, source: str, name: str) -> None:  # noqa: B027  (optional hook)
+        """Raise :class:`IncompatibleModelsError` when a loaded pipeline lacks what this family needs."""
+
+    @abstractmethod
+    def encode_text(
+        self,
+        pipeline: Any,
+        prompt: str,
+        *,
+        negative_prompt: str | None,
+        cfg: bool,
+        height: int,
+        width: int,
+        device: torch.device,
+    ) -> Conditioning:
+        """One prompt's conditioning (batch of one), with the unconditional inputs when ``cfg``."""
+
+    @abstractmethod
+    def predict(
+        self,
+        network: Any,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        inputs: Mapping[str, torch.Tensor],
+        guidance_condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The network's raw output for a batch (in its own prediction type)."""
+
+    def embeds_guidance(self, network: Any) -> bool:
+        """Whether ``network`` takes the guidance scale as an input (one pass) instead of running CFG."""
+        return False
+
+    def guidance_condition(self, pipeline: Any, network: Any, scale: float, batch: int) -> torch.Tensor:
+        """The guidance input of a network that :meth:`embeds_guidance`."""
+        raise NotImplementedError(f"{self.name} networks do not take the guidance scale as an input")
+
+    def latent_channels(self, network: Any) -> int:
+        return int(network.config.in_channels)
+
+    @abstractmethod
+    def random_pipeline(self, seed: int, dtype: torch.dtype) -> Any:
+        """A tiny pipeline of this family with random weights (the registry's ``random`` storage)."""
+
+    @abstractmethod
+    def random_network(self, seed: int, *, embeds_guidance: bool = False) -> Any:
+        """A tiny random denoising network that fits :meth:`random_pipeline`."""
+
+    def check_compatible(
+        self, base_config: Mapping[str, Any], student_config: Mapping[str, Any], names: tuple[str, str]
+    ) -> None:
+        """Raise :class:`IncompatibleModelsError` naming every shared config field on which two networks differ."""
+        blocks = len(base_config.get("down_block_types") or ())
+        differing = []
+        for key in self.shared_config_fields:
+            a, b = base_config.get(key), student_config.get(key)
+            if self._normalise(key, a, blocks) != self._normalise(key, b, blocks):
+                differing.append(f"{key}: {a!r} vs {b!r}")
+        if differing:
+            raise IncompatibleModelsError(
+                f"the {self.network_folder} networks of {names[0]!r} and {names[1]!r} have different architectures, "
+                f"so latents, text encoders and LoRAs cannot be shared; differing config fields: "
+                + "; ".join(differing)
+            )
+
+    def _normalise(self, key: str, value: Any, blocks: int) -> Any:
+        """Lists as tuples; a per-block field given as one int as that int repeated for every down block."""
+        if isinstance(value, list):
+            return tuple(value)
+        if key in self.per_block_fields and isinstance(value, int) and not isinstance(value, bool):
+            return (value,) * blocks
+        return value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,248 @@
+"""Tiny random models of each architecture family, built in memory: the ``tiny-*`` registry entries, tests and
+benchmarks run on them without any download.
+
+The builders follow diffusers' own ``get_dummy_components`` pattern. The CLIP tokenizer is the real one, built
+offline from the BPE merges that open_clip ships.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TEXT_HIDDEN = 32
+TEXT_PROJECTION = 32
+TIME_EMBED_DIM = 8
+LCM_TIME_COND_DIM = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable-character table."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def write_clip_tokenizer_files(directory: str | os.PathLike, *, pad_token: str = "<|endoftext|>") -> Path:
+    """Write the real CLIP tokenizer (vocab.json, merges.txt, configs) built from open_clip's shipped BPE file.
+
+    ``pad_token="!"`` gives the OpenCLIP tokenizers of SDXL's ``tokenizer_2`` and of SD 2.x, which pad with id 0.
+    """
+    import open_clip
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    (directory / "special_tokens_map.json").write_text(json.dumps(special))
+    config = {"model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer", **special}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_dir() -> str:
+    return str(write_clip_tokenizer_files(Path(tempfile.mkdtemp(prefix="conceptspace-clip-tok-"))))
+
+
+def clip_tokenizer() -> Any:
+    """A real ``CLIPTokenizer`` (49408 tokens, 77 positions), built offline."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tokenizer_dir())
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+class _seeded:
+    """Build modules under a fixed seed without disturbing the caller's global RNG."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self._state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.random.set_rng_state(self._state)
+
+
+def _text_config(**extra: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act="gelu",
+        **extra,
+    )
+
+
+def tiny_vae(seed: int = 0) -> Any:
+    from diffusers import AutoencoderKL
+
+    with _seeded(seed):
+        return AutoencoderKL(
+            block_out_channels=(16, 32),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+        ).eval()
+
+
+def _tiny_unet(seed: int, lcm: bool, **conditioning: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    with _seeded(seed):
+        return UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            norm_num_groups=8,
+            time_cond_proj_dim=LCM_TIME_COND_DIM if lcm else None,
+            **conditioning,
+        ).eval()
+
+
+def tiny_sdxl_unet(seed: int = 0, *, lcm: bool = False) -> Any:
+    """A tiny UNet with SDXL's conditioning (two text encoders, pooled text + time ids); ``lcm`` adds LCM's
+    guidance-embedding input (``time_cond_proj_dim``)."""
+    return _tiny_unet(
+        seed,
+        lcm,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
+        cross_attention_dim=2 * TEXT_HIDDEN,
+    )
+
+
+def tiny_sd_unet(seed: int = 0, *, lcm: bool = False) -> Any:
+    """A tiny SD 1.x/2.x-style UNet (one text encoder)."""
+    return _tiny_unet(seed, lcm, cross_attention_dim=TEXT_HIDDEN)
+
+
+SD_EULER_SCHEDULER: dict[str, Any] = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+"""The ``EulerDiscreteScheduler`` config SD 1.x/2.x and SDXL ship (their 1000-step ``scaled_linear`` betas)."""
+
+
+def _euler_scheduler(**overrides: Any) -> Any:
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(**{**SD_EULER_SCHEDULER, **overrides})
+
+
+def tiny_sdxl_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
+    """The components of a tiny ``StableDiffusionXLPipeline``."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    with _seeded(seed + 1000):
+        text_encoder = CLIPTextModel(_text_config()).eval()
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
+    return {
+        "unet": tiny_sdxl_unet(seed, lcm=lcm),
+        "vae": tiny_vae(seed + 2000),
+        "scheduler": _euler_scheduler(),
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": clip_tokenizer(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
+    """The components of a tiny ``StableDiffusionPipeline``."""
+    from transformers import CLIPTextModel
+
+    with _seeded(seed + 1000):
+        text_encoder = CLIPTextModel(_text_config()).eval()
+    return {
+        "unet": tiny_sd_unet(seed, lcm=lcm),
+        "vae": tiny_vae(seed + 2000),
+        "scheduler": _euler_scheduler(),
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "requires_safety_checker": False,
+    }
+
+
+def tiny_sdxl_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, lcm=lcm))
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_sd_components(seed, lcm=lcm))
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -49,7 +49,6 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/testbed-science"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
 
     paths = {}
     if args.weights:

@@ -126,7 +126,7 @@ def unet_config() -> dict[str, Any]:
         sample_size=LATENT_SIZE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        block_out_channels=(16, 32, 64, 64),
+        block_out_channels=(32, 64, 64, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -849,7 +849,7 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
     return _save_atomic(out_dir, save)
 
 
-DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 2000, "dmd": 800}
+DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 3000, "dmd": 800}
 """Steps per stage of the shipped weights."""
 
 DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 8, "regression_weight": 0.25}

@@ -5,8 +5,9 @@
 >>> result = sample(pair, "a photo of a person", Hybrid(k=1), seeds=range(8), record_x0=True)  # doctest: +SKIP
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from conceptspace._lazy import lazy_exports
 
 # Public names and the module that defines each. They are imported on first use (PEP 562), so that
 # `import conceptspace` and the command line's help answer without loading torch and diffusers.
@@ -41,7 +42,6 @@ _EXPORTS = {
     "conceptspace.sliderspace": ("ActivationResult", "SliderSpace"),
     "conceptspace.trajectories": ("commitment_curve", "steps_to_commit"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if TYPE_CHECKING:
     from conceptspace.diversity import diversity_run, measure_diversity
@@ -75,17 +75,7 @@ if TYPE_CHECKING:
     from conceptspace.trajectories import commitment_curve, steps_to_commit
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'conceptspace' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULE_OF})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 __version__ = "0.1.0"

@@ -145,7 +145,6 @@ def torch_load_error(file: str | os.PathLike, error: BaseException) -> str:
     file's code: that advice never reaches the user. A truncated or corrupt file is named as such."""
     import pickle
 
-    text = str(error)
     if isinstance(error, pickle.UnpicklingError) and _is_pickle_stream(file):
         return (
             f"{file} cannot be read with torch.load(weights_only=True): it holds pickled Python objects, not only "
@@ -153,12 +152,14 @@ def torch_load_error(file: str | os.PathLike, error: BaseException) -> str:
             "convert it to .safetensors yourself only where you trust its source"
         )
     # torch wraps the unpickler's own complaint ("Unsupported operand 110") in advice that does not apply here.
-    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    lines = text.strip().splitlines()
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    lines = str(error).strip().splitlines()
     if unpickler:
         detail = unpickler.group(1).strip()
+    elif lines:
+        detail = lines[0].split(". This is an internal")[0]
     else:
-        detail = lines[0].split(". This is an internal")[0] if lines else type(error).__name__
+        detail = type(error).__name__
     return f"{file} is not a readable checkpoint ({detail}): it is truncated or corrupt; download or export it again"
 
 

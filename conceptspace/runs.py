@@ -616,7 +616,6 @@ class _RunLock:
             if self.created and not any(self.path.parent.iterdir()):
                 shutil.rmtree(self.path.parent, ignore_errors=True)  # failed before writing: leave no folder
 
-
     def _names_our_file(self) -> bool:
         try:
             return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino

@@ -122,7 +122,9 @@ class Family(ABC):
 
     def guidance_condition(self, pipeline: Any, network: Any, scale: float, batch: int) -> torch.Tensor:
         """The guidance input of a network that :meth:`embeds_guidance`."""
-        raise NotImplementedError(f"{self.name} networks do not take the guidance scale as an input")
+        raise TypeError(
+            f"{self.name} networks take no guidance input: a family whose embeds_guidance() is true defines this"
+        )
 
     def latent_channels(self, network: Any) -> int:
         return int(network.config.in_channels)

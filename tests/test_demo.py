@@ -102,3 +102,13 @@ def test_demo_refuses_too_few_samples(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "-n", "1"])
     assert result.exit_code == 2 and "at least 2" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_demo_defaults_are_the_library_s():
+    import inspect
+
+    from conceptspace.cli import demo
+    from conceptspace.demo import DEMO_N, run_demo
+
+    assert inspect.signature(demo).parameters["n"].default == DEMO_N
+    assert inspect.signature(run_demo).parameters["n"].default == DEMO_N

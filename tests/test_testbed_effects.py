@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conceptspace import Base, Distilled, load_pair
+from conceptspace import Base, Distilled, Hybrid, load_pair, sample
+from conceptspace.demo import DEMO_BASE_STEPS
 from conceptspace.testbed.data import LEVELS
 from conceptspace.testbed.diversity import paired_difference
 from conceptspace.testbed.evaluate import sample_uint8
 from conceptspace.testbed.probe import load_probe
+from conceptspace.trajectories import decode_trajectory
 
 N = 64
 
@@ -44,3 +46,37 @@ def test_the_base_follows_the_prompt(pair, probe, prompt, factor, level):
     read = probe.predict(sample_uint8(pair, prompt, Base(), range(32)))
     hits = int(np.sum(read[factor] == LEVELS[factor].index(level)))
     assert hits >= 29, f"{prompt!r}: {hits}/32 images have {factor} {level}"
+
+
+def test_one_base_step_restores_the_colours_the_student_drops(pair, probe):
+    # "a triangle" leaves colour free: the hybrid's first (base) step brings back what the student loses.
+    seeds = range(N)
+    read = {
+        name: probe.predict_factors(sample_uint8(pair, "a triangle", regime, seeds))
+        for name, regime in [
+            ("base", Base(steps=DEMO_BASE_STEPS)),
+            ("distilled", Distilled()),
+            ("hybrid", Hybrid()),
+        ]
+    }
+    restored = paired_difference(read["hybrid"], read["distilled"], "entropy_colour")
+    assert restored.ci_low > 0, f"hybrid - distilled colour entropy {restored} should be above 0"
+    short = paired_difference(read["hybrid"], read["base"], "entropy_colour")
+    assert short.ci_high >= 0, f"hybrid - base colour entropy {short} should reach 0"
+
+
+def _step_one_matches_final(pair, probe, regime, seeds):
+    """Per seed: whether the probe reads the same shape and colour in the first step's x̂0 as in the final image."""
+    result = sample(pair, "a red shape", regime, seeds, batch_size=64, record_x0=True, progress=False)
+    decoded = decode_trajectory(pair, result.trajectory[:, [0, -1]], batch_size=64)
+    first = probe.predict(decoded[:, 0], value_range=(0, 1))
+    final = probe.predict(decoded[:, 1], value_range=(0, 1))
+    return (first["shape"] == final["shape"]) & (first["colour"] == final["colour"])
+
+
+def test_the_student_commits_at_its_first_step_the_base_later(pair, probe):
+    seeds = range(32)
+    student = _step_one_matches_final(pair, probe, Distilled(), seeds).mean()
+    base = _step_one_matches_final(pair, probe, Base(steps=DEMO_BASE_STEPS), seeds).mean()
+    assert student >= 0.6, f"the student's step-1 x̂0 shows its final shape and colour in only {student:.0%}"
+    assert base <= 0.3, f"the base's step-1 x̂0 already shows its final shape and colour in {base:.0%}"

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from conceptspace import schedules
 from conceptspace.models.families import Conditioning, Family
 from conceptspace.models.loading import ModelPair
 
@@ -82,19 +83,9 @@ class Denoiser:
 def convert_prediction(
     output: torch.Tensor, sample_vp: torch.Tensor, alpha_bar: torch.Tensor, source: str, target: str
 ) -> torch.Tensor:
-    """Re-express a model output (ε, v or x0 prediction) in another parametrisation, given the VP sample."""
-    if source == target:
-        return output
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if source == "epsilon":
-        eps, x0 = output, (sample_vp - s * output) / a
-    elif source == "v_prediction":
-        eps, x0 = a * output + s * sample_vp, a * sample_vp - s * output
-    elif source == "sample":
-        eps, x0 = (sample_vp - a * output) / s, output
-    else:
-        raise ValueError(f"unknown prediction type {source!r}")
-    return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[target]
+    """Re-express a VP model output (ε, v or x0 prediction) in another parametrisation, given the VP sample
+    (:func:`conceptspace.schedules.convert` for any noise level)."""
+    return schedules.convert(output, sample_vp, schedules.NoiseLevel.vp(alpha_bar), source, target)
 
 
 # ----------------------------------------------------------------------------------------------------- segments
@@ -111,7 +102,7 @@ class Segment:
         return self.start + len(self.denoisers)
 
     def timestep(self, index: int) -> int:
-        return int(self.scheduler.timesteps[index])
+        return _timestep_value(self.scheduler.timesteps[index])
 
 
 @dataclass(frozen=True)
@@ -282,11 +273,11 @@ class Hybrid(Regime):
             pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
             None,
         )
-        handoff = int(student.timesteps[self.k]) if self.k < n else -1
-        base_count = sum(int(t) > handoff for t in base.timesteps)
+        handoff = float(student.timesteps[self.k]) if self.k < n else -1.0
+        base_count = sum(float(t) > handoff for t in base.timesteps)
         if base_count == 0:
             raise ValueError(
-                f"the base's own {len(base.timesteps)}-step schedule has no timestep above the hand-off at {handoff}, "
+                f"the base's own {len(base.timesteps)}-step schedule has no timestep above the hand-off at {_timestep_value(handoff)}, "
                 "so it would run zero steps; give it more steps (base_steps / --steps) or use base_schedule='student'"
             )
         segments = [Segment(base, 0, [base_den] * base_count)]
@@ -351,10 +342,10 @@ class ReplaceFinal(Regime):
             pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
             None,
         )
-        handoff = int(student.timesteps[first])
-        start = next((i for i, t in enumerate(base.timesteps) if int(t) <= handoff), len(base.timesteps))
+        handoff = float(student.timesteps[first])
+        start = next((i for i, t in enumerate(base.timesteps) if float(t) <= handoff), len(base.timesteps))
         if start == len(base.timesteps):
-            raise ValueError(f"the base's schedule has no timestep at or below {handoff}")
+            raise ValueError(f"the base's schedule has no timestep at or below {_timestep_value(handoff)}")
         return [
             Segment(student, 0, [student_den] * first),
             Segment(base, start, [base_den] * (len(base.timesteps) - start)),
@@ -433,20 +424,15 @@ class TrajectoryRecorder:
         return torch.cat([torch.stack(batch, dim=1) for batch in self.batches])
 
 
-def _vp_scale(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The factor that turns this scheduler's latent at ``t`` into a variance-preserving one (1 for DDIM/LCM/DDPM,
-    1/sqrt(σ²+1) for the Euler family), read off the scheduler's own input scaling."""
-    probe = torch.ones(1, dtype=torch.float32, device=like.device)
-    return scheduler.scale_model_input(probe, t).to(like.dtype)
-
-
 def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
-def _x0_from(result: Any) -> torch.Tensor:
-    denoised = getattr(result, "denoised", None)  # LCM's boundary-conditioned x̂0, what it decodes
-    return denoised if denoised is not None else result.pred_original_sample
+def _scheduler_x0(result: Any) -> torch.Tensor | None:
+    """The x̂0 a scheduler's step reports (LCM's boundary-conditioned ``denoised``, what it decodes, or
+    ``pred_original_sample``); None for schedulers that report none (flow matching's Euler)."""
+    denoised = getattr(result, "denoised", None)
+    return denoised if denoised is not None else getattr(result, "pred_original_sample", None)
 
 
 def denoise(
@@ -467,53 +453,60 @@ def denoise(
     """
     step = 0
     x0 = latents
-    previous: tuple[Any, torch.Tensor, torch.Tensor] | None = (
-        None  # (scheduler, t, VP sample) of the last step
+    previous: tuple[Any, int, torch.Tensor] | None = (
+        None  # (scheduler, index, network input) of the last step
     )
     for segment in segments:
         scheduler = segment.scheduler
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(segment.start)
         if previous is not None and previous[0] is not scheduler:
-            latents = _hand_off(previous, x0, scheduler, scheduler.timesteps[segment.start])
+            latents = _hand_off(previous, x0, scheduler, segment.start)
         kwargs = _step_kwargs(scheduler, generator)
+        target = schedules.parametrisation(scheduler)
         for offset, den in enumerate(segment.denoisers):
             index = segment.start + offset
             t = scheduler.timesteps[index]
-            model_input = scheduler.scale_model_input(latents, t)
+            model_input = schedules.model_input(scheduler, latents, t)
+            level = schedules.noise_level(scheduler, index)
             output = den(model_input, t, cond)
-            target = scheduler.config.prediction_type
             if den.prediction_type != target:
-                alpha_bar = scheduler.alphas_cumprod[int(t)].to(output.device, output.dtype)
-                output = convert_prediction(output, model_input, alpha_bar, den.prediction_type, target)
+                output = schedules.convert(output, model_input, level, den.prediction_type, target)
             result = scheduler.step(output, t, latents, **kwargs)
-            x0 = _x0_from(result)
+            reported = _scheduler_x0(result)
+            x0 = reported if reported is not None else schedules.split(output, target, model_input, level)[0]
             if not torch.isfinite(x0).all():
                 raise FloatingPointError(
-                    f"the {den.name} model produced NaN/inf at step {step} (t={int(t)}); in float16 try "
-                    "dtype=torch.bfloat16 or float32"
+                    f"the {den.name} model produced NaN/inf at step {step} (t={_timestep_value(t)}); in float16 "
+                    "try dtype=torch.bfloat16 or float32"
                 )
-            previous = (scheduler, t, model_input)
+            previous = (scheduler, index, model_input)
             latents = result.prev_sample
             if callback is not None:
-                callback(StepInfo(step, int(t), den.name, latents, x0, tuple(seeds)))
+                callback(StepInfo(step, _timestep_value(t), den.name, latents, x0, tuple(seeds)))
             if progress is not None:
                 progress.update(latents.shape[0])
             step += 1
     return latents
 
 
+def _timestep_value(t: torch.Tensor) -> int:
+    """A timestep as an int for records (flow schedulers' σ·1000 rounded: 1000, 750 …)."""
+    return int(round(float(t)))
+
+
 def _hand_off(
-    previous: tuple[Any, torch.Tensor, torch.Tensor], x0: torch.Tensor, receiver: Any, t_next: torch.Tensor
+    previous: tuple[Any, int, torch.Tensor], x0: torch.Tensor, receiver: Any, index: int
 ) -> torch.Tensor:
-    """Move to another scheduler: ε̂ from the last step's VP sample and x̂0, recombined at ``t_next`` (a
-    deterministic DDIM step), then expressed in the receiver's latent space."""
-    sender, t, sample_vp = previous
-    a = sender.alphas_cumprod[int(t)].to(x0.device, x0.dtype)
-    eps = (sample_vp - a.sqrt() * x0) / (1 - a).sqrt()
-    a_next = receiver.alphas_cumprod[int(t_next)].to(x0.device, x0.dtype)
-    vp = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-    return vp / _vp_scale(receiver, t_next, vp)
+    """Move to another scheduler: ε̂ from the last step's network input and x̂0, recombined at the receiver's step
+    ``index`` (a deterministic DDIM step, or its flow-matching equivalent), then expressed in the receiver's
+    latent space."""
+    sender, sent_index, sent_input = previous
+    sent = schedules.noise_level(sender, sent_index).to(x0)
+    eps = (sent_input - sent.alpha * x0) / sent.sigma
+    level = schedules.noise_level(receiver, index).to(x0)
+    network_input = level.alpha * x0 + level.sigma * eps
+    return network_input / schedules.latent_scale(receiver, index).to(x0)
 
 
 # ----------------------------------------------------------------------------------------------- text and images
@@ -612,10 +605,11 @@ def initial_latents(
     noise = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
     scheduler = segment.scheduler
     if segment.start == 0:
-        return noise * scheduler.init_noise_sigma  # exactly what the diffusers pipelines do
+        # exactly what the diffusers pipelines do (flow-matching schedulers have no init_noise_sigma: 1)
+        return noise * getattr(scheduler, "init_noise_sigma", 1.0)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(segment.start)
-    return noise / _vp_scale(scheduler, scheduler.timesteps[segment.start], noise)
+    return noise * schedules.initial_noise_scale(scheduler, segment.start).to(noise)
 
 
 def sample_latents(

@@ -24,7 +24,8 @@ from conceptspace import (
     sample,
     schedule_of,
 )
-from conceptspace.sampling import _hand_off, _vp_scale, convert_prediction
+from conceptspace.sampling import _hand_off, convert_prediction
+from conceptspace.schedules import latent_scale
 from conceptspace.testing import tiny_sd_pipeline, tiny_sd_unet, tiny_sdxl_pipeline, tiny_sdxl_unet
 from conceptspace.trajectories import commitment_curve, steps_to_commit
 
@@ -284,12 +285,12 @@ def test_hand_off_recombines_x0_and_eps_at_receivers_timestep(
     a = sender.alphas_cumprod[int(t)]
     sample_vp = a.sqrt() * x0 + (1 - a).sqrt() * eps
     t_next = receiver.timesteps[1]
-    latent = _hand_off((sender, t, sample_vp), x0, receiver, t_next)
+    latent = _hand_off((sender, 2, sample_vp), x0, receiver, 1)
     a_next = receiver.alphas_cumprod[int(t_next)]
     expected_vp = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
     scale = 1 / (1 + ((1 - a_next) / a_next)) ** 0.5 if receiver_name == "EulerDiscreteScheduler" else 1.0
     assert torch.allclose(latent * scale, expected_vp, atol=1e-5)
-    assert torch.allclose(_vp_scale(receiver, t_next, latent).float(), torch.tensor(float(scale)), atol=1e-6)
+    assert torch.allclose(latent_scale(receiver, 1), torch.tensor(float(scale)), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ seeds and batch size

@@ -237,7 +237,8 @@ def sample_batch(
     height = height or pair.default_resolution
     width = width or pair.default_resolution
     latent_shape = latent_size(pair, height, width)
-    cfg = any(den.uses_cfg for segment in regime.segments(pair, pair.device) for den in segment.denoisers)
+    segments = regime.segments(pair, pair.device, latent_shape)
+    cfg = any(den.uses_cfg for segment in segments for den in segment.denoisers)
     with torch.no_grad():
         encoded = {
             prompt: encode_text(
@@ -512,9 +513,9 @@ def run_prompt_set(
     out = ensure_writable_dir(out_dir)
     height = height or pair.default_resolution
     width = width or pair.default_resolution
-    latent_size(pair, height, width)
+    latent_shape = latent_size(pair, height, width)
     # every regime's schedule now, so that a regime that cannot run on this pair fails before any file exists
-    schedules = {regime.name: schedule_of(regime, pair, pair.device) for regime in regimes}
+    schedules = {regime.name: schedule_of(regime, pair, pair.device, latent_shape) for regime in regimes}
     recorded = _run_parameters(
         pair,
         cases,

@@ -120,8 +120,14 @@ def _make_scheduler(
     device: torch.device,
     steps: int | None,
     timesteps: Sequence[int] | None,
+    latent_shape: tuple[int, int] | None = None,
 ) -> Any:
+    """A fresh scheduler of ``model`` set to ``steps`` (or custom ``timesteps``) for latents of ``latent_shape``
+    (default: the pair's resolution), with whatever the family's pipeline passes to ``set_timesteps`` (the
+    resolution-dependent shift of flow-matching schedules)."""
     scheduler = pair.make_scheduler(_ROLE[model])
+    if latent_shape is None:
+        latent_shape = latent_size(pair, pair.default_resolution, pair.default_resolution)
     if timesteps is not None:
         _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
         if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
@@ -132,7 +138,8 @@ def _make_scheduler(
     else:
         if steps is None or steps < 1:
             raise ValueError(f"number of steps must be at least 1, got {steps}")
-        scheduler.set_timesteps(steps, device=device)
+        extra = pair.family.timestep_kwargs(scheduler, pair.unet(_ROLE[model]), steps, latent_shape)
+        scheduler.set_timesteps(steps, device=device, **extra)
     return scheduler
 
 
@@ -181,15 +188,22 @@ class Regime(ABC):
                 raise ValueError(f"{self.name}: {f.name} must be a whole number >= 1, got {value!r}")
 
     @abstractmethod
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
-        """The segments (scheduler, step range, denoiser per step) this regime runs on ``pair``."""
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        """The segments (scheduler, step range, denoiser per step) this regime runs on ``pair`` for latents of
+        ``latent_shape`` (height, width; default the pair's resolution: flow-matching schedules depend on it)."""
 
     def describe(self) -> dict[str, Any]:
         return {"regime": self.name, **asdict(self)}  # type: ignore[call-overload]
 
 
 def _student_schedule(
-    pair: ModelPair, device: torch.device, steps: int | None = None, timesteps: Sequence[int] | None = None
+    pair: ModelPair,
+    device: torch.device,
+    steps: int | None = None,
+    timesteps: Sequence[int] | None = None,
+    latent_shape: tuple[int, int] | None = None,
 ) -> Any:
     spec = pair.spec("student")
     if timesteps is None and steps is None:
@@ -198,7 +212,7 @@ def _student_schedule(
         steps = spec.num_inference_steps
     if timesteps is not None and steps is not None and len(timesteps) != steps:
         raise ValueError(f"{len(timesteps)} timesteps given for {steps} steps")
-    return _make_scheduler(pair, "distilled", device, steps, timesteps)
+    return _make_scheduler(pair, "distilled", device, steps, timesteps, latent_shape)
 
 
 @dataclass(frozen=True)
@@ -209,7 +223,9 @@ class Base(Regime):
     guidance_scale: float | None = None
     name: str = field(default="base", init=False)
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
         spec = pair.base
         scheduler = _make_scheduler(
             pair,
@@ -217,6 +233,7 @@ class Base(Regime):
             device,
             spec.num_inference_steps if self.steps is None else self.steps,
             spec.timesteps if self.steps is None else None,
+            latent_shape,
         )
         guidance = spec.guidance_scale if self.guidance_scale is None else self.guidance_scale
         den = make_denoiser(pair, "base", guidance)
@@ -232,8 +249,10 @@ class Distilled(Regime):
     guidance_scale: float | None = None
     name: str = field(default="distilled", init=False)
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
-        scheduler = _student_schedule(pair, device, self.steps, self.timesteps)
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        scheduler = _student_schedule(pair, device, self.steps, self.timesteps, latent_shape)
         guidance = pair.spec("student").guidance_scale if self.guidance_scale is None else self.guidance_scale
         den = make_denoiser(pair, "distilled", guidance)
         return [Segment(scheduler, 0, [den] * len(scheduler.timesteps))]
@@ -255,8 +274,10 @@ class Hybrid(Regime):
     base_steps: int | None = None
     name: str = field(default="hybrid", init=False)
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
-        student = _student_schedule(pair, device)
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        student = _student_schedule(pair, device, latent_shape=latent_shape)
         n = len(student.timesteps)
         if not 1 <= self.k <= n:
             raise ValueError(f"hybrid k must be between 1 and the student's {n} steps, got {self.k}")
@@ -272,6 +293,7 @@ class Hybrid(Regime):
             device,
             pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
             None,
+            latent_shape,
         )
         handoff = float(student.timesteps[self.k]) if self.k < n else -1.0
         base_count = sum(float(t) > handoff for t in base.timesteps)
@@ -293,8 +315,10 @@ class SkipFirst(Regime):
     n: int = 1
     name: str = field(default="skip-first", init=False)
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
-        student = _student_schedule(pair, device)
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        student = _student_schedule(pair, device, latent_shape=latent_shape)
         steps = len(student.timesteps)
         if not 1 <= self.n < steps:
             raise ValueError(
@@ -319,8 +343,10 @@ class ReplaceFinal(Regime):
     base_steps: int | None = None
     name: str = field(default="replace-final", init=False)
 
-    def segments(self, pair: ModelPair, device: torch.device) -> list[Segment]:
-        student = _student_schedule(pair, device)
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        student = _student_schedule(pair, device, latent_shape=latent_shape)
         steps = len(student.timesteps)
         n = steps - 1 if self.n is None else self.n
         if not 1 <= n < steps:
@@ -341,6 +367,7 @@ class ReplaceFinal(Regime):
             device,
             pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
             None,
+            latent_shape,
         )
         handoff = float(student.timesteps[first])
         start = next((i for i, t in enumerate(base.timesteps) if float(t) <= handoff), len(base.timesteps))
@@ -371,9 +398,15 @@ def regime_from_name(name: str, **options: Any) -> Regime:
     return cls(**{k: v for k, v in options.items() if k in fields and v is not None})
 
 
-def schedule_of(regime: Regime, pair: ModelPair, device: torch.device | str = "cpu") -> list[ScheduledStep]:
-    """The (step, timestep, model) list a regime runs on a pair, without running anything."""
-    return schedule_of_segments(regime.segments(pair, torch.device(device)))
+def schedule_of(
+    regime: Regime,
+    pair: ModelPair,
+    device: torch.device | str = "cpu",
+    latent_shape: tuple[int, int] | None = None,
+) -> list[ScheduledStep]:
+    """The (step, timestep, model) list a regime runs on a pair (for latents of ``latent_shape``, default the
+    pair's resolution), without running anything."""
+    return schedule_of_segments(regime.segments(pair, torch.device(device), latent_shape))
 
 
 def schedule_of_segments(segments: list[Segment]) -> list[ScheduledStep]:
@@ -527,14 +560,16 @@ def encode_text(
 
 
 def vae_input(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Diffusion latents → what ``vae.decode`` takes: undo the scaling factor (and the latent statistics, for VAEs
-    that have them), as the diffusers pipelines do. Differentiable."""
+    """Diffusion latents → what ``vae.decode`` takes: undo the scaling factor (and the latent statistics or the
+    shift factor, for VAEs that have them: SDXL's optional per-channel stats, SD3's and FLUX's shift), as the
+    diffusers pipelines do. Differentiable."""
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:
         mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
         std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
         return latents * std / vae.config.scaling_factor + mean
-    return latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    return latents / vae.config.scaling_factor + (shift or 0.0)
 
 
 def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pil") -> Any:
@@ -629,7 +664,7 @@ def sample_latents(
     batch; the regime's segments are built afresh, since schedulers carry per-run state.
     """
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    segments = regime.segments(pair, pair.device)
+    segments = regime.segments(pair, pair.device, latent_shape)
     channels = pair.family.latent_channels(pair.base_unet)
     with torch.no_grad():
         latents = initial_latents(
@@ -691,7 +726,7 @@ def sample(
     device = pair.device
     timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
 
-    probe_segments = regime.segments(pair, device)
+    probe_segments = regime.segments(pair, device, (latent_h, latent_w))
     schedule = schedule_of_segments(probe_segments)
     cfg = any(den.uses_cfg for segment in probe_segments for den in segment.denoisers)
 

@@ -21,6 +21,8 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     TEXT_PROJECTION,
     TIME_EMBED_DIM,
     clip_tokenizer,
+    tiny_sd3_pipeline,
+    tiny_sd3_transformer,
     tiny_sd_components,
     tiny_sd_pipeline,
     tiny_sd_unet,
@@ -108,7 +110,8 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
     """Write tiny random weights for registry entries into a Hugging Face hub cache, in each repo's real layout.
 
     Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders with both
-    full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers, the LCM UNet a
+    full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers (SD3.5's:
+    sharded full-precision weights with their index, no variant, and a T5 ``tokenizer_3``), the LCM UNet a
     UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
     fp16 ``.safetensors`` state dict. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
@@ -124,18 +127,23 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         if names is not None
         else [s for s in REGISTRY.values() if s.storage != "random" and not s.local_dir]
     )
-    pipelines = {"sdxl": tiny_sdxl_pipeline, "sd21": tiny_sd_pipeline}
+    pipelines = {"sdxl": tiny_sdxl_pipeline, "sd21": tiny_sd_pipeline, "sd35": tiny_sd3_pipeline}
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
     for spec in specs:
         snapshot = _snapshot(cache_dir, spec.repo_id)
         if spec.storage == "pipeline":
             pipe = pipelines[spec.family](seed=0 if spec.role == "base" else 10)
-            if spec.role == "student":
+            if spec.role == "student" and spec.scheduler == "EulerAncestralDiscreteScheduler":
                 pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
                     pipe.scheduler.config, timestep_spacing="trailing"
                 )
             pipe.save_pretrained(snapshot)
-            pipe.to(torch.float16).save_pretrained(snapshot, variant="fp16")
+            if spec.network_folder == "transformer":  # SD3.5's transformers: shards and their index.json
+                folder = snapshot / spec.network_folder
+                (folder / "diffusion_pytorch_model.safetensors").unlink()
+                getattr(pipe, spec.network_folder).save_pretrained(folder, max_shard_size="100KB")
+            if spec.variant:
+                pipe.to(torch.float16).save_pretrained(snapshot, variant=spec.variant)
             _write_repo_tokenizers(snapshot, spec.family)
         elif spec.storage == "unet_folder":
             unet = unets[spec.family](seed=20, lcm=spec.scheduler == "LCMScheduler")

@@ -111,7 +111,10 @@ def registry():
 # ------------------------------------------------------------------------------------------- the cache's layout
 def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
-    assert downloadable == {"sdxl", "sd21", *STUDENTS}, "a registry entry without a loading test"
+    # sd35-large / sd35-large-turbo: tests/test_flow_families.py loads them by their hub ids
+    assert downloadable == {"sdxl", "sd21", "sd35-large", "sd35-large-turbo", *STUDENTS}, (
+        "a registry entry without a loading test"
+    )
 
     for repo_id in (
         SDXL_REPO,

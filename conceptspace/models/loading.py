@@ -226,7 +226,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _prediction_type(spec: ModelSpec, scheduler_config: Mapping[str, Any]) -> str:
-    """What the UNet predicts: its scheduler config's ``prediction_type`` after the registry's overrides."""
+    """What the network predicts: its scheduler config's ``prediction_type`` after the registry's overrides (flow
+    matching schedulers: the velocity, :data:`conceptspace.schedules.FLOW`)."""
+    if spec.scheduler.startswith("FlowMatch"):
+        from conceptspace.schedules import FLOW
+
+        return FLOW
     return spec.scheduler_config_overrides().get(
         "prediction_type", scheduler_config.get("prediction_type", "epsilon")
     )
@@ -245,7 +250,10 @@ def _load_with_variants(
     errors = []
     for variant in _variants(spec, dtype):
         try:
-            return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **kwargs)
+            # HF_HUB_OFFLINE alone is not enough for sharded checkpoints: diffusers still asks the hub for the
+            # shard list unless told local_files_only (seen with SD3.5's sharded transformer).
+            offline = {"local_files_only": True} if hub_offline() and path is None else {}
+            return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **offline, **kwargs)
         except (OSError, ValueError) as error:  # diffusers reports absent files and variants with either
             errors.append(f"variant={variant}: {_first_line(error)}")
         except (TypeError, KeyError, AttributeError, IndexError) as error:  # a config the class cannot build

@@ -26,6 +26,11 @@ class IncompatibleModelsError(ValueError):
     """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
 
 
+NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer"}
+"""Architectures whose denoising network lives in a folder other than ``unet/`` (each family adapter's
+``network_folder`` says the same; a test holds them together). Kept here so the registry needs no torch."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to load and sample one checkpoint with its own defaults.
@@ -72,6 +77,11 @@ class ModelSpec:
             )
 
     @property
+    def network_folder(self) -> str:
+        """The repo subfolder of a pipeline's denoising network (``unet`` or ``transformer``)."""
+        return NETWORK_FOLDERS.get(self.architecture_name, "unet")
+
+    @property
     def architecture_name(self) -> str:
         """The family adapter's name: ``architecture``, or ``family`` when it is not given."""
         return self.architecture or self.family
@@ -80,7 +90,7 @@ class ModelSpec:
     def key_files(self) -> tuple[str, ...]:
         """Repo-relative files whose presence means the model is downloaded (used for cache checks)."""
         if self.storage == "pipeline":
-            return ("model_index.json",) if self.role == "base" else ("unet/config.json",)
+            return ("model_index.json",) if self.role == "base" else (f"{self.network_folder}/config.json",)
         if self.storage == "unet_folder":
             return (f"{self.subfolder}/config.json" if self.subfolder else "config.json",)
         if self.storage == "unet_file":
@@ -95,7 +105,7 @@ class ModelSpec:
         if self.storage == "unet_file":
             return f"hf download {self.repo_id} {self.filename}"
         if self.storage == "pipeline" and self.role == "student":
-            return f"hf download {self.repo_id} --include 'unet/*' --include 'scheduler/*'"
+            return f"hf download {self.repo_id} --include '{self.network_folder}/*' --include 'scheduler/*'"
         return f"hf download {self.repo_id}"
 
     def scheduler_config_overrides(self) -> dict[str, Any]:
@@ -260,6 +270,68 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ),
 ]
 
+# Flow-matching transformers. Sources of every default: docs/model-pairs.md, "Where the facts come from".
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="sd35-large",
+        family="sd35",
+        architecture="sd3",
+        role="base",
+        repo_id="stabilityai/stable-diffusion-3.5-large",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=28,
+        guidance_scale=3.5,
+        resolution=1024,
+        description="Stable Diffusion 3.5 Large (MMDiT, flow matching, shift 3), 28 steps with CFG 3.5",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="sd35-large-turbo",
+        family="sd35",
+        architecture="sd3",
+        role="student",
+        base="sd35-large",
+        repo_id="stabilityai/stable-diffusion-3.5-large-turbo",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="SD3.5 Large Turbo (ADD-distilled; full pipeline repo, its transformer is used), 4 steps, no CFG",
+    ),
+    ModelSpec(
+        name="tiny-sd3",
+        family="tiny-sd3",
+        architecture="sd3",
+        role="base",
+        repo_id="builtin:tiny-sd3",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=8,
+        guidance_scale=5.0,
+        resolution=64,
+        seed=0,
+        description="tiny random SD3-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
+    ),
+    ModelSpec(
+        name="tiny-sd3-turbo",
+        family="tiny-sd3",
+        architecture="sd3",
+        role="student",
+        base="tiny-sd3",
+        repo_id="builtin:tiny-sd3-turbo",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random SD3-architecture student, 4 steps without CFG",
+    ),
+]
+
 _TESTBED_WEIGHTS = Path(__file__).parent.parent / "testbed" / "weights"
 _REGISTRY_LIST += [
     ModelSpec(
@@ -350,15 +422,19 @@ def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bo
     if not all(cached(filename) for filename in spec.key_files):
         return False
     if spec.storage in ("pipeline", "unet_folder"):
-        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
-        variants = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
-        if spec.variant:
-            variants += [
-                f"diffusion_pytorch_model.{spec.variant}.safetensors",
-                f"diffusion_pytorch_model.{spec.variant}.bin",
-            ]
-        return any(cached(folder + name) for name in variants)
+        folder = _weights_folder(spec)
+        names = ["diffusion_pytorch_model"] + ([f"diffusion_pytorch_model.{spec.variant}"] if spec.variant else [])
+        # one file, or the index of a sharded checkpoint (SD3.5's and FLUX's transformers)
+        candidates = [name + ext for name in names for ext in (".safetensors", ".bin", ".safetensors.index.json")]
+        return any(cached(folder + name) for name in candidates)
     return True
+
+
+def _weights_folder(spec: ModelSpec) -> str:
+    """The repo-relative folder (with a trailing slash, or "") that holds the denoising network's weights."""
+    if spec.storage == "pipeline":
+        return f"{spec.network_folder}/"
+    return f"{spec.subfolder}/" if spec.subfolder else ""
 
 
 def _missing_error(
@@ -369,8 +445,10 @@ def _missing_error(
     where = cache_dir or constants.HF_HUB_CACHE
     files = ", ".join(spec.key_files) or "its files"
     if spec.storage in ("pipeline", "unet_folder"):
-        folder = "unet/" if spec.storage == "pipeline" else (f"{spec.subfolder}/" if spec.subfolder else "")
-        files += f" and UNet weights {folder}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
+        kind = "transformer" if spec.network_folder == "transformer" else "UNet"
+        files += (
+            f" and {kind} weights {_weights_folder(spec)}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
+        )
     option = "--student-path" if spec.role == "student" else "--base-path"
     reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
     # `hf download` fills the default cache: name the one we read from when it is another.

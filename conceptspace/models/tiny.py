@@ -246,3 +246,125 @@ def tiny_sd_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = t
         pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# --------------------------------------------------------------------------------------------- flow matching
+T5_HIDDEN = 2 * TEXT_HIDDEN
+"""The tiny T5's width: the two CLIPs' concatenated hidden states are padded to it (SD3's joint sequence)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _t5_tokenizer_object() -> Any:
+    """A Unigram ``tokenizers.Tokenizer`` in T5's conventions (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``▁`` word
+    marks, ``</s>`` appended): letters, digits and punctuation, and every letter at a word start."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    characters = string.ascii_lowercase + string.digits + ",.'-!?"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.5)]
+    vocab += [("▁" + c, -1.0) for c in string.ascii_lowercase] + [(c, -2.0) for c in characters]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return tokenizer
+
+
+def t5_tokenizer() -> Any:
+    """A ``T5TokenizerFast`` (character-level Unigram vocabulary, T5's special tokens), built offline."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast(
+        tokenizer_object=_t5_tokenizer_object(),
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=512,
+    )
+
+
+def tiny_t5_encoder(seed: int = 0) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(_t5_tokenizer_object().get_vocab()),
+        d_model=T5_HIDDEN,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    with _seeded(seed):
+        return T5EncoderModel(config).eval()
+
+
+def tiny_sd3_transformer(seed: int = 0) -> Any:
+    """A tiny ``SD3Transformer2DModel`` (one joint block) for the tiny SD3 pipeline's latents and text."""
+    from diffusers import SD3Transformer2DModel
+
+    with _seeded(seed):
+        return SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=4,
+            out_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=T5_HIDDEN,
+            caption_projection_dim=32,
+            pooled_projection_dim=2 * TEXT_PROJECTION,
+            pos_embed_max_size=96,
+        ).eval()
+
+
+SD3_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
+"""The ``FlowMatchEulerDiscreteScheduler`` config SD3.5 Large and Large Turbo ship."""
+
+
+def tiny_flow_vae(seed: int = 0) -> Any:
+    """The tiny VAE with SD3's latent statistics (``shift_factor`` and ``scaling_factor`` of diffusers' tests)."""
+    vae = tiny_vae(seed)
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    return vae
+
+
+def tiny_sd3_components(seed: int = 0) -> dict[str, Any]:
+    """The components of a tiny ``StableDiffusion3Pipeline``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection
+
+    with _seeded(seed + 1000):
+        text_encoder = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
+    return {
+        "transformer": tiny_sd3_transformer(seed),
+        "vae": tiny_flow_vae(seed + 2000),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": clip_tokenizer(),
+        "text_encoder_3": tiny_t5_encoder(seed + 3000),
+        "tokenizer_3": t5_tokenizer(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed))
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.sd import StableDiffusion
+from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
 from conceptspace.models.registry import ModelSpec
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (StableDiffusion(), StableDiffusionXL())}
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
+}
 
 
 def family_of(spec: ModelSpec | str) -> Family:
@@ -28,4 +31,12 @@ def family_of(spec: ModelSpec | str) -> Family:
         ) from None
 
 
-__all__ = ["FAMILIES", "Conditioning", "Family", "StableDiffusion", "StableDiffusionXL", "family_of"]
+__all__ = [
+    "FAMILIES",
+    "Conditioning",
+    "Family",
+    "StableDiffusion",
+    "StableDiffusion3",
+    "StableDiffusionXL",
+    "family_of",
+]

@@ -129,6 +129,13 @@ class Family(ABC):
     def latent_channels(self, network: Any) -> int:
         return int(network.config.in_channels)
 
+    def timestep_kwargs(
+        self, scheduler: Any, network: Any, steps: int, latent_shape: tuple[int, int]
+    ) -> dict[str, Any]:
+        """What this family's pipeline passes to ``scheduler.set_timesteps`` besides the number of steps, for
+        latents of ``latent_shape`` (the resolution-dependent shift ``mu`` of flow-matching schedules)."""
+        return {}
+
     @abstractmethod
     def random_pipeline(self, seed: int, dtype: torch.dtype) -> Any:
         """A tiny pipeline of this family with random weights (the registry's ``random`` storage)."""

@@ -1,0 +1,190 @@
+"""Flow-matching families (SD3 / SD3.5) on tiny random weights: the same sampler, regimes and x̂0 as the VP
+families, proved against diffusers' own ``StableDiffusion3Pipeline`` and against the flow-matching math."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, load_pair, sample
+from conceptspace.models import get_spec, is_cached, with_overrides
+from conceptspace.models.families import FAMILIES
+from conceptspace.models.registry import NETWORK_FOLDERS
+from conceptspace.sampling import _hand_off
+from conceptspace.schedules import FLOW, noise_level
+
+PROMPT = "a red circle"
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair("tiny-sd3", "tiny-sd3-turbo", device="cpu")
+
+
+def _diffusers_images(pair, role, steps, guidance, size=64, output_type="np"):
+    pipe = pair.to_diffusers(role)
+    generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+    return pipe(
+        PROMPT,
+        num_images_per_prompt=len(SEEDS),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=size,
+        width=size,
+        generator=generators,
+        output_type=output_type,
+    ).images
+
+
+def test_registry_and_families_agree_on_the_network_folder():
+    for name, family in FAMILIES.items():
+        assert NETWORK_FOLDERS.get(name, "unet") == family.network_folder, name
+
+
+@pytest.mark.parametrize(
+    ("role", "regime", "steps", "guidance"),
+    [("base", Base(), 8, 5.0), ("student", Distilled(), 4, 0.0)],
+    ids=["base-cfg", "distilled"],
+)
+def test_regimes_reproduce_the_sd3_pipeline(pair, role, regime, steps, guidance):
+    assert pair.family.name == "sd3" and pair.prediction_type(role) == FLOW
+    reference = _diffusers_images(pair, role, steps, guidance)
+    ours = sample(pair, PROMPT, regime, SEEDS, output_type="np", progress=False)
+    assert np.abs(ours.images - reference).max() <= 1e-4
+    assert len(ours.schedule) == steps
+
+
+def _recording(network, calls):
+    def hook(module, args, kwargs, output):
+        calls.append((kwargs["hidden_states"].detach().clone(), kwargs["timestep"][0].item(), output[0].detach()))
+
+    return network.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_hybrid_runs_the_base_once_at_the_students_first_sigma(pair):
+    base_calls, student_calls = [], []
+    handles = [_recording(pair.base_unet, base_calls), _recording(pair.student_unet, student_calls)]
+    try:
+        result = sample(pair, PROMPT, Hybrid(k=1), SEEDS, output_type="latent", progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    student = pair.make_scheduler("student")
+    student.set_timesteps(4)
+    expected = [float(t) for t in student.timesteps]
+    assert [t for _, t, _ in base_calls] == pytest.approx(expected[:1])  # σ = 1, no CFG pass
+    assert base_calls[0][0].shape[0] == len(SEEDS)
+    assert [t for _, t, _ in student_calls] == pytest.approx(expected[1:])
+    assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]
+
+
+def test_x0_at_every_step_is_the_latent_minus_sigma_times_velocity(pair):
+    calls, recorded = [], []
+    handle = _recording(pair.student_unet, calls)
+    try:
+        sample(pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False, callback=recorded.append)
+    finally:
+        handle.remove()
+    scheduler = pair.make_scheduler("student")
+    scheduler.set_timesteps(4)
+    assert len(calls) == len(recorded) == 4
+    for index, ((x, _, velocity), info) in enumerate(zip(calls, recorded, strict=True)):
+        sigma = scheduler.sigmas[index]
+        torch.testing.assert_close(info.x0, x - sigma * velocity, rtol=0, atol=1e-6)
+    # the last step's x̂0 is (nearly) the image: σ at the last step is small
+    assert scheduler.sigmas[3] < 0.05
+
+
+def test_hand_off_between_flow_schedules_keeps_x0_and_noise_at_the_receivers_sigma():
+    sender = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sender.set_timesteps(8)
+    receiver = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
+    receiver.set_timesteps(4)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    sigma = sender.sigmas[3]
+    latent = _hand_off((sender, 3, (1 - sigma) * x0 + sigma * eps), x0, receiver, 2)
+    target = receiver.sigmas[2]
+    torch.testing.assert_close(latent, (1 - target) * x0 + target * eps, rtol=0, atol=1e-5)
+    assert noise_level(receiver, 2).sigma == target
+
+
+def test_regimes_with_the_bases_own_flow_schedule(pair):
+    own = Hybrid(k=1, base_schedule="own", base_steps=8)
+    result = sample(pair, PROMPT, own, SEEDS, output_type="latent", progress=False)
+    student = pair.make_scheduler("student")
+    student.set_timesteps(4)
+    handoff = float(student.timesteps[1])
+    base_steps = [s for s in result.schedule if s.model == "base"]
+    assert base_steps and all(s.timestep > handoff for s in base_steps)
+    assert [s.timestep for s in result.schedule if s.model == "distilled"] == [
+        round(float(t)) for t in student.timesteps[1:]
+    ]
+    final = sample(pair, PROMPT, ReplaceFinal(base_steps=8), SEEDS, output_type="latent", progress=False)
+    assert [s.model for s in final.schedule][:2] == ["distilled", "base"]
+    assert torch.isfinite(result.latents).all() and torch.isfinite(final.latents).all()
+
+
+def test_dynamic_shifting_is_computed_for_the_resolution_sampled(pair):
+    # FLUX-style resolution-dependent shift on the SD3 pipeline: the schedule differs with the size, and at each
+    # size ours equals the pipeline's.
+    dynamic = (("use_dynamic_shifting", True), ("base_image_seq_len", 256), ("max_image_seq_len", 4096))
+    shifted = load_pair(
+        with_overrides(get_spec("tiny-sd3"), scheduler_overrides=dynamic),
+        with_overrides(get_spec("tiny-sd3-turbo"), scheduler_overrides=dynamic),
+        device="cpu",
+    )
+    schedules = {}
+    for size in (64, 128):
+        reference = _diffusers_images(shifted, "student", 4, 0.0, size=size, output_type="latent")
+        ours = sample(
+            shifted, PROMPT, Distilled(), SEEDS, height=size, width=size, output_type="latent", progress=False
+        )
+        torch.testing.assert_close(ours.latents, reference, rtol=0, atol=1e-5)
+        schedules[size] = [s.timestep for s in ours.schedule]
+    assert schedules[64] != schedules[128]
+
+
+def _snapshot(cache: Path, repo_id: str) -> Path:
+    return next((cache / ("models--" + repo_id.replace("/", "--")) / "snapshots").iterdir())
+
+
+def test_sd35_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
+    base, student = get_spec("sd35-large"), get_spec("sd35-large-turbo")
+    assert (base.repo_id, student.repo_id) == (
+        "stabilityai/stable-diffusion-3.5-large",
+        "stabilityai/stable-diffusion-3.5-large-turbo",
+    )
+    assert is_cached(base, hub_cache) and is_cached(student, hub_cache)
+    pair = load_pair("sd35-large", "sd35-large-turbo", cache_dir=hub_cache, device="cpu")
+    assert type(pair.pipeline).__name__ == "StableDiffusion3Pipeline" and pair.family.name == "sd3"
+
+    # the student's transformer is its repo's sharded weights, not the base's
+    folder = _snapshot(hub_cache, student.repo_id) / "transformer"
+    index = json.loads((folder / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    written = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        written.update(load_file(str(folder / shard)))
+    loaded = pair.student_unet.state_dict()
+    assert set(loaded) == set(written)
+    for key, value in written.items():
+        torch.testing.assert_close(loaded[key], value.float(), rtol=0, atol=0, msg=key)
+    assert not torch.equal(loaded["pos_embed.proj.weight"], pair.base_unet.state_dict()["pos_embed.proj.weight"])
+
+    # one VAE and one set of text encoders (the base's); the student pipeline shares them
+    student_pipe = pair.to_diffusers("student")
+    assert student_pipe.transformer is pair.student_unet
+    for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        assert getattr(student_pipe, part) is getattr(pair.pipeline, part), part
+    assert type(pair.make_scheduler("student")).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert pair.make_scheduler("student").config.shift == 3.0
+
+    result = sample(pair, "a photo", "hybrid", seeds=[0], height=64, width=64, output_type="latent", progress=False)
+    assert result.latents.shape == (1, 4, 32, 32) and torch.isfinite(result.latents).all()
+    assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]

@@ -617,12 +617,12 @@ def _sync(device: torch.device) -> None:
 
 def latent_size(pair: ModelPair, height: int, width: int) -> tuple[int, int]:
     """The latent height and width of a ``height``×``width`` image (a clear error if the VAE cannot make it)."""
-    factor = pair.pipeline.vae_scale_factor
+    factor = pair.pipeline.vae_scale_factor * pair.family.latent_multiple
     if height % factor or width % factor or height <= 0 or width <= 0:
         raise ValueError(
             f"height and width must be positive multiples of {factor} for this model, got {height}x{width}"
         )
-    return height // factor, width // factor
+    return height // pair.pipeline.vae_scale_factor, width // pair.pipeline.vae_scale_factor
 
 
 def initial_latents(

@@ -21,6 +21,7 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     TEXT_PROJECTION,
     TIME_EMBED_DIM,
     clip_tokenizer,
+    tiny_flux_pipeline,
     tiny_sd3_pipeline,
     tiny_sd3_transformer,
     tiny_sd_components,
@@ -111,7 +112,8 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
 
     Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders with both
     full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers (SD3.5's:
-    sharded full-precision weights with their index, no variant, and a T5 ``tokenizer_3``), the LCM UNet a
+    sharded full-precision weights with their index, no variant, and a T5 tokenizer; FLUX.1's likewise, schnell's
+    transformer without the guidance embedding), the LCM UNet a
     UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
     fp16 ``.safetensors`` state dict. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
@@ -127,12 +129,17 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         if names is not None
         else [s for s in REGISTRY.values() if s.storage != "random" and not s.local_dir]
     )
-    pipelines = {"sdxl": tiny_sdxl_pipeline, "sd21": tiny_sd_pipeline, "sd35": tiny_sd3_pipeline}
+    pipelines = {
+        "sdxl": tiny_sdxl_pipeline,
+        "sd21": tiny_sd_pipeline,
+        "sd35": tiny_sd3_pipeline,
+        "flux": lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0),  # the student repo: schnell's shape
+    }
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
     for spec in specs:
         snapshot = _snapshot(cache_dir, spec.repo_id)
         if spec.storage == "pipeline":
-            pipe = pipelines[spec.family](seed=0 if spec.role == "base" else 10)
+            pipe = pipelines[spec.family](0 if spec.role == "base" else 10)
             if spec.role == "student" and spec.scheduler == "EulerAncestralDiscreteScheduler":
                 pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
                     pipe.scheduler.config, timestep_spacing="trailing"

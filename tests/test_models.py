@@ -111,10 +111,16 @@ def registry():
 # ------------------------------------------------------------------------------------------- the cache's layout
 def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
-    # sd35-large / sd35-large-turbo: tests/test_flow_families.py loads them by their hub ids
-    assert downloadable == {"sdxl", "sd21", "sd35-large", "sd35-large-turbo", *STUDENTS}, (
-        "a registry entry without a loading test"
-    )
+    # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids
+    assert downloadable == {
+        "sdxl",
+        "sd21",
+        "sd35-large",
+        "sd35-large-turbo",
+        "flux-dev",
+        "flux-schnell",
+        *STUDENTS,
+    }, "a registry entry without a loading test"
 
     for repo_id in (
         SDXL_REPO,

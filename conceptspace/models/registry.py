@@ -26,7 +26,7 @@ class IncompatibleModelsError(ValueError):
     """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
 
 
-NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer"}
+NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer"}
 """Architectures whose denoising network lives in a folder other than ``unet/`` (each family adapter's
 ``network_folder`` says the same; a test holds them together). Kept here so the registry needs no torch."""
 
@@ -332,6 +332,66 @@ _REGISTRY_LIST += [
     ),
 ]
 
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="flux-dev",
+        family="flux",
+        role="base",
+        repo_id="black-forest-labs/FLUX.1-dev",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=3.5,
+        resolution=1024,
+        description="FLUX.1-dev (guidance-distilled rectified flow; guidance 3.5 is an input, not CFG), 50 steps",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="flux-schnell",
+        family="flux",
+        role="student",
+        base="flux-dev",
+        repo_id="black-forest-labs/FLUX.1-schnell",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="FLUX.1-schnell (timestep-distilled; full pipeline repo, its transformer is used), 4 steps",
+    ),
+    ModelSpec(
+        name="tiny-flux",
+        family="tiny-flux",
+        architecture="flux",
+        role="base",
+        repo_id="builtin:tiny-flux",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=8,
+        guidance_scale=3.5,
+        resolution=64,
+        seed=0,
+        description="tiny random FLUX.1-dev-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
+    ),
+    ModelSpec(
+        name="tiny-schnell",
+        family="tiny-flux",
+        architecture="flux",
+        role="student",
+        base="tiny-flux",
+        repo_id="builtin:tiny-schnell",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        scheduler_overrides=(("use_dynamic_shifting", False), ("shift", 1.0)),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random FLUX.1-schnell-architecture student (no guidance input, no shift), 4 steps",
+    ),
+]
+
 _TESTBED_WEIGHTS = Path(__file__).parent.parent / "testbed" / "weights"
 _REGISTRY_LIST += [
     ModelSpec(
@@ -423,9 +483,13 @@ def is_cached(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> bo
         return False
     if spec.storage in ("pipeline", "unet_folder"):
         folder = _weights_folder(spec)
-        names = ["diffusion_pytorch_model"] + ([f"diffusion_pytorch_model.{spec.variant}"] if spec.variant else [])
+        names = ["diffusion_pytorch_model"] + (
+            [f"diffusion_pytorch_model.{spec.variant}"] if spec.variant else []
+        )
         # one file, or the index of a sharded checkpoint (SD3.5's and FLUX's transformers)
-        candidates = [name + ext for name in names for ext in (".safetensors", ".bin", ".safetensors.index.json")]
+        candidates = [
+            name + ext for name in names for ext in (".safetensors", ".bin", ".safetensors.index.json")
+        ]
         return any(cached(folder + name) for name in candidates)
     return True
 
@@ -446,9 +510,7 @@ def _missing_error(
     files = ", ".join(spec.key_files) or "its files"
     if spec.storage in ("pipeline", "unet_folder"):
         kind = "transformer" if spec.network_folder == "transformer" else "UNet"
-        files += (
-            f" and {kind} weights {_weights_folder(spec)}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
-        )
+        files += f" and {kind} weights {_weights_folder(spec)}diffusion_pytorch_model[.{spec.variant or 'fp16'}].safetensors"
     option = "--student-path" if spec.role == "student" else "--base-path"
     reason = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it could not be downloaded"
     # `hf download` fills the default cache: name the one we read from when it is another.

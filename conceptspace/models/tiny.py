@@ -368,3 +368,70 @@ def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> A
         pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+FLUX_DEV_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+"""FLUX.1-dev's ``FlowMatchEulerDiscreteScheduler`` config (resolution-dependent shift)."""
+FLUX_SCHNELL_SCHEDULER: dict[str, Any] = {**FLUX_DEV_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
+"""FLUX.1-schnell's: no shift."""
+
+
+def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = True) -> Any:
+    """A tiny ``FluxTransformer2DModel`` (one double and one single block) over the tiny VAE's 2×2-packed latents;
+    ``guidance_embeds`` as FLUX.1-dev (True) or schnell (False)."""
+    from diffusers import FluxTransformer2DModel
+
+    with _seeded(seed):
+        return FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4 * 4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=T5_HIDDEN,
+            pooled_projection_dim=TEXT_HIDDEN,
+            guidance_embeds=guidance_embeds,
+            axes_dims_rope=(4, 4, 8),
+        ).eval()
+
+
+def tiny_flux_components(seed: int = 0, *, schnell: bool = False) -> dict[str, Any]:
+    """The components of a tiny ``FluxPipeline`` shaped like FLUX.1-dev (or schnell: no guidance embedding, no
+    shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextModel
+
+    with _seeded(seed + 1000):
+        text_encoder = CLIPTextModel(_text_config()).eval()
+    return {
+        "transformer": tiny_flux_transformer(seed, guidance_embeds=not schnell),
+        "vae": tiny_flow_vae(seed + 2000),
+        "scheduler": FlowMatchEulerDiscreteScheduler(
+            **(FLUX_SCHNELL_SCHEDULER if schnell else FLUX_DEV_SCHEDULER)
+        ),
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": tiny_t5_encoder(seed + 3000),
+        "tokenizer_2": t5_tokenizer(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_flux_pipeline(seed: int = 0, *, schnell: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(**tiny_flux_components(seed, schnell=schnell))
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -8,13 +8,14 @@ returns the adapter. Adding a family is one module here plus an entry in :data:`
 from __future__ import annotations
 
 from conceptspace.models.families.base import Conditioning, Family
+from conceptspace.models.families.flux import Flux
 from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
 from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux())
 }
 
 
@@ -35,6 +36,7 @@ __all__ = [
     "FAMILIES",
     "Conditioning",
     "Family",
+    "Flux",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

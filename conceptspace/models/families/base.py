@@ -74,6 +74,8 @@ class Family(ABC):
     name: ClassVar[str]
     network_folder: ClassVar[str] = "unet"
     """The pipeline component and repo subfolder holding the denoising network."""
+    latent_multiple: ClassVar[int] = 1
+    """Latent height and width must be multiples of this (FLUX packs 2×2 latent patches into one token)."""
     shared_config_fields: ClassVar[tuple[str, ...]] = ()
     """Network config fields that decide the shapes of shared weights: two networks that agree on them take the
     same latents and LoRAs."""

@@ -58,18 +58,23 @@ def models(
     """
     from conceptspace.models.registry import REGISTRY, is_cached
 
+    specs = list(REGISTRY.values())
+    name_w = max(len("name"), *(len(spec.name) for spec in specs))
+    base_w = max(len("base"), *(len(spec.base or "-") for spec in specs))
     typer.echo(
-        f"{'name':<11} {'role':<8} {'base':<10} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} source"
+        f"{'name':<{name_w}} {'role':<8} {'base':<{base_w}} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} "
+        f"{'arch':<5} source"
     )
-    for spec in REGISTRY.values():
+    for spec in specs:
         if spec.storage == "random" or spec.local_dir:
             cached = "builtin" if spec.storage == "random" else "shipped"
         else:
             cached = "yes" if is_cached(spec, cache_dir) else "no"
         source = spec.repo_id + (f" [{spec.filename}]" if spec.filename else "")
         typer.echo(
-            f"{spec.name:<11} {spec.role:<8} {spec.base or '-':<10} {cached:<7} {spec.num_inference_steps:<6} "
-            f"{spec.guidance_scale:<5g} {spec.resolution:<5} {source}"
+            f"{spec.name:<{name_w}} {spec.role:<8} {spec.base or '-':<{base_w}} {cached:<7} "
+            f"{spec.num_inference_steps:<6} {spec.guidance_scale:<5g} {spec.resolution:<5} "
+            f"{spec.architecture_name:<5} {source}"
         )
 
 

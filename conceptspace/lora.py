@@ -75,7 +75,33 @@ _UNSUPPORTED = {  # key pattern -> the variant it marks (LyCORIS names as in its
     re.compile(r"\.[ab][12]\.weight$"): "LyCORIS GLoRA",
     re.compile(r"\.diff(_b)?$"): "LyCORIS full (weight differences, not low-rank factors)",
 }
-_KOHYA_KEY = re.compile(r"^(lora_unet_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_KEY = re.compile(
+    r"^(lora_(?:unet|transformer)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+KOHYA_PREFIXES = (KOHYA_PREFIX, "lora_transformer_")
+"""Kohya module-name prefixes: ``lora_unet_`` (UNets, and FLUX LoRAs in Black Forest Labs' own module names),
+``lora_transformer_`` (transformer LoRAs in diffusers' module names)."""
+# FLUX LoRAs from kohya's sd-scripts name modules as Black Forest Labs' reference code does. Each name maps to one
+# diffusers module, or to several when BFL fuses projections that diffusers keeps apart (q/k/v; single blocks'
+# q/k/v + MLP input): the LoRA's down factor is then shared and its up factor split by the modules' widths.
+_BFL_FLUX = [
+    (re.compile(r"^double_blocks_(\d+)_img_attn_qkv$"), ("attn.to_q", "attn.to_k", "attn.to_v")),
+    (
+        re.compile(r"^double_blocks_(\d+)_txt_attn_qkv$"),
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    ),
+    (re.compile(r"^double_blocks_(\d+)_img_attn_proj$"), ("attn.to_out.0",)),
+    (re.compile(r"^double_blocks_(\d+)_txt_attn_proj$"), ("attn.to_add_out",)),
+    (re.compile(r"^double_blocks_(\d+)_img_mlp_0$"), ("ff.net.0.proj",)),
+    (re.compile(r"^double_blocks_(\d+)_img_mlp_2$"), ("ff.net.2",)),
+    (re.compile(r"^double_blocks_(\d+)_txt_mlp_0$"), ("ff_context.net.0.proj",)),
+    (re.compile(r"^double_blocks_(\d+)_txt_mlp_2$"), ("ff_context.net.2",)),
+    (re.compile(r"^double_blocks_(\d+)_img_mod_lin$"), ("norm1.linear",)),
+    (re.compile(r"^double_blocks_(\d+)_txt_mod_lin$"), ("norm1_context.linear",)),
+    (re.compile(r"^single_blocks_(\d+)_linear1$"), ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+    (re.compile(r"^single_blocks_(\d+)_linear2$"), ("proj_out",)),
+    (re.compile(r"^single_blocks_(\d+)_modulation_lin$"), ("norm.linear",)),
+]
 _PEFT_KEY = re.compile(r"^(.+)\.(lora_A|lora_B)(?:\.[A-Za-z0-9_\-]+)?\.weight$")
 _DIFFUSERS_KEY = re.compile(r"^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")
 _ALPHA_KEY = re.compile(r"^(.+)\.alpha$")
@@ -147,6 +173,8 @@ class LoRA:
     format: str | None = None
     header: dict[str, str] = field(default_factory=dict)
     unexpected: tuple[str, ...] = ()
+    network: str = "unet"
+    """The pipeline component the LoRA is for (``unet`` or ``transformer``): the key prefix of diffusers files."""
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -177,7 +205,7 @@ class LoRA:
     @property
     def unresolved(self) -> list[str]:
         """Kohya names not yet mapped to diffusers module paths (see :meth:`resolve`)."""
-        return [name for name in self.modules if name.startswith(KOHYA_PREFIX)]
+        return [name for name in self.modules if name.startswith(KOHYA_PREFIXES)]
 
     def to(self, dtype: torch.dtype) -> LoRA:
         """A copy with every factor in ``dtype`` (alphas are kept exactly)."""
@@ -185,19 +213,21 @@ class LoRA:
         return replace(self, modules=modules)
 
     def resolve(self, unet: nn.Module) -> LoRA:
-        """A copy with kohya names mapped to ``unet``'s module paths (names it lacks are kept as they are)."""
+        """A copy with kohya names mapped to ``unet``'s module paths (names it lacks are kept as they are); FLUX's
+        fused Black Forest Labs names become one entry per diffusers module (see :data:`_BFL_FLUX`)."""
         table = _kohya_table(unet)
         modules: dict[str, LoRAWeights] = {}
         origin: dict[str, str] = {}
         for name, weights in self.modules.items():
-            path = table.get(name, name)
-            if path in modules:
-                raise LoRAFormatError(
-                    f"{self.name}: {origin[path]!r} and {name!r} both name UNet module {path!r}; the file mixes "
-                    "two naming schemes or two LoRAs: keep one of them"
-                )
-            modules[path], origin[path] = weights, name
-        return replace(self, modules=modules)
+            parts = _split_bfl_flux(name, weights, unet) if name not in table else None
+            for path, part in (parts or {table.get(name, name): weights}).items():
+                if path in modules:
+                    raise LoRAFormatError(
+                        f"{self.name}: {origin[path]!r} and {name!r} both name module {path!r}; the file mixes "
+                        "two naming schemes or two LoRAs: keep one of them"
+                    )
+                modules[path], origin[path] = part, name
+        return replace(self, modules=modules, network=network_name(unet))
 
 
 @dataclass(frozen=True)
@@ -368,6 +398,7 @@ def _parse(
     unexpected: list[str] = []
     unknown: list[str] = []
     formats: set[str] = set()
+    networks: set[str] = set()
     for key, value in tensors.items():
         for marker, variant in _UNSUPPORTED.items():
             if marker.search(key):
@@ -382,10 +413,14 @@ def _parse(
             continue
         if match := _KOHYA_KEY.match(key):
             name, part = match.groups()
+            if name.startswith("lora_transformer_"):
+                networks.add("transformer")
             {"lora_down.weight": downs, "lora_up.weight": ups, "alpha": alphas}[part][name] = value
             formats.add("kohya")
             continue
         stripped, kind = _strip_prefix(key)
+        if key.startswith("transformer."):
+            networks.add("transformer")
         stripped = _normalise_diffusers_path(stripped)
         if match := _PEFT_KEY.match(stripped):
             name, part = match.groups()
@@ -474,13 +509,16 @@ def _parse(
         format=fmt,
         header=dict(header),
         unexpected=tuple(unexpected),
+        network=networks.pop() if networks else "unet",
     )
 
 
 def _strip_prefix(key: str) -> tuple[str, str]:
-    """Drop a diffusers (``unet.``) or peft (``base_model.model.``) prefix; say which format it implies."""
-    if key.startswith("unet."):
-        return key[len("unet.") :], "diffusers"
+    """Drop a diffusers (``unet.``, ``transformer.``) or peft (``base_model.model.``) prefix; say which format it
+    implies."""
+    for network in ("unet.", "transformer."):
+        if key.startswith(network):
+            return key[len(network) :], "diffusers"
     if key.startswith("base_model.model."):
         return key[len("base_model.model.") :], "peft"
     return key, "peft"
@@ -539,8 +577,11 @@ def _config_alpha(
     if config is None and DIFFUSERS_HEADER_KEY in header:
         with contextlib.suppress(ValueError):
             raw = json.loads(header[DIFFUSERS_HEADER_KEY])
-            unet_keys = {k[len("unet.") :]: v for k, v in raw.items() if k.startswith("unet.")}
-            config = unet_keys or raw
+            # the network's entry (unet. or transformer. prefixed keys), else the whole object
+            network_keys = {
+                k.split(".", 1)[1]: v for k, v in raw.items() if k.startswith(("unet.", "transformer."))
+            }
+            config = network_keys or raw
     if not config:
         return lambda name, rank: float(rank)  # diffusers/peft convention without alpha: scale 1
     lora_alpha = float(config.get("lora_alpha", 8))  # peft's default
@@ -562,7 +603,9 @@ def _config_alpha(
 @functools.lru_cache(maxsize=4096)
 def _parse_kohya_name(name: str) -> str | None:
     """The diffusers module path of a kohya name in diffusers naming, when exactly one split into UNet attribute
-    names exists; None otherwise (SD naming, unknown modules), to be resolved against a UNet."""
+    names exists; None otherwise (SD naming, unknown modules, other prefixes), to be resolved against a UNet."""
+    if not name.startswith(KOHYA_PREFIX):
+        return None
     tokens = name[len(KOHYA_PREFIX) :].split("_")
 
     @functools.cache
@@ -580,6 +623,33 @@ def _parse_kohya_name(name: str) -> str | None:
     return ".".join(options[0]) if len(options) == 1 else None
 
 
+def network_name(network: nn.Module) -> str:
+    """``"transformer"`` for diffusers' transformer denoisers (SD3, FLUX …), ``"unet"`` otherwise: the pipeline
+    component, and the key prefix of diffusers LoRA files."""
+    return "transformer" if "Transformer" in type(network).__name__ else "unet"
+
+
+def _split_bfl_flux(name: str, weights: LoRAWeights, network: nn.Module) -> dict[str, LoRAWeights] | None:
+    """A kohya FLUX name in Black Forest Labs' naming as diffusers modules of ``network`` (None if it is not one,
+    or ``network`` lacks the modules). A fused projection's up factor is split by the modules' output widths."""
+    if not name.startswith(KOHYA_PREFIX):
+        return None
+    stem = name[len(KOHYA_PREFIX) :]
+    for pattern, targets in _BFL_FLUX:
+        if match := pattern.match(stem):
+            block = "transformer_blocks" if stem.startswith("double_") else "single_transformer_blocks"
+            paths = [f"{block}.{match.group(1)}.{target}" for target in targets]
+            found = dict(network.named_modules())
+            if not all(isinstance(found.get(path), nn.Linear) for path in paths):
+                return None
+            widths = [found[path].out_features for path in paths]
+            if sum(widths) != weights.up.shape[0]:
+                return None  # another layout: left unresolved, reported as missing
+            ups = torch.split(weights.up, widths, dim=0)
+            return {path: replace(weights, up=up.contiguous()) for path, up in zip(paths, ups, strict=True)}
+    return None
+
+
 def _kohya_table(unet: nn.Module) -> dict[str, str]:
     """Kohya names → module paths of ``unet``, in diffusers naming and in the original SD (LDM) naming."""
     ldm = _ldm_prefixes(unet)
@@ -587,7 +657,8 @@ def _kohya_table(unet: nn.Module) -> dict[str, str]:
     for path, _ in unet.named_modules():
         if not path:
             continue
-        table[KOHYA_PREFIX + path.replace(".", "_")] = path
+        for prefix in KOHYA_PREFIXES:
+            table[prefix + path.replace(".", "_")] = path
         ldm_path = _ldm_path(path, ldm)
         if ldm_path is not None:
             table.setdefault(KOHYA_PREFIX + ldm_path.replace(".", "_"), path)
@@ -697,9 +768,16 @@ def write_lora(
         )
     if not lora.modules:
         raise ValueError(f"{lora.name} has no modules to write")
+    if format == "kohya" and lora.network != "unet":
+        raise ValueError(
+            f"{lora.name} is a {lora.network} LoRA; kohya files name UNet modules (and FLUX's in Black Forest Labs' "
+            "fused naming): write format='diffusers' (transformer.<module>.lora_A/lora_B), which diffusers loads"
+        )
 
     ranks, alphas = lora.ranks, lora.alphas
-    kohya_alpha = float(max(ranks.values()))  # = the rank when ranks agree: scale 1, whatever a loader assumes
+    kohya_alpha = float(
+        max(ranks.values())
+    )  # = the rank when ranks agree: scale 1, whatever a loader assumes
     if format == "kohya":
         alphas = dict.fromkeys(ranks, kohya_alpha)  # each module's own alpha is folded into its up (below)
     info = {
@@ -720,9 +798,10 @@ def write_lora(
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
         if format != "kohya":
-            prefix = "unet." if format == "diffusers" else "base_model.model."
-            tensors[f"{prefix}{name}.lora_A.weight"] = down.contiguous()
-            tensors[f"{prefix}{name}.lora_B.weight"] = up.contiguous()
+            prefix = f"{lora.network}." if format == "diffusers" else "base_model.model."
+            # copies: split FLUX projections share one down factor, and safetensors refuses shared storage
+            tensors[f"{prefix}{name}.lora_A.weight"] = down.clone(memory_format=torch.contiguous_format)
+            tensors[f"{prefix}{name}.lora_B.weight"] = up.clone(memory_format=torch.contiguous_format)
         else:
             # one alpha for every module, each module's own alpha folded into its up factor: diffusers' kohya
             # converter drops the alphas of attention projections (it names them so that they match no module)
@@ -734,7 +813,7 @@ def write_lora(
             tensors[f"{key}.lora_up.weight"] = folded.contiguous()
             tensors[f"{key}.alpha"] = torch.tensor(kohya_alpha, dtype=torch.float32)
     if format == "diffusers":
-        config = {f"unet.{k}": v for k, v in _peft_config(ranks, alphas, anchor="^").items()}
+        config = {f"{lora.network}.{k}": v for k, v in _peft_config(ranks, alphas, anchor="^").items()}
         header[DIFFUSERS_HEADER_KEY] = json.dumps(config, sort_keys=True)
     elif format == "kohya":
         # the header kohya's own scripts write, read by A1111/ComfyUI front ends
@@ -1020,6 +1099,10 @@ def _lora_hook(
     return hook
 
 
+_TIMESTEP_SCALE = {"FluxTransformer2DModel": 1000.0}
+"""Networks whose timestep input is the scheduler's timestep divided by this."""
+
+
 def _timestep_hook(handle: LoRAHandle) -> Any:
     def hook(_unet: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # only a window needs the timestep: reading a GPU tensor would wait for the device
@@ -1027,7 +1110,8 @@ def _timestep_hook(handle: LoRAHandle) -> Any:
             return
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if t is not None:
-            handle.set_timestep(t)
+            # FluxPipeline passes t / 1000; windows are in the scheduler's timesteps (σ·1000)
+            handle.set_timestep(t * _TIMESTEP_SCALE.get(type(_unet).__name__, 1.0))
 
     return hook
 
@@ -1120,7 +1204,9 @@ def family_unet(family: str) -> nn.Module | None:
             return _cached_random_network(spec.architecture_name, spec.seed)
         if spec.local_dir:
             network_folder = family_of(spec).network_folder
-            folder = Path(spec.local_dir) / (network_folder if spec.storage == "pipeline" else (spec.subfolder or ""))
+            folder = Path(spec.local_dir) / (
+                network_folder if spec.storage == "pipeline" else (spec.subfolder or "")
+            )
             if (folder / "config.json").is_file():
                 return _meta_unet((folder / "config.json").read_text(encoding="utf-8"))
         if family in FAMILY_UNET_CONFIGS:

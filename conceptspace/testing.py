@@ -181,7 +181,7 @@ def random_lora(
     """A LoRA with random factors (both nonzero, unlike a freshly initialised one) on ``targets`` of ``unet``:
     module i gets rank ``ranks[i % len(ranks)]`` and alpha ``alphas[i % len(alphas)]`` (default: its rank, so
     scale 1 adds up·down), factors drawn from a normal distribution times ``size``. Linear and conv layers."""
-    from conceptspace.lora import LoRA, LoRAWeights
+    from conceptspace.lora import LoRA, LoRAWeights, network_name
 
     generator = torch.Generator().manual_seed(seed)
     modules = dict(unet.named_modules())
@@ -196,4 +196,4 @@ def random_lora(
             up = torch.randn(module.out_features, rank, generator=generator)
         alpha = float(rank) if alphas is None else float(alphas[i % len(alphas)])
         weights[name] = LoRAWeights(down=down * size, up=up * size, alpha=alpha)
-    return LoRA(weights)
+    return LoRA(weights, network=network_name(unet))

@@ -196,13 +196,13 @@ def test_a_base_lora_applies_to_a_student_and_to_the_testbed_unet():
 
     # the testbed's proj_in is a 1x1 Conv2d: a linear (2-D) LoRA for it is applied as a 1x1 convolution
     testbed = UNet2DConditionModel.from_pretrained(Path(REGISTRY["shapes"].local_dir) / "unet").eval()
-    name = "down_blocks.1.attentions.0.proj_in"
+    name = "down_blocks.2.attentions.0.proj_in"
     conv = dict(testbed.named_modules())[name]
     g = torch.Generator().manual_seed(8)
     linear = LoRA(
         {name: LoRAWeights(torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g), alpha=1.0)}
     )
-    x = (torch.randn(1, 4, 8, 8, generator=g), torch.tensor(400), torch.randn(1, 3, 64, generator=g))
+    x = (torch.randn(1, 4, 32, 32, generator=g), torch.tensor(400), torch.randn(1, 3, 64, generator=g))
     with apply_lora(testbed, linear, scale=0.5), torch.no_grad():
         out = testbed(*x).sample
     merged = copy.deepcopy(testbed)
@@ -594,7 +594,7 @@ def test_a_lora_for_another_architecture_is_refused_with_the_reason(tmp_path):
     testbed = family_unet("testbed")
     report = coverage(testbed, read_lora(path))
     assert not report.matched and len(report.missing) == 2 and len(report.mismatched) == 1
-    assert "(640, 640)" in str(report) and "(64, 64)" in str(report)
+    assert "(1280, 1280)" in str(report) and "(64, 64)" in str(report)  # down_blocks.2 (block 1: none here)
     with pytest.raises(LoRAMismatchError, match=r"does not fit this UNet at all.*inspect_lora"):
         apply_lora(testbed, path)
     info = inspect_lora(path)

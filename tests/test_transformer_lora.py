@@ -1,0 +1,168 @@
+"""LoRAs on flow-matching transformers (SD3, FLUX.1): the formats found in the wild read, applied with scale and
+timestep window, written back, and loaded by diffusers' ``load_lora_weights`` with the same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conceptspace.lora import LoRAWeights, apply_lora, coverage, read_lora, write_lora
+from conceptspace.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+from conceptspace.testing import random_lora
+
+SD3_TARGETS = [
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_k",
+    "transformer_blocks.0.attn.to_v",
+    "transformer_blocks.0.attn.to_out.0",
+    "transformer_blocks.0.attn.add_k_proj",
+]
+FLUX_TARGETS = [
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_v",
+    "transformer_blocks.0.attn.add_q_proj",
+    "transformer_blocks.0.ff.net.2",
+    "single_transformer_blocks.0.attn.to_k",
+    "single_transformer_blocks.0.proj_out",
+]
+
+
+def _inputs(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if family == "sd3":
+        return {
+            "hidden_states": torch.randn(2, 4, 16, 16, generator=g),
+            "timestep": torch.tensor([500.0, 500.0]),
+            "encoder_hidden_states": torch.randn(2, 7, 64, generator=g),
+            "pooled_projections": torch.randn(2, 64, generator=g),
+        }
+    return {
+        "hidden_states": torch.randn(2, 64, 16, generator=g),
+        "timestep": torch.tensor([0.5, 0.5]),
+        "guidance": torch.tensor([3.5, 3.5]),
+        "encoder_hidden_states": torch.randn(2, 7, 64, generator=g),
+        "pooled_projections": torch.randn(2, 32, generator=g),
+        "txt_ids": torch.zeros(7, 3),
+        "img_ids": torch.zeros(64, 3),
+    }
+
+
+def _run(network, family: str, **changes) -> torch.Tensor:
+    with torch.no_grad():
+        return network(**{**_inputs(family), **changes}, return_dict=False)[0]
+
+
+def _pipeline(family: str):
+    return tiny_sd3_pipeline(0) if family == "sd3" else tiny_flux_pipeline(0)
+
+
+@pytest.mark.parametrize(("family", "targets"), [("sd3", SD3_TARGETS), ("flux", FLUX_TARGETS)])
+def test_diffusers_transformer_lora_round_trips_and_loads_in_diffusers_alike(tmp_path, family, targets):
+    ours = _pipeline(family).transformer
+    lora = random_lora(ours, targets, seed=3, ranks=(2, 4), alphas=(1.0, 8.0), size=0.3)
+    assert lora.network == "transformer" and coverage(ours, lora).complete
+    path = write_lora(lora, tmp_path / "t.safetensors")
+    read = read_lora(path)
+    assert read.network == "transformer" and set(read.modules) == set(targets)
+    assert all(key.startswith("transformer.") for key in _keys(path))
+    for name, weights in lora.modules.items():
+        torch.testing.assert_close(read.modules[name].delta(), weights.delta(), rtol=1e-6, atol=1e-7)
+
+    base = _run(ours, family)
+    with apply_lora(ours, read, scale=0.7):
+        applied = _run(ours, family)
+    assert (applied - base).abs().max() > 1e-3  # the LoRA does something
+    torch.testing.assert_close(_run(ours, family), base, rtol=0, atol=0)  # and is gone after
+
+    pipe = _pipeline(family)
+    pipe.load_lora_weights(str(path), adapter_name="ours")
+    pipe.set_adapters(["ours"], adapter_weights=[0.7])
+    torch.testing.assert_close(_run(pipe.transformer, family), applied, rtol=1e-4, atol=1e-4)
+
+
+def _keys(path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return list(handle.keys())
+
+
+def _fused_kohya_file(tmp_path, parts: dict[str, list[LoRAWeights]], alpha: float):
+    """A kohya FLUX file in Black Forest Labs' names: for each fused name, the parts' up factors stacked over one
+    shared down factor."""
+    tensors = {}
+    for name, weights in parts.items():
+        tensors[f"lora_unet_{name}.lora_down.weight"] = weights[0].down.contiguous()
+        tensors[f"lora_unet_{name}.lora_up.weight"] = torch.cat([w.up for w in weights]).contiguous()
+        tensors[f"lora_unet_{name}.alpha"] = torch.tensor(alpha)
+    path = tmp_path / "kohya-flux.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def test_kohya_flux_lora_in_bfl_names_splits_fused_projections_exactly(tmp_path):
+    pipe = tiny_flux_pipeline(0)
+    network = pipe.transformer
+    g = torch.Generator().manual_seed(7)
+    modules = dict(network.named_modules())
+
+    def shared(paths, rank=4):
+        down = torch.randn(rank, modules[paths[0]].in_features, generator=g) * 0.3
+        return [
+            LoRAWeights(
+                down=down, up=torch.randn(modules[p].out_features, rank, generator=g) * 0.3, alpha=2.0
+            )
+            for p in paths
+        ]
+
+    qkv = [
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.to_k",
+        "transformer_blocks.0.attn.to_v",
+    ]
+    txt = [f"transformer_blocks.0.attn.add_{x}_proj" for x in "qkv"]
+    single = [f"single_transformer_blocks.0.attn.to_{x}" for x in "qkv"] + [
+        "single_transformer_blocks.0.proj_mlp"
+    ]
+    parts = {
+        "double_blocks_0_img_attn_qkv": shared(qkv),
+        "double_blocks_0_txt_attn_qkv": shared(txt),
+        "double_blocks_0_img_attn_proj": shared(["transformer_blocks.0.attn.to_out.0"]),
+        "single_blocks_0_linear1": shared(single),
+    }
+    path = _fused_kohya_file(tmp_path, parts, alpha=2.0)
+    lora = read_lora(path, unet=network)
+    expected = dict(zip(qkv + txt + ["transformer_blocks.0.attn.to_out.0"] + single,
+                        [w for ws in parts.values() for w in ws], strict=True))  # fmt: skip
+    assert set(lora.modules) == set(expected) and not lora.unresolved
+    for name, weights in expected.items():
+        torch.testing.assert_close(lora.modules[name].delta(), weights.delta(), rtol=0, atol=1e-6)
+
+    # diffusers' own kohya-FLUX converter hard-codes FLUX.1's widths for single blocks (3072/12288), so the
+    # comparison with diffusers runs on the double blocks
+    double = {k: v for k, v in parts.items() if k.startswith("double")}
+    double_path = _fused_kohya_file(tmp_path, double, alpha=2.0)
+    with apply_lora(network, read_lora(double_path, unet=network)):
+        applied = _run(network, "flux")
+    reference = tiny_flux_pipeline(0)
+    reference.load_lora_weights(str(double_path), adapter_name="kohya")
+    torch.testing.assert_close(_run(reference.transformer, "flux"), applied, rtol=1e-4, atol=1e-4)
+
+    # a transformer LoRA is written back as a diffusers file (kohya names UNet modules)
+    with pytest.raises(ValueError, match="format='diffusers'"):
+        write_lora(lora, tmp_path / "back.safetensors", format="kohya")
+    back = read_lora(write_lora(lora, tmp_path / "back.safetensors"))
+    assert back.network == "transformer" and set(back.modules) == set(expected)
+
+
+def test_timestep_window_reads_fluxs_scaled_timestep():
+    network = tiny_flux_pipeline(0).transformer
+    lora = random_lora(network, FLUX_TARGETS, seed=1, size=0.3)
+    with apply_lora(network, lora, t_start=800):  # off while t > 800: FLUX gets t / 1000
+        early = _run(network, "flux", timestep=torch.tensor([1.0, 1.0]))  # t = 1000
+        late = _run(network, "flux", timestep=torch.tensor([0.5, 0.5]))  # t = 500
+    torch.testing.assert_close(
+        early, _run(network, "flux", timestep=torch.tensor([1.0, 1.0])), rtol=0, atol=0
+    )
+    assert (late - _run(network, "flux", timestep=torch.tensor([0.5, 0.5]))).abs().max() > 1e-3

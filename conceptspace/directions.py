@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from conceptspace import schedules
 from conceptspace.generate import image_name
 from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.lora import apply_lora, read_lora, write_lora
@@ -44,7 +45,6 @@ from conceptspace.sampling import (
     Denoiser,
     Distilled,
     Regime,
-    convert_prediction,
     encode_text,
     make_denoiser,
     regime_from_name,
@@ -358,14 +358,14 @@ def train_direction_sliders(
     size = latents.shape[-1] * pair.pipeline.vae_scale_factor
     with torch.no_grad():
         cond = encode_text(pair, prompt, negative_prompt=None, cfg=denoiser.uses_cfg, height=size, width=size)
-    alphas = pair.make_scheduler(role).alphas_cumprod
+    scheduler = pair.make_scheduler(role)
 
     slider_dir = run_dir / SLIDER_DIR
     written = []
     for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False):
         direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
         lora, losses = _train_one(
-            pair, denoiser.unet, denoiser, cond, latents, timesteps, alphas, direction, embedder,
+            pair, denoiser.unet, denoiser, cond, latents, timesteps, scheduler, direction, embedder,
             steps=steps, lr=lr, rank=rank, layers=layers, batch_size=batch_size, seed=seed + k, name=str(k),
             progress=progress,
         )  # fmt: skip
@@ -434,7 +434,7 @@ def _train_one(
     cond: Conditioning,
     latents: torch.Tensor,
     timesteps: Sequence[int],
-    alphas: torch.Tensor,
+    scheduler: Any,
     direction: torch.Tensor,
     embedder: Any,
     *,
@@ -464,11 +464,9 @@ def _train_one(
     batch_cond = cond.repeat(batch_size)
     losses: list[float] = []
 
-    def embedded_x0(model_input: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    def embedded_x0(model_input: torch.Tensor, t: torch.Tensor, level: schedules.NoiseLevel) -> torch.Tensor:
         output = denoiser(model_input, t, batch_cond)
-        x0 = convert_prediction(
-            output.float(), model_input.float(), alpha_bar, denoiser.prediction_type, "sample"
-        )
+        x0, _ = schedules.split(output.float(), denoiser.prediction_type, model_input.float(), level)
         pixels = vae.decode(vae_input(vae, x0.to(vae.dtype)), return_dict=False)[0]
         return embedder.embed_pixels(((pixels.float() + 1) / 2).clamp(0, 1))
 
@@ -478,15 +476,17 @@ def _train_one(
             index = torch.tensor([picker.randrange(len(latents)) for _ in range(batch_size)])
             x0 = latents[index].to(pair.device, torch.float32)
             t = int(picker.choice(list(timesteps)))
-            alpha_bar = alphas[t].to(pair.device, torch.float32)
+            level = schedules.noise_level_at(scheduler, t).to(x0)
             noise = torch.randn(x0.shape, generator=generator).to(pair.device)
-            # the UNet's input is the variance-preserving sample whatever the scheduler's own latent space
-            model_input = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).to(pair.dtype)
-            timestep = torch.tensor(t, device=pair.device)
+            # the network's input at t: the variance-preserving sample (VP), (1 − σ)·x0 + σ·ε (flow matching)
+            model_input = (level.alpha * x0 + level.sigma * noise).to(pair.dtype)
+            timestep = torch.tensor(
+                t, device=pair.device, dtype=torch.float32 if schedules.is_flow(scheduler) else None
+            )
             with torch.no_grad(), slider.at(0.0):
-                reference = embedded_x0(model_input, timestep, alpha_bar)
+                reference = embedded_x0(model_input, timestep, level)
             with slider.at(1.0):
-                moved = embedded_x0(model_input, timestep, alpha_bar)
+                moved = embedded_x0(model_input, timestep, level)
             loss = -F.cosine_similarity(moved - reference, direction.expand_as(moved), dim=-1).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

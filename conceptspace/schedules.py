@@ -31,6 +31,7 @@ __all__ = [
     "latent_scale",
     "model_input",
     "noise_level",
+    "noise_level_at",
     "parametrisation",
     "split",
 ]
@@ -85,6 +86,14 @@ def noise_level(scheduler: Any, index: int) -> NoiseLevel:
         return NoiseLevel.flow(scheduler.sigmas[index].float())
     t = int(scheduler.timesteps[index])
     return NoiseLevel.vp(scheduler.alphas_cumprod[t].float())
+
+
+def noise_level_at(scheduler: Any, t: float) -> NoiseLevel:
+    """The noise level of the network input at training timestep ``t`` (any timestep, not only the scheduler's
+    current ones): ``ᾱ_t`` for VP schedulers, ``σ = t / num_train_timesteps`` for flow matching."""
+    if is_flow(scheduler):
+        return NoiseLevel.flow(torch.tensor(float(t) / scheduler.config.num_train_timesteps))
+    return NoiseLevel.vp(scheduler.alphas_cumprod[int(round(float(t)))].float())
 
 
 def latent_scale(scheduler: Any, index: int) -> torch.Tensor:

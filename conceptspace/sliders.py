@@ -31,14 +31,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from conceptspace.lora import LoRA, LoRAWeights, apply_lora, write_lora
+from conceptspace import schedules
+from conceptspace.lora import LoRA, LoRAWeights, apply_lora, network_name, write_lora
 from conceptspace.models import ModelPair, load_pair
-from conceptspace.sampling import Conditioning, encode_text, make_denoiser
+from conceptspace.sampling import Conditioning, encode_text, latent_size, make_denoiser
 
 Layers = Literal["self-attention", "cross-attention", "all"]
 LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "cross-attention-kv", "all")
 _ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 _FF = ("ff.net.0.proj", "ff.net.2")
+# Joint-attention transformers (SD3's MMDiT, FLUX) have one attention per block over image and text tokens: the
+# image stream's projections stand in for self-attention, the text stream's (add_*_proj) for cross-attention.
+_JOINT_SUFFIXES = {
+    "self-attention": [f".attn.{p}" for p in _ATTN_PROJECTIONS],
+    "cross-attention": [".attn.add_q_proj", ".attn.add_k_proj", ".attn.add_v_proj", ".attn.to_add_out"],
+    "cross-attention-kv": [".attn.add_k_proj", ".attn.add_v_proj"],
+}
 
 
 class RecipeError(ValueError):
@@ -187,12 +195,20 @@ def load_recipe(path: str | os.PathLike) -> SliderRecipe:
 
 # ----------------------------------------------------------------------------------------------------- layers
 def target_modules(unet: nn.Module, layers: str) -> list[str]:
-    """The UNet's linear layers a slider on ``layers`` trains, as diffusers module paths: ``self-attention``
+    """The network's linear layers a slider on ``layers`` trains, as diffusers module paths: ``self-attention``
     (attn1 q/k/v/out), ``cross-attention`` (attn2 q/k/v/out), ``cross-attention-kv`` (attn2 to_k/to_v only, what
-    SliderSpace trains) or ``all`` (both attentions and the feed-forward layers)."""
+    SliderSpace trains) or ``all`` (both attentions and the feed-forward layers). On joint-attention transformers
+    (SD3, FLUX) the image stream's projections (``attn.to_q/k/v/out``) are the self-attention and the text
+    stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention; ``all`` adds both feed-forwards."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
-    if layers == "cross-attention-kv":
+    if network_name(unet) == "transformer":
+        if layers == "all":
+            suffixes = _JOINT_SUFFIXES["self-attention"] + _JOINT_SUFFIXES["cross-attention"]
+            suffixes += [f".{s}" for s in _FF] + [f".ff_context.{s[3:]}" for s in _FF]
+        else:
+            suffixes = _JOINT_SUFFIXES[layers]
+    elif layers == "cross-attention-kv":
         suffixes = [".attn2.to_k", ".attn2.to_v"]
     else:
         attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}[
@@ -207,7 +223,7 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
         if isinstance(module, nn.Linear) and any(name.endswith(s) for s in suffixes)
     ]
     if not names:
-        raise ValueError(f"the UNet has no {layers} layers to train a slider on")
+        raise ValueError(f"the {network_name(unet)} has no {layers} layers to train a slider on")
     return names
 
 
@@ -233,7 +249,7 @@ class TrainableLoRA:
             down = nn.Parameter(down.to(device))
             up = nn.Parameter(torch.zeros(layer.out_features, rank, device=device))
             weights[name] = LoRAWeights(down=down, up=up, alpha=self.alpha)
-        self.lora = LoRA(modules=weights)
+        self.lora = LoRA(modules=weights, network=network_name(unet))
         self.handle = apply_lora(unet, self.lora, scale=0.0, track_timestep=False)
 
     def parameters(self) -> list[nn.Parameter]:
@@ -259,7 +275,7 @@ class TrainableLoRA:
             )
             for name, w in self.lora.modules.items()
         }
-        return LoRA(modules=modules, metadata=metadata)
+        return LoRA(modules=modules, metadata=metadata, network=self.lora.network)
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -318,16 +334,18 @@ def train_slider(
     unet = pair.base_unet
     spec = pair.base
     size = recipe.resolution or spec.resolution
-    factor = pair.pipeline.vae_scale_factor
-    if size % factor:
-        raise ValueError(f"resolution must be a multiple of {factor} for {spec.name}, got {size}")
+    try:
+        latent, _ = latent_size(pair, size, size)
+    except ValueError as error:
+        raise ValueError(f"resolution {size} does not fit {spec.name}: {error}") from None
     guidance = spec.guidance_scale if recipe.guidance_scale is None else recipe.guidance_scale
     sampling_steps = recipe.sampling_steps or spec.num_inference_steps or 50
 
     rng = random.Random(recipe.seed)
     generator = torch.Generator("cpu").manual_seed(recipe.seed)
     scheduler = pair.make_scheduler("base")
-    scheduler.set_timesteps(sampling_steps, device=pair.device)
+    extra = pair.family.timestep_kwargs(scheduler, unet, sampling_steps, (latent, latent))
+    scheduler.set_timesteps(sampling_steps, device=pair.device, **extra)
     timesteps = scheduler.timesteps
     low, high = recipe.t_range
     stops = [i for i, t in enumerate(timesteps.tolist()) if low <= t < high]
@@ -348,8 +366,7 @@ def train_slider(
     unet.requires_grad_(False)  # only the slider's factors train
     slider = TrainableLoRA(unet, target_modules(unet, recipe.layers), recipe.rank, recipe.alpha, generator)
     optimiser = torch.optim.AdamW(slider.parameters(), lr=recipe.lr)
-    latent = size // factor
-    channels = unet.config.in_channels
+    channels = pair.family.latent_channels(unet)
     history: list[float] = []
     started = time.perf_counter()
     try:
@@ -357,7 +374,7 @@ def train_slider(
         for _ in bar:
             stop = rng.choice(stops)
             noise = torch.randn(n, channels, latent, latent, generator=generator)
-            latents = noise.to(pair.device, pair.dtype) * scheduler.init_noise_sigma
+            latents = noise.to(pair.device, pair.dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
             scheduler._step_index = None  # restart the sampler's step counter (Euler keeps one)
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)
@@ -365,12 +382,12 @@ def train_slider(
                 # partial sampling with the slider on, as the reference code does
                 for index in range(stop):
                     t = timesteps[index]
-                    output = sampler(scheduler.scale_model_input(latents, t), t, target)
+                    output = sampler(schedules.model_input(scheduler, latents, t), t, target)
                     latents = scheduler.step(output, t, latents).prev_sample
             t = timesteps[stop]
             if hasattr(scheduler, "_step_index"):
                 scheduler._step_index = stop  # scale_model_input reads the step index on the Euler family
-            model_input = scheduler.scale_model_input(latents, t)
+            model_input = schedules.model_input(scheduler, latents, t)
             with torch.no_grad():
                 e_neutral = single(model_input, t, neutral)
                 e_direction = single(model_input, t, positive) - single(model_input, t, negative)

@@ -140,7 +140,7 @@ def test_slider_moves_epsilon_along_the_concept_direction(shapes_pair, tmp_path:
         ).inputs["encoder_hidden_states"]
 
     g = torch.Generator().manual_seed(123)
-    x = torch.randn(8, unet.config.in_channels, 8, 8, generator=g)
+    x = torch.randn(8, unet.config.in_channels, 32, 32, generator=g)  # the testbed's 32×32×4 latents
     cosines = []
     with torch.no_grad():
         for t in (800, 500, 200):

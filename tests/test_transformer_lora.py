@@ -166,3 +166,82 @@ def test_timestep_window_reads_fluxs_scaled_timestep():
         early, _run(network, "flux", timestep=torch.tensor([1.0, 1.0])), rtol=0, atol=0
     )
     assert (late - _run(network, "flux", timestep=torch.tensor([0.5, 0.5]))).abs().max() > 1e-3
+
+
+def test_a_concept_slider_trains_on_a_transformer_and_fits_its_student(tmp_path):
+    import dataclasses
+
+    from conceptspace.models import load_pair
+    from conceptspace.sliders import load_recipe, target_modules, train_slider
+
+    pair = load_pair("tiny-flux", "tiny-schnell", device="cpu")
+    image_stream = target_modules(pair.base_unet, "self-attention")
+    text_stream = target_modules(pair.base_unet, "cross-attention-kv")
+    assert image_stream and all(".attn.to_" in name for name in image_stream)
+    assert text_stream == ["transformer_blocks.0.attn.add_k_proj", "transformer_blocks.0.attn.add_v_proj"]
+
+    recipe = dataclasses.replace(
+        load_recipe("sliders/testbed-size.yaml"), steps=4, resolution=64, sampling_steps=6, batch_size=2
+    )
+    losses = []
+    path = train_slider(pair, recipe, tmp_path / "slider.safetensors", losses=losses, progress=False)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    slider = read_lora(path)
+    assert slider.network == "transformer" and set(slider.modules) == set(image_stream)
+    assert coverage(pair.student_unet, slider).complete  # the base's slider fits the distilled transformer
+
+    pipe = tiny_flux_pipeline(0)
+    pipe.load_lora_weights(str(path), adapter_name="slider")
+    with apply_lora(pair.base_unet, slider):
+        ours = _run(pair.base_unet, "flux")
+    torch.testing.assert_close(_run(pipe.transformer, "flux"), ours, rtol=1e-4, atol=1e-4)
+
+
+def test_sliderspace_runs_on_a_flow_pair(tmp_path):
+    from conceptspace.directions import discover, measure_activation, train_direction_sliders
+    from conceptspace.models import load_pair
+
+    pair = load_pair("tiny-sd3", "tiny-sd3-turbo", device="cpu")
+    space = discover(
+        pair, "a red circle", tmp_path, n=12, n_directions=2, embedder="pixels:32", progress=False
+    )
+    assert space.components_.shape[0] == 2
+    (written,) = train_direction_sliders(
+        tmp_path, pair=pair, directions=[0], steps=3, measure_seeds=2, progress=False
+    )
+    assert read_lora(written).network == "transformer"
+    rows = measure_activation(
+        tmp_path, pair=pair, regimes=["base", "distilled", "hybrid"], n=6, progress=False
+    )
+    shares = [r for r in rows if r["metric"] == "variance_share_top_2"]
+    assert {r["regime"] for r in shares} >= {"distilled", "hybrid"}
+    assert all(r["value"] > 0 and r["ci_low"] <= r["value"] <= r["ci_high"] for r in shares)
+
+
+def test_cli_transfer_across_a_flux_pair(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from conceptspace.cli import app
+    from conceptspace.models import load_pair
+
+    pair = load_pair("tiny-flux", "tiny-schnell", device="cpu")
+    path = write_lora(random_lora(pair.base_unet, FLUX_TARGETS, seed=2, size=0.5), tmp_path / "f.safetensors")
+    args = ["transfer", "--lora", str(path), "--base", "tiny-flux", "--students", "tiny-schnell"]
+    args += [
+        "--prompt",
+        "a red circle",
+        "--scales",
+        "-1,0,1",
+        "--seeds",
+        "0-3",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "transfer ratio tiny-schnell / tiny-flux at +1" in result.output
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    moved = [r for r in rows if r.get("model") == "tiny-schnell" and r.get("scale") == 1.0 and r["value"] > 0]
+    assert moved, "the base's LoRA changes the student's images"

@@ -136,8 +136,13 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         "flux": lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0),  # the student repo: schnell's shape
     }
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
+    snapshots: dict[
+        str, Path
+    ] = {}  # one fresh snapshot per repo: ByteDance/SDXL-Lightning holds two students
     for spec in specs:
-        snapshot = _snapshot(cache_dir, spec.repo_id)
+        if spec.repo_id not in snapshots:
+            snapshots[spec.repo_id] = _snapshot(cache_dir, spec.repo_id)
+        snapshot = snapshots[spec.repo_id]
         if spec.storage == "pipeline":
             pipe = pipelines[spec.family](0 if spec.role == "base" else 10)
             if spec.role == "student" and spec.scheduler == "EulerAncestralDiscreteScheduler":
@@ -165,6 +170,17 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                 save_file(state_dict, str(snapshot / spec.filename))
             else:
                 torch.save(state_dict, snapshot / spec.filename)
+        elif spec.storage == "lora_file":
+            # a LoRA on the base's UNet (the base repo's tiny UNet has seed 0): kohya keys as ByteDance ships
+            # them, diffusers keys as the diffusers-trained LCM-LoRA and TCD files
+            from conceptspace.lora import write_lora
+
+            base_unet = unets[spec.family](seed=0)
+            targets = [n for n, m in base_unet.named_modules() if n.endswith((".to_q", ".to_v", ".to_out.0"))]
+            lora = random_lora(base_unet, targets, seed=40 + len(snapshots), ranks=(4,), size=0.2)
+            kind = "kohya" if spec.repo_id.startswith("ByteDance/") else "diffusers"
+            write_lora(lora, snapshot / spec.filename, format=kind, dtype=torch.float16)
+    for snapshot in snapshots.values():
         _link_blobs(snapshot)
     return cache_dir
 

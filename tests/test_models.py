@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import json
 import os
@@ -78,6 +79,23 @@ STUDENTS = {
         [749, 499, 249],
     ),
 }
+# Students shipped as a LoRA on the base: (repo, file, scheduler class, scheduler settings)
+LORA_STUDENTS = {
+    "lcm-lora": ("latent-consistency/lcm-lora-sdxl", "pytorch_lora_weights.safetensors", "LCMScheduler", {}),
+    "lightning-lora": (
+        "ByteDance/SDXL-Lightning",
+        "sdxl_lightning_4step_lora.safetensors",
+        "EulerDiscreteScheduler",
+        {"timestep_spacing": "trailing"},
+    ),
+    "hyper-sd": (
+        "ByteDance/Hyper-SD",
+        "Hyper-SDXL-4steps-lora.safetensors",
+        "DDIMScheduler",
+        {"timestep_spacing": "trailing"},
+    ),
+    "tcd": ("h1t/TCD-SDXL-LoRA", "pytorch_lora_weights.safetensors", "TCDScheduler", {}),
+}
 PAIRS = [("sdxl", "dmd2"), ("sdxl", "lightning"), ("sdxl", "turbo"), ("sdxl", "lcm"), ("sd21", "sd-turbo")]
 
 
@@ -111,7 +129,7 @@ def registry():
 # ------------------------------------------------------------------------------------------- the cache's layout
 def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
-    # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids
+    # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids; LoRA students: below
     assert downloadable == {
         "sdxl",
         "sd21",
@@ -119,6 +137,7 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
         "sd35-large-turbo",
         "flux-dev",
         "flux-schnell",
+        *LORA_STUDENTS,
         *STUDENTS,
     }, "a registry entry without a loading test"
 
@@ -242,6 +261,48 @@ def test_registry_pair_loads_offline_from_the_hub_cache(hub_cache: Path, base: s
     assert [(s.model, s.timestep) for s in result.schedule] == [("base", 999)] + [
         ("distilled", t) for t in student_timesteps
     ]
+
+
+@pytest.mark.parametrize("student", sorted(LORA_STUDENTS))
+def test_a_student_shipped_as_a_lora_is_the_base_with_the_lora_merged(hub_cache: Path, student: str):
+    from conceptspace.lora import merge_lora, read_lora
+
+    repo_id, filename, scheduler_cls, settings = LORA_STUDENTS[student]
+    spec = get_spec(student)
+    assert (spec.repo_id, spec.filename, spec.storage) == (repo_id, filename, "lora_file")
+    assert is_cached(spec, hub_cache) and spec.fetch_command == f"hf download {repo_id} {filename}"
+    pair = load_pair("sdxl", student, cache_dir=hub_cache, device="cpu")
+    base_file = load_file(
+        str(snapshot(hub_cache, SDXL_REPO) / "unet" / "diffusion_pytorch_model.safetensors")
+    )
+    torch.testing.assert_close(
+        pair.base_unet.state_dict(), base_file, rtol=0, atol=0
+    )  # the base is untouched
+    expected = copy.deepcopy(pair.base_unet)
+    merge_lora(expected, read_lora(snapshot(hub_cache, repo_id) / filename))
+    torch.testing.assert_close(pair.student_unet.state_dict(), expected.state_dict(), rtol=0, atol=0)
+    assert not torch.equal(
+        pair.student_unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
+        base_file["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
+    )
+    scheduler = pair.make_scheduler("student")
+    assert type(scheduler).__name__ == scheduler_cls
+    assert all(scheduler.config[k] == v for k, v in settings.items())
+    result = conceptspace.sample(
+        pair, "a photo", "hybrid", [0], height=64, width=64, output_type="latent", progress=False
+    )
+    assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]
+    assert torch.isfinite(result.latents).all()
+
+
+def test_a_lora_student_file_for_another_base_is_refused(hub_cache: Path, tmp_path: Path):
+    from conceptspace.lora import write_lora
+
+    sd_unet = testing.tiny_sd_unet(0)  # SD-shaped: its cross-attention takes 32 features, SDXL's 64
+    names = [n for n, _ in sd_unet.named_modules() if n.endswith(".attn2.to_k")]
+    foreign = write_lora(testing.random_lora(sd_unet, names), tmp_path / "sd.safetensors")
+    with pytest.raises(IncompatibleModelsError, match=r"'lcm-lora' is a LoRA on 'sdxl'.*does not fit"):
+        load_pair("sdxl", "lcm-lora", cache_dir=hub_cache, student_path=foreign, device="cpu")
 
 
 def test_fp16_only_download_loads_in_either_dtype(hub_cache: Path, tmp_path: Path):

@@ -333,10 +333,31 @@ def _load_student_unet(
         return unet, base_scheduler_config
     file_path = path or _cached_file(spec, cache_dir)
     base_network = getattr(base_pipeline, family.network_folder)
+    if spec.storage == "lora_file":
+        return _network_with_lora(base_network, file_path, spec), base_scheduler_config
     network = load_network_state_dict(
         file_path, network_class, base_network.config, dtype=dtype, name=spec.name
     )
     return network, base_scheduler_config
+
+
+def _network_with_lora(base_network: Any, file_path: str | os.PathLike, spec: ModelSpec) -> Any:
+    """A student stored as a LoRA on its base: a copy of the base's network with the LoRA merged (one more network
+    in memory, like any student; the base itself stays untouched for the hybrid's base steps)."""
+    import copy
+
+    from conceptspace.lora import LoRAFormatError, LoRAMismatchError, merge_lora, read_lora
+
+    try:
+        lora = read_lora(file_path, unet=base_network)
+        network = copy.deepcopy(base_network)
+        merge_lora(network, lora)
+    except (LoRAFormatError, LoRAMismatchError) as error:
+        raise IncompatibleModelsError(
+            f"student {spec.name!r} is a LoRA on {spec.base!r}, but {file_path} does not fit that base's "
+            f"{type(base_network).__name__}: {_first_line(error)}"
+        ) from None
+    return network
 
 
 def _student_pipeline_scheduler_config(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-StorageKind = Literal["pipeline", "unet_folder", "unet_file", "random"]
+StorageKind = Literal["pipeline", "unet_folder", "unet_file", "lora_file", "random"]
 Role = Literal["base", "student"]
 
 
@@ -37,7 +37,8 @@ class ModelSpec:
 
     ``storage`` says how the weights are laid out: ``"pipeline"`` (a full diffusers pipeline repo; for a
     student only its ``unet/`` and ``scheduler/`` are read), ``"unet_folder"`` (a diffusers UNet folder at the
-    repo root or ``subfolder``), ``"unet_file"`` (a bare UNet state dict in ``filename``; its architecture is
+    repo root or ``subfolder``), ``"lora_file"`` (a student that is a LoRA on its base, in ``filename``: the
+    student's network is the base's with the LoRA merged), ``"unet_file"`` (a bare UNet state dict in ``filename``; its architecture is
     the base's) or ``"random"`` (tiny random weights made in memory from ``seed``, for smoke tests).
     ``local_dir``: a folder that holds the weights in that layout (the testbed's, shipped inside the package); it is
     read instead of the hub unless a path is passed to :func:`load_pair`.
@@ -69,8 +70,12 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.role == "student" and not self.base:
             raise ValueError(f"student {self.name!r} must name its base model")
-        if self.storage == "unet_file" and not self.filename:
-            raise ValueError(f"{self.name!r} is stored as a UNet file but names no filename")
+        if self.storage in ("unet_file", "lora_file") and not self.filename:
+            raise ValueError(
+                f"{self.name!r} is stored as a {self.storage.replace('_', ' ')} but names no filename"
+            )
+        if self.storage == "lora_file" and self.role != "student":
+            raise ValueError(f"{self.name!r}: only a student can be stored as a LoRA on its base")
         if self.timesteps is not None and len(self.timesteps) != self.num_inference_steps:
             raise ValueError(
                 f"{self.name!r}: {len(self.timesteps)} timesteps given for {self.num_inference_steps} steps"
@@ -93,7 +98,7 @@ class ModelSpec:
             return ("model_index.json",) if self.role == "base" else (f"{self.network_folder}/config.json",)
         if self.storage == "unet_folder":
             return (f"{self.subfolder}/config.json" if self.subfolder else "config.json",)
-        if self.storage == "unet_file":
+        if self.storage in ("unet_file", "lora_file"):
             return (self.filename,)
         return ()
 
@@ -102,7 +107,7 @@ class ModelSpec:
         """The shell command that downloads what this model needs into the Hugging Face cache."""
         if self.storage == "random" or self.local_dir:
             return ""
-        if self.storage == "unet_file":
+        if self.storage in ("unet_file", "lora_file"):
             return f"hf download {self.repo_id} {self.filename}"
         if self.storage == "pipeline" and self.role == "student":
             return f"hf download {self.repo_id} --include '{self.network_folder}/*' --include 'scheduler/*'"
@@ -189,6 +194,64 @@ _REGISTRY_LIST: list[ModelSpec] = [
         resolution=1024,
         variant="fp16",
         description="LCM-SDXL UNet; guidance is a timestep-conditioning embedding, not CFG",
+    ),
+    ModelSpec(
+        name="lcm-lora",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="latent-consistency/lcm-lora-sdxl",
+        storage="lora_file",
+        filename="pytorch_lora_weights.safetensors",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        resolution=1024,
+        description="LCM-LoRA for SDXL (a LoRA on the base), 4 LCM steps, guidance off",
+    ),
+    ModelSpec(
+        name="lightning-lora",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="ByteDance/SDXL-Lightning",
+        storage="lora_file",
+        filename="sdxl_lightning_4step_lora.safetensors",
+        scheduler="EulerDiscreteScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="SDXL-Lightning 4-step LoRA, Euler trailing",
+    ),
+    ModelSpec(
+        name="hyper-sd",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="ByteDance/Hyper-SD",
+        storage="lora_file",
+        filename="Hyper-SDXL-4steps-lora.safetensors",
+        scheduler="DDIMScheduler",
+        scheduler_overrides=(("timestep_spacing", "trailing"),),
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="Hyper-SDXL 4-step LoRA, DDIM trailing",
+    ),
+    ModelSpec(
+        name="tcd",
+        family="sdxl",
+        role="student",
+        base="sdxl",
+        repo_id="h1t/TCD-SDXL-LoRA",
+        storage="lora_file",
+        filename="pytorch_lora_weights.safetensors",
+        scheduler="TCDScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="TCD LoRA for SDXL, 4 TCD steps (eta 0.3, the scheduler's default)",
     ),
     ModelSpec(
         name="sd21",

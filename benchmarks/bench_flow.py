@@ -4,8 +4,9 @@ pipeline call, the hybrid against the student, and the memory a loaded pair hold
 Full size (``--size full``, a GPU): the published transformer, VAE and text-encoder configs with random weights
 initialised on the device in bfloat16 (nothing is downloaded; the T5 tokenizer is a character-level stand-in, so
 prompts are longer in tokens than with T5's real vocabulary), 1024², one image per call. ``--size tiny``: the
-tiny random pairs of the offline tests (64²), runnable on a CPU. Each timing is the median of ``--repeats`` calls
-after a warm-up, with the device synchronised around every call. Ratios and goals:
+tiny random pairs of the offline tests (64²), runnable on a CPU. Each ratio pairs the two calls, alternated ``--repeats``
+times after a warm-up (device synchronised around every call): the median of the per-pair ratios with a 95%
+bootstrap interval. Ratios and goals:
 
 - ours / diffusers seconds, base and distilled (goal ≤ 1.03);
 - hybrid / distilled seconds (goal ≤ 1.02: the hybrid's base step costs one student step);
@@ -33,6 +34,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
@@ -144,20 +146,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(call: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, Any]:
-    """Median seconds of ``repeats`` calls after one warm-up, and the peak CUDA memory over them."""
+def _seconds(call: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
     call()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def paired(
+    ours: Callable[[], Any], reference: Callable[[], Any], device: torch.device, repeats: int
+) -> dict[str, Any]:
+    """Alternate the two calls ``repeats`` times after a warm-up of each; the ratio of each pair's seconds, its
+    median and a 95% percentile-bootstrap interval of the median (pairing cancels slow drifts of the machine)."""
+    ours(), reference()
+    ours_s, reference_s = [], []
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"median_s": statistics.median(seconds), "seconds": seconds, "peak_bytes": peak}
+        ours_s.append(_seconds(ours, device))
+        reference_s.append(_seconds(reference, device))
+    ratios = np.array(ours_s) / np.array(reference_s)
+    rng = np.random.default_rng(0)
+    boot = np.median(rng.choice(ratios, size=(2000, len(ratios))), axis=1)
+    return {
+        "ratio": float(np.median(ratios)),
+        "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "ours_median_s": statistics.median(ours_s),
+        "reference_median_s": statistics.median(reference_s),
+        "n": repeats,
+    }
+
+
+def peak_bytes(call: Callable[[], Any], device: torch.device) -> int:
+    torch.cuda.reset_peak_memory_stats(device)
+    call()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,24 +219,19 @@ def main(argv: list[str] | None = None) -> None:
 
         return call
 
-    runs = {
-        "diffusers_base": timed(theirs("base", steps, guidance), device, args.repeats),
-        "ours_base": timed(ours(Base()), device, args.repeats),
-        "diffusers_distilled": timed(theirs("student", 4, 0.0), device, args.repeats),
-        "ours_distilled": timed(ours(Distilled()), device, args.repeats),
-        "ours_hybrid": timed(ours(Hybrid(k=1)), device, args.repeats),
-    }
-    ratios = {
-        "ours_vs_diffusers_base": runs["ours_base"]["median_s"] / runs["diffusers_base"]["median_s"],
-        "ours_vs_diffusers_distilled": runs["ours_distilled"]["median_s"]
-        / runs["diffusers_distilled"]["median_s"],
-        "hybrid_vs_distilled": runs["ours_hybrid"]["median_s"] / runs["ours_distilled"]["median_s"],
+    comparisons = {
+        "ours_vs_diffusers_base": paired(ours(Base()), theirs("base", steps, guidance), device, args.repeats),
+        "ours_vs_diffusers_distilled": paired(
+            ours(Distilled()), theirs("student", 4, 0.0), device, args.repeats
+        ),
+        "hybrid_vs_distilled": paired(ours(Hybrid(k=1)), ours(Distilled()), device, args.repeats),
     }
     if device.type == "cuda":
-        # what a base pipeline plus one more transformer holds, against what the pair holds while sampling
+        # what the pair holds while sampling the hybrid, against a base pipeline's call plus one more transformer
         weights = sum(p.numel() * p.element_size() for p in pair.student_unet.parameters())
-        reference = runs["diffusers_base"]["peak_bytes"] + weights
-        ratios["pair_memory_ratio"] = runs["ours_hybrid"]["peak_bytes"] / reference
+        reference = peak_bytes(theirs("base", steps, guidance), device) + weights
+        comparisons["pair_memory_ratio"] = {"ratio": peak_bytes(ours(Hybrid(k=1)), device) / reference}
+    ratios = {name: round(c["ratio"], 4) for name, c in comparisons.items()}
     result = {
         "family": args.family,
         "size": args.size,
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "resolution": size,
         "base_steps": steps,
         "repeats": args.repeats,
-        "runs": runs,
+        "comparisons": comparisons,
         "ratios": ratios,
         "goals": GOALS,
         "machine": platform.platform(),

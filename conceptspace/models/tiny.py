@@ -228,24 +228,23 @@ def tiny_sd_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
     }
 
 
-def tiny_sdxl_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
-    from diffusers import StableDiffusionXLPipeline
+def _pipeline(class_name: str, components: dict[str, Any], dtype: torch.dtype) -> Any:
+    """A diffusers pipeline of ``class_name`` from tiny components, in ``dtype``, without progress bars."""
+    import diffusers
 
-    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, lcm=lcm))
+    pipe = getattr(diffusers, class_name)(**components)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sdxl_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    return _pipeline("StableDiffusionXLPipeline", tiny_sdxl_components(seed, lcm=lcm), dtype)
 
 
 def tiny_sd_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(**tiny_sd_components(seed, lcm=lcm))
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _pipeline("StableDiffusionPipeline", tiny_sd_components(seed, lcm=lcm), dtype)
 
 
 # --------------------------------------------------------------------------------------------- flow matching
@@ -361,13 +360,7 @@ def tiny_sd3_components(seed: int = 0) -> dict[str, Any]:
 
 
 def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
-    from diffusers import StableDiffusion3Pipeline
-
-    pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed))
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _pipeline("StableDiffusion3Pipeline", tiny_sd3_components(seed), dtype)
 
 
 FLUX_DEV_SCHEDULER: dict[str, Any] = {
@@ -428,10 +421,4 @@ def tiny_flux_components(seed: int = 0, *, schnell: bool = False) -> dict[str, A
 
 
 def tiny_flux_pipeline(seed: int = 0, *, schnell: bool = False, dtype: torch.dtype = torch.float32) -> Any:
-    from diffusers import FluxPipeline
-
-    pipe = FluxPipeline(**tiny_flux_components(seed, schnell=schnell))
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _pipeline("FluxPipeline", tiny_flux_components(seed, schnell=schnell), dtype)

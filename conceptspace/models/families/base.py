@@ -82,13 +82,22 @@ class Family(ABC):
     per_block_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that diffusers accepts either as one int or as one value per down block."""
 
-    @abstractmethod
+    pipeline_class_name: ClassVar[str]
+    """The diffusers pipeline class of this family's base models, by name (imported when first needed)."""
+    network_class_name: ClassVar[str]
+    """The diffusers model class of the denoising network, by name."""
+
     def pipeline_class(self) -> type:
         """The diffusers pipeline class of this family's base models."""
+        import diffusers
 
-    @abstractmethod
+        return getattr(diffusers, self.pipeline_class_name)
+
     def network_class(self) -> type:
         """The diffusers model class of the denoising network."""
+        import diffusers
+
+        return getattr(diffusers, self.network_class_name)
 
     def check_pipeline(self, pipeline: Any, source: str, name: str) -> None:  # noqa: B027  (optional hook)
         """Raise :class:`IncompatibleModelsError` when a loaded pipeline lacks what this family needs."""

@@ -51,6 +51,8 @@ class Flux(Family):
 
     name: ClassVar[str] = "flux"
     network_folder: ClassVar[str] = "transformer"
+    pipeline_class_name: ClassVar[str] = "FluxPipeline"
+    network_class_name: ClassVar[str] = "FluxTransformer2DModel"
     latent_multiple: ClassVar[int] = 2
     shared_config_fields = (
         "patch_size",
@@ -65,16 +67,6 @@ class Flux(Family):
         "axes_dims_rope",
     )
     """``guidance_embeds`` is left out: dev has a guidance embedding, schnell has none."""
-
-    def pipeline_class(self) -> type:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
-
-    def network_class(self) -> type:
-        from diffusers import FluxTransformer2DModel
-
-        return FluxTransformer2DModel
 
     def encode_text(
         self,

@@ -42,18 +42,10 @@ class StableDiffusion(Family):
 
     name: ClassVar[str] = "sd"
     network_folder: ClassVar[str] = "unet"
+    pipeline_class_name: ClassVar[str] = "StableDiffusionPipeline"
+    network_class_name: ClassVar[str] = "UNet2DConditionModel"
     shared_config_fields = UNET_SHARED_FIELDS
     per_block_fields = UNET_PER_BLOCK_FIELDS
-
-    def pipeline_class(self) -> type:
-        from diffusers import StableDiffusionPipeline
-
-        return StableDiffusionPipeline
-
-    def network_class(self) -> type:
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel
 
     def encode_text(
         self,

@@ -35,6 +35,8 @@ class StableDiffusion3(Family):
 
     name: ClassVar[str] = "sd3"
     network_folder: ClassVar[str] = "transformer"
+    pipeline_class_name: ClassVar[str] = "StableDiffusion3Pipeline"
+    network_class_name: ClassVar[str] = "SD3Transformer2DModel"
     shared_config_fields = (
         "patch_size",
         "in_channels",
@@ -49,16 +51,6 @@ class StableDiffusion3(Family):
         "dual_attention_layers",
         "qk_norm",
     )
-
-    def pipeline_class(self) -> type:
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
-
-    def network_class(self) -> type:
-        from diffusers import SD3Transformer2DModel
-
-        return SD3Transformer2DModel
 
     def encode_text(
         self,

@@ -17,11 +17,7 @@ class StableDiffusionXL(StableDiffusion):
     """SDXL UNets (``StableDiffusionXLPipeline``): SDXL 1.0 and its students (DMD2, Lightning, Turbo, LCM)."""
 
     name: ClassVar[str] = "sdxl"
-
-    def pipeline_class(self) -> type:
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline
+    pipeline_class_name: ClassVar[str] = "StableDiffusionXLPipeline"
 
     def check_pipeline(self, pipeline: Any, source: str, name: str) -> None:
         # diffusers loads an SD 1.x/2.x folder as an SDXL pipeline without text_encoder_2; sampling would crash.

@@ -216,10 +216,11 @@ class LoRA:
         """A copy with kohya names mapped to ``unet``'s module paths (names it lacks are kept as they are); FLUX's
         fused Black Forest Labs names become one entry per diffusers module (see :data:`_BFL_FLUX`)."""
         table = _kohya_table(unet)
+        network_modules = dict(unet.named_modules())
         modules: dict[str, LoRAWeights] = {}
         origin: dict[str, str] = {}
         for name, weights in self.modules.items():
-            parts = _split_bfl_flux(name, weights, unet) if name not in table else None
+            parts = _split_bfl_flux(name, weights, network_modules) if name not in table else None
             for path, part in (parts or {table.get(name, name): weights}).items():
                 if path in modules:
                     raise LoRAFormatError(
@@ -629,9 +630,12 @@ def network_name(network: nn.Module) -> str:
     return "transformer" if "Transformer" in type(network).__name__ else "unet"
 
 
-def _split_bfl_flux(name: str, weights: LoRAWeights, network: nn.Module) -> dict[str, LoRAWeights] | None:
-    """A kohya FLUX name in Black Forest Labs' naming as diffusers modules of ``network`` (None if it is not one,
-    or ``network`` lacks the modules). A fused projection's up factor is split by the modules' output widths."""
+def _split_bfl_flux(
+    name: str, weights: LoRAWeights, found: Mapping[str, nn.Module]
+) -> dict[str, LoRAWeights] | None:
+    """A kohya FLUX name in Black Forest Labs' naming as diffusers modules among ``found`` (a network's modules by
+    path; None if it is not such a name, or the network lacks the modules). A fused projection's up factor is
+    split by the modules' output widths."""
     if not name.startswith(KOHYA_PREFIX):
         return None
     stem = name[len(KOHYA_PREFIX) :]
@@ -639,7 +643,6 @@ def _split_bfl_flux(name: str, weights: LoRAWeights, network: nn.Module) -> dict
         if match := pattern.match(stem):
             block = "transformer_blocks" if stem.startswith("double_") else "single_transformer_blocks"
             paths = [f"{block}.{match.group(1)}.{target}" for target in targets]
-            found = dict(network.named_modules())
             if not all(isinstance(found.get(path), nn.Linear) for path in paths):
                 return None
             widths = [found[path].out_features for path in paths]
@@ -775,9 +778,8 @@ def write_lora(
         )
 
     ranks, alphas = lora.ranks, lora.alphas
-    kohya_alpha = float(
-        max(ranks.values())
-    )  # = the rank when ranks agree: scale 1, whatever a loader assumes
+    # = the rank when ranks agree: scale 1, whatever a loader assumes
+    kohya_alpha = float(max(ranks.values()))
     if format == "kohya":
         alphas = dict.fromkeys(ranks, kohya_alpha)  # each module's own alpha is folded into its up (below)
     info = {

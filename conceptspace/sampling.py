@@ -80,14 +80,6 @@ class Denoiser:
         return out
 
 
-def convert_prediction(
-    output: torch.Tensor, sample_vp: torch.Tensor, alpha_bar: torch.Tensor, source: str, target: str
-) -> torch.Tensor:
-    """Re-express a VP model output (ε, v or x0 prediction) in another parametrisation, given the VP sample
-    (:func:`conceptspace.schedules.convert` for any noise level)."""
-    return schedules.convert(output, sample_vp, schedules.NoiseLevel.vp(alpha_bar), source, target)
-
-
 # ----------------------------------------------------------------------------------------------------- segments
 @dataclass
 class Segment:
@@ -501,13 +493,14 @@ def denoise(
             index = segment.start + offset
             t = scheduler.timesteps[index]
             model_input = schedules.model_input(scheduler, latents, t)
-            level = schedules.noise_level(scheduler, index)
             output = den(model_input, t, cond)
             if den.prediction_type != target:
+                level = schedules.noise_level(scheduler, index)
                 output = schedules.convert(output, model_input, level, den.prediction_type, target)
             result = scheduler.step(output, t, latents, **kwargs)
-            reported = _scheduler_x0(result)
-            x0 = reported if reported is not None else schedules.split(output, target, model_input, level)[0]
+            x0 = _scheduler_x0(result)
+            if x0 is None:  # flow matching's Euler reports none: x̂0 = x − σ·v
+                x0 = schedules.split(output, target, model_input, schedules.noise_level(scheduler, index))[0]
             if not torch.isfinite(x0).all():
                 raise FloatingPointError(
                     f"the {den.name} model produced NaN/inf at step {step} (t={_timestep_value(t)}); in float16 "
@@ -535,8 +528,7 @@ def _hand_off(
     ``index`` (a deterministic DDIM step, or its flow-matching equivalent), then expressed in the receiver's
     latent space."""
     sender, sent_index, sent_input = previous
-    sent = schedules.noise_level(sender, sent_index).to(x0)
-    eps = (sent_input - sent.alpha * x0) / sent.sigma
+    _, eps = schedules.split(x0, "sample", sent_input, schedules.noise_level(sender, sent_index))
     level = schedules.noise_level(receiver, index).to(x0)
     network_input = level.alpha * x0 + level.sigma * eps
     return network_input / schedules.latent_scale(receiver, index).to(x0)
@@ -871,7 +863,6 @@ __all__ = [
     "SkipFirst",
     "StepInfo",
     "TrajectoryRecorder",
-    "convert_prediction",
     "decode",
     "denoise",
     "encode_text",

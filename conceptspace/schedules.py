@@ -63,8 +63,10 @@ class NoiseLevel:
 
 
 def is_flow(scheduler: Any) -> bool:
-    """Whether ``scheduler`` integrates a flow-matching ODE (its timesteps are σ·1000, its input is unscaled)."""
-    return type(scheduler).__name__.startswith("FlowMatch")
+    """Whether ``scheduler`` (an instance, or a class name as the registry gives it) integrates a flow-matching ODE:
+    its timesteps are σ·1000, its input is unscaled, its network predicts the velocity."""
+    name = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
+    return name.startswith("FlowMatch")
 
 
 def parametrisation(scheduler: Any) -> str:
@@ -83,9 +85,8 @@ def model_input(scheduler: Any, latents: torch.Tensor, t: torch.Tensor) -> torch
 def noise_level(scheduler: Any, index: int) -> NoiseLevel:
     """The noise level of the network input at step ``index`` of ``scheduler``'s current timesteps."""
     if is_flow(scheduler):
-        return NoiseLevel.flow(scheduler.sigmas[index].float())
-    t = int(scheduler.timesteps[index])
-    return NoiseLevel.vp(scheduler.alphas_cumprod[t].float())
+        return NoiseLevel.flow(scheduler.sigmas[index].float())  # exact, not t / 1000 rounded
+    return noise_level_at(scheduler, scheduler.timesteps[index])
 
 
 def noise_level_at(scheduler: Any, t: float) -> NoiseLevel:
@@ -123,7 +124,8 @@ def split(
     output: torch.Tensor, kind: str, x: torch.Tensor, level: NoiseLevel
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x̂0, ε̂)`` from a network output of parametrisation ``kind`` at input ``x``."""
-    a, s = level.to(x).alpha, level.to(x).sigma
+    level = level.to(x)
+    a, s = level.alpha, level.sigma
     if kind == "epsilon":
         return (x - s * output) / a, output
     if kind == "sample":
@@ -138,7 +140,8 @@ def split(
 
 def combine(x0: torch.Tensor, eps: torch.Tensor, kind: str, level: NoiseLevel) -> torch.Tensor:
     """The network output of parametrisation ``kind`` that means ``(x0, eps)`` at ``level``."""
-    a, s = level.to(x0).alpha, level.to(x0).sigma
+    level = level.to(x0)
+    a, s = level.alpha, level.sigma
     if kind == "epsilon":
         return eps
     if kind == "sample":

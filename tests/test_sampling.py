@@ -24,8 +24,8 @@ from conceptspace import (
     sample,
     schedule_of,
 )
-from conceptspace.sampling import _hand_off, convert_prediction
-from conceptspace.schedules import latent_scale
+from conceptspace.sampling import _hand_off
+from conceptspace.schedules import FLOW, NoiseLevel, convert, latent_scale
 from conceptspace.testing import tiny_sd_pipeline, tiny_sd_unet, tiny_sdxl_pipeline, tiny_sdxl_unet
 from conceptspace.trajectories import commitment_curve, steps_to_commit
 
@@ -398,10 +398,17 @@ def test_prediction_conversions_round_trip() -> None:
     a = torch.tensor(0.3)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     v = a.sqrt() * eps - (1 - a).sqrt() * x0
-    assert torch.allclose(convert_prediction(eps, x_t, a, "epsilon", "v_prediction"), v, atol=1e-5)
-    assert torch.allclose(convert_prediction(v, x_t, a, "v_prediction", "epsilon"), eps, atol=1e-5)
-    assert torch.allclose(convert_prediction(v, x_t, a, "v_prediction", "sample"), x0, atol=1e-5)
-    assert torch.allclose(convert_prediction(x0, x_t, a, "sample", "epsilon"), eps, atol=1e-4)
+    vp = NoiseLevel.vp(a)
+    assert torch.allclose(convert(eps, x_t, vp, "epsilon", "v_prediction"), v, atol=1e-5)
+    assert torch.allclose(convert(v, x_t, vp, "v_prediction", "epsilon"), eps, atol=1e-5)
+    assert torch.allclose(convert(v, x_t, vp, "v_prediction", "sample"), x0, atol=1e-5)
+    assert torch.allclose(convert(x0, x_t, vp, "sample", "epsilon"), eps, atol=1e-4)
+    # flow matching: x = (1 − σ)·x0 + σ·ε, velocity ε − x0
+    sigma = torch.tensor(0.7)
+    x_flow = (1 - sigma) * x0 + sigma * eps
+    flow = NoiseLevel.flow(sigma)
+    assert torch.allclose(convert(eps - x0, x_flow, flow, FLOW, "sample"), x0, atol=1e-5)
+    assert torch.allclose(convert(eps - x0, x_flow, flow, FLOW, "epsilon"), eps, atol=1e-5)
 
 
 class VPredictionUNet(torch.nn.Module):

@@ -228,10 +228,10 @@ def _first_line(error: BaseException) -> str:
 def _prediction_type(spec: ModelSpec, scheduler_config: Mapping[str, Any]) -> str:
     """What the network predicts: its scheduler config's ``prediction_type`` after the registry's overrides (flow
     matching schedulers: the velocity, :data:`conceptspace.schedules.FLOW`)."""
-    if spec.scheduler.startswith("FlowMatch"):
-        from conceptspace.schedules import FLOW
+    from conceptspace import schedules
 
-        return FLOW
+    if schedules.is_flow(spec.scheduler):
+        return schedules.FLOW
     return spec.scheduler_config_overrides().get(
         "prediction_type", scheduler_config.get("prediction_type", "epsilon")
     )

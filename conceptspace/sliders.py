@@ -199,10 +199,12 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
     (attn1 q/k/v/out), ``cross-attention`` (attn2 q/k/v/out), ``cross-attention-kv`` (attn2 to_k/to_v only, what
     SliderSpace trains) or ``all`` (both attentions and the feed-forward layers). On joint-attention transformers
     (SD3, FLUX) the image stream's projections (``attn.to_q/k/v/out``) are the self-attention and the text
-    stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention; ``all`` adds both feed-forwards."""
+    stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention; ``all`` adds both feed-forwards.
+    Transformers with separate self- and cross-attention (PixArt's DiT blocks) are named as the UNet's are."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
-    if network_name(unet) == "transformer":
+    joint = not any(name.endswith(".attn2") for name, _ in unet.named_modules())  # PixArt's DiT has attn1/attn2
+    if joint:
         if layers == "all":
             suffixes = _JOINT_SUFFIXES["self-attention"] + _JOINT_SUFFIXES["cross-attention"]
             suffixes += [f".{s}" for s in _FF] + [f".ff_context.{s[3:]}" for s in _FF]

@@ -22,6 +22,7 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     TIME_EMBED_DIM,
     clip_tokenizer,
     tiny_flux_pipeline,
+    tiny_pixart_pipeline,
     tiny_sd3_pipeline,
     tiny_sd3_transformer,
     tiny_sd_components,
@@ -107,13 +108,22 @@ def _write_repo_tokenizers(snapshot: Path, family: str) -> None:
             write_clip_tokenizer_files(snapshot / sub, pad_token="!" if openclip else "<|endoftext|>")
 
 
+def _rename_class(snapshot: Path, old: str, new: str) -> None:
+    """Write ``new`` for the class name ``old`` in a snapshot's model_index.json and component configs."""
+    for config in [snapshot / "model_index.json", *snapshot.glob("*/config.json")]:
+        text = config.read_text()
+        if f'"{old}"' in text:
+            config.write_text(text.replace(f'"{old}"', f'"{new}"'))
+
+
 def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = None) -> Path:
     """Write tiny random weights for registry entries into a Hugging Face hub cache, in each repo's real layout.
 
     Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders with both
     full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers (SD3.5's:
     sharded full-precision weights with their index, no variant, and a T5 tokenizer; FLUX.1's likewise, schnell's
-    transformer without the guidance embedding), the LCM UNet a
+    transformer without the guidance embedding; PixArt-α/δ's single-file transformers under their legacy class
+    name ``Transformer2DModel``, PixArt-δ's with its ``LCMScheduler``), the LCM UNet a
     UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
     fp16 ``.safetensors`` state dict. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
@@ -134,6 +144,7 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         "sd21": tiny_sd_pipeline,
         "sd35": tiny_sd3_pipeline,
         "flux": lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0),  # the student repo: schnell's shape
+        "pixart": lambda seed: tiny_pixart_pipeline(seed, lcm=seed != 0),  # the student repo: PixArt-δ's LCM
     }
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
     snapshots: dict[
@@ -150,10 +161,12 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                     pipe.scheduler.config, timestep_spacing="trailing"
                 )
             pipe.save_pretrained(snapshot)
-            if spec.network_folder == "transformer":  # SD3.5's transformers: shards and their index.json
+            if spec.family in ("sd35", "flux"):  # their transformers: shards and their index.json
                 folder = snapshot / spec.network_folder
                 (folder / "diffusion_pytorch_model.safetensors").unlink()
                 getattr(pipe, spec.network_folder).save_pretrained(folder, max_shard_size="100KB")
+            if spec.family == "pixart":  # the PixArt repos predate PixArtTransformer2DModel: their configs name
+                _rename_class(snapshot, "PixArtTransformer2DModel", "Transformer2DModel")  # its legacy class
             if spec.variant:
                 pipe.to(torch.float16).save_pretrained(snapshot, variant=spec.variant)
             _write_repo_tokenizers(snapshot, spec.family)

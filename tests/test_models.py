@@ -129,7 +129,8 @@ def registry():
 # ------------------------------------------------------------------------------------------- the cache's layout
 def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
-    # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids; LoRA students: below
+    # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids, PixArt-α/δ
+    # tests/test_pixart_family.py; LoRA students: below
     assert downloadable == {
         "sdxl",
         "sd21",
@@ -137,6 +138,8 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
         "sd35-large-turbo",
         "flux-dev",
         "flux-schnell",
+        "pixart-alpha",
+        "pixart-delta",
         *LORA_STUDENTS,
         *STUDENTS,
     }, "a registry entry without a loading test"

@@ -130,7 +130,8 @@ class ModelPair:
         spec = self.spec(role)
         config = self.base_scheduler_config if role == "base" else self.student_scheduler_config
         scheduler_cls = getattr(diffusers, spec.scheduler)
-        return scheduler_cls.from_config(dict(config), **spec.scheduler_config_overrides())
+        with _diffusers_errors_only():  # another class's config: its extra fields are ignored, not wrong
+            return scheduler_cls.from_config(dict(config), **spec.scheduler_config_overrides())
 
     def prediction_type(self, role: Role) -> str:
         return self.base_prediction_type if role == "base" else self.student_prediction_type

@@ -26,7 +26,7 @@ class IncompatibleModelsError(ValueError):
     """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
 
 
-NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer"}
+NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer", "pixart": "transformer"}
 """Architectures whose denoising network lives in a folder other than ``unet/`` (each family adapter's
 ``network_folder`` says the same; a test holds them together). Kept here so the registry needs no torch."""
 
@@ -452,6 +452,66 @@ _REGISTRY_LIST += [
         resolution=64,
         seed=1,
         description="tiny random FLUX.1-schnell-architecture student (no guidance input, no shift), 4 steps",
+    ),
+]
+
+# PixArt-α and its LCM student PixArt-δ (the paper's appendix pair): a DiT on VP latents with a T5 encoder.
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="pixart-alpha",
+        family="pixart",
+        role="base",
+        repo_id="PixArt-alpha/PixArt-XL-2-1024-MS",
+        storage="pipeline",
+        scheduler="DPMSolverMultistepScheduler",
+        num_inference_steps=20,
+        guidance_scale=4.5,
+        resolution=1024,
+        description="PixArt-α XL/2 at 1024 px (DiT, ε-prediction, T5 text), DPM-Solver++ 20 steps with CFG 4.5",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="pixart-delta",
+        family="pixart",
+        role="student",
+        base="pixart-alpha",
+        repo_id="PixArt-alpha/PixArt-LCM-XL-2-1024-MS",
+        storage="pipeline",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="PixArt-δ (LCM-distilled PixArt-α; full pipeline repo, its transformer is used), 4 steps, no CFG",
+    ),
+    ModelSpec(
+        name="tiny-pixart",
+        family="tiny-pixart",
+        architecture="pixart",
+        role="base",
+        repo_id="builtin:tiny-pixart",
+        storage="random",
+        scheduler="DPMSolverMultistepScheduler",
+        num_inference_steps=8,
+        guidance_scale=4.5,
+        resolution=64,
+        seed=0,
+        description="tiny random PixArt-α-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
+    ),
+    ModelSpec(
+        name="tiny-pixart-lcm",
+        family="tiny-pixart",
+        architecture="pixart",
+        role="student",
+        base="tiny-pixart",
+        repo_id="builtin:tiny-pixart-lcm",
+        storage="random",
+        scheduler="LCMScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random PixArt-δ-architecture student (LCMScheduler), 4 steps without CFG",
     ),
 ]
 

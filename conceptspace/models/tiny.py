@@ -422,3 +422,69 @@ def tiny_flux_components(seed: int = 0, *, schnell: bool = False) -> dict[str, A
 
 def tiny_flux_pipeline(seed: int = 0, *, schnell: bool = False, dtype: torch.dtype = torch.float32) -> Any:
     return _pipeline("FluxPipeline", tiny_flux_components(seed, schnell=schnell), dtype)
+
+
+# ------------------------------------------------------------------------------------------------------- PixArt
+PIXART_BETAS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "prediction_type": "epsilon",
+}
+"""The DiT betas PixArt-α trains with (its repo's ``scheduler_config.json``)."""
+PIXART_DPM_SCHEDULER: dict[str, Any] = {
+    **PIXART_BETAS,
+    "algorithm_type": "dpmsolver++",
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "lower_order_final": True,
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+}
+"""PixArt-XL-2-1024-MS's ``DPMSolverMultistepScheduler`` config."""
+
+
+def tiny_pixart_transformer(seed: int = 0) -> Any:
+    """A tiny ``PixArtTransformer2DModel`` (one block; learned variance like PixArt-α's 8 output channels).
+    ``sample_size`` 128, as the 1024-px checkpoints, so that it takes their resolution/aspect-ratio micro-conditions;
+    the width is a multiple of 3 because those conditions fill two thirds of the timestep embedding."""
+    from diffusers import PixArtTransformer2DModel
+
+    with _seeded(seed):
+        return PixArtTransformer2DModel(
+            sample_size=128,
+            num_layers=1,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=T5_HIDDEN,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        ).eval()
+
+
+def tiny_pixart_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
+    """The components of a tiny ``PixArtAlphaPipeline``: PixArt-α's DPM-Solver++ (or, ``lcm``, PixArt-δ's
+    ``LCMScheduler`` on the same betas)."""
+    from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+
+    scheduler = LCMScheduler(**PIXART_BETAS) if lcm else DPMSolverMultistepScheduler(**PIXART_DPM_SCHEDULER)
+    return {
+        "transformer": tiny_pixart_transformer(seed),
+        "vae": tiny_vae(seed + 2000),
+        "scheduler": scheduler,
+        "text_encoder": tiny_t5_encoder(seed + 3000),
+        "tokenizer": t5_tokenizer(),
+    }
+
+
+def tiny_pixart_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    return _pipeline("PixArtAlphaPipeline", tiny_pixart_components(seed, lcm=lcm), dtype)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.flux import Flux
+from conceptspace.models.families.pixart import PixArtAlpha
 from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
 from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux())
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha())
 }
 
 
@@ -37,6 +38,7 @@ __all__ = [
     "Conditioning",
     "Family",
     "Flux",
+    "PixArtAlpha",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

@@ -43,7 +43,8 @@ _ROLE = {"base": "base", "distilled": "student"}
 class Denoiser:
     """A denoising network turned into a prediction in its own parametrisation, with CFG where it applies.
 
-    CFG runs a second (unconditional) pass when ``guidance_scale > 1``, except for networks that take the guidance
+    CFG runs a second (unconditional) pass where the family's pipelines do (``guidance_scale > 1`` in diffusers'
+    convention, :meth:`Family.cfg_weight`), except for networks that take the guidance
     scale as an input (LCM-style UNets with ``time_cond_proj_dim``), which get it in a single pass. What the
     network's call looks like is the family adapter's business.
     """
@@ -61,7 +62,7 @@ class Denoiser:
 
     @property
     def uses_cfg(self) -> bool:
-        return self.guidance_scale > 1.0 and not self.embeds_guidance
+        return self.family.cfg_weight(self.guidance_scale) is not None and not self.embeds_guidance
 
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = model_input.shape[0]
@@ -76,7 +77,7 @@ class Denoiser:
         out = self.family.predict(self.unet, model_input, t, inputs, guidance)
         if self.uses_cfg:
             uncond, text = out.chunk(2)
-            out = uncond + self.guidance_scale * (text - uncond)
+            out = uncond + self.family.cfg_weight(self.guidance_scale) * (text - uncond)
         return out
 
 

@@ -197,33 +197,32 @@ def load_recipe(path: str | os.PathLike) -> SliderRecipe:
 def target_modules(unet: nn.Module, layers: str) -> list[str]:
     """The network's linear layers a slider on ``layers`` trains, as diffusers module paths: ``self-attention``
     (attn1 q/k/v/out), ``cross-attention`` (attn2 q/k/v/out), ``cross-attention-kv`` (attn2 to_k/to_v only, what
-    SliderSpace trains) or ``all`` (both attentions and the feed-forward layers). On joint-attention transformers
-    (SD3, FLUX) the image stream's projections (``attn.to_q/k/v/out``) are the self-attention and the text
-    stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention; ``all`` adds both feed-forwards.
-    Transformers with separate self- and cross-attention (PixArt's DiT blocks) are named as the UNet's are."""
+    SliderSpace trains) or ``all`` (both attentions and the feed-forward layers). Transformers are read by their
+    attention structure: with separate self- and cross-attention (PixArt's DiT blocks) as the UNet's; dual-stream
+    joint attention (SD3, FLUX): the image stream's projections (``attn.to_q/k/v/out``) are the self-attention,
+    the text stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention, ``all`` adds both
+    feed-forwards; single-stream (Z-Image): one attention over image and text tokens in the main ``layers``
+    stands for both, its ``to_k``/``to_v`` for the cross-attention's keys and values."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
-    joint = not any(name.endswith(".attn2") for name, _ in unet.named_modules())  # PixArt's DiT has attn1/attn2
-    if joint:
+    names = [name for name, module in unet.named_modules() if isinstance(module, nn.Linear)]
+    if any(".attn2." in name for name in names):  # UNets, PixArt
+        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}
+        projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
+        suffixes = [f".{a}.{p}" for a in attns.get(layers, ("attn2",)) for p in projections]
+        suffixes += [f".{s}" for s in _FF] if layers == "all" else []
+    elif any(".attn.add_k_proj" in name for name in names):  # SD3, FLUX
         if layers == "all":
             suffixes = _JOINT_SUFFIXES["self-attention"] + _JOINT_SUFFIXES["cross-attention"]
             suffixes += [f".{s}" for s in _FF] + [f".ff_context.{s[3:]}" for s in _FF]
         else:
             suffixes = _JOINT_SUFFIXES[layers]
-    elif layers == "cross-attention-kv":
-        suffixes = [".attn2.to_k", ".attn2.to_v"]
-    else:
-        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}[
-            layers
-        ]
-        suffixes = [f".{a}.{p}" for a in attns for p in _ATTN_PROJECTIONS]
-    if layers == "all":
-        suffixes += [f".{s}" for s in _FF]
-    names = [
-        name
-        for name, module in unet.named_modules()
-        if isinstance(module, nn.Linear) and any(name.endswith(s) for s in suffixes)
-    ]
+    else:  # Z-Image: the main layers' single-stream attention
+        projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
+        suffixes = [f".attention.{p}" for p in projections]
+        suffixes += [".feed_forward.w1", ".feed_forward.w2", ".feed_forward.w3"] if layers == "all" else []
+        names = [name for name in names if name.startswith("layers.")]
+    names = [name for name in names if name.endswith(tuple(suffixes))]
     if not names:
         raise ValueError(f"the {network_name(unet)} has no {layers} layers to train a slider on")
     return names
@@ -357,7 +356,7 @@ def train_slider(
         )
 
     sampler = make_denoiser(pair, "base", guidance)
-    single = make_denoiser(pair, "base", 1.0)
+    single = make_denoiser(pair, "base", pair.family.single_pass_scale)
     prompts = _encode(pair, recipe, size, sampler.uses_cfg)
     n = recipe.batch_size
     target, positive, negative, neutral = (

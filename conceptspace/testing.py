@@ -6,6 +6,7 @@ and random LoRAs. The tiny models themselves live in :mod:`conceptspace.models.t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     tiny_sdxl_pipeline,
     tiny_sdxl_unet,
     tiny_vae,
+    tiny_zimage_pipeline,
     write_clip_tokenizer_files,
 )
 
@@ -98,14 +100,18 @@ def _link_blobs(snapshot: Path) -> None:
         file.symlink_to(os.path.relpath(blob, file.parent))
 
 
+_CLIP_TOKENIZERS = {"sdxl": ("tokenizer", "tokenizer_2"), "sd21": ("tokenizer",), "sd35": ("tokenizer", "tokenizer_2")}
+_CLIP_TOKENIZERS["flux"] = ("tokenizer",)  # FLUX's tokenizer_2 is T5's
+"""Each pipeline family's CLIP tokenizer folders (the others hold T5 or Qwen tokenizers, written as they are)."""
+
+
 def _write_repo_tokenizers(snapshot: Path, family: str) -> None:
-    """Tokenizer folders as the hub repos hold them: vocab.json + merges.txt (not transformers 5's tokenizer.json),
-    with the OpenCLIP tokenizers (SDXL's second, SD 2.x's only one) padding with "!"."""
-    for sub in ("tokenizer", "tokenizer_2"):
-        if (snapshot / sub).is_dir():
-            shutil.rmtree(snapshot / sub)
-            openclip = sub == "tokenizer_2" or family == "sd21"
-            write_clip_tokenizer_files(snapshot / sub, pad_token="!" if openclip else "<|endoftext|>")
+    """CLIP tokenizer folders as the hub repos hold them: vocab.json + merges.txt (not transformers 5's
+    tokenizer.json), with the OpenCLIP tokenizers (SDXL's and SD3's second, SD 2.x's only one) padding with "!"."""
+    for sub in _CLIP_TOKENIZERS.get(family, ()):
+        shutil.rmtree(snapshot / sub)
+        openclip = sub == "tokenizer_2" or family == "sd21"
+        write_clip_tokenizer_files(snapshot / sub, pad_token="!" if openclip else "<|endoftext|>")
 
 
 def _rename_class(snapshot: Path, old: str, new: str) -> None:
@@ -114,6 +120,18 @@ def _rename_class(snapshot: Path, old: str, new: str) -> None:
         text = config.read_text()
         if f'"{old}"' in text:
             config.write_text(text.replace(f'"{old}"', f'"{new}"'))
+
+
+def _write_qwen_tokenizer(folder: Path) -> None:
+    """The Z-Image repos' tokenizer layout: ``Qwen2Tokenizer`` with vocab.json and merges.txt beside tokenizer.json."""
+    from conceptspace.models.tiny import _qwen_tokenizer_object
+
+    vocab = _qwen_tokenizer_object().get_vocab(with_added_tokens=False)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer"}))
+    _rename_class(folder.parent, "TokenizersBackend", "Qwen2Tokenizer")
 
 
 def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = None) -> Path:
@@ -145,6 +163,7 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         "sd35": tiny_sd3_pipeline,
         "flux": lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0),  # the student repo: schnell's shape
         "pixart": lambda seed: tiny_pixart_pipeline(seed, lcm=seed != 0),  # the student repo: PixArt-δ's LCM
+        "zimage": tiny_zimage_pipeline,
     }
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
     snapshots: dict[
@@ -161,12 +180,14 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
                     pipe.scheduler.config, timestep_spacing="trailing"
                 )
             pipe.save_pretrained(snapshot)
-            if spec.family in ("sd35", "flux"):  # their transformers: shards and their index.json
+            if spec.family in ("sd35", "flux", "zimage"):  # their transformers: shards and their index.json
                 folder = snapshot / spec.network_folder
                 (folder / "diffusion_pytorch_model.safetensors").unlink()
                 getattr(pipe, spec.network_folder).save_pretrained(folder, max_shard_size="100KB")
             if spec.family == "pixart":  # the PixArt repos predate PixArtTransformer2DModel: their configs name
                 _rename_class(snapshot, "PixArtTransformer2DModel", "Transformer2DModel")  # its legacy class
+            if spec.family == "zimage":
+                _write_qwen_tokenizer(snapshot / "tokenizer")
             if spec.variant:
                 pipe.to(torch.float16).save_pretrained(snapshot, variant=spec.variant)
             _write_repo_tokenizers(snapshot, spec.family)

@@ -47,7 +47,9 @@ def test_regimes_reproduce_the_pixart_pipeline(pair, role, steps, guidance):
         output_type="np",
         use_resolution_binning=False,
     ).images
-    ours = sample(pair, PROMPT, Base() if role == "base" else Distilled(), SEEDS, output_type="np", progress=False)
+    ours = sample(
+        pair, PROMPT, Base() if role == "base" else Distilled(), SEEDS, output_type="np", progress=False
+    )
     assert np.abs(ours.images - reference).max() <= 1e-4
     assert len(ours.schedule) == steps
 
@@ -123,7 +125,9 @@ def test_pixart_pair_loads_offline_by_its_hub_ids(tmp_path: Path):
     assert type(pair.make_scheduler("base")).__name__ == "DPMSolverMultistepScheduler"
     assert type(pair.make_scheduler("student")).__name__ == "LCMScheduler"
     assert not torch.equal(pair.student_unet.pos_embed.proj.weight, pair.base_unet.pos_embed.proj.weight)
-    result = sample(pair, "a photo", "hybrid", seeds=[0], height=64, width=64, output_type="latent", progress=False)
+    result = sample(
+        pair, "a photo", "hybrid", seeds=[0], height=64, width=64, output_type="latent", progress=False
+    )
     assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]
 
 

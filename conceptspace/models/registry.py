@@ -26,7 +26,7 @@ class IncompatibleModelsError(ValueError):
     """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
 
 
-NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer", "pixart": "transformer"}
+NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer", "pixart": "transformer", "zimage": "transformer"}
 """Architectures whose denoising network lives in a folder other than ``unet/`` (each family adapter's
 ``network_folder`` says the same; a test holds them together). Kept here so the registry needs no torch."""
 
@@ -512,6 +512,66 @@ _REGISTRY_LIST += [
         resolution=64,
         seed=1,
         description="tiny random PixArt-δ-architecture student (LCMScheduler), 4 steps without CFG",
+    ),
+]
+
+# Z-Image and Z-Image-Turbo: a single-stream DiT with a Qwen3 text encoder, flow matching.
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="z-image",
+        family="zimage",
+        role="base",
+        repo_id="Tongyi-MAI/Z-Image",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=4.0,
+        resolution=1024,
+        description="Z-Image (S3-DiT, flow matching, shift 3), 50 steps with guidance 4 (Z-Image's own CFG scale)",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="z-image-turbo",
+        family="zimage",
+        role="student",
+        base="z-image",
+        repo_id="Tongyi-MAI/Z-Image-Turbo",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=9,
+        guidance_scale=0.0,
+        resolution=1024,
+        description="Z-Image-Turbo (distilled; full pipeline repo, its transformer is used), 9 steps, no CFG",
+    ),
+    ModelSpec(
+        name="tiny-zimage",
+        family="tiny-zimage",
+        architecture="zimage",
+        role="base",
+        repo_id="builtin:tiny-zimage",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=8,
+        guidance_scale=4.0,
+        resolution=64,
+        seed=0,
+        description="tiny random Z-Image-architecture model (noise images; smoke tests and benchmarks)",
+        embedder="pixels:32",
+    ),
+    ModelSpec(
+        name="tiny-zimage-turbo",
+        family="tiny-zimage",
+        architecture="zimage",
+        role="student",
+        base="tiny-zimage",
+        repo_id="builtin:tiny-zimage-turbo",
+        storage="random",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        resolution=64,
+        seed=1,
+        description="tiny random Z-Image-Turbo-architecture student, 4 steps without CFG",
     ),
 ]
 

@@ -488,3 +488,101 @@ def tiny_pixart_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any
 
 def tiny_pixart_pipeline(seed: int = 0, *, lcm: bool = False, dtype: torch.dtype = torch.float32) -> Any:
     return _pipeline("PixArtAlphaPipeline", tiny_pixart_components(seed, lcm=lcm), dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ Z-Image
+QWEN_HIDDEN = 32
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+"""Qwen3's chat-template structure (user turn, then the assistant's turn opened), which ``ZImagePipeline`` applies
+to every prompt before encoding it."""
+ZIMAGE_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "use_dynamic_shifting": False, "shift": 3.0}
+"""The ``FlowMatchEulerDiscreteScheduler`` config the Z-Image and Z-Image-Turbo repos ship."""
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tokenizer_object() -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` (every byte a token, no merges) with Qwen's chat special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
+    )
+    return tokenizer
+
+
+def qwen_tokenizer() -> Any:
+    """A ``Qwen2TokenizerFast``-compatible tokenizer (byte-level, Qwen's special tokens and chat template), built
+    offline."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_qwen_tokenizer_object(),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3_encoder(seed: int = 0) -> Any:
+    """A tiny ``Qwen3Model`` (two layers: the pipeline reads the second-to-last hidden states)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=_qwen_tokenizer_object().get_vocab_size(),
+        hidden_size=QWEN_HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=1024,
+    )
+    with _seeded(seed):
+        return Qwen3Model(config).eval()
+
+
+def tiny_zimage_transformer(seed: int = 0) -> Any:
+    """A tiny ``ZImageTransformer2DModel`` (one main and one refiner layer) for the tiny VAE's latents."""
+    from diffusers import ZImageTransformer2DModel
+
+    with _seeded(seed):
+        return ZImageTransformer2DModel(
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=4,
+            dim=32,
+            n_layers=1,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            cap_feat_dim=QWEN_HIDDEN,
+            axes_dims=[4, 6, 6],
+            axes_lens=[1024, 64, 64],
+        ).eval()
+
+
+def tiny_zimage_components(seed: int = 0) -> dict[str, Any]:
+    """The components of a tiny ``ZImagePipeline``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return {
+        "transformer": tiny_zimage_transformer(seed),
+        "vae": tiny_flow_vae(seed + 2000),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER),
+        "text_encoder": tiny_qwen3_encoder(seed + 3000),
+        "tokenizer": qwen_tokenizer(),
+    }
+
+
+def tiny_zimage_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
+    return _pipeline("ZImagePipeline", tiny_zimage_components(seed), dtype)

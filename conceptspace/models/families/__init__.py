@@ -13,10 +13,11 @@ from conceptspace.models.families.pixart import PixArtAlpha
 from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
+from conceptspace.models.families.zimage import ZImage
 from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha())
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage())
 }
 
 
@@ -42,5 +43,6 @@ __all__ = [
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
+    "ZImage",
     "family_of",
 ]

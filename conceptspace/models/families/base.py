@@ -82,6 +82,9 @@ class Family(ABC):
     per_block_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that diffusers accepts either as one int or as one value per down block."""
 
+    single_pass_scale: ClassVar[float] = 1.0
+    """The guidance scale at which the network runs one plain conditional pass (diffusers' CFG-off value)."""
+
     pipeline_class_name: ClassVar[str]
     """The diffusers pipeline class of this family's base models, by name (imported when first needed)."""
     network_class_name: ClassVar[str]
@@ -126,6 +129,11 @@ class Family(ABC):
         guidance_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The network's raw output for a batch (in its own prediction type)."""
+
+    def cfg_weight(self, guidance_scale: float) -> float | None:
+        """The classifier-free guidance weight ``w`` (``uncond + w·(cond − uncond)``) that this family's pipelines
+        apply for ``guidance_scale``, or None where they run one conditional pass (diffusers: ``scale > 1``)."""
+        return guidance_scale if guidance_scale > 1.0 else None
 
     def embeds_guidance(self, network: Any) -> bool:
         """Whether ``network`` takes the guidance scale as an input (one pass) instead of running CFG."""

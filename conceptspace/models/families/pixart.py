@@ -67,7 +67,9 @@ class PixArtAlpha(Family):
         micro = self._micro_conditions(pipeline.transformer, height, width, positive)
         return Conditioning(
             {"encoder_hidden_states": positive, "encoder_attention_mask": mask, **micro},
-            {"encoder_hidden_states": negative, "encoder_attention_mask": negative_mask, **micro} if cfg else None,
+            {"encoder_hidden_states": negative, "encoder_attention_mask": negative_mask, **micro}
+            if cfg
+            else None,
         )
 
     @staticmethod
@@ -93,7 +95,10 @@ class PixArtAlpha(Family):
             encoder_hidden_states=inputs["encoder_hidden_states"],
             encoder_attention_mask=inputs["encoder_attention_mask"],
             timestep=t.expand(sample.shape[0]),
-            added_cond_kwargs={"resolution": inputs.get("resolution"), "aspect_ratio": inputs.get("aspect_ratio")},
+            added_cond_kwargs={
+                "resolution": inputs.get("resolution"),
+                "aspect_ratio": inputs.get("aspect_ratio"),
+            },
             return_dict=False,
         )[0]
         if network.config.out_channels // 2 == sample.shape[1]:  # learned variance: keep the ε half

@@ -1101,19 +1101,18 @@ def _lora_hook(
     return hook
 
 
-_TIMESTEP_SCALE = {"FluxTransformer2DModel": 1000.0}
-"""Networks whose timestep input is the scheduler's timestep divided by this."""
-
-
 def _timestep_hook(handle: LoRAHandle) -> Any:
+    from conceptspace.models.families import family_of_network
+
     def hook(_unet: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # only a window needs the timestep: reading a GPU tensor would wait for the device
         if handle.t_start is None:
             return
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if t is not None:
-            # FluxPipeline passes t / 1000; windows are in the scheduler's timesteps (σ·1000)
-            handle.set_timestep(t * _TIMESTEP_SCALE.get(type(_unet).__name__, 1.0))
+            # windows are in the scheduler's timesteps; some networks take another form (FLUX: t / 1000)
+            family = family_of_network(_unet)
+            handle.set_timestep(t if family is None else family.scheduler_timestep(t))
 
     return hook
 

@@ -174,3 +174,17 @@ def test_a_concept_slider_trains_on_zimage_and_fits_its_student(pair, tmp_path):
     slider = read_lora(path)
     assert set(slider.modules) == set(target_modules(pair.base_unet, recipe.layers))
     assert coverage(pair.student_unet, slider).complete
+
+
+def test_timestep_window_reads_zimages_reversed_timestep(pair):
+    # Z-Image is called with (1000 − t)/1000: a window on the scheduler's t must see t, not the network's input
+    lora = random_lora(pair.base_unet, TARGETS, seed=1, size=0.3)
+    regime = Base(steps=4, guidance_scale=0.0)  # t = 1000, 900, 750, 500
+    plain, windowed = [], []
+    sample(pair, PROMPT, regime, [0], output_type="latent", progress=False, callback=plain.append)
+    with apply_lora(pair.base_unet, lora, t_start=800):  # off while t > 800
+        sample(pair, PROMPT, regime, [0], output_type="latent", progress=False, callback=windowed.append)
+    assert [round(float(step.timestep)) for step in plain] == [1000, 900, 750, 500]
+    for before, after in zip(plain[:2], windowed[:2], strict=True):
+        torch.testing.assert_close(after.x0, before.x0, rtol=0, atol=0)
+    assert (windowed[2].x0 - plain[2].x0).abs().max() > 1e-4

@@ -34,6 +34,13 @@ def family_of(spec: ModelSpec | str) -> Family:
         ) from None
 
 
+def family_of_network(network: object) -> Family | None:
+    """The adapter whose denoising network class ``network`` is (the first, for the UNet SD and SDXL share),
+    or None for a class no family names."""
+    name = type(network).__name__
+    return next((f for f in FAMILIES.values() if f.network_class_name == name), None)
+
+
 __all__ = [
     "FAMILIES",
     "Conditioning",
@@ -45,4 +52,5 @@ __all__ = [
     "StableDiffusionXL",
     "ZImage",
     "family_of",
+    "family_of_network",
 ]

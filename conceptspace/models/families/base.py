@@ -145,6 +145,11 @@ class Family(ABC):
             f"{self.name} networks take no guidance input: a family whose embeds_guidance() is true defines this"
         )
 
+    def scheduler_timestep(self, network_timestep: torch.Tensor) -> torch.Tensor:
+        """The scheduler's timestep for the timestep input a network of this family was called with (LoRA
+        timestep windows are in the scheduler's timesteps)."""
+        return network_timestep
+
     def latent_channels(self, network: Any) -> int:
         return int(network.config.in_channels)
 

@@ -121,6 +121,9 @@ class Flux(Family):
         # step at guidance 0); the same for an embedded scale is 1, not an out-of-range 0.
         return torch.full([batch], max(float(scale), 1.0), dtype=torch.float32)
 
+    def scheduler_timestep(self, network_timestep: torch.Tensor) -> torch.Tensor:
+        return network_timestep * 1000  # FluxPipeline passes t / 1000
+
     def timestep_kwargs(
         self, scheduler: Any, network: Any, steps: int, latent_shape: tuple[int, int]
     ) -> dict[str, Any]:

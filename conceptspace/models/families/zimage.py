@@ -96,6 +96,9 @@ class ZImage(Family):
         out = network(latents, timestep, captions, return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2).to(sample.dtype)
 
+    def scheduler_timestep(self, network_timestep: torch.Tensor) -> torch.Tensor:
+        return 1000 * (1 - network_timestep)  # the network is called with (1000 − t) / 1000
+
     def timestep_kwargs(
         self, scheduler: Any, network: Any, steps: int, latent_shape: tuple[int, int]
     ) -> dict[str, Any]:

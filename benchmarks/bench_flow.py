@@ -1,5 +1,6 @@
-"""Flow-matching pairs (FLUX.1 dev/schnell, SD3.5 Large/Turbo): the conceptspace sampler against diffusers' own
-pipeline call, the hybrid against the student, and the memory a loaded pair holds.
+"""Transformer pairs (FLUX.1 dev/schnell, SD3.5 Large/Turbo; on tiny weights also PixArt-α/δ and Z-Image/Turbo):
+the conceptspace sampler against diffusers' own pipeline call, the hybrid against the student, and the memory a
+loaded pair holds.
 
 Full size (``--size full``, a GPU): the published transformer, VAE and text-encoder configs with random weights
 initialised on the device in bfloat16 (nothing is downloaded; the T5 tokenizer is a character-level stand-in, so
@@ -42,7 +43,12 @@ from conceptspace.models import ModelPair, get_spec, with_overrides
 
 PROMPT = "a photo of a cat"
 GOALS = {"ours_vs_diffusers": 1.03, "hybrid_vs_distilled": 1.02, "pair_memory_ratio": 1.05}
-TINY = {"flux": ("tiny-flux", "tiny-schnell", 3.5), "sd3": ("tiny-sd3", "tiny-sd3-turbo", 5.0)}
+TINY = {
+    "flux": ("tiny-flux", "tiny-schnell", 3.5),
+    "sd3": ("tiny-sd3", "tiny-sd3-turbo", 5.0),
+    "pixart": ("tiny-pixart", "tiny-pixart-lcm", 4.5),
+    "zimage": ("tiny-zimage", "tiny-zimage-turbo", 4.0),
+}
 FULL = {"flux": ("flux-dev", "flux-schnell", 3.5), "sd3": ("sd35-large", "sd35-large-turbo", 3.5)}
 
 # Published configs (the repos' transformer/config.json and text encoder configs).
@@ -185,13 +191,15 @@ def peak_bytes(call: Callable[[], Any], device: torch.device) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=("flux", "sd3"), default="flux")
+    parser.add_argument("--family", choices=sorted(TINY), default="flux")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--base-steps", type=int, default=None, help="default: the registry's")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.size == "full" and args.family not in FULL:
+        parser.error(f"--size full is prepared for {', '.join(FULL)} only")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.size == "full" else torch.float32
     base_name, student_name, guidance = (TINY if args.size == "tiny" else FULL)[args.family]
@@ -214,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def call() -> Any:
             generator = [torch.Generator().manual_seed(s) for s in seeds]
+            extra = {"use_resolution_binning": False} if args.family == "pixart" else {}  # sample the size asked
             return pipe(PROMPT, num_inference_steps=n_steps, guidance_scale=scale, height=size, width=size,
-                        generator=generator, output_type="np").images  # fmt: skip
+                        generator=generator, output_type="np", **extra).images  # fmt: skip
 
         return call
 

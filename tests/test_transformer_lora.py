@@ -245,3 +245,23 @@ def test_cli_transfer_across_a_flux_pair(tmp_path):
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())
     moved = [r for r in rows if r.get("model") == "tiny-schnell" and r.get("scale") == 1.0 and r["value"] > 0]
     assert moved, "the base's LoRA changes the student's images"
+
+
+@pytest.mark.parametrize(("base", "student"), [("tiny-pixart", "tiny-pixart-lcm"), ("tiny-zimage", "tiny-zimage-turbo")])
+def test_a_concept_slider_trains_on_a_dit_and_fits_its_student(tmp_path, base, student):
+    # PixArt (attn1/attn2 blocks) and Z-Image (single-stream attention): the slider layers each structure names
+    import dataclasses
+
+    from conceptspace.models import load_pair
+    from conceptspace.sliders import load_recipe, target_modules, train_slider
+
+    pair = load_pair(base, student, device="cpu")
+    recipe = dataclasses.replace(
+        load_recipe("sliders/testbed-size.yaml"), steps=3, resolution=64, sampling_steps=4, batch_size=2
+    )
+    losses = []
+    path = train_slider(pair, recipe, tmp_path / "slider.safetensors", losses=losses, progress=False)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    slider = read_lora(path)
+    assert set(slider.modules) == set(target_modules(pair.base_unet, recipe.layers))
+    assert coverage(pair.student_unet, slider).complete

@@ -333,6 +333,37 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ),
 ]
 
+def _tiny_pair(
+    architecture: str,
+    base: str,
+    student: str,
+    shaped_like: str,
+    *,
+    guidance: float,
+    scheduler: str = "FlowMatchEulerDiscreteScheduler",
+    student_scheduler: str | None = None,
+    student_overrides: tuple[tuple[str, Any], ...] = (),
+    student_note: str,
+) -> list[ModelSpec]:
+    """A tiny random base (8 steps) and student (4 steps, no CFG) of a transformer family, 64 px, built in memory:
+    the offline tests' and benchmarks' stand-ins for that family's real pair."""
+    common = dict(family=base, architecture=architecture, storage="random", resolution=64)
+    return [
+        ModelSpec(
+            name=base, role="base", repo_id=f"builtin:{base}", scheduler=scheduler, num_inference_steps=8,
+            guidance_scale=guidance, seed=0, embedder="pixels:32",
+            description=f"tiny random {shaped_like}-architecture model (noise images; smoke tests and benchmarks)",
+            **common,
+        ),
+        ModelSpec(
+            name=student, role="student", base=base, repo_id=f"builtin:{student}",
+            scheduler=student_scheduler or scheduler, scheduler_overrides=student_overrides,
+            num_inference_steps=4, guidance_scale=0.0, seed=1,
+            description=f"tiny random {shaped_like}-architecture student ({student_note})", **common,
+        ),
+    ]  # fmt: skip
+
+
 # Flow-matching transformers. Sources of every default: docs/model-pairs.md, "Where the facts come from".
 _REGISTRY_LIST += [
     ModelSpec(
@@ -363,36 +394,7 @@ _REGISTRY_LIST += [
         resolution=1024,
         description="SD3.5 Large Turbo (ADD-distilled; full pipeline repo, its transformer is used), 4 steps, no CFG",
     ),
-    ModelSpec(
-        name="tiny-sd3",
-        family="tiny-sd3",
-        architecture="sd3",
-        role="base",
-        repo_id="builtin:tiny-sd3",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        num_inference_steps=8,
-        guidance_scale=5.0,
-        resolution=64,
-        seed=0,
-        description="tiny random SD3-architecture model (noise images; smoke tests and benchmarks)",
-        embedder="pixels:32",
-    ),
-    ModelSpec(
-        name="tiny-sd3-turbo",
-        family="tiny-sd3",
-        architecture="sd3",
-        role="student",
-        base="tiny-sd3",
-        repo_id="builtin:tiny-sd3-turbo",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        resolution=64,
-        seed=1,
-        description="tiny random SD3-architecture student, 4 steps without CFG",
-    ),
+    *_tiny_pair("sd3", "tiny-sd3", "tiny-sd3-turbo", "SD3", guidance=5.0, student_note="4 steps, no CFG"),
 ]
 
 _REGISTRY_LIST += [
@@ -422,37 +424,11 @@ _REGISTRY_LIST += [
         resolution=1024,
         description="FLUX.1-schnell (timestep-distilled; full pipeline repo, its transformer is used), 4 steps",
     ),
-    ModelSpec(
-        name="tiny-flux",
-        family="tiny-flux",
-        architecture="flux",
-        role="base",
-        repo_id="builtin:tiny-flux",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        num_inference_steps=8,
-        guidance_scale=3.5,
-        resolution=64,
-        seed=0,
-        description="tiny random FLUX.1-dev-architecture model (noise images; smoke tests and benchmarks)",
-        embedder="pixels:32",
-    ),
-    ModelSpec(
-        name="tiny-schnell",
-        family="tiny-flux",
-        architecture="flux",
-        role="student",
-        base="tiny-flux",
-        repo_id="builtin:tiny-schnell",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        scheduler_overrides=(("use_dynamic_shifting", False), ("shift", 1.0)),
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        resolution=64,
-        seed=1,
-        description="tiny random FLUX.1-schnell-architecture student (no guidance input, no shift), 4 steps",
-    ),
+    *_tiny_pair(
+        "flux", "tiny-flux", "tiny-schnell", "FLUX.1-dev", guidance=3.5,
+        student_overrides=(("use_dynamic_shifting", False), ("shift", 1.0)),
+        student_note="FLUX.1-schnell-shaped: no guidance input, no shift; 4 steps",
+    ),  # fmt: skip
 ]
 
 # PixArt-α and its LCM student PixArt-δ (the paper's appendix pair): a DiT on VP latents with a T5 encoder.
@@ -483,36 +459,11 @@ _REGISTRY_LIST += [
         resolution=1024,
         description="PixArt-δ (LCM-distilled PixArt-α; full pipeline repo, its transformer is used), 4 steps, no CFG",
     ),
-    ModelSpec(
-        name="tiny-pixart",
-        family="tiny-pixart",
-        architecture="pixart",
-        role="base",
-        repo_id="builtin:tiny-pixart",
-        storage="random",
-        scheduler="DPMSolverMultistepScheduler",
-        num_inference_steps=8,
-        guidance_scale=4.5,
-        resolution=64,
-        seed=0,
-        description="tiny random PixArt-α-architecture model (noise images; smoke tests and benchmarks)",
-        embedder="pixels:32",
-    ),
-    ModelSpec(
-        name="tiny-pixart-lcm",
-        family="tiny-pixart",
-        architecture="pixart",
-        role="student",
-        base="tiny-pixart",
-        repo_id="builtin:tiny-pixart-lcm",
-        storage="random",
-        scheduler="LCMScheduler",
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        resolution=64,
-        seed=1,
-        description="tiny random PixArt-δ-architecture student (LCMScheduler), 4 steps without CFG",
-    ),
+    *_tiny_pair(
+        "pixart", "tiny-pixart", "tiny-pixart-lcm", "PixArt-α", guidance=4.5,
+        scheduler="DPMSolverMultistepScheduler", student_scheduler="LCMScheduler",
+        student_note="PixArt-δ-shaped: LCMScheduler, 4 steps without CFG",
+    ),  # fmt: skip
 ]
 
 # Z-Image and Z-Image-Turbo: a single-stream DiT with a Qwen3 text encoder, flow matching.
@@ -543,35 +494,8 @@ _REGISTRY_LIST += [
         resolution=1024,
         description="Z-Image-Turbo (distilled; full pipeline repo, its transformer is used), 9 steps, no CFG",
     ),
-    ModelSpec(
-        name="tiny-zimage",
-        family="tiny-zimage",
-        architecture="zimage",
-        role="base",
-        repo_id="builtin:tiny-zimage",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        num_inference_steps=8,
-        guidance_scale=4.0,
-        resolution=64,
-        seed=0,
-        description="tiny random Z-Image-architecture model (noise images; smoke tests and benchmarks)",
-        embedder="pixels:32",
-    ),
-    ModelSpec(
-        name="tiny-zimage-turbo",
-        family="tiny-zimage",
-        architecture="zimage",
-        role="student",
-        base="tiny-zimage",
-        repo_id="builtin:tiny-zimage-turbo",
-        storage="random",
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        num_inference_steps=4,
-        guidance_scale=0.0,
-        resolution=64,
-        seed=1,
-        description="tiny random Z-Image-Turbo-architecture student, 4 steps without CFG",
+    *_tiny_pair(
+        "zimage", "tiny-zimage", "tiny-zimage-turbo", "Z-Image", guidance=4.0, student_note="4 steps, no CFG"
     ),
 ]
 

@@ -976,12 +976,19 @@ def evaluate(
     fid_weights: Annotated[
         Path | None, typer.Option(help="Local FID Inception weights file (needed offline unless cached).")
     ] = None,
+    inception_score: Annotated[
+        bool,
+        typer.Option(
+            "--inception-score", help="Also the Inception Score per regime (the FID network; on the testbed its probe)."
+        ),
+    ] = False,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
     device: DeviceOpt = None,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """CLIP score (each image against its prompt) and FID per regime of a run; writes DIR/metrics.json and .csv.
+    """CLIP score (each image against its prompt), FID and Inception Score per regime of a run; writes
+    DIR/metrics.json and .csv.
 
     Example: conceptspace evaluate runs/coco --fid-ref data/coco-val2014 --embedder open_clip:ViT-B-32:laion2b_s34b_b79k
     """
@@ -996,6 +1003,7 @@ def evaluate(
         embedder=embedder,
         fid_ref=fid_ref,
         fid_weights=fid_weights,
+        inception_score=inception_score,
         device=device,
         cache_dir=cache_dir,
         n_boot=n_boot,

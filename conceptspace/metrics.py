@@ -65,6 +65,8 @@ __all__ = [
     "diversity_over_prompts",
     "diversity_rows",
     "fid",
+    "inception_score",
+    "inception_score_of",
     "lpips_distance_matrix",
     "lpips_diversity",
     "metric_name",
@@ -1137,9 +1139,10 @@ def inception_weights(weights_path: str | os.PathLike | None) -> str | None:
         return str(cached)
     if _offline():
         raise ValueError(
-            "FID needs a feature network and none is available offline (HF_HUB_OFFLINE is set): pass "
-            f"weights_path= (a local copy of {INCEPTION_WEIGHTS_URL}, or put it at {cached}) or "
-            "feature_extractor= (any torch.nn.Module mapping an image batch to (n, d) features)"
+            "FID and the Inception Score need the Inception network, which cannot be downloaded offline "
+            f"(HF_HUB_OFFLINE is set): pass weights_path= (a local copy of {INCEPTION_WEIGHTS_URL}, or put it at "
+            f"{cached}), or a network of your own: feature_extractor= for FID, classifier= for the Inception Score "
+            "(any torch.nn.Module mapping an image batch to (n, d) features / class logits)"
         )
     return None
 
@@ -1231,6 +1234,93 @@ def fid(
     if not math.isfinite(value):
         raise ValueError("FID is not finite: do the features hold NaN or infinite values?")
     return max(value, 0.0)  # round-off can leave e.g. -1e-9 for identical sets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inception Score
+
+
+def inception_score_of(probabilities: ArrayLike) -> float:
+    """``exp(E_x KL(p(y|x) ‖ p(y)))`` of class probabilities ``(n, classes)``, p(y) their mean (Salimans et al.)."""
+    p = _as_array(probabilities, "probabilities")
+    if p.ndim != 2 or len(p) < 2:
+        raise ValueError(f"probabilities must be (n >= 2, classes), got shape {p.shape}")
+    _check_finite(p, "probabilities")
+    return float(np.exp(_mean_kl(p[None])[0]))
+
+
+def _mean_kl(p: np.ndarray) -> np.ndarray:
+    """Mean KL(p_i ‖ mean p) over the rows of each ``(sets, n, classes)`` stack."""
+    marginal = p.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(marginal)), 0.0)
+    return terms.sum(axis=2).mean(axis=1)
+
+
+class _Classifier(torch.nn.Module):
+    """The FID Inception network's 1008 unbiased logits (torch-fidelity's), as the Inception Score takes them."""
+
+    def __init__(self, weights_path: str | None) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=weights_path
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))
+
+
+def inception_score(
+    images: Any,
+    *,
+    classifier: torch.nn.Module | None = None,
+    weights_path: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Inception Score of an image set with a percentile bootstrap interval over its images.
+
+    Class probabilities come from ``classifier`` (any ``nn.Module`` mapping a batch in [0, 1] to ``(n, classes)``
+    logits: on the testbed, :class:`conceptspace.testbed.probe.ProbeClasses`), or else from the FID Inception
+    network's unbiased logits (weights as for :func:`fid`: ``weights_path``, the torch hub cache, or online a
+    download; ``pip install torch-fidelity``). Images as for :func:`fid`. One score over all images (no splits):
+    like FID it grows with n up to the number of classes, so compare scores only at equal n.
+    """
+    _check_settings(confidence, n_boot)
+    device = torch.device(device or "cpu")
+    if classifier is None:
+        path = inception_weights(weights_path)
+        try:
+            import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "the Inception Score with the Inception network needs torch-fidelity: pip install torch-fidelity "
+                "(or pass classifier= any torch.nn.Module giving class logits)"
+            ) from None
+        classifier = _Classifier(path)
+    classifier = classifier.to(device).eval()
+    parts = []
+    with torch.no_grad():
+        for batch in _image_batches(images, batch_size, "images"):
+            logits = classifier(batch.to(device)).reshape(len(batch), -1).double()
+            parts.append(logits.softmax(dim=1).cpu().numpy())
+    p = np.concatenate(parts) if parts else np.empty((0, 0))
+    value = inception_score_of(p)
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(0)
+    if n_boot:
+        chunks = [
+            np.exp(_mean_kl(p[rng.integers(0, len(p), size=(m, len(p)))]))
+            for m in np.diff(np.r_[0:n_boot:100, n_boot])  # resamples in chunks of 100: bounded memory
+        ]
+        replicates = np.concatenate(chunks)
+    low, high = percentile_interval(replicates, confidence)
+    return Estimate(value, low, high, len(p), method="bootstrap" if len(replicates) else "none")
 
 
 # ----------------------------------------------------------------------------------------------------------------

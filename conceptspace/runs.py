@@ -814,14 +814,16 @@ def evaluate_run(
     fid_ref: str | os.PathLike | None = None,
     fid_weights: str | os.PathLike | None = None,
     fid_feature_extractor: torch.nn.Module | None = None,
+    inception_score: bool = False,
+    is_classifier: torch.nn.Module | None = None,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     n_boot: int = 1000,
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """CLIP score, FID (with ``fid_ref``) and sampling time of each regime's finished images; writes
-    RUN_DIR/metrics.json/csv.
+    """CLIP score, FID (with ``fid_ref``), Inception Score (with ``inception_score``) and sampling time of each
+    regime's finished images; writes RUN_DIR/metrics.json/csv.
 
     ``embedder``: a spec for :func:`conceptspace.embeddings.load_embedder` or a loaded embedder (default: the run's
     base model's embedder); each image is scored against its own prompt. An image-only embedder (no text tower,
@@ -829,15 +831,20 @@ def evaluate_run(
     either there is nothing to measure, and that is an error. ``fid_ref``: the name of a regime of this run, or a
     folder of reference images (searched recursively; resized and centre-cropped to the run's image size). FID
     uses the Inception network (``fid_weights``: a local weights file; offline, it must be given or cached) unless
-    ``fid_feature_extractor`` (any module mapping an image batch in [0, 1] to features) is given.
+    ``fid_feature_extractor`` (any module mapping an image batch in [0, 1] to features) is given. The Inception
+    Score uses the same Inception network (its unbiased logits; the same weights file) unless ``is_classifier``
+    (any module mapping an image batch in [0, 1] to class logits) is given; a testbed run defaults to
+    :class:`conceptspace.testbed.probe.ProbeClasses` (the probe's shape × colour, 18 classes).
 
     Rows, all with ``prompt="(all prompts)"``: ``metric="clip_score"`` per regime (mean over images, bootstrap 95%
     CI), ``metric="fid"`` per regime other than the reference (no CI; ``reference`` and ``n_reference`` keys), and
+    ``metric="inception_score"`` per regime (bootstrap 95% CI over images; ``classifier`` key), and
     ``metric="seconds_per_image"`` per regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
     from conceptspace.metrics import ALL_PROMPTS, clip_score, fid, mean_estimate
+    from conceptspace.metrics import inception_score as score_images
     from conceptspace.results import metric_row, write_metrics
 
     run_dir = Path(run_dir)
@@ -865,16 +872,21 @@ def evaluate_run(
     reference = _fid_reference(fid_ref, by_regime) if fid_ref is not None else None
     if reference is not None and fid_feature_extractor is None:
         _check_inception_available(fid_weights)
-    spec = embedder if embedder is not None else default_embedder(run.get("parameters", {}).get("base"))
+    base_name = run.get("parameters", {}).get("base")
+    if inception_score and is_classifier is None:
+        is_classifier = _default_classifier(base_name, device)
+        if is_classifier is None:
+            _check_inception_available(fid_weights)
+    spec = embedder if embedder is not None else default_embedder(base_name)
     if isinstance(spec, str):
         spec = load_embedder(
             spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
         )
     has_text = getattr(spec, "has_text", False)
-    if not has_text and reference is None:
+    if not has_text and reference is None and not inception_score:
         raise ValueError(
             f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
-            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone"
+            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone (--inception-score for IS)"
         )
 
     rows = []
@@ -914,6 +926,22 @@ def evaluate_run(
                     n_reference=len(reference.paths),
                 )
             )
+    if inception_score:
+        size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size
+        classifier_name = type(is_classifier).__name__ if is_classifier is not None else "inception-v3"
+        for regime, images in by_regime.items():
+            estimate = score_images(
+                _image_batches([path for path, _ in images], size, batch_size),
+                classifier=is_classifier,
+                weights_path=fid_weights,
+                device=device,
+                n_boot=n_boot,
+            )
+            rows.append(
+                estimate.row(
+                    ALL_PROMPTS, regime, "inception_score", ci_method=estimate.method, classifier=classifier_name
+                )
+            )
     # Time per image: each image's share of its batch's sampling time, so it depends on the batch size and device.
     parameters = run.get("parameters", {})
     name = getattr(spec, "name", spec)
@@ -933,6 +961,17 @@ def evaluate_run(
         )
     write_metrics(run_dir, rows)
     return rows
+
+
+def _default_classifier(base: str | None, device: str | torch.device | None) -> torch.nn.Module | None:
+    """The testbed's own classifier for a run of a testbed model (the Inception network knows no shapes)."""
+    from conceptspace.models import REGISTRY
+
+    if base not in REGISTRY or REGISTRY[base].family != "testbed":
+        return None
+    from conceptspace.testbed.probe import ProbeClasses, load_probe
+
+    return ProbeClasses(load_probe(device=device))
 
 
 def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:
@@ -955,7 +994,8 @@ def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Pat
 
 
 def _check_inception_available(weights_path: str | os.PathLike | None) -> None:
-    """Fail before any work when the FID Inception network cannot be had (offline without weights)."""
+    """Fail before any work when the Inception network (FID, Inception Score) cannot be had (offline without
+    weights)."""
     from conceptspace.metrics import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
 
     try:
@@ -963,12 +1003,15 @@ def _check_inception_available(weights_path: str | os.PathLike | None) -> None:
     except ValueError:  # offline with nothing cached: say it in the command's words
         cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
         raise ValueError(
-            "FID needs the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE is set): pass "
+            "FID and the Inception Score need the Inception weights, which cannot be downloaded offline "
+            "(HF_HUB_OFFLINE is set): pass "
             f"--fid-weights FILE (fid_weights= in Python) with a local copy of {INCEPTION_WEIGHTS_URL}, or put "
             f"it at {cached}"
         ) from None
     if importlib.util.find_spec("torch_fidelity") is None:
-        raise ValueError("FID with the Inception network needs torch-fidelity: pip install torch-fidelity")
+        raise ValueError(
+            "FID and the Inception Score with the Inception network need torch-fidelity: pip install torch-fidelity"
+        )
 
 
 def _open_rgb(path: Path) -> Any:

@@ -793,3 +793,40 @@ def test_docs_examples_run(capsys):
         exec(compile(block, f"{DOCS.name} example {index}", "exec"), {"__name__": f"docs_example_{index}"})
     printed = capsys.readouterr().out
     assert "hybrid - distilled" in printed and "diff_pairwise_distance" in printed
+
+
+# ----------------------------------------------------------------------------------------------- Inception Score
+def test_inception_score_is_the_number_of_classes_a_sharp_even_spread_covers():
+    from conceptspace.metrics import inception_score_of
+
+    sharp = np.eye(4)[np.arange(40) % 4]  # confident, every class equally often: IS = 4
+    assert inception_score_of(sharp) == pytest.approx(4.0)
+    assert inception_score_of(np.tile([0.7, 0.2, 0.1], (30, 1))) == pytest.approx(1.0)  # one prediction for all
+    half = np.vstack([np.eye(4)[np.arange(20) % 4], np.full((20, 4), 0.25)])  # half sharp, half uncertain
+    assert 1.0 < inception_score_of(half) < 4.0
+    with pytest.raises(ValueError, match="probabilities must be"):
+        inception_score_of(np.ones(5))
+
+
+def test_inception_score_of_a_classifier_with_a_bootstrap_interval():
+    from conceptspace.metrics import inception_score, inception_score_of
+
+    torch.manual_seed(0)
+    images = torch.rand(48, 3, 8, 8)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 6))
+    estimate = inception_score(images, classifier=classifier, batch_size=10, n_boot=300)
+    with torch.no_grad():
+        expected = inception_score_of(classifier(images).softmax(dim=1))
+    assert estimate.value == pytest.approx(expected) and estimate.n == 48 and estimate.method == "bootstrap"
+    assert estimate.ci_low < estimate.value < estimate.ci_high
+    same = inception_score(images, classifier=classifier, batch_size=48, n_boot=300)
+    assert (same.ci_low, same.ci_high) == (estimate.ci_low, estimate.ci_high)  # seeded, batch-independent
+
+
+def test_inception_score_offline_without_weights_says_what_to_pass(tmp_path, monkeypatch):
+    from conceptspace.metrics import inception_score
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="classifier= for the Inception Score"):
+        inception_score(torch.rand(4, 3, 8, 8))

@@ -667,8 +667,8 @@ def test_evaluate_errors_say_what_to_do(
     )
     assert isinstance(offline.exception, ValueError)
     assert str(offline.exception).startswith(
-        "FID needs the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE is set): pass "
-        "--fid-weights FILE"
+        "FID and the Inception Score need the Inception weights, which cannot be downloaded offline "
+        "(HF_HUB_OFFLINE is set): pass --fid-weights FILE"
     )
     weights = invoke(
         "evaluate",
@@ -682,6 +682,8 @@ def test_evaluate_errors_say_what_to_do(
         "--quiet",
     )
     assert isinstance(weights.exception, FileNotFoundError) and "do not exist" in str(weights.exception)
+    no_inception = invoke("evaluate", str(reference_run), "--inception-score", "--quiet")
+    assert "FID and the Inception Score need the Inception weights" in str(no_inception.exception)
     unknown = invoke("evaluate", str(reference_run), "--embedder", clip_spec, "--fid-ref", "nowhere")
     assert "neither a folder nor a regime of this run (distilled, hybrid)" in str(unknown.exception)
     not_a_run = invoke("evaluate", str(tmp_path), "--embedder", clip_spec)
@@ -725,3 +727,21 @@ def test_evaluate_with_an_image_only_embedder_skips_the_clip_score(
     with pytest.raises(ValueError, match="embeds images only.*or --fid-ref for FID alone"):
         evaluate_run(run, progress=False)
     assert not (run / "metrics.json").exists()
+
+
+def test_evaluate_scores_each_regime_with_the_inception_score(reference_run: Path, tmp_path: Path) -> None:
+    from conceptspace.metrics import inception_score
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    rows = evaluate_run(run, inception_score=True, is_classifier=classifier, n_boot=200, progress=False)
+    scores = {r["regime"]: r for r in rows if r["metric"] == "inception_score"}
+    assert list(scores) == ["distilled", "hybrid"]
+    for regime, row in scores.items():
+        paths = [run / runs._image_path(*runs._entry_key(e)) for e in read_manifest(run) if e["regime"] == regime]
+        images = [Image.open(path).convert("RGB") for path in paths]
+        expected = inception_score(images, classifier=classifier, n_boot=0).value
+        assert row["value"] == pytest.approx(expected) and row["n"] == 6 and 1.0 <= row["value"] <= 5.0
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["classifier"] == "Sequential"

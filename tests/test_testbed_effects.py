@@ -80,3 +80,16 @@ def test_the_student_commits_at_its_first_step_the_base_later(pair, probe):
     base = _step_one_matches_final(pair, probe, Base(steps=DEMO_BASE_STEPS), seeds).mean()
     assert student >= 0.6, f"the student's step-1 x̂0 shows its final shape and colour in only {student:.0%}"
     assert base <= 0.3, f"the base's step-1 x̂0 already shows its final shape and colour in {base:.0%}"
+
+
+def test_the_testbed_inception_score_drops_with_the_student(pair, tmp_path):
+    # evaluate's Inception Score on a testbed run: the probe's 18 shape × colour classes stand in for ImageNet's
+    from conceptspace.runs import Case, evaluate_run, run_prompt_set
+
+    regimes = [Base(steps=DEMO_BASE_STEPS), Distilled()]
+    run_prompt_set(pair, [Case(0, "a shape", 0)], regimes, tmp_path / "run", per_prompt=N, batch_size=N, progress=False)
+    rows = evaluate_run(tmp_path / "run", inception_score=True, n_boot=500, progress=False)
+    scores = {r["regime"]: r for r in rows if r["metric"] == "inception_score"}
+    assert {r["classifier"] for r in scores.values()} == {"ProbeClasses"} and scores["base"]["n"] == N
+    base, student = scores["base"], scores["distilled"]
+    assert base["ci_low"] > student["ci_high"], f"IS base {base} should exceed the student's {student}"

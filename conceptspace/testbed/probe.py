@@ -271,6 +271,21 @@ class FactorProbe(nn.Module):
         return probe.to(device or "cpu", memory_format=torch.channels_last).eval()
 
 
+class ProbeClasses(nn.Module):
+    """The probe as an 18-class image classifier: log p(shape) + log p(colour) for images in [0, 1], the joint
+    class of the testbed's Inception Score (its classes are what the world varies, as ImageNet's are for
+    Inception)."""
+
+    def __init__(self, probe: FactorProbe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.probe(images * 2 - 1)
+        shape, colour = out["shape"].log_softmax(dim=1), out["colour"].log_softmax(dim=1)
+        return (shape[:, :, None] + colour[:, None, :]).reshape(len(images), -1)
+
+
 def load_probe(
     directory: str | os.PathLike | None = None, *, device: str | torch.device | None = None
 ) -> FactorProbe:

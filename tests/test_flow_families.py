@@ -11,6 +11,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from family_checks import check_hybrid_hand_off
 from safetensors.torch import load_file
 
 from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, load_pair, sample
@@ -89,18 +90,7 @@ def _recording(network, calls):
 
 
 def test_hybrid_runs_the_base_once_at_the_students_first_sigma(pair):
-    base_calls, student_calls = [], []
-    handles = [_recording(pair.base_unet, base_calls), _recording(pair.student_unet, student_calls)]
-    try:
-        result = sample(pair, PROMPT, Hybrid(k=1), SEEDS, output_type="latent", progress=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    expected = [float(s.timestep) for s in sample(pair, PROMPT, Distilled(), [0], progress=False).schedule]
-    assert [t for _, t, _ in base_calls] == pytest.approx(expected[:1], abs=0.5)  # σ = 1, no CFG pass
-    assert base_calls[0][0].shape[0] == len(SEEDS)
-    assert [t for _, t, _ in student_calls] == pytest.approx(expected[1:], abs=0.5)
-    assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]
+    check_hybrid_hand_off(pair, _recording, PROMPT, SEEDS)  # σ = 1 first
 
 
 def test_x0_at_every_step_is_the_latent_minus_sigma_times_velocity(pair):

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from family_checks import check_hybrid_hand_off
 
-from conceptspace import Base, Distilled, Hybrid, load_pair, sample
+from conceptspace import Base, Distilled, load_pair, sample
 from conceptspace.lora import apply_lora, coverage, read_lora, write_lora
 from conceptspace.models import get_spec, is_cached
 from conceptspace.models.tiny import tiny_zimage_pipeline
@@ -73,18 +74,7 @@ def _recording(network, calls):
 
 
 def test_hybrid_runs_the_base_once_at_the_students_first_sigma(pair):
-    base_calls, student_calls = [], []
-    handles = [_recording(pair.base_unet, base_calls), _recording(pair.student_unet, student_calls)]
-    try:
-        result = sample(pair, PROMPT, Hybrid(k=1), SEEDS, output_type="latent", progress=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    expected = [float(s.timestep) for s in sample(pair, PROMPT, Distilled(), [0], progress=False).schedule]
-    assert [t for _, t, _ in base_calls] == pytest.approx(expected[:1], abs=0.5)
-    assert base_calls[0][0].shape[0] == len(SEEDS)  # base guidance 0: one pass
-    assert [t for _, t, _ in student_calls] == pytest.approx(expected[1:], abs=0.5)
-    assert [s.model for s in result.schedule] == ["base", "distilled", "distilled", "distilled"]
+    check_hybrid_hand_off(pair, _recording, PROMPT, SEEDS)
 
 
 def test_x0_is_the_latent_minus_sigma_times_the_velocity(pair):

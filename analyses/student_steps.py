@@ -48,18 +48,14 @@ def main() -> None:
     print(f"{'model':<10} {'step':>4} {'t':>4}  {'x̂0 shows the final level [95% CI]':<36} confidence  pixel std")
     for regime in (Distilled(), Base(steps=args.base_steps)):
         result = sample(pair, args.prompt, regime, seeds, output_type="latent", record_x0=True, progress=False)
-        readings = [
-            probe.predict(decode(pair, result.trajectory[:, step], output_type="pt"), value_range=(0, 1),
-                          probabilities=True)  # fmt: skip
-            for step in range(result.trajectory.shape[1])
-        ]
+        decoded = [decode(pair, result.trajectory[:, step], output_type="pt") for step in range(len(result.schedule))]
+        readings = [probe.predict(images, value_range=(0, 1), probabilities=True) for images in decoded]
         final = readings[-1][args.factor]
-        for step, (reading, scheduled) in enumerate(zip(readings, result.schedule, strict=True)):
+        for step, (images, reading, scheduled) in enumerate(zip(decoded, readings, result.schedule, strict=True)):
             if step >= 4:
                 break
             same = mean_estimate((reading[args.factor] == final).astype(float), seed=step)
             confidence = reading[f"{args.factor}_probs"].max(axis=1).mean()
-            images = decode(pair, result.trajectory[:, step], output_type="pt")
             contrast = float(images.std(dim=(2, 3)).mean())
             print(
                 f"{regime.name:<10} {step + 1:>4} {scheduled.timestep:>4}  {same.value:.2f} "

@@ -65,6 +65,7 @@ __all__ = [
     "diversity_over_prompts",
     "diversity_rows",
     "fid",
+    "inception_classifier",
     "inception_score",
     "inception_score_of",
     "lpips_distance_matrix",
@@ -1257,8 +1258,10 @@ def _mean_kl(p: np.ndarray) -> np.ndarray:
     return terms.sum(axis=2).mean(axis=1)
 
 
-class _Classifier(torch.nn.Module):
+class _InceptionLogits(torch.nn.Module):
     """The FID Inception network's 1008 unbiased logits (torch-fidelity's), as the Inception Score takes them."""
+
+    name = "inception-v3"
 
     def __init__(self, weights_path: str | None) -> None:
         super().__init__()
@@ -1270,6 +1273,20 @@ class _Classifier(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))
+
+
+def inception_classifier(weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The Inception network as the Inception Score's classifier (weights as for :func:`fid`; needs
+    torch-fidelity). Build it once to score several image sets."""
+    path = inception_weights(weights_path)
+    try:
+        import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "the Inception Score with the Inception network needs torch-fidelity: pip install torch-fidelity "
+            "(or pass classifier= any torch.nn.Module giving class logits)"
+        ) from None
+    return _InceptionLogits(path)
 
 
 def inception_score(
@@ -1293,17 +1310,7 @@ def inception_score(
     """
     _check_settings(confidence, n_boot)
     device = torch.device(device or "cpu")
-    if classifier is None:
-        path = inception_weights(weights_path)
-        try:
-            import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                "the Inception Score with the Inception network needs torch-fidelity: pip install torch-fidelity "
-                "(or pass classifier= any torch.nn.Module giving class logits)"
-            ) from None
-        classifier = _Classifier(path)
-    classifier = classifier.to(device).eval()
+    classifier = (classifier or inception_classifier(weights_path)).to(device).eval()
     parts = []
     with torch.no_grad():
         for batch in _image_batches(images, batch_size, "images"):

@@ -843,7 +843,7 @@ def evaluate_run(
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
-    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid, mean_estimate
+    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid, inception_classifier, mean_estimate
     from conceptspace.metrics import inception_score as score_images
     from conceptspace.results import metric_row, write_metrics
 
@@ -877,6 +877,7 @@ def evaluate_run(
         is_classifier = _default_classifier(base_name, device)
         if is_classifier is None:
             _check_inception_available(fid_weights)
+            is_classifier = inception_classifier(fid_weights)  # once, for every regime
     spec = embedder if embedder is not None else default_embedder(base_name)
     if isinstance(spec, str):
         spec = load_embedder(
@@ -889,6 +890,7 @@ def evaluate_run(
             f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone (--inception-score for IS)"
         )
 
+    size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
     rows = []
     for regime, images in (by_regime if has_text else {}).items():  # image-only embedder: no CLIP score
         prompts = [prompt for _, prompt in images]
@@ -904,7 +906,6 @@ def evaluate_run(
             estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=spec.name, ci_method=estimate.method)
         )
     if reference is not None:
-        size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size
         for regime, images in by_regime.items():
             if regime == reference.regime:
                 continue
@@ -927,13 +928,11 @@ def evaluate_run(
                 )
             )
     if inception_score:
-        size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size
-        classifier_name = type(is_classifier).__name__ if is_classifier is not None else "inception-v3"
+        classifier_name = getattr(is_classifier, "name", type(is_classifier).__name__)
         for regime, images in by_regime.items():
             estimate = score_images(
                 _image_batches([path for path, _ in images], size, batch_size),
                 classifier=is_classifier,
-                weights_path=fid_weights,
                 device=device,
                 n_boot=n_boot,
             )

@@ -207,9 +207,9 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
     names = [name for name, module in unet.named_modules() if isinstance(module, nn.Linear)]
     if any(".attn2." in name for name in names):  # UNets, PixArt
-        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "all": ("attn1", "attn2")}
+        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "cross-attention-kv": ("attn2",)}
         projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
-        suffixes = [f".{a}.{p}" for a in attns.get(layers, ("attn2",)) for p in projections]
+        suffixes = [f".{a}.{p}" for a in attns.get(layers, ("attn1", "attn2")) for p in projections]
         suffixes += [f".{s}" for s in _FF] if layers == "all" else []
     elif any(".attn.add_k_proj" in name for name in names):  # SD3, FLUX
         if layers == "all":

@@ -100,8 +100,12 @@ def _link_blobs(snapshot: Path) -> None:
         file.symlink_to(os.path.relpath(blob, file.parent))
 
 
-_CLIP_TOKENIZERS = {"sdxl": ("tokenizer", "tokenizer_2"), "sd21": ("tokenizer",), "sd35": ("tokenizer", "tokenizer_2")}
-_CLIP_TOKENIZERS["flux"] = ("tokenizer",)  # FLUX's tokenizer_2 is T5's
+_CLIP_TOKENIZERS = {
+    "sdxl": ("tokenizer", "tokenizer_2"),
+    "sd21": ("tokenizer",),
+    "sd35": ("tokenizer", "tokenizer_2"),
+    "flux": ("tokenizer",),  # its tokenizer_2 is T5's
+}
 """Each pipeline family's CLIP tokenizer folders (the others hold T5 or Qwen tokenizers, written as they are)."""
 
 

@@ -17,7 +17,8 @@ from conceptspace.models.families.zimage import ZImage
 from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage())
+    family.name: family
+    for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage())
 }
 
 

@@ -48,6 +48,7 @@ TINY = {
     "sd3": ("tiny-sd3", "tiny-sd3-turbo", 5.0),
     "pixart": ("tiny-pixart", "tiny-pixart-lcm", 4.5),
     "zimage": ("tiny-zimage", "tiny-zimage-turbo", 4.0),
+    "qwenimage": ("tiny-qwen-image", "tiny-qwen-image-lightning", 4.0),
 }
 FULL = {"flux": ("flux-dev", "flux-schnell", 3.5), "sd3": ("sd35-large", "sd35-large-turbo", 3.5)}
 
@@ -222,9 +223,14 @@ def main(argv: list[str] | None = None) -> None:
 
         def call() -> Any:
             generator = [torch.Generator().manual_seed(s) for s in seeds]
-            extra = {"use_resolution_binning": False} if args.family == "pixart" else {}  # sample the size asked
-            return pipe(PROMPT, num_inference_steps=n_steps, guidance_scale=scale, height=size, width=size,
-                        generator=generator, output_type="np", **extra).images  # fmt: skip
+            if args.family == "qwenimage":  # true CFG, which needs a negative prompt (the model card's " ")
+                guidance = {"true_cfg_scale": scale, "negative_prompt": " "} if scale > 1 else {"true_cfg_scale": 1.0}
+            else:
+                guidance = {"guidance_scale": scale}
+            if args.family == "pixart":
+                guidance["use_resolution_binning"] = False  # sample the size asked
+            return pipe(PROMPT, num_inference_steps=n_steps, height=size, width=size,
+                        generator=generator, output_type="np", **guidance).images  # fmt: skip
 
         return call
 

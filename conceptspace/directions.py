@@ -51,7 +51,6 @@ from conceptspace.sampling import (
     sample,
     schedule_of,
     seeds_from,
-    vae_input,
 )
 from conceptspace.sliders import TrainableLoRA, target_modules
 from conceptspace.sliderspace import SliderSpace
@@ -467,7 +466,7 @@ def _train_one(
     def embedded_x0(model_input: torch.Tensor, t: torch.Tensor, level: schedules.NoiseLevel) -> torch.Tensor:
         output = denoiser(model_input, t, batch_cond)
         x0, _ = schedules.split(output.float(), denoiser.prediction_type, model_input.float(), level)
-        pixels = vae.decode(vae_input(vae, x0.to(vae.dtype)), return_dict=False)[0]
+        pixels = pair.family.decode(vae, x0.to(vae.dtype))
         return embedder.embed_pixels(((pixels.float() + 1) / 2).clamp(0, 1))
 
     try:

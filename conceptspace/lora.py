@@ -8,7 +8,8 @@ layer's output. Modules are named by their path in diffusers' ``UNet2DConditionM
 Read: kohya files (``lora_unet_<module>.{lora_down.weight,lora_up.weight,alpha}``, as Concept Sliders,
 SliderSpace, A1111 and ComfyUI use, in diffusers naming or the original SD naming ``input_blocks``/
 ``middle_block``/``output_blocks``), diffusers files (``unet.<module>.lora_A/lora_B.weight`` and the older
-``unet.<module>.lora.down/up.weight``), peft state dicts and adapter folders. ``.safetensors`` files, and pickles
+``unet.<module>.lora.down/up.weight``), Qwen-Image-Lightning's ``diffusion_model.<module>.lora_down/lora_up.weight``
+with ``.alpha``, peft state dicts and adapter folders. ``.safetensors`` files, and pickles
 only through ``torch.load(weights_only=True)``. Write: diffusers files that ``pipe.load_lora_weights`` loads, and
 kohya files, with rank, alpha, target modules and the caller's metadata in the safetensors header.
 
@@ -104,6 +105,8 @@ _BFL_FLUX = [
 ]
 _PEFT_KEY = re.compile(r"^(.+)\.(lora_A|lora_B)(?:\.[A-Za-z0-9_\-]+)?\.weight$")
 _DIFFUSERS_KEY = re.compile(r"^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")
+# Qwen-Image-Lightning's layout: module paths with kohya's factor names, under ComfyUI's "diffusion_model." prefix
+_DOTTED_KOHYA_KEY = re.compile(r"^(.+)\.lora_(down|up)\.weight$")
 _ALPHA_KEY = re.compile(r"^(.+)\.alpha$")
 # SD (LDM) names inside a ResNet block, for the original kohya naming of SD 1.x/2.x/SDXL UNets.
 _LDM_RESNET = {
@@ -420,14 +423,14 @@ def _parse(
             formats.add("kohya")
             continue
         stripped, kind = _strip_prefix(key)
-        if key.startswith("transformer."):
+        if key.startswith(("transformer.", "diffusion_model.")):
             networks.add("transformer")
         stripped = _normalise_diffusers_path(stripped)
         if match := _PEFT_KEY.match(stripped):
             name, part = match.groups()
             (downs if part == "lora_A" else ups)[name] = value
             formats.add(kind)
-        elif match := _DIFFUSERS_KEY.match(stripped):
+        elif match := _DIFFUSERS_KEY.match(stripped) or _DOTTED_KOHYA_KEY.match(stripped):
             name, part = match.groups()
             (downs if part == "down" else ups)[name] = value
             formats.add("diffusers" if kind == "peft" else kind)
@@ -517,7 +520,7 @@ def _parse(
 def _strip_prefix(key: str) -> tuple[str, str]:
     """Drop a diffusers (``unet.``, ``transformer.``) or peft (``base_model.model.``) prefix; say which format it
     implies."""
-    for network in ("unet.", "transformer."):
+    for network in ("unet.", "transformer.", "diffusion_model."):
         if key.startswith(network):
             return key[len(network) :], "diffusers"
     if key.startswith("base_model.model."):

@@ -77,7 +77,7 @@ class Denoiser:
         out = self.family.predict(self.unet, model_input, t, inputs, guidance)
         if self.uses_cfg:
             uncond, text = out.chunk(2)
-            out = uncond + self.family.cfg_weight(self.guidance_scale) * (text - uncond)
+            out = self.family.combine_guidance(uncond, text, self.family.cfg_weight(self.guidance_scale))
         return out
 
 
@@ -552,19 +552,6 @@ def encode_text(
     )
 
 
-def vae_input(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Diffusion latents → what ``vae.decode`` takes: undo the scaling factor (and the latent statistics or the
-    shift factor, for VAEs that have them: SDXL's optional per-channel stats, SD3's and FLUX's shift), as the
-    diffusers pipelines do. Differentiable."""
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-        return latents * std / vae.config.scaling_factor + mean
-    shift = getattr(vae.config, "shift_factor", None)
-    return latents / vae.config.scaling_factor + (shift or 0.0)
-
-
 def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pil") -> Any:
     """Decode latents with the shared VAE exactly as the diffusers pipelines do (fp16 upcast, latent stats)."""
     if output_type == "latent":
@@ -575,9 +562,8 @@ def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pi
     if upcast:
         vae.to(torch.float32)
     try:
-        latents = vae_input(vae, latents.to(device=vae.device, dtype=dtype))
         with torch.no_grad():
-            image = vae.decode(latents, return_dict=False)[0]
+            image = pair.family.decode(vae, latents.to(device=vae.device, dtype=dtype))
     finally:
         if upcast:
             vae.to(torch.float16)

@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     clip_tokenizer,
     tiny_flux_pipeline,
     tiny_pixart_pipeline,
+    tiny_qwenimage_pipeline,
     tiny_sd3_pipeline,
     tiny_sd3_transformer,
     tiny_sd_components,
@@ -100,19 +102,10 @@ def _link_blobs(snapshot: Path) -> None:
         file.symlink_to(os.path.relpath(blob, file.parent))
 
 
-_CLIP_TOKENIZERS = {
-    "sdxl": ("tokenizer", "tokenizer_2"),
-    "sd21": ("tokenizer",),
-    "sd35": ("tokenizer", "tokenizer_2"),
-    "flux": ("tokenizer",),  # its tokenizer_2 is T5's
-}
-"""Each pipeline family's CLIP tokenizer folders (the others hold T5 or Qwen tokenizers, written as they are)."""
-
-
-def _write_repo_tokenizers(snapshot: Path, family: str) -> None:
+def _write_clip_tokenizers(snapshot: Path, folders: Sequence[str], family: str) -> None:
     """CLIP tokenizer folders as the hub repos hold them: vocab.json + merges.txt (not transformers 5's
     tokenizer.json), with the OpenCLIP tokenizers (SDXL's and SD3's second, SD 2.x's only one) padding with "!"."""
-    for sub in _CLIP_TOKENIZERS.get(family, ()):
+    for sub in folders:
         shutil.rmtree(snapshot / sub)
         openclip = sub == "tokenizer_2" or family == "sd21"
         write_clip_tokenizer_files(snapshot / sub, pad_token="!" if openclip else "<|endoftext|>")
@@ -127,7 +120,7 @@ def _rename_class(snapshot: Path, old: str, new: str) -> None:
 
 
 def _write_qwen_tokenizer(folder: Path) -> None:
-    """The Z-Image repos' tokenizer layout: ``Qwen2Tokenizer`` with vocab.json and merges.txt beside tokenizer.json."""
+    """The Z-Image and Qwen-Image repos' tokenizer layout: ``Qwen2Tokenizer`` with vocab.json and merges.txt beside tokenizer.json."""
     from conceptspace.models.tiny import _qwen_tokenizer_object
 
     vocab = _qwen_tokenizer_object().get_vocab(with_added_tokens=False)
@@ -138,16 +131,47 @@ def _write_qwen_tokenizer(folder: Path) -> None:
     _rename_class(folder.parent, "TokenizersBackend", "Qwen2Tokenizer")
 
 
+@dataclass(frozen=True)
+class _RepoLayout:
+    """How one family's pipeline repos lay out their files beyond ``save_pretrained``'s defaults."""
+
+    pipeline: Callable[[int], Any]
+    """Seed → a tiny pipeline of the family (seed 0 for the base repo, 10 for a student's)."""
+    clip_tokenizers: tuple[str, ...] = ()
+    """Folders holding CLIP tokenizers (the others hold T5 or Qwen tokenizers, written as they are)."""
+    sharded_network: bool = False
+    """The denoising network as shards with their index.json."""
+    legacy_class: tuple[str, str] | None = None
+    """(diffusers' class name, the older name the repo's configs use)."""
+    qwen_tokenizer: bool = False
+
+
+_REPO_LAYOUTS: dict[str, _RepoLayout] = {
+    "sdxl": _RepoLayout(tiny_sdxl_pipeline, clip_tokenizers=("tokenizer", "tokenizer_2")),
+    "sd21": _RepoLayout(tiny_sd_pipeline, clip_tokenizers=("tokenizer",)),
+    "sd35": _RepoLayout(tiny_sd3_pipeline, clip_tokenizers=("tokenizer", "tokenizer_2"), sharded_network=True),
+    "flux": _RepoLayout(  # the student repo: schnell's shape; its tokenizer_2 is T5's
+        lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0), clip_tokenizers=("tokenizer",), sharded_network=True
+    ),
+    "pixart": _RepoLayout(  # the student repo: PixArt-δ's LCM; the repos predate PixArtTransformer2DModel
+        lambda seed: tiny_pixart_pipeline(seed, lcm=seed != 0),
+        legacy_class=("PixArtTransformer2DModel", "Transformer2DModel"),
+    ),
+    "zimage": _RepoLayout(tiny_zimage_pipeline, sharded_network=True, qwen_tokenizer=True),
+    "qwenimage": _RepoLayout(tiny_qwenimage_pipeline, sharded_network=True, qwen_tokenizer=True),
+}
+
+
 def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = None) -> Path:
     """Write tiny random weights for registry entries into a Hugging Face hub cache, in each repo's real layout.
 
-    Full pipeline repos (``sdxl``, ``turbo``, ``sd21``, ``sd-turbo``) become ``save_pretrained`` folders with both
-    full-precision and ``fp16`` variant weights and the repos' vocab.json/merges.txt tokenizers (SD3.5's:
-    sharded full-precision weights with their index, no variant, and a T5 tokenizer; FLUX.1's likewise, schnell's
-    transformer without the guidance embedding; PixArt-α/δ's single-file transformers under their legacy class
-    name ``Transformer2DModel``, PixArt-δ's with its ``LCMScheduler``), the LCM UNet a
-    UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``) and Lightning a
-    fp16 ``.safetensors`` state dict. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
+    Full pipeline repos become ``save_pretrained`` folders laid out as :data:`_REPO_LAYOUTS` says per family (SDXL's
+    and SD 2.x's with ``fp16`` variant weights beside the full-precision ones and vocab.json/merges.txt CLIP
+    tokenizers; SD3.5's, FLUX.1's, Z-Image's and Qwen-Image's transformers sharded with their index; PixArt's under
+    the legacy class name ``Transformer2DModel``; Z-Image's and Qwen-Image's ``Qwen2Tokenizer``), the LCM UNet a
+    UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``), SDXL-Lightning a fp16
+    ``.safetensors`` state dict, and the LoRA students LoRA files in their repos' key layouts. As in a real cache,
+    snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
     """
     from diffusers import EulerAncestralDiscreteScheduler
@@ -161,40 +185,31 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
         if names is not None
         else [s for s in REGISTRY.values() if s.storage != "random" and not s.local_dir]
     )
-    pipelines = {
-        "sdxl": tiny_sdxl_pipeline,
-        "sd21": tiny_sd_pipeline,
-        "sd35": tiny_sd3_pipeline,
-        "flux": lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0),  # the student repo: schnell's shape
-        "pixart": lambda seed: tiny_pixart_pipeline(seed, lcm=seed != 0),  # the student repo: PixArt-δ's LCM
-        "zimage": tiny_zimage_pipeline,
-    }
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
-    snapshots: dict[
-        str, Path
-    ] = {}  # one fresh snapshot per repo: ByteDance/SDXL-Lightning holds two students
+    snapshots: dict[str, Path] = {}  # one fresh snapshot per repo: ByteDance/SDXL-Lightning holds two students
     for spec in specs:
         if spec.repo_id not in snapshots:
             snapshots[spec.repo_id] = _snapshot(cache_dir, spec.repo_id)
         snapshot = snapshots[spec.repo_id]
         if spec.storage == "pipeline":
-            pipe = pipelines[spec.family](0 if spec.role == "base" else 10)
+            layout = _REPO_LAYOUTS[spec.family]
+            pipe = layout.pipeline(0 if spec.role == "base" else 10)
             if spec.role == "student" and spec.scheduler == "EulerAncestralDiscreteScheduler":
                 pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(
                     pipe.scheduler.config, timestep_spacing="trailing"
                 )
             pipe.save_pretrained(snapshot)
-            if spec.family in ("sd35", "flux", "zimage"):  # their transformers: shards and their index.json
+            if layout.sharded_network:
                 folder = snapshot / spec.network_folder
                 (folder / "diffusion_pytorch_model.safetensors").unlink()
                 getattr(pipe, spec.network_folder).save_pretrained(folder, max_shard_size="100KB")
-            if spec.family == "pixart":  # the PixArt repos predate PixArtTransformer2DModel: their configs name
-                _rename_class(snapshot, "PixArtTransformer2DModel", "Transformer2DModel")  # its legacy class
-            if spec.family == "zimage":
+            if layout.legacy_class:
+                _rename_class(snapshot, *layout.legacy_class)
+            if layout.qwen_tokenizer:
                 _write_qwen_tokenizer(snapshot / "tokenizer")
             if spec.variant:
                 pipe.to(torch.float16).save_pretrained(snapshot, variant=spec.variant)
-            _write_repo_tokenizers(snapshot, spec.family)
+            _write_clip_tokenizers(snapshot, layout.clip_tokenizers, spec.family)
         elif spec.storage == "unet_folder":
             unet = unets[spec.family](seed=20, lcm=spec.scheduler == "LCMScheduler")
             unet.save_pretrained(snapshot / (spec.subfolder or ""))
@@ -209,18 +224,44 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
             else:
                 torch.save(state_dict, snapshot / spec.filename)
         elif spec.storage == "lora_file":
-            # a LoRA on the base's UNet (the base repo's tiny UNet has seed 0): kohya keys as ByteDance ships
-            # them, diffusers keys as the diffusers-trained LCM-LoRA and TCD files
-            from conceptspace.lora import write_lora
-
-            base_unet = unets[spec.family](seed=0)
-            targets = [n for n, m in base_unet.named_modules() if n.endswith((".to_q", ".to_v", ".to_out.0"))]
-            lora = random_lora(base_unet, targets, seed=40 + len(snapshots), ranks=(4,), size=0.2)
-            kind = "kohya" if spec.repo_id.startswith("ByteDance/") else "diffusers"
-            write_lora(lora, snapshot / spec.filename, format=kind, dtype=torch.float16)
+            _write_student_lora(spec, snapshot, seed=40 + len(snapshots))
     for snapshot in snapshots.values():
         _link_blobs(snapshot)
     return cache_dir
+
+
+def _write_student_lora(spec: Any, snapshot: Path, *, seed: int) -> None:
+    """A student stored as a LoRA on its base's tiny network (the base repo's, seed 0), keyed as its repo ships it:
+    kohya keys for ByteDance's files, the Lightning layout for Qwen-Image-Lightning's, diffusers keys otherwise."""
+    from conceptspace.lora import write_lora
+
+    if spec.family == "qwenimage":
+        network = tiny_qwenimage_pipeline(0).transformer
+        targets = [n for n, m in network.named_modules() if n.endswith((".to_q", ".add_v_proj", ".img_mlp.net.2"))]
+        lora = random_lora(network, targets, seed=seed, ranks=(4,), alphas=(2.0,), size=0.2)
+        write_lightning_lora(lora, snapshot / spec.filename)
+        return
+    unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
+    base_unet = unets[spec.family](seed=0)
+    targets = [n for n, m in base_unet.named_modules() if n.endswith((".to_q", ".to_v", ".to_out.0"))]
+    lora = random_lora(base_unet, targets, seed=seed, ranks=(4,), size=0.2)
+    kind = "kohya" if spec.repo_id.startswith("ByteDance/") else "diffusers"
+    write_lora(lora, snapshot / spec.filename, format=kind, dtype=torch.float16)
+
+
+def write_lightning_lora(lora: Any, path: str | os.PathLike) -> Path:
+    """A LoRA in Qwen-Image-Lightning's key layout (``diffusion_model.<module>.lora_down.weight`` /
+    ``.lora_up.weight`` / ``.alpha``, bf16 factors), the layout the lightx2v files use."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, weights in lora.modules.items():
+        key = f"diffusion_model.{name}"
+        tensors[f"{key}.lora_down.weight"] = weights.down.to(torch.bfloat16).contiguous()
+        tensors[f"{key}.lora_up.weight"] = weights.up.to(torch.bfloat16).contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(weights.alpha), dtype=torch.bfloat16)
+    save_file(tensors, str(path))
+    return Path(path)
 
 
 def random_lora(

@@ -8,6 +8,7 @@ with the family adapters of :mod:`conceptspace.models.families`.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ class IncompatibleModelsError(ValueError):
     """A base and a student whose UNets cannot share latents, text encoders or LoRAs."""
 
 
-NETWORK_FOLDERS: dict[str, str] = {"sd3": "transformer", "flux": "transformer", "pixart": "transformer", "zimage": "transformer"}
+NETWORK_FOLDERS: dict[str, str] = {
+    name: "transformer" for name in ("sd3", "flux", "pixart", "zimage", "qwenimage")
+}
 """Architectures whose denoising network lives in a folder other than ``unet/`` (each family adapter's
 ``network_folder`` says the same; a test holds them together). Kept here so the registry needs no torch."""
 
@@ -497,6 +500,65 @@ _REGISTRY_LIST += [
     *_tiny_pair(
         "zimage", "tiny-zimage", "tiny-zimage-turbo", "Z-Image", guidance=4.0, student_note="4 steps, no CFG"
     ),
+]
+
+# Qwen-Image and Qwen-Image-Lightning, a student shipped as a LoRA on the base with its own scheduler config.
+QWEN_LIGHTNING_SCHEDULER: tuple[tuple[str, Any], ...] = (
+    ("base_shift", math.log(3)),
+    ("max_shift", math.log(3)),
+    ("shift_terminal", None),
+)
+"""How the Lightning repo's scheduler config differs from Qwen-Image's: a constant shift of 3 (``mu = ln 3`` at every
+resolution, "we use shift=3 in distillation"), no terminal stretch."""
+_REGISTRY_LIST += [
+    ModelSpec(
+        name="qwen-image",
+        family="qwenimage",
+        role="base",
+        repo_id="Qwen/Qwen-Image",
+        storage="pipeline",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        num_inference_steps=50,
+        guidance_scale=4.0,
+        resolution=1328,
+        description="Qwen-Image (MMDiT, Qwen2.5-VL text, flow matching), 50 steps with true CFG 4, 1328 px",
+        embedder="open_clip:ViT-B-32:laion2b_s34b_b79k",
+    ),
+    ModelSpec(
+        name="qwen-image-lightning",
+        family="qwenimage",
+        role="student",
+        base="qwen-image",
+        repo_id="lightx2v/Qwen-Image-Lightning",
+        storage="lora_file",
+        filename="Qwen-Image-Lightning-8steps-V2.0.safetensors",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        scheduler_overrides=QWEN_LIGHTNING_SCHEDULER,
+        num_inference_steps=8,
+        guidance_scale=1.0,
+        resolution=1328,
+        description="Qwen-Image-Lightning 8-step V2.0 (a LoRA on the base), shift 3, no CFG",
+    ),
+    ModelSpec(
+        name="qwen-image-lightning-4step",
+        family="qwenimage",
+        role="student",
+        base="qwen-image",
+        repo_id="lightx2v/Qwen-Image-Lightning",
+        storage="lora_file",
+        filename="Qwen-Image-Lightning-4steps-V2.0.safetensors",
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        scheduler_overrides=QWEN_LIGHTNING_SCHEDULER,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        resolution=1328,
+        description="Qwen-Image-Lightning 4-step V2.0 (a LoRA on the base), shift 3, no CFG",
+    ),
+    *_tiny_pair(
+        "qwenimage", "tiny-qwen-image", "tiny-qwen-image-lightning", "Qwen-Image", guidance=4.0,
+        student_overrides=QWEN_LIGHTNING_SCHEDULER,
+        student_note="Qwen-Image-Lightning's scheduler: shift 3; 4 steps, no CFG",
+    ),  # fmt: skip
 ]
 
 _TESTBED_WEIGHTS = Path(__file__).parent.parent / "testbed" / "weights"

@@ -586,3 +586,101 @@ def tiny_zimage_components(seed: int = 0) -> dict[str, Any]:
 
 def tiny_zimage_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
     return _pipeline("ZImagePipeline", tiny_zimage_components(seed), dtype)
+
+
+# --------------------------------------------------------------------------------------------------- Qwen-Image
+QWENIMAGE_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 0.9,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+}
+"""The ``FlowMatchEulerDiscreteScheduler`` config of the Qwen/Qwen-Image repo."""
+
+
+def tiny_qwen25vl_encoder(seed: int = 0) -> Any:
+    """A tiny ``Qwen2_5_VLForConditionalGeneration`` (two text layers, one vision block the text path never uses):
+    the pipeline reads the last hidden states of its language model."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokens = _qwen_tokenizer_object()
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": tokens.get_vocab_size(),
+            "hidden_size": QWEN_HIDDEN,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+            "bos_token_id": tokens.token_to_id("<|endoftext|>"),
+            "eos_token_id": tokens.token_to_id("<|im_end|>"),
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": QWEN_HIDDEN,
+            "fullatt_block_indexes": [0],
+        },
+    )
+    with _seeded(seed):
+        return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwenimage_vae(seed: int = 0) -> Any:
+    """A tiny ``AutoencoderKLQwenImage`` (8× spatial compression like the real one, 4 latent channels with their
+    own mean and std)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    with _seeded(seed):
+        return AutoencoderKLQwenImage(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.1, -0.2, 0.3, 0.0],
+            latents_std=[1.5, 0.8, 1.2, 2.0],
+        ).eval()
+
+
+def tiny_qwenimage_transformer(seed: int = 0) -> Any:
+    """A tiny ``QwenImageTransformer2DModel`` (two dual-stream blocks) for the tiny Qwen-Image VAE's latents."""
+    from diffusers import QwenImageTransformer2DModel
+
+    with _seeded(seed):
+        return QwenImageTransformer2DModel(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=QWEN_HIDDEN,
+            axes_dims_rope=(2, 2, 4),
+        ).eval()
+
+
+def tiny_qwenimage_components(seed: int = 0) -> dict[str, Any]:
+    """The components of a tiny ``QwenImagePipeline``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return {
+        "transformer": tiny_qwenimage_transformer(seed),
+        "vae": tiny_qwenimage_vae(seed + 2000),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**QWENIMAGE_SCHEDULER),
+        "text_encoder": tiny_qwen25vl_encoder(seed + 3000),
+        "tokenizer": qwen_tokenizer(),
+    }
+
+
+def tiny_qwenimage_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
+    return _pipeline("QwenImagePipeline", tiny_qwenimage_components(seed), dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.flux import Flux
 from conceptspace.models.families.pixart import PixArtAlpha
+from conceptspace.models.families.qwenimage import QwenImage
 from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
@@ -18,7 +19,7 @@ from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
     family.name: family
-    for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage())
+    for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage(), QwenImage())
 }
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "Family",
     "Flux",
     "PixArtAlpha",
+    "QwenImage",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

@@ -23,7 +23,8 @@ class Conditioning:
     """The text conditioning of a batch as the family's network takes it.
 
     ``inputs`` are keyword tensors whose first dimension is the batch (the family names them, e.g.
-    ``encoder_hidden_states``); ``negative`` holds the unconditional ones for classifier-free guidance, or None when
+    ``encoder_hidden_states``; a family whose text lengths vary adds a mask, and rows of different lengths are
+    zero-padded when stacked); ``negative`` holds the unconditional ones for classifier-free guidance, or None when
     the prompt was encoded without CFG.
     """
 
@@ -53,7 +54,7 @@ class Conditioning:
         def cat(tensors: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
             if tensors[0] is None:
                 return None
-            return {k: torch.cat([t[k] for t in tensors]) for k in tensors[0]}  # type: ignore[index]
+            return {k: _cat_rows([t[k] for t in tensors]) for k in tensors[0]}  # type: ignore[index]
 
         return cls(cat([p.inputs for p in parts]), cat([p.negative for p in parts]))  # type: ignore[arg-type]
 
@@ -61,7 +62,31 @@ class Conditioning:
         """The inputs of a CFG pass: the unconditional rows first, then the conditional ones (diffusers' order)."""
         if self.negative is None:
             raise ValueError("this conditioning was encoded without CFG: encode it with cfg=True")
-        return {k: torch.cat([self.negative[k], v]) for k, v in self.inputs.items()}
+        return {k: _cat_rows([self.negative[k], v]) for k, v in self.inputs.items()}
+
+
+def _cat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack along the batch; sequences of different lengths (dimension 1) are zero-padded to the longest, which a
+    family whose text lengths vary marks as padding in a mask that is padded the same way (zero: not a token)."""
+    length = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else None
+    if length is not None and any(t.shape[1] != length for t in tensors):
+        tensors = [
+            torch.cat([t, t.new_zeros(t.shape[0], length - t.shape[1], *t.shape[2:])], dim=1) for t in tensors
+        ]
+    return torch.cat(tensors)
+
+
+def vae_input(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Diffusion latents → what an image VAE's ``decode`` takes: undo the scaling factor (and the latent statistics
+    or the shift factor, for VAEs that have them: SDXL's optional per-channel stats, SD3's and FLUX's shift), as the
+    diffusers pipelines do. Differentiable."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+        return latents * std / vae.config.scaling_factor + mean
+    shift = getattr(vae.config, "shift_factor", None)
+    return latents / vae.config.scaling_factor + (shift or 0.0)
 
 
 class Family(ABC):
@@ -135,6 +160,10 @@ class Family(ABC):
         apply for ``guidance_scale``, or None where they run one conditional pass (diffusers: ``scale > 1``)."""
         return guidance_scale if guidance_scale > 1.0 else None
 
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, weight: float) -> torch.Tensor:
+        """The guided prediction from the unconditional and conditional outputs at CFG weight ``weight``."""
+        return uncond + weight * (cond - uncond)
+
     def embeds_guidance(self, network: Any) -> bool:
         """Whether ``network`` takes the guidance scale as an input (one pass) instead of running CFG."""
         return False
@@ -159,6 +188,11 @@ class Family(ABC):
         """What this family's pipeline passes to ``scheduler.set_timesteps`` besides the number of steps, for
         latents of ``latent_shape`` (the resolution-dependent shift ``mu`` of flow-matching schedules)."""
         return {}
+
+    def decode(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Diffusion latents → images in [-1, 1] through the family's VAE, as its pipeline decodes them.
+        Differentiable."""
+        return vae.decode(vae_input(vae, latents), return_dict=False)[0]
 
     @abstractmethod
     def random_pipeline(self, seed: int, dtype: torch.dtype) -> Any:

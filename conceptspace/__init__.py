@@ -23,6 +23,7 @@ _EXPORTS = {
         "register",
     ),
     "conceptspace.models.loading": ("ModelPair", "load_pair"),
+    "conceptspace.remedies": ("CADS", "CondNoise", "IntervalGuidance"),
     "conceptspace.report": ("build_report",),
     "conceptspace.sampling": (
         "Base",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         get_spec,
         register,
     )
+    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance
     from conceptspace.report import build_report
     from conceptspace.sampling import (
         Base,
@@ -83,6 +85,9 @@ __version__ = "0.1.0"
 __all__ = [
     "REGISTRY",
     "ActivationResult",
+    "CADS",
+    "CondNoise",
+    "IntervalGuidance",
     "Base",
     "Distilled",
     "Hybrid",

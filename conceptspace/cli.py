@@ -111,6 +111,7 @@ def _prepare(
     from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
+    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance
     from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
 
     names = [name.strip() for item in regime for name in item.split(",") if name.strip()]
@@ -124,6 +125,10 @@ def _prepare(
         "replace-final": lambda: ReplaceFinal(
             n=replace, base_schedule="own", base_steps=steps, base_guidance=guidance
         ),
+        # the remedies (docs/remedies.md) with their published defaults, over the student alone
+        "cads": lambda: CADS(),
+        "cond-noise": lambda: CondNoise(),
+        "interval-guidance": lambda: IntervalGuidance(guidance_scale=guidance),
     }
     unknown = [name for name in names if name not in builders]
     if unknown:
@@ -181,10 +186,11 @@ def _silence_libraries() -> None:
 
 
 def _print_run(run: dict, out: Path) -> None:
+    width = max(14, *(len(name) for name in run["regimes"]))
     for name, record in run["regimes"].items():
         models_run = " ".join(f"{s['timestep']}:{s['model'][0]}" for s in record["schedule"])
         seconds = sum(v for key, v in record["timings"].items() if key != "writing")
-        typer.echo(f"{name:<14} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}")
+        typer.echo(f"{name:<{width}} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}")
     typer.echo(f"wrote {out / 'run.json'}")
 
 
@@ -230,7 +236,8 @@ RegimeOpt = Annotated[
     typer.Option(
         "--regime",
         "--regimes",
-        help="base, distilled, hybrid, skip-first, replace-final (repeat or comma-separate).",
+        help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance "
+        "(repeat or comma-separate).",
     ),
 ]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
@@ -256,7 +263,7 @@ ReplaceOpt = Annotated[
 StepsOpt = Annotated[int | None, typer.Option(help="Base steps on its own schedule (default: registry).")]
 GuidanceOpt = Annotated[
     float | None,
-    typer.Option(help="Base CFG scale in the base and replace-final regimes (default: registry)."),
+    typer.Option(help="Base CFG scale in the base, replace-final and interval-guidance regimes (default: registry)."),
 ]
 StudentStepsOpt = Annotated[
     int | None, typer.Option(help="Student steps in the distilled regime (default: registry timesteps).")

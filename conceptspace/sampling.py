@@ -17,11 +17,12 @@ deterministically: x̂0 and ε̂ from the last step are recombined at the receiv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -382,7 +383,14 @@ REGIMES: dict[str, type[Regime]] = {
 
 
 def regime_from_name(name: str, **options: Any) -> Regime:
-    """Build a regime by name; options that the regime does not take are ignored (None values too)."""
+    """Build a regime by name; options that the regime does not take are ignored (None values too). A remedy's
+    ``over`` given as a described regime (a dict with its ``"regime"`` name, as run.json holds it) is built too."""
+    from conceptspace import remedies  # noqa: F401  (registers the remedy regimes; it imports this module)
+
+    if isinstance(options.get("over"), Mapping):
+        inner = dict(options["over"])
+        inner.pop("name", None)
+        options = {**options, "over": regime_from_name(inner.pop("regime"), **inner)}
     try:
         cls = REGIMES[name]
     except KeyError:
@@ -643,6 +651,7 @@ def sample_latents(
     batch; the regime's segments are built afresh, since schedulers carry per-run state.
     """
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    cond = dataclasses.replace(cond, seeds=tuple(int(s) for s in seeds))
     segments = regime.segments(pair, pair.device, latent_shape)
     channels = pair.family.latent_channels(pair.base_unet)
     with torch.no_grad():
@@ -678,7 +687,8 @@ def sample(
         pair: from :func:`conceptspace.load_pair`.
         prompt: the text prompt (must not be empty).
         regime: a :class:`Regime` or its name (``"base"``, ``"distilled"``, ``"hybrid"``, ``"skip-first"``,
-            ``"replace-final"``).
+            ``"replace-final"``, or a remedy of :mod:`conceptspace.remedies`: ``"cads"``, ``"cond-noise"``,
+            ``"interval-guidance"``).
         seeds: one image per seed.
         height / width: default the pair's resolution (the student's native one).
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (no VAE decode).

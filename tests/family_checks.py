@@ -29,3 +29,20 @@ def check_hybrid_hand_off(pair: Any, recording: Recording, prompt: str, seeds: l
     assert base_calls[0][0].shape[0] == len(seeds)  # one pass: no unconditional half
     assert [t for _, t, _ in student_calls] == pytest.approx(expected[1:], abs=0.5)
     assert [s.model for s in result.schedule] == ["base"] + ["distilled"] * (len(expected) - 1)
+
+
+def check_flow_x0(pair: Any, recording: Recording, prompt: str, seeds: list[int]) -> None:
+    """At every step of the student, the x̂0 reported is the network input minus σ times the velocity it
+    predicted (σ = t / 1000)."""
+    import torch
+
+    calls: list = []
+    recorded: list = []
+    handle = recording(pair.student_unet, calls)
+    try:
+        sample(pair, prompt, Distilled(), seeds, output_type="latent", progress=False, callback=recorded.append)
+    finally:
+        handle.remove()
+    assert len(calls) == len(recorded) == pair.spec("student").num_inference_steps
+    for (x, t, velocity), info in zip(calls, recorded, strict=True):
+        torch.testing.assert_close(info.x0, x - t / 1000 * velocity, rtol=0, atol=1e-5)

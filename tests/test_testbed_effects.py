@@ -10,6 +10,7 @@ import torch
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
 from conceptspace.demo import DEMO_BASE_STEPS
+from conceptspace.remedies import CADS, CondNoise
 from conceptspace.testbed.data import LEVELS
 from conceptspace.testbed.diversity import paired_difference
 from conceptspace.testbed.evaluate import sample_uint8
@@ -93,3 +94,13 @@ def test_the_testbed_inception_score_drops_with_the_student(pair, tmp_path):
     assert {r["classifier"] for r in scores.values()} == {"ProbeClasses"} and scores["base"]["n"] == N
     base, student = scores["base"], scores["distilled"]
     assert base["ci_low"] > student["ci_high"], f"IS base {base} should exceed the student's {student}"
+
+
+@pytest.mark.parametrize("remedy", [CADS(), CondNoise(strength=2.0)], ids=["cads", "cond-noise"])
+def test_conditioning_remedies_restore_some_of_the_students_lost_variety(pair, probe, remedy):
+    # "a triangle" leaves colour free; noise on the text embedding spreads the student's colours again
+    seeds = range(N)
+    student = probe.predict_factors(sample_uint8(pair, "a triangle", Distilled(), seeds))
+    remedied = probe.predict_factors(sample_uint8(pair, "a triangle", remedy, seeds))
+    gain = paired_difference(remedied, student, "entropy_shape_colour")
+    assert gain.ci_low > 0, f"{remedy.name} − distilled entropy of shape×colour {gain} should be above 0"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from family_checks import check_hybrid_hand_off
+from family_checks import check_flow_x0, check_hybrid_hand_off
 
 from conceptspace import Base, Distilled, load_pair, sample
 from conceptspace.lora import apply_lora, coverage, read_lora, write_lora
@@ -78,17 +78,7 @@ def test_hybrid_runs_the_base_once_at_the_students_first_sigma(pair):
 
 
 def test_x0_is_the_latent_minus_sigma_times_the_velocity(pair):
-    calls, recorded = [], []
-    handle = _recording(pair.student_unet, calls)
-    try:
-        sample(
-            pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False, callback=recorded.append
-        )
-    finally:
-        handle.remove()
-    assert len(calls) == len(recorded) == 4
-    for (x, t, velocity), info in zip(calls, recorded, strict=True):
-        torch.testing.assert_close(info.x0, x - t / 1000 * velocity, rtol=0, atol=1e-5)
+    check_flow_x0(pair, _recording, PROMPT, SEEDS)
 
 
 def test_zimage_pair_loads_offline_by_its_hub_ids(hub_cache: Path):

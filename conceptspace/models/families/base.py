@@ -30,6 +30,9 @@ class Conditioning:
 
     inputs: dict[str, torch.Tensor]
     negative: dict[str, torch.Tensor] | None = None
+    seeds: tuple[int, ...] | None = None
+    """The seed of each row, once the sampler has paired the rows with their samples (what per-sample
+    conditioning remedies draw their noise from); None for a conditioning not yet bound to a batch."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -106,6 +109,10 @@ class Family(ABC):
     same latents and LoRAs."""
     per_block_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that diffusers accepts either as one int or as one value per down block."""
+
+    text_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states",)
+    """The conditioning inputs that carry the prompt's embedding (what conditioning-noise remedies perturb); masks,
+    micro-conditions and time ids are left alone."""
 
     single_pass_scale: ClassVar[float] = 1.0
     """The guidance scale at which the network runs one plain conditional pass (diffusers' CFG-off value)."""

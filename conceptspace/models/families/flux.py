@@ -50,6 +50,7 @@ class Flux(Family):
     """FLUX.1 dev / schnell transformers (``FluxPipeline``)."""
 
     name: ClassVar[str] = "flux"
+    text_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "pooled_projections")
     network_folder: ClassVar[str] = "transformer"
     pipeline_class_name: ClassVar[str] = "FluxPipeline"
     network_class_name: ClassVar[str] = "FluxTransformer2DModel"

@@ -34,6 +34,7 @@ class StableDiffusion3(Family):
     """SD3 / SD3.5 MMDiT transformers (``StableDiffusion3Pipeline``)."""
 
     name: ClassVar[str] = "sd3"
+    text_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "pooled_projections")
     network_folder: ClassVar[str] = "transformer"
     pipeline_class_name: ClassVar[str] = "StableDiffusion3Pipeline"
     network_class_name: ClassVar[str] = "SD3Transformer2DModel"

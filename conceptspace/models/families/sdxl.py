@@ -17,6 +17,7 @@ class StableDiffusionXL(StableDiffusion):
     """SDXL UNets (``StableDiffusionXLPipeline``): SDXL 1.0 and its students (DMD2, Lightning, Turbo, LCM)."""
 
     name: ClassVar[str] = "sdxl"
+    text_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "text_embeds")
     pipeline_class_name: ClassVar[str] = "StableDiffusionXLPipeline"
 
     def check_pipeline(self, pipeline: Any, source: str, name: str) -> None:

@@ -1,0 +1,312 @@
+"""The field's remedies for a distilled model's lost diversity, as regimes that wrap any other regime.
+
+Each remedy takes the regime it modifies in ``over`` (a regime or its name; default the student alone) and changes
+only what its method changes, so it composes with every regime and runs wherever a regime does (generate,
+trajectory, diversity, runs, SliderSpace activation); ``describe()`` — the ``"regime"`` entry of run.json — says
+what ran, nested regime included.
+
+- :class:`CADS` — condition-annealed sampling (Sadat et al., ICLR 2024, arXiv 2310.17347): Gaussian noise on the
+  text embedding, annealed from all noise at high t to none below ``tau1``, then rescaled to the clean embedding's
+  mean and standard deviation.
+- :class:`CondNoise` — "seed variance" conditioning noise (the SeedVarianceEnhancer node for ComfyUI, InvokeAI's
+  Z-Image option, invoke-ai/InvokeAI#8753): seeded noise on a random share of the embedding's values, in the first
+  steps only.
+- :class:`IntervalGuidance` — limited-interval guidance (Kynkäänniemi et al., arXiv 2404.07724): the base model's
+  steps use CFG only where the noise level lies inside an interval (in EDM's σ), one pass elsewhere.
+
+The noise of the conditioning remedies is drawn per sample from its seed (one CPU generator each, like the
+latent noise), so an image depends on its prompt and seed alone, whatever its batch.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+from conceptspace import schedules
+from conceptspace.models.families import Conditioning
+from conceptspace.models.loading import ModelPair
+from conceptspace.sampling import (
+    REGIMES,
+    Denoiser,
+    Regime,
+    Segment,
+    make_denoiser,
+    regime_from_name,
+)
+
+__all__ = [
+    "CADS",
+    "CADSDenoiser",
+    "CondNoise",
+    "CondNoiseDenoiser",
+    "IntervalGuidance",
+    "cads_gamma",
+    "edm_sigma",
+    "evaluations",
+]
+
+
+# --------------------------------------------------------------------------------------------- shared machinery
+def _inner(over: Regime | str) -> Regime:
+    return regime_from_name(over) if isinstance(over, str) else over
+
+
+def _describe(remedy: Regime) -> dict[str, Any]:
+    described = {"regime": remedy.name}
+    for f in fields(remedy):  # type: ignore[arg-type]
+        value = getattr(remedy, f.name)
+        if f.name != "name":
+            described[f.name] = value.describe() if isinstance(value, Regime) else value
+    return described
+
+
+def _generator(seed: int, salt: str, step: int | None = None) -> torch.Generator:
+    """A CPU generator for one sample's conditioning noise, independent of its latent noise (salted seed)."""
+    mixed = zlib.crc32(f"{salt}:{step}".encode()) ^ (int(seed) * 2654435761 % 2**32)
+    return torch.Generator("cpu").manual_seed(mixed % 2**63)
+
+
+def _row_noise(like: torch.Tensor, seeds: tuple[int, ...], salt: str, step: int | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, row ``i`` from ``seeds[i]``."""
+    rows = [
+        torch.randn(like.shape[1:], generator=_generator(seed, salt, step), dtype=torch.float32) for seed in seeds
+    ]
+    return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+
+def _require_seeds(cond: Conditioning, remedy: str) -> tuple[int, ...]:
+    if cond.seeds is None or len(cond.seeds) != next(iter(cond.inputs.values())).shape[0]:
+        raise ValueError(
+            f"{remedy} draws its conditioning noise from each sample's seed, but this conditioning is not bound to "
+            "its batch's seeds: sample through conceptspace.sample / sample_latents, which bind them"
+        )
+    return cond.seeds
+
+
+def _wrap(segments: list[Segment], wrap: Any) -> list[Segment]:
+    """The same segments with each step's denoiser passed through ``wrap(denoiser, segment, index, position)``
+    (``position``: the step's place in the whole schedule)."""
+    wrapped, position = [], 0
+    for segment in segments:
+        denoisers = []
+        for offset, den in enumerate(segment.denoisers):
+            denoisers.append(wrap(den, segment, segment.start + offset, position))
+            position += 1
+        wrapped.append(Segment(segment.scheduler, segment.start, denoisers))
+    return wrapped
+
+
+def _denoiser_fields(den: Denoiser) -> dict[str, Any]:
+    return {f.name: getattr(den, f.name) for f in fields(Denoiser)}
+
+
+def evaluations(segments: list[Segment]) -> dict[str, int]:
+    """Network evaluations per image of a regime's segments: per model, and in all (a CFG step is two)."""
+    counts = {"base": 0, "distilled": 0}
+    for segment in segments:
+        for den in segment.denoisers:
+            counts[den.name] += 2 if den.uses_cfg else 1
+    return {**counts, "total": counts["base"] + counts["distilled"]}
+
+
+# ----------------------------------------------------------------------------------------------------------- CADS
+def cads_gamma(t: float, tau1: float, tau2: float) -> float:
+    """CADS's annealing schedule γ(t) for ``t`` in [0, 1] (1: pure noise): 1 below ``tau1``, 0 above ``tau2``,
+    linear between."""
+    if t <= tau1:
+        return 1.0
+    if t >= tau2:
+        return 0.0
+    return (tau2 - t) / (tau2 - tau1)
+
+
+@dataclass
+class CADSDenoiser(Denoiser):
+    """A denoiser whose text embedding is CADS-corrupted at every call (the unconditional branch untouched)."""
+
+    tau1: float = 0.6
+    tau2: float = 0.9
+    noise_scale: float = 0.25
+    psi: float = 1.0
+    rescale: bool = True
+    train_timesteps: int = 1000
+
+    def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        gamma = cads_gamma(float(t) / self.train_timesteps, self.tau1, self.tau2)
+        if self.noise_scale == 0 or gamma == 1.0:
+            return super().__call__(model_input, t, cond)
+        seeds = _require_seeds(cond, "CADS")
+        inputs = dict(cond.inputs)
+        for key in self.family.text_inputs:
+            clean = inputs[key]
+            noise = _row_noise(clean, seeds, f"cads:{key}", step=int(round(float(t))))
+            noisy = math.sqrt(gamma) * clean + self.noise_scale * math.sqrt(1 - gamma) * noise
+            if self.rescale:
+                dims = tuple(range(1, clean.dim()))
+                mean, std = clean.mean(dims, keepdim=True), clean.std(dims, keepdim=True)
+                rescaled = (noisy - noisy.mean(dims, keepdim=True)) / noisy.std(dims, keepdim=True) * std + mean
+                noisy = self.psi * rescaled + (1 - self.psi) * noisy
+            inputs[key] = noisy
+        return super().__call__(model_input, t, replace(cond, inputs=inputs))
+
+
+@dataclass(frozen=True)
+class CADS(Regime):
+    """Condition-annealed sampling over ``over``: at a step of normalised time t (1: noise), the text embedding
+    y becomes √γ(t)·y + s·√(1 − γ(t))·n, rescaled to y's mean and std and mixed back with weight ``psi``.
+
+    Defaults are the paper's (τ1 = 0.6, τ2 = 0.9, s = 0.25, ψ = 1 with rescaling). ``noise_scale=0`` is the plain
+    ``over`` regime exactly. Costs nothing: the same evaluations as ``over``.
+    """
+
+    over: Regime | str = "distilled"
+    tau1: float = 0.6
+    tau2: float = 0.9
+    noise_scale: float = 0.25
+    psi: float = 1.0
+    rescale: bool = True
+    name: str = field(default="cads", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.tau1 < self.tau2 <= 1:
+            raise ValueError(f"cads: need 0 <= tau1 < tau2 <= 1, got tau1={self.tau1}, tau2={self.tau2}")
+        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ValueError(f"cads: noise_scale must be a finite number >= 0, got {self.noise_scale!r}")
+        if not 0 <= self.psi <= 1:
+            raise ValueError(f"cads: psi must lie in [0, 1], got {self.psi!r}")
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        params = {k: getattr(self, k) for k in ("tau1", "tau2", "noise_scale", "psi", "rescale")}
+
+        def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
+            steps = int(segment.scheduler.config.num_train_timesteps)
+            return CADSDenoiser(**_denoiser_fields(den), **params, train_timesteps=steps)
+
+        return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self)
+
+
+# ----------------------------------------------------------------------------------------------------- cond-noise
+@dataclass
+class CondNoiseDenoiser(Denoiser):
+    """A denoiser whose text embedding gets one seeded noise draw per sample on a random share of its values."""
+
+    strength: float = 1.0
+    share: float = 0.5
+
+    def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if self.strength == 0:
+            return super().__call__(model_input, t, cond)
+        seeds = _require_seeds(cond, "cond-noise")
+        inputs = dict(cond.inputs)
+        for key in self.family.text_inputs:
+            clean = inputs[key]
+            noise = _row_noise(clean, seeds, f"cond-noise:{key}")  # the same for a sample at every noisy step
+            chosen = _row_noise(clean, seeds, f"cond-noise-share:{key}").float()
+            chosen = (torch.special.ndtr(chosen) < self.share).to(clean.dtype)  # uniform < share
+            std = clean.std(tuple(range(1, clean.dim())), keepdim=True)
+            inputs[key] = clean + chosen * self.strength * std * noise
+        return super().__call__(model_input, t, replace(cond, inputs=inputs))
+
+
+@dataclass(frozen=True)
+class CondNoise(Regime):
+    """Seeded noise on the text embedding for the first steps of ``over`` ("seed variance" enhancement).
+
+    At the steps whose place in the schedule is below ``until`` (a fraction of the steps; default 0.2: the first
+    step of a 4-step student), a ``share`` of the embedding's values (default 0.5) gets noise of ``strength`` times
+    the embedding's standard deviation (default 1.0). Defaults: the SeedVarianceEnhancer node's 50 % of values and
+    20 % of steps; the strength in InvokeAI's calibrated form (relative to the embedding's std, range 0–2).
+    """
+
+    over: Regime | str = "distilled"
+    strength: float = 1.0
+    share: float = 0.5
+    until: float = 0.2
+    name: str = field(default="cond-noise", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.strength) and self.strength >= 0):
+            raise ValueError(f"cond-noise: strength must be a finite number >= 0, got {self.strength!r}")
+        for option in ("share", "until"):
+            value = getattr(self, option)
+            if not 0 < value <= 1:
+                raise ValueError(f"cond-noise: {option} must lie in (0, 1], got {value!r}")
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        inner = _inner(self.over).segments(pair, device, latent_shape)
+        total = sum(len(s.denoisers) for s in inner)
+
+        def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
+            if position / total >= self.until:
+                return den
+            return CondNoiseDenoiser(**_denoiser_fields(den), strength=self.strength, share=self.share)
+
+        return _wrap(inner, wrap)
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self)
+
+
+# ---------------------------------------------------------------------------------------------- interval guidance
+def edm_sigma(level: schedules.NoiseLevel) -> float:
+    """EDM's noise level σ = sigma/alpha of an input ``x = alpha·x0 + sigma·ε`` (inf at pure noise)."""
+    alpha = float(level.alpha)
+    return math.inf if alpha <= 0 else float(level.sigma) / alpha
+
+
+@dataclass(frozen=True)
+class IntervalGuidance(Regime):
+    """The base model's steps of ``over`` (default the hybrid with ``k=2``) with CFG at ``guidance_scale`` (default:
+    the registry's) only where EDM's σ lies in (``sigma_low``, ``sigma_high``], one pass elsewhere.
+
+    Defaults: the interval Kynkäänniemi et al. report for SD-XL and EDM2, σ ∈ (0.28, 5.42]. At pure noise (σ = ∞)
+    no CFG runs, so on a schedule that starts there the hybrid's single base step is unchanged: the interval
+    matters from the second base step on, hence ``k=2``.
+    """
+
+    over: Regime | str = field(default_factory=lambda: regime_from_name("hybrid", k=2))
+    guidance_scale: float | None = None
+    sigma_low: float = 0.28
+    sigma_high: float = 5.42
+    name: str = field(default="interval-guidance", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.sigma_low < self.sigma_high:
+            raise ValueError(
+                f"interval-guidance: need 0 <= sigma_low < sigma_high, got {self.sigma_low}, {self.sigma_high}"
+            )
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        scale = pair.base.guidance_scale if self.guidance_scale is None else self.guidance_scale
+        guided, single = make_denoiser(pair, "base", scale), make_denoiser(pair, "base", 0.0)
+
+        def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
+            if den.name != "base":
+                return den
+            sigma = edm_sigma(schedules.noise_level(segment.scheduler, index))
+            return guided if self.sigma_low < sigma <= self.sigma_high else single
+
+        return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self)
+
+
+REGIMES.update({"cads": CADS, "cond-noise": CondNoise, "interval-guidance": IntervalGuidance})  # type: ignore[dict-item]

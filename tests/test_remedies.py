@@ -1,0 +1,132 @@
+"""The diversity remedies as regimes: what each changes and what it must not, on tiny models; their seeded effect
+on the testbed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conceptspace import Distilled, Hybrid, load_pair, sample
+from conceptspace.models import Conditioning
+from conceptspace.remedies import (
+    CADS,
+    CADSDenoiser,
+    CondNoise,
+    IntervalGuidance,
+    cads_gamma,
+    edm_sigma,
+    evaluations,
+)
+from conceptspace.sampling import make_denoiser, regime_from_name, schedule_of
+
+PROMPT = "a red circle"
+SEEDS = [0, 1, 2]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair("tiny-sdxl", "tiny-dmd", device="cpu")
+
+
+def _latents(pair, regime, seeds=SEEDS, **kwargs):
+    return sample(pair, PROMPT, regime, seeds, output_type="latent", progress=False, **kwargs).images
+
+
+def test_cads_schedule_anneals_from_noise_to_the_clean_condition():
+    assert [cads_gamma(t, 0.6, 0.9) for t in (0.0, 0.6, 0.75, 0.9, 1.0)] == pytest.approx([1, 1, 0.5, 0, 0])
+
+
+@pytest.mark.parametrize("over", ["distilled", Hybrid(k=2)])
+def test_remedies_at_zero_strength_are_the_plain_regime_exactly(pair, over):
+    plain = _latents(pair, over)
+    assert torch.equal(_latents(pair, CADS(over=over, noise_scale=0.0)), plain)
+    assert torch.equal(_latents(pair, CondNoise(over=over, strength=0.0)), plain)
+
+
+def test_cads_changes_only_the_steps_above_tau1(pair):
+    # tiny-dmd runs t = 999, 749, 499, 249: γ = 0, 0.5, 1, 1 — the last two steps see the clean condition
+    seen: dict[str, list[torch.Tensor]] = {"plain": [], "cads": []}
+    network = pair.student_unet
+
+    def record(key):
+        return network.register_forward_hook(lambda m, a, kw, out: seen[key].append(kw["encoder_hidden_states"]),
+                                             with_kwargs=True)  # fmt: skip
+
+    for key, regime in (("plain", Distilled()), ("cads", CADS())):
+        handle = record(key)
+        try:
+            _latents(pair, regime)
+        finally:
+            handle.remove()
+    changed = [not torch.equal(a, b) for a, b in zip(seen["plain"], seen["cads"], strict=True)]
+    assert changed == [True, True, False, False]
+    # rescaled: each row keeps the clean embedding's mean and std
+    first, clean = seen["cads"][0], seen["plain"][0]
+    torch.testing.assert_close(first.std(dim=(1, 2)), clean.std(dim=(1, 2)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first.mean(dim=(1, 2)), clean.mean(dim=(1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def test_conditioning_noise_depends_on_the_seed_not_the_batch(pair):
+    together = _latents(pair, CADS(), seeds=[0, 1, 2, 3], batch_size=4)
+    apart = torch.cat([_latents(pair, CADS(), seeds=[s], batch_size=1) for s in (0, 1, 2, 3)])
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-4)  # batched matmuls round differently
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_cond_noise_touches_only_the_first_steps(pair):
+    regime = CondNoise(until=0.5)  # 4 steps: positions 0 and 1
+    segments = regime.segments(pair, CPU)
+    kinds = [type(den).__name__ for segment in segments for den in segment.denoisers]
+    assert kinds == ["CondNoiseDenoiser", "CondNoiseDenoiser", "Denoiser", "Denoiser"]
+
+
+def test_a_remedy_needs_the_batch_seeds(pair):
+    den = CADSDenoiser(**{k: v for k, v in vars(make_denoiser(pair, "distilled", 0.0)).items()})
+    cond = pair.family.encode_text(
+        pair.pipeline, PROMPT, negative_prompt=None, cfg=False, height=64, width=64, device=CPU
+    )
+    with pytest.raises(ValueError, match="seeds"):
+        den(torch.zeros(1, 4, 8, 8), torch.tensor(999), Conditioning(cond.inputs))
+
+
+def test_costs_are_counted_per_network_evaluation(pair):
+    student = evaluations(Distilled().segments(pair, CPU))
+    assert evaluations(Hybrid().segments(pair, CPU))["total"] == student["total"] == 4  # the hybrid costs nothing
+    assert evaluations(CADS().segments(pair, CPU)) == student and evaluations(CondNoise().segments(pair, CPU)) == student
+    # interval guidance: CFG (two passes) only at the base steps inside σ ∈ (0.28, 5.42]
+    regime = IntervalGuidance(over=Hybrid(k=2), sigma_low=0.28, sigma_high=500.0)
+    scheduler = Distilled().segments(pair, CPU)[0].scheduler
+    from conceptspace import schedules
+
+    sigmas = [edm_sigma(schedules.noise_level(scheduler, i)) for i in range(2)]
+    expected_cfg = [0.28 < s <= 500.0 for s in sigmas]
+    assert evaluations(regime.segments(pair, CPU))["base"] == sum(2 if g else 1 for g in expected_cfg)
+    narrow = IntervalGuidance(over=Hybrid(k=2), sigma_low=0.28, sigma_high=0.3)
+    assert evaluations(narrow.segments(pair, CPU)) == evaluations(Hybrid(k=2).segments(pair, CPU))
+
+
+def test_remedies_describe_what_ran_and_rebuild_from_it(pair):
+    regime = CADS(over=Hybrid(k=2), noise_scale=0.5)
+    described = json.loads(json.dumps(regime.describe()))
+    assert described["regime"] == "cads" and described["over"]["regime"] == "hybrid"
+    assert regime_from_name(described.pop("regime"), **described) == regime
+    assert [s.model for s in schedule_of(regime, pair)] == ["base", "base", "distilled", "distilled"]
+    result = sample(pair, PROMPT, "cond-noise", [0], output_type="latent", progress=False)
+    assert result.settings["regime"] == "cond-noise" and result.settings["over"] == "distilled"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: CADS(tau1=0.9, tau2=0.6), "tau1 < tau2"),
+        (lambda: CADS(noise_scale=float("nan")), "noise_scale"),
+        (lambda: CondNoise(share=0.0), "share"),
+        (lambda: IntervalGuidance(sigma_low=3.0, sigma_high=1.0), "sigma_low < sigma_high"),
+    ],
+)
+def test_bad_remedy_parameters_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -125,9 +125,10 @@ def _prepare(
         "replace-final": lambda: ReplaceFinal(
             n=replace, base_schedule="own", base_steps=steps, base_guidance=guidance
         ),
-        # the remedies (docs/remedies.md) with their published defaults, over the student alone
-        "cads": lambda: CADS(),
-        "cond-noise": lambda: CondNoise(),
+        # the remedies (docs/remedies.md) with their published defaults, over the student's regime as above
+        # (interval guidance: over the hybrid with two base steps)
+        "cads": lambda: CADS(over=Distilled(steps=student_steps)),
+        "cond-noise": lambda: CondNoise(over=Distilled(steps=student_steps)),
         "interval-guidance": lambda: IntervalGuidance(guidance_scale=guidance),
     }
     unknown = [name for name in names if name not in builders]

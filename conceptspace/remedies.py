@@ -79,6 +79,26 @@ def _row_noise(like: torch.Tensor, seeds: tuple[int, ...], salt: str, step: int 
     return torch.stack(rows).to(device=like.device, dtype=like.dtype)
 
 
+def _token_weights(inputs: dict[str, torch.Tensor], key: str, mask_key: str | None) -> torch.Tensor:
+    """Per-element weights of ``inputs[key]`` (1: a real token, 0: padding), broadcastable to it: the family's
+    text mask for a padded sequence, all ones otherwise."""
+    clean = inputs[key]
+    mask = inputs.get(mask_key) if mask_key else None
+    if mask is None or clean.dim() != 3 or mask.shape != clean.shape[:2]:
+        return torch.ones((clean.shape[0],) + (1,) * (clean.dim() - 1), dtype=clean.dtype, device=clean.device)
+    return (mask != 0).to(clean.dtype)[..., None]
+
+
+def _row_stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean and standard deviation over its real tokens only (padding would make them depend on how
+    long the longest prompt of the batch is)."""
+    dims = tuple(range(1, x.dim()))
+    count = (weights.expand_as(x)).sum(dims, keepdim=True)
+    mean = (x * weights).sum(dims, keepdim=True) / count
+    var = (((x - mean) ** 2) * weights).sum(dims, keepdim=True) / (count - 1).clamp(min=1)
+    return mean, var.sqrt()
+
+
 def _require_seeds(cond: Conditioning, remedy: str) -> tuple[int, ...]:
     if cond.seeds is None or len(cond.seeds) != next(iter(cond.inputs.values())).shape[0]:
         raise ValueError(
@@ -144,14 +164,15 @@ class CADSDenoiser(Denoiser):
         inputs = dict(cond.inputs)
         for key in self.family.text_inputs:
             clean = inputs[key]
+            real = _token_weights(cond.inputs, key, self.family.text_mask_input)
             noise = _row_noise(clean, seeds, f"cads:{key}", step=int(round(float(t))))
             noisy = math.sqrt(gamma) * clean + self.noise_scale * math.sqrt(1 - gamma) * noise
             if self.rescale:
-                dims = tuple(range(1, clean.dim()))
-                mean, std = clean.mean(dims, keepdim=True), clean.std(dims, keepdim=True)
-                rescaled = (noisy - noisy.mean(dims, keepdim=True)) / noisy.std(dims, keepdim=True) * std + mean
+                mean, std = _row_stats(clean, real)
+                noisy_mean, noisy_std = _row_stats(noisy, real)
+                rescaled = (noisy - noisy_mean) / noisy_std * std + mean
                 noisy = self.psi * rescaled + (1 - self.psi) * noisy
-            inputs[key] = noisy
+            inputs[key] = torch.where(real.expand_as(clean) > 0, noisy, clean)  # padding stays as it was
         return super().__call__(model_input, t, replace(cond, inputs=inputs))
 
 
@@ -213,8 +234,9 @@ class CondNoiseDenoiser(Denoiser):
             clean = inputs[key]
             noise = _row_noise(clean, seeds, f"cond-noise:{key}")  # the same for a sample at every noisy step
             chosen = _row_noise(clean, seeds, f"cond-noise-share:{key}").float()
-            chosen = (torch.special.ndtr(chosen) < self.share).to(clean.dtype)  # uniform < share
-            std = clean.std(tuple(range(1, clean.dim())), keepdim=True)
+            real = _token_weights(cond.inputs, key, self.family.text_mask_input)
+            chosen = (torch.special.ndtr(chosen) < self.share).to(clean.dtype) * real  # uniform < share, real tokens
+            _, std = _row_stats(clean, real)
             inputs[key] = clean + chosen * self.strength * std * noise
         return super().__call__(model_input, t, replace(cond, inputs=inputs))
 
@@ -274,8 +296,10 @@ class IntervalGuidance(Regime):
     the registry's) only where EDM's σ lies in (``sigma_low``, ``sigma_high``], one pass elsewhere.
 
     Defaults: the interval Kynkäänniemi et al. report for SD-XL and EDM2, σ ∈ (0.28, 5.42]. At pure noise (σ = ∞)
-    no CFG runs, so on a schedule that starts there the hybrid's single base step is unchanged: the interval
-    matters from the second base step on, hence ``k=2``.
+    no CFG runs, so on a schedule that starts there the hybrid's single base step is unchanged: the interval can
+    matter from the second base step on, hence ``k=2`` — where that step lies inside it (DMD2's t = 749 on SDXL:
+    σ ≈ 4.1). A shift-3 flow student's second step lies above it (Qwen-Image-Lightning 8-step: σ ≈ 21): widen
+    the interval there, or nothing is guided. Networks that take the guidance scale as an input are refused.
     """
 
     over: Regime | str = field(default_factory=lambda: regime_from_name("hybrid", k=2))
@@ -295,13 +319,19 @@ class IntervalGuidance(Regime):
         self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
     ) -> list[Segment]:
         scale = pair.base.guidance_scale if self.guidance_scale is None else self.guidance_scale
-        guided, single = make_denoiser(pair, "base", scale), make_denoiser(pair, "base", 0.0)
+        if make_denoiser(pair, "base", scale).embeds_guidance:
+            raise ValueError(
+                f"interval-guidance limits classifier-free guidance, but {pair.base.name!r} takes its guidance scale "
+                "as a network input (one pass at every step): there is no CFG pass to limit"
+            )
+        single = pair.family.single_pass_scale
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
             if den.name != "base":
                 return den
             sigma = edm_sigma(schedules.noise_level(segment.scheduler, index))
-            return guided if self.sigma_low < sigma <= self.sigma_high else single
+            # the wrapped denoiser itself (an inner remedy stays), at the guided or the one-pass scale
+            return replace(den, guidance_scale=scale if self.sigma_low < sigma <= self.sigma_high else single)
 
         return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
 

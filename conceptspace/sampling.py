@@ -388,7 +388,7 @@ def regime_from_name(name: str, **options: Any) -> Regime:
     from conceptspace import remedies  # noqa: F401  (registers the remedy regimes; it imports this module)
 
     if isinstance(options.get("over"), Mapping):
-        inner = dict(options["over"])
+        inner = {k: tuple(v) if isinstance(v, list) else v for k, v in options["over"].items()}  # JSON's lists
         inner.pop("name", None)
         options = {**options, "over": regime_from_name(inner.pop("regime"), **inner)}
     try:

@@ -19,7 +19,7 @@ from conceptspace.remedies import (
     edm_sigma,
     evaluations,
 )
-from conceptspace.sampling import make_denoiser, regime_from_name, schedule_of
+from conceptspace.sampling import make_denoiser, regime_from_name, sample_latents, schedule_of
 
 PROMPT = "a red circle"
 SEEDS = [0, 1, 2]
@@ -130,3 +130,25 @@ def test_remedies_describe_what_ran_and_rebuild_from_it(pair):
 def test_bad_remedy_parameters_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_interval_guidance_keeps_an_inner_remedy_and_rebuilds_nested_lists(pair):
+    regime = IntervalGuidance(over=CADS(over=Hybrid(k=2)), sigma_high=500.0)
+    kinds = {type(den).__name__ for segment in regime.segments(pair, CPU) for den in segment.denoisers}
+    assert kinds == {"CADSDenoiser"}
+    nested = CADS(over=Distilled(timesteps=(999, 499), steps=2))
+    described = json.loads(json.dumps(nested.describe()))
+    assert regime_from_name(described.pop("regime"), **described) == nested
+
+
+def test_conditioning_noise_ignores_padding_so_a_qwen_prompt_is_the_same_in_any_batch():
+    qwen = load_pair("tiny-qwen-image", "tiny-qwen-image-lightning", device="cpu")
+    long = "a very long prompt about a red circle on a blue square with many words"
+    for regime in (CADS(), CondNoise()):
+        alone = sample(qwen, "a cat", regime, [0], output_type="latent", progress=False).images
+        cond = Conditioning.concatenate([
+            qwen.family.encode_text(qwen.pipeline, p, negative_prompt=None, cfg=False, height=64, width=64, device=CPU)
+            for p in ("a cat", long)
+        ])  # fmt: skip
+        together = sample_latents(qwen, regime, cond, [0, 1], latent_shape=(8, 8))
+        torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-4)

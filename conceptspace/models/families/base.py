@@ -111,6 +111,8 @@ class Family(ABC):
     """Fields that diffusers accepts either as one int or as one value per down block."""
 
     text_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states",)
+    text_mask_input: ClassVar[str | None] = None
+    """The conditioning input that marks a padded sequence's real tokens (nonzero), where the family has one."""
     """The conditioning inputs that carry the prompt's embedding (what conditioning-noise remedies perturb); masks,
     micro-conditions and time ids are left alone."""
 

@@ -26,6 +26,7 @@ class PixArtAlpha(Family):
     """PixArt-α / PixArt-δ transformers (``PixArtAlphaPipeline``)."""
 
     name: ClassVar[str] = "pixart"
+    text_mask_input: ClassVar[str | None] = "encoder_attention_mask"
     network_folder: ClassVar[str] = "transformer"
     pipeline_class_name: ClassVar[str] = "PixArtAlphaPipeline"
     network_class_name: ClassVar[str] = "PixArtTransformer2DModel"

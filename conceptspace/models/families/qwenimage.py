@@ -37,6 +37,7 @@ class QwenImage(Family):
     """Qwen-Image transformers (``QwenImagePipeline``)."""
 
     name: ClassVar[str] = "qwenimage"
+    text_mask_input: ClassVar[str | None] = "encoder_hidden_states_mask"
     network_folder: ClassVar[str] = "transformer"
     pipeline_class_name: ClassVar[str] = "QwenImagePipeline"
     network_class_name: ClassVar[str] = "QwenImageTransformer2DModel"

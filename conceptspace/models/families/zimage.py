@@ -27,6 +27,7 @@ class ZImage(Family):
     """Z-Image / Z-Image-Turbo transformers (``ZImagePipeline``)."""
 
     name: ClassVar[str] = "zimage"
+    text_mask_input: ClassVar[str | None] = "encoder_attention_mask"
     network_folder: ClassVar[str] = "transformer"
     pipeline_class_name: ClassVar[str] = "ZImagePipeline"
     network_class_name: ClassVar[str] = "ZImageTransformer2DModel"

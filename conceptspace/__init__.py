@@ -12,6 +12,7 @@ from conceptspace._lazy import lazy_exports
 # Public names and the module that defines each. They are imported on first use (PEP 562), so that
 # `import conceptspace` and the command line's help answer without loading torch and diffusers.
 _EXPORTS = {
+    "conceptspace.compare": ("compare",),
     "conceptspace.diversity": ("diversity_run", "measure_diversity"),
     "conceptspace.embeddings": ("Embedder", "load_embedder"),
     "conceptspace.models.registry": (
@@ -29,6 +30,7 @@ _EXPORTS = {
         "Base",
         "Distilled",
         "Hybrid",
+        "Named",
         "Regime",
         "ReplaceFinal",
         "SampleResult",
@@ -45,6 +47,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from conceptspace.compare import compare
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
     from conceptspace.models.loading import ModelPair, load_pair
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
         Base,
         Distilled,
         Hybrid,
+        Named,
         Regime,
         ReplaceFinal,
         SampleResult,
@@ -95,6 +99,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelPair",
     "ModelSpec",
+    "Named",
     "Regime",
     "ReplaceFinal",
     "SampleResult",
@@ -105,6 +110,7 @@ __all__ = [
     "decode",
     "Embedder",
     "build_report",
+    "compare",
     "diversity_run",
     "load_embedder",
     "measure_diversity",

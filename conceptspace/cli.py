@@ -1031,6 +1031,137 @@ def evaluate(
     typer.echo(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'metrics.csv'}")
 
 
+@app.command("compare")
+def compare_methods(
+    base: BaseOpt = "shapes",
+    student: Annotated[str, typer.Option("--student", help="Distilled student of the base.")] = "dmd",
+    methods: Annotated[
+        list[str],
+        typer.Option(
+            "--methods",
+            "--method",
+            help="Methods to compare with the base and the student: regime names with options after colons, "
+            "e.g. hybrid, hybrid:k=2, cads, cads:noise_scale=0.1, cond-noise:strength=2, interval-guidance "
+            "(repeat or comma-separate).",
+        ),
+    ] = ["hybrid", "cads", "cond-noise", "interval-guidance"],  # noqa: B006
+    prompt: PromptOpt = [],  # noqa: B006
+    prompts: PromptsOpt = None,
+    n: NOpt = 64,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("out/compare"),
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder spec for diversity and quality (default: the pair's).")
+    ] = None,
+    fid_ref: Annotated[
+        Path | None,
+        typer.Option(help="Folder of reference images for the Fréchet distances (default: the base's images)."),
+    ] = None,
+    fid_weights: Annotated[
+        Path | None, typer.Option(help="Local FID Inception weights file (FID runs when they are at hand).")
+    ] = None,
+    inception_score: Annotated[
+        bool, typer.Option("--inception-score", help="Also the Inception Score (on the testbed: its probe).")
+    ] = False,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    n_perm: Annotated[int, typer.Option(help="Permutations for the paired p-values.")] = 1000,
+    reuse: Annotated[
+        bool, typer.Option(help="Reuse images an earlier comparison in --out made with the same settings.")
+    ] = True,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: BatchOpt = 16,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Which method restores the student's diversity best, at what quality and cost: every method on the same
+    seeds as the base and the student, with 95% CIs; writes DIR/metrics.json/.csv, DIR/run.json, DIR/report.html.
+
+    Example: conceptspace compare --base sdxl --student dmd2 --methods hybrid,cads,cond-noise,hybrid:k=2 --prompt "a cute puppy" -n 64 --out runs/compare
+    """
+    import torch
+
+    from conceptspace.compare import compare, parse_method
+    from conceptspace.generate import read_prompt_file
+    from conceptspace.io import ensure_writable_dir
+    from conceptspace.models import check_device, load_pair
+    from conceptspace.sampling import Base, seeds_from
+
+    specs = [name.strip() for item in methods for name in item.split(",") if name.strip()]
+    for spec in specs:
+        parse_method(spec)  # a misspelt method fails before any model loads
+    prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
+    if not prompt_list:
+        _fail("give at least one --prompt (or --prompts FILE)")
+    if n < 2:
+        _fail(f"a comparison measures diversity: -n must be at least 2, got {n}")
+    ensure_writable_dir(out)
+    if quiet:
+        _silence_libraries()
+    pair = load_pair(
+        base,
+        student,
+        dtype=getattr(torch, dtype.value) if dtype else None,
+        device=check_device(device),
+        base_path=base_path,
+        student_path=student_path,
+        cache_dir=cache_dir,
+    )
+    result = compare(
+        pair,
+        prompt_list,
+        specs,
+        seeds=seeds_from(seed, n),
+        out_dir=out,
+        base=Base(steps=steps, guidance_scale=guidance),
+        embedder=embedder,
+        fid_ref=fid_ref,
+        fid_weights=fid_weights,
+        inception_score=inception_score,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        reuse=reuse,
+        progress=not quiet,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        negative_prompt=negative_prompt,
+    )
+    for line in ranking_lines(result.ranking):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {result.report}")
+
+
+def ranking_lines(table: list[dict]) -> list[str]:
+    """The ranked table as text: rank, method, diversity gain over the student, quality change, NFE, s/image."""
+
+    def cell(value: dict | None, signed: bool = False) -> str:
+        if value is None:
+            return "—"
+        mark = "+" if signed else ""
+        return f"{value['value']:{mark}.3f} [{value['ci_low']:{mark}.3f}, {value['ci_high']:{mark}.3f}]"
+
+    lines = [
+        f"{'rank':<5} {'method':<24} {'diversity − distilled':<26} {'quality − distilled':<26} {'NFE':>4} "
+        f"{'s/image':>8}  Pareto"
+    ]
+    for entry in table:
+        seconds = entry["seconds_per_image"]
+        lines.append(
+            f"{entry['rank'] or 'ref.'!s:<5} {entry['method']:<24} {cell(entry['diversity_vs_student'], True):<26} "
+            f"{cell(entry['quality_vs_student'], True):<26} {entry['evaluations'] or 0:>4.0f} "
+            f"{'—' if seconds is None else format(seconds['value'], '.4f'):>8}  {'yes' if entry['pareto'] else ''}"
+        )
+    return lines
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:

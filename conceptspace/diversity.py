@@ -144,10 +144,18 @@ def measure_diversity(
     return rows
 
 
+def _same_regime(record: dict[str, Any], regime: Regime) -> bool:
+    """Whether a run.json regime record was made by ``regime`` (its described parameters, JSON-normalised)."""
+    settings = record.get("settings") or {}
+    described = json.loads(json.dumps(regime.describe(), default=str))
+    return all(settings.get(key) == value for key, value in described.items())
+
+
 def _reusable_regimes(
-    run_dir: Path, pair: ModelPair, prompts: Sequence[str], seeds: Sequence[int]
+    run_dir: Path, pair: ModelPair, prompts: Sequence[str], regimes: Sequence[Regime], seeds: Sequence[int]
 ) -> dict[str, Any]:
-    """Regime records of an earlier run in ``run_dir`` that already hold every (prompt, seed) for this pair."""
+    """Regime records of an earlier run in ``run_dir`` that the same regime made (same parameters) and that
+    already hold every (prompt, seed) for this pair."""
     try:
         run = read_run(run_dir)
     except (FileNotFoundError, ValueError):
@@ -158,17 +166,49 @@ def _reusable_regimes(
     if not same_models:
         return {}
     wanted = {(p, s) for p in prompts for s in seeds}
+    by_name = {regime.name: regime for regime in regimes}
     reusable = {}
-    for regime, record in run.get("regimes", {}).items():
+    for name, record in run.get("regimes", {}).items():
+        if name not in by_name or not _same_regime(record, by_name[name]):
+            continue
         have = {
             (i["prompt"], int(i["seed"])) for i in record.get("images", []) if (run_dir / i["path"]).exists()
         }
         if wanted <= have:
-            reusable[regime] = {
+            reusable[name] = {
                 **record,
                 "images": [i for i in record["images"] if (i["prompt"], int(i["seed"])) in wanted],
             }
     return reusable
+
+
+def generate_or_reuse(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    regimes: Sequence[Regime],
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    reuse: bool = True,
+    progress: bool = True,
+    **generate_options: Any,
+) -> dict[str, Any]:
+    """:func:`conceptspace.generate.generate`, except that with ``reuse`` the regimes whose images an earlier run
+    in ``out_dir`` made with the same parameters for the same pair, prompts and seeds are not sampled again
+    (run.json then lists them under ``reused_regimes``). Returns the run record."""
+    out = Path(out_dir)
+    kept = _reusable_regimes(out, pair, prompts, regimes, seeds) if reuse else {}
+    todo = [regime for regime in regimes if regime.name not in kept]
+    if todo:
+        run = generate(pair, prompts, todo, seeds, out, progress=progress, **generate_options)
+    else:
+        run = read_run(out)
+    if kept:
+        run["regimes"] = {regime.name: kept.get(regime.name) or run["regimes"][regime.name] for regime in regimes}
+        run["schedule"] = schedule_field(run["regimes"])
+        run["reused_regimes"] = sorted(kept)
+        write_json(out / "run.json", run)
+    return run
 
 
 def diversity_run(
@@ -195,19 +235,7 @@ def diversity_run(
     """
     out = Path(out_dir)
     embedder = embedder or default_embedder(pair)
-    kept = _reusable_regimes(out, pair, prompts, seeds) if reuse else {}
-    wanted = [regime.name for regime in regimes]
-    kept = {name: record for name, record in kept.items() if name in wanted}
-    todo = [regime for regime in regimes if regime.name not in kept]
-    if todo:
-        run = generate(pair, prompts, todo, seeds, out, progress=progress, **generate_options)
-    else:
-        run = read_run(out)
-    if kept:
-        run["regimes"] = {name: kept.get(name) or run["regimes"][name] for name in wanted}
-        run["schedule"] = schedule_field(run["regimes"])
-        run["reused_regimes"] = sorted(kept)
-        write_json(out / "run.json", run)
+    generate_or_reuse(pair, prompts, regimes, seeds, out, reuse=reuse, progress=progress, **generate_options)
     rows = measure_diversity(out, embedder, metrics=metrics, n_boot=n_boot, n_perm=n_perm, progress=progress)
     if report:
         from conceptspace.report import build_report

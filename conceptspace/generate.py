@@ -89,7 +89,13 @@ def generate(
     commitment_rows: list[dict[str, Any]] = []
     for regime in regimes:
         regime_dir = out / regime.name
-        record: dict[str, Any] = {"settings": None, "schedule": None, "images": [], "timings": {}}
+        record: dict[str, Any] = {
+            "settings": None,
+            "schedule": None,
+            "images": [],
+            "timings": {},
+            "batches": [],  # [prompt index, images, denoising seconds] per forward batch
+        }
         for prompt_index, prompt in enumerate(prompts):
             result = sample(
                 pair,
@@ -107,6 +113,7 @@ def generate(
             record["schedule"] = result.schedule_dicts()
             for phase, seconds in result.timings.items():
                 record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
+            record["batches"] += [[prompt_index, rows, seconds] for rows, seconds in result.batch_seconds]
             write_start = time.perf_counter()
             for seed, image in zip(result.seeds, result.images, strict=True):
                 path = write_image(regime_dir / image_name(prompt_index, seed), image)

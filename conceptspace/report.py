@@ -125,6 +125,7 @@ def build_report(
     figures = _figures(run_dir, rows, regimes, colours, written, notes) if rows else []
     figures += _run_figures(run_dir, run, notes)
     context = {
+        "comparison": _comparison(run_dir, run, rows, colours, written),
         "verdicts": _verdicts(rows),
         "title": title or f"conceptspace report: {run_dir.resolve().name}",
         "subtitle": _subtitle(run, images, regimes),
@@ -557,6 +558,119 @@ def _seed_text(seeds: Any) -> str:
     if all(isinstance(s, int) for s in seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
         return f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)" if len(seeds) > 1 else str(seeds[0])
     return ", ".join(str(s) for s in seeds)
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+def _comparison(
+    run_dir: Path,
+    run: dict[str, Any],
+    rows: list[dict[str, Any]],
+    colours: dict[str, str],
+    written: set[Path],
+) -> dict[str, Any] | None:
+    """The ranked table and the Pareto figure of a ``conceptspace compare`` folder (None for other runs)."""
+    settings = (run.get("parameters") or {}).get("compare")
+    if not settings or not rows:
+        return None
+    from conceptspace.compare import ranking
+
+    table = ranking(rows, settings)
+    diversity, quality = settings["diversity"], settings["quality"]
+
+    def cell(entry: dict[str, Any], key: str, signed: bool = False) -> dict[str, str] | None:
+        value = entry.get(key)
+        if value is None:
+            return None
+        text = f"{value['value']:+.3g}" if signed else _num(value["value"])
+        return {"value": text, "ci": _ci(value["ci_low"], value["ci_high"])}
+
+    lines = [
+        {
+            "rank": entry["rank"] or "ref.",
+            "method": entry["method"],
+            "colour": colours.get(entry["method"], PALETTE[-1]),
+            "cells": [
+                cell(entry, "diversity"),
+                cell(entry, "diversity_vs_student", True),
+                cell(entry, "diversity_vs_base", True),
+                cell(entry, "quality"),
+                cell(entry, "quality_vs_student", True),
+                cell(entry, "fd"),
+            ],
+            "evaluations": _num(entry["evaluations"]),
+            "seconds": _secs(entry["seconds_per_image"]["value"]) if entry["seconds_per_image"] else "—",
+            "relative": "—" if entry["relative_seconds"] is None else f"×{entry['relative_seconds']:.2f}",
+            "pareto": entry["pareto"],
+        }
+        for entry in table
+    ]
+    d_name = f"{diversity['metric']} ({diversity.get('embedder')})"
+    q_name = f"{quality['metric']} ({quality.get('embedder')})"
+    figure = _pareto_figure(table, d_name, q_name, bool(quality.get("higher_is_better", True)), colours)
+    saved = None
+    if figure is not None:
+        caption = (
+            f"Each method's {d_name} (x) against its {q_name} (y), mean over prompts with 95% intervals; marker area "
+            "∝ network evaluations per image; a black ring marks the methods no other beats on diversity, quality "
+            "and evaluations at once (the Pareto set)."
+        )
+        saved = _save(run_dir, figure, "compare-pareto", "Diversity, quality and cost", caption, written)
+    return {
+        "diversity": d_name,
+        "quality": q_name,
+        "quality_direction": "higher is better"
+        if quality.get("higher_is_better", True)
+        else "lower is better",
+        "lines": lines,
+        "figure": saved,
+    }
+
+
+def _pareto_figure(
+    table: list[dict[str, Any]], d_name: str, q_name: str, higher: bool, colours: dict[str, str]
+) -> Any:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    points = [e for e in table if e["diversity"] is not None and e["quality"] is not None]
+    if not points:
+        return None
+    with matplotlib.rc_context({"figure.dpi": 100, "savefig.dpi": 144}):
+        figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+        ax = figure.subplots()
+        largest = max(e["evaluations"] or 1 for e in points)
+        for e in points:
+            d, q = e["diversity"], e["quality"]
+            x, y = float(d["value"]), float(q["value"])
+            ax.errorbar(
+                x,
+                y,
+                xerr=[[_half(x, d["ci_low"], below=True)], [_half(x, d["ci_high"], below=False)]],
+                yerr=[[_half(y, q["ci_low"], below=True)], [_half(y, q["ci_high"], below=False)]],
+                fmt="none",
+                ecolor=colours.get(e["method"], PALETTE[-1]),
+                lw=1.2,
+                capsize=2,
+            )
+            size = 40 + 360 * (e["evaluations"] or 1) / largest
+            ax.scatter(
+                [x],
+                [y],
+                s=size,
+                color=colours.get(e["method"], PALETTE[-1]),
+                alpha=0.85,
+                zorder=3,
+                edgecolors="#111111" if e["pareto"] else "none",
+                linewidths=1.8,
+            )
+            ax.annotate(
+                _label(e["method"], 24), (x, y), textcoords="offset points", xytext=(7, 6), fontsize=8
+            )
+        ax.set_xlabel(_label(d_name + " → more diverse", 60))
+        ax.set_ylabel(_label(q_name + (" → better" if higher else " (lower is better)"), 60))
+        if not higher:
+            ax.invert_yaxis()
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------- numbers

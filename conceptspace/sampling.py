@@ -373,7 +373,34 @@ class ReplaceFinal(Regime):
         ]
 
 
+@dataclass(frozen=True)
+class Named(Regime):
+    """Another regime under a name of its own, so that two variants of one regime can run side by side (each
+    regime writes to a folder named after it): ``Named(Hybrid(k=2), "hybrid-k2")``."""
+
+    over: Regime | str = "distilled"
+    name: str = "named"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name or any(c in self.name for c in '/\\:*?"<>|') or self.name.startswith("."):
+            raise ValueError(
+                f"a regime's name names its folder: {self.name!r} is empty, hidden or holds a path character"
+            )
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        inner = regime_from_name(self.over) if isinstance(self.over, str) else self.over
+        return inner.segments(pair, device, latent_shape)
+
+    def describe(self) -> dict[str, Any]:
+        over = self.over.describe() if isinstance(self.over, Regime) else self.over
+        return {"regime": "named", "name": self.name, "over": over}
+
+
 REGIMES: dict[str, type[Regime]] = {
+    "named": Named,
     "base": Base,
     "distilled": Distilled,
     "hybrid": Hybrid,
@@ -382,14 +409,13 @@ REGIMES: dict[str, type[Regime]] = {
 }
 
 
-def regime_from_name(name: str, **options: Any) -> Regime:
+def regime_from_name(name: str, /, **options: Any) -> Regime:
     """Build a regime by name; options that the regime does not take are ignored (None values too). A remedy's
     ``over`` given as a described regime (a dict with its ``"regime"`` name, as run.json holds it) is built too."""
     from conceptspace import remedies  # noqa: F401  (registers the remedy regimes; it imports this module)
 
     if isinstance(options.get("over"), Mapping):
         inner = {k: tuple(v) if isinstance(v, list) else v for k, v in options["over"].items()}  # JSON's lists
-        inner.pop("name", None)
         options = {**options, "over": regime_from_name(inner.pop("regime"), **inner)}
     try:
         cls = REGIMES[name]
@@ -592,6 +618,7 @@ class SampleResult:
     timings: dict[str, float]
     trajectory: torch.Tensor | None = None  # (n, steps, C, H, W) x̂0 latents when recorded
     settings: dict[str, Any] = field(default_factory=dict)
+    batch_seconds: list[tuple[int, float]] = field(default_factory=list)  # (rows, denoising seconds) per batch
 
     def schedule_dicts(self) -> list[dict[str, Any]]:
         return [asdict(s) for s in self.schedule]
@@ -730,7 +757,7 @@ def sample(
     with out_of_memory_as_error(
         device, f"{len(seeds)} image(s) of {height}×{width} in batches of {batch_size}"
     ):
-        finals, trajectories = [], []
+        finals, trajectories, batch_seconds = [], [], []
         bar = tqdm(
             total=len(seeds) * len(schedule),
             desc=regime.name,
@@ -759,7 +786,9 @@ def sample(
                 progress=bar,
             )
             _sync(device)
-            timings["denoising"] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            timings["denoising"] += seconds
+            batch_seconds.append((len(batch_seeds), seconds))
             finals.append(final)
             if recorder is not None:
                 trajectories.append(recorder.stacked())
@@ -779,6 +808,7 @@ def sample(
         schedule=schedule,
         timings=timings,
         trajectory=torch.cat(trajectories) if trajectories else None,
+        batch_seconds=batch_seconds,
         settings={
             **regime.describe(),
             "height": height,
@@ -851,6 +881,7 @@ __all__ = [
     "Denoiser",
     "Distilled",
     "Hybrid",
+    "Named",
     "REGIMES",
     "Regime",
     "ReplaceFinal",

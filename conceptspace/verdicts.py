@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conceptspace.metrics import ALL_PROMPTS
+
 __all__ = ["PROBE_EMBEDDER", "Verdict", "free_factor_metric", "verdict_lines", "verdicts"]
 
 PROBE_EMBEDDER = "probe"
@@ -80,7 +82,9 @@ class _Rows:
                 self.commitment.setdefault((r["prompt"], r["regime"]), []).append(r)
         for curve in self.commitment.values():
             curve.sort(key=lambda r: r["step"])
-        self.prompts = [p for p in dict.fromkeys(k[0] for k in self.probe) if free_factor_metric(p)]
+        # the claims are judged per prompt (a mean over prompts fixes no factor of its own)
+        prompts = dict.fromkeys(k[0] for k in self.probe if k[0] != ALL_PROMPTS)
+        self.prompts = [p for p in prompts if free_factor_metric(p)]
 
     def diff(self, prompt: str, a: str, b: str) -> dict[str, Any] | None:
         return self.probe.get((prompt, f"{a} - {b}", f"diff_{free_factor_metric(prompt)}"))

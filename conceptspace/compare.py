@@ -1,0 +1,767 @@
+"""Which remedy restores a distilled model's diversity best, at what quality and cost: every method on the same
+seeds, paired against the student and the base (``conceptspace compare``; docs/remedies.md).
+
+    >>> result = compare(load_pair("shapes", "dmd"), ["a triangle"], ["hybrid", "cads", "hybrid:k=2"],
+    ...                  seeds=range(64), out_dir="runs/compare")                   # doctest: +SKIP
+    >>> [r["method"] for r in result.ranking]                                        # doctest: +SKIP
+
+Per method and prompt (and averaged over prompts), all with 95% intervals:
+
+- **diversity** in the pair's embedder (Vendi score and pairwise distance), on the testbed also the probe's
+  shape × colour entropy; paired differences from the student (``<method> - distilled``) and the base
+  (``<method> - base``) on the same seeds;
+- **quality**: the CLIP score of each image against its prompt (embedders with a text tower), on the testbed the
+  probe's prompt adherence; the Fréchet distance to the base's images (or a reference folder) in the embedder's
+  space (``fd``), and FID on Inception features when its weights are at hand; the Inception Score on request;
+  paired differences from the student;
+- **cost**: network evaluations per image (``evaluations``; a CFG step is two) and denoising seconds per image.
+
+Everything lands in ``out_dir`` as elsewhere: images per method, ``run.json`` (with the comparison's settings
+under ``parameters.compare``), tidy ``metrics.json`` / ``metrics.csv`` and ``report.html`` with a Pareto figure and
+the ranked table, both rebuilt from the rows by :func:`ranking`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from conceptspace.diversity import generate_or_reuse, images_by_prompt
+from conceptspace.io import write_json
+from conceptspace.metrics import (
+    ALL_PROMPTS,
+    Estimate,
+    clip_scores,
+    diversity_over_prompts,
+    frechet_distance,
+    mean_estimate,
+    paired_over_prompts,
+    percentile_interval,
+)
+from conceptspace.models import ModelPair
+from conceptspace.results import metric_row, write_metrics
+from conceptspace.sampling import REGIMES, Base, Distilled, Named, Regime, regime_from_name
+
+__all__ = [
+    "BASE",
+    "DEFAULT_METHODS",
+    "STUDENT",
+    "CompareResult",
+    "compare",
+    "parse_method",
+    "ranking",
+]
+
+BASE, STUDENT = "base", "distilled"
+"""The two references every comparison samples, under these names."""
+
+DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance")
+"""The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
+
+EMBEDDING_METRICS = ("vendi", "pairwise_distance")
+PROBE = "probe"
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+def _option_value(text: str) -> Any:
+    """A method option's value: an integer, a number, true/false/none, or else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_method(spec: str | Regime) -> Regime:
+    """A method from its spec: a regime name with options after colons, ``"hybrid"``, ``"hybrid:k=2"``,
+    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``. A method with options is named after them
+    (``hybrid-k2``), so variants of one regime run side by side. A :class:`Regime` is taken as it is."""
+    if isinstance(spec, Regime):
+        return spec
+    name, *options = [part.strip() for part in str(spec).split(":")]
+    import conceptspace.remedies  # noqa: F401  (registers the remedies' names)
+
+    if name not in REGIMES or name == "named":
+        known = ", ".join(n for n in REGIMES if n != "named")
+        raise ValueError(f"unknown method {name!r} in {spec!r}; methods are regimes: {known}")
+    accepted = {f.name for f in fields(REGIMES[name]) if f.init}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    written: dict[str, str] = {}  # as the user wrote them, for the method's name
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"method option {option!r} in {spec!r} is not key=value (e.g. hybrid:k=2)")
+        if key not in accepted:
+            raise ValueError(
+                f"{name} takes no option {key!r} (in {spec!r}); its options: {', '.join(sorted(accepted)) or 'none'}"
+            )
+        values[key] = _option_value(value)
+        written[key] = value.strip()
+    regime = regime_from_name(name, **values)
+    if not values:
+        return regime
+    label = name + "".join(f"-{key}{value}" for key, value in written.items())
+    return Named(over=regime, name=label)
+
+
+def _methods(methods: Sequence[str | Regime]) -> list[Regime]:
+    built = [parse_method(method) for method in methods]
+    names = [regime.name for regime in built]
+    clash = [n for n in names if n in (BASE, STUDENT)]
+    if clash:
+        raise ValueError(
+            f"{clash[0]!r} is always compared (the base and the student are the references): list only the methods"
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"method {repeated[0]!r} is listed twice; give variants options (e.g. hybrid:k=2)")
+    if not built:
+        raise ValueError("no method given: name at least one, e.g. hybrid")
+    return built
+
+
+# --------------------------------------------------------------------------------------------------- the result
+@dataclass
+class CompareResult:
+    """What :func:`compare` made: the folder, every tidy row, the ranked table and the report (None without)."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    ranking: list[dict[str, Any]]
+    report: Path | None
+
+
+def compare(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    methods: Sequence[str | Regime] = DEFAULT_METHODS,
+    *,
+    seeds: Sequence[int] = range(64),
+    out_dir: str | os.PathLike = "out/compare",
+    base: Regime | None = None,
+    student: Regime | None = None,
+    embedder: Any = None,
+    fid_ref: str | os.PathLike | None = None,
+    fid_features: torch.nn.Module | None = None,
+    fid_weights: str | os.PathLike | None = None,
+    inception_score: bool = False,
+    is_classifier: torch.nn.Module | None = None,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    reuse: bool = True,
+    report: bool = True,
+    progress: bool = True,
+    batch_size: int = 4,
+    **generate_options: Any,
+) -> CompareResult:
+    """Sample the base, the student and every method on the same seeds, measure, rank and report (module doc).
+
+    ``methods``: specs for :func:`parse_method` or regimes. ``base`` / ``student``: the reference regimes (default
+    ``Base()`` and ``Distilled()``, the registry's settings). ``embedder``: a spec or a loaded embedder (default:
+    the pair's). ``fid_ref``: a folder of reference images for the Fréchet distances (default: the base's images of
+    the same prompts). FID on Inception features runs when ``fid_features`` (any module mapping an image batch in
+    [0, 1] to features) is given, or the Inception weights are at hand (``fid_weights`` or the torch hub cache); not
+    on the testbed. ``inception_score``: also the Inception Score (``is_classifier``; the testbed's own classes on
+    the testbed). ``reuse``: methods whose images an earlier comparison in ``out_dir`` made with the same settings
+    are not sampled again. ``generate_options`` go to :func:`conceptspace.generate.generate` (height, width, …).
+    """
+    from conceptspace.embeddings import default_embedder, load_embedder
+
+    if pair.student is None:
+        raise ValueError("a comparison needs a student: load the pair with its distilled model")
+    regimes = [base or Base(), student or Distilled(), *_methods(methods)]
+    if [r.name for r in regimes[:2]] != [BASE, STUDENT]:
+        raise ValueError(
+            "base= must be a Base regime and student= a Distilled regime (the references' names)"
+        )
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"a comparison measures diversity, which needs at least 2 seeds, got {len(seeds)}")
+    testbed = pair.base.family == "testbed"
+    spec = embedder if embedder is not None else default_embedder(pair)
+    if isinstance(spec, str):
+        spec = load_embedder(spec, device=pair.device, progress=progress)
+    has_text = bool(getattr(spec, "has_text", False))
+    quality = "clip_score" if has_text else ("adherence" if testbed else "fd")
+    settings = {
+        "methods": [r.name for r in regimes[2:]],
+        "reference": BASE,
+        "student": STUDENT,
+        "diversity": {
+            "metric": "entropy_shape_colour" if testbed else "vendi",
+            "embedder": PROBE if testbed else spec.name,
+        },
+        "quality": {
+            "metric": quality,
+            "higher_is_better": quality != "fd",
+            "embedder": PROBE if quality == "adherence" else spec.name,
+        },
+        "fd_reference": str(fid_ref) if fid_ref is not None else f"regime:{BASE}",
+    }
+    out = Path(out_dir)
+    run = generate_or_reuse(
+        pair,
+        list(prompts),
+        regimes,
+        seeds,
+        out,
+        reuse=reuse,
+        progress=progress,
+        batch_size=batch_size,
+        parameters={"compare": settings, **generate_options.pop("parameters", {})},
+        **generate_options,
+    )
+    run["command"] = "compare"
+    run["parameters"]["compare"] = settings  # also when every method's images were reused from another run
+    names = [r.name for r in regimes]
+    paths = _paired_paths(run, out, names)
+
+    images = {prompt: {name: _load(ps) for name, ps in by.items()} for prompt, by in paths.items()}
+    embeddings = _embed(spec, images, progress)
+    pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m not in (BASE,)]
+    common = dict(n_boot=n_boot, embedder=spec.name, model=f"{pair.base.name}/{pair.student.name}")
+    resample = "images" if len(paths) < 10 else "both"
+    rows = diversity_over_prompts(embeddings, metrics=EMBEDDING_METRICS, resample=resample, **common)
+    rows += paired_over_prompts(
+        embeddings, pairs, metrics=EMBEDDING_METRICS, resample=resample, n_perm=n_perm, **common
+    )
+    if has_text:
+        rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
+    if testbed:
+        rows += _probe_rows(images, names, pairs, n_boot=n_boot)
+    reference = _reference_embeddings(spec, fid_ref, images) if fid_ref is not None else None
+    rows += _fd_rows(embeddings, names, reference, "fd", n_boot=n_boot, features=spec.name)
+    inception = _fid_extractor(fid_features, fid_weights, testbed)
+    if inception is not None:
+        features = _extract(inception, images, pair.device, progress)
+        ref_features = None
+        if fid_ref is not None:
+            ref_features = _extract(
+                inception, {"": {"": _reference_images(fid_ref, images)}}, pair.device, False
+            )
+        rows += _fd_rows(
+            features,
+            names,
+            None if ref_features is None else ref_features[""][""],
+            "fid",
+            n_boot=n_boot,
+            features=getattr(inception, "name", type(inception).__name__),
+        )
+    if inception_score:
+        rows += _inception_score_rows(images, names, is_classifier, fid_weights, pair, n_boot=n_boot)
+    rows += _cost_rows(pair, run, regimes, n_boot=n_boot)
+    write_metrics(out, rows)
+    write_json(out / "run.json", run)
+    ranked = ranking(rows, settings)
+    report_path = None
+    if report:
+        from conceptspace.report import build_report
+
+        report_path = build_report(out, title=f"conceptspace compare: {pair.base.name} → {pair.student.name}")
+    return CompareResult(out, rows, ranked, report_path)
+
+
+# ------------------------------------------------------------------------------------------------------- images
+def _paired_paths(run: dict[str, Any], out: Path, names: Sequence[str]) -> dict[str, dict[str, list[Path]]]:
+    """Per prompt and method, the image paths of the seeds every method has, in seed order."""
+    grouped = images_by_prompt(run, out)
+    paths: dict[str, dict[str, list[Path]]] = {}
+    for prompt, by_regime in grouped.items():
+        seeds = set.intersection(*({s for s, _ in by_regime.get(name, [])} for name in names))
+        if len(seeds) < 2:
+            raise ValueError(
+                f"prompt {prompt!r} has {len(seeds)} seed(s) every method shares; need at least 2"
+            )
+        paths[prompt] = {name: [p for s, p in by_regime[name] if s in seeds] for name in names}
+    return paths
+
+
+def _load(paths: Sequence[Path]) -> list[Image.Image]:
+    loaded = []
+    for path in paths:
+        with Image.open(path) as image:
+            loaded.append(image.convert("RGB"))
+    return loaded
+
+
+def _embed(
+    embedder: Any, images: Mapping[str, Mapping[str, list[Any]]], progress: bool
+) -> dict[str, dict[str, torch.Tensor]]:
+    total = sum(len(v) for by in images.values() for v in by.values())
+    own_bar, embedder.progress = getattr(embedder, "progress", False), False
+    embedded: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        with tqdm(total=total, desc=f"embedding [{embedder.name}]", unit="img", disable=not progress) as bar:
+            for prompt, by in images.items():
+                embedded[prompt] = {}
+                for name, batch in by.items():
+                    embedded[prompt][name] = embedder.embed_images(batch)
+                    bar.update(len(batch))
+    finally:
+        embedder.progress = own_bar
+    return embedded
+
+
+# ------------------------------------------------------------------------------------------------------ quality
+def _pooled(values: Mapping[str, np.ndarray], n_boot: int, prompt_count: int) -> Estimate:
+    """The mean over prompts of per-image values (equal images per prompt), resampling images within prompts."""
+    stacked = np.stack(list(values.values()))  # (prompts, images)
+    estimate = mean_estimate(stacked.ravel(), n_boot=0)
+    if not n_boot:
+        return estimate
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, stacked.shape[1], size=(n_boot, *stacked.shape))
+    replicates = np.take_along_axis(stacked[None].repeat(n_boot, 0), picks, axis=2).mean(axis=(1, 2))
+    low, high = percentile_interval(replicates, 0.95)
+    return Estimate(estimate.value, low, high, stacked.size, method="bootstrap within prompts")
+
+
+def _mean_rows(
+    per_prompt: Mapping[str, Mapping[str, np.ndarray]],
+    metric: str,
+    n_boot: int,
+    *,
+    average: bool,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """Rows of per-image values ``per_prompt[prompt][label]``: each prompt's mean (bootstrap CI) and, with
+    ``average``, the mean over the prompts given (the prompts a quality is defined for)."""
+    rows = []
+    labels = list(dict.fromkeys(label for by in per_prompt.values() for label in by))
+    for prompt, by in per_prompt.items():
+        for label, values in by.items():
+            estimate = mean_estimate(values, n_boot=n_boot)
+            rows.append(estimate.row(prompt, label, metric, ci_method=estimate.method, **extra))
+    if average:
+        for label in labels:
+            values = {p: by[label] for p, by in per_prompt.items() if label in by}
+            estimate = _pooled(values, n_boot, len(values))
+            rows.append(estimate.row(ALL_PROMPTS, label, metric, ci_method=estimate.method, **extra))
+    return rows
+
+
+def _clip_rows(
+    embedder: Any, embeddings: Mapping[str, Mapping[str, torch.Tensor]], names: Sequence[str], *, n_boot: int
+) -> list[dict[str, Any]]:
+    """Each image's CLIP score against its prompt: per prompt and method, paired differences, the mean over
+    prompts."""
+    per_prompt = {}
+    for prompt, by in embeddings.items():
+        text = embedder.embed_texts([prompt])
+        per_prompt[prompt] = _diff_values({name: clip_scores(by[name], text) for name in names}, names)
+    rows = _mean_rows(per_prompt, "clip_score", n_boot, average=len(per_prompt) > 1, embedder=embedder.name)
+    return [_as_difference(row) for row in rows]
+
+
+def _diff_values(values: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    out = dict(values)
+    for name in names:
+        if name != STUDENT:
+            out[f"{name} - {STUDENT}"] = values[name] - values[STUDENT]
+    for name in names:
+        if name not in (BASE, STUDENT):
+            out[f"{name} - {BASE}"] = values[name] - values[BASE]
+    return out
+
+
+def _as_difference(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a paired difference (``regime`` ``a - b``) gets the ``diff_`` metric name the others use."""
+    if " - " in str(row["regime"]):
+        return {**row, "metric": f"diff_{row['metric']}"}
+    return row
+
+
+def _probe_rows(
+    images: Mapping[str, Mapping[str, list[Any]]],
+    names: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """The testbed's ground truth: the probe's shape × colour entropy per prompt and method, paired differences,
+    their mean over prompts, and prompt adherence."""
+    from conceptspace.testbed.data import LEVELS, fixed_factors
+    from conceptspace.testbed.diversity import diversity_rows, paired_difference_rows
+    from conceptspace.testbed.probe import load_probe
+
+    probe = load_probe()
+    measure = "entropy_shape_colour"
+    rows: list[dict[str, Any]] = []
+    adherence: dict[str, dict[str, np.ndarray]] = {}
+    for prompt, by in images.items():
+        read = {name: probe.predict(np.stack([np.asarray(i) for i in by[name]])) for name in names}
+        for name in names:
+            rows += diversity_rows(read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE)
+        rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE)
+        fixed = {k: v for k, v in fixed_factors(prompt).items() if k in ("shape", "colour", "background")}
+        if fixed:
+            hits = {}
+            for name in names:
+                match = np.ones(len(read[name]["shape"]), dtype=bool)
+                for factor, level in fixed.items():
+                    match &= read[name][factor] == LEVELS[factor].index(level)
+                hits[name] = match.astype(np.float64)
+            adherence[prompt] = _diff_values(hits, names)
+    if len(images) > 1:
+        rows += _normal_mean_over_prompts([r for r in rows if r["metric"].endswith(measure)])
+    if adherence:
+        rows += [
+            _as_difference(r)
+            for r in _mean_rows(adherence, "adherence", n_boot, average=len(images) > 1, embedder=PROBE)
+        ]
+    return rows
+
+
+def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, metric) the mean over prompts of independent per-prompt estimates, with a normal interval
+    from their bootstrap intervals (each half-width / 1.96 taken as a standard error)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["regime"], row["metric"]), []).append(row)
+    out = []
+    for (regime, metric), group in groups.items():
+        value = float(np.mean([r["value"] for r in group]))
+        errors = [(r["ci_high"] - r["ci_low"]) / (2 * 1.959964) for r in group]
+        half = 1.959964 * math.sqrt(sum(e * e for e in errors)) / len(group)
+        extra = {k: v for k, v in group[0].items() if k in ("embedder", "model")}
+        out.append(
+            metric_row(
+                ALL_PROMPTS,
+                regime,
+                metric,
+                value,
+                value - half,
+                value + half,
+                len(group),
+                n_images=int(sum(r["n"] for r in group)),
+                ci_method="normal over prompts (per-prompt bootstrap errors)",
+                **extra,
+            )
+        )
+    return out
+
+
+def _reference_images(fid_ref: str | os.PathLike | None, images: Mapping[str, Any]) -> list[Any]:
+    """The reference folder's images, resized and centre-cropped to the run's image size."""
+    if fid_ref is None:
+        return []
+    from conceptspace.runs import _fid_reference, _image_batches
+
+    size = next(iter(next(iter(images.values())).values()))[0].size
+    found = _fid_reference(fid_ref, {})
+    return [image for batch in _image_batches(found.paths, size, 64) for image in batch]
+
+
+def _reference_embeddings(
+    embedder: Any, fid_ref: str | os.PathLike, images: Mapping[str, Any]
+) -> torch.Tensor:
+    return embedder.embed_images(_reference_images(fid_ref, images))
+
+
+def _fd_rows(
+    sets_by_prompt: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    reference: Any,
+    metric: str,
+    *,
+    n_boot: int,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """Fréchet distance of each method's images to the reference (the base's images of the same prompt and seeds,
+    or a reference set), per prompt and over all prompts pooled, with a bootstrap interval resampling seeds jointly
+    for every method (and the reference set on its own); paired differences ``<method> - distilled``."""
+    prompt_sets = {
+        prompt: {n: np.asarray(by[n], dtype=np.float64) for n in names}
+        for prompt, by in sets_by_prompt.items()
+    }
+    if len(prompt_sets) > 1:
+        prompt_sets[ALL_PROMPTS] = {
+            n: np.concatenate([s[n] for s in list(prompt_sets.values())]) for n in names
+        }
+    ref_set = None if reference is None else np.asarray(reference, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    rows = []
+    scored = [n for n in names if ref_set is not None or n != BASE]
+    for prompt, sets in prompt_sets.items():
+        n = len(sets[names[0]])
+        draws = [np.arange(n)] + [rng.integers(0, n, size=n) for _ in range(n_boot)]
+        ref_draws = (
+            None
+            if ref_set is None
+            else [np.arange(len(ref_set))]
+            + [rng.integers(0, len(ref_set), size=len(ref_set)) for _ in range(n_boot)]
+        )
+        values = {name: [] for name in scored}
+        for i, draw in enumerate(draws):
+            ref = sets[BASE][draw] if ref_set is None else ref_set[ref_draws[i]]
+            for name in scored:
+                values[name].append(frechet_distance(sets[name][draw], ref))
+        arrays = {name: np.array(v) for name, v in values.items()}
+        kind = {"reference": "regime:base" if ref_set is None else "folder", **extra}
+        for label, replicates in _diff_values_fd(arrays, scored).items():
+            # basic interval (reflected replicates): resampling with replacement repeats images, which biases a
+            # Fréchet distance upwards; reflecting carries that bias over to a correction, as for entropies
+            low, high = (
+                percentile_interval(2 * replicates[0] - replicates[1:], 0.95) if n_boot else (math.nan,) * 2
+            )
+            if " - " not in label:
+                low = max(low, 0.0)  # a distance
+            row = metric_row(
+                prompt,
+                label,
+                metric,
+                replicates[0],
+                low,
+                high,
+                n,
+                ci_method="paired basic bootstrap over seeds",
+                **kind,
+            )
+            rows.append(_as_difference(row))
+    return rows
+
+
+def _diff_values_fd(values: Mapping[str, np.ndarray], scored: Sequence[str]) -> dict[str, np.ndarray]:
+    out = dict(values)
+    for name in scored:
+        if name != STUDENT and STUDENT in values:
+            out[f"{name} - {STUDENT}"] = values[name] - values[STUDENT]
+    return out
+
+
+def _fid_extractor(
+    features: torch.nn.Module | None, weights: str | os.PathLike | None, testbed: bool
+) -> torch.nn.Module | None:
+    """The network FID takes its features from: the one given, else the Inception network when its weights are
+    at hand (never on the testbed, whose 32-pixel shapes it does not know); None means no FID row."""
+    if features is not None:
+        return features
+    if testbed:
+        return None
+    from conceptspace.metrics import inception_weights
+
+    try:
+        path = inception_weights(weights)
+    except ValueError:  # offline with nothing cached: FD in the embedder's space stands in
+        return None
+    if path is None:
+        return None
+    return _InceptionPool(path)
+
+
+class _InceptionPool(torch.nn.Module):
+    """The FID Inception network's 2048 pool features (torch-fidelity's weights)."""
+
+    name = "inception-v3"
+
+    def __init__(self, weights_path: str) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))
+
+
+def _tensor(images: Sequence[Any]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _extract(
+    network: torch.nn.Module, images: Mapping[str, Mapping[str, list[Any]]], device: Any, progress: bool
+) -> dict[str, dict[str, np.ndarray]]:
+    """Features ``(n, d)`` of every image set through ``network`` (batches in [0, 1])."""
+    network = network.to(device).eval()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with torch.no_grad():
+        for prompt, by in tqdm(images.items(), desc="FID features", disable=not progress, leave=False):
+            out[prompt] = {}
+            for name, batch in by.items():
+                parts = [
+                    network(_tensor(batch[i : i + 64]).to(device))
+                    .reshape(len(batch[i : i + 64]), -1)
+                    .double()
+                    .cpu()
+                    for i in range(0, len(batch), 64)
+                ]
+                out[prompt][name] = torch.cat(parts).numpy() if parts else np.empty((0, 0))
+    return out
+
+
+def _inception_score_rows(
+    images: Mapping[str, Mapping[str, list[Any]]],
+    names: Sequence[str],
+    classifier: torch.nn.Module | None,
+    weights: str | os.PathLike | None,
+    pair: ModelPair,
+    *,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """The Inception Score of each method's images over all prompts (bootstrap interval over images)."""
+    from conceptspace.metrics import inception_classifier
+    from conceptspace.metrics import inception_score as score
+    from conceptspace.runs import _default_classifier
+
+    classifier = (
+        classifier or _default_classifier(pair.base.name, pair.device) or inception_classifier(weights)
+    )
+    label = getattr(classifier, "name", type(classifier).__name__)
+    rows = []
+    for name in names:
+        pooled = [image for by in images.values() for image in by[name]]
+        estimate = score(pooled, classifier=classifier, device=pair.device, n_boot=n_boot)
+        rows.append(
+            estimate.row(ALL_PROMPTS, name, "inception_score", ci_method=estimate.method, classifier=label)
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------- cost
+def _cost_rows(
+    pair: ModelPair, run: dict[str, Any], regimes: Sequence[Regime], *, n_boot: int
+) -> list[dict[str, Any]]:
+    """Network evaluations per image (exact: counted from the segments) and denoising seconds per image (mean
+    over the forward batches of each one's seconds per image, bootstrap interval over batches)."""
+    from conceptspace.remedies import evaluations
+    from conceptspace.sampling import latent_size
+
+    parameters = run.get("parameters", {})
+    shape = latent_size(pair, parameters["height"], parameters["width"])
+    rows = []
+    for regime in regimes:
+        count = evaluations(regime.segments(pair, pair.device, shape))
+        rows.append(
+            metric_row(
+                ALL_PROMPTS, regime.name, "evaluations", count["total"], n=1, base=count["base"],
+                distilled=count["distilled"],
+            )
+        )  # fmt: skip
+        batches = run["regimes"][regime.name].get("batches") or []
+        if batches:
+            per_image = np.array([seconds / images for _, images, seconds in batches])
+            estimate = mean_estimate(per_image, n_boot=n_boot)
+            rows.append(
+                estimate.row(
+                    ALL_PROMPTS,
+                    regime.name,
+                    "seconds_per_image",
+                    ci_method="bootstrap over batches",
+                    phase="denoising",
+                    batch_size=parameters.get("batch_size"),
+                    device_type=pair.device.type,
+                )
+            )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ ranking
+def _find(
+    rows: Sequence[dict[str, Any]], regime: str, metric: str, embedder: str | None = None
+) -> dict[str, Any] | None:
+    for row in rows:
+        same = row["prompt"] == ALL_PROMPTS and row["regime"] == regime and row["metric"] == metric
+        if same and (embedder is None or row.get("embedder") == embedder):
+            return row
+    return None
+
+
+def _only_prompt(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as :func:`ranking` reads them: the ``(all prompts)`` rows, or a single prompt's rows relabelled so."""
+    prompts = {r["prompt"] for r in rows}
+    if ALL_PROMPTS in prompts or len(prompts - {ALL_PROMPTS}) != 1:
+        return list(rows)
+    return [{**r, "prompt": ALL_PROMPTS} for r in rows]
+
+
+def _cell(row: dict[str, Any] | None) -> dict[str, float] | None:
+    if row is None:
+        return None
+    return {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]}
+
+
+def ranking(rows: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ranked table of a comparison, from its tidy rows and ``run.json``'s ``parameters.compare``.
+
+    One entry per method (the base and the student included), averaged over prompts: diversity and its paired
+    gains over the student and the base, quality and its paired difference from the student, the Fréchet distance
+    to the reference, network evaluations and seconds per image (and relative to the student). Methods are ranked
+    by their diversity gain over the student, highest first, the references last; ``pareto`` marks the methods no
+    other beats on diversity, quality and evaluations at once (on the point values).
+    """
+    rows = _only_prompt(rows)
+    diversity, quality = settings["diversity"], settings["quality"]
+    higher = bool(quality.get("higher_is_better", True))
+    student_seconds = _find(rows, STUDENT, "seconds_per_image")
+    table = []
+    for method in [BASE, STUDENT, *settings["methods"]]:
+        d_metric, d_embedder = diversity["metric"], diversity.get("embedder")
+        q_metric, q_embedder = quality["metric"], quality.get("embedder")
+        seconds = _find(rows, method, "seconds_per_image")
+        evaluations = _find(rows, method, "evaluations")
+        entry = {
+            "method": method,
+            "diversity": _cell(_find(rows, method, d_metric, d_embedder)),
+            "diversity_vs_student": _cell(
+                _find(rows, f"{method} - {STUDENT}", f"diff_{d_metric}", d_embedder)
+            ),
+            "diversity_vs_base": _cell(_find(rows, f"{method} - {BASE}", f"diff_{d_metric}", d_embedder)),
+            "quality": _cell(_find(rows, method, q_metric, q_embedder)),
+            "quality_vs_student": _cell(_find(rows, f"{method} - {STUDENT}", f"diff_{q_metric}", q_embedder)),
+            "fd": _cell(_find(rows, method, "fd")),
+            "evaluations": None if evaluations is None else evaluations["value"],
+            "seconds_per_image": _cell(seconds),
+            "relative_seconds": None
+            if seconds is None or student_seconds is None or not student_seconds["value"]
+            else seconds["value"] / student_seconds["value"],
+        }
+        table.append(entry)
+
+    def point(entry: dict[str, Any], key: str) -> float:
+        cell = entry[key]
+        return math.nan if cell is None else float(cell["value"])
+
+    for entry in table:
+        entry["pareto"] = not any(
+            _dominates(other, entry, point, higher) for other in table if other is not entry
+        )
+    references = {BASE, STUDENT}
+
+    def order(entry: dict[str, Any]) -> tuple[int, float]:
+        gain = point(entry, "diversity_vs_student")
+        return (entry["method"] in references, -gain if math.isfinite(gain) else math.inf)
+
+    table.sort(key=order)
+    for rank, entry in enumerate(table, 1):
+        entry["rank"] = rank if entry["method"] not in references else None
+    return table
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any], point: Any, higher: bool) -> bool:
+    """Whether ``a`` is at least as good as ``b`` on diversity, quality and evaluations, and better on one."""
+    sign = 1.0 if higher else -1.0
+    pairs = [
+        (point(a, "diversity"), point(b, "diversity")),
+        (sign * point(a, "quality"), sign * point(b, "quality")),
+        (-(a["evaluations"] or 0.0), -(b["evaluations"] or 0.0)),
+    ]
+    pairs = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
+    return bool(pairs) and all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)

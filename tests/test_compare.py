@@ -1,0 +1,261 @@
+"""`conceptspace compare`: methods from their specs, the Fréchet distance against torchmetrics' FID, what the
+comparison measures and pairs on tiny models and on the testbed, the ranking, reuse and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conceptspace import Base, Distilled, Hybrid, Named, load_pair, sample
+from conceptspace.compare import ALL_PROMPTS, compare, parse_method, ranking
+from conceptspace.diversity import generate_or_reuse
+from conceptspace.metrics import fid, frechet_distance
+from conceptspace.remedies import CADS
+from conceptspace.sampling import regime_from_name
+
+FAST = dict(n_boot=50, n_perm=50, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair("tiny-sdxl", "tiny-dmd", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from conceptspace.testing import write_tiny_hf_clip
+
+    return write_tiny_hf_clip(tmp_path_factory.mktemp("hf-clip"))
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+def test_a_method_spec_builds_its_regime_and_names_it_after_its_options():
+    assert parse_method("hybrid") == Hybrid()
+    k2 = parse_method("hybrid:k=2")
+    assert isinstance(k2, Named) and k2.name == "hybrid-k2" and k2.over == Hybrid(k=2)
+    cads = parse_method("cads:noise_scale=0.1:rescale=false")
+    assert cads.name == "cads-noise_scale0.1-rescalefalse" and cads.over == CADS(
+        noise_scale=0.1, rescale=False
+    )
+    assert parse_method(Hybrid(k=3)) == Hybrid(k=3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("hybird", "unknown method 'hybird'"),
+        ("hybrid:q=2", "hybrid takes no option 'q'"),
+        ("hybrid:k", "is not key=value"),
+        ("hybrid:k=0", "k must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_method_spec_says_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_method(spec)
+
+
+def test_a_named_regime_runs_its_regime_exactly_and_rebuilds_from_its_description(pair):
+    named = Named(over=Hybrid(k=2), name="hybrid-k2")
+    described = json.loads(json.dumps(named.describe()))
+    again = regime_from_name(described.pop("regime"), **described)
+    assert again == named
+    one = sample(pair, "a red circle", named, [0, 1], output_type="latent", progress=False).images
+    two = sample(pair, "a red circle", Hybrid(k=2), [0, 1], output_type="latent", progress=False).images
+    assert torch.equal(one, two)
+    with pytest.raises(ValueError, match="names its folder"):
+        Named(over=Hybrid(), name="a/b")
+
+
+def test_methods_may_not_repeat_or_take_the_references_names(pair, tmp_path):
+    with pytest.raises(ValueError, match="always compared"):
+        compare(pair, ["a red circle"], ["distilled"], seeds=range(2), out_dir=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="listed twice"):
+        compare(pair, ["a red circle"], ["hybrid", "hybrid"], seeds=range(2), out_dir=tmp_path, **FAST)
+
+
+# ------------------------------------------------------------------------------------------ Fréchet distance
+class _Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("dim", [6, 120])  # fewer dimensions than images, and more
+def test_the_frechet_distance_equals_torchmetrics_fid_on_the_same_features(dim):
+    rng = np.random.default_rng(dim)
+    a = rng.normal(size=(40, dim))
+    b = 1.4 * rng.normal(size=(30, dim)) + 0.3
+    theirs = fid(
+        torch.tensor(a).reshape(40, dim, 1, 1),
+        torch.tensor(b).reshape(30, dim, 1, 1),
+        feature_extractor=_Identity(),
+    )
+    assert frechet_distance(a, b) == pytest.approx(theirs, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="differ in dimension"):
+        frechet_distance(a, b[:, :-1])
+
+
+# ------------------------------------------------------------------------------------------------ tiny models
+@pytest.fixture(scope="module")
+def compared(pair, clip_spec, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    result = compare(
+        pair,
+        ["a red circle", "a blue square"],
+        ["hybrid", "cads:noise_scale=0.5"],
+        seeds=range(6),
+        out_dir=out,
+        base=Base(steps=4),
+        embedder=clip_spec,
+        fid_features=_Identity(),
+        batch_size=3,
+        **FAST,
+    )
+    return result
+
+
+def _row(rows, prompt, regime, metric):
+    found = [r for r in rows if (r["prompt"], r["regime"], r["metric"]) == (prompt, regime, metric)]
+    assert len(found) == 1, (prompt, regime, metric, len(found))
+    return found[0]
+
+
+def test_compare_measures_diversity_quality_and_cost_per_method_and_prompt(compared):
+    rows = compared.rows
+    methods = ["base", "distilled", "hybrid", "cads-noise_scale0.5"]
+    for prompt in ("a red circle", "a blue square", ALL_PROMPTS):
+        for method in methods:
+            for metric in ("vendi", "pairwise_distance", "clip_score"):
+                row = _row(rows, prompt, method, metric)
+                assert math.isfinite(row["value"]) and row["ci_low"] <= row["value"] <= row["ci_high"]
+        for method in methods[2:]:
+            for reference in ("distilled", "base"):
+                assert _row(rows, prompt, f"{method} - {reference}", "diff_vendi")["p_value"] is not None
+            fd_row = _row(rows, prompt, method, "fd")
+            assert fd_row["value"] >= 0 and fd_row["reference"] == "regime:base"
+            _row(rows, prompt, method, "fid")
+            _row(rows, prompt, f"{method} - distilled", "diff_fd")
+    assert not [r for r in rows if r["metric"] == "fd" and r["regime"] == "base"]  # the reference itself
+    # costs: the hybrid evaluates as often as the student, the base (4 CFG steps) twice per step
+    nfe = {m: _row(rows, ALL_PROMPTS, m, "evaluations")["value"] for m in methods}
+    assert nfe == {"base": 8, "distilled": 4, "hybrid": 4, "cads-noise_scale0.5": 4}
+    seconds = _row(rows, ALL_PROMPTS, "hybrid", "seconds_per_image")
+    assert seconds["value"] > 0 and seconds["n"] == 4  # 2 prompts × 2 batches of 3
+
+
+def test_paired_quality_differences_are_differences_on_the_same_seeds(compared):
+    rows = compared.rows
+    for prompt in ("a red circle", ALL_PROMPTS):
+        hybrid = _row(rows, prompt, "hybrid", "clip_score")["value"]
+        student = _row(rows, prompt, "distilled", "clip_score")["value"]
+        diff = _row(rows, prompt, "hybrid - distilled", "diff_clip_score")
+        assert diff["value"] == pytest.approx(hybrid - student, abs=1e-9)
+        fd_diff = _row(rows, prompt, "hybrid - distilled", "diff_fd")["value"]
+        fd_gap = _row(rows, prompt, "hybrid", "fd")["value"] - _row(rows, prompt, "distilled", "fd")["value"]
+        assert fd_diff == pytest.approx(fd_gap, abs=1e-9)
+
+
+def test_the_report_and_run_json_of_a_comparison(compared):
+    run = json.loads((compared.out_dir / "run.json").read_text())
+    assert run["command"] == "compare"
+    assert run["parameters"]["compare"]["methods"] == ["hybrid", "cads-noise_scale0.5"]
+    assert run["regimes"]["cads-noise_scale0.5"]["settings"]["over"]["noise_scale"] == 0.5
+    html = compared.report.read_text()
+    assert 'id="comparison"' in html and "compare-pareto.png" in html
+    assert (compared.out_dir / "assets" / "figures" / "compare-pareto.png").is_file()
+    assert [entry["method"] for entry in compared.ranking][-2:] == ["base", "distilled"]
+
+
+def test_images_are_reused_only_from_the_same_regime_settings(pair, tmp_path):
+    seeds, prompts = range(2), ["a red circle"]
+    options = dict(progress=False, batch_size=2)
+    generate_or_reuse(pair, prompts, [Distilled(), Hybrid(k=1)], seeds, tmp_path, **options)
+    run = generate_or_reuse(pair, prompts, [Distilled(), Hybrid(k=2)], seeds, tmp_path, **options)
+    assert run["reused_regimes"] == ["distilled"]  # the hybrid changed its k: sampled again
+    assert run["regimes"]["hybrid"]["settings"]["k"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------ ranking
+def _cell(value, low, high):
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def test_ranking_orders_by_diversity_gain_and_marks_the_pareto_set():
+    def rows_for(method, diversity, quality, nfe, gain):
+        out = [
+            {
+                "prompt": ALL_PROMPTS,
+                "regime": method,
+                "metric": "vendi",
+                "embedder": "e",
+                **_cell(diversity, 0, 9),
+            },
+            {
+                "prompt": ALL_PROMPTS,
+                "regime": method,
+                "metric": "clip_score",
+                "embedder": "e",
+                **_cell(quality, 0, 99),
+            },
+            {
+                "prompt": ALL_PROMPTS,
+                "regime": method,
+                "metric": "evaluations",
+                **_cell(nfe, math.nan, math.nan),
+            },
+        ]
+        if gain is not None:
+            out.append(
+                {"prompt": ALL_PROMPTS, "regime": f"{method} - distilled", "metric": "diff_vendi", "embedder": "e",
+                 **_cell(gain, gain - 1, gain + 1)}
+            )  # fmt: skip
+        return out
+
+    rows = (
+        rows_for("base", 5.0, 30.0, 100, 3.0)
+        + rows_for("distilled", 2.0, 31.0, 4, None)
+        + rows_for("a", 4.0, 29.0, 4, 2.0)  # Pareto: most diverse at 4 evaluations
+        + rows_for("b", 3.0, 28.0, 4, 1.0)  # beaten by a on every count
+        + rows_for("c", 4.5, 25.0, 8, 2.5)  # more diverse than a, worse quality, dearer: still not beaten
+    )
+    settings = {
+        "methods": ["a", "b", "c"],
+        "diversity": {"metric": "vendi", "embedder": "e"},
+        "quality": {"metric": "clip_score", "embedder": "e", "higher_is_better": True},
+    }
+    table = ranking(rows, settings)
+    assert [e["method"] for e in table] == ["c", "a", "b", "base", "distilled"]
+    assert [e["rank"] for e in table] == [1, 2, 3, None, None]
+    assert {e["method"]: e["pareto"] for e in table} == {
+        "c": True, "a": True, "b": False, "base": True, "distilled": True
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- testbed
+def test_on_the_testbed_compare_reads_the_probe_and_the_base_costs_more(tmp_path):
+    torch.manual_seed(0)
+    shapes = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
+    result = compare(
+        shapes,
+        ["a shape", "a red shape"],
+        ["hybrid"],
+        seeds=range(24),
+        out_dir=tmp_path,
+        base=Base(steps=12),
+        batch_size=24,
+        report=False,
+        **FAST,
+    )
+    rows = result.rows
+    for prompt in ("a shape", "a red shape", ALL_PROMPTS):
+        _row(rows, prompt, "hybrid - distilled", "diff_entropy_shape_colour")
+    adherence = _row(rows, ALL_PROMPTS, "distilled", "adherence")  # only "a red shape" fixes a factor
+    assert adherence["n"] == 24 and 0 <= adherence["value"] <= 1
+    hybrid = next(e for e in result.ranking if e["method"] == "hybrid")
+    assert hybrid["quality"] is not None and hybrid["diversity_vs_student"] is not None
+    base = next(e for e in result.ranking if e["method"] == "base")
+    assert base["evaluations"] == 24 and base["relative_seconds"] > 2  # 24 network passes against 4

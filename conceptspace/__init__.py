@@ -24,7 +24,7 @@ _EXPORTS = {
         "register",
     ),
     "conceptspace.models.loading": ("ModelPair", "load_pair"),
-    "conceptspace.remedies": ("CADS", "CondNoise", "IntervalGuidance"),
+    "conceptspace.remedies": ("CADS", "CondNoise", "IntervalGuidance", "Renoise"),
     "conceptspace.report": ("build_report",),
     "conceptspace.sampling": (
         "Base",
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
         get_spec,
         register,
     )
-    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance
+    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise
     from conceptspace.report import build_report
     from conceptspace.sampling import (
         Base,
@@ -92,6 +92,7 @@ __all__ = [
     "CADS",
     "CondNoise",
     "IntervalGuidance",
+    "Renoise",
     "Base",
     "Distilled",
     "Hybrid",

@@ -111,7 +111,7 @@ def _prepare(
     from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
-    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance
+    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise
     from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
 
     names = [name.strip() for item in regime for name in item.split(",") if name.strip()]
@@ -130,6 +130,7 @@ def _prepare(
         "cads": lambda: CADS(over=Distilled(steps=student_steps)),
         "cond-noise": lambda: CondNoise(over=Distilled(steps=student_steps)),
         "interval-guidance": lambda: IntervalGuidance(guidance_scale=guidance),
+        "renoise": lambda: Renoise(over=Distilled(steps=student_steps)),
     }
     unknown = [name for name in names if name not in builders]
     if unknown:
@@ -237,8 +238,8 @@ RegimeOpt = Annotated[
     typer.Option(
         "--regime",
         "--regimes",
-        help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance "
-        "(repeat or comma-separate).",
+        help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance, "
+        "renoise (repeat or comma-separate).",
     ),
 ]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
@@ -1041,10 +1042,10 @@ def compare_methods(
             "--methods",
             "--method",
             help="Methods to compare with the base and the student: regime names with options after colons, "
-            "e.g. hybrid, hybrid:k=2, cads, cads:noise_scale=0.1, cond-noise:strength=2, interval-guidance "
-            "(repeat or comma-separate).",
+            "e.g. hybrid, hybrid:k=2, cads, cads:noise_scale=0.1, cond-noise:strength=2, interval-guidance, "
+            "renoise:eta=0.5 (repeat or comma-separate).",
         ),
-    ] = ["hybrid", "cads", "cond-noise", "interval-guidance"],  # noqa: B006
+    ] = ["hybrid", "cads", "cond-noise", "interval-guidance", "renoise"],  # noqa: B006
     prompt: PromptOpt = [],  # noqa: B006
     prompts: PromptsOpt = None,
     n: NOpt = 64,

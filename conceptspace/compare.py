@@ -64,7 +64,7 @@ __all__ = [
 BASE, STUDENT = "base", "distilled"
 """The two references every comparison samples, under these names."""
 
-DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance")
+DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise")
 """The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
 
 EMBEDDING_METRICS = ("vendi", "pairwise_distance")

@@ -13,6 +13,9 @@ what ran, nested regime included.
   steps only.
 - :class:`IntervalGuidance` — limited-interval guidance (Kynkäänniemi et al., arXiv 2404.07724): the base model's
   steps use CFG only where the noise level lies inside an interval (in EDM's σ), one pass elsewhere.
+- :class:`Renoise` — stochasticity in the student's re-noising: between its steps, the noise the next step starts
+  from mixes the step's own noise estimate with fresh noise (η = 0: a deterministic DDIM/Euler step; η = 1: all
+  fresh, as consistency-model multistep sampling does; flow-matching students' Euler steps are deterministic).
 
 The noise of the conditioning remedies is drawn per sample from its seed (one CPU generator each, like the
 latent noise), so an image depends on its prompt and seed alone, whatever its batch.
@@ -45,6 +48,7 @@ __all__ = [
     "CondNoise",
     "CondNoiseDenoiser",
     "IntervalGuidance",
+    "Renoise",
     "cads_gamma",
     "edm_sigma",
     "evaluations",
@@ -117,7 +121,7 @@ def _wrap(segments: list[Segment], wrap: Any) -> list[Segment]:
         for offset, den in enumerate(segment.denoisers):
             denoisers.append(wrap(den, segment, segment.start + offset, position))
             position += 1
-        wrapped.append(Segment(segment.scheduler, segment.start, denoisers))
+        wrapped.append(replace(segment, denoisers=denoisers))
     return wrapped
 
 
@@ -339,4 +343,59 @@ class IntervalGuidance(Regime):
         return _describe(self)
 
 
-REGIMES.update({"cads": CADS, "cond-noise": CondNoise, "interval-guidance": IntervalGuidance})  # type: ignore[dict-item]
+# ------------------------------------------------------------------------------------------------------- renoise
+@dataclass(frozen=True)
+class Renoise(Regime):
+    """The student's steps of ``over`` re-noise their x̂0 with a chosen share of fresh noise: the next step starts
+    from α'·x̂0 + σ'·(√(1 − η²)·ε̂ + η·ξ), with ε̂ = (x − α·x̂0)/σ the noise the step's own input implies and ξ
+    drawn from the sample's own generator (α', σ': the next step's noise level).
+
+    ``eta=0`` is a deterministic step (DDIM's; on flow matching the Euler step that Turbo, schnell and Lightning
+    students run, so there it is the plain regime up to rounding); ``eta=1`` (default) re-noises with fresh noise
+    alone — what consistency-model (LCM, DMD2) multistep samplers do, and what diffusers' flow-matching Euler does
+    with ``stochastic_sampling=True``. So on a flow student the default adds the stochasticity its sampler lacks;
+    on an LCM-scheduled student it is the plain sampler's distribution, and ``eta < 1`` is the change — on the
+    testbed's LCM student, ``eta=0`` varies more than fresh noise does (docs/remedies.md).
+    Costs nothing: the same evaluations as ``over``.
+    """
+
+    over: Regime | str = "distilled"
+    eta: float = 1.0
+    name: str = field(default="renoise", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.eta, int | float) and 0 <= self.eta <= 1):
+            raise ValueError(f"renoise: eta must lie in [0, 1] (the share of fresh noise), got {self.eta!r}")
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        keep = math.sqrt(1 - self.eta**2)
+
+        def renoise(scheduler: Any, index: int, den: Denoiser, model_input: torch.Tensor, x0: torch.Tensor,
+                    latents: torch.Tensor, generator: Any) -> torch.Tensor:  # fmt: skip
+            from diffusers.utils.torch_utils import randn_tensor  # as the pipelines draw noise
+
+            if den.name != "distilled":
+                return latents
+            here = schedules.noise_level(scheduler, index)
+            implied = (model_input - here.alpha.to(x0) * x0) / here.sigma.to(x0)
+            noise = keep * implied
+            if self.eta:
+                fresh = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                noise = noise + self.eta * fresh
+            level = schedules.noise_level(scheduler, index + 1)
+            network_input = level.alpha.to(x0) * x0 + level.sigma.to(x0) * noise
+            return (network_input / schedules.latent_scale(scheduler, index + 1).to(x0)).to(latents.dtype)
+
+        inner = _inner(self.over).segments(pair, device, latent_shape)
+        return [replace(segment, renoise=renoise) for segment in inner]
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self)
+
+
+REGIMES.update(
+    {"cads": CADS, "cond-noise": CondNoise, "interval-guidance": IntervalGuidance, "renoise": Renoise}  # type: ignore[dict-item]
+)

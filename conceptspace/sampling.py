@@ -83,13 +83,21 @@ class Denoiser:
 
 
 # ----------------------------------------------------------------------------------------------------- segments
+Renoise = Callable[[Any, int, "Denoiser", torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+"""``renoise(scheduler, index, denoiser, model_input, x0, latents, generator)``: the latents for step ``index + 1``
+in place of the ``latents`` that ``scheduler.step`` made at step ``index`` (``model_input``: that step's network
+input; ``x0``: its x̂0; ``generator``: the per-sample generators)."""
+
+
 @dataclass
 class Segment:
-    """Steps ``start..stop-1`` of one scheduler's timestep list, each with its denoiser."""
+    """Steps ``start..stop-1`` of one scheduler's timestep list, each with its denoiser; ``renoise`` (optional)
+    replaces the latents each step hands to the next one inside the segment (a sampler's stochasticity)."""
 
     scheduler: Any
     start: int
     denoisers: list[Denoiser]
+    renoise: Renoise | None = None
 
     @property
     def stop(self) -> int:
@@ -509,7 +517,7 @@ def denoise(
     after the last step (what diffusers decodes; equal to the last x̂0 for schedulers that end at t=0).
 
     This is the whole sampler: per step, scale the input, predict, convert to the scheduler's parametrisation,
-    call ``scheduler.step`` once, report x̂0.
+    call ``scheduler.step`` once (then the segment's ``renoise``, where it has one), report x̂0.
     """
     step = 0
     x0 = latents
@@ -543,6 +551,8 @@ def denoise(
                 )
             previous = (scheduler, index, model_input)
             latents = result.prev_sample
+            if segment.renoise is not None and index + 1 < len(scheduler.timesteps):
+                latents = segment.renoise(scheduler, index, den, model_input, x0, latents, generator)
             if callback is not None:
                 callback(StepInfo(step, _timestep_value(t), den.name, latents, x0, tuple(seeds)))
             if progress is not None:

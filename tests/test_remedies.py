@@ -4,17 +4,19 @@ on the testbed."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from conceptspace import Distilled, Hybrid, load_pair, sample
-from conceptspace.models import Conditioning
+from conceptspace.models import Conditioning, with_overrides
 from conceptspace.remedies import (
     CADS,
     CADSDenoiser,
     CondNoise,
     IntervalGuidance,
+    Renoise,
     cads_gamma,
     edm_sigma,
     evaluations,
@@ -125,6 +127,7 @@ def test_remedies_describe_what_ran_and_rebuild_from_it(pair):
         (lambda: CADS(noise_scale=float("nan")), "noise_scale"),
         (lambda: CondNoise(share=0.0), "share"),
         (lambda: IntervalGuidance(sigma_low=3.0, sigma_high=1.0), "sigma_low < sigma_high"),
+        (lambda: Renoise(eta=1.5), "eta must lie in"),
     ],
 )
 def test_bad_remedy_parameters_are_refused(make, message):
@@ -152,3 +155,45 @@ def test_conditioning_noise_ignores_padding_so_a_qwen_prompt_is_the_same_in_any_
         ])  # fmt: skip
         together = sample_latents(qwen, regime, cond, [0, 1], latent_shape=(8, 8))
         torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------ renoise
+@pytest.fixture(scope="module")
+def flow_pair():
+    return load_pair("tiny-sd3", "tiny-sd3-turbo", device="cpu")
+
+
+def test_renoise_without_fresh_noise_is_the_flow_students_euler_step(flow_pair):
+    # Euler on a flow student is deterministic: x' = x̂0 + σ'·ε̂, which is what eta=0 rebuilds
+    plain = _latents(flow_pair, Distilled())
+    assert torch.allclose(_latents(flow_pair, Renoise(eta=0.0)), plain, atol=1e-5)
+    assert not torch.allclose(_latents(flow_pair, Renoise(eta=0.5)), plain, atol=1e-2)
+
+
+def test_renoise_with_fresh_noise_is_diffusers_stochastic_flow_sampling(flow_pair):
+    # FlowMatchEulerDiscreteScheduler(stochastic_sampling=True) re-noises x̂0 with fresh noise from the step's
+    # generators: the same draws, so the same latents
+    stochastic = replace(
+        flow_pair,
+        student=with_overrides(
+            flow_pair.student,
+            scheduler_overrides=(*flow_pair.student.scheduler_overrides, ("stochastic_sampling", True)),
+        ),
+    )
+    theirs = _latents(stochastic, Distilled())
+    assert torch.allclose(_latents(flow_pair, Renoise(eta=1.0)), theirs, atol=1e-5)
+    assert not torch.allclose(theirs, _latents(flow_pair, Distilled()), atol=1e-2)
+
+
+def test_renoise_leaves_the_base_steps_and_the_last_step_alone(flow_pair):
+    seen: dict[str, list[torch.Tensor]] = {}
+    for key, regime in (("plain", Hybrid(k=1)), ("renoise", Renoise(over=Hybrid(k=1)))):
+        steps: list[torch.Tensor] = []
+        sample(flow_pair, PROMPT, regime, SEEDS, output_type="latent", progress=False,
+               callback=lambda info, steps=steps: steps.append(info.latents.clone()))  # fmt: skip
+        seen[key] = steps
+    assert torch.equal(seen["plain"][0], seen["renoise"][0])  # after the base's step: untouched
+    assert not torch.allclose(seen["plain"][1], seen["renoise"][1], atol=1e-2)  # after the student's first
+    assert evaluations(Renoise().segments(flow_pair, CPU)) == evaluations(Distilled().segments(flow_pair, CPU))
+    described = json.loads(json.dumps(Renoise(over=Hybrid(k=1), eta=0.5).describe()))
+    assert regime_from_name(described.pop("regime"), **described) == Renoise(over=Hybrid(k=1), eta=0.5)

@@ -10,7 +10,7 @@ import torch
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
 from conceptspace.demo import DEMO_BASE_STEPS
-from conceptspace.remedies import CADS, CondNoise
+from conceptspace.remedies import CADS, CondNoise, Renoise
 from conceptspace.testbed.data import LEVELS
 from conceptspace.testbed.diversity import paired_difference
 from conceptspace.testbed.evaluate import sample_uint8
@@ -104,3 +104,14 @@ def test_conditioning_remedies_restore_some_of_the_students_lost_variety(pair, p
     remedied = probe.predict_factors(sample_uint8(pair, "a triangle", remedy, seeds))
     gain = paired_difference(remedied, student, "entropy_shape_colour")
     assert gain.ci_low > 0, f"{remedy.name} − distilled entropy of shape×colour {gain} should be above 0"
+
+
+def test_deterministic_re_noising_restores_some_of_the_students_lost_variety(pair, probe):
+    # The testbed student re-noises with fresh noise between its steps (LCM). Renoise(eta=0) hands each step the
+    # noise its own input implies instead (DDIM-like), which keeps the starting noise's mark on the later steps —
+    # and the images vary more (measured: +0.94 [+0.63, +1.25] bits at n = 128; docs/remedies.md)
+    seeds = range(N)
+    student = probe.predict_factors(sample_uint8(pair, "a triangle", Distilled(), seeds))
+    deterministic = probe.predict_factors(sample_uint8(pair, "a triangle", Renoise(eta=0.0), seeds))
+    gain = paired_difference(deterministic, student, "entropy_shape_colour")
+    assert gain.ci_low > 0, f"renoise(eta=0) − distilled entropy of shape×colour {gain} should be above 0"

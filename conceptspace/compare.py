@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -68,6 +69,7 @@ DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise
 """The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
 
 EMBEDDING_METRICS = ("vendi", "pairwise_distance")
+_PATH_CHARACTERS = re.compile(r'[/\\:*?"<>|]+')
 PROBE = "probe"
 
 
@@ -89,8 +91,9 @@ def _option_value(text: str) -> Any:
 
 def parse_method(spec: str | Regime) -> Regime:
     """A method from its spec: a regime name with options after colons, ``"hybrid"``, ``"hybrid:k=2"``,
-    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``. A method with options is named after them
-    (``hybrid-k2``), so variants of one regime run side by side. A :class:`Regime` is taken as it is."""
+    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``, ``"sliderspace:sliders=runs/space/sliders"``.
+    A method with options is named after them (``hybrid-k2``), so variants of one regime run side by side, unless
+    ``name=…`` names it (``sliderspace:sliders=DIR:name=sliderspace``). A :class:`Regime` is taken as it is."""
     if isinstance(spec, Regime):
         return spec
     name, *options = [part.strip() for part in str(spec).split(":")]
@@ -102,11 +105,15 @@ def parse_method(spec: str | Regime) -> Regime:
     accepted = {f.name for f in fields(REGIMES[name]) if f.init}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     written: dict[str, str] = {}  # as the user wrote them, for the method's name
+    label = None
     for option in options:
         key, sep, value = option.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ValueError(f"method option {option!r} in {spec!r} is not key=value (e.g. hybrid:k=2)")
+        if key == "name":
+            label = value.strip()
+            continue
         if key not in accepted:
             raise ValueError(
                 f"{name} takes no option {key!r} (in {spec!r}); its options: {', '.join(sorted(accepted)) or 'none'}"
@@ -114,9 +121,10 @@ def parse_method(spec: str | Regime) -> Regime:
         values[key] = _option_value(value)
         written[key] = value.strip()
     regime = regime_from_name(name, **values)
-    if not values:
+    if label is None and not values:
         return regime
-    label = name + "".join(f"-{key}{value}" for key, value in written.items())
+    if label is None:  # named after its options, path characters (a sliders folder) made plain
+        label = name + "".join(f"-{key}{_PATH_CHARACTERS.sub('_', value)}" for key, value in written.items())
     return Named(over=regime, name=label)
 
 

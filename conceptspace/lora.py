@@ -963,7 +963,8 @@ def _require_fit(report: Coverage, allow_partial: bool) -> None:
 class LoRAHandle:
     """A LoRA applied to a UNet through forward hooks; the UNet's weights are untouched.
 
-    ``scale`` and ``t_start`` may be changed at any time. With ``t_start`` set the LoRA is off while the current
+    ``scale`` and ``t_start`` may be changed at any time; ``scale`` may be a tensor of one scale per sample of the
+    batch (a batch doubled for CFG gives both halves the same scales). With ``t_start`` set the LoRA is off while the current
     timestep is above it (t > t_start) and on from t_start down. The current timestep is read from each UNet
     call (``track_timestep``) or set with :meth:`set_timestep` / :meth:`at`. :meth:`remove` (or leaving a ``with``
     block) takes the hooks out and restores the UNet exactly.
@@ -974,13 +975,13 @@ class LoRAHandle:
         unet: nn.Module,
         lora: LoRA,
         coverage: Coverage,
-        scale: float,
+        scale: float | torch.Tensor,
         t_start: float | None,
     ) -> None:
         self.unet = unet
         self.lora = lora
         self.coverage = coverage
-        self.scale = float(scale)
+        self.scale = scale if isinstance(scale, torch.Tensor) else float(scale)
         self.t_start = t_start
         self.enabled = True
         self.timestep: float | None = None
@@ -989,7 +990,7 @@ class LoRAHandle:
     @property
     def active(self) -> bool:
         """Whether the LoRA changes the UNet's output at the current timestep."""
-        if not self.enabled or self.scale == 0.0:
+        if not self.enabled or (not isinstance(self.scale, torch.Tensor) and self.scale == 0.0):
             return False
         if self.t_start is None:
             return True
@@ -1044,7 +1045,7 @@ class LoRAHandle:
 def apply_lora(
     unet: nn.Module,
     lora: LoRA | str | os.PathLike,
-    scale: float = 1.0,
+    scale: float | torch.Tensor = 1.0,
     t_start: float | None = None,
     *,
     allow_partial: bool = False,
@@ -1053,7 +1054,8 @@ def apply_lora(
     """Apply a LoRA to ``unet`` (a base or a student of the family it was trained for) without changing weights.
 
     Each target layer's output gains ``scale · (alpha / rank) · up(down(x))``. Several LoRAs may be applied at
-    once; their terms add. ``t_start``: off while the timestep is above it (the slider convention, e.g. 700).
+    once; their terms add. ``scale``: a number, or a tensor of one per sample. ``t_start``: off while the timestep
+    is above it (the slider convention, e.g. 700).
 
     Raises:
         LoRAMismatchError: the LoRA names modules the UNet lacks or has with other shapes (unless
@@ -1099,9 +1101,20 @@ def _lora_hook(
             term = F.linear(F.linear(x, d), u)
         else:
             term = F.conv2d(F.conv2d(x, d, None, base.stride, base.padding, base.dilation), u)
-        return output + term * (handle.scale * factor)
+        return output + term * (_row_scale(handle.scale, term) * factor)
 
     return hook
+
+
+def _row_scale(scale: float | torch.Tensor, term: torch.Tensor) -> float | torch.Tensor:
+    """A scalar scale as it is; one scale per sample shaped to multiply ``term`` row by row."""
+    if not isinstance(scale, torch.Tensor):
+        return scale
+    rows = term.shape[0]
+    if rows % len(scale):
+        raise ValueError(f"{len(scale)} per-sample LoRA scales cannot cover a batch of {rows}")
+    per_row = scale.to(term).repeat(rows // len(scale))
+    return per_row.view(rows, *([1] * (term.dim() - 1)))
 
 
 def _timestep_hook(handle: LoRAHandle) -> Any:

@@ -42,6 +42,10 @@ def test_a_method_spec_builds_its_regime_and_names_it_after_its_options():
         noise_scale=0.1, rescale=False
     )
     assert parse_method(Hybrid(k=3)) == Hybrid(k=3)
+    sliders = parse_method("sliderspace:sliders=runs/space/sliders:scale=2")
+    assert sliders.name == "sliderspace-slidersruns_space_sliders-scale2"  # a folder name, not a path
+    assert sliders.over.sliders == ("runs/space/sliders",) and sliders.over.scale == 2
+    assert parse_method("sliderspace:sliders=runs/space/sliders:name=slider-space").name == "slider-space"
 
 
 @pytest.mark.parametrize(

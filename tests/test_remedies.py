@@ -17,6 +17,7 @@ from conceptspace.remedies import (
     CondNoise,
     IntervalGuidance,
     Renoise,
+    SliderSpaceScales,
     cads_gamma,
     edm_sigma,
     evaluations,
@@ -96,8 +97,13 @@ def test_a_remedy_needs_the_batch_seeds(pair):
 
 def test_costs_are_counted_per_network_evaluation(pair):
     student = evaluations(Distilled().segments(pair, CPU))
-    assert evaluations(Hybrid().segments(pair, CPU))["total"] == student["total"] == 4  # the hybrid costs nothing
-    assert evaluations(CADS().segments(pair, CPU)) == student and evaluations(CondNoise().segments(pair, CPU)) == student
+    assert (
+        evaluations(Hybrid().segments(pair, CPU))["total"] == student["total"] == 4
+    )  # the hybrid costs nothing
+    assert (
+        evaluations(CADS().segments(pair, CPU)) == student
+        and evaluations(CondNoise().segments(pair, CPU)) == student
+    )
     # interval guidance: CFG (two passes) only at the base steps inside σ ∈ (0.28, 5.42]
     regime = IntervalGuidance(over=Hybrid(k=2), sigma_low=0.28, sigma_high=500.0)
     scheduler = Distilled().segments(pair, CPU)[0].scheduler
@@ -194,6 +200,69 @@ def test_renoise_leaves_the_base_steps_and_the_last_step_alone(flow_pair):
         seen[key] = steps
     assert torch.equal(seen["plain"][0], seen["renoise"][0])  # after the base's step: untouched
     assert not torch.allclose(seen["plain"][1], seen["renoise"][1], atol=1e-2)  # after the student's first
-    assert evaluations(Renoise().segments(flow_pair, CPU)) == evaluations(Distilled().segments(flow_pair, CPU))
+    assert evaluations(Renoise().segments(flow_pair, CPU)) == evaluations(
+        Distilled().segments(flow_pair, CPU)
+    )
     described = json.loads(json.dumps(Renoise(over=Hybrid(k=1), eta=0.5).describe()))
     assert regime_from_name(described.pop("regime"), **described) == Renoise(over=Hybrid(k=1), eta=0.5)
+
+
+# -------------------------------------------------------------------------------------------------- sliderspace
+@pytest.fixture(scope="module")
+def slider_folder(pair, tmp_path_factory):
+    from conceptspace.lora import write_lora
+    from conceptspace.testing import random_lora
+
+    folder = tmp_path_factory.mktemp("sliders")
+    attention = "down_blocks.1.attentions.0.transformer_blocks.0"
+    for k in range(2):
+        lora = random_lora(
+            pair.student_unet, [f"{attention}.attn2.to_k", f"{attention}.attn2.to_v"], seed=k, size=0.3
+        )
+        write_lora(lora, folder / f"direction_{k:02d}.safetensors")
+    return folder
+
+
+def test_sliderspace_at_zero_scale_is_the_plain_regime_exactly(pair, slider_folder):
+    assert torch.equal(
+        _latents(pair, SliderSpaceScales(sliders=str(slider_folder), scale=0.0)), _latents(pair, "distilled")
+    )
+    assert not torch.allclose(
+        _latents(pair, SliderSpaceScales(sliders=str(slider_folder))), _latents(pair, "distilled")
+    )
+
+
+def test_sliderspace_gives_each_sample_its_own_scales_from_its_seed(pair, slider_folder):
+    # each row of a batch equals that seed sampled alone with the sliders applied at that seed's scales
+    from conceptspace.lora import apply_lora, read_lora
+    from conceptspace.remedies import _uniform_scales, slider_files
+
+    files = slider_files(str(slider_folder))
+    batch = _latents(pair, SliderSpaceScales(sliders=str(slider_folder), scale=2.0), seeds=[3, 4])
+    for row, seed in enumerate([3, 4]):
+        handles = [
+            apply_lora(
+                pair.student_unet,
+                read_lora(f),
+                scale=float(_uniform_scales((seed,), f"sliderspace:{k}", 2.0)[0]),
+            )
+            for k, f in enumerate(files)
+        ]
+        try:
+            alone = _latents(pair, "distilled", seeds=[seed], batch_size=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert torch.allclose(batch[row : row + 1], alone, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_sliderspace_needs_its_sliders_and_rebuilds_from_its_description(pair, slider_folder, tmp_path):
+    with pytest.raises(ValueError, match="sliderspace needs the base's SliderSpace sliders"):
+        _latents(pair, SliderSpaceScales(sliders=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="neither a slider file"):
+        _latents(pair, SliderSpaceScales(sliders=str(tmp_path / "missing")))
+    regime = SliderSpaceScales(over=Hybrid(k=1), sliders=str(slider_folder), scale=1.5)
+    described = json.loads(json.dumps(regime.describe()))
+    assert regime_from_name(described.pop("regime"), **described) == regime
+    assert evaluations(regime.segments(pair, CPU)) == evaluations(Hybrid(k=1).segments(pair, CPU))

@@ -13,6 +13,7 @@ from conceptspace._lazy import lazy_exports
 # `import conceptspace` and the command line's help answer without loading torch and diffusers.
 _EXPORTS = {
     "conceptspace.compare": ("compare",),
+    "conceptspace.pipeline": ("DiversityPipeline",),
     "conceptspace.diversity": ("diversity_run", "measure_diversity"),
     "conceptspace.embeddings": ("Embedder", "load_embedder"),
     "conceptspace.models.registry": (
@@ -48,6 +49,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from conceptspace.compare import compare
+    from conceptspace.pipeline import DiversityPipeline
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
     from conceptspace.models.loading import ModelPair, load_pair
@@ -95,6 +97,7 @@ __all__ = [
     "Renoise",
     "Base",
     "Distilled",
+    "DiversityPipeline",
     "Hybrid",
     "IncompatibleModelsError",
     "ModelNotFoundError",

@@ -1,111 +1,112 @@
-"""Which remedy restores the testbed student's diversity best, at what quality and cost (docs/remedies.md).
+"""Which remedy restores a student's diversity best, at what quality and cost (docs/remedies.md): `compare` on the
+same seeds for the hybrid and the field's remedies, any pair.
 
-For each prompt and method, on the same seeds: the entropy of the probe's shape × colour reading (bits, 95% CI),
-its paired difference from the student and from the base, prompt adherence (the share of images whose probed
-factors match what the prompt fixes, 95% CI; "—" for a prompt that fixes nothing), network evaluations per image
-and seconds per image. Public API only.
+Prints, per prompt and method: the diversity measure (on the testbed the probe's shape × colour entropy, bits) with
+its paired differences from the student and the base, the quality measure (on the testbed prompt adherence) with
+its paired difference from the student, evaluations and milliseconds per image, all with 95% intervals; then the
+ranked table over prompts. The folder holds images, tidy rows and report.html. Public API only.
 
-    python analyses/remedies.py -n 128 --out benchmarks/results/remedies-testbed.json
+    python analyses/remedies.py -n 128 --out runs/remedies --rows benchmarks/results/remedies-testbed.json
+    python analyses/remedies.py --base sdxl --student dmd2 --prompt "a photo of a dog" -n 64 --out runs/remedies-sdxl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from conceptspace import Base, Distilled, Hybrid, load_pair
-from conceptspace.demo import DEMO_BASE_STEPS
-from conceptspace.metrics import mean_estimate
-from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, evaluations
-from conceptspace.testbed.data import LEVELS, fixed_factors
-from conceptspace.testbed.diversity import entropy, paired_difference
-from conceptspace.testbed.evaluate import sample_uint8
-from conceptspace.testbed.probe import load_probe
+from conceptspace import Base, compare, load_pair
+from conceptspace.demo import DEMO_BASE_STEPS, DEMO_PROMPTS
 
-PROMPTS = ("a shape", "a triangle", "a red shape")
-METHODS = {
-    "base": Base(steps=DEMO_BASE_STEPS),
-    "distilled": Distilled(),
-    "hybrid": Hybrid(),
-    "hybrid k=2": Hybrid(k=2),
-    "cads": CADS(),
-    "cond-noise": CondNoise(),
-    "interval-guidance": IntervalGuidance(),
-}
+METHODS = (
+    "hybrid",
+    "hybrid:k=2",
+    "cads",
+    "cond-noise",
+    "cond-noise:strength=2",
+    "interval-guidance",
+    "renoise",
+    "renoise:eta=0",
+)
 
 
-def adherence(read: dict[str, np.ndarray], prompt: str) -> np.ndarray | None:
-    """1 where an image's probed categorical factors match every one the prompt fixes, else 0; None if it fixes
-    none."""
-    fixed = {k: v for k, v in fixed_factors(prompt).items() if k in ("shape", "colour", "background")}
-    if not fixed:
-        return None
-    hits = np.ones(len(read["shape"]), dtype=bool)
-    for factor, level in fixed.items():
-        hits &= read[factor] == LEVELS[factor].index(level)
-    return hits.astype(np.float64)
+def interval(row: dict | None, signed: bool = False) -> str:
+    if row is None:
+        return "—"
+    f = "+.2f" if signed else ".2f"
+    return f"{row['value']:{f}} [{row['ci_low']:{f}}, {row['ci_high']:{f}}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="shapes")
+    parser.add_argument("--student", default="dmd")
+    parser.add_argument("--prompt", action="append", help="repeatable (default: the demo's three prompts)")
+    parser.add_argument("--method", action="append", help=f"repeatable (default: {', '.join(METHODS)})")
     parser.add_argument("-n", type=int, default=128, help="seeds per prompt and method (paired)")
-    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--base-steps", type=int, default=None, help="default: the demo's 12 on the testbed")
+    parser.add_argument("--out", type=Path, default=Path("runs/remedies"))
+    parser.add_argument("--rows", type=Path, default=None, help="also copy the tidy rows (JSON) here")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
-    pair = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
-    probe = load_probe()
-    seeds = range(args.n)
-    rows = []
-    for prompt in PROMPTS:
-        reads, seconds = {}, {}
-        for name, regime in METHODS.items():
-            start = time.perf_counter()
-            images = sample_uint8(pair, prompt, regime, seeds)
-            seconds[name] = (time.perf_counter() - start) / args.n
-            reads[name] = probe.predict(images)
-        for name, regime in METHODS.items():
-            cost = evaluations(regime.segments(pair, pair.device))
-            shape_colour = reads[name]["shape"] * len(LEVELS["colour"]) + reads[name]["colour"]
-            hits = adherence(reads[name], prompt)
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "method": name,
-                    "n": args.n,
-                    "entropy": entropy(shape_colour, len(LEVELS["shape"]) * len(LEVELS["colour"])).__dict__,
-                    "minus_distilled": paired_difference(
-                        reads[name], reads["distilled"], "entropy_shape_colour"
-                    ).__dict__,
-                    "minus_base": paired_difference(reads[name], reads["base"], "entropy_shape_colour").__dict__,
-                    "adherence": None if hits is None else mean_estimate(hits).__dict__,
-                    "evaluations": cost["total"],
-                    "seconds_per_image": seconds[name],
-                }
-            )
+    testbed = args.base == "shapes"
+    if testbed:
+        torch.set_num_threads(2)
+    pair = load_pair(args.base, args.student, **({"dtype": torch.float32, "device": "cpu"} if testbed else {}))
+    steps = args.base_steps or (DEMO_BASE_STEPS if testbed else None)
+    result = compare(
+        pair,
+        args.prompt or list(DEMO_PROMPTS),
+        args.method or list(METHODS),
+        seeds=range(args.n),
+        out_dir=args.out,
+        base=Base(steps=steps),
+        batch_size=64 if testbed else 4,
+    )
+    settings = json.loads((args.out / "run.json").read_text())["parameters"]["compare"]
+    diversity, quality = settings["diversity"], settings["quality"]
 
-    def ci(e: dict) -> str:
-        return f"{e['value']:+.2f} [{e['ci_low']:+.2f}, {e['ci_high']:+.2f}]"
+    def find(prompt: str, regime: str, metric: str, embedder: str | None) -> dict | None:
+        for r in result.rows:
+            if (r["prompt"], r["regime"], r["metric"]) == (prompt, regime, metric) and (
+                embedder is None or r.get("embedder") == embedder
+            ):
+                return r
+        return None
 
-    print("| prompt | method | H(shape×colour) bits | − distilled | − base | adherence | NFE | ms/image |")
+    names = ["base", "distilled", *settings["methods"]]
+    print(f"| prompt | method | {diversity['metric']} | − distilled | − base | {quality['metric']} | − distilled |")
+    print("|---|---|---|---|---|---|---|")
+    prompts = list(dict.fromkeys(r["prompt"] for r in result.rows if r["metric"] == diversity["metric"]))
+    for prompt in prompts:
+        for name in names:
+            d, q = diversity["metric"], quality["metric"]
+            cells = [
+                interval(find(prompt, name, d, diversity["embedder"])),
+                interval(find(prompt, f"{name} - distilled", f"diff_{d}", diversity["embedder"]), True),
+                interval(find(prompt, f"{name} - base", f"diff_{d}", diversity["embedder"]), True),
+                interval(find(prompt, name, q, quality["embedder"])),
+                interval(find(prompt, f"{name} - distilled", f"diff_{q}", quality["embedder"]), True),
+            ]
+            print(f"| {prompt} | {name} | " + " | ".join(cells) + " |")
+    print()
+    print("| rank | method | − distilled | quality − distilled | FD to base | NFE | ms / image | Pareto |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        e = r["entropy"]
-        stick = "—" if r["adherence"] is None else f"{r['adherence']['value']:.2f} [{r['adherence']['ci_low']:.2f}, {r['adherence']['ci_high']:.2f}]"
+    for e in result.ranking:
+        ms = "—" if e["seconds_per_image"] is None else f"{1000 * e['seconds_per_image']['value']:.1f}"
         print(
-            f"| {r['prompt']} | {r['method']} | {e['value']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}] | "
-            f"{ci(r['minus_distilled'])} | {ci(r['minus_base'])} | {stick} | {r['evaluations']} | "
-            f"{1000 * r['seconds_per_image']:.1f} |"
+            f"| {e['rank'] or 'ref.'} | {e['method']} | {interval(e['diversity_vs_student'], True)} | "
+            f"{interval(e['quality_vs_student'], True)} | {interval(e['fd'])} | {e['evaluations']:.0f} | {ms} | "
+            f"{'yes' if e['pareto'] else ''} |"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1, default=float))
-        print(f"wrote {args.out}")
+    if args.rows:
+        args.rows.parent.mkdir(parents=True, exist_ok=True)
+        args.rows.write_text(json.dumps(result.rows, indent=1, default=float))
+        print(f"wrote {args.rows}")
+    print(f"report: {result.report}")
 
 
 if __name__ == "__main__":

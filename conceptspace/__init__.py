@@ -49,7 +49,6 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from conceptspace.compare import compare
-    from conceptspace.pipeline import DiversityPipeline
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
     from conceptspace.models.loading import ModelPair, load_pair
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
         get_spec,
         register,
     )
+    from conceptspace.pipeline import DiversityPipeline
     from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise
     from conceptspace.report import build_report
     from conceptspace.sampling import (

@@ -158,6 +158,17 @@ class DiversityPipeline:
         self.output_class = _output_class(student_pipeline)
         self.regime.segments(self.pair, self.pair.device)  # a regime that cannot run on this pair fails now
 
+    @classmethod
+    def from_pair(cls, pair: ModelPair, regime: Regime | str = "hybrid", *, batch_size: int = 4) -> DiversityPipeline:
+        """The pipeline of a pair conceptspace loaded (``load_pair("sdxl", "dmd2")``): its two diffusers pipelines
+        share every component, no weight is copied."""
+        if pair.student is None:
+            raise ValueError("the pair has no student: load_pair(base, student)")
+        return cls(
+            pair.to_diffusers("base"), pair.to_diffusers("student"), pair.student, regime, base=pair.base,
+            batch_size=batch_size,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         return f"DiversityPipeline({self.pair.base.name} → {self.pair.student.name}, regime={self.regime.name})"
 

@@ -299,3 +299,18 @@ def test_help_and_models_answer_without_loading_torch(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "heavy: []" in result.stdout
     assert "Usage" in result.stdout or "shapes" in result.stdout
+
+
+def test_compare_prints_the_ranking_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "fix"
+    result = invoke(
+        "compare", *TINY, "--methods", "hybrid,cads:noise_scale=0.5", "--prompt", "a red circle", "-n", "3",
+        "--steps", "2", "--n-boot", "20", "--n-perm", "20", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("rank") and any(line.startswith("ref.  base") for line in lines)
+    assert {"hybrid", "cads-noise_scale0.5"} <= {line.split()[1] for line in lines[1:5]}
+    assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
+    bad = run_cli("compare", *TINY, "--methods", "hybrid:k=x:q=1", "--prompt", "x", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "hybrid takes no option 'q'" in bad.stderr

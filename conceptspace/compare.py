@@ -562,57 +562,25 @@ def _fid_extractor(
         return features
     if testbed:
         return None
-    from conceptspace.metrics import inception_weights
+    from conceptspace.metrics import inception_features, inception_weights
 
     try:
         path = inception_weights(weights)
     except ValueError:  # offline with nothing cached: FD in the embedder's space stands in
         return None
-    if path is None:
-        return None
-    return _InceptionPool(path)
-
-
-class _InceptionPool(torch.nn.Module):
-    """The FID Inception network's 2048 pool features (torch-fidelity's weights)."""
-
-    name = "inception-v3"
-
-    def __init__(self, weights_path: str) -> None:
-        super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        self.inception = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))
-
-
-def _tensor(images: Sequence[Any]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 255.0
+    return None if path is None else inception_features(path)
 
 
 def _extract(
     network: torch.nn.Module, images: Mapping[str, Mapping[str, list[Any]]], device: Any, progress: bool
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Features ``(n, d)`` of every image set through ``network`` (batches in [0, 1])."""
-    network = network.to(device).eval()
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with torch.no_grad():
-        for prompt, by in tqdm(images.items(), desc="FID features", disable=not progress, leave=False):
-            out[prompt] = {}
-            for name, batch in by.items():
-                parts = [
-                    network(_tensor(batch[i : i + 64]).to(device))
-                    .reshape(len(batch[i : i + 64]), -1)
-                    .double()
-                    .cpu()
-                    for i in range(0, len(batch), 64)
-                ]
-                out[prompt][name] = torch.cat(parts).numpy() if parts else np.empty((0, 0))
-    return out
+    """Features ``(n, d)`` of every image set through ``network``."""
+    from conceptspace.metrics import image_features
+
+    return {
+        prompt: {name: image_features(network, batch, device=device) for name, batch in by.items()}
+        for prompt, by in tqdm(images.items(), desc="FID features", disable=not progress, leave=False)
+    }
 
 
 def _inception_score_rows(

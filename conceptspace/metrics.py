@@ -66,6 +66,8 @@ __all__ = [
     "diversity_rows",
     "fid",
     "frechet_distance",
+    "image_features",
+    "inception_features",
     "inception_classifier",
     "inception_score",
     "inception_score_of",
@@ -1272,6 +1274,53 @@ def frechet_distance(features_a: ArrayLike, features_b: ArrayLike) -> float:
     spread = (a**2).sum() / (len(a) - 1) + (b**2).sum() / (len(b) - 1)
     value = float(((mean_a - mean_b) ** 2).sum() + spread - 2 * _trace_sqrt_product(a, b))
     return max(value, 0.0)  # round-off can leave e.g. -1e-12 for identical sets
+
+
+class _InceptionPool(torch.nn.Module):
+    """The FID Inception network's 2048 pool features (torch-fidelity's weights), on batches in [0, 1]."""
+
+    name = "inception-v3"
+
+    def __init__(self, weights_path: str | None) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inception((x * 255).byte())  # as torchmetrics' FID feeds it
+
+
+def inception_features(weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The FID Inception network as a feature extractor (2048 pool features of batches in [0, 1]; weights as for
+    :func:`fid`; needs torch-fidelity). Build it once to measure several image sets with :func:`image_features`."""
+    path = inception_weights(weights_path)
+    try:
+        import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "FID with the Inception network needs torch-fidelity: pip install torch-fidelity "
+            "(or pass a feature extractor of your own, any torch.nn.Module)"
+        ) from None
+    return _InceptionPool(path)
+
+
+def image_features(
+    extractor: torch.nn.Module, images: Any, *, batch_size: int = 64, device: str | torch.device | None = None
+) -> np.ndarray:
+    """``(n, d)`` float64 features of an image set (as for :func:`fid`: tensors, arrays, PIL lists or an iterable
+    of batches) through ``extractor``; with :func:`frechet_distance` they give FID without extracting a set twice."""
+    device = torch.device(device or "cpu")
+    extractor = extractor.to(device).eval()
+    parts = []
+    with torch.no_grad():
+        for batch in _image_batches(images, batch_size, "images"):
+            parts.append(extractor(batch.to(device)).reshape(len(batch), -1).double().cpu())
+    if not parts:
+        raise ValueError("no images to extract features from")
+    return torch.cat(parts).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------

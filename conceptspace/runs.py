@@ -843,7 +843,15 @@ def evaluate_run(
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
-    from conceptspace.metrics import ALL_PROMPTS, clip_score, fid, inception_classifier, mean_estimate
+    from conceptspace.metrics import (
+        ALL_PROMPTS,
+        clip_score,
+        frechet_distance,
+        image_features,
+        inception_classifier,
+        inception_features,
+        mean_estimate,
+    )
     from conceptspace.metrics import inception_score as score_images
     from conceptspace.results import metric_row, write_metrics
 
@@ -906,16 +914,18 @@ def evaluate_run(
             estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=spec.name, ci_method=estimate.method)
         )
     if reference is not None:
+        # one network, the reference's features once: each regime then costs its own images only
+        extractor = fid_feature_extractor or inception_features(fid_weights)
+        reference_features = image_features(
+            extractor, _image_batches(reference.paths, size, batch_size), device=device
+        )
         for regime, images in by_regime.items():
             if regime == reference.regime:
                 continue
-            value = fid(
-                _image_batches(reference.paths, size, batch_size),
-                _image_batches([path for path, _ in images], size, batch_size),
-                feature_extractor=fid_feature_extractor,
-                weights_path=fid_weights,
-                device=device,
+            features = image_features(
+                extractor, _image_batches([path for path, _ in images], size, batch_size), device=device
             )
+            value = frechet_distance(reference_features, features)
             rows.append(
                 metric_row(
                     ALL_PROMPTS,

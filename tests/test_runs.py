@@ -634,6 +634,17 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     assert (
         0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
     )
+    # features extracted once per set, then the Fréchet distance: the same number as torchmetrics' FID
+    from conceptspace.metrics import fid
+    from conceptspace.runs import _image_batches
+
+    size = Image.open(run / entries[0]["path"]).size
+    theirs = fid(
+        _image_batches(sorted(real.glob("*.png")), size, 4),
+        _image_batches([run / e["path"] for e in entries], size, 4),
+        feature_extractor=features,
+    )
+    assert hybrid_fid == pytest.approx(theirs, rel=1e-6)
     assert [(r["regime"], r["metric"]) for r in read_metrics(run)] == [
         (r["regime"], r["metric"]) for r in rows
     ]

@@ -240,9 +240,8 @@ def compare(
     names = [r.name for r in regimes]
     paths = _paired_paths(run, out, names)
 
-    images = {prompt: {name: _load(ps) for name, ps in by.items()} for prompt, by in paths.items()}
-    embeddings = _embed(spec, images, progress)
-    pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m not in (BASE,)]
+    embeddings = _embed(spec, paths, progress)
+    pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m != BASE]
     common = dict(n_boot=n_boot, embedder=spec.name, model=f"{pair.base.name}/{pair.student.name}")
     resample = "images" if len(paths) < 10 else "both"
     rows = diversity_over_prompts(embeddings, metrics=EMBEDDING_METRICS, resample=resample, **common)
@@ -252,27 +251,29 @@ def compare(
     if has_text:
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
     if testbed:
-        rows += _probe_rows(images, names, pairs, n_boot=n_boot)
-    reference = _reference_embeddings(spec, fid_ref, images) if fid_ref is not None else None
-    rows += _fd_rows(embeddings, names, reference, "fd", n_boot=n_boot, features=spec.name)
+        rows += _probe_rows(paths, names, pairs, n_boot=n_boot)
+    reference = None if fid_ref is None else _reference_paths(fid_ref)
+    rows += _fd_rows(
+        embeddings,
+        names,
+        None if reference is None else spec.embed_images([str(p) for p in reference]),
+        "fd",
+        n_boot=n_boot,
+        features=spec.name,
+    )
+    size = _image_size(paths)
     inception = _fid_extractor(fid_features, fid_weights, testbed)
     if inception is not None:
-        features = _extract(inception, images, pair.device, progress)
-        ref_features = None
-        if fid_ref is not None:
-            ref_features = _extract(
-                inception, {"": {"": _reference_images(fid_ref, images)}}, pair.device, False
-            )
         rows += _fd_rows(
-            features,
+            _extract(inception, paths, size, pair.device, progress),
             names,
-            None if ref_features is None else ref_features[""][""],
+            None if reference is None else _features_of(inception, reference, size, pair.device),
             "fid",
             n_boot=n_boot,
             features=getattr(inception, "name", type(inception).__name__),
         )
     if inception_score:
-        rows += _inception_score_rows(images, names, is_classifier, fid_weights, pair, n_boot=n_boot)
+        rows += _inception_score_rows(paths, size, names, is_classifier, fid_weights, pair, n_boot=n_boot)
     rows += _cost_rows(pair, run, regimes, n_boot=n_boot)
     write_metrics(out, rows)
     write_json(out / "run.json", run)
@@ -308,19 +309,26 @@ def _load(paths: Sequence[Path]) -> list[Image.Image]:
     return loaded
 
 
+def _image_size(paths: Mapping[str, Mapping[str, list[Path]]]) -> tuple[int, int]:
+    first = next(iter(next(iter(paths.values())).values()))[0]
+    with Image.open(first) as image:
+        return image.size  # every image of a run has one size
+
+
 def _embed(
-    embedder: Any, images: Mapping[str, Mapping[str, list[Any]]], progress: bool
+    embedder: Any, paths: Mapping[str, Mapping[str, list[Path]]], progress: bool
 ) -> dict[str, dict[str, torch.Tensor]]:
-    total = sum(len(v) for by in images.values() for v in by.values())
+    """Every image set's embeddings (images read from disk as the embedder goes: any number fits in memory)."""
+    total = sum(len(v) for by in paths.values() for v in by.values())
     own_bar, embedder.progress = getattr(embedder, "progress", False), False
     embedded: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with tqdm(total=total, desc=f"embedding [{embedder.name}]", unit="img", disable=not progress) as bar:
-            for prompt, by in images.items():
+            for prompt, by in paths.items():
                 embedded[prompt] = {}
-                for name, batch in by.items():
-                    embedded[prompt][name] = embedder.embed_images(batch)
-                    bar.update(len(batch))
+                for name, files in by.items():
+                    embedded[prompt][name] = embedder.embed_images([str(f) for f in files])
+                    bar.update(len(files))
     finally:
         embedder.progress = own_bar
     return embedded
@@ -396,7 +404,7 @@ def _as_difference(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _probe_rows(
-    images: Mapping[str, Mapping[str, list[Any]]],
+    paths: Mapping[str, Mapping[str, list[Path]]],
     names: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     *,
@@ -412,8 +420,8 @@ def _probe_rows(
     measure = "entropy_shape_colour"
     rows: list[dict[str, Any]] = []
     adherence: dict[str, dict[str, np.ndarray]] = {}
-    for prompt, by in images.items():
-        read = {name: probe.predict(np.stack([np.asarray(i) for i in by[name]])) for name in names}
+    for prompt, by in paths.items():
+        read = {name: probe.predict(np.stack([np.asarray(i) for i in _load(by[name])])) for name in names}
         for name in names:
             rows += diversity_rows(read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE)
         rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE)
@@ -426,12 +434,12 @@ def _probe_rows(
                     match &= read[name][factor] == LEVELS[factor].index(level)
                 hits[name] = match.astype(np.float64)
             adherence[prompt] = _diff_values(hits, names)
-    if len(images) > 1:
+    if len(paths) > 1:
         rows += _normal_mean_over_prompts([r for r in rows if r["metric"].endswith(measure)])
     if adherence:
         rows += [
             _as_difference(r)
-            for r in _mean_rows(adherence, "adherence", n_boot, average=len(images) > 1, embedder=PROBE)
+            for r in _mean_rows(adherence, "adherence", n_boot, average=len(paths) > 1, embedder=PROBE)
         ]
     return rows
 
@@ -465,21 +473,11 @@ def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, 
     return out
 
 
-def _reference_images(fid_ref: str | os.PathLike | None, images: Mapping[str, Any]) -> list[Any]:
-    """The reference folder's images, resized and centre-cropped to the run's image size."""
-    if fid_ref is None:
-        return []
-    from conceptspace.runs import _fid_reference, _image_batches
+def _reference_paths(fid_ref: str | os.PathLike) -> list[Path]:
+    """The image files of a reference folder (searched recursively)."""
+    from conceptspace.runs import _fid_reference
 
-    size = next(iter(next(iter(images.values())).values()))[0].size
-    found = _fid_reference(fid_ref, {})
-    return [image for batch in _image_batches(found.paths, size, 64) for image in batch]
-
-
-def _reference_embeddings(
-    embedder: Any, fid_ref: str | os.PathLike, images: Mapping[str, Any]
-) -> torch.Tensor:
-    return embedder.embed_images(_reference_images(fid_ref, images))
+    return _fid_reference(fid_ref, {}).paths
 
 
 def _fd_rows(
@@ -571,20 +569,33 @@ def _fid_extractor(
     return None if path is None else inception_features(path)
 
 
+def _features_of(
+    network: torch.nn.Module, files: Sequence[Path], size: tuple[int, int], device: Any
+) -> np.ndarray:
+    """Features of image files through ``network``, read in batches, resized and centre-cropped to ``size``."""
+    from conceptspace.metrics import image_features
+    from conceptspace.runs import _image_batches
+
+    return image_features(network, _image_batches(list(files), size, 32), device=device)
+
+
 def _extract(
-    network: torch.nn.Module, images: Mapping[str, Mapping[str, list[Any]]], device: Any, progress: bool
+    network: torch.nn.Module,
+    paths: Mapping[str, Mapping[str, list[Path]]],
+    size: tuple[int, int],
+    device: Any,
+    progress: bool,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Features ``(n, d)`` of every image set through ``network``."""
-    from conceptspace.metrics import image_features
-
     return {
-        prompt: {name: image_features(network, batch, device=device) for name, batch in by.items()}
-        for prompt, by in tqdm(images.items(), desc="FID features", disable=not progress, leave=False)
+        prompt: {name: _features_of(network, files, size, device) for name, files in by.items()}
+        for prompt, by in tqdm(paths.items(), desc="FID features", disable=not progress, leave=False)
     }
 
 
 def _inception_score_rows(
-    images: Mapping[str, Mapping[str, list[Any]]],
+    paths: Mapping[str, Mapping[str, list[Path]]],
+    size: tuple[int, int],
     names: Sequence[str],
     classifier: torch.nn.Module | None,
     weights: str | os.PathLike | None,
@@ -595,7 +606,7 @@ def _inception_score_rows(
     """The Inception Score of each method's images over all prompts (bootstrap interval over images)."""
     from conceptspace.metrics import inception_classifier
     from conceptspace.metrics import inception_score as score
-    from conceptspace.runs import _default_classifier
+    from conceptspace.runs import _default_classifier, _image_batches
 
     classifier = (
         classifier or _default_classifier(pair.base.name, pair.device) or inception_classifier(weights)
@@ -603,8 +614,10 @@ def _inception_score_rows(
     label = getattr(classifier, "name", type(classifier).__name__)
     rows = []
     for name in names:
-        pooled = [image for by in images.values() for image in by[name]]
-        estimate = score(pooled, classifier=classifier, device=pair.device, n_boot=n_boot)
+        pooled = [file for by in paths.values() for file in by[name]]
+        estimate = score(
+            _image_batches(pooled, size, 32), classifier=classifier, device=pair.device, n_boot=n_boot
+        )
         rows.append(
             estimate.row(ALL_PROMPTS, name, "inception_score", ci_method=estimate.method, classifier=label)
         )

@@ -116,6 +116,8 @@ def compared(pair, clip_spec, tmp_path_factory):
         base=Base(steps=4),
         embedder=clip_spec,
         fid_features=_Identity(),
+        inception_score=True,
+        is_classifier=torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()),  # 12 "classes"
         batch_size=3,
         **FAST,
     )
@@ -147,6 +149,8 @@ def test_compare_measures_diversity_quality_and_cost_per_method_and_prompt(compa
     # costs: the hybrid evaluates as often as the student, the base (4 CFG steps) twice per step
     nfe = {m: _row(rows, ALL_PROMPTS, m, "evaluations")["value"] for m in methods}
     assert nfe == {"base": 8, "distilled": 4, "hybrid": 4, "cads-noise_scale0.5": 4}
+    score = _row(rows, ALL_PROMPTS, "hybrid", "inception_score")
+    assert 1 <= score["value"] <= 12 and score["n"] == 12 and score["classifier"] == "Sequential"
     seconds = _row(rows, ALL_PROMPTS, "hybrid", "seconds_per_image")
     assert seconds["value"] > 0 and seconds["n"] == 4  # 2 prompts × 2 batches of 3
 
@@ -172,6 +176,24 @@ def test_the_report_and_run_json_of_a_comparison(compared):
     assert 'id="comparison"' in html and "compare-pareto.png" in html
     assert (compared.out_dir / "assets" / "figures" / "compare-pareto.png").is_file()
     assert [entry["method"] for entry in compared.ranking][-2:] == ["base", "distilled"]
+
+
+def test_a_reference_folder_replaces_the_base_as_the_fd_reference(pair, clip_spec, compared, tmp_path):
+    import shutil
+
+    shutil.copytree(compared.out_dir, tmp_path / "run")  # the same images, sampled once
+    shutil.copytree(compared.out_dir / "base", tmp_path / "real")  # the base's own images, as a folder
+    again = compare(
+        pair, ["a red circle", "a blue square"], ["hybrid", "cads:noise_scale=0.5"], seeds=range(6),
+        out_dir=tmp_path / "run", base=Base(steps=4), embedder=clip_spec, fid_ref=tmp_path / "real",
+        batch_size=3, report=False, **FAST,
+    )  # fmt: skip
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert sorted(run["reused_regimes"]) == ["base", "cads-noise_scale0.5", "distilled", "hybrid"]
+    base_fd = _row(again.rows, ALL_PROMPTS, "base", "fd")  # the base is now measured too
+    hybrid_fd = _row(again.rows, ALL_PROMPTS, "hybrid", "fd")
+    assert base_fd["reference"] == "folder" and base_fd["value"] == pytest.approx(0.0, abs=1e-6)
+    assert hybrid_fd["value"] == pytest.approx(_row(compared.rows, ALL_PROMPTS, "hybrid", "fd")["value"], rel=1e-6)
 
 
 def test_images_are_reused_only_from_the_same_regime_settings(pair, tmp_path):

@@ -31,6 +31,7 @@ METHODS = (
     "renoise",
     "renoise:eta=0",
 )
+TESTBED_METHODS = ("sliderspace:sliders=testbed:a-shape:name=sliderspace",)  # the shipped sliders of "a shape"
 
 
 def interval(row: dict | None, signed: bool = False) -> str:
@@ -60,7 +61,7 @@ def main() -> None:
     result = compare(
         pair,
         args.prompt or list(DEMO_PROMPTS),
-        args.method or list(METHODS),
+        args.method or list(METHODS) + (list(TESTBED_METHODS) if testbed else []),
         seeds=range(args.n),
         out_dir=args.out,
         base=Base(steps=steps),

@@ -91,7 +91,8 @@ def _option_value(text: str) -> Any:
 
 def parse_method(spec: str | Regime) -> Regime:
     """A method from its spec: a regime name with options after colons, ``"hybrid"``, ``"hybrid:k=2"``,
-    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``, ``"sliderspace:sliders=runs/space/sliders"``.
+    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``, ``"sliderspace:sliders=runs/space/sliders"``
+    (a part without ``=`` belongs to the value before it: ``sliderspace:sliders=testbed:a-shape``).
     A method with options is named after them (``hybrid-k2``), so variants of one regime run side by side, unless
     ``name=…`` names it (``sliderspace:sliders=DIR:name=sliderspace``). A :class:`Regime` is taken as it is."""
     if isinstance(spec, Regime):
@@ -106,7 +107,13 @@ def parse_method(spec: str | Regime) -> Regime:
     values: dict[str, Any] = {}
     written: dict[str, str] = {}  # as the user wrote them, for the method's name
     label = None
-    for option in options:
+    joined: list[str] = []
+    for option in options:  # a part without "=" continues the value before it (testbed:a-shape, C:\\sliders)
+        if "=" not in option and joined:
+            joined[-1] += ":" + option
+        else:
+            joined.append(option)
+    for option in joined:
         key, sep, value = option.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:

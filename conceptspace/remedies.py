@@ -405,12 +405,20 @@ class Renoise(Regime):
 
 # --------------------------------------------------------------------------------------------------- sliderspace
 def slider_files(sliders: str | os.PathLike | tuple[str, ...]) -> list[Path]:
-    """The slider files a :class:`SliderSpaceScales` regime applies: each entry a ``.safetensors`` file or a folder
-    of them (a SliderSpace study's ``sliders/``, in name order)."""
+    """The slider files a :class:`SliderSpaceScales` regime applies: each entry a ``.safetensors`` file, a folder
+    of them (a SliderSpace study's ``sliders/``, in name order), or ``testbed:<study>`` for the testbed's shipped
+    ones (``testbed:a-shape``)."""
     entries = (sliders,) if isinstance(sliders, str | os.PathLike) else tuple(sliders)
     files: list[Path] = []
     for entry in entries:
         path = Path(entry).expanduser()
+        if str(entry).startswith("testbed:"):
+            from conceptspace.testbed import SLIDERS
+
+            path = SLIDERS / str(entry).removeprefix("testbed:")
+            if not path.is_dir():
+                shipped = ", ".join(f"testbed:{p.name}" for p in sorted(SLIDERS.iterdir()) if p.is_dir())
+                raise FileNotFoundError(f"sliderspace: no shipped study {entry!r}; the testbed ships {shipped}")
         if path.is_dir():
             files += sorted(path.glob("*.safetensors"))
         elif path.is_file():

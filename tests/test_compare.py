@@ -46,6 +46,8 @@ def test_a_method_spec_builds_its_regime_and_names_it_after_its_options():
     assert sliders.name == "sliderspace-slidersruns_space_sliders-scale2"  # a folder name, not a path
     assert sliders.over.sliders == ("runs/space/sliders",) and sliders.over.scale == 2
     assert parse_method("sliderspace:sliders=runs/space/sliders:name=slider-space").name == "slider-space"
+    shipped = parse_method("sliderspace:sliders=testbed:a-shape:scale=2")
+    assert shipped.over.sliders == ("testbed:a-shape",) and shipped.name == "sliderspace-sliderstestbed_a-shape-scale2"
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,18 @@
   :func:`~conceptspace.testbed.pair.load_testbed_pair`.
 - :mod:`conceptspace.testbed.evaluate`: probe-based diversity per regime (base / distilled / hybrid) and sample grids.
 - :mod:`conceptspace.testbed.embedder`: the testbed CLIP's image tower as the embedder ``testbed:clip``.
+- ``weights/sliderspace/<study>/``: SliderSpace sliders trained on the base (:data:`SLIDERS`; the remedy
+  ``SliderSpaceScales(sliders="testbed:a-shape")`` names them so).
 
 Nothing heavy is imported here (the embedder registers a factory and loads nothing): import the submodule you need.
 """
 
+from pathlib import Path
+
 from conceptspace.embeddings import register_embedder
+
+SLIDERS = Path(__file__).parent / "weights" / "sliderspace"
+"""Shipped SliderSpace studies' sliders, one folder per prompt (``a-shape``: 4 directions of "a shape")."""
 
 
 def _testbed_factory(argument: str, **options):  # noqa: ANN202 - signature of EmbedderFactory

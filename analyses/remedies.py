@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=None, help="default: the demo's 12 on the testbed")
     parser.add_argument("--out", type=Path, default=Path("runs/remedies"))
     parser.add_argument("--rows", type=Path, default=None, help="also copy the tidy rows (JSON) here")
+    parser.add_argument("--fresh", action="store_true", help="sample every method again (no reuse of --out)")
     args = parser.parse_args()
 
     testbed = args.base == "shapes"
@@ -66,6 +67,7 @@ def main() -> None:
         out_dir=args.out,
         base=Base(steps=steps),
         batch_size=64 if testbed else 4,
+        reuse=not args.fresh,
     )
     settings = json.loads((args.out / "run.json").read_text())["parameters"]["compare"]
     diversity, quality = settings["diversity"], settings["quality"]

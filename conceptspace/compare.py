@@ -209,6 +209,17 @@ def compare(
     if len(seeds) < 2:
         raise ValueError(f"a comparison measures diversity, which needs at least 2 seeds, got {len(seeds)}")
     testbed = pair.base.family == "testbed"
+    # what can fail does so before any image is sampled
+    if testbed:
+        from conceptspace.testbed.data import fixed_factors
+
+        for prompt in prompts:
+            fixed_factors(prompt)  # the probe reads adherence to what a prompt fixes: its words must be the world's
+    reference = None if fid_ref is None else _reference_paths(fid_ref)
+    if inception_score and is_classifier is None and not testbed:
+        from conceptspace.runs import _check_inception_available
+
+        _check_inception_available(fid_weights)
     spec = embedder if embedder is not None else default_embedder(pair)
     if isinstance(spec, str):
         spec = load_embedder(spec, device=pair.device, progress=progress)
@@ -259,7 +270,6 @@ def compare(
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
     if testbed:
         rows += _probe_rows(paths, names, pairs, n_boot=n_boot)
-    reference = None if fid_ref is None else _reference_paths(fid_ref)
     rows += _fd_rows(
         embeddings,
         names,

@@ -47,7 +47,10 @@ def test_a_method_spec_builds_its_regime_and_names_it_after_its_options():
     assert sliders.over.sliders == ("runs/space/sliders",) and sliders.over.scale == 2
     assert parse_method("sliderspace:sliders=runs/space/sliders:name=slider-space").name == "slider-space"
     shipped = parse_method("sliderspace:sliders=testbed:a-shape:scale=2")
-    assert shipped.over.sliders == ("testbed:a-shape",) and shipped.name == "sliderspace-sliderstestbed_a-shape-scale2"
+    assert (
+        shipped.over.sliders == ("testbed:a-shape",)
+        and shipped.name == "sliderspace-sliderstestbed_a-shape-scale2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,6 +77,20 @@ def test_a_named_regime_runs_its_regime_exactly_and_rebuilds_from_its_descriptio
     assert torch.equal(one, two)
     with pytest.raises(ValueError, match="names its folder"):
         Named(over=Hybrid(), name="a/b")
+
+
+def test_bad_references_fail_before_anything_is_sampled(pair, tmp_path):
+    with pytest.raises(ValueError, match="neither a folder nor a regime"):
+        compare(
+            pair,
+            ["a red circle"],
+            ["hybrid"],
+            seeds=range(2),
+            out_dir=tmp_path / "a",
+            fid_ref=tmp_path / "no",
+            **FAST,
+        )
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
 
 
 def test_methods_may_not_repeat_or_take_the_references_names(pair, tmp_path):
@@ -195,7 +212,9 @@ def test_a_reference_folder_replaces_the_base_as_the_fd_reference(pair, clip_spe
     base_fd = _row(again.rows, ALL_PROMPTS, "base", "fd")  # the base is now measured too
     hybrid_fd = _row(again.rows, ALL_PROMPTS, "hybrid", "fd")
     assert base_fd["reference"] == "folder" and base_fd["value"] == pytest.approx(0.0, abs=1e-6)
-    assert hybrid_fd["value"] == pytest.approx(_row(compared.rows, ALL_PROMPTS, "hybrid", "fd")["value"], rel=1e-6)
+    assert hybrid_fd["value"] == pytest.approx(
+        _row(compared.rows, ALL_PROMPTS, "hybrid", "fd")["value"], rel=1e-6
+    )
 
 
 def test_images_are_reused_only_from_the_same_regime_settings(pair, tmp_path):
@@ -267,6 +286,9 @@ def test_ranking_orders_by_diversity_gain_and_marks_the_pareto_set():
 def test_on_the_testbed_compare_reads_the_probe_and_the_base_costs_more(tmp_path):
     torch.manual_seed(0)
     shapes = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="unknown word 'photo'"):  # before any sampling
+        compare(shapes, ["a photo of a dog"], ["hybrid"], seeds=range(2), out_dir=tmp_path / "dog", **FAST)
+    assert not (tmp_path / "dog" / "run.json").exists()
     result = compare(
         shapes,
         ["a shape", "a red shape"],

@@ -253,7 +253,7 @@ def test_sliderspace_gives_each_sample_its_own_scales_from_its_seed(pair, slider
         finally:
             for handle in handles:
                 handle.remove()
-        assert torch.allclose(batch[row : row + 1], alone, atol=1e-5)
+        assert torch.allclose(batch[row : row + 1], alone, rtol=1e-4, atol=1e-4)  # batch shapes round apart
     assert not torch.allclose(batch[0], batch[1])
 
 

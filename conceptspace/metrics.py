@@ -1276,35 +1276,10 @@ def frechet_distance(features_a: ArrayLike, features_b: ArrayLike) -> float:
     return max(value, 0.0)  # round-off can leave e.g. -1e-12 for identical sets
 
 
-class _InceptionPool(torch.nn.Module):
-    """The FID Inception network's 2048 pool features (torch-fidelity's weights), on batches in [0, 1]."""
-
-    name = "inception-v3"
-
-    def __init__(self, weights_path: str | None) -> None:
-        super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        self.inception = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inception((x * 255).byte())  # as torchmetrics' FID feeds it
-
-
 def inception_features(weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
     """The FID Inception network as a feature extractor (2048 pool features of batches in [0, 1]; weights as for
     :func:`fid`; needs torch-fidelity). Build it once to measure several image sets with :func:`image_features`."""
-    path = inception_weights(weights_path)
-    try:
-        import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "FID with the Inception network needs torch-fidelity: pip install torch-fidelity "
-            "(or pass a feature extractor of your own, any torch.nn.Module)"
-        ) from None
-    return _InceptionPool(path)
+    return _inception(weights_path, "2048", "FID")
 
 
 def image_features(
@@ -1344,35 +1319,40 @@ def _mean_kl(p: np.ndarray) -> np.ndarray:
     return terms.sum(axis=2).mean(axis=1)
 
 
-class _InceptionLogits(torch.nn.Module):
-    """The FID Inception network's 1008 unbiased logits (torch-fidelity's), as the Inception Score takes them."""
+class _Inception(torch.nn.Module):
+    """The FID Inception network (torch-fidelity's weights) on batches in [0, 1], giving one of its outputs: the
+    2048 pool features (FID) or the 1008 unbiased logits (the Inception Score)."""
 
     name = "inception-v3"
 
-    def __init__(self, weights_path: str | None) -> None:
+    def __init__(self, weights_path: str | None, output: str) -> None:
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.inception = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=weights_path
+            name="inception-v3-compat", features_list=[output], feature_extractor_weights_path=weights_path
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))
+        return self.inception((x.clamp(0, 1) * 255).to(torch.uint8))  # as torchmetrics' FID feeds it
 
 
-def inception_classifier(weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
-    """The Inception network as the Inception Score's classifier (weights as for :func:`fid`; needs
-    torch-fidelity). Build it once to score several image sets."""
+def _inception(weights_path: str | os.PathLike | None, output: str, use: str) -> _Inception:
     path = inception_weights(weights_path)
     try:
         import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         raise ImportError(
-            "the Inception Score with the Inception network needs torch-fidelity: pip install torch-fidelity "
-            "(or pass classifier= any torch.nn.Module giving class logits)"
+            f"{use} with the Inception network needs torch-fidelity: pip install torch-fidelity (or pass a network "
+            "of your own, any torch.nn.Module)"
         ) from None
-    return _InceptionLogits(path)
+    return _Inception(path, output)
+
+
+def inception_classifier(weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The Inception network as the Inception Score's classifier (weights as for :func:`fid`; needs
+    torch-fidelity). Build it once to score several image sets."""
+    return _inception(weights_path, "logits_unbiased", "the Inception Score")
 
 
 def inception_score(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
 import json
 import os
 import tempfile
@@ -45,11 +46,9 @@ def write_clip_tokenizer_files(directory: str | os.PathLike, *, pad_token: str =
 
     ``pad_token="!"`` gives the OpenCLIP tokenizers of SDXL's ``tokenizer_2`` and of SD 2.x, which pad with id 0.
     """
-    import open_clip
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    bpe_path = _open_clip_bpe_file()
     with gzip.open(bpe_path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
@@ -68,6 +67,16 @@ def write_clip_tokenizer_files(directory: str | os.PathLike, *, pad_token: str =
     config = {"model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer", **special}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return directory
+
+
+def _open_clip_bpe_file() -> Path:
+    # Found, not imported: importing open_clip is slow and pulls in its own dependencies for one data file.
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the tiny models' CLIP tokenizer is built from open_clip's BPE file: pip install open_clip_torch"
+        )
+    return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 
 @functools.lru_cache(maxsize=1)

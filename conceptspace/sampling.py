@@ -521,6 +521,10 @@ def denoise(
     """
     step = 0
     x0 = latents
+    # Per step, whether x̂0 is finite and what ran, kept on the device and read once at the end: a check per step
+    # would make the host wait for the device at every step.
+    finite: list[torch.Tensor] = []
+    ran: list[tuple[str, torch.Tensor]] = []
     previous: tuple[Any, int, torch.Tensor] | None = (
         None  # (scheduler, index, network input) of the last step
     )
@@ -544,11 +548,8 @@ def denoise(
             x0 = _scheduler_x0(result)
             if x0 is None:  # flow matching's Euler reports none: x̂0 = x − σ·v
                 x0 = schedules.split(output, target, model_input, schedules.noise_level(scheduler, index))[0]
-            if not torch.isfinite(x0).all():
-                raise FloatingPointError(
-                    f"the {den.name} model produced NaN/inf at step {step} (t={_timestep_value(t)}); in float16 "
-                    "try dtype=torch.bfloat16 or float32"
-                )
+            finite.append(torch.isfinite(x0).all())
+            ran.append((den.name, t))
             previous = (scheduler, index, model_input)
             latents = result.prev_sample
             if segment.renoise is not None and index + 1 < len(scheduler.timesteps):
@@ -558,7 +559,19 @@ def denoise(
             if progress is not None:
                 progress.update(latents.shape[0])
             step += 1
+    _check_finite(finite, ran)
     return latents
+
+
+def _check_finite(finite: list[torch.Tensor], ran: list[tuple[str, torch.Tensor]]) -> None:
+    if not finite or bool(torch.stack(finite).all()):
+        return
+    first = int((~torch.stack(finite)).nonzero()[0])
+    name, t = ran[first]
+    raise FloatingPointError(
+        f"the {name} model produced NaN/inf at step {first} (t={_timestep_value(t)}); in float16 "
+        "try dtype=torch.bfloat16 or float32"
+    )
 
 
 def _timestep_value(t: torch.Tensor) -> int:
@@ -601,8 +614,9 @@ def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pi
     if output_type == "latent":
         return latents
     vae = pair.pipeline.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    dtype = torch.float32 if upcast else vae.dtype
+    vae_dtype = vae.dtype  # a walk over the parameters: read once
+    upcast = vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = torch.float32 if upcast else vae_dtype
     if upcast:
         vae.to(torch.float32)
     try:
@@ -680,20 +694,24 @@ def sample_latents(
     latent_shape: tuple[int, int],
     callback: Callable[[StepInfo], None] | None = None,
     progress: tqdm | None = None,
+    segments: list[Segment] | None = None,
 ) -> torch.Tensor:
     """The final latents of one batch, row ``i`` from ``seeds[i]`` and row ``i`` of ``cond``: the body that
     :func:`sample` and prompt-set runs share.
 
     Every row has its own CPU generator (as the diffusers pipelines draw noise), so a sample does not depend on its
-    batch; the regime's segments are built afresh, since schedulers carry per-run state.
+    batch. Schedulers carry per-run state, so the regime's segments are built afresh unless ``segments`` gives
+    unused ones of the same regime and shape.
     """
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     cond = dataclasses.replace(cond, seeds=tuple(int(s) for s in seeds))
-    segments = regime.segments(pair, pair.device, latent_shape)
+    device = pair.device
+    if segments is None:
+        segments = regime.segments(pair, device, latent_shape)
     channels = pair.family.latent_channels(pair.base_unet)
     with torch.no_grad():
         latents = initial_latents(
-            segments[0], (len(seeds), channels, *latent_shape), generators, pair.device, cond.dtype
+            segments[0], (len(seeds), channels, *latent_shape), generators, device, cond.dtype
         )
         return denoise(
             segments, latents, cond, generator=generators, callback=callback, progress=progress, seeds=seeds
@@ -752,9 +770,9 @@ def sample(
     device = pair.device
     timings = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
 
-    probe_segments = regime.segments(pair, device, (latent_h, latent_w))
-    schedule = schedule_of_segments(probe_segments)
-    cfg = any(den.uses_cfg for segment in probe_segments for den in segment.denoisers)
+    first_segments = regime.segments(pair, device, (latent_h, latent_w))  # what runs, read before it runs
+    schedule = schedule_of_segments(first_segments)
+    cfg = any(den.uses_cfg for segment in first_segments for den in segment.denoisers)
 
     start = time.perf_counter()
     with torch.no_grad():
@@ -792,8 +810,9 @@ def sample(
                 base_cond.repeat(len(batch_seeds)),
                 batch_seeds,
                 latent_shape=(latent_h, latent_w),
-                callback=report,
+                callback=report if recorder is not None or callback is not None else None,
                 progress=bar,
+                segments=first_segments if first == 0 else None,  # later batches build fresh schedulers
             )
             _sync(device)
             seconds = time.perf_counter() - start
@@ -826,7 +845,7 @@ def sample(
             "negative_prompt": negative_prompt,
             "batch_size": batch_size,
             "guidance_used": {
-                den.name: den.guidance_scale for segment in probe_segments for den in segment.denoisers
+                den.name: den.guidance_scale for segment in first_segments for den in segment.denoisers
             },
         },
     )

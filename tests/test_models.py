@@ -26,6 +26,7 @@ from conceptspace.models import (
     REGISTRY,
     IncompatibleModelsError,
     ModelNotFoundError,
+    ModelPair,
     ModelSpec,
     family_of,
     get_spec,
@@ -779,3 +780,18 @@ def test_with_student_shares_the_base_and_equals_a_fresh_pair(hub_cache: Path):
     )
     with pytest.raises(IncompatibleModelsError, match="sd-turbo"):
         with_student(pair, "sd-turbo", cache_dir=hub_cache)
+
+
+def test_every_scheduler_is_a_fresh_one_made_from_the_pair_config(tiny_sdxl_pair: ModelPair) -> None:
+    used = tiny_sdxl_pair.make_scheduler("student")
+    used.set_timesteps(4)
+    fresh = tiny_sdxl_pair.make_scheduler("student")
+    assert fresh is not used and fresh.num_inference_steps is None  # a run's state never reaches the next run
+    assert fresh.timesteps is not used.timesteps
+
+    config = {**tiny_sdxl_pair.student_scheduler_config, "timestep_spacing": "leading"}
+    changed = dataclasses.replace(tiny_sdxl_pair, student_scheduler_config=config)
+    assert changed.make_scheduler("student").config.timestep_spacing == "leading"
+    config["timestep_spacing"] = "linspace"  # edited in place: the next scheduler follows
+    assert changed.make_scheduler("student").config.timestep_spacing == "linspace"
+    assert tiny_sdxl_pair.make_scheduler("student").config.timestep_spacing == used.config.timestep_spacing

@@ -10,6 +10,7 @@ Both shift their schedule with the image's token count (``mu``), dev dynamically
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -44,6 +45,16 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     ids[..., 1] += torch.arange(height // 2)[:, None]
     ids[..., 2] += torch.arange(width // 2)[None, :]
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _position_ids(
+    height: int, width: int, text_length: int, device: torch.device, dtype: torch.dtype, inference: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same ids at every step of a run (the transformer only reads them). ``inference`` keys the cache apart:
+    # tensors made in inference mode cannot take part in training.
+    text = torch.zeros(text_length, 3, device=device, dtype=dtype)  # FluxPipeline's text ids: all zero
+    return text, image_ids(height, width, device, dtype)
 
 
 class Flux(Family):
@@ -102,14 +113,17 @@ class Flux(Family):
     ) -> torch.Tensor:
         height, width = sample.shape[-2:]
         text = inputs["encoder_hidden_states"]
+        txt_ids, img_ids = _position_ids(
+            height, width, text.shape[1], sample.device, sample.dtype, torch.is_inference_mode_enabled()
+        )
         velocity = network(
             hidden_states=pack(sample),
             timestep=t.expand(sample.shape[0]).to(sample.dtype) / 1000,
             guidance=guidance_condition,
             pooled_projections=inputs["pooled_projections"],
             encoder_hidden_states=text,
-            txt_ids=torch.zeros(text.shape[1], 3, device=text.device, dtype=text.dtype),
-            img_ids=image_ids(height, width, sample.device, sample.dtype),
+            txt_ids=txt_ids,
+            img_ids=img_ids,
             return_dict=False,
         )[0]
         return unpack(velocity, height, width)

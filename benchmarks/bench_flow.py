@@ -165,8 +165,10 @@ def paired(
     ours: Callable[[], Any], reference: Callable[[], Any], device: torch.device, repeats: int
 ) -> dict[str, Any]:
     """Alternate the two calls ``repeats`` times after a warm-up of each; the ratio of each pair's seconds, its
-    median and a 95% percentile-bootstrap interval of the median (pairing cancels slow drifts of the machine)."""
-    ours(), reference()
+    median and a 95% percentile-bootstrap interval of the median (pairing cancels slow drifts of the machine), and the
+    largest pixel difference between the two warm-up outputs (same seeds; both are images in [0, 1])."""
+    first, reference_first = ours(), reference()
+    difference = float(np.abs(_pixels(first) - _pixels(reference_first)).max())
     ours_s, reference_s = [], []
     for _ in range(repeats):
         ours_s.append(_seconds(ours, device))
@@ -180,7 +182,13 @@ def paired(
         "ours_median_s": statistics.median(ours_s),
         "reference_median_s": statistics.median(reference_s),
         "n": repeats,
+        "max_pixel_difference": difference,
     }
+
+
+def _pixels(output: Any) -> np.ndarray:
+    images = getattr(output, "images", output)  # a SampleResult, or a diffusers pipeline's images
+    return np.asarray(images, dtype=np.float32)
 
 
 def peak_bytes(call: Callable[[], Any], device: torch.device) -> int:
@@ -224,7 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         def call() -> Any:
             generator = [torch.Generator().manual_seed(s) for s in seeds]
             if args.family == "qwenimage":  # true CFG, which needs a negative prompt (the model card's " ")
-                guidance = {"true_cfg_scale": scale, "negative_prompt": " "} if scale > 1 else {"true_cfg_scale": 1.0}
+                guidance = (
+                    {"true_cfg_scale": scale, "negative_prompt": " "}
+                    if scale > 1
+                    else {"true_cfg_scale": 1.0}
+                )
             else:
                 guidance = {"guidance_scale": scale}
             if args.family == "pixart":
@@ -234,20 +246,8 @@ def main(argv: list[str] | None = None) -> None:
 
         return call
 
-    comparisons = {
-        "ours_vs_diffusers_base": paired(ours(Base()), theirs("base", steps, guidance), device, args.repeats),
-        "ours_vs_diffusers_distilled": paired(
-            ours(Distilled()), theirs("student", 4, 0.0), device, args.repeats
-        ),
-        "hybrid_vs_distilled": paired(ours(Hybrid(k=1)), ours(Distilled()), device, args.repeats),
-    }
-    if device.type == "cuda":
-        # what the pair holds while sampling the hybrid, against a base pipeline's call plus one more transformer
-        weights = sum(p.numel() * p.element_size() for p in pair.student_unet.parameters())
-        reference = peak_bytes(theirs("base", steps, guidance), device) + weights
-        comparisons["pair_memory_ratio"] = {"ratio": peak_bytes(ours(Hybrid(k=1)), device) / reference}
-    ratios = {name: round(c["ratio"], 4) for name, c in comparisons.items()}
-    result = {
+    comparisons: dict[str, Any] = {}
+    result: dict[str, Any] = {
         "family": args.family,
         "size": args.size,
         "device": str(device),
@@ -256,16 +256,51 @@ def main(argv: list[str] | None = None) -> None:
         "base_steps": steps,
         "repeats": args.repeats,
         "comparisons": comparisons,
-        "ratios": ratios,
+        "ratios": {},
         "goals": GOALS,
         "machine": platform.platform(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
     }
-    print(json.dumps(ratios, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def measure(name: str, run: Callable[[], dict[str, Any]]) -> None:
+        # A one-shot device run keeps what it measured: each result is written as it comes, a failure is recorded.
+        try:
+            comparisons[name] = run()
+        except Exception as error:  # noqa: BLE001 - reported in the results, the other measurements go on
+            comparisons[name] = {"error": f"{type(error).__name__}: {error}"}
+        result["ratios"] = {n: round(c["ratio"], 4) for n, c in comparisons.items() if "ratio" in c}
+        print(name, json.dumps(comparisons[name]), flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    measure(
+        "ours_vs_diffusers_base",
+        lambda: paired(ours(Base()), theirs("base", steps, guidance), device, args.repeats),
+    )
+    measure(
+        "ours_vs_diffusers_distilled",
+        lambda: paired(ours(Distilled()), theirs("student", 4, 0.0), device, args.repeats),
+    )
+    measure("hybrid_vs_distilled", lambda: paired(ours(Hybrid(k=1)), ours(Distilled()), device, args.repeats))
+    if device.type == "cuda":
+
+        def memory() -> dict[str, Any]:
+            # The pair's student is resident during diffusers' base call, so that call's peak is already "the base
+            # pipeline + one extra transformer": the reference, against which the hybrid's peak is compared.
+            reference = peak_bytes(theirs("base", steps, guidance), device)
+            ours_peak = peak_bytes(ours(Hybrid(k=1)), device)
+            student_bytes = sum(p.numel() * p.element_size() for p in pair.student_unet.parameters())
+            return {
+                "ratio": ours_peak / reference,
+                "ours_peak_bytes": ours_peak,
+                "reference_bytes": reference,
+                "student_weight_bytes": student_bytes,
+            }
+
+        measure("pair_memory_ratio", memory)
+    print(json.dumps(result["ratios"], indent=2))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def full_pair(family: str, device: torch.device, dtype: torch.dtype) -> ModelPai
         base=get_spec(base_name),
         student=get_spec(student_name),
         pipeline=pipe,
-        student_unet=student,
+        student_network=student,
         base_scheduler_config=dict(pipe.scheduler.config),
         student_scheduler_config=dict(FlowMatchEulerDiscreteScheduler(**student_scheduler).config),
         base_prediction_type=FLOW,
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             # pipeline + one extra transformer": the reference, against which the hybrid's peak is compared.
             reference = peak_bytes(theirs("base", steps, guidance), device)
             ours_peak = peak_bytes(ours(Hybrid(k=1)), device)
-            student_bytes = sum(p.numel() * p.element_size() for p in pair.student_unet.parameters())
+            student_bytes = sum(p.numel() * p.element_size() for p in pair.student_network.parameters())
             return {
                 "ratio": ours_peak / reference,
                 "ours_peak_bytes": ours_peak,

@@ -229,13 +229,13 @@ def build_pair(arch: Architecture, device: torch.device, dtype: torch.dtype) -> 
         add_watermarker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
-    student_unet = on_device(lambda: UNet2DConditionModel(**arch.unet), device, dtype)
+    student_network = on_device(lambda: UNet2DConditionModel(**arch.unet), device, dtype)
     config = dict(pipeline.scheduler.config)
     return ModelPair(
         base=with_overrides(get_spec("sdxl"), resolution=arch.resolution),
         student=with_overrides(get_spec("dmd2"), resolution=arch.resolution),
         pipeline=pipeline,
-        student_unet=student_unet,
+        student_network=student_network,
         base_scheduler_config=config,
         student_scheduler_config=config,
     )
@@ -246,7 +246,7 @@ def describe_pair(pair: ModelPair) -> dict[str, Any]:
     pipe = pair.pipeline
     modules = {
         "unet": pipe.unet,
-        "student_unet": pair.student_unet,
+        "student_network": pair.student_network,
         "vae": pipe.vae,
         "text_encoder": pipe.text_encoder,
         "text_encoder_2": pipe.text_encoder_2,
@@ -652,7 +652,7 @@ def best_stack(bench: Bench) -> Iterator[list[str]]:
     with contextlib.ExitStack() as contexts:
         contexts.enter_context(vae_copy(pair, torch.bfloat16))
         if bench.faster("channels_last"):
-            contexts.enter_context(channels_last([pair.base_unet, pair.student_unet, pair.pipeline.vae]))
+            contexts.enter_context(channels_last([pair.base_network, pair.student_network, pair.pipeline.vae]))
             stack.append("channels_last")
         yield stack
 
@@ -665,7 +665,7 @@ def stage_optimisations(bench: Bench) -> None:
         bench.measure(Case("vae_bf16", "ours", "distilled", 1))
     with vae_copy(pair, pair.dtype):
         bench.measure(Case(f"vae_{bench.results['meta']['dtype']}_no_upcast", "ours", "distilled", 1))
-    with channels_last([pair.base_unet, pair.student_unet, pair.pipeline.vae]):
+    with channels_last([pair.base_network, pair.student_network, pair.pipeline.vae]):
         bench.measure(Case("channels_last", "ours", "distilled", 1))
     tile = bench.arch.resolution // 2
     with tiled_vae(pair.pipeline.vae, tile):
@@ -685,9 +685,9 @@ def stage_compile(bench: Bench) -> None:
     bench.measure_defaults([("distilled", 1), ("base", 1)])
     with best_stack(bench) as stack:
         info = {"stack": [*stack, f"compile:{args.compile_scope}:{args.compile_mode}"]}
-        compile_unet(pair.student_unet, args.compile_scope, args.compile_mode)
+        compile_unet(pair.student_network, args.compile_scope, args.compile_mode)
         bench.measure(Case("compiled", "ours", "distilled", 1), warmups=2, setup_s=setup_s, **info)
-        compile_unet(pair.base_unet, args.compile_scope, args.compile_mode)
+        compile_unet(pair.base_network, args.compile_scope, args.compile_mode)
         for name in ("base", "hybrid"):
             bench.measure(Case("compiled", "ours", name, 1), warmups=2, setup_s=setup_s, **info)
 

@@ -223,12 +223,12 @@ def memory() -> dict:
         pair = load_pair("sdxl", "dmd2", cache_dir=cache, device="cpu", dtype=torch.float32)
         pair_bytes = held_bytes(
             [c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)]
-            + [pair.student_unet]
+            + [pair.student_network]
         )
         base_bytes = held_bytes(
             [c for c in pair.pipeline.components.values() if isinstance(c, torch.nn.Module)]
         )
-        extra_unet = held_bytes([UNet2DConditionModel.from_config(pair.base_unet.config)])
+        extra_unet = held_bytes([UNet2DConditionModel.from_config(pair.base_network.config)])
         peaks = {}
         for mode in ("pair", "reference"):
             out = subprocess.run(

@@ -364,7 +364,7 @@ def train_direction_sliders(
     for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False):
         direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
         lora, losses = _train_one(
-            pair, denoiser.unet, denoiser, cond, latents, timesteps, scheduler, direction, embedder,
+            pair, denoiser.network, denoiser, cond, latents, timesteps, scheduler, direction, embedder,
             steps=steps, lr=lr, rank=rank, layers=layers, batch_size=batch_size, seed=seed + k, name=str(k),
             progress=progress,
         )  # fmt: skip
@@ -547,7 +547,7 @@ def _measure_sliders(
         change: dict[str, dict[float, np.ndarray]] = {}
         strip: dict[str, list[Any]] = {}
         for role, regime, name in models:
-            handle = apply_lora(pair.unet(role), lora, scale=0.0)
+            handle = apply_lora(pair.network(role), lora, scale=0.0)
             by_scale = {0.0: unmoved[name]}
             try:
                 for s in moved_scales:

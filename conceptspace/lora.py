@@ -1062,7 +1062,7 @@ def apply_lora(
             ``allow_partial``, which applies the modules that fit; ``handle.coverage`` says which), or none fit.
 
     Example:
-        >>> handle = apply_lora(pair.student_unet, "age.safetensors", scale=-1.5, t_start=700)  # doctest: +SKIP
+        >>> handle = apply_lora(pair.student_network, "age.safetensors", scale=-1.5, t_start=700)  # doctest: +SKIP
         >>> handle.scale = 2.0; ...; handle.remove()                                          # doctest: +SKIP
     """
     lora = _as_lora(lora)

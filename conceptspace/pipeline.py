@@ -94,7 +94,7 @@ def pair_from_pipelines(
         base=base_spec,
         student=student_spec,
         pipeline=base_pipeline,
-        student_unet=student_network,
+        student_network=student_network,
         base_scheduler_config=dict(base_pipeline.scheduler.config),
         student_scheduler_config=dict(student_pipeline.scheduler.config),
     )

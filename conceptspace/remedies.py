@@ -456,7 +456,7 @@ class SliderDenoiser(Denoiser):
         try:
             for k, lora in enumerate(self.sliders):
                 scales = _uniform_scales(seeds, f"sliderspace:{k}", self.scale)
-                handles.append(apply_lora(self.unet, lora, scale=scales, track_timestep=False))
+                handles.append(apply_lora(self.network, lora, scale=scales, track_timestep=False))
             return super().__call__(model_input, t, cond)
         finally:
             for handle in handles:
@@ -493,7 +493,7 @@ class SliderSpaceScales(Regime):
     ) -> list[Segment]:
         from conceptspace.lora import read_lora
 
-        network = pair.student_unet
+        network = pair.student_network
         loaded = tuple(read_lora(path, unet=network) for path in slider_files(self.sliders))
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:

@@ -51,7 +51,7 @@ class Denoiser:
     """
 
     name: ModelName
-    unet: Any
+    network: Any
     guidance_scale: float
     prediction_type: str
     family: Family
@@ -59,7 +59,7 @@ class Denoiser:
 
     @property
     def embeds_guidance(self) -> bool:
-        return self.family.embeds_guidance(self.unet)
+        return self.family.embeds_guidance(self.network)
 
     @property
     def uses_cfg(self) -> bool:
@@ -73,9 +73,9 @@ class Denoiser:
             inputs = cond.with_unconditional()
         guidance = None
         if self.embeds_guidance:
-            guidance = self.family.guidance_condition(self.pipeline, self.unet, self.guidance_scale, batch)
+            guidance = self.family.guidance_condition(self.pipeline, self.network, self.guidance_scale, batch)
             guidance = guidance.to(device=model_input.device, dtype=model_input.dtype)
-        out = self.family.predict(self.unet, model_input, t, inputs, guidance)
+        out = self.family.predict(self.network, model_input, t, inputs, guidance)
         if self.uses_cfg:
             uncond, text = out.chunk(2)
             out = self.family.combine_guidance(uncond, text, self.family.cfg_weight(self.guidance_scale))
@@ -140,7 +140,7 @@ def _make_scheduler(
     else:
         if steps is None or steps < 1:
             raise ValueError(f"number of steps must be at least 1, got {steps}")
-        extra = pair.family.timestep_kwargs(scheduler, pair.unet(_ROLE[model]), steps, latent_shape)
+        extra = pair.family.timestep_kwargs(scheduler, pair.network(_ROLE[model]), steps, latent_shape)
         scheduler.set_timesteps(steps, device=device, **extra)
     return scheduler
 
@@ -160,7 +160,7 @@ def make_denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> D
     role = _ROLE[model]
     return Denoiser(
         name=model,
-        unet=pair.unet(role),
+        network=pair.network(role),
         guidance_scale=float(guidance_scale),
         prediction_type=pair.prediction_type(role),
         family=pair.family,
@@ -708,7 +708,7 @@ def sample_latents(
     device = pair.device
     if segments is None:
         segments = regime.segments(pair, device, latent_shape)
-    channels = pair.family.latent_channels(pair.base_unet)
+    channels = pair.family.latent_channels(pair.base_network)
     with torch.no_grad():
         latents = initial_latents(
             segments[0], (len(seeds), channels, *latent_shape), generators, device, cond.dtype

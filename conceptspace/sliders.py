@@ -5,7 +5,7 @@ guided one ``ε(x_t, c_n) + η·(ε(x_t, c_+) − ε(x_t, c_−))`` and, at scal
 ``ε(x_t, c_n) − η·(…)``. ``x_t`` comes from partial sampling with the slider on, as in the reference code.
 
 Recipes live in ``sliders/*.yaml`` (:func:`load_recipe`, strict: unknown keys are errors); :func:`train_slider`
-trains one on ``pair.base_unet`` and writes it with :func:`conceptspace.lora.write_lora`, the recipe in its
+trains one on ``pair.base_network`` and writes it with :func:`conceptspace.lora.write_lora`, the recipe in its
 metadata, so that :func:`conceptspace.lora.apply_lora` applies it to the base or any distilled student.
 
 Example:
@@ -332,7 +332,7 @@ def train_slider(
         raise ValueError(f"sliders are written as .safetensors; {out_path} has another suffix")
     pair = load_pair(pair_or_names, device=device) if isinstance(pair_or_names, str) else pair_or_names
 
-    unet = pair.base_unet
+    unet = pair.base_network
     spec = pair.base
     size = recipe.resolution or spec.resolution
     try:

@@ -242,9 +242,9 @@ def _write_student_lora(spec: Any, snapshot: Path, *, seed: int) -> None:
         write_lightning_lora(lora, snapshot / spec.filename)
         return
     unets = {"sdxl": tiny_sdxl_unet, "sd21": tiny_sd_unet}
-    base_unet = unets[spec.family](seed=0)
-    targets = [n for n, m in base_unet.named_modules() if n.endswith((".to_q", ".to_v", ".to_out.0"))]
-    lora = random_lora(base_unet, targets, seed=seed, ranks=(4,), size=0.2)
+    base_network = unets[spec.family](seed=0)
+    targets = [n for n, m in base_network.named_modules() if n.endswith((".to_q", ".to_v", ".to_out.0"))]
+    lora = random_lora(base_network, targets, seed=seed, ranks=(4,), size=0.2)
     kind = "kohya" if spec.repo_id.startswith("ByteDance/") else "diffusers"
     write_lora(lora, snapshot / spec.filename, format=kind, dtype=torch.float16)
 

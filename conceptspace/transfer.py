@@ -335,7 +335,7 @@ def transfer(
     models: dict[str, dict[str, Any]] = {}
 
     def run_model(pair: ModelPair, role: str, name: str) -> None:
-        unet = pair.unet("base" if role == "base" else "student")
+        unet = pair.network("base" if role == "base" else "student")
         report = coverage(unet, lora)
         # apply_lora refuses a LoRA that does not fit; checking first names the model in the message
         if not report.matched or (not report.complete and not allow_partial):

@@ -18,7 +18,7 @@ def check_hybrid_hand_off(pair: Any, recording: Recording, prompt: str, seeds: l
     student at the rest of its own."""
     base_calls: list = []
     student_calls: list = []
-    handles = [recording(pair.base_unet, base_calls), recording(pair.student_unet, student_calls)]
+    handles = [recording(pair.base_network, base_calls), recording(pair.student_network, student_calls)]
     try:
         result = sample(pair, prompt, Hybrid(k=1), seeds, output_type="latent", progress=False)
     finally:
@@ -38,7 +38,7 @@ def check_flow_x0(pair: Any, recording: Recording, prompt: str, seeds: list[int]
 
     calls: list = []
     recorded: list = []
-    handle = recording(pair.student_unet, calls)
+    handle = recording(pair.student_network, calls)
     try:
         sample(pair, prompt, Distilled(), seeds, output_type="latent", progress=False, callback=recorded.append)
     finally:

@@ -56,7 +56,7 @@ def test_a_new_family_is_an_adapter_and_registry_entries(counting_family):
     assert pair.family is counting_family
     result = sample(pair, "a red circle", Hybrid(k=1), [0, 1], output_type="latent", progress=False)
     # every step went through the adapter, with the network the schedule names, one row per image (no CFG)
-    networks = {"base": id(pair.unet("base")), "distilled": id(pair.unet("student"))}
+    networks = {"base": id(pair.network("base")), "distilled": id(pair.network("student"))}
     assert counting_family.calls == [(networks[step.model], step.timestep, 2) for step in result.schedule]
     plain = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.float32)
     reference = sample(plain, "a red circle", Hybrid(k=1), [0, 1], output_type="latent", progress=False)

@@ -95,7 +95,7 @@ def test_hybrid_runs_the_base_once_at_the_students_first_sigma(pair):
 
 def test_x0_at_every_step_is_the_latent_minus_sigma_times_velocity(pair):
     calls, recorded = [], []
-    handle = _recording(pair.student_unet, calls)
+    handle = _recording(pair.student_network, calls)
     try:
         sample(
             pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False, callback=recorded.append
@@ -189,7 +189,7 @@ def test_flux_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
     pair = load_pair("flux-dev", "flux-schnell", cache_dir=hub_cache, device="cpu")
     assert type(pair.pipeline).__name__ == "FluxPipeline" and pair.family.name == "flux"
     # dev takes the guidance scale as an input, schnell takes none; schnell keeps its own unshifted schedule
-    assert pair.base_unet.config.guidance_embeds and not pair.student_unet.config.guidance_embeds
+    assert pair.base_network.config.guidance_embeds and not pair.student_network.config.guidance_embeds
     assert pair.make_scheduler("base").config.use_dynamic_shifting
     assert not pair.make_scheduler("student").config.use_dynamic_shifting
     result = sample(
@@ -201,7 +201,7 @@ def test_flux_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
         ("distilled", 500),
         ("distilled", 250),
     ]
-    assert pair.to_diffusers("student").transformer is pair.student_unet
+    assert pair.to_diffusers("student").transformer is pair.student_network
 
 
 def test_sd35_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
@@ -220,17 +220,17 @@ def test_sd35_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
     written = {}
     for shard in sorted(set(index["weight_map"].values())):
         written.update(load_file(str(folder / shard)))
-    loaded = pair.student_unet.state_dict()
+    loaded = pair.student_network.state_dict()
     assert set(loaded) == set(written)
     for key, value in written.items():
         torch.testing.assert_close(loaded[key], value.float(), rtol=0, atol=0, msg=key)
     assert not torch.equal(
-        loaded["pos_embed.proj.weight"], pair.base_unet.state_dict()["pos_embed.proj.weight"]
+        loaded["pos_embed.proj.weight"], pair.base_network.state_dict()["pos_embed.proj.weight"]
     )
 
     # one VAE and one set of text encoders (the base's); the student pipeline shares them
     student_pipe = pair.to_diffusers("student")
-    assert student_pipe.transformer is pair.student_unet
+    assert student_pipe.transformer is pair.student_network
     for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         assert getattr(student_pipe, part) is getattr(pair.pipeline, part), part
     assert type(pair.make_scheduler("student")).__name__ == "FlowMatchEulerDiscreteScheduler"

@@ -224,11 +224,11 @@ def test_registry_pair_loads_offline_from_the_hub_cache(hub_cache: Path, base: s
 
     # the student's weights are the ones in its repo's file, and not the base's
     written = weights_in(snapshot(hub_cache, repo_id) / weights_file)
-    loaded = pair.student_unet.state_dict()
+    loaded = pair.student_network.state_dict()
     assert set(loaded) == set(written)
     for key, value in written.items():
         torch.testing.assert_close(loaded[key], value.float(), rtol=0, atol=0, msg=key)
-    assert not torch.equal(loaded["conv_in.weight"], pair.base_unet.state_dict()["conv_in.weight"])
+    assert not torch.equal(loaded["conv_in.weight"], pair.base_network.state_dict()["conv_in.weight"])
 
     # one VAE, one set of tokenizers/text encoders: the base repo's. The student contributes its UNet only.
     base_snap = snapshot(hub_cache, get_spec(base).repo_id)
@@ -242,18 +242,18 @@ def test_registry_pair_loads_offline_from_the_hub_cache(hub_cache: Path, base: s
             student_vae["encoder.conv_in.weight"], pair.pipeline.vae.encoder.conv_in.weight
         )
     held = {f.name for f in dataclasses.fields(pair) if isinstance(getattr(pair, f.name), torch.nn.Module)}
-    assert held == {"student_unet"}
+    assert held == {"student_network"}
     student_pipe = pair.to_diffusers("student")
-    assert student_pipe.unet is pair.student_unet
+    assert student_pipe.unet is pair.student_network
     assert student_pipe.vae is pair.pipeline.vae
     assert student_pipe.text_encoder is pair.pipeline.text_encoder
     assert getattr(student_pipe, "text_encoder_2", None) is getattr(pair.pipeline, "text_encoder_2", None)
-    assert pair.to_diffusers("base").unet is pair.base_unet
+    assert pair.to_diffusers("base").unet is pair.base_network
 
     # LCM's guidance embedding is kept; the base never has one
-    assert pair.base_unet.config.time_cond_proj_dim is None
+    assert pair.base_network.config.time_cond_proj_dim is None
     expected_cond = testing.LCM_TIME_COND_DIM if student == "lcm" else None
-    assert pair.student_unet.config.time_cond_proj_dim == expected_cond
+    assert pair.student_network.config.time_cond_proj_dim == expected_cond
 
     # schedulers: the registry's class and settings on the right config
     scheduler = pair.make_scheduler("student")
@@ -286,13 +286,13 @@ def test_a_student_shipped_as_a_lora_is_the_base_with_the_lora_merged(hub_cache:
         str(snapshot(hub_cache, SDXL_REPO) / "unet" / "diffusion_pytorch_model.safetensors")
     )
     torch.testing.assert_close(
-        pair.base_unet.state_dict(), base_file, rtol=0, atol=0
+        pair.base_network.state_dict(), base_file, rtol=0, atol=0
     )  # the base is untouched
-    expected = copy.deepcopy(pair.base_unet)
+    expected = copy.deepcopy(pair.base_network)
     merge_lora(expected, read_lora(snapshot(hub_cache, repo_id) / filename))
-    torch.testing.assert_close(pair.student_unet.state_dict(), expected.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(pair.student_network.state_dict(), expected.state_dict(), rtol=0, atol=0)
     assert not torch.equal(
-        pair.student_unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
+        pair.student_network.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
         base_file["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
     )
     scheduler = pair.make_scheduler("student")
@@ -324,16 +324,16 @@ def test_fp16_only_download_loads_in_either_dtype(hub_cache: Path, tmp_path: Pat
             if ".fp16." not in file.name:
                 file.unlink()
     pair = load_pair("sdxl", "lcm", cache_dir=cache, device="cpu", dtype=torch.float32)
-    assert pair.dtype == torch.float32 and pair.student_unet.dtype == torch.float32
+    assert pair.dtype == torch.float32 and pair.student_network.dtype == torch.float32
     full = load_file(
         str(snapshot(hub_cache, "latent-consistency/lcm-sdxl") / "diffusion_pytorch_model.safetensors")
     )
     torch.testing.assert_close(
-        pair.student_unet.state_dict()["conv_in.weight"], full["conv_in.weight"].half().float()
+        pair.student_network.state_dict()["conv_in.weight"], full["conv_in.weight"].half().float()
     )
 
     half = load_pair("sdxl", "lcm", cache_dir=cache, device="cpu", dtype=torch.float16)
-    assert half.dtype == torch.float16 and half.student_unet.dtype == torch.float16
+    assert half.dtype == torch.float16 and half.student_network.dtype == torch.float16
     assert half.pipeline.vae.dtype == half.pipeline.text_encoder_2.dtype == torch.float16
 
 
@@ -492,10 +492,10 @@ def test_local_base_folder_and_student_folder_need_no_cache(
     )
     assert pair.paths == {"base": str(base_dir), "student": str(lcm_dir)}
     torch.testing.assert_close(
-        pair.student_unet.state_dict(), testing.tiny_sdxl_unet(seed=5, lcm=True).state_dict()
+        pair.student_network.state_dict(), testing.tiny_sdxl_unet(seed=5, lcm=True).state_dict()
     )
     torch.testing.assert_close(
-        pair.base_unet.state_dict(), load_file(str(base_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+        pair.base_network.state_dict(), load_file(str(base_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     )
     assert list(empty_cache.iterdir()) == []
 
@@ -505,9 +505,9 @@ def test_local_student_safetensors_file(sdxl_only_cache: Path, tmp_path: Path):
     file = tmp_path / "my_lightning.safetensors"
     save_file({k: v.half().contiguous() for k, v in expected.items()}, str(file))
     pair = load_pair("sdxl", "lightning", student_path=file, cache_dir=sdxl_only_cache, device="cpu")
-    assert pair.student_unet.dtype == torch.float32
+    assert pair.student_network.dtype == torch.float32
     torch.testing.assert_close(
-        pair.student_unet.state_dict()["conv_in.weight"], expected["conv_in.weight"].half().float()
+        pair.student_network.state_dict()["conv_in.weight"], expected["conv_in.weight"].half().float()
     )
     assert pair.make_scheduler("student").config.timestep_spacing == "trailing"
 
@@ -772,10 +772,10 @@ def test_with_student_shares_the_base_and_equals_a_fresh_pair(hub_cache: Path):
     assert (
         other.student.name == "lightning" and other.student_scheduler_config == fresh.student_scheduler_config
     )
-    fresh_state = fresh.student_unet.state_dict()
-    assert all(torch.equal(v, fresh_state[k]) for k, v in other.student_unet.state_dict().items())
+    fresh_state = fresh.student_network.state_dict()
+    assert all(torch.equal(v, fresh_state[k]) for k, v in other.student_network.state_dict().items())
     assert (
-        other.student_unet.dtype == torch.float32
+        other.student_network.dtype == torch.float32
         and other.student_prediction_type == fresh.student_prediction_type
     )
     with pytest.raises(IncompatibleModelsError, match="sd-turbo"):

@@ -78,6 +78,6 @@ def test_bad_calls_say_what_to_do(pipelines):
 def test_a_loaded_pair_becomes_a_pipeline_sharing_its_networks(pipelines):
     pair, _, _, _ = pipelines
     pipe = DiversityPipeline.from_pair(pair, "hybrid")
-    assert pipe.pair.student_unet is pair.student_unet and pipe.pair.base_unet is pair.base_unet
+    assert pipe.pair.student_network is pair.student_network and pipe.pair.base_network is pair.base_network
     got = pipe(PROMPT, generator=_generators([4]), output_type="pt").images
     assert torch.allclose(got, sample(pair, PROMPT, Hybrid(), [4], output_type="pt", progress=False).images, atol=1e-6)

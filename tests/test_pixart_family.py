@@ -36,7 +36,7 @@ def pair():
 @pytest.mark.parametrize(("role", "steps", "guidance"), [("base", 8, 4.5), ("student", 4, 0.0)])
 def test_regimes_reproduce_the_pixart_pipeline(pair, role, steps, guidance):
     # the tiny transformer has the 1024-px models' sample_size, so the resolution micro-conditions are in play
-    assert pair.base_unet.use_additional_conditions
+    assert pair.base_network.use_additional_conditions
     reference = pair.to_diffusers(role)(
         PROMPT,
         num_images_per_prompt=len(SEEDS),
@@ -57,7 +57,7 @@ def test_regimes_reproduce_the_pixart_pipeline(pair, role, steps, guidance):
 
 def test_the_micro_conditions_follow_the_size_sampled(pair):
     seen = []
-    handle = pair.student_unet.register_forward_hook(
+    handle = pair.student_network.register_forward_hook(
         lambda m, args, kwargs, out: seen.append(kwargs["added_cond_kwargs"]["resolution"][0].tolist()),
         with_kwargs=True,
     )
@@ -82,7 +82,7 @@ def test_hybrid_runs_the_base_once_at_the_students_first_timestep(pair):
 def test_x0_from_dpm_solver_is_derived_from_the_noise_prediction(pair):
     # DPMSolverMultistepScheduler.step reports no x̂0: it is (x − √(1−ᾱ)·ε̂)/√ᾱ of the ε half of the output
     calls, recorded = [], []
-    handle = _recording(pair.base_unet, calls)
+    handle = _recording(pair.base_network, calls)
     try:
         sample(
             pair, PROMPT, Base(guidance_scale=0.0), [0], output_type="latent", progress=False,
@@ -110,10 +110,10 @@ def test_pixart_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
 
     pair = load_pair("pixart-alpha", "pixart-delta", cache_dir=hub_cache, device="cpu")
     assert type(pair.pipeline).__name__ == "PixArtAlphaPipeline" and pair.family.name == "pixart"
-    assert type(pair.student_unet).__name__ == "PixArtTransformer2DModel"
+    assert type(pair.student_network).__name__ == "PixArtTransformer2DModel"
     assert type(pair.make_scheduler("base")).__name__ == "DPMSolverMultistepScheduler"
     assert type(pair.make_scheduler("student")).__name__ == "LCMScheduler"
-    assert not torch.equal(pair.student_unet.pos_embed.proj.weight, pair.base_unet.pos_embed.proj.weight)
+    assert not torch.equal(pair.student_network.pos_embed.proj.weight, pair.base_network.pos_embed.proj.weight)
     result = sample(
         pair, "a photo", "hybrid", seeds=[0], height=64, width=64, output_type="latent", progress=False
     )
@@ -121,13 +121,13 @@ def test_pixart_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
 
 
 def test_a_base_lora_round_trips_and_transfers_to_pixart_delta(pair, tmp_path):
-    lora = random_lora(pair.base_unet, TARGETS, seed=3, ranks=(2, 4), size=0.3)
+    lora = random_lora(pair.base_network, TARGETS, seed=3, ranks=(2, 4), size=0.3)
     path = write_lora(lora, tmp_path / "p.safetensors")
     read = read_lora(path)
     assert read.network == "transformer" and set(read.modules) == set(TARGETS)
-    assert coverage(pair.student_unet, read).complete  # the base's LoRA fits the distilled transformer
+    assert coverage(pair.student_network, read).complete  # the base's LoRA fits the distilled transformer
     plain = sample(pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False).images
-    with apply_lora(pair.student_unet, read, scale=1.0):
+    with apply_lora(pair.student_network, read, scale=1.0):
         steered = sample(pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False).images
     assert (steered - plain).abs().max() > 1e-3
     again = sample(pair, PROMPT, Distilled(), SEEDS, output_type="latent", progress=False).images
@@ -135,9 +135,9 @@ def test_a_base_lora_round_trips_and_transfers_to_pixart_delta(pair, tmp_path):
 
 
 def test_slider_layers_on_pixart_are_its_self_and_cross_attention(pair):
-    self_attention = target_modules(pair.base_unet, "self-attention")
+    self_attention = target_modules(pair.base_network, "self-attention")
     assert self_attention and all(".attn1." in name for name in self_attention)
-    assert target_modules(pair.base_unet, "cross-attention-kv") == [
+    assert target_modules(pair.base_network, "cross-attention-kv") == [
         "transformer_blocks.0.attn2.to_k",
         "transformer_blocks.0.attn2.to_v",
     ]

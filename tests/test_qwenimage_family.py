@@ -77,8 +77,8 @@ def test_prompts_of_different_lengths_share_a_batch(pair):
     assert batch.inputs["encoder_hidden_states_mask"][0].sum() == short.inputs["encoder_hidden_states"].shape[1]
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor(700.0)
-    together = pair.family.predict(pair.base_unet, x, t, batch.inputs)
-    alone = [pair.family.predict(pair.base_unet, x[i : i + 1], t, c.inputs) for i, c in enumerate((short, long))]
+    together = pair.family.predict(pair.base_network, x, t, batch.inputs)
+    alone = [pair.family.predict(pair.base_network, x[i : i + 1], t, c.inputs) for i, c in enumerate((short, long))]
     torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
 
 
@@ -147,7 +147,7 @@ def test_the_4_step_lightning_file_loads_with_its_schedule(hub_cache: Path):
 
 
 def test_a_lightning_layout_lora_reads_as_its_modules(pair, tmp_path):
-    lora = random_lora(pair.base_unet, TARGETS, seed=5, ranks=(2,), alphas=(1.0,), size=0.3)
+    lora = random_lora(pair.base_network, TARGETS, seed=5, ranks=(2,), alphas=(1.0,), size=0.3)
     read = read_lora(write_lightning_lora(lora, tmp_path / "lightning.safetensors"))
     assert read.network == "transformer" and set(read.modules) == set(TARGETS)
     assert {w.alpha for w in read.modules.values()} == {1.0}
@@ -156,13 +156,13 @@ def test_a_lightning_layout_lora_reads_as_its_modules(pair, tmp_path):
 
 
 def test_a_qwenimage_lora_round_trips_and_loads_in_diffusers_alike(pair, tmp_path):
-    lora = random_lora(pair.base_unet, TARGETS, seed=3, ranks=(2, 4), size=0.3)
+    lora = random_lora(pair.base_network, TARGETS, seed=3, ranks=(2, 4), size=0.3)
     path = write_lora(lora, tmp_path / "q.safetensors")
     read = read_lora(path)
-    assert read.network == "transformer" and coverage(pair.student_unet, read).complete
+    assert read.network == "transformer" and coverage(pair.student_network, read).complete
 
     plain = sample(pair, PROMPT, Distilled(), [0], output_type="latent", progress=False).images
-    with apply_lora(pair.student_unet, read, scale=0.7):
+    with apply_lora(pair.student_network, read, scale=0.7):
         ours = sample(pair, PROMPT, Distilled(), [0], output_type="latent", progress=False).images
     assert (ours - plain).abs().max() > 1e-3
 

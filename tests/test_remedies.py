@@ -52,7 +52,7 @@ def test_remedies_at_zero_strength_are_the_plain_regime_exactly(pair, over):
 def test_cads_changes_only_the_steps_above_tau1(pair):
     # tiny-dmd runs t = 999, 749, 499, 249: γ = 0, 0.5, 1, 1 — the last two steps see the clean condition
     seen: dict[str, list[torch.Tensor]] = {"plain": [], "cads": []}
-    network = pair.student_unet
+    network = pair.student_network
 
     def record(key):
         return network.register_forward_hook(lambda m, a, kw, out: seen[key].append(kw["encoder_hidden_states"]),
@@ -217,7 +217,7 @@ def slider_folder(pair, tmp_path_factory):
     attention = "down_blocks.1.attentions.0.transformer_blocks.0"
     for k in range(2):
         lora = random_lora(
-            pair.student_unet, [f"{attention}.attn2.to_k", f"{attention}.attn2.to_v"], seed=k, size=0.3
+            pair.student_network, [f"{attention}.attn2.to_k", f"{attention}.attn2.to_v"], seed=k, size=0.3
         )
         write_lora(lora, folder / f"direction_{k:02d}.safetensors")
     return folder
@@ -242,7 +242,7 @@ def test_sliderspace_gives_each_sample_its_own_scales_from_its_seed(pair, slider
     for row, seed in enumerate([3, 4]):
         handles = [
             apply_lora(
-                pair.student_unet,
+                pair.student_network,
                 read_lora(f),
                 scale=float(_uniform_scales((seed,), f"sliderspace:{k}", 2.0)[0]),
             )

@@ -46,7 +46,7 @@ def make_pair(
 ) -> ModelPair:
     """A tiny base + student pair (SD or SDXL architecture) with the given student sampler settings."""
     pipeline = (tiny_sdxl_pipeline if family == "sdxl" else tiny_sd_pipeline)(seed=0)
-    student_unet = (tiny_sdxl_unet if family == "sdxl" else tiny_sd_unet)(seed=1, lcm=lcm)
+    student_network = (tiny_sdxl_unet if family == "sdxl" else tiny_sd_unet)(seed=1, lcm=lcm)
     base = ModelSpec(
         name="t-base",
         family=family,
@@ -74,7 +74,7 @@ def make_pair(
         resolution=64,
     )
     config = dict(pipeline.scheduler.config)
-    return ModelPair(base, student, pipeline, student_unet, config, config)
+    return ModelPair(base, student, pipeline, student_network, config, config)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ class CallLog:
 
 
 def test_hybrid_k1_runs_base_once_at_999_then_student_on_dmd2_schedule(sdxl_pair: ModelPair) -> None:
-    log = CallLog(base=sdxl_pair.base_unet, distilled=sdxl_pair.student_unet)
+    log = CallLog(base=sdxl_pair.base_network, distilled=sdxl_pair.student_network)
     try:
         result = sample(sdxl_pair, PROMPT, Hybrid(k=1), seeds=[0, 1], output_type="latent", progress=False)
     finally:
@@ -182,7 +182,7 @@ def test_lcm_hand_off_gives_student_the_renoised_base_x0_at_749(sdxl_pair: Model
     """The student's first input is LCM's re-noising of the base's x̂0: sqrt(ᾱ749)·x̂0 + sqrt(1-ᾱ749)·z, with z the
     sample's own next noise draw."""
     inputs = []
-    hook = sdxl_pair.student_unet.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
+    hook = sdxl_pair.student_network.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
     try:
         result = sample(
             sdxl_pair, PROMPT, Hybrid(k=1), seeds=[4], output_type="latent", record_x0=True, progress=False
@@ -203,7 +203,7 @@ def test_hybrid_k2_and_base_cfg_doubles_only_base_batch(sdxl_pair: ModelPair) ->
         unet.register_forward_pre_hook(
             lambda m, a, name=name: batches.append((name, int(a[1]), a[0].shape[0]))
         )
-        for name, unet in (("base", sdxl_pair.base_unet), ("distilled", sdxl_pair.student_unet))
+        for name, unet in (("base", sdxl_pair.base_network), ("distilled", sdxl_pair.student_network))
     ]
     try:
         sample(
@@ -223,7 +223,7 @@ def test_hybrid_k2_and_base_cfg_doubles_only_base_batch(sdxl_pair: ModelPair) ->
 def test_lcm_unet_student_gets_guidance_embedding_and_no_cfg_pass() -> None:
     pair = make_pair("sdxl", lcm=True, student_guidance=8.0, timesteps=None, overrides=())
     seen = []
-    hook = pair.student_unet.register_forward_pre_hook(
+    hook = pair.student_network.register_forward_pre_hook(
         lambda m, a, k: seen.append((a[0].shape[0], k["timestep_cond"])), with_kwargs=True
     )
     try:
@@ -337,7 +337,7 @@ def test_stochastic_student_is_seeded_per_sample() -> None:
 def test_x0_is_recorded_every_step_for_every_scheduler(scheduler: str, overrides: tuple) -> None:
     pair = make_pair("sdxl", student_scheduler=scheduler, overrides=overrides, timesteps=None)
     inputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (model input, ε̂) per step, to recompute x̂0 by hand
-    hook = pair.student_unet.register_forward_hook(
+    hook = pair.student_network.register_forward_hook(
         lambda m, a, out: inputs.append((a[0].clone(), out[0].clone()))
     )
     calls = []
@@ -432,7 +432,7 @@ def test_v_prediction_student_on_epsilon_scheduler_gives_same_images(sdxl_pair: 
         sdxl_pair.base,
         sdxl_pair.student,
         sdxl_pair.pipeline,
-        VPredictionUNet(sdxl_pair.student_unet, alphas),
+        VPredictionUNet(sdxl_pair.student_network, alphas),
         sdxl_pair.base_scheduler_config,
         sdxl_pair.student_scheduler_config,
         student_prediction_type="v_prediction",
@@ -500,7 +500,7 @@ def test_nan_output_is_a_clear_error(sdxl_pair: ModelPair) -> None:
         sdxl_pair.base,
         sdxl_pair.student,
         sdxl_pair.pipeline,
-        NaNUNet(sdxl_pair.student_unet),
+        NaNUNet(sdxl_pair.student_network),
         sdxl_pair.base_scheduler_config,
         sdxl_pair.student_scheduler_config,
     )

@@ -99,7 +99,7 @@ def test_default_layers_are_self_attention(shapes_pair, tmp_path: Path) -> None:
 
 def test_sdxl_added_conditions(tiny_sdxl_pair, tmp_path: Path) -> None:
     # SDXL's UNet needs pooled text embeds and time ids with every call: training must pass them, batch-sized
-    unet = tiny_sdxl_pair.base_unet
+    unet = tiny_sdxl_pair.base_network
     calls: list[tuple[int, dict]] = []
 
     def record(_module, args, kwargs):
@@ -132,7 +132,7 @@ def test_slider_moves_epsilon_along_the_concept_direction(shapes_pair, tmp_path:
     assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
     from conceptspace.sampling import encode_text
 
-    unet = shapes_pair.base_unet
+    unet = shapes_pair.base_network
 
     def cond(prompt: str) -> torch.Tensor:
         return encode_text(

@@ -146,7 +146,7 @@ def test_train_all_is_reproducible_resumable_and_complete(tmp_path):
             assert torch.equal(a[name][key], b[name][key]), (name, key)
     # the result loads as a pair, and a second call finds every stage done
     pair = load_testbed_pair(first)
-    assert pair.student_unet is not None
+    assert pair.student_network is not None
     stamp = (first / "dmd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     train.train_all(first, seed=3, budget=_tiny_budget(), recipe=cotrain, quiet=True)
     assert (first / "dmd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp

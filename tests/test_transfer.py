@@ -52,7 +52,7 @@ def pair():
 @pytest.fixture(scope="module")
 def lora_file(pair, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("lora") / "slider.safetensors"
-    return write_lora(random_lora(pair.base_unet), path)
+    return write_lora(random_lora(pair.base_network), path)
 
 
 def unet_outputs(pair) -> list[torch.Tensor]:
@@ -62,7 +62,7 @@ def unet_outputs(pair) -> list[torch.Tensor]:
     added = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
     outputs = []
     with torch.no_grad():
-        for unet in (pair.base_unet, pair.student_unet):
+        for unet in (pair.base_network, pair.student_network):
             outputs.append(unet(x, torch.tensor(500.0), hidden, added_cond_kwargs=added).sample)
     return outputs
 
@@ -138,15 +138,15 @@ def test_distances_and_ratio(run):
 
 def test_handle_removed(run, pair):
     _, _, before = run
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.base_unet.modules())
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.student_unet.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.base_network.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.student_network.modules())
     fresh = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.float32)
     for after, expected, reference in zip(unet_outputs(pair), before, unet_outputs(fresh), strict=True):
         assert torch.equal(after, expected) and torch.equal(after, reference)
 
 
 def test_mismatched_lora_refused(pair, tmp_path):
-    good = random_lora(pair.base_unet)
+    good = random_lora(pair.base_network)
     # another architecture: the same module names with other widths (and one module the UNet lacks)
     modules = {
         name: LoRAWeights(down=torch.randn(2, w.down.shape[1] + 3, *w.down.shape[2:]), up=w.up, alpha=2.0)
@@ -173,7 +173,7 @@ def test_mismatched_lora_refused(pair, tmp_path):
     record = json.loads((tmp_path / "b" / "run.json").read_text())
     assert record["models"]["tiny-sdxl"]["coverage"] == {"matched": 2, "total": 4, "complete": False}
     assert any(r["metric"] == "distance_to_scale_0" for r in rows)
-    assert not any(m._forward_hooks for m in pair.base_unet.modules())
+    assert not any(m._forward_hooks for m in pair.base_network.modules())
 
 
 def test_bad_arguments(lora_file, tmp_path):
@@ -217,7 +217,7 @@ def _probe_readings(run_dir):
 
 def test_testbed_probe_rows(tmp_path):
     shapes = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
-    lora = random_lora(shapes.base_unet, targets=_attention_targets(shapes.base_unet), size=0.5)
+    lora = random_lora(shapes.base_network, targets=_attention_targets(shapes.base_network), size=0.5)
     # reverse: as if the LoRA had been trained on the student, so the ratio is base / student
     rows = transfer(lora, "shapes", ["dmd"], "a red circle", "0,1", [0, 1], tmp_path, progress=False,
                     reverse=True, loader=lambda b, s: shapes)  # fmt: skip
@@ -237,7 +237,7 @@ def test_testbed_probe_rows(tmp_path):
 
 def test_testbed_probe_factor_rows(tmp_path):
     shapes = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
-    lora = random_lora(shapes.base_unet, targets=_attention_targets(shapes.base_unet), size=0.5)
+    lora = random_lora(shapes.base_network, targets=_attention_targets(shapes.base_network), size=0.5)
     rows = transfer(lora, "shapes", ["dmd"], "a shape", "-1,0,1", [0, 1, 2], tmp_path, progress=False,
                     probe_factor="colour=red-blue", loader=lambda b, s: shapes)  # fmt: skip
     change = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "probe_factor_change"}

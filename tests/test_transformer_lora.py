@@ -175,8 +175,8 @@ def test_a_concept_slider_trains_on_a_transformer_and_fits_its_student(tmp_path)
     from conceptspace.sliders import load_recipe, target_modules, train_slider
 
     pair = load_pair("tiny-flux", "tiny-schnell", device="cpu")
-    image_stream = target_modules(pair.base_unet, "self-attention")
-    text_stream = target_modules(pair.base_unet, "cross-attention-kv")
+    image_stream = target_modules(pair.base_network, "self-attention")
+    text_stream = target_modules(pair.base_network, "cross-attention-kv")
     assert image_stream and all(".attn.to_" in name for name in image_stream)
     assert text_stream == ["transformer_blocks.0.attn.add_k_proj", "transformer_blocks.0.attn.add_v_proj"]
 
@@ -188,12 +188,12 @@ def test_a_concept_slider_trains_on_a_transformer_and_fits_its_student(tmp_path)
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     slider = read_lora(path)
     assert slider.network == "transformer" and set(slider.modules) == set(image_stream)
-    assert coverage(pair.student_unet, slider).complete  # the base's slider fits the distilled transformer
+    assert coverage(pair.student_network, slider).complete  # the base's slider fits the distilled transformer
 
     pipe = tiny_flux_pipeline(0)
     pipe.load_lora_weights(str(path), adapter_name="slider")
-    with apply_lora(pair.base_unet, slider):
-        ours = _run(pair.base_unet, "flux")
+    with apply_lora(pair.base_network, slider):
+        ours = _run(pair.base_network, "flux")
     torch.testing.assert_close(_run(pipe.transformer, "flux"), ours, rtol=1e-4, atol=1e-4)
 
 
@@ -227,7 +227,7 @@ def test_cli_transfer_across_a_flux_pair(tmp_path):
     from conceptspace.models import load_pair
 
     pair = load_pair("tiny-flux", "tiny-schnell", device="cpu")
-    path = write_lora(random_lora(pair.base_unet, FLUX_TARGETS, seed=2, size=0.5), tmp_path / "f.safetensors")
+    path = write_lora(random_lora(pair.base_network, FLUX_TARGETS, seed=2, size=0.5), tmp_path / "f.safetensors")
     args = ["transfer", "--lora", str(path), "--base", "tiny-flux", "--students", "tiny-schnell"]
     args += [
         "--prompt",
@@ -263,5 +263,5 @@ def test_a_concept_slider_trains_on_a_dit_and_fits_its_student(tmp_path, base, s
     path = train_slider(pair, recipe, tmp_path / "slider.safetensors", losses=losses, progress=False)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     slider = read_lora(path)
-    assert set(slider.modules) == set(target_modules(pair.base_unet, recipe.layers))
-    assert coverage(pair.student_unet, slider).complete
+    assert set(slider.modules) == set(target_modules(pair.base_network, recipe.layers))
+    assert coverage(pair.student_network, slider).complete

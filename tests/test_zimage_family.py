@@ -94,7 +94,7 @@ def test_zimage_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
         type(pair.pipeline.tokenizer).__name__ == "Qwen2Tokenizer" and pair.pipeline.tokenizer.chat_template
     )
     assert not torch.equal(
-        pair.student_unet.layers[0].attention.to_q.weight, pair.base_unet.layers[0].attention.to_q.weight
+        pair.student_network.layers[0].attention.to_q.weight, pair.base_network.layers[0].attention.to_q.weight
     )
     result = sample(
         pair, "a photo", "hybrid", seeds=[0], height=64, width=64, output_type="latent", progress=False
@@ -104,14 +104,14 @@ def test_zimage_pair_loads_offline_by_its_hub_ids(hub_cache: Path):
 
 
 def test_a_zimage_lora_round_trips_and_loads_in_diffusers_alike(pair, tmp_path):
-    lora = random_lora(pair.base_unet, TARGETS, seed=3, ranks=(2, 4), size=0.3)
+    lora = random_lora(pair.base_network, TARGETS, seed=3, ranks=(2, 4), size=0.3)
     path = write_lora(lora, tmp_path / "z.safetensors")
     read = read_lora(path)
     assert read.network == "transformer" and set(read.modules) == set(TARGETS)
-    assert coverage(pair.student_unet, read).complete  # the base's LoRA fits Z-Image-Turbo
+    assert coverage(pair.student_network, read).complete  # the base's LoRA fits Z-Image-Turbo
 
     plain = sample(pair, PROMPT, Distilled(), [0], output_type="latent", progress=False).images
-    with apply_lora(pair.student_unet, read, scale=0.7):
+    with apply_lora(pair.student_network, read, scale=0.7):
         ours = sample(pair, PROMPT, Distilled(), [0], output_type="latent", progress=False).images
     assert (ours - plain).abs().max() > 1e-3
 
@@ -141,11 +141,11 @@ def test_slider_layers_on_zimage_are_its_single_stream_attention():
 
 def test_timestep_window_reads_zimages_reversed_timestep(pair):
     # Z-Image is called with (1000 − t)/1000: a window on the scheduler's t must see t, not the network's input
-    lora = random_lora(pair.base_unet, TARGETS, seed=1, size=0.3)
+    lora = random_lora(pair.base_network, TARGETS, seed=1, size=0.3)
     regime = Base(steps=4, guidance_scale=0.0)  # t = 1000, 900, 750, 500
     plain, windowed = [], []
     sample(pair, PROMPT, regime, [0], output_type="latent", progress=False, callback=plain.append)
-    with apply_lora(pair.base_unet, lora, t_start=800):  # off while t > 800
+    with apply_lora(pair.base_network, lora, t_start=800):  # off while t > 800
         sample(pair, PROMPT, regime, [0], output_type="latent", progress=False, callback=windowed.append)
     assert [round(float(step.timestep)) for step in plain] == [1000, 900, 750, 500]
     for before, after in zip(plain[:2], windowed[:2], strict=True):

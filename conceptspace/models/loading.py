@@ -68,7 +68,7 @@ class ModelPair:
     """A base model and (optionally) one distilled student sharing one VAE and one set of text encoders.
 
     ``pipeline`` is the base's diffusers pipeline: it owns the VAE, tokenizers, text encoders, the base network and
-    the image processor. ``student_unet`` (the student's denoising network, a UNet or a transformer) is the only
+    the image processor. ``student_network`` (the student's denoising network, a UNet or a transformer) is the only
     extra weight a pair holds. ``family`` is the base's architecture adapter. Every sampling call gets fresh
     schedulers made from ``base_scheduler_config`` / ``student_scheduler_config``.
     """
@@ -76,7 +76,7 @@ class ModelPair:
     base: ModelSpec
     student: ModelSpec | None
     pipeline: Any
-    student_unet: Any | None
+    student_network: Any | None
     base_scheduler_config: Mapping[str, Any]
     student_scheduler_config: Mapping[str, Any] | None = None
     base_prediction_type: str = "epsilon"
@@ -94,14 +94,14 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return self.base_unet.device
+        return self.base_network.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.base_unet.dtype
+        return self.base_network.dtype
 
     @property
-    def base_unet(self) -> Any:
+    def base_network(self) -> Any:
         """The base's denoising network (``pipeline.unet``, or ``pipeline.transformer`` for transformer families)."""
         return getattr(self.pipeline, self.family.network_folder)
 
@@ -110,15 +110,15 @@ class ModelPair:
         """The resolution pairs are compared at: the student's native one when there is a student."""
         return (self.student or self.base).resolution
 
-    def unet(self, role: Role) -> Any:
+    def network(self, role: Role) -> Any:
         """The denoising network of ``role``."""
         if role == "base":
-            return self.base_unet
-        if self.student_unet is None:
+            return self.base_network
+        if self.student_network is None:
             raise ValueError(
                 f"this pair has no student; load one with load_pair({self.base.name!r}, STUDENT)"
             )
-        return self.student_unet
+        return self.student_network
 
     def spec(self, role: Role) -> ModelSpec:
         if role == "base":
@@ -157,7 +157,7 @@ class ModelPair:
         scheduler = self.make_scheduler(role)
         # float32 needs no cast; passing it anyway makes diffusers re-cast every module and warn.
         dtype = _dtype_kwargs(self.dtype) if self.dtype != torch.float32 else {}
-        unet = {} if role == "base" else {self.family.network_folder: self.unet("student")}
+        unet = {} if role == "base" else {self.family.network_folder: self.network("student")}
         with _diffusers_errors_only():
             pipe = type(self.pipeline).from_pipe(self.pipeline, scheduler=scheduler, **unet, **dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -165,13 +165,13 @@ class ModelPair:
 
     def to(self, device: str | torch.device) -> ModelPair:
         if torch.device(device) == self.device and (
-            self.student_unet is None or self.student_unet.device == self.device
+            self.student_network is None or self.student_network.device == self.device
         ):
             return self
         with _diffusers_errors_only():
             self.pipeline.to(device)
-        if self.student_unet is not None:
-            self.student_unet.to(device)
+        if self.student_network is not None:
+            self.student_network.to(device)
         return self
 
 
@@ -311,7 +311,7 @@ def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, pat
     return pipeline
 
 
-def _load_student_unet(
+def _load_student_network(
     spec: ModelSpec, base_pipeline: Any, dtype: torch.dtype, cache_dir: Any, path: str | None
 ) -> tuple[Any, Mapping[str, Any]]:
     """The student's denoising network and the scheduler config it is sampled with."""
@@ -531,7 +531,7 @@ def load_pair(
         base=base_spec,
         student=student_spec,
         pipeline=pipeline,
-        student_unet=None,
+        student_network=None,
         base_scheduler_config=base_scheduler_config,
         base_prediction_type=_prediction_type(base_spec, base_scheduler_config),
         paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
@@ -561,11 +561,11 @@ def with_student(
     if student_spec.storage != "random":
         _require_local(student_spec, cache_dir, student_path)
     paths = {k: v for k, v in pair.paths.items() if k != "student"}
-    other = replace(pair, student=student_spec, student_unet=None, paths=paths)
+    other = replace(pair, student=student_spec, student_network=None, paths=paths)
     if student_path:
         other.paths["student"] = student_path
     _attach_student(other, student_spec, pair.dtype, cache_dir, student_path)
-    other.student_unet.to(pair.device)
+    other.student_network.to(pair.device)
     return other
 
 
@@ -591,9 +591,9 @@ def _student_spec(base_spec: ModelSpec, student: str | ModelSpec | None) -> Mode
 def _attach_student(
     pair: ModelPair, student_spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, student_path: str | None
 ) -> None:
-    unet, scheduler_config = _load_student_unet(student_spec, pair.pipeline, dtype, cache_dir, student_path)
-    pair.family.check_compatible(pair.base_unet.config, unet.config, (pair.base.name, student_spec.name))
-    pair.student_unet = unet.eval()
+    unet, scheduler_config = _load_student_network(student_spec, pair.pipeline, dtype, cache_dir, student_path)
+    pair.family.check_compatible(pair.base_network.config, unet.config, (pair.base.name, student_spec.name))
+    pair.student_network = unet.eval()
     pair.student_scheduler_config = dict(scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)
 

@@ -226,7 +226,9 @@ def test_a_stage_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch
     assert [row["step"] for row in history] == [6]
 
     pipeline = tmp_path / "run" / "shapes"
+    # DMD2's GAN term on (its head's state is part of the checkpoint), two fake-score updates per student update
     dmd = dict(seed=1, steps=6, batch_size=2, num_pairs=2, regression_batch=2, quiet=True)
+    dmd.update(gan_weight=5e-3, real_pool=8, fake_updates=2)
     whole = train.distill_dmd(tmp_path / "dmd-whole", pipeline, checkpoint_every=None, **dmd)
     resumed_dir = tmp_path / "dmd-resumed" / "unet"  # as train_all lays it out: the parent does not exist yet
     with monkeypatch.context() as patch:
@@ -237,3 +239,8 @@ def test_a_stage_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch
     resumed = train.distill_dmd(resumed_dir, pipeline, checkpoint_every=2, **dmd)
     a, b = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = json.loads((whole / "training_log.json").read_text())
+    assert logged["gan_weight"] == 5e-3 and {"gan_g", "gan_d"} <= set(logged["history"][-1])
+    plain = train.distill_dmd(tmp_path / "dmd-plain", pipeline, checkpoint_every=None, **{**dmd, "gan_weight": 0.0})
+    c = load_file(str(plain / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the GAN term changes what the student learns

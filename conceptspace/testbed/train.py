@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -649,6 +650,51 @@ def teacher_latents(
     return x
 
 
+class _BottleneckClassifier(torch.nn.Module):
+    """DMD2's discriminator: a small head on the fake score UNet's bottleneck (its mid block's output), so the
+    classifier shares the fake score's features and trains them too."""
+
+    def __init__(self, fake: Any) -> None:
+        super().__init__()
+        self.fake = [fake]  # a list: the fake score is not one of this module's parameters
+        channels = fake.config.block_out_channels[-1]
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 3, padding=1),
+            torch.nn.GroupNorm(8, channels),
+            torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(channels, 1),
+        )
+        self._features: dict[str, torch.Tensor] = {}
+        fake.mid_block.register_forward_hook(lambda _m, _i, out: self._features.__setitem__("mid", out))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fake score's ε̂ for ``x`` at ``t`` and the head's real-vs-generated logit (one pass)."""
+        eps = self.fake[0](x, t, cond).sample
+        return eps, self.net(self._features.pop("mid")).squeeze(1)
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self(x, t, cond)[1]
+
+
+def _real_latents(
+    vae: Any, text_encoder: Any, tokenizer: Any, count: int, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` world images (a stream of their own seed) as scaled latents (posterior means, as the base trained
+    on), with their captions' text states: the GAN term's real samples."""
+    data = ShapesDataset(64, seed=seed * 1000 + 7)
+    latents, conds = [], []
+    with torch.no_grad():
+        for index in range(math.ceil(count / 64)):
+            images, texts, _ = data.batch(index)
+            latents.append(vae.encode(images.to(device)).latent_dist.mean * vae.config.scaling_factor)
+            conds.append(_encode_text(text_encoder, tokenizer, texts))
+    return torch.cat(latents)[:count], torch.cat(conds)[:count]
+
+
 def distill_dmd(
     out_dir: str | os.PathLike,
     pipeline_dir: str | os.PathLike,
@@ -663,6 +709,9 @@ def distill_dmd(
     num_pairs: int = 64,
     regression_weight: float = 0.25,
     regression_batch: int = 16,
+    gan_weight: float = 0.0,
+    gan_discriminator_weight: float = 1e-2,
+    real_pool: int = 2048,
     timesteps: Sequence[int] = DMD_TIMESTEPS,
     num_threads: int | None = 1,
     device: str | torch.device = "cpu",
@@ -676,8 +725,16 @@ def distill_dmd(
     t ≥ 249). Each generator update draws the step ``k`` to train uniformly and builds its input with the
     student's own first ``k`` steps (backward simulation, no gradient). ``regression_weight=0`` or
     ``num_pairs=0``: distribution matching alone (DMD without its regression anchor).
+
+    ``gan_weight > 0`` adds DMD2's GAN term (Yin et al., 2024): a classifier head on the fake score's bottleneck
+    tells noised real latents (``real_pool`` encoded world images with their captions, at the fake score's noise
+    levels) from noised student outputs; the fake score and head learn it with weight
+    ``gan_discriminator_weight`` (DMD2: 1e-2), and the student gets the non-saturating generator loss with weight
+    ``gan_weight`` (DMD2's SDXL setting: 5e-3), both relative to mean-reduced losses. It ties every step's output to
+    the data, not only to the teacher's score. ``fake_updates`` fake-score updates per student update: DMD2's
+    two time-scale rule is 5.
     """
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     _setup(seed, num_threads)
@@ -723,14 +780,26 @@ def distill_dmd(
             ]
         )
 
+    gan = gan_weight > 0
+    head = _BottleneckClassifier(fake).to(device) if gan else None
+    real_x0, real_cond = None, None
+    if gan:
+        vae = AutoencoderKL.from_pretrained(str(pipeline_dir / "vae"), torch_dtype=torch.float32)
+        vae.to(device).eval()
+        real_x0, real_cond = _real_latents(vae, text_encoder, tokenizer, real_pool, seed, device)
+        del vae
+
     opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.999))
-    opt_f = torch.optim.AdamW(fake.parameters(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
+    fake_params = list(fake.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt_f = torch.optim.AdamW(fake_params, lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
     log = _Log("dmd", steps, every=25, quiet=quiet)
     checkpoint = _Checkpoint(out_dir, checkpoint_every)
     done = 0
     if (state := checkpoint.load()) is not None:
         for module, key in ((student, "student"), (fake, "fake"), (opt_g, "opt_g"), (opt_f, "opt_f")):
             module.load_state_dict(state[key])
+        if head is not None:
+            head.load_state_dict(state["head"])
         _restore_rng(state, gen, rng)
         log.restore(state)
         done = state["step"]
@@ -772,6 +841,14 @@ def distill_dmd(
             idx = _randint(0, num_pairs, regression_batch, gen, device)
             reg = F.mse_loss(generate(pair_noise[idx], 0, pair_cond[idx]), pair_x0[idx])
             loss_g = loss_g + regression_weight * reg * x0[0].numel()
+        gan_g = torch.zeros(())
+        if head is not None:
+            # non-saturating: the student's noised outputs should read as real (the head is not updated here)
+            tg = _randint(0, NUM_TRAIN_TIMESTEPS, batch_size, gen, device)
+            ag = alphas[tg].view(-1, 1, 1, 1)
+            xg = ag.sqrt() * x0 + (1 - ag).sqrt() * _randn(x0.shape, gen, device)
+            gan_g = F.softplus(-head.logits(xg, tg, cond)).mean()
+            loss_g = loss_g + gan_weight * gan_g * x0[0].numel()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -783,18 +860,31 @@ def distill_dmd(
             af = alphas[tf].view(-1, 1, 1, 1)
             nf = _randn(x0.shape, gen, device)
             xf = af.sqrt() * x0.detach() + (1 - af).sqrt() * nf
-            loss_f = F.mse_loss(fake(xf, tf, cond).sample, nf)
+            if head is not None:
+                # one pass of the fake score gives its denoising loss and the head's "generated" logit
+                eps, fake_logits = head(xf, tf, cond)
+                loss_f = F.mse_loss(eps, nf)
+                idx = _randint(0, len(real_x0), batch_size, gen, device)
+                xr = af.sqrt() * real_x0[idx] + (1 - af).sqrt() * _randn(x0.shape, gen, device)
+                _, real_logits = head(xr, tf, real_cond[idx])
+                gan_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+                loss_fake = loss_f + gan_discriminator_weight * gan_d
+            else:
+                loss_f = loss_fake = F.mse_loss(fake(xf, tf, cond).sample, nf)
+                gan_d = torch.zeros(())
             opt_f.zero_grad(set_to_none=True)
-            loss_f.backward()
-            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
+            loss_fake.backward()
+            torch.nn.utils.clip_grad_norm_(fake_params, 1.0)
             opt_f.step()
-        log(step, dmd=loss_dmd.item(), reg=reg.item(), fake=loss_f.item())
+        gan_losses = {"gan_g": gan_g.item(), "gan_d": gan_d.item()} if gan else {}
+        log(step, dmd=loss_dmd.item(), reg=reg.item(), fake=loss_f.item(), **gan_losses)
         if checkpoint.due(step, steps):
             checkpoint.save(
                 {
                     "step": step + 1,
                     "student": student.state_dict(),
                     "fake": fake.state_dict(),
+                    **({"head": head.state_dict()} if head is not None else {}),
                     "opt_g": opt_g.state_dict(),
                     "opt_f": opt_f.state_dict(),
                     **log.state(),
@@ -816,6 +906,9 @@ def distill_dmd(
         lr=lr,
         fake_lr=fake_lr,
         fake_updates=fake_updates,
+        gan_weight=gan_weight,
+        gan_discriminator_weight=gan_discriminator_weight if gan else None,
+        real_pool=real_pool if gan else None,
     )
     checkpoint.remove()
     return out_dir
@@ -852,9 +945,17 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
 DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 3000, "dmd": 800}
 """Steps per stage of the shipped weights."""
 
-DEFAULT_RECIPE = {"text_lr": 0.0, "num_pairs": 8, "regression_weight": 0.25}
+DEFAULT_RECIPE = {
+    "text_lr": 0.0,
+    "num_pairs": 8,
+    "regression_weight": 0.25,
+    "fake_updates": 1,
+    "gan_weight": 0.0,
+}
 """Options of the shipped weights: ``text_lr`` fine-tunes the text encoder with the UNet (0: frozen);
-``num_pairs`` and ``regression_weight`` set the student's regression anchor (0: distribution matching alone)."""
+``num_pairs`` and ``regression_weight`` set the student's regression anchor (0: distribution matching alone);
+``fake_updates`` fake-score updates per student update (DMD2's two time-scale rule: 5); ``gan_weight`` DMD2's GAN
+term (0: off; DMD2's SDXL setting: 5e-3)."""
 
 
 def train_all(
@@ -923,6 +1024,8 @@ def train_all(
             steps=budget["dmd"],
             num_pairs=int(recipe["num_pairs"]),
             regression_weight=recipe["regression_weight"],
+            fake_updates=int(recipe["fake_updates"]),
+            gan_weight=recipe["gan_weight"],
             **common,
         )
     return out_dir

@@ -564,9 +564,10 @@ def denoise(
 
 
 def _check_finite(finite: list[torch.Tensor], ran: list[tuple[str, torch.Tensor]]) -> None:
-    if not finite or bool(torch.stack(finite).all()):
+    ok = torch.stack(finite) if finite else None
+    if ok is None or bool(ok.all()):
         return
-    first = int((~torch.stack(finite)).nonzero()[0])
+    first = int((~ok).nonzero()[0])
     name, t = ran[first]
     raise FloatingPointError(
         f"the {name} model produced NaN/inf at step {first} (t={_timestep_value(t)}); in float16 "

@@ -843,11 +843,15 @@ def distill_dmd(
             loss_g = loss_g + regression_weight * reg * x0[0].numel()
         gan_g = torch.zeros(())
         if head is not None:
-            # non-saturating: the student's noised outputs should read as real (the head is not updated here)
+            # non-saturating: the student's noised outputs should read as real
             tg = _randint(0, NUM_TRAIN_TIMESTEPS, batch_size, gen, device)
             ag = alphas[tg].view(-1, 1, 1, 1)
             xg = ag.sqrt() * x0 + (1 - ag).sqrt() * _randn(x0.shape, gen, device)
+            for param in fake_params:  # gradients reach the student through the input only
+                param.requires_grad_(False)
             gan_g = F.softplus(-head.logits(xg, tg, cond)).mean()
+            for param in fake_params:
+                param.requires_grad_(True)
             loss_g = loss_g + gan_weight * gan_g * x0[0].numel()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -152,22 +152,25 @@ class DiversityPipeline:
         base: str | ModelSpec | None = None,
         batch_size: int = 4,
     ) -> None:
-        self.pair = pair_from_pipelines(base_pipeline, student_pipeline, student, base=base)
+        pair = pair_from_pipelines(base_pipeline, student_pipeline, student, base=base)
+        self._set_up(pair, regime, batch_size, _output_class(student_pipeline))
+
+    def _set_up(self, pair: ModelPair, regime: Regime | str, batch_size: int, output_class: type) -> None:
+        self.pair = pair
         self.regime = regime_from_name(regime) if isinstance(regime, str) else regime
         self.batch_size = batch_size
-        self.output_class = _output_class(student_pipeline)
+        self.output_class = output_class
         self.regime.segments(self.pair, self.pair.device)  # a regime that cannot run on this pair fails now
 
     @classmethod
     def from_pair(cls, pair: ModelPair, regime: Regime | str = "hybrid", *, batch_size: int = 4) -> DiversityPipeline:
-        """The pipeline of a pair conceptspace loaded (``load_pair("sdxl", "dmd2")``): its two diffusers pipelines
-        share every component, no weight is copied."""
+        """The pipeline of a pair conceptspace loaded (``load_pair("sdxl", "dmd2")``), sampling the pair itself: no
+        weight is copied (a LoRA student stays an adapter on the base's network)."""
         if pair.student is None:
             raise ValueError("the pair has no student: load_pair(base, student)")
-        return cls(
-            pair.to_diffusers("base"), pair.to_diffusers("student"), pair.student, regime, base=pair.base,
-            batch_size=batch_size,
-        )  # fmt: skip
+        pipeline = cls.__new__(cls)
+        pipeline._set_up(pair, regime, batch_size, _output_class(pair.pipeline))
+        return pipeline
 
     def __repr__(self) -> str:
         return f"DiversityPipeline({self.pair.base.name} → {self.pair.student.name}, regime={self.regime.name})"

@@ -56,6 +56,9 @@ class Denoiser:
     prediction_type: str
     family: Family
     pipeline: Any = None  # the pair's pipeline, for families whose guidance input it builds
+    adapter: Any = None
+    """A LoRA student's adapter on the base's network (a :class:`~conceptspace.lora.LoRAHandle`): switched on for
+    this denoiser's calls only, so one network serves the base's steps and the student's."""
 
     @property
     def embeds_guidance(self) -> bool:
@@ -75,11 +78,25 @@ class Denoiser:
         if self.embeds_guidance:
             guidance = self.family.guidance_condition(self.pipeline, self.network, self.guidance_scale, batch)
             guidance = guidance.to(device=model_input.device, dtype=model_input.dtype)
-        out = self.family.predict(self.network, model_input, t, inputs, guidance)
+        with switched_on(self.adapter):
+            out = self.family.predict(self.network, model_input, t, inputs, guidance)
         if self.uses_cfg:
             uncond, text = out.chunk(2)
             out = self.family.combine_guidance(uncond, text, self.family.cfg_weight(self.guidance_scale))
         return out
+
+
+@contextlib.contextmanager
+def switched_on(adapter: Any) -> Iterator[None]:
+    """``adapter`` (a LoRA handle, or None: nothing to do) enabled inside the block and disabled after it."""
+    if adapter is None:
+        yield
+        return
+    adapter.enabled = True
+    try:
+        yield
+    finally:
+        adapter.enabled = False
 
 
 # ----------------------------------------------------------------------------------------------------- segments
@@ -165,6 +182,7 @@ def make_denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> D
         prediction_type=pair.prediction_type(role),
         family=pair.family,
         pipeline=pair.pipeline,
+        adapter=pair.student_adapter if role == "student" else None,
     )
 
 
@@ -622,7 +640,7 @@ def decode(pair: ModelPair, latents: torch.Tensor, output_type: OutputType = "pi
         vae.to(torch.float32)
     try:
         with torch.no_grad():
-            image = pair.family.decode(vae, latents.to(device=vae.device, dtype=dtype))
+            image = pair.family.decode(vae, latents.to(device=pair.device, dtype=dtype))
     finally:
         if upcast:
             vae.to(torch.float16)

@@ -274,14 +274,15 @@ def test_registry_pair_loads_offline_from_the_hub_cache(hub_cache: Path, base: s
 
 
 @pytest.mark.parametrize("student", sorted(LORA_STUDENTS))
-def test_a_student_shipped_as_a_lora_is_the_base_with_the_lora_merged(hub_cache: Path, student: str):
+def test_a_student_shipped_as_a_lora_merged_is_the_base_with_the_lora_merged(hub_cache: Path, student: str):
+    """(By default such a student is an adapter on the base's network: tests/test_memory.py.)"""
     from conceptspace.lora import merge_lora, read_lora
 
     repo_id, filename, scheduler_cls, settings = LORA_STUDENTS[student]
     spec = get_spec(student)
     assert (spec.repo_id, spec.filename, spec.storage) == (repo_id, filename, "lora_file")
     assert is_cached(spec, hub_cache) and spec.fetch_command == f"hf download {repo_id} {filename}"
-    pair = load_pair("sdxl", student, cache_dir=hub_cache, device="cpu")
+    pair = load_pair("sdxl", student, cache_dir=hub_cache, device="cpu", lora_student="merged")
     base_file = load_file(
         str(snapshot(hub_cache, SDXL_REPO) / "unet" / "diffusion_pytorch_model.safetensors")
     )

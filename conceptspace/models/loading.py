@@ -16,12 +16,13 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from conceptspace.io import torch_load_error
 from conceptspace.models.families import Family, family_of
+from conceptspace.models.memory import PLANS, MemoryPlan, Placement, apply_plan, place_student, store_in_fp8
 from conceptspace.models.registry import (
     REGISTRY,
     IncompatibleModelsError,
@@ -38,9 +39,15 @@ from conceptspace.models.registry import (
     students_of,
 )
 
+LoRAStudent = Literal["adapter", "merged"]
+"""How a student stored as a LoRA on its base is held: ``"adapter"`` (default: hooked into the base's network,
+switched on for the student's steps; no second network) or ``"merged"`` (a copy of the base's network with the LoRA
+merged: one more network in memory, no per-layer LoRA term at run time)."""
+
 __all__ = [
     "REGISTRY",
     "IncompatibleModelsError",
+    "LoRAStudent",
     "ModelNotFoundError",
     "ModelPair",
     "ModelSpec",
@@ -69,8 +76,11 @@ class ModelPair:
 
     ``pipeline`` is the base's diffusers pipeline: it owns the VAE, tokenizers, text encoders, the base network and
     the image processor. ``student_network`` (the student's denoising network, a UNet or a transformer) is the only
-    extra weight a pair holds. ``family`` is the base's architecture adapter. Every sampling call gets fresh
-    schedulers made from ``base_scheduler_config`` / ``student_scheduler_config``.
+    extra weight a pair holds — except for a student stored as a LoRA on its base, which by default is held as
+    ``student_adapter``: the LoRA hooked into the base's own network, switched on for the student's steps only, so
+    that ``student_network`` *is* the base's network and the pair holds the adapter's weights alone.
+    ``family`` is the base's architecture adapter. Every sampling call gets fresh schedulers made from
+    ``base_scheduler_config`` / ``student_scheduler_config``.
     """
 
     base: ModelSpec
@@ -82,6 +92,17 @@ class ModelPair:
     base_prediction_type: str = "epsilon"
     student_prediction_type: str = "epsilon"
     paths: dict[str, str] = field(default_factory=dict)
+    student_adapter: Any | None = None
+    """A LoRA student's :class:`~conceptspace.lora.LoRAHandle` on the base's network (disabled outside the student's
+    denoiser calls), or None for a student with a network of its own."""
+    memory: MemoryPlan = "resident"
+    """Where the parts live while sampling (:mod:`conceptspace.models.memory`)."""
+    execution_device: torch.device | None = None
+    """The device the networks run on, when a plan other than ``resident`` keeps parts elsewhere between calls."""
+    fp8: bool = False
+    """Whether the denoising networks keep their weights in fp8 (layerwise casting)."""
+    placement: Placement | None = None
+    """``model-offload``'s ledger: which part is on the accelerator, and every move so far."""
     # One unset scheduler per class and config, copied for each call: building one from its config costs
     # milliseconds (config validation, logging), a copy microseconds.
     _scheduler_prototypes: dict[tuple[str, str], Any] = field(
@@ -94,7 +115,8 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return self.base_network.device
+        """The device sampling runs on (under an offload plan the parts visit it; latents live there)."""
+        return self.execution_device if self.execution_device is not None else self.base_network.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,6 +176,12 @@ class ModelPair:
         It is the reference the sampler is tested against; ``dtype`` is passed to ``from_pipe`` so that
         diffusers does not upcast the shared modules (diffusers#12754).
         """
+        if role == "student" and self.student_adapter is not None:
+            raise ValueError(
+                f"student {self.spec('student').name!r} is held as a LoRA adapter on the base's network, so no "
+                "pipeline of its own can share this pair's components: sample it with conceptspace (sample(pair, "
+                "…, Distilled())), or load the pair with lora_student='merged' to give it a network of its own"
+            )
         scheduler = self.make_scheduler(role)
         # float32 needs no cast; passing it anyway makes diffusers re-cast every module and warn.
         dtype = _dtype_kwargs(self.dtype) if self.dtype != torch.float32 else {}
@@ -164,6 +192,12 @@ class ModelPair:
         return pipe
 
     def to(self, device: str | torch.device) -> ModelPair:
+        """Every part on ``device`` (the ``resident`` plan)."""
+        if self.memory != "resident":
+            raise ValueError(
+                f"this pair's parts are placed by its {self.memory!r} memory plan, which moves them itself: load it "
+                f"again with device={str(device)!r} to run elsewhere"
+            )
         if torch.device(device) == self.device and (
             self.student_network is None or self.student_network.device == self.device
         ):
@@ -347,30 +381,43 @@ def _load_student_network(
     file_path = path or _cached_file(spec, cache_dir)
     base_network = getattr(base_pipeline, family.network_folder)
     if spec.storage == "lora_file":
-        return _network_with_lora(base_network, file_path, spec), base_scheduler_config
+        from conceptspace.lora import merge_lora
+
+        network = copy.deepcopy(base_network)
+        merge_lora(network, _student_lora(base_network, file_path, spec))
+        return network, base_scheduler_config
     network = load_network_state_dict(
         file_path, network_class, base_network.config, dtype=dtype, name=spec.name
     )
     return network, base_scheduler_config
 
 
-def _network_with_lora(base_network: Any, file_path: str | os.PathLike, spec: ModelSpec) -> Any:
-    """A student stored as a LoRA on its base: a copy of the base's network with the LoRA merged (one more network
-    in memory, like any student; the base itself stays untouched for the hybrid's base steps)."""
-    import copy
-
-    from conceptspace.lora import LoRAFormatError, LoRAMismatchError, merge_lora, read_lora
+def _student_lora(base_network: Any, file_path: str | os.PathLike, spec: ModelSpec) -> Any:
+    """A LoRA student's file read and checked against the base's network (resolved to its module names, in its
+    dtype)."""
+    from conceptspace.lora import LoRAFormatError, LoRAMismatchError, coverage, read_lora
 
     try:
-        lora = read_lora(file_path, unet=base_network)
-        network = copy.deepcopy(base_network)
-        merge_lora(network, lora)
+        lora = read_lora(file_path, unet=base_network).to(base_network.dtype)
+        report = coverage(base_network, lora)
+        if not report.complete:
+            raise LoRAMismatchError(report.summary())
     except (LoRAFormatError, LoRAMismatchError) as error:
         raise IncompatibleModelsError(
             f"student {spec.name!r} is a LoRA on {spec.base!r}, but {file_path} does not fit that base's "
             f"{type(base_network).__name__}: {_first_line(error)}"
         ) from None
-    return network
+    return lora
+
+
+def _student_adapter(base_network: Any, file_path: str | os.PathLike, spec: ModelSpec) -> Any:
+    """A LoRA student as an adapter: the LoRA hooked into the base's network, unfused and switched off (the
+    sampler switches it on for the student's steps, :func:`conceptspace.sampling.switched_on`)."""
+    from conceptspace.lora import apply_lora
+
+    handle = apply_lora(base_network, _student_lora(base_network, file_path, spec), track_timestep=False)
+    handle.enabled = False
+    return handle
 
 
 def _student_pipeline_scheduler_config(
@@ -478,6 +525,9 @@ def load_pair(
     base_path: str | os.PathLike | None = None,
     student_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    lora_student: LoRAStudent = "adapter",
+    memory: MemoryPlan = "resident",
+    fp8: bool = False,
 ) -> ModelPair:
     """Load a base model and one of its distilled students with shared VAE and text encoders.
 
@@ -488,6 +538,10 @@ def load_pair(
         device: default CUDA when available.
         base_path / student_path: a local folder or file that replaces the registry's hub source.
         cache_dir: Hugging Face hub cache to read (default: HF_HUB_CACHE).
+        lora_student: a student stored as a LoRA on its base (Qwen-Image-Lightning, LCM-LoRA, Lightning, Hyper-SD
+            and TCD LoRAs) is held as an ``"adapter"`` on the base's network, switched on for its steps only (the
+            pair holds the adapter's weights, not a second network), or as a ``"merged"`` copy of the base's
+            network (one more network in memory; each step skips the adapter's low-rank term).
 
     Raises:
         ModelNotFoundError: a model is not cached (with HF_HUB_OFFLINE=1) or not downloadable; the message
@@ -514,6 +568,8 @@ def load_pair(
             )
     device = check_device(device) or default_device()
     dtype = dtype or default_dtype(device)
+    if memory not in PLANS:
+        raise ValueError(f"unknown memory plan {memory!r}; plans: {', '.join(PLANS)}")
     base_path = base_path if base_path is not None else base_spec.local_dir
     base_path = os.path.abspath(base_path) if base_path is not None else None
     if student_spec is not None and student_path is None:
@@ -537,8 +593,19 @@ def load_pair(
         paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
     )
     if student_spec is not None:
-        _attach_student(pair, student_spec, dtype, cache_dir, student_path)
-    return pair.to(device)
+        _attach_student(pair, student_spec, dtype, cache_dir, student_path, lora_student)
+    if fp8:
+        store_in_fp8(pair)
+        pair.fp8 = True
+    return place(pair, memory, device)
+
+
+def place(pair: ModelPair, memory: MemoryPlan, device: torch.device) -> ModelPair:
+    """``pair`` with its parts placed by the plan ``memory`` for sampling on ``device``."""
+    pair.placement = apply_plan(pair, memory, device)
+    pair.memory = memory
+    pair.execution_device = None if memory == "resident" else torch.device(device)
+    return pair
 
 
 def with_student(
@@ -547,6 +614,7 @@ def with_student(
     *,
     student_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    lora_student: LoRAStudent = "adapter",
 ) -> ModelPair:
     """``pair``'s base with another student: the base pipeline is shared (not reloaded); only the student's UNet
     is read, in the pair's dtype and on its device. ``pair`` itself is unchanged.
@@ -561,11 +629,12 @@ def with_student(
     if student_spec.storage != "random":
         _require_local(student_spec, cache_dir, student_path)
     paths = {k: v for k, v in pair.paths.items() if k != "student"}
-    other = replace(pair, student=student_spec, student_network=None, paths=paths)
+    other = replace(pair, student=student_spec, student_network=None, student_adapter=None, paths=paths)
     if student_path:
         other.paths["student"] = student_path
-    _attach_student(other, student_spec, pair.dtype, cache_dir, student_path)
-    other.student_network.to(pair.device)
+    _attach_student(other, student_spec, pair.dtype, cache_dir, student_path, lora_student)
+    if other.student_network is not pair.base_network:
+        place_student(other)
     return other
 
 
@@ -589,11 +658,26 @@ def _student_spec(base_spec: ModelSpec, student: str | ModelSpec | None) -> Mode
 
 
 def _attach_student(
-    pair: ModelPair, student_spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, student_path: str | None
+    pair: ModelPair,
+    student_spec: ModelSpec,
+    dtype: torch.dtype,
+    cache_dir: Any,
+    student_path: str | None,
+    lora_student: LoRAStudent = "adapter",
 ) -> None:
-    unet, scheduler_config = _load_student_network(student_spec, pair.pipeline, dtype, cache_dir, student_path)
-    pair.family.check_compatible(pair.base_network.config, unet.config, (pair.base.name, student_spec.name))
-    pair.student_network = unet.eval()
+    if lora_student not in ("adapter", "merged"):
+        raise ValueError(f"lora_student must be 'adapter' or 'merged', got {lora_student!r}")
+    if student_spec.storage == "lora_file" and lora_student == "adapter":
+        file_path = student_path or _cached_file(student_spec, cache_dir)
+        pair.student_adapter = _student_adapter(pair.base_network, file_path, student_spec)
+        pair.student_network = pair.base_network
+        scheduler_config: Mapping[str, Any] = pair.base_scheduler_config
+    else:
+        unet, scheduler_config = _load_student_network(
+            student_spec, pair.pipeline, dtype, cache_dir, student_path
+        )
+        pair.family.check_compatible(pair.base_network.config, unet.config, (pair.base.name, student_spec.name))
+        pair.student_network = unet.eval()
     pair.student_scheduler_config = dict(scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)
 

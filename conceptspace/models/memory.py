@@ -1,0 +1,278 @@
+"""Memory plans: what a pair holds, where each part sits while a regime runs, and which plan fits a card.
+
+A pair is two denoisers sharing text encoders and a VAE, used one after the other, so at any moment only one of its
+parts works. The plans place the parts accordingly:
+
+- ``resident``: every part on the accelerator for good (fastest; the peak is the whole pair).
+- ``model-offload``: each part on the accelerator only while it runs — the text encoders, then the base for its
+  steps, then the student, then the VAE — through accelerate's hooks; the peak is the largest part.
+- ``group-offload``: diffusers' group offloading, a block of a network at a time (for parts larger than the card).
+
+fp8 storage (diffusers' layerwise casting) and networks a user quantized work under every plan. The hooks are
+accelerate's and diffusers'; written here is only what is about two models sharing one schedule: one part on the
+accelerator at a time, and a ledger of every move, which is also what the accounting reads on a machine without an
+accelerator (there every plan runs, and gives the same images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from conceptspace.models.loading import ModelPair
+
+MemoryPlan = Literal["resident", "model-offload", "group-offload"]
+PLANS: tuple[MemoryPlan, ...] = ("resident", "model-offload", "group-offload")
+"""The plans, cheapest first (``auto`` picks the first that fits among the first two)."""
+
+FP8 = torch.float8_e4m3fn
+"""The storage dtype of ``fp8=True``: weights kept in 8 bits and cast to the compute dtype layer by layer."""
+
+
+# ------------------------------------------------------------------------------------------------------ accounting
+def storage_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | None = None) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a storage shared by two tensors, or already in ``seen``,
+    counts once; meta tensors hold none)."""
+    seen = set() if seen is None else seen
+    total = 0
+    for tensor in tensors:
+        if tensor.device.type == "meta":
+            continue
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """A module's parameters and buffers."""
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def pair_parts(pair: ModelPair) -> dict[str, tuple[nn.Module, ...]]:
+    """The pair's parts in the order a sampling call uses them: the pipeline's text encoders (one part: a prompt
+    runs through all of them, with CFG twice), its denoising network (``"base"``; with a LoRA student held as an
+    adapter it is the student's network too), the student's own network (``"student"``) and the VAE."""
+    components = {
+        name: module for name, module in pair.pipeline.components.items() if isinstance(module, nn.Module)
+    }
+    folder = pair.family.network_folder
+    encoders = tuple(module for name, module in components.items() if name not in (folder, "vae"))
+    parts = {"text_encoders": encoders} if encoders else {}
+    parts["base"] = (components[folder],)
+    if pair.student_network is not None and pair.student_network is not components[folder]:
+        parts["student"] = (pair.student_network,)
+    if "vae" in components:
+        parts["vae"] = (components["vae"],)
+    return parts
+
+
+def held_bytes(pair: ModelPair) -> dict[str, int]:
+    """Bytes each part holds, every storage counted once in the first part that holds it; a LoRA student held as an
+    adapter adds ``"student_adapter"`` (its factors)."""
+    seen: set[tuple[str, int]] = set()
+    held = {
+        name: storage_bytes((t for module in modules for t in module_tensors(module)), seen)
+        for name, modules in pair_parts(pair).items()
+    }
+    if pair.student_adapter is not None:
+        factors = (t for w in pair.student_adapter.lora.modules.values() for t in (w.down, w.up))
+        held["student_adapter"] = storage_bytes(factors, seen)
+    return held
+
+
+# ------------------------------------------------------------------------------------------------------ placement
+@dataclass(frozen=True)
+class Move:
+    """One move of a part: onto the accelerator (``"on"``) or back to the offload device (``"off"``)."""
+
+    part: str
+    direction: Literal["on", "off"]
+
+
+@dataclass
+class Placement:
+    """Which parts are on the accelerator under ``model-offload``: the part that is about to run is moved on, every
+    other part off first, so at most one part is resident; every move is logged in ``moves``.
+
+    ``sizes`` (bytes per part) let it keep ``peak_bytes``, the most bytes resident at once by this accounting (what
+    the plan promises; a GPU's allocator adds the activations on top).
+    """
+
+    parts: dict[str, tuple[nn.Module, ...]]
+    execution_device: torch.device
+    offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sizes: dict[str, int] = field(default_factory=dict)
+    resident: list[str] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+    peak_bytes: int = 0
+
+    def activate(self, name: str) -> None:
+        """Make ``name`` the one part on the accelerator."""
+        for other in [part for part in self.resident if part != name]:
+            self._move(other, "off")
+        if name not in self.resident:
+            self._move(name, "on")
+
+    def release(self) -> None:
+        """Every part back to the offload device (diffusers' ``maybe_free_model_hooks``)."""
+        for part in list(self.resident):
+            self._move(part, "off")
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.sizes.get(part, 0) for part in self.resident)
+
+    def _move(self, name: str, direction: Literal["on", "off"]) -> None:
+        device = self.execution_device if direction == "on" else self.offload_device
+        for module in self.parts[name]:
+            module.to(device)
+        if direction == "on":
+            self.resident.append(name)
+        else:
+            self.resident.remove(name)
+        self.moves.append(Move(name, direction))
+        self.peak_bytes = max(self.peak_bytes, self.resident_bytes)
+
+
+def _part_hook(placement: Placement, name: str) -> Any:
+    """An accelerate hook that makes ``name`` the resident part before its forward (and before a VAE's ``decode``,
+    which diffusers routes through the same hook)."""
+    from accelerate.hooks import ModelHook
+    from accelerate.utils import send_to_device
+
+    class PartOnAccelerator(ModelHook):
+        execution_device = placement.execution_device  # what diffusers' pipelines read as _execution_device
+
+        def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            placement.activate(name)
+            device = placement.execution_device
+            return send_to_device(args, device), send_to_device(kwargs, device)
+
+    return PartOnAccelerator()
+
+
+def apply_model_offload(pair: ModelPair, device: torch.device) -> Placement:
+    """``model-offload`` on ``pair``: every part starts on the CPU and is moved to ``device`` while it runs."""
+    from accelerate.hooks import add_hook_to_module
+
+    parts = pair_parts(pair)
+    sizes = held_bytes(pair)
+    # a LoRA student's factors ride with the base's network (its hooks keep a copy where the network runs)
+    sizes["base"] += sizes.pop("student_adapter", 0)
+    placement = Placement(parts, torch.device(device), sizes=sizes)
+    for name, modules in parts.items():
+        for module in modules:
+            module.to(placement.offload_device)
+            add_hook_to_module(module, _part_hook(placement, name))
+    return placement
+
+
+def apply_group_offload(pair: ModelPair, device: torch.device) -> None:
+    """``group-offload`` on ``pair``: diffusers' group offloading on every part, a top-level block at a time for the
+    denoising networks, a layer at a time for the text encoders and the VAE (whose blocks are not lists);
+    transfers overlap compute through a CUDA stream where there is one."""
+    from diffusers.hooks import apply_group_offloading
+
+    device = torch.device(device)
+    networks = {id(pair.base_network), id(pair.student_network)}
+    for module in (module for modules in pair_parts(pair).values() for module in modules):
+        by_blocks = id(module) in networks
+        apply_group_offloading(
+            module,
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level" if by_blocks else "leaf_level",
+            num_blocks_per_group=1 if by_blocks else None,
+            use_stream=device.type == "cuda",
+        )
+
+
+def group_bytes(module: nn.Module, by_blocks: bool) -> int:
+    """The largest group group offloading moves at once: a top-level block (an item of a ModuleList or Sequential
+    child) or the rest of the module, for ``by_blocks``; else the largest layer."""
+    if by_blocks:
+        groups: list[Iterable[torch.Tensor]] = []
+        rest: list[torch.Tensor] = []
+        for child in module.children():
+            if isinstance(child, nn.ModuleList | nn.Sequential):
+                groups.extend(module_tensors(block) for block in child)
+            else:
+                rest.extend(module_tensors(child))
+        rest.extend(module.parameters(recurse=False))
+        return max([storage_bytes(group) for group in groups] + [storage_bytes(rest)])
+    leaves = [m for m in module.modules() if not list(m.children())]
+    return max((storage_bytes(module_tensors(leaf)) for leaf in leaves), default=0)
+
+
+def store_in_fp8(pair: ModelPair) -> None:
+    """Keep the denoising networks' weights in fp8 (diffusers' layerwise casting: each layer is cast to the pair's
+    dtype as it runs); a lossy halving of the networks' bytes."""
+    compute = pair.base_network.dtype
+    done: set[int] = set()
+    for network in (pair.base_network, pair.student_network):
+        if network is None or id(network) in done:
+            continue
+        done.add(id(network))
+        network.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
+
+
+def apply_plan(pair: ModelPair, plan: MemoryPlan, device: torch.device) -> Placement | None:
+    """Place ``pair``'s parts by ``plan`` for sampling on ``device``; the :class:`Placement` of ``model-offload``."""
+    if plan == "resident":
+        pair.to(device)
+        return None
+    if plan == "model-offload":
+        return apply_model_offload(pair, device)
+    if plan == "group-offload":
+        apply_group_offload(pair, device)
+        return None
+    raise ValueError(f"unknown memory plan {plan!r}; plans: {', '.join(PLANS)} or auto")
+
+
+def peak_estimate(sizes: Mapping[str, int], plan: MemoryPlan, groups: Mapping[str, int] | None = None) -> int:
+    """The bytes a plan keeps on the accelerator at once, from the parts' sizes: all of them (``resident``), the
+    largest part plus the adapter (``model-offload``), two groups (``group-offload``: one running, one arriving)."""
+    adapter = sizes.get("student_adapter", 0)
+    parts = {k: v for k, v in sizes.items() if k != "student_adapter"}
+    if plan == "resident":
+        return sum(sizes.values())
+    if plan == "model-offload":
+        return max(parts.values(), default=0) + adapter
+    if groups is None:
+        raise ValueError("group-offload's peak needs the largest group of each part")
+    return 2 * max(groups.values(), default=0) + adapter
+
+
+def place_student(pair: ModelPair) -> None:
+    """Place a student network attached after loading (``with_student``) as the pair's plan places its parts."""
+    network = pair.student_network
+    if pair.fp8:
+        network.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=pair.base_network.dtype)
+    if pair.memory == "resident":
+        network.to(pair.device)
+    elif pair.memory == "model-offload":
+        from accelerate.hooks import add_hook_to_module
+
+        placement = pair.placement
+        name = f"student {pair.spec('student').name}"
+        placement.parts[name] = (network,)
+        placement.sizes[name] = storage_bytes(module_tensors(network))
+        network.to(placement.offload_device)
+        add_hook_to_module(network, _part_hook(placement, name))
+    else:
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(
+            network, onload_device=pair.device, offload_device=torch.device("cpu"), offload_type="block_level",
+            num_blocks_per_group=1, use_stream=pair.device.type == "cuda",
+        )  # fmt: skip

@@ -1,0 +1,190 @@
+"""Memory: a LoRA student held as an adapter on its base's network (no second network; the merged copy's images),
+and the memory plans — every plan gives every regime's and remedy's images, model offloading keeps one part on the
+accelerator at a time (the ledger of moves, step by step), fp8 storage halves the networks' bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, load_pair, sample
+from conceptspace.lora import write_lora
+from conceptspace.models import REGISTRY
+from conceptspace.models.loading import with_student
+from conceptspace.models.memory import Move, held_bytes, pair_parts
+from conceptspace.pipeline import DiversityPipeline
+from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise, SliderSpaceScales
+from conceptspace.sampling import StepInfo
+from conceptspace.testing import random_lora
+
+PROMPT = "a red circle"
+SEEDS = [0, 1]
+LORA_STUDENTS = sorted(name for name, spec in REGISTRY.items() if spec.storage == "lora_file")
+
+
+def _images(pair, regime, seeds=SEEDS) -> np.ndarray:
+    size = pair.default_resolution if pair.default_resolution <= 64 else 64
+    return sample(
+        pair, PROMPT, regime, seeds, height=size, width=size, output_type="np", progress=False
+    ).images
+
+
+def _load(student: str, hub_cache: Path, **options):
+    return load_pair(
+        REGISTRY[student].base, student, cache_dir=hub_cache, device="cpu", dtype=torch.float32, **options
+    )
+
+
+# ---------------------------------------------------------------------------------------------- LoRA students
+@pytest.mark.parametrize("student", LORA_STUDENTS)
+def test_a_lora_student_is_an_adapter_with_the_merged_copys_images(student, hub_cache):
+    adapter, merged = _load(student, hub_cache), _load(student, hub_cache, lora_student="merged")
+    assert adapter.student_network is adapter.base_network and adapter.student_adapter is not None
+    assert merged.student_network is not merged.base_network and merged.student_adapter is None
+    for regime in (Distilled(), Hybrid(), ReplaceFinal(n=1, base_steps=4), Base(steps=2)):
+        ours, reference = _images(adapter, regime), _images(merged, regime)
+        assert np.abs(ours - reference).max() <= 1e-4, regime.name
+    # the adapter is off outside the student's steps: the base is the base
+    assert not adapter.student_adapter.enabled
+    distilled, base = (
+        _images(adapter, Distilled()),
+        _images(adapter, Base(steps=len(adapter.student.timesteps or ()) or 4)),
+    )
+    assert np.abs(distilled - base).max() > 1e-2
+
+
+def test_the_qwen_image_pair_holds_the_base_pipeline_plus_the_adapter(hub_cache):
+    base_only = held_bytes(load_pair("qwen-image", cache_dir=hub_cache, device="cpu", dtype=torch.float32))
+    adapter = held_bytes(_load("qwen-image-lightning", hub_cache))
+    merged = held_bytes(_load("qwen-image-lightning", hub_cache, lora_student="merged"))
+    # every storage counted once: the adapter pair holds the base pipeline and the LoRA's factors, nothing else
+    assert sum(adapter.values()) - sum(base_only.values()) == adapter["student_adapter"] > 0
+    assert adapter["student_adapter"] <= 0.5 * base_only["base"]
+    # the merged copy is one whole network more
+    assert sum(merged.values()) - sum(base_only.values()) == merged["student"] == base_only["base"]
+
+
+def test_an_adapter_student_refuses_a_pipeline_of_its_own_but_serves_diversity_pipeline(hub_cache):
+    pair = _load("qwen-image-lightning-4step", hub_cache)
+    with pytest.raises(ValueError, match="lora_student='merged'"):
+        pair.to_diffusers("student")
+    pipe = DiversityPipeline.from_pair(pair, "hybrid")
+    generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+    images = pipe(
+        PROMPT, num_images_per_prompt=2, generator=generators, height=64, width=64, output_type="np"
+    ).images
+    np.testing.assert_allclose(images, _images(pair, Hybrid()), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ memory plans
+def _sliders(pair, folder: Path) -> str:
+    network = pair.base_network
+    targets = [n for n, _ in network.named_modules() if n.endswith((".to_q", ".add_v_proj"))]
+    for k in range(2):
+        write_lora(
+            random_lora(network, targets, seed=k, ranks=(2,), size=0.3), folder / f"slider_{k}.safetensors"
+        )
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def plan_pairs(hub_cache):
+    """The Qwen-Image + Lightning pair (a LoRA student held as an adapter) under every plan."""
+    return {plan: _load("qwen-image-lightning-4step", hub_cache, memory=plan) for plan in ("resident", "model-offload", "group-offload")}  # fmt: skip
+
+
+def _regimes(sliders: str):
+    return [
+        Base(steps=3), Distilled(), Hybrid(), Hybrid(k=2, base_schedule="own", base_steps=6), SkipFirst(),
+        ReplaceFinal(n=1, base_steps=4), CADS(), CondNoise(strength=2.0), IntervalGuidance(), Renoise(eta=0.5),
+        SliderSpaceScales(sliders=sliders, scale=1.0),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("plan", ["model-offload", "group-offload"])
+def test_every_plan_gives_every_regimes_images(plan, plan_pairs, tmp_path):
+    resident, placed = plan_pairs["resident"], plan_pairs[plan]
+    assert placed.memory == plan and placed.device == torch.device("cpu")
+    for regime in _regimes(_sliders(resident, tmp_path)):
+        ours, reference = _images(placed, regime), _images(resident, regime)
+        assert np.abs(ours - reference).max() <= 1e-4, regime.name
+
+
+def _steps_and_resident(pair, regime) -> tuple[list[tuple[str, list[str], list[Move]]], list[Move]]:
+    """Per step (model, the parts resident after it, the moves made during it); and every move of the call."""
+    placement = pair.placement
+    before = len(placement.moves)
+    record: list[tuple[str, list[str], list[Move]]] = []
+    mark = [before]
+
+    def callback(info: StepInfo) -> None:
+        record.append((info.model, list(placement.resident), placement.moves[mark[0] :]))
+        mark[0] = len(placement.moves)
+
+    sample(
+        pair, PROMPT, regime, SEEDS, height=64, width=64, output_type="np", progress=False, callback=callback
+    )
+    return record, placement.moves[before:]
+
+
+@pytest.mark.parametrize(
+    "student",
+    [n for n, s in REGISTRY.items() if n.startswith("tiny-") and s.role == "student" and n != "tiny-lcm"],
+)
+def test_model_offload_keeps_one_part_on_the_accelerator_step_by_step(student):
+    base = REGISTRY[student].base
+    pair = load_pair(base, student, device="cpu", memory="model-offload")
+    for regime in (Hybrid(k=2), ReplaceFinal(n=2, base_schedule="student")):
+        steps, moves = _steps_and_resident(pair, regime)
+        for index, (model, resident, during) in enumerate(steps):
+            assert resident == ["base" if model == "base" else "student"]
+            moved_on = [m.part for m in during if m.direction == "on"]
+            assert len(set(moved_on)) == len(moved_on)  # nothing moved twice in a step
+            assert len(during) <= 2 + 2 * (
+                index == 0
+            )  # the other part off, this one on (step 0: text and VAE too)
+        # the text encoders run (and leave) before the first step, the VAE after the last; one part at a time
+        # (with CFG a prompt runs through the text encoders twice: they move once, as one part)
+        assert moves.count(Move("text_encoders", "on")) == moves.count(Move("text_encoders", "off")) == 1
+        assert moves.index(Move("text_encoders", "off")) < moves.index(Move(steps[0][1][0], "on"))
+        assert moves[-1] == Move("vae", "on")
+        switches = sum(1 for a, b in zip(steps, steps[1:], strict=False) if a[0] != b[0])
+        network_moves = [m for m in moves if m.part in ("base", "student")]
+        assert len(network_moves) == 2 * (switches + 1)  # each network's turn: on once, off once
+    sizes = pair.placement.sizes
+    assert pair.placement.peak_bytes == max(sizes[p] for p in pair_parts(pair)) <= 1.3 * max(sizes.values())
+
+
+def test_a_student_attached_later_joins_the_plan():
+    pair = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", memory="model-offload")
+    other = with_student(pair, "tiny-lcm")
+    assert other.placement is pair.placement
+    steps, _ = _steps_and_resident(other, Hybrid())
+    assert [resident for _, resident, _ in steps] == [["base"]] + [["student tiny-lcm"]] * (len(steps) - 1)
+    reference = load_pair("tiny-sdxl", "tiny-lcm", device="cpu")
+    np.testing.assert_allclose(_images(other, Hybrid()), _images(reference, Hybrid()), atol=1e-5)
+
+
+def test_a_placed_pair_refuses_to_move_as_a_whole():
+    pair = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", memory="model-offload")
+    with pytest.raises(ValueError, match="model-offload"):
+        pair.to("cpu")
+    with pytest.raises(ValueError, match="unknown memory plan 'everything'"):
+        load_pair("tiny-sdxl", "tiny-dmd", device="cpu", memory="everything")
+
+
+@pytest.mark.parametrize("plan", ["resident", "model-offload", "group-offload"])
+def test_fp8_storage_halves_the_networks_and_runs_under_every_plan(plan):
+    plain = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.bfloat16)
+    fp8 = load_pair("tiny-sdxl", "tiny-dmd", device="cpu", dtype=torch.bfloat16, fp8=True, memory=plan)
+    before, after = held_bytes(plain), held_bytes(fp8)
+    for part in ("base", "student"):
+        weights = sum(p.numel() for p in plain.network("base" if part == "base" else "student").parameters())
+        # the networks' weights drop from 2 bytes to 1 (diffusers keeps norms and embeddings in the compute dtype)
+        assert after[part] < 0.75 * before[part] and before[part] >= 2 * weights
+    assert after["vae"] == before["vae"]
+    ours, reference = _images(fp8, Hybrid()), _images(plain, Hybrid())
+    assert np.isfinite(ours).all() and 0 < np.abs(ours - reference).max() < 0.5

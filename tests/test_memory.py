@@ -15,6 +15,14 @@ from conceptspace.lora import write_lora
 from conceptspace.models import REGISTRY
 from conceptspace.models.loading import with_student
 from conceptspace.models.memory import Move, held_bytes, pair_parts
+from conceptspace.models.sizes import (
+    ACTIVATION_RESERVE,
+    MemoryPlanError,
+    component_parameters,
+    pair_sizes,
+    parse_memory_size,
+    plan_for,
+)
 from conceptspace.pipeline import DiversityPipeline
 from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise, SliderSpaceScales
 from conceptspace.sampling import StepInfo
@@ -188,3 +196,74 @@ def test_fp8_storage_halves_the_networks_and_runs_under_every_plan(plan):
     assert after["vae"] == before["vae"]
     ours, reference = _images(fp8, Hybrid()), _images(plain, Hybrid())
     assert np.isfinite(ours).all() and 0 < np.abs(ours - reference).max() < 0.5
+
+
+# ------------------------------------------------------------------------------------------- sizes and auto
+def _largest_component(base: str, student: str | None, cache_dir) -> int:
+    counts = component_parameters(REGISTRY[base], cache_dir)[0]
+    own = (component_parameters(REGISTRY[student], cache_dir) or ({}, None))[0]  # a full student: the base's size
+    return 2 * max([*counts.values(), *own.values()])
+
+
+@pytest.mark.parametrize(("base", "student"), [("qwen-image", "qwen-image-lightning"), ("sdxl", "dmd2"), ("sdxl", "lcm"), ("flux-dev", "flux-schnell")])  # fmt: skip
+def test_sizes_read_from_the_headers_are_what_the_loaded_pair_holds(base, student, hub_cache):
+    sizes = pair_sizes(base, student, bytes_per_weight=4, cache_dir=hub_cache)
+    assert set(sizes.sources.values()) == {"files"}
+    held = held_bytes(load_pair(base, student, cache_dir=hub_cache, device="cpu", dtype=torch.float32))
+    assert sizes.parts.keys() == held.keys()
+    for part, expected in held.items():  # (the headers know no non-persistent buffers, e.g. CLIP's position ids)
+        assert sizes.parts[part] == pytest.approx(expected, rel=0.01), part
+
+
+def test_every_registered_pair_peaks_at_its_largest_part_under_model_offload(empty_cache):
+    checked = 0
+    for student in (s for s in REGISTRY.values() if s.role == "student" and s.storage != "random"):
+        sizes = pair_sizes(student.base, student.name, cache_dir=empty_cache)
+        if sizes is None:  # no published count (a .bin or a LoRA file of unknown size): read once downloaded
+            continue
+        assert sizes.peak("model-offload") <= 1.3 * _largest_component(student.base, student.name, empty_cache)
+        assert sizes.peak("model-offload") < sizes.peak("resident")
+        checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize(("base", "student"), [("z-image", "z-image-turbo"), ("flux-dev", "flux-schnell"), ("sd35-large", "sd35-large-turbo")])  # fmt: skip
+def test_auto_fits_the_big_pairs_on_a_24gb_card(base, student, empty_cache):
+    sizes = pair_sizes(base, student, cache_dir=empty_cache)
+    assert set(sizes.sources.values()) == {"published"}
+    choice = plan_for(sizes, parse_memory_size("24GB"))
+    assert choice.plan == "model-offload" and choice.peak + ACTIVATION_RESERVE <= 24 * 2**30
+    assert "model-offload" in str(choice)
+
+
+def test_auto_refuses_flux_on_an_8gb_card_naming_what_would_fit(empty_cache):
+    with pytest.raises(MemoryPlanError, match="group-offload") as error:
+        plan_for(pair_sizes("flux-dev", "flux-schnell", cache_dir=empty_cache), parse_memory_size("8GB"))
+    assert "--fp8" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_pair_plans_before_loading_and_refuses_before_loading(hub_cache, monkeypatch):
+    import conceptspace.models.loading as loading
+
+    sizes = pair_sizes("qwen-image", "qwen-image-lightning", bytes_per_weight=4, cache_dir=hub_cache)
+    between = ACTIVATION_RESERVE + (sizes.peak("model-offload") + sizes.peak("resident")) // 2
+    pair = _load("qwen-image-lightning", hub_cache, memory="auto", device_memory=between)
+    assert pair.memory == "model-offload" and pair.memory_choice.plan == "model-offload"
+    roomy = _load("qwen-image-lightning", hub_cache, memory="auto", device_memory="80GB")
+    assert roomy.memory == "resident"
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded a model although the plan cannot fit")
+
+    monkeypatch.setattr(loading, "_load_base_pipeline", no_loading)
+    too_small = ACTIVATION_RESERVE + sizes.peak("model-offload") // 2
+    for plan in ("auto", "model-offload", "resident"):
+        with pytest.raises(MemoryPlanError, match="does not fit"):
+            _load("qwen-image-lightning", hub_cache, memory=plan, device_memory=too_small)
+
+
+def test_memory_sizes_parse_like_cards_are_sold():
+    assert parse_memory_size("24GB") == parse_memory_size("24 GiB") == 24 * 2**30
+    assert parse_memory_size("12000MB") == 12000 * 2**20 and parse_memory_size(1234) == 1234
+    with pytest.raises(ValueError, match="24GB"):
+        parse_memory_size("lots")

@@ -38,6 +38,7 @@ from conceptspace.models.registry import (
     register,
     students_of,
 )
+from conceptspace.models.sizes import PlanChoice, accelerator_memory, pair_sizes, parse_memory_size, plan_for
 
 LoRAStudent = Literal["adapter", "merged"]
 """How a student stored as a LoRA on its base is held: ``"adapter"`` (default: hooked into the base's network,
@@ -103,6 +104,8 @@ class ModelPair:
     """Whether the denoising networks keep their weights in fp8 (layerwise casting)."""
     placement: Placement | None = None
     """``model-offload``'s ledger: which part is on the accelerator, and every move so far."""
+    memory_choice: PlanChoice | None = None
+    """The plan checked against the accelerator's memory before loading (``str()`` says it), when one was."""
     # One unset scheduler per class and config, copied for each call: building one from its config costs
     # milliseconds (config validation, logging), a copy microseconds.
     _scheduler_prototypes: dict[tuple[str, str], Any] = field(
@@ -526,8 +529,9 @@ def load_pair(
     student_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     lora_student: LoRAStudent = "adapter",
-    memory: MemoryPlan = "resident",
+    memory: MemoryPlan | Literal["auto"] = "resident",
     fp8: bool = False,
+    device_memory: int | str | None = None,
 ) -> ModelPair:
     """Load a base model and one of its distilled students with shared VAE and text encoders.
 
@@ -547,6 +551,7 @@ def load_pair(
         ModelNotFoundError: a model is not cached (with HF_HUB_OFFLINE=1) or not downloadable; the message
             names the repo, the files and the ``hf download`` command.
         IncompatibleModelsError: the two UNets' architectures differ (the message names the fields).
+        MemoryPlanError: the plan does not fit the accelerator (the message names what would).
 
     Example:
         >>> pair = load_pair("sdxl", "dmd2")                      # doctest: +SKIP
@@ -568,8 +573,8 @@ def load_pair(
             )
     device = check_device(device) or default_device()
     dtype = dtype or default_dtype(device)
-    if memory not in PLANS:
-        raise ValueError(f"unknown memory plan {memory!r}; plans: {', '.join(PLANS)}")
+    if memory not in (*PLANS, "auto"):
+        raise ValueError(f"unknown memory plan {memory!r}; plans: {', '.join(PLANS)} or auto")
     base_path = base_path if base_path is not None else base_spec.local_dir
     base_path = os.path.abspath(base_path) if base_path is not None else None
     if student_spec is not None and student_path is None:
@@ -580,6 +585,11 @@ def load_pair(
     for spec, path in ((base_spec, base_path), (student_spec, student_path)):
         if spec is not None and spec.storage != "random":
             _require_local(spec, cache_dir, path)
+    # so does a plan that cannot fit the accelerator
+    choice = _plan_choice(
+        base_spec, student_spec, memory, device, dtype, fp8, lora_student, device_memory,
+        cache_dir=cache_dir, base_path=base_path, student_path=student_path,
+    )  # fmt: skip
     pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path)
     pipeline.set_progress_bar_config(disable=True)
     base_scheduler_config = dict(pipeline.scheduler.config)
@@ -597,7 +607,29 @@ def load_pair(
     if fp8:
         store_in_fp8(pair)
         pair.fp8 = True
-    return place(pair, memory, device)
+    pair.memory_choice = choice
+    return place(pair, choice.plan if choice is not None else memory, device)
+
+
+def _plan_choice(
+    base: ModelSpec,
+    student: ModelSpec | None,
+    memory: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    fp8: bool,
+    lora_student: str,
+    device_memory: int | str | None,
+    **paths: Any,
+) -> PlanChoice | None:
+    """The plan checked against the accelerator before loading (None: nothing to check against — the CPU, or
+    ``resident`` on a device whose memory is not given)."""
+    available = parse_memory_size(device_memory) if device_memory is not None else accelerator_memory(device)
+    if available is None:
+        return PlanChoice("resident", 0, 0) if memory == "auto" else None
+    bytes_per_weight = torch.finfo(dtype).bits // 8
+    sizes = pair_sizes(base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, lora_student=lora_student, **paths)
+    return plan_for(sizes, available, memory)
 
 
 def place(pair: ModelPair, memory: MemoryPlan, device: torch.device) -> ModelPair:

@@ -7,7 +7,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +39,18 @@ class DType(str, Enum):
 class BaseSchedule(str, Enum):
     student = "student"
     own = "own"
+
+
+class Memory(str, Enum):
+    resident = "resident"
+    model_offload = "model-offload"
+    group_offload = "group-offload"
+    auto = "auto"
+
+
+class LoRAStudentMode(str, Enum):
+    adapter = "adapter"
+    merged = "merged"
 
 
 def _fail(message: str) -> None:
@@ -78,6 +90,67 @@ def models(
         )
 
 
+@app.command()
+def plan(
+    base: Annotated[str | None, typer.Option(help="One base (default: every registered pair).")] = None,
+    student: StudentOpt = None,
+    device_memory: Annotated[
+        list[str], typer.Option(help="Card sizes to plan for, e.g. 24GB (repeatable; default 24, 48 and 80 GB).")
+    ] = [],  # noqa: B006
+    dtype: Annotated[DType, typer.Option(help="Weights dtype the pair would load in.")] = DType.bfloat16,
+    fp8: Fp8Opt = False,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Say before loading whether a pair fits a card: each part's size (from the files' safetensors headers when
+    they are cached, else the published parameter counts), the peaks of the resident and model-offload plans, and
+    per card size the plan that fits (what --memory auto would pick, or what to ask for when nothing lossless fits).
+
+    Example: conceptspace plan --base flux-dev --device-memory 24GB
+    """
+    from conceptspace.models.registry import REGISTRY
+    from conceptspace.models.sizes import GIB, gib, parse_memory_size, plan_rows
+
+    try:
+        cards = [parse_memory_size(size) for size in device_memory] or [24 * GIB, 48 * GIB, 80 * GIB]
+    except ValueError as error:
+        _fail(f"--device-memory: {error}")
+    if base is not None and base not in REGISTRY:
+        _fail(f"unknown base {base!r} (conceptspace models lists them)")
+    pairs = [
+        (spec.base, spec.name)
+        for spec in REGISTRY.values()
+        if spec.role == "student"
+        and (student is None or spec.name == student)
+        and (spec.base == base if base is not None else REGISTRY[spec.base].storage != "random")  # (tiny: by name)
+    ]
+    if not pairs:
+        _fail(f"no registered pair matches --base {base} --student {student}")
+    bytes_per_weight = 4 if dtype == DType.float32 else 2
+    rows = plan_rows(pairs, cards, bytes_per_weight=bytes_per_weight, fp8=fp8, cache_dir=cache_dir)
+    width = max(len(row.name) for row in rows)
+    cards_header = "  ".join(gib(card).ljust(19) for card in cards)
+    typer.echo(
+        f"{'pair':<{width}}  {'sizes':<9} {'text':>5} {'base':>5} {'student':>7} {'vae':>4}  {'resident':>8} "
+        f"{'offload':>7}  {cards_header}"
+    )
+    for row in rows:
+        if row.sizes is None:
+            typer.echo(f"{row.name:<{width}}  unknown: not downloaded, and no published count")
+            continue
+        parts, sources = row.sizes.parts, "+".join(sorted(set(row.sizes.sources.values())))
+        student_gb = f"{parts.get('student', parts.get('student_adapter', 0)) / 1e9:.1f}"
+        student_gb += "a" if "student_adapter" in parts else ""
+        typer.echo(
+            f"{row.name:<{width}}  {sources:<9} {parts.get('text_encoders', 0) / 1e9:>5.1f} {parts['base'] / 1e9:>5.1f} "
+            f"{student_gb:>7} {parts.get('vae', 0) / 1e9:>4.1f}  {row.sizes.peak('resident') / 1e9:>8.1f} "
+            f"{row.sizes.peak('model-offload') / 1e9:>7.1f}  " + "  ".join(f"{row.fits[c]:<19}" for c in cards)
+        )
+    typer.echo(
+        "GB of weights (decimal; 'a': a LoRA student's adapter on the base's network); the plan per card keeps "
+        "1.5 GiB for activations. Load with --memory PLAN (and --fp8)."
+    )
+
+
 def _prepare(
     base: str,
     student: str | None,
@@ -103,6 +176,10 @@ def _prepare(
     quiet: bool = False,
     height: int | None = None,
     width: int | None = None,
+    memory: Memory = Memory.resident,
+    fp8: bool = False,
+    device_memory: str | None = None,
+    lora_student: LoRAStudentMode = LoRAStudentMode.adapter,
     **_: object,
 ) -> tuple:
     """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
@@ -152,6 +229,7 @@ def _prepare(
     built = [builders[name]() for name in names]
     seeds = seeds_from(seed, n)
     device = check_device(device)
+    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
     ensure_writable_dir(out)
     if quiet:
         _silence_libraries()
@@ -163,7 +241,9 @@ def _prepare(
         base_path=base_path,
         student_path=student_path,
         cache_dir=cache_dir,
+        **memory_options,
     )
+    _say_plan(pair)
     parameters = {
         "k": k,
         "base_guidance": base_guidance,
@@ -292,7 +372,40 @@ StudentPathOpt = Annotated[
     Path | None, typer.Option(help="Local folder or UNet file replacing the student's hub source.")
 ]
 CacheOpt = Annotated[Path | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE).")]
+
+
+MemoryOpt = Annotated[
+    Memory,
+    typer.Option(
+        help="Where the pair's parts live: resident (all on the device), model-offload (each part on it only while "
+        "it runs), group-offload (a block at a time), auto (the cheapest that fits; conceptspace plan tells)."
+    ),
+]
+Fp8Opt = Annotated[bool, typer.Option("--fp8", help="Keep the denoising networks' weights in fp8 (lossy).")]
+DeviceMemoryOpt = Annotated[
+    str | None, typer.Option(help="Accelerator memory to plan for, e.g. 24GB (default: its free memory).")
+]
+LoRAStudentOpt = Annotated[
+    LoRAStudentMode,
+    typer.Option(help="A student stored as a LoRA: an adapter on the base's network, or a merged copy (faster)."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _memory_options(memory: Memory, fp8: bool, device_memory: str | None, lora_student: LoRAStudentMode) -> dict:
+    """load_pair's memory keywords from the options (a bad --device-memory fails before anything loads)."""
+    from conceptspace.models.sizes import parse_memory_size
+
+    try:
+        size = parse_memory_size(device_memory) if device_memory is not None else None
+    except ValueError as error:
+        _fail(f"--device-memory: {error}")
+    return {"memory": memory.value, "fp8": fp8, "device_memory": size, "lora_student": lora_student.value}
+
+
+def _say_plan(pair: Any) -> None:
+    if pair.memory_choice is not None and pair.memory_choice.device_memory:
+        typer.echo(str(pair.memory_choice), err=True)
 
 
 @app.command()
@@ -322,6 +435,10 @@ def generate(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate images in one or more regimes; writes DIR/<regime>/<prompt#>_<seed>.png and DIR/run.json.
@@ -358,6 +475,10 @@ def trajectory(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     embedder: Annotated[
         str | None,
         typer.Option(
@@ -417,6 +538,10 @@ def diversity(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate (or reuse) images per regime, measure their diversity with 95% CIs and paired tests, and write
@@ -915,6 +1040,10 @@ def run_prompts(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample a whole prompt set in one or more regimes: DIR/<regime>/<case>_<i>.png, DIR/manifest.jsonl, DIR/run.json.
@@ -1080,6 +1209,10 @@ def compare_methods(
     base_path: BasePathOpt = None,
     student_path: StudentPathOpt = None,
     cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Which method restores the student's diversity best, at what quality and cost: every method on the same
@@ -1103,6 +1236,7 @@ def compare_methods(
         _fail("give at least one --prompt (or --prompts FILE)")
     if n < 2:
         _fail(f"a comparison measures diversity: -n must be at least 2, got {n}")
+    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
     ensure_writable_dir(out)
     if quiet:
         _silence_libraries()
@@ -1114,7 +1248,9 @@ def compare_methods(
         base_path=base_path,
         student_path=student_path,
         cache_dir=cache_dir,
+        **memory_options,
     )
+    _say_plan(pair)
     result = compare(
         pair,
         prompt_list,

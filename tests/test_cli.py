@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -278,7 +279,7 @@ def test_generate_can_limit_trajectory_strips(tmp_path: Path, tiny_sdxl_pair) ->
     assert len(rows) == 4 and {row["n"] for row in rows} == {3}  # the curves still use every sample
 
 
-@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo", "--help"], ["plan", "--base", "flux-dev"]])
 def test_help_and_models_answer_without_loading_torch(args: list[str]) -> None:
     # torch + diffusers take seconds to import; commands that only talk must not pay for them
     code = (
@@ -298,7 +299,7 @@ def test_help_and_models_answer_without_loading_torch(args: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "heavy: []" in result.stdout
-    assert "Usage" in result.stdout or "shapes" in result.stdout
+    assert "Usage" in result.stdout or "shapes" in result.stdout or "flux-schnell" in result.stdout
 
 
 def test_compare_prints_the_ranking_and_writes_the_report(tmp_path: Path) -> None:
@@ -314,3 +315,28 @@ def test_compare_prints_the_ranking_and_writes_the_report(tmp_path: Path) -> Non
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
     bad = run_cli("compare", *TINY, "--methods", "hybrid:k=x:q=1", "--prompt", "x", "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "hybrid takes no option 'q'" in bad.stderr
+
+
+def test_memory_plans_on_the_command_line_give_the_resident_images(tmp_path: Path) -> None:
+    args = ["generate", *TINY, "--regime", "hybrid", "--prompt", "a red circle", "-n", "2"]
+    assert invoke(*args, "--out", str(tmp_path / "resident")).exit_code == 0
+    # the tiny pair's weights: 22 MB resident, 13 MB at most at once (its text encoders); 1.5 GiB kept for activations
+    offloaded = invoke(*args, "--memory", "auto", "--device-memory", "1552MiB", "--out", str(tmp_path / "offload"))
+    assert offloaded.exit_code == 0, offloaded.output
+    assert "memory plan model-offload" in offloaded.output
+    for name in ("000_0.png", "000_1.png"):
+        a, b = (np.asarray(Image.open(tmp_path / run / "hybrid" / name)) for run in ("resident", "offload"))
+        assert np.abs(a.astype(int) - b.astype(int)).max() == 0
+    refused = invoke(*args, "--memory", "auto", "--device-memory", "1GiB", "--out", str(tmp_path / "refused"))
+    assert refused.exit_code != 0 and "does not fit" in str(refused.exception)
+    assert not (tmp_path / "refused" / "run.json").exists()
+
+
+def test_plan_says_what_fits_each_card_before_loading() -> None:
+    result = invoke("plan", "--base", "flux-dev", "--device-memory", "8GB", "--device-memory", "24GB")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("flux-dev + flux-schnell"))
+    assert row.split()[-2:] == ["group-offload", "model-offload"] and "published" in row
+    qwen = invoke("plan", "--base", "qwen-image", "--device-memory", "24GB")
+    assert "fp8 + model-offload" in qwen.output and "1.2a" in qwen.output
+    assert invoke("plan", "--device-memory", "lots").exit_code == 2

@@ -201,7 +201,9 @@ def test_fp8_storage_halves_the_networks_and_runs_under_every_plan(plan):
 # ------------------------------------------------------------------------------------------- sizes and auto
 def _largest_component(base: str, student: str | None, cache_dir) -> int:
     counts = component_parameters(REGISTRY[base], cache_dir)[0]
-    own = (component_parameters(REGISTRY[student], cache_dir) or ({}, None))[0]  # a full student: the base's size
+    own = (component_parameters(REGISTRY[student], cache_dir) or ({}, None))[
+        0
+    ]  # a full student: the base's size
     return 2 * max([*counts.values(), *own.values()])
 
 
@@ -211,7 +213,10 @@ def test_sizes_read_from_the_headers_are_what_the_loaded_pair_holds(base, studen
     assert set(sizes.sources.values()) == {"files"}
     held = held_bytes(load_pair(base, student, cache_dir=hub_cache, device="cpu", dtype=torch.float32))
     assert sizes.parts.keys() == held.keys()
-    for part, expected in held.items():  # (the headers know no non-persistent buffers, e.g. CLIP's position ids)
+    for (
+        part,
+        expected,
+    ) in held.items():  # (the headers know no non-persistent buffers, e.g. CLIP's position ids)
         assert sizes.parts[part] == pytest.approx(expected, rel=0.01), part
 
 
@@ -221,7 +226,9 @@ def test_every_registered_pair_peaks_at_its_largest_part_under_model_offload(emp
         sizes = pair_sizes(student.base, student.name, cache_dir=empty_cache)
         if sizes is None:  # no published count (a .bin or a LoRA file of unknown size): read once downloaded
             continue
-        assert sizes.peak("model-offload") <= 1.3 * _largest_component(student.base, student.name, empty_cache)
+        assert sizes.peak("model-offload") <= 1.3 * _largest_component(
+            student.base, student.name, empty_cache
+        )
         assert sizes.peak("model-offload") < sizes.peak("resident")
         checked += 1
     assert checked >= 10

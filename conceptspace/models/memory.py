@@ -16,7 +16,7 @@ accelerator (there every plan runs, and gives the same images).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -237,20 +237,6 @@ def apply_plan(pair: ModelPair, plan: MemoryPlan, device: torch.device) -> Place
         apply_group_offload(pair, device)
         return None
     raise ValueError(f"unknown memory plan {plan!r}; plans: {', '.join(PLANS)} or auto")
-
-
-def peak_estimate(sizes: Mapping[str, int], plan: MemoryPlan, groups: Mapping[str, int] | None = None) -> int:
-    """The bytes a plan keeps on the accelerator at once, from the parts' sizes: all of them (``resident``), the
-    largest part plus the adapter (``model-offload``), two groups (``group-offload``: one running, one arriving)."""
-    adapter = sizes.get("student_adapter", 0)
-    parts = {k: v for k, v in sizes.items() if k != "student_adapter"}
-    if plan == "resident":
-        return sum(sizes.values())
-    if plan == "model-offload":
-        return max(parts.values(), default=0) + adapter
-    if groups is None:
-        raise ValueError("group-offload's peak needs the largest group of each part")
-    return 2 * max(groups.values(), default=0) + adapter
 
 
 def place_student(pair: ModelPair) -> None:

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,11 @@ GIB = 2**30
 Source = Literal["files", "published", "built"]
 
 
+def gib(size: int) -> str:
+    """Bytes as GiB for messages: ``24 GiB``, ``1.5 GiB``."""
+    return f"{size / GIB:.2f}".rstrip("0").rstrip(".") + " GiB"
+
+
 class MemoryPlanError(ValueError):
     """No plan fits the accelerator (raised before anything loads)."""
 
@@ -75,7 +81,9 @@ def _folder_parameters(folder: Path) -> int | None:
     return sum(safetensors_parameters(f) for f in files) if files else None
 
 
-def _snapshot(spec: ModelSpec, cache_dir: str | os.PathLike | None, path: str | os.PathLike | None) -> Path | None:
+def _snapshot(
+    spec: ModelSpec, cache_dir: str | os.PathLike | None, path: str | os.PathLike | None
+) -> Path | None:
     """The folder (or, for single-file entries, the file) that holds ``spec``'s weights, when it is on disk."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -88,7 +96,11 @@ def _snapshot(spec: ModelSpec, cache_dir: str | os.PathLike | None, path: str | 
         return None
     if spec.storage in ("unet_file", "lora_file"):
         return Path(found)
-    return Path(found).parent.parent if spec.storage == "pipeline" and spec.role == "student" else Path(found).parent
+    return (
+        Path(found).parent.parent
+        if spec.storage == "pipeline" and spec.role == "student"
+        else Path(found).parent
+    )
 
 
 def component_parameters(
@@ -145,6 +157,20 @@ def _built_parameters(spec: ModelSpec) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------------- the plans
+def peak_estimate(sizes: Mapping[str, int], plan: str, groups: Mapping[str, int] | None = None) -> int:
+    """The bytes a plan keeps on the accelerator at once, from the parts' sizes: all of them (``resident``), the
+    largest part plus the adapter (``model-offload``), two groups (``group-offload``: one running, one arriving)."""
+    adapter = sizes.get("student_adapter", 0)
+    parts = {k: v for k, v in sizes.items() if k != "student_adapter"}
+    if plan == "resident":
+        return sum(sizes.values())
+    if plan == "model-offload":
+        return max(parts.values(), default=0) + adapter
+    if groups is None:
+        raise ValueError("group-offload's peak needs the largest group of each part")
+    return 2 * max(groups.values(), default=0) + adapter
+
+
 @dataclass(frozen=True)
 class PairSizes:
     """Bytes per part of a pair as :mod:`conceptspace.models.memory` places them (``text_encoders``, ``base``,
@@ -155,6 +181,7 @@ class PairSizes:
     student: str | None
     parts: dict[str, int]
     sources: dict[str, Source]
+    fp8: bool = False
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -162,14 +189,14 @@ class PairSizes:
 
     def peak(self, plan: str) -> int:
         """The bytes ``plan`` keeps on the accelerator at once (weights; :data:`ACTIVATION_RESERVE` is apart)."""
-        from conceptspace.models.memory import peak_estimate
-
-        return peak_estimate(self.parts, plan)  # type: ignore[arg-type]
+        return peak_estimate(self.parts, plan)
 
     def in_fp8(self) -> PairSizes:
         """The same pair with its networks stored in fp8 (one byte a weight instead of two)."""
+        if self.fp8:
+            return self
         halved = {k: (v // 2 if k in self.networks else v) for k, v in self.parts.items()}
-        return PairSizes(self.base, self.student, halved, self.sources)
+        return PairSizes(self.base, self.student, halved, self.sources, fp8=True)
 
 
 def pair_sizes(
@@ -209,7 +236,9 @@ def pair_sizes(
         else:
             own = component_parameters(student_spec, cache_dir, student_path)
             # a full student has its base's architecture: where its own files cannot tell, the base's network does
-            parts["student"], sources["student"] = (own[0]["network"], own[1]) if own else (counts[folder], base_source)
+            parts["student"], sources["student"] = (
+                (own[0]["network"], own[1]) if own else (counts[folder], base_source)
+            )
     in_bytes = {k: v * bytes_per_weight for k, v in parts.items() if v}
     sizes = PairSizes(base_spec.name, student_spec.name if student_spec else None, in_bytes, sources)
     return sizes.in_fp8() if fp8 and bytes_per_weight == 2 else sizes
@@ -225,8 +254,8 @@ class PlanChoice:
 
     def __str__(self) -> str:
         return (
-            f"memory plan {self.plan}: about {self.peak / 1e9:.1f} GB of weights on a {self.device_memory / GIB:.0f} "
-            f"GiB accelerator (+{ACTIVATION_RESERVE / GIB:.1f} GiB kept for activations)"
+            f"memory plan {self.plan}: about {self.peak / 1e9:.1f} GB of weights on an accelerator of "
+            f"{gib(self.device_memory)} (+{ACTIVATION_RESERVE / GIB:.1f} GiB kept for activations)"
         )
 
 
@@ -257,8 +286,9 @@ def plan_for(sizes: PairSizes | None, device_memory: int, requested: str = "auto
     tried = "any lossless plan" if requested == "auto" else f"--memory {requested}"
     needed = sizes.peak("model-offload" if requested == "auto" else requested)
     raise MemoryPlanError(
-        f"{sizes.base} + {sizes.student or 'no student'} does not fit an accelerator of {device_memory / GIB:.0f} GiB "
-        f"with {tried}: it needs {needed / 1e9:.1f} GB of weights at once (+{ACTIVATION_RESERVE / GIB:.1f} GiB for activations); use " + ", or ".join(options)
+        f"{sizes.base} + {sizes.student or 'no student'} does not fit an accelerator of {gib(device_memory)} "
+        f"with {tried}: it needs {needed / 1e9:.1f} GB of weights at once (+{ACTIVATION_RESERVE / GIB:.1f} GiB for activations); use "
+        + ", or ".join(options)
     )
 
 
@@ -284,3 +314,44 @@ def accelerator_memory(device: str | object) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+def fitting_plan(sizes: PairSizes, device_memory: int) -> str:
+    """What fits an accelerator of ``device_memory`` bytes: the plan ``auto`` picks, else the first of
+    ``fp8 + model-offload`` and ``group-offload`` that does (what :func:`plan_for`'s refusal names first)."""
+    try:
+        return plan_for(sizes, device_memory).plan
+    except MemoryPlanError:
+        fp8_peak = sizes.in_fp8().peak("model-offload")
+        return "fp8 + model-offload" if fp8_peak <= device_memory - ACTIVATION_RESERVE else "group-offload"
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """A pair's sizes and, per card size (bytes), the plan that fits it (``conceptspace plan`` prints these)."""
+
+    base: str
+    student: str | None
+    sizes: PairSizes | None
+    fits: dict[int, str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.base} + {self.student}" if self.student else self.base
+
+
+def plan_rows(
+    pairs: list[tuple[str, str | None]],
+    cards: list[int],
+    *,
+    bytes_per_weight: int = 2,
+    fp8: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[PlanRow]:
+    """One :class:`PlanRow` per pair, read before anything loads (sizes None: unknown until downloaded)."""
+    rows = []
+    for base, student in pairs:
+        sizes = pair_sizes(base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, cache_dir=cache_dir)
+        fits = {card: fitting_plan(sizes, card) for card in cards} if sizes is not None else {}
+        rows.append(PlanRow(base, student, sizes, fits))
+    return rows

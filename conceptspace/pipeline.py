@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from conceptspace.models import ModelSpec, get_spec
-from conceptspace.models.loading import ModelPair, _prediction_type, _student_spec
+from conceptspace.models.loading import ModelPair, _prediction_type, _student_spec, place
 from conceptspace.sampling import Regime, regime_from_name, sample
 
 __all__ = ["DiversityPipeline", "pair_from_pipelines"]
@@ -63,6 +63,10 @@ def pair_from_pipelines(
     and its scheduler (class and config, the registry's overrides applied on top). ``student``: the student's
     registry name or spec (its steps, timesteps and guidance); ``base``: the base's (default: the student's base).
 
+    Pipelines on which the user called ``enable_model_cpu_offload()`` keep their offload as the pair's
+    ``model-offload`` plan: diffusers' hooks give way to the pair's, which keep one part on the accelerator at a time
+    across both pipelines (diffusers' chains would leave the base's network there while the student's runs).
+
     Raises ValueError when both pipelines hold the same network object (load the student's network separately, or
     its LoRA into a pipeline of its own), when they sit on different devices, and IncompatibleModelsError when the
     networks' architectures differ.
@@ -76,6 +80,8 @@ def pair_from_pipelines(
     for pipeline, role in ((base_pipeline, "base"), (student_pipeline, "student")):
         if getattr(pipeline, folder, None) is None:
             raise TypeError(f"the {role} pipeline ({type(pipeline).__name__}) has no {folder}")
+    offloaded = [pipe for pipe in (base_pipeline, student_pipeline) if getattr(pipe, "_all_hooks", None)]
+    execution_device = base_pipeline._execution_device if offloaded else None
     base_network, student_network = getattr(base_pipeline, folder), getattr(student_pipeline, folder)
     if base_network is student_network:
         raise ValueError(
@@ -101,6 +107,10 @@ def pair_from_pipelines(
     pair.base_prediction_type = _prediction_type(base_spec, pair.base_scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, pair.student_scheduler_config)
     pair.family.check_compatible(base_network.config, student_network.config, (base_spec.name, student_spec.name))
+    if offloaded:
+        for pipe in offloaded:
+            pipe.remove_all_hooks()
+        place(pair, "model-offload", execution_device)
     return pair
 
 

@@ -274,3 +274,52 @@ def test_memory_sizes_parse_like_cards_are_sold():
     assert parse_memory_size("12000MB") == 12000 * 2**20 and parse_memory_size(1234) == 1234
     with pytest.raises(ValueError, match="24GB"):
         parse_memory_size("lots")
+
+
+def test_diversity_pipeline_keeps_the_users_model_offload():
+    reference = load_pair("tiny-flux", "tiny-schnell", device="cpu")
+    expected = _images(reference, Hybrid())
+    pair = load_pair("tiny-flux", "tiny-schnell", device="cpu")
+    base_pipe, student_pipe = pair.to_diffusers("base"), pair.to_diffusers("student")
+    for pipe in (base_pipe, student_pipe):
+        pipe.enable_model_cpu_offload(device="cpu")
+    diversity = DiversityPipeline(base_pipe, student_pipe, "tiny-schnell")
+    assert diversity.pair.memory == "model-offload" and not base_pipe._all_hooks
+    generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+    images = diversity(
+        PROMPT, num_images_per_prompt=2, generator=generators, height=64, width=64, output_type="np"
+    )
+    np.testing.assert_allclose(images.images, expected, atol=1e-5)
+    assert Move("student", "on") in diversity.pair.placement.moves and diversity.pair.placement.resident == [
+        "vae"
+    ]
+
+
+def test_the_published_counts_match_the_published_architectures():
+    """The size table against the published configs built on the meta device (benchmarks/bench_flow.py's)."""
+    import importlib.util
+
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from conceptspace.models.sizes import PUBLISHED_PARAMETERS
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_flow", Path(__file__).parents[1] / "benchmarks" / "bench_flow.py"
+    )
+    flow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flow)
+    with init_empty_weights():
+        built = {
+            ("flux-dev", "transformer"): FluxTransformer2DModel(
+                **flow.FLUX_TRANSFORMER, guidance_embeds=True
+            ),
+            ("sd35-large", "transformer"): SD3Transformer2DModel(**flow.SD35_LARGE_TRANSFORMER),
+            ("flux-dev", "text_encoder_2"): T5EncoderModel(T5Config(vocab_size=32128, **flow.T5_XXL)),
+            ("sd35-large", "text_encoder_2"): CLIPTextModelWithProjection(CLIPTextConfig(**flow.CLIP_G)),
+        }
+    for (name, part), model in built.items():
+        # (T5's input embedding is its shared one; built empty, the two are not tied yet)
+        count = sum(p.numel() for key, p in model.named_parameters() if key != "encoder.embed_tokens.weight")
+        assert PUBLISHED_PARAMETERS[name][part] == pytest.approx(count, rel=0.01), (name, part, count)

@@ -98,10 +98,13 @@ def _sliders(pair, folder: Path) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="module")
-def plan_pairs(hub_cache):
-    """The Qwen-Image + Lightning pair (a LoRA student held as an adapter) under every plan."""
-    return {plan: _load("qwen-image-lightning-4step", hub_cache, memory=plan) for plan in ("resident", "model-offload", "group-offload")}  # fmt: skip
+@pytest.fixture(scope="module", params=["qwen-image-lightning-4step", "tiny-dmd"])
+def plan_pairs(request, hub_cache):
+    """A pair under every plan: Qwen-Image + Lightning (a LoRA student held as an adapter, through the real loading
+    code) and the tiny SDXL pair (two networks)."""
+    if request.param == "tiny-dmd":
+        return {plan: load_pair("tiny-sdxl", "tiny-dmd", device="cpu", memory=plan) for plan in ("resident", "model-offload", "group-offload")}  # fmt: skip
+    return {plan: _load(request.param, hub_cache, memory=plan) for plan in ("resident", "model-offload", "group-offload")}  # fmt: skip
 
 
 def _regimes(sliders: str):

@@ -140,19 +140,17 @@ def _diffusers_call(pipe: Any, pair: Any, role: str, steps: dict[str, int], size
     kwargs: dict[str, Any] = {"num_inference_steps": steps["base" if role == "base" else "distilled"]}
     if spec.timesteps is not None:
         kwargs = {"timesteps": list(spec.timesteps)}
-    guidance = {"guidance_scale": spec.guidance_scale} if "guidance_scale" in _parameters(pipe) else {}
-    if "true_cfg_scale" in _parameters(pipe):
-        guidance = {"true_cfg_scale": spec.guidance_scale}
-        if spec.guidance_scale > 1:  # the model card's negative prompt, as the sampler uses it
-            guidance["negative_prompt"] = " "
+    if pair.family.name == "qwenimage":  # true CFG, with the model card's negative prompt when it runs
+        guidance = {
+            "true_cfg_scale": spec.guidance_scale,
+            **({"negative_prompt": " "} if spec.guidance_scale > 1 else {}),
+        }
+    else:
+        guidance = {"guidance_scale": spec.guidance_scale}
+    if pair.family.name == "pixart":
+        guidance["use_resolution_binning"] = False  # sample the size asked
     return lambda: pipe(PROMPT, height=size, width=size, generator=[torch.Generator().manual_seed(0)],
                         output_type="np", **kwargs, **guidance)  # fmt: skip
-
-
-def _parameters(pipe: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(type(pipe).__call__).parameters)
 
 
 def _seconds(call: Callable[[], Any], device: torch.device) -> float:

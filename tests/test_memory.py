@@ -326,3 +326,48 @@ def test_the_published_counts_match_the_published_architectures():
         # (T5's input embedding is its shared one; built empty, the two are not tied yet)
         count = sum(p.numel() for key, p in model.named_parameters() if key != "encoder.embed_tokens.weight")
         assert PUBLISHED_PARAMETERS[name][part] == pytest.approx(count, rel=0.01), (name, part, count)
+
+
+@pytest.mark.parametrize("plan", ["resident", "model-offload", "group-offload"])
+def test_quantized_networks_run_under_every_plan(plan, hub_cache):
+    """diffusers' own quantization (torchao int8 weights, on the CPU) for both networks, loaded through the real
+    loading code; images close to the unquantized pair's, the networks' bytes halved."""
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    options = dict(cache_dir=hub_cache, device="cpu", dtype=torch.bfloat16)
+    plain = load_pair("flux-dev", "flux-schnell", **options)
+    quantized = load_pair(
+        "flux-dev", "flux-schnell", **options, memory=plan, quantization=TorchAoConfig(Int8WeightOnlyConfig())
+    )
+    assert "Int8" in type(quantized.base_network.transformer_blocks[0].attn.to_q.weight).__name__
+    before, after = held_bytes(plain), held_bytes(quantized)
+    for part in ("base", "student"):
+        assert after[part] < 0.75 * before[part]
+    ours, reference = _images(quantized, Hybrid()), _images(plain, Hybrid())
+    assert np.isfinite(ours).all() and 0 < np.abs(ours - reference).mean() < 0.05
+    with pytest.raises(ValueError, match="pick one"):
+        load_pair(
+            "flux-dev",
+            "flux-schnell",
+            **options,
+            fp8=True,
+            quantization=TorchAoConfig(Int8WeightOnlyConfig()),
+        )
+
+
+def test_a_lora_student_stays_an_adapter_on_a_quantized_base(hub_cache):
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    options = dict(cache_dir=hub_cache, device="cpu", dtype=torch.bfloat16)
+    config = TorchAoConfig(Int8WeightOnlyConfig())
+    plain = load_pair("qwen-image", "qwen-image-lightning-4step", **options)
+    quantized = load_pair("qwen-image", "qwen-image-lightning-4step", **options, quantization=config)
+    assert quantized.student_network is quantized.base_network
+    ours, reference = _images(quantized, Distilled()), _images(plain, Distilled())
+    assert np.isfinite(ours).all() and np.abs(ours - reference).mean() < 0.05
+    with pytest.raises(ValueError, match="quantization cannot be applied"):
+        load_pair(
+            "qwen-image", "qwen-image-lightning-4step", **options, quantization=config, lora_student="merged"
+        )

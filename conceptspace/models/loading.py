@@ -329,7 +329,9 @@ def _require_local(spec: ModelSpec, cache_dir: Any, path: str | None) -> None:
         raise _missing_error(spec, cache_dir)
 
 
-def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None) -> Any:
+def _load_base_pipeline(
+    spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, path: str | None, quantization: Any = None
+) -> Any:
     family = family_of(spec)
     if spec.storage == "random":
         return family.random_pipeline(spec.seed, dtype)
@@ -341,6 +343,12 @@ def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, pat
     kwargs: dict[str, Any] = {}
     if "safety_checker" in inspect.signature(pipeline_cls.__init__).parameters:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if quantization is not None:
+        from diffusers import PipelineQuantizationConfig
+
+        kwargs["quantization_config"] = PipelineQuantizationConfig(
+            quant_mapping={family.network_folder: quantization}
+        )
     pipeline = _load_with_variants(
         lambda **kw: pipeline_cls.from_pretrained(source, **kw, **kwargs), spec, dtype, cache_dir, path
     )
@@ -349,10 +357,16 @@ def _load_base_pipeline(spec: ModelSpec, dtype: torch.dtype, cache_dir: Any, pat
 
 
 def _load_student_network(
-    spec: ModelSpec, base_pipeline: Any, dtype: torch.dtype, cache_dir: Any, path: str | None
+    spec: ModelSpec,
+    base_pipeline: Any,
+    dtype: torch.dtype,
+    cache_dir: Any,
+    path: str | None,
+    quantization: Any = None,
 ) -> tuple[Any, Mapping[str, Any]]:
     """The student's denoising network and the scheduler config it is sampled with."""
     family = family_of(spec)
+    quantized = {"quantization_config": quantization} if quantization is not None else {}
     network_class = family.network_class()
     base_scheduler_config = base_pipeline.scheduler.config
     if spec.storage == "random":
@@ -365,7 +379,9 @@ def _load_student_network(
     source = path or spec.repo_id
     if spec.storage == "pipeline":
         unet = _load_with_variants(
-            lambda **kw: network_class.from_pretrained(source, subfolder=family.network_folder, **kw),
+            lambda **kw: network_class.from_pretrained(
+                source, subfolder=family.network_folder, **kw, **quantized
+            ),
             spec,
             dtype,
             cache_dir,
@@ -374,7 +390,7 @@ def _load_student_network(
         return unet, _student_pipeline_scheduler_config(spec, source, cache_dir, base_scheduler_config)
     if spec.storage == "unet_folder":
         unet = _load_with_variants(
-            lambda **kw: network_class.from_pretrained(source, subfolder=spec.subfolder, **kw),
+            lambda **kw: network_class.from_pretrained(source, subfolder=spec.subfolder, **kw, **quantized),
             spec,
             dtype,
             cache_dir,
@@ -393,6 +409,26 @@ def _load_student_network(
         file_path, network_class, base_network.config, dtype=dtype, name=spec.name
     )
     return network, base_scheduler_config
+
+
+def _check_quantizable(
+    base: ModelSpec, student: ModelSpec | None, lora_student: str, quantization: Any
+) -> None:
+    """A quantization config reaches only networks that diffusers' ``from_pretrained`` reads: refuse the others
+    before anything loads."""
+    if quantization is None:
+        return
+    how = {"random": "is built in memory", "unet_file": "is a bare state dict",
+           "lora_file": "is a LoRA merged into a copy of the base's network"}  # fmt: skip
+    for spec in (base, student):
+        if spec is None or spec.storage in ("pipeline", "unet_folder"):
+            continue
+        if spec.storage == "lora_file" and lora_student == "adapter":
+            continue  # an adapter on the quantized base
+        raise ValueError(
+            f"{spec.name!r} {how[spec.storage]}, not read by from_pretrained, so quantization cannot be applied to "
+            "it: load it unquantized, or keep a LoRA student an adapter (lora_student='adapter') on the quantized base"
+        )
 
 
 def _student_lora(base_network: Any, file_path: str | os.PathLike, spec: ModelSpec) -> Any:
@@ -532,6 +568,7 @@ def load_pair(
     memory: MemoryPlan | Literal["auto"] = "resident",
     fp8: bool = False,
     device_memory: int | str | None = None,
+    quantization: Any = None,
 ) -> ModelPair:
     """Load a base model and one of its distilled students with shared VAE and text encoders.
 
@@ -575,6 +612,11 @@ def load_pair(
     dtype = dtype or default_dtype(device)
     if memory not in (*PLANS, "auto"):
         raise ValueError(f"unknown memory plan {memory!r}; plans: {', '.join(PLANS)} or auto")
+    if fp8 and quantization is not None:
+        raise ValueError(
+            "fp8=True and a quantization config both set how the networks' weights are stored: pick one"
+        )
+    _check_quantizable(base_spec, student_spec, lora_student, quantization)
     base_path = base_path if base_path is not None else base_spec.local_dir
     base_path = os.path.abspath(base_path) if base_path is not None else None
     if student_spec is not None and student_path is None:
@@ -590,7 +632,7 @@ def load_pair(
         base_spec, student_spec, memory, device, dtype, fp8, lora_student, device_memory,
         cache_dir=cache_dir, base_path=base_path, student_path=student_path,
     )  # fmt: skip
-    pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path)
+    pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path, quantization)
     pipeline.set_progress_bar_config(disable=True)
     base_scheduler_config = dict(pipeline.scheduler.config)
     pair = ModelPair(
@@ -603,7 +645,7 @@ def load_pair(
         paths={k: v for k, v in {"base": base_path, "student": student_path}.items() if v},
     )
     if student_spec is not None:
-        _attach_student(pair, student_spec, dtype, cache_dir, student_path, lora_student)
+        _attach_student(pair, student_spec, dtype, cache_dir, student_path, lora_student, quantization)
     if fp8:
         store_in_fp8(pair)
         pair.fp8 = True
@@ -628,7 +670,9 @@ def _plan_choice(
     if available is None:
         return PlanChoice("resident", 0, 0) if memory == "auto" else None
     bytes_per_weight = torch.finfo(dtype).bits // 8
-    sizes = pair_sizes(base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, lora_student=lora_student, **paths)
+    sizes = pair_sizes(
+        base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, lora_student=lora_student, **paths
+    )
     return plan_for(sizes, available, memory)
 
 
@@ -696,6 +740,7 @@ def _attach_student(
     cache_dir: Any,
     student_path: str | None,
     lora_student: LoRAStudent = "adapter",
+    quantization: Any = None,
 ) -> None:
     if lora_student not in ("adapter", "merged"):
         raise ValueError(f"lora_student must be 'adapter' or 'merged', got {lora_student!r}")
@@ -706,9 +751,11 @@ def _attach_student(
         scheduler_config: Mapping[str, Any] = pair.base_scheduler_config
     else:
         unet, scheduler_config = _load_student_network(
-            student_spec, pair.pipeline, dtype, cache_dir, student_path
+            student_spec, pair.pipeline, dtype, cache_dir, student_path, quantization
         )
-        pair.family.check_compatible(pair.base_network.config, unet.config, (pair.base.name, student_spec.name))
+        pair.family.check_compatible(
+            pair.base_network.config, unet.config, (pair.base.name, student_spec.name)
+        )
         pair.student_network = unet.eval()
     pair.student_scheduler_config = dict(scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, scheduler_config)

@@ -43,6 +43,10 @@ def storage_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | 
     for tensor in tensors:
         if tensor.device.type == "meta":
             continue
+        if hasattr(tensor, "__tensor_flatten__"):  # a quantized weight (torchao…) holds its data in inner tensors
+            names, _ = tensor.__tensor_flatten__()
+            total += storage_bytes((getattr(tensor, name) for name in names), seen)
+            continue
         storage = tensor.untyped_storage()
         key = (str(tensor.device), storage.data_ptr())
         if key in seen:

@@ -159,7 +159,8 @@ def _built_parameters(spec: ModelSpec) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------- the plans
 def peak_estimate(sizes: Mapping[str, int], plan: str, groups: Mapping[str, int] | None = None) -> int:
     """The bytes a plan keeps on the accelerator at once, from the parts' sizes: all of them (``resident``), the
-    largest part plus the adapter (``model-offload``), two groups (``group-offload``: one running, one arriving)."""
+    largest part plus the adapter (``model-offload``), two groups (``group-offload``: one running, one arriving;
+    never more than the whole pair)."""
     adapter = sizes.get("student_adapter", 0)
     parts = {k: v for k, v in sizes.items() if k != "student_adapter"}
     if plan == "resident":
@@ -168,7 +169,7 @@ def peak_estimate(sizes: Mapping[str, int], plan: str, groups: Mapping[str, int]
         return max(parts.values(), default=0) + adapter
     if groups is None:
         raise ValueError("group-offload's peak needs the largest group of each part")
-    return 2 * max(groups.values(), default=0) + adapter
+    return min(2 * max(groups.values(), default=0) + adapter, sum(sizes.values()))
 
 
 @dataclass(frozen=True)

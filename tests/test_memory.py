@@ -303,8 +303,22 @@ def test_the_published_counts_match_the_published_architectures():
     import importlib.util
 
     from accelerate import init_empty_weights
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import (
+        FluxTransformer2DModel,
+        QwenImageTransformer2DModel,
+        SD3Transformer2DModel,
+        ZImageTransformer2DModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen3Config,
+        Qwen3Model,
+        T5Config,
+        T5EncoderModel,
+    )
 
     from conceptspace.models.sizes import PUBLISHED_PARAMETERS
 
@@ -321,7 +335,24 @@ def test_the_published_counts_match_the_published_architectures():
             ("sd35-large", "transformer"): SD3Transformer2DModel(**flow.SD35_LARGE_TRANSFORMER),
             ("flux-dev", "text_encoder_2"): T5EncoderModel(T5Config(vocab_size=32128, **flow.T5_XXL)),
             ("sd35-large", "text_encoder_2"): CLIPTextModelWithProjection(CLIPTextConfig(**flow.CLIP_G)),
-        }
+            # the repos' config.json files: Qwen-Image's transformer and Qwen2.5-VL-7B, Z-Image's (diffusers'
+            # defaults) and Qwen3-4B
+            ("qwen-image", "transformer"): QwenImageTransformer2DModel(
+                patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+            ),
+            ("qwen-image", "text_encoder"): Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+                text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                 num_attention_heads=28, num_key_value_heads=4),
+                vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                   out_hidden_size=3584, patch_size=14, fullatt_block_indexes=[7, 15, 23, 31]),
+            )),
+            ("z-image", "transformer"): ZImageTransformer2DModel(),
+            ("z-image", "text_encoder"): Qwen3Model(Qwen3Config(
+                vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+            )),
+        }  # fmt: skip
     for (name, part), model in built.items():
         # (T5's input embedding is its shared one; built empty, the two are not tied yet)
         count = sum(p.numel() for key, p in model.named_parameters() if key != "encoder.embed_tokens.weight")

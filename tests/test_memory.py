@@ -363,6 +363,7 @@ def test_the_published_counts_match_the_published_architectures():
 def test_quantized_networks_run_under_every_plan(plan, hub_cache):
     """diffusers' own quantization (torchao int8 weights, on the CPU) for both networks, loaded through the real
     loading code; images close to the unquantized pair's, the networks' bytes halved."""
+    pytest.importorskip("torchao", reason="pip install -e '.[quantization]' (scripts/test.sh does)")
     from diffusers import TorchAoConfig
     from torchao.quantization import Int8WeightOnlyConfig
 
@@ -388,6 +389,7 @@ def test_quantized_networks_run_under_every_plan(plan, hub_cache):
 
 
 def test_a_lora_student_stays_an_adapter_on_a_quantized_base(hub_cache):
+    pytest.importorskip("torchao", reason="pip install -e '.[quantization]' (scripts/test.sh does)")
     from diffusers import TorchAoConfig
     from torchao.quantization import Int8WeightOnlyConfig
 

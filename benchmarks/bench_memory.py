@@ -1,13 +1,15 @@
 """Memory plans: per plan, the peak accelerator memory and the seconds per image of base, distilled and hybrid,
 against diffusers' own single pipeline under the same offload call, in one run.
 
-For each plan (``resident``, ``model-offload``, ``group-offload``) a fresh pair is placed by the plan and a fresh
-diffusers pipeline of the base and of the student gets diffusers' matching call (``.to``,
-``enable_model_cpu_offload``, ``enable_group_offload``). Each regime is timed at 1 and at ``--images`` images per
-call, so a call's seconds split into a fixed part (text encoding, the moves an offload plan makes every call) and a
-part per image (the slope). Reported, each as the median of ``--repeats`` alternated pairs with a 95% bootstrap CI:
+For each plan (``resident``, ``model-offload``, ``group-offload``) one set of weights serves both sides, so a
+full-size pair needs no second copy: diffusers' pipeline of the base, then of the student, runs first under
+diffusers' matching call (``.to``, ``enable_model_cpu_offload``, ``enable_group_offload``); its hooks are removed;
+then the pair is placed by the plan and sampled. Each side is timed ``--repeats`` times after a warm-up (the device
+synchronised around every call); a ratio is the ratio of the two medians with a 95% bootstrap CI (each side
+resampled). The hybrid is timed at 1 and at ``--images`` images per call, so a call's seconds split into a fixed
+part (text encoding, the moves an offload plan makes every call) and a part per image (the slope). Reported:
 
-- ours / diffusers per call, base and distilled, under the same plan (goal ≤ 1.03);
+- ours / diffusers per call, base and distilled, under the same plan (goal ≤ 1.03; same images asserted);
 - hybrid under the plan / hybrid resident, per image and per call (goal per image ≤ 1.5 for a 4-step student on
   a GPU; the per-call part is the moves, paid once per call whatever its number of images);
 - peak bytes: measured on CUDA (``max_memory_allocated`` during a hybrid call), accounted from the placements
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from bench_flow import TINY, full_pair, paired, synchronize
+from bench_flow import TINY, full_pair, synchronize
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
 from conceptspace.models.loading import place
@@ -96,7 +98,7 @@ def per_image(seconds_one: float, seconds_many: float, images: int) -> tuple[flo
 def measure_plan(
     args: argparse.Namespace, plan: str, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
-    pair = build_pair(args.family, args.size, plan, device, dtype)
+    pair = build_pair(args.family, args.size, "resident", device, dtype)
     size = pair.default_resolution if args.size == "tiny" else 1024
     steps = {
         "base": args.base_steps,
@@ -107,19 +109,26 @@ def measure_plan(
         return lambda: sample(pair, PROMPT, regime, range(n), height=size, width=size, batch_size=n, output_type="np", progress=False)  # fmt: skip
 
     results: dict[str, Any] = {"plan": plan}
-    # ours against diffusers' own pipeline under the same offload call (its own copy of the pair's weights)
-    reference_pair = build_pair(args.family, args.size, "resident", torch.device("cpu"), dtype)
-    for role, regime in (("base", Base(steps=args.base_steps)), ("student", Distilled())):
-        pipe = reference_pair.to_diffusers(role)
+    # diffusers' own single pipelines under the same offload call, on the pair's own weights, first
+    theirs: dict[str, tuple[list[float], np.ndarray]] = {}
+    for role in ("base", "student"):
+        pipe = pair.to_diffusers(role)
         diffusers_offload(pipe, plan, device)
         call = _diffusers_call(pipe, pair, role, steps, size)
-        results[f"ours_vs_diffusers_{role}"] = paired(ours(regime, 1), call, device, args.repeats)
-        del pipe
-    del reference_pair
-    gc.collect()
+        theirs[role] = (timed(call, device, args.repeats), np.asarray(call().images, dtype=np.float32))
+        remove_diffusers_offload(pipe, plan)
+    place(pair, plan, device)
+    for role, regime in (("base", Base(steps=args.base_steps)), ("student", Distilled())):
+        seconds = timed(ours(regime, 1), device, args.repeats)
+        difference = float(
+            np.abs(np.asarray(ours(regime, 1)().images, dtype=np.float32) - theirs[role][1]).max()
+        )
+        results[f"ours_vs_diffusers_{role}"] = {**ratio_of_medians(seconds, theirs[role][0]), "max_pixel_difference": difference}  # fmt: skip
     # the hybrid: a call's fixed part and its part per image
-    one = [_seconds(ours(Hybrid(), 1), device) for _ in range(args.repeats + 1)][1:]
-    many = [_seconds(ours(Hybrid(), args.images), device) for _ in range(args.repeats + 1)][1:]
+    one, many = (
+        timed(ours(Hybrid(), 1), device, args.repeats),
+        timed(ours(Hybrid(), args.images), device, args.repeats),
+    )
     fixed, slope = per_image(float(np.median(one)), float(np.median(many)), args.images)
     results["hybrid"] = {"seconds_one": float(np.median(one)), f"seconds_{args.images}": float(np.median(many)),
                          "fixed_per_call_s": fixed, "per_image_s": slope, "n": args.repeats}  # fmt: skip
@@ -133,6 +142,41 @@ def measure_plan(
     if pair.placement is not None:
         results["moves_per_hybrid_call"] = _moves_per_call(pair, ours(Hybrid(), 1))
     return results  # (the pair goes with this frame: the next plan builds its own)
+
+
+def remove_diffusers_offload(pipe: Any, plan: str) -> None:
+    """Take diffusers' offload hooks off the pipeline's modules again (they are the pair's too)."""
+    if plan == "model-offload":
+        pipe.remove_all_hooks()
+    elif plan == "group-offload":
+        from diffusers.hooks import HookRegistry
+        from diffusers.hooks.group_offloading import (
+            _GROUP_OFFLOADING,
+            _LAYER_EXECUTION_TRACKER,
+            _LAZY_PREFETCH_GROUP_OFFLOADING,
+        )
+
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                registry = HookRegistry.check_if_exists_or_initialize(module)
+                for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+                    registry.remove_hook(name, recurse=True)
+                module.to("cpu")
+
+
+def timed(call: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls after a warm-up."""
+    call()
+    return [_seconds(call, device) for _ in range(repeats)]
+
+
+def ratio_of_medians(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    """median(ours) / median(theirs) with a 95% bootstrap CI, each side resampled on its own."""
+    rng = np.random.default_rng(0)
+    a, b = np.array(ours), np.array(theirs)
+    boot = np.median(rng.choice(a, (2000, len(a))), 1) / np.median(rng.choice(b, (2000, len(b))), 1)
+    return {"ratio": float(np.median(a) / np.median(b)), "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "ours_median_s": float(np.median(a)), "reference_median_s": float(np.median(b)), "n": len(a)}  # fmt: skip
 
 
 def _diffusers_call(pipe: Any, pair: Any, role: str, steps: dict[str, int], size: int) -> Callable[[], Any]:

@@ -698,6 +698,10 @@ def transfer(
         ),
     ] = None,
     device: DeviceOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Apply a LoRA at several scales to the base and each student (each with its own sampler settings), and
@@ -705,12 +709,25 @@ def transfer(
 
     Example: conceptspace transfer --lora age.safetensors --base sdxl --students dmd2,lcm --prompt "a portrait" --scales -2,-1,0,1,2 --seeds 0-3 --out runs/age
     """
+    from conceptspace.models import load_pair, with_student
     from conceptspace.transfer import parse_scales, parse_seeds, scale_label
     from conceptspace.transfer import transfer as run_transfer
 
+    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
     if quiet:
         _silence_libraries()
     scale_list, seed_list = parse_scales(scales), parse_seeds(seeds)
+    loaded: list[Any] = []
+
+    def loader(base_name: str, student_name: str) -> Any:
+        """The first student loads with the base under the memory plan; the others share its base pipeline."""
+        if loaded:
+            loaded.append(with_student(loaded[-1], student_name, lora_student=memory_options["lora_student"]))
+        else:
+            loaded.append(load_pair(base_name, student_name, device=device, **memory_options))
+            _say_plan(loaded[-1])
+        return loaded[-1]
+
     rows = run_transfer(
         lora,
         base,
@@ -727,6 +744,7 @@ def transfer(
         probe_factor=probe_factor,
         device=device,
         progress=not quiet,
+        loader=loader,
     )
     clip = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "clip_score_change"}
     typer.echo(f"{'model':<14} {'scale':>6}  {'distance to scale 0 [95% CI]':<32} clip score change %")
@@ -814,6 +832,10 @@ def sliderspace_discover(
     batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 16,
     out: OutOpt = Path("out/sliderspace"),
     device: DeviceOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample N images of a concept, embed them and find its directions of variation (PCA); write the study folder.
@@ -827,7 +849,8 @@ def sliderspace_discover(
         _silence_libraries()
     if student is None and regime != "base":
         _fail(f"regime {regime} needs a --student (or sample the base with --regime base)")
-    pair = load_pair(base, student, device=device)
+    pair = load_pair(base, student, device=device, **_memory_options(memory, fp8, device_memory, lora_student))
+    _say_plan(pair)
     space = discover(
         pair, prompt, out, n=n, n_directions=directions, regime=regime, embedder=embedder, seed=seed,
         batch_size=batch_size, device=device, progress=not quiet,

@@ -304,3 +304,41 @@ def test_rank_correlation_reads_monotone_rows():
 
 def _attention_targets(unet) -> tuple[str, ...]:
     return tuple(name for name, _ in unet.named_modules() if name.endswith(("attn1.to_q", "attn2.to_v")))[:4]
+
+
+def test_cli_under_model_offload_measures_what_resident_measures(lora_file, tmp_path):
+    from conceptspace.cli import app
+
+    runs = {}
+    for plan in ("resident", "model-offload"):
+        out = tmp_path / plan
+        args = [
+            "transfer",
+            "--lora",
+            str(lora_file),
+            "--base",
+            "tiny-sdxl",
+            "--students",
+            "tiny-dmd,tiny-lcm",
+        ]
+        args += [
+            "--prompt",
+            "a red circle",
+            "--scales",
+            "0,1",
+            "--seeds",
+            "0-1",
+            "--out",
+            str(out),
+            "--memory",
+            plan,
+        ]
+        result = CliRunner().invoke(app, [*args, "--embedder", "pixels:32", "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+        runs[plan] = {
+            (r["model"], r["metric"], r.get("scale")): r["value"]
+            for r in json.loads((out / "metrics.json").read_text())
+        }
+    assert runs["resident"].keys() == runs["model-offload"].keys()
+    for key, value in runs["resident"].items():
+        assert runs["model-offload"][key] == pytest.approx(value, abs=1e-5), key

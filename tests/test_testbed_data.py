@@ -27,7 +27,15 @@ from conceptspace.testbed.data import (
     render,
     sample_factors,
 )
-from conceptspace.testbed.diversity import diversity_rows, entropy, expected_diversity, factor_diversity, std
+from conceptspace.testbed.diversity import (
+    diversity_rows,
+    entropy,
+    expected_diversity,
+    factor_diversity,
+    family_of,
+    paired_difference,
+    std,
+)
 
 
 def _coverage(images: np.ndarray, factors: FactorBatch) -> np.ndarray:
@@ -254,8 +262,13 @@ def test_probe_diversity_matches_the_ground_truth_of_a_prompt(probe):
     for measure in ("entropy_shape_colour", "entropy_colour", "entropy_background"):
         estimate = measured[measure]
         assert estimate.ci_low - 0.02 <= truth[measure] <= estimate.ci_high + 0.02, (measure, estimate)
-    for measure in ("std_size", "std_x", "std_y"):
+    for measure in ("std_size", "std_x", "std_y", "spread_position"):
         assert abs(measured[measure].value / truth[measure] - 1) < 0.15, (measure, measured[measure])
+    assert (
+        measured["entropy_position"].ci_low - 0.05
+        <= truth["entropy_position"]
+        <= measured["entropy_position"].ci_high + 0.05
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -310,6 +323,38 @@ def test_std_and_expected_diversity():
     assert expected_diversity("a large shape", n=50_000)["std_size"] < truth["std_size"]
     rows = diversity_rows(sample_factors(50, 0), "a shape", "truth", n_boot=50)
     assert {row["metric"] for row in rows} >= {"entropy_shape_colour", "std_x"} and rows[0]["n"] == 50
+
+
+def test_layout_measures_against_the_world():
+    """The position spread and the 3 × 3 cell entropy: the hand formula, the world's exact values, CI coverage and
+    width over repeated draws, and the probe's reading of rendered images."""
+    f = sample_factors(300, 3)
+    assert factor_diversity(f, ["spread_position"], n_boot=0)["spread_position"].value == pytest.approx(
+        math.sqrt(np.var(f.x, ddof=1) + np.var(f.y, ddof=1))
+    )
+    truth = expected_diversity("a shape", n=200_000)
+    assert truth["entropy_position"] == pytest.approx(math.log2(9))
+    assert expected_diversity("a shape on the left")["entropy_position"] == pytest.approx(math.log2(3))
+    assert expected_diversity("a shape at the top left")["entropy_position"] == 0
+    hits, widths = (
+        {"spread_position": 0, "entropy_position": 0},
+        {"spread_position": [], "entropy_position": []},
+    )
+    for rep in range(150):
+        estimates = factor_diversity(sample_factors(128, 100 + rep), list(hits), n_boot=300, seed=rep)
+        for measure, estimate in estimates.items():
+            hits[measure] += estimate.ci_low <= truth[measure] <= estimate.ci_high
+            widths[measure].append(estimate.ci_high - estimate.ci_low)
+    assert 0.88 <= hits["spread_position"] / 150 <= 0.99, hits
+    # (the world's positions are uniform: its entropy sits at the bound log2 9, where the clipped interval always
+    # reaches; the estimator's coverage away from the bound is test_entropy_interval_covers_the_truth_most_of_the_time)
+    assert hits["entropy_position"] / 150 >= 0.88, hits
+    assert np.median(widths["spread_position"]) < 0.15 * truth["spread_position"]
+    assert np.median(widths["entropy_position"]) < 0.6
+    # every image in one cell, at one point: no layout diversity; a paired difference of a set with itself is 0
+    assert family_of("spread_position") == "layout" and family_of("entropy_shape") == "appearance"
+    same = paired_difference(f, f, "entropy_position", n_boot=100)
+    assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
 
 
 def test_probe_training_is_deterministic_and_saves_as_safetensors(tmp_path):

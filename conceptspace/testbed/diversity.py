@@ -6,7 +6,12 @@ or from :meth:`conceptspace.testbed.probe.FactorProbe.predict` on generated imag
 - ``entropy_shape_colour`` (bits): entropy of the joint shape×colour distribution, 0 when every image has the
   same shape and colour, log2 k for an even mix of k combinations, at most log2 18; also the marginal entropies
   ``entropy_shape``, ``entropy_colour``, ``entropy_background``;
-- ``std_size``, ``std_x``, ``std_y`` (pixels): standard deviations of the radius and the centroid.
+- ``std_size``, ``std_x``, ``std_y`` (pixels): standard deviations of the radius and the centroid;
+- layout: ``spread_position`` (pixels, √(var x + var y): how far centres scatter) and ``entropy_position`` (bits,
+  over the captions' 3 × 3 position cells, at most log2 9), beside ``std_size``.
+
+:data:`FAMILIES` groups them: **layout** (where and how large the object is: the image's structure, what the
+paper's commitment claims are about) and **appearance** (which shape and colour it is).
 
 Entropies estimate the entropy of the distribution the images were drawn from (Miller–Madow value, basic
 bootstrap interval, clipped to ``[0, log2 K]``; see :func:`entropy`). Standard deviations use ``ddof=1`` and a
@@ -33,6 +38,9 @@ from conceptspace.testbed.data import (
 
 __all__ = [
     "DIVERSITY_MEASURES",
+    "FAMILIES",
+    "family_of",
+    "spread",
     "diversity_rows",
     "entropy",
     "paired_difference",
@@ -50,7 +58,23 @@ DIVERSITY_MEASURES = (
     "std_size",
     "std_x",
     "std_y",
+    "spread_position",
+    "entropy_position",
 )
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "layout": ("spread_position", "entropy_position", "std_size"),
+    "appearance": ("entropy_shape_colour", "entropy_shape", "entropy_colour"),
+}
+"""The factor families a testbed verdict reads: layout (structure) and appearance."""
+
+POSITION_CELLS = len(LEVELS["x"]) * len(LEVELS["y"])
+
+
+def family_of(measure: str) -> str | None:
+    """The factor family of a measure (``"layout"``, ``"appearance"``), None for the others."""
+    return next((family for family, measures in FAMILIES.items() if measure in measures), None)
+
 
 FactorsLike = FactorBatch | Mapping[str, Any]
 """A :class:`FactorBatch` or a ``{factor: array}`` mapping with the keys of :data:`FACTORS` (probe output)."""
@@ -133,13 +157,33 @@ def std(values: Any, *, n_boot: int = 1000, confidence: float = 0.95, seed: int 
     return Estimate(value, low, high, n, method="bootstrap")
 
 
+def spread(x: Any, y: Any, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """√(var x + var y) (``ddof=1``) of points (the root-mean-square distance from their mean, up to n/(n−1)),
+    with a percentile bootstrap interval over points."""
+    _check(confidence, n_boot)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or len(x) != len(y):
+        raise ValueError(f"a spread needs at least 2 points with both coordinates, got {len(x)} and {len(y)}")
+    value = float(np.sqrt(x.var(ddof=1) + y.var(ddof=1)))
+    if not n_boot:
+        return Estimate(value, n=len(x), method="none")
+    rows = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    replicates = np.sqrt(x[rows].var(axis=1, ddof=1) + y[rows].var(axis=1, ddof=1))
+    low, high = percentile_interval(replicates, confidence)
+    return Estimate(value, low, high, len(x), method="percentile bootstrap")
+
+
 def _arrays(factors: FactorsLike) -> dict[str, np.ndarray]:
-    if isinstance(factors, FactorBatch):
-        return factors.as_dict()
-    missing = [name for name in FACTORS if name not in factors]
-    if missing:
-        raise ValueError(f"factors lack {', '.join(missing)} (need {', '.join(FACTORS)})")
-    return FactorBatch(**{name: factors[name] for name in FACTORS}).as_dict()
+    """Every factor as an array, plus ``position``: the 3 × 3 cell (x third × y third) the captions name."""
+    if not isinstance(factors, FactorBatch):
+        missing = [name for name in FACTORS if name not in factors]
+        if missing:
+            raise ValueError(f"factors lack {', '.join(missing)} (need {', '.join(FACTORS)})")
+        factors = FactorBatch(**{name: factors[name] for name in FACTORS})
+    named = factors.levels()
+    column = (named["x"][:, None] == np.array(LEVELS["x"])).argmax(axis=1)
+    row = (named["y"][:, None] == np.array(LEVELS["y"])).argmax(axis=1)
+    return {**factors.as_dict(), "position": row * len(LEVELS["x"]) + column}
 
 
 def factor_diversity(
@@ -163,6 +207,10 @@ def factor_diversity(
             out[measure] = entropy(f[name], len(LEVELS[name]), **settings)
         elif measure.startswith("std_") and measure[4:] in ("size", "x", "y"):
             out[measure] = std(f[measure[4:]], **settings)
+        elif measure == "entropy_position":
+            out[measure] = entropy(f["position"], POSITION_CELLS, **settings)
+        elif measure == "spread_position":
+            out[measure] = spread(f["x"], f["y"], **settings)
         else:
             raise ValueError(f"unknown measure {measure!r}; choose from {', '.join(DIVERSITY_MEASURES)}")
     return out
@@ -179,19 +227,29 @@ def diversity_rows(
     seed: int = 0,
     **extra: Any,
 ) -> list[dict[str, Any]]:
-    """:func:`factor_diversity` as tidy rows ``prompt, regime, metric, value, ci_low, ci_high, n, …``."""
+    """:func:`factor_diversity` as tidy rows ``prompt, regime, metric, value, ci_low, ci_high, n, …`` (with the
+    measure's ``family``, layout or appearance, where it has one)."""
     estimates = factor_diversity(factors, measures, n_boot=n_boot, confidence=confidence, seed=seed)
     return [
-        estimate.row(prompt, regime, measure, ci_method=estimate.method, **extra)
+        estimate.row(prompt, regime, measure, ci_method=estimate.method, **_family(measure), **extra)
         for measure, estimate in estimates.items()
     ]
+
+
+def _family(measure: str) -> dict[str, str]:
+    family = family_of(measure)
+    return {"family": family} if family else {}
 
 
 def _point(f: dict[str, np.ndarray], measure: str, rows: np.ndarray) -> np.ndarray:
     """The measure on each row of image indices ``rows`` ``(S, n)``: Miller–Madow entropies, ``ddof=1`` stds."""
     if measure.startswith("std_"):
         return f[measure[4:]][rows].std(axis=1, ddof=1)
-    if measure == "entropy_shape_colour":
+    if measure == "spread_position":
+        return np.sqrt(f["x"][rows].var(axis=1, ddof=1) + f["y"][rows].var(axis=1, ddof=1))
+    if measure == "entropy_position":
+        labels, k = f["position"], POSITION_CELLS
+    elif measure == "entropy_shape_colour":
         labels, k = (
             f["shape"] * len(LEVELS["colour"]) + f["colour"],
             len(LEVELS["shape"]) * len(LEVELS["colour"]),
@@ -256,7 +314,9 @@ def paired_difference_rows(
 ) -> list[dict[str, Any]]:
     """Rows ``regime="<a> - <b>"``, ``metric="diff_<measure>"`` (as :func:`conceptspace.metrics.paired_rows`)."""
     return [
-        estimate.row(prompt, f"{a} - {b}", f"diff_{measure}", ci_method=estimate.method, **extra)
+        estimate.row(
+            prompt, f"{a} - {b}", f"diff_{measure}", ci_method=estimate.method, **_family(measure), **extra
+        )
         for a, b in pairs
         for measure in measures
         for estimate in [
@@ -276,10 +336,13 @@ def expected_diversity(prompt: str, *, n: int = 200_000, seed: int = 0) -> dict[
     """The world's own diversity for ``prompt``: what a perfect model's images would score (population values).
 
     Entropies are exact (log2 of the number of free levels: the world is uniform over them); standard deviations
-    are estimated from ``n`` samples of :func:`sample_factors` conditioned on the prompt (±0.3% at the default).
+    and the position spread are estimated from ``n`` samples of :func:`sample_factors` conditioned on the prompt (±0.3% at the default).
     """
     fixed = fixed_factors(prompt)
-    free = {name: 1 if name in fixed else len(LEVELS[name]) for name in ("shape", "colour", "background")}
+    free = {
+        name: 1 if name in fixed else len(LEVELS[name])
+        for name in ("shape", "colour", "background", "x", "y")
+    }
     f = sample_factors(n, seed, fixed=fixed)
     return {
         "entropy_shape_colour": math.log2(free["shape"] * free["colour"]),
@@ -289,4 +352,6 @@ def expected_diversity(prompt: str, *, n: int = 200_000, seed: int = 0) -> dict[
         "std_size": float(f.size.std()),
         "std_x": float(f.x.std()),
         "std_y": float(f.y.std()),
+        "spread_position": float(np.sqrt(f.x.var() + f.y.var())),
+        "entropy_position": math.log2(free["x"] * free["y"]),  # positions are uniform over the thirds
     }

@@ -41,8 +41,7 @@ import torch
 from bench_flow import TINY, full_pair, synchronize
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
-from conceptspace.models.loading import place
-from conceptspace.models.memory import group_bytes, held_bytes, pair_parts
+from conceptspace.models.memory import group_bytes, held_bytes, pair_parts, place
 from conceptspace.models.sizes import peak_estimate
 
 PROMPT = "a photo of a cat"
@@ -77,9 +76,9 @@ def build_pair(family: str, size: str, plan: str, device: torch.device, dtype: t
 def accounted_peak(pair: Any) -> int:
     """The bytes the plan keeps on the accelerator at once, by the placements (no allocator needed)."""
     sizes = held_bytes(pair)
-    if pair.memory == "model-offload":
+    if pair.memory_plan == "model-offload":
         return pair.placement.peak_bytes
-    if pair.memory == "resident":
+    if pair.memory_plan == "resident":
         return sum(sizes.values())
     networks = {id(pair.base_network), id(pair.student_network)}
     groups = {

@@ -709,7 +709,7 @@ def transfer(
 
     Example: conceptspace transfer --lora age.safetensors --base sdxl --students dmd2,lcm --prompt "a portrait" --scales -2,-1,0,1,2 --seeds 0-3 --out runs/age
     """
-    from conceptspace.models import load_pair, with_student
+    from conceptspace.models import load_pair, release_student, with_student
     from conceptspace.transfer import parse_scales, parse_seeds, scale_label
     from conceptspace.transfer import transfer as run_transfer
 
@@ -717,12 +717,15 @@ def transfer(
     if quiet:
         _silence_libraries()
     scale_list, seed_list = parse_scales(scales), parse_seeds(seeds)
-    loaded: list[Any] = []
+    loaded: list[Any] = []  # the pair of the student being measured
 
     def loader(base_name: str, student_name: str) -> Any:
-        """The first student loads with the base under the memory plan; the others share its base pipeline."""
+        """The first student loads with the base under the memory plan; each next one shares its base pipeline,
+        and the one before leaves it."""
         if loaded:
-            loaded.append(with_student(loaded[-1], student_name, lora_student=memory_options["lora_student"]))
+            previous = loaded.pop()
+            loaded.append(with_student(previous, student_name, lora_student=memory_options["lora_student"]))
+            release_student(previous)
         else:
             loaded.append(load_pair(base_name, student_name, device=device, **memory_options))
             _say_plan(loaded[-1])
@@ -1322,8 +1325,19 @@ def ranking_lines(table: list[dict]) -> list[str]:
     return lines
 
 
+def _quiet_import_chatter() -> None:
+    """Import-time notes of optional packages that say nothing about the user's run stay out of the output (and of
+    the one-line error contract): torchao's deprecation warnings and diffusers' note about torchao's moved tensor
+    classes, printed whenever diffusers imports an installed torchao."""
+    import logging
+
+    for name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
+    _quiet_import_chatter()
     try:
         app()
     except USER_ERRORS as error:

@@ -149,7 +149,8 @@ def generate(
         "student": asdict(pair.student) if pair.student else None,
         "paths": pair.paths,
         "device": str(pair.device),
-        "dtype": str(pair.dtype).replace("torch.", ""),
+        **pair.weights,
+        "memory_plan": pair.memory_plan,
         "prompts": list(prompts),
         "seeds": list(seeds),
         "parameters": {

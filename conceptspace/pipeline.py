@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from conceptspace.models import ModelSpec, get_spec
-from conceptspace.models.loading import ModelPair, _prediction_type, _student_spec, place
+from conceptspace.models.loading import ModelPair, _prediction_type, _student_spec
+from conceptspace.models.memory import place
 from conceptspace.sampling import Regime, regime_from_name, sample
 
 __all__ = ["DiversityPipeline", "pair_from_pipelines"]
@@ -65,7 +66,10 @@ def pair_from_pipelines(
 
     Pipelines on which the user called ``enable_model_cpu_offload()`` keep their offload as the pair's
     ``model-offload`` plan: diffusers' hooks give way to the pair's, which keep one part on the accelerator at a time
-    across both pipelines (diffusers' chains would leave the base's network there while the student's runs).
+    across both pipelines (diffusers' chains would leave the base's network there while the student's runs). The
+    user's pipelines change with it: their modules carry the pair's hooks from then on (the student pipeline's own
+    text encoders and VAE, unused by the pair, are left on the CPU without hooks). Sequential and group offloading
+    are refused; load such a pair with ``load_pair(..., memory="group-offload")``.
 
     Raises ValueError when both pipelines hold the same network object (load the student's network separately, or
     its LoRA into a pipeline of its own), when they sit on different devices, and IncompatibleModelsError when the
@@ -73,13 +77,17 @@ def pair_from_pipelines(
     """
     student_spec = _spec(student)
     if student_spec.role != "student":
-        raise ValueError(f"{student_spec.name!r} is a base model; name the student (conceptspace models lists them)")
+        raise ValueError(
+            f"{student_spec.name!r} is a base model; name the student (conceptspace models lists them)"
+        )
     base_spec = _spec(base) if base is not None else _base_spec_of(base_pipeline, student_spec)
     student_spec = _student_spec(base_spec, student_spec)
     folder = base_spec.network_folder
     for pipeline, role in ((base_pipeline, "base"), (student_pipeline, "student")):
         if getattr(pipeline, folder, None) is None:
             raise TypeError(f"the {role} pipeline ({type(pipeline).__name__}) has no {folder}")
+    for pipeline, role in ((base_pipeline, "base"), (student_pipeline, "student")):
+        _refuse_other_offload(pipeline, role)
     offloaded = [pipe for pipe in (base_pipeline, student_pipeline) if getattr(pipe, "_all_hooks", None)]
     execution_device = base_pipeline._execution_device if offloaded else None
     base_network, student_network = getattr(base_pipeline, folder), getattr(student_pipeline, folder)
@@ -106,12 +114,34 @@ def pair_from_pipelines(
     )
     pair.base_prediction_type = _prediction_type(base_spec, pair.base_scheduler_config)
     pair.student_prediction_type = _prediction_type(student_spec, pair.student_scheduler_config)
-    pair.family.check_compatible(base_network.config, student_network.config, (base_spec.name, student_spec.name))
+    pair.family.check_compatible(
+        base_network.config, student_network.config, (base_spec.name, student_spec.name)
+    )
     if offloaded:
         for pipe in offloaded:
             pipe.remove_all_hooks()
         place(pair, "model-offload", execution_device)
     return pair
+
+
+def _refuse_other_offload(pipeline: Any, role: str) -> None:
+    """Sequential or group offloading on a user's pipeline: a ValueError that says what to do instead."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    for name, module in pipeline.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        sequential = type(getattr(module, "_hf_hook", None)).__name__ in (
+            "AlignDevicesHook",
+            "SequentialHook",
+        )
+        if sequential or _is_group_offload_enabled(module):
+            kind = "sequential CPU offload" if sequential else "group offloading"
+            raise ValueError(
+                f"the {role} pipeline's {name} has {kind}, which DiversityPipeline does not take over (it keeps "
+                "enable_model_cpu_offload()): load the pair with load_pair(base, student, memory='group-offload') "
+                "and use DiversityPipeline.from_pair"
+            )
 
 
 def _output_class(pipeline: Any) -> type:
@@ -138,7 +168,9 @@ def _seeds(generator: torch.Generator | Sequence[torch.Generator] | None, count:
         return [int(s) for s in torch.randint(0, _GENERATOR_SEED_LIMIT, (count,), generator=generator)]
     generators = list(generator)
     if len(generators) != count:
-        raise ValueError(f"{len(generators)} generators for {count} images: give one per image, or a single one")
+        raise ValueError(
+            f"{len(generators)} generators for {count} images: give one per image, or a single one"
+        )
     return [int(g.initial_seed()) for g in generators]
 
 
@@ -173,7 +205,9 @@ class DiversityPipeline:
         self.regime.segments(self.pair, self.pair.device)  # a regime that cannot run on this pair fails now
 
     @classmethod
-    def from_pair(cls, pair: ModelPair, regime: Regime | str = "hybrid", *, batch_size: int = 4) -> DiversityPipeline:
+    def from_pair(
+        cls, pair: ModelPair, regime: Regime | str = "hybrid", *, batch_size: int = 4
+    ) -> DiversityPipeline:
         """The pipeline of a pair conceptspace loaded (``load_pair("sdxl", "dmd2")``), sampling the pair itself: no
         weight is copied (a LoRA student stays an adapter on the base's network)."""
         if pair.student is None:
@@ -183,7 +217,9 @@ class DiversityPipeline:
         return pipeline
 
     def __repr__(self) -> str:
-        return f"DiversityPipeline({self.pair.base.name} → {self.pair.student.name}, regime={self.regime.name})"
+        return (
+            f"DiversityPipeline({self.pair.base.name} → {self.pair.student.name}, regime={self.regime.name})"
+        )
 
     def __call__(
         self,
@@ -215,7 +251,9 @@ class DiversityPipeline:
             raise ValueError("no prompt given")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
-        chosen = self.regime if regime is None else regime_from_name(regime) if isinstance(regime, str) else regime
+        chosen = (
+            self.regime if regime is None else regime_from_name(regime) if isinstance(regime, str) else regime
+        )
         seeds = _seeds(generator, len(prompts) * num_images_per_prompt)
         images: list[Any] = []
         for index, text in enumerate(prompts):

@@ -366,7 +366,7 @@ def _run_parameters(
     parameters = {
         "base": pair.base.name,
         "student": pair.student.name if pair.student else None,
-        "dtype": str(pair.dtype).replace("torch.", ""),
+        **pair.weights,
         "device_type": pair.device.type,
         "regimes": {regime.name: regime.describe() for regime in regimes},
         "cases": len(cases),

@@ -34,7 +34,7 @@ import torch
 from conceptspace.generate import image_name
 from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
-from conceptspace.models import ModelPair, get_spec, load_pair, with_student
+from conceptspace.models import ModelPair, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Base, Distilled, sample
 
@@ -392,7 +392,8 @@ def transfer(
         elif pair is None:
             pair = load_pair(base, student, device=device, dtype=dtype)
         else:
-            pair = with_student(pair, student)  # the base pipeline is shared, not loaded again
+            previous, pair = pair, with_student(pair, student)  # the base pipeline is shared, not loaded again
+            release_student(previous)
         if index == 0:
             run_model(pair, "base", base)  # sampled once: the base is the same in every pair
         run_model(pair, "student", student)
@@ -495,7 +496,8 @@ def transfer(
         },
         "notes": notes,
         "device": str(pair.device) if pair is not None else None,
-        "dtype": str(pair.dtype).replace("torch.", "") if pair is not None else None,
+        **(pair.weights if pair is not None else {"dtype": None}),
+        "memory_plan": pair.memory_plan if pair is not None else None,
         "versions": environment_versions(),
         "regimes": records,
         "wall_time": {"total": time.perf_counter() - started},

@@ -43,6 +43,8 @@ _EXPORTS = {
         "with_overrides",
         "with_student",
     ),
+    "conceptspace.models.memory": ("held_bytes", "release_student"),
+    "conceptspace.models.sizes": ("MemoryPlanError", "pair_sizes", "parse_memory_size", "plan_for"),
 }
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
         with_overrides,
         with_student,
     )
+    from conceptspace.models.memory import held_bytes, release_student
     from conceptspace.models.registry import (
         REGISTRY,
         IncompatibleModelsError,
@@ -72,6 +75,7 @@ if TYPE_CHECKING:
         register,
         students_of,
     )
+    from conceptspace.models.sizes import MemoryPlanError, pair_sizes, parse_memory_size, plan_for
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
@@ -83,6 +87,7 @@ __all__ = [
     "Conditioning",
     "Family",
     "IncompatibleModelsError",
+    "MemoryPlanError",
     "ModelNotFoundError",
     "ModelPair",
     "ModelSpec",
@@ -94,12 +99,17 @@ __all__ = [
     "default_dtype",
     "family_of",
     "get_spec",
+    "held_bytes",
     "hub_offline",
     "is_cached",
     "load_network_state_dict",
     "load_pair",
+    "pair_sizes",
+    "parse_memory_size",
+    "plan_for",
     "read_state_dict",
     "register",
+    "release_student",
     "students_of",
     "with_overrides",
     "with_student",

@@ -22,7 +22,7 @@ import torch
 
 from conceptspace.io import torch_load_error
 from conceptspace.models.families import Family, family_of
-from conceptspace.models.memory import PLANS, MemoryPlan, Placement, apply_plan, place_student, store_in_fp8
+from conceptspace.models.memory import PLANS, MemoryPlan, Placement, place, place_student, store_in_fp8
 from conceptspace.models.registry import (
     REGISTRY,
     IncompatibleModelsError,
@@ -96,12 +96,14 @@ class ModelPair:
     student_adapter: Any | None = None
     """A LoRA student's :class:`~conceptspace.lora.LoRAHandle` on the base's network (disabled outside the student's
     denoiser calls), or None for a student with a network of its own."""
-    memory: MemoryPlan = "resident"
+    memory_plan: MemoryPlan = "resident"
     """Where the parts live while sampling (:mod:`conceptspace.models.memory`)."""
     execution_device: torch.device | None = None
     """The device the networks run on, when a plan other than ``resident`` keeps parts elsewhere between calls."""
     fp8: bool = False
     """Whether the denoising networks keep their weights in fp8 (layerwise casting)."""
+    quantization: Any = None
+    """The diffusers quantization config the networks were loaded with, if any."""
     placement: Placement | None = None
     """``model-offload``'s ledger: which part is on the accelerator, and every move so far."""
     memory_choice: PlanChoice | None = None
@@ -124,6 +126,21 @@ class ModelPair:
     @property
     def dtype(self) -> torch.dtype:
         return self.base_network.dtype
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """How the weights are held, as run.json records it: the dtype, and where they differ from the default the
+        fp8 storage, the quantization config and a merged LoRA student (what changes the images, so a resumed run
+        must match it; the memory plan changes none)."""
+        held: dict[str, Any] = {"dtype": str(self.dtype).replace("torch.", "")}
+        if self.fp8:
+            held["fp8"] = True
+        if self.quantization is not None:
+            to_dict = getattr(self.quantization, "to_dict", None)
+            held["quantization"] = to_dict() if callable(to_dict) else repr(self.quantization)
+        if self.student is not None and self.student.storage == "lora_file" and self.student_adapter is None:
+            held["lora_student"] = "merged"
+        return held
 
     @property
     def base_network(self) -> Any:
@@ -196,9 +213,9 @@ class ModelPair:
 
     def to(self, device: str | torch.device) -> ModelPair:
         """Every part on ``device`` (the ``resident`` plan)."""
-        if self.memory != "resident":
+        if self.memory_plan != "resident":
             raise ValueError(
-                f"this pair's parts are placed by its {self.memory!r} memory plan, which moves them itself: load it "
+                f"this pair's parts are placed by its {self.memory_plan!r} memory plan, which moves them itself: load it "
                 f"again with device={str(device)!r} to run elsewhere"
             )
         if torch.device(device) == self.device and (
@@ -629,7 +646,7 @@ def load_pair(
             _require_local(spec, cache_dir, path)
     # so does a plan that cannot fit the accelerator
     choice = _plan_choice(
-        base_spec, student_spec, memory, device, dtype, fp8, lora_student, device_memory,
+        base_spec, student_spec, memory, device, dtype, fp8, lora_student, device_memory, quantization,
         cache_dir=cache_dir, base_path=base_path, student_path=student_path,
     )  # fmt: skip
     pipeline = _load_base_pipeline(base_spec, dtype, cache_dir, base_path, quantization)
@@ -649,6 +666,7 @@ def load_pair(
     if fp8:
         store_in_fp8(pair)
         pair.fp8 = True
+    pair.quantization = quantization
     pair.memory_choice = choice
     return place(pair, choice.plan if choice is not None else memory, device)
 
@@ -662,26 +680,24 @@ def _plan_choice(
     fp8: bool,
     lora_student: str,
     device_memory: int | str | None,
+    quantization: Any,
     **paths: Any,
 ) -> PlanChoice | None:
-    """The plan checked against the accelerator before loading (None: nothing to check against — the CPU, or
-    ``resident`` on a device whose memory is not given)."""
+    """The plan checked against the accelerator before loading; None where there is nothing to check: the CPU, a
+    plan named for parts whose sizes cannot be read before loading (quantized networks, files without a safetensors
+    header or a published count)."""
     available = parse_memory_size(device_memory) if device_memory is not None else accelerator_memory(device)
     if available is None:
         return PlanChoice("resident", 0, 0) if memory == "auto" else None
-    bytes_per_weight = torch.finfo(dtype).bits // 8
-    sizes = pair_sizes(
-        base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, lora_student=lora_student, **paths
-    )
+    sizes = None
+    if quantization is None:
+        bytes_per_weight = torch.finfo(dtype).bits // 8
+        sizes = pair_sizes(
+            base, student, bytes_per_weight=bytes_per_weight, fp8=fp8, lora_student=lora_student, **paths
+        )
+    if sizes is None and memory != "auto":
+        return None
     return plan_for(sizes, available, memory)
-
-
-def place(pair: ModelPair, memory: MemoryPlan, device: torch.device) -> ModelPair:
-    """``pair`` with its parts placed by the plan ``memory`` for sampling on ``device``."""
-    pair.placement = apply_plan(pair, memory, device)
-    pair.memory = memory
-    pair.execution_device = None if memory == "resident" else torch.device(device)
-    return pair
 
 
 def with_student(
@@ -692,8 +708,10 @@ def with_student(
     cache_dir: str | os.PathLike | None = None,
     lora_student: LoRAStudent = "adapter",
 ) -> ModelPair:
-    """``pair``'s base with another student: the base pipeline is shared (not reloaded); only the student's UNet
-    is read, in the pair's dtype and on its device. ``pair`` itself is unchanged.
+    """``pair``'s base with another student: the base pipeline is shared (not reloaded); only the student's network
+    is read, in the pair's dtype, quantization and fp8 storage, and placed by its memory plan. ``pair`` itself is
+    unchanged; a student no longer needed leaves the shared base with
+    :func:`~conceptspace.models.memory.release_student` (its LoRA hooks, its part of the plan's ledger).
 
     Example:
         >>> pairs = [with_student(pair, name) for name in ("lightning", "turbo")]   # doctest: +SKIP
@@ -705,10 +723,18 @@ def with_student(
     if student_spec.storage != "random":
         _require_local(student_spec, cache_dir, student_path)
     paths = {k: v for k, v in pair.paths.items() if k != "student"}
-    other = replace(pair, student=student_spec, student_network=None, student_adapter=None, paths=paths)
+    other = replace(
+        pair,
+        student=student_spec,
+        student_network=None,
+        student_adapter=None,
+        paths=paths,
+        memory_choice=None,
+    )
     if student_path:
         other.paths["student"] = student_path
-    _attach_student(other, student_spec, pair.dtype, cache_dir, student_path, lora_student)
+    _check_quantizable(pair.base, student_spec, lora_student, pair.quantization)
+    _attach_student(other, student_spec, pair.dtype, cache_dir, student_path, lora_student, pair.quantization)
     if other.student_network is not pair.base_network:
         place_student(other)
     return other

@@ -43,7 +43,9 @@ def storage_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, int]] | 
     for tensor in tensors:
         if tensor.device.type == "meta":
             continue
-        if hasattr(tensor, "__tensor_flatten__"):  # a quantized weight (torchao…) holds its data in inner tensors
+        if hasattr(
+            tensor, "__tensor_flatten__"
+        ):  # a quantized weight (torchao…) holds its data in inner tensors
             names, _ = tensor.__tensor_flatten__()
             total += storage_bytes((getattr(tensor, name) for name in names), seen)
             continue
@@ -65,18 +67,22 @@ def module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
 def pair_parts(pair: ModelPair) -> dict[str, tuple[nn.Module, ...]]:
     """The pair's parts in the order a sampling call uses them: the pipeline's text encoders (one part: a prompt
     runs through all of them, with CFG twice), its denoising network (``"base"``; with a LoRA student held as an
-    adapter it is the student's network too), the student's own network (``"student"``) and the VAE."""
+    adapter it is the student's network too), the student's own network (``"student"``), the VAE, and any other
+    module the pipeline carries (an image encoder …) under its own name."""
     components = {
         name: module for name, module in pair.pipeline.components.items() if isinstance(module, nn.Module)
     }
     folder = pair.family.network_folder
-    encoders = tuple(module for name, module in components.items() if name not in (folder, "vae"))
+    encoders = tuple(module for name, module in components.items() if name.startswith("text_encoder"))
     parts = {"text_encoders": encoders} if encoders else {}
     parts["base"] = (components[folder],)
     if pair.student_network is not None and pair.student_network is not components[folder]:
         parts["student"] = (pair.student_network,)
     if "vae" in components:
         parts["vae"] = (components["vae"],)
+    for name, module in components.items():
+        if name not in (folder, "vae") and not name.startswith("text_encoder"):
+            parts[name] = (module,)
     return parts
 
 
@@ -106,16 +112,20 @@ class Move:
 @dataclass
 class Placement:
     """Which parts are on the accelerator under ``model-offload``: the part that is about to run is moved on, every
-    other part off first, so at most one part is resident; every move is logged in ``moves``.
+    other part off first, so at most one part is resident; every move is logged in ``moves``. The last part used
+    (the VAE, after a sampling call) stays until another runs; :meth:`release` frees it, as diffusers' pipelines do
+    at the end of a call.
 
     ``sizes`` (bytes per part) let it keep ``peak_bytes``, the most bytes resident at once by this accounting (what
-    the plan promises; a GPU's allocator adds the activations on top).
+    the plan promises; a GPU's allocator adds the activations on top). ``pinned_bytes`` stay on the accelerator
+    throughout: a LoRA student's factors, which its hooks keep where the network runs.
     """
 
     parts: dict[str, tuple[nn.Module, ...]]
     execution_device: torch.device
     offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     sizes: dict[str, int] = field(default_factory=dict)
+    pinned_bytes: int = 0
     resident: list[str] = field(default_factory=list)
     moves: list[Move] = field(default_factory=list)
     peak_bytes: int = 0
@@ -128,18 +138,46 @@ class Placement:
             self._move(name, "on")
 
     def release(self) -> None:
-        """Every part back to the offload device (diffusers' ``maybe_free_model_hooks``)."""
+        """Every part back to the offload device."""
         for part in list(self.resident):
             self._move(part, "off")
 
+    def add(self, name: str, modules: tuple[nn.Module, ...], size: int | None = None) -> None:
+        """Place a part under this plan: on the offload device, moved on by a hook when it runs."""
+        from accelerate.hooks import add_hook_to_module
+
+        self.parts[name] = modules
+        self.sizes[name] = (
+            storage_bytes(t for m in modules for t in module_tensors(m)) if size is None else size
+        )
+        for module in modules:
+            module.to(self.offload_device)
+            add_hook_to_module(module, _part_hook(self, name))
+
+    def drop(self, name: str) -> None:
+        """Take a part out of this plan (its hooks removed, its module left on the offload device)."""
+        from accelerate.hooks import remove_hook_from_module
+
+        if name in self.resident:
+            self._move(name, "off")
+        for module in self.parts.pop(name, ()):
+            remove_hook_from_module(module)
+        self.sizes.pop(name, None)
+
     @property
     def resident_bytes(self) -> int:
-        return sum(self.sizes.get(part, 0) for part in self.resident)
+        return self.pinned_bytes + sum(self.sizes.get(part, 0) for part in self.resident)
 
     def _move(self, name: str, direction: Literal["on", "off"]) -> None:
         device = self.execution_device if direction == "on" else self.offload_device
-        for module in self.parts[name]:
-            module.to(device)
+        try:
+            for module in self.parts[name]:
+                module.to(device)
+        except BaseException:
+            # (out of memory half-way: put the part back where the ledger says it is, so nothing is stranded)
+            for module in self.parts[name]:
+                module.to(self.offload_device if direction == "on" else self.execution_device)
+            raise
         if direction == "on":
             self.resident.append(name)
         else:
@@ -167,38 +205,34 @@ def _part_hook(placement: Placement, name: str) -> Any:
 
 def apply_model_offload(pair: ModelPair, device: torch.device) -> Placement:
     """``model-offload`` on ``pair``: every part starts on the CPU and is moved to ``device`` while it runs."""
-    from accelerate.hooks import add_hook_to_module
-
-    parts = pair_parts(pair)
     sizes = held_bytes(pair)
-    # a LoRA student's factors ride with the base's network (its hooks keep a copy where the network runs)
-    sizes["base"] += sizes.pop("student_adapter", 0)
-    placement = Placement(parts, torch.device(device), sizes=sizes)
-    for name, modules in parts.items():
-        for module in modules:
-            module.to(placement.offload_device)
-            add_hook_to_module(module, _part_hook(placement, name))
+    placement = Placement({}, torch.device(device), pinned_bytes=sizes.pop("student_adapter", 0))
+    for name, modules in pair_parts(pair).items():
+        placement.add(name, modules, sizes[name])
     return placement
 
 
-def apply_group_offload(pair: ModelPair, device: torch.device) -> None:
-    """``group-offload`` on ``pair``: diffusers' group offloading on every part, a top-level block at a time for the
-    denoising networks, a layer at a time for the text encoders and the VAE (whose blocks are not lists);
-    transfers overlap compute through a CUDA stream where there is one."""
+def _group_offload(module: nn.Module, device: torch.device, networks: bool) -> None:
+    """diffusers' group offloading on one module: a top-level block at a time for a denoising network (its transfers
+    overlapping compute through a CUDA stream where there is one), a layer at a time for the others (text encoders
+    and VAEs keep no block lists); without a stream, so that a VAE's float32 upcast stays put."""
     from diffusers.hooks import apply_group_offloading
 
-    device = torch.device(device)
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level" if networks else "leaf_level",
+        num_blocks_per_group=1 if networks else None,
+        use_stream=networks and device.type == "cuda",
+    )
+
+
+def apply_group_offload(pair: ModelPair, device: torch.device) -> None:
+    """``group-offload`` on ``pair``: :func:`_group_offload` on every part."""
     networks = {id(pair.base_network), id(pair.student_network)}
     for module in (module for modules in pair_parts(pair).values() for module in modules):
-        by_blocks = id(module) in networks
-        apply_group_offloading(
-            module,
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level" if by_blocks else "leaf_level",
-            num_blocks_per_group=1 if by_blocks else None,
-            use_stream=device.type == "cuda",
-        )
+        _group_offload(module, torch.device(device), id(module) in networks)
 
 
 def group_bytes(module: nn.Module, by_blocks: bool) -> int:
@@ -218,51 +252,56 @@ def group_bytes(module: nn.Module, by_blocks: bool) -> int:
     return max((storage_bytes(module_tensors(leaf)) for leaf in leaves), default=0)
 
 
+def _store_in_fp8(network: nn.Module, compute: torch.dtype) -> None:
+    network.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
+
+
 def store_in_fp8(pair: ModelPair) -> None:
     """Keep the denoising networks' weights in fp8 (diffusers' layerwise casting: each layer is cast to the pair's
     dtype as it runs); a lossy halving of the networks' bytes."""
     compute = pair.base_network.dtype
-    done: set[int] = set()
-    for network in (pair.base_network, pair.student_network):
-        if network is None or id(network) in done:
-            continue
-        done.add(id(network))
-        network.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
+    for network in {id(n): n for n in (pair.base_network, pair.student_network) if n is not None}.values():
+        _store_in_fp8(network, compute)
 
 
-def apply_plan(pair: ModelPair, plan: MemoryPlan, device: torch.device) -> Placement | None:
-    """Place ``pair``'s parts by ``plan`` for sampling on ``device``; the :class:`Placement` of ``model-offload``."""
+def place(pair: ModelPair, plan: MemoryPlan, device: torch.device) -> ModelPair:
+    """``pair`` with its parts placed by ``plan`` for sampling on ``device`` (the pair records the plan, the device
+    its networks run on and, for ``model-offload``, the :class:`Placement`)."""
+    device = torch.device(device)
     if plan == "resident":
         pair.to(device)
-        return None
-    if plan == "model-offload":
-        return apply_model_offload(pair, device)
-    if plan == "group-offload":
+    elif plan == "model-offload":
+        pair.placement = apply_model_offload(pair, device)
+    elif plan == "group-offload":
         apply_group_offload(pair, device)
-        return None
-    raise ValueError(f"unknown memory plan {plan!r}; plans: {', '.join(PLANS)} or auto")
+    else:
+        raise ValueError(f"unknown memory plan {plan!r}; plans: {', '.join(PLANS)} or auto")
+    pair.memory_plan = plan
+    pair.execution_device = None if plan == "resident" else device
+    return pair
+
+
+def _student_part(pair: ModelPair) -> str:
+    return f"student {pair.spec('student').name}"
 
 
 def place_student(pair: ModelPair) -> None:
     """Place a student network attached after loading (``with_student``) as the pair's plan places its parts."""
     network = pair.student_network
     if pair.fp8:
-        network.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=pair.base_network.dtype)
-    if pair.memory == "resident":
+        _store_in_fp8(network, pair.base_network.dtype)
+    if pair.memory_plan == "resident":
         network.to(pair.device)
-    elif pair.memory == "model-offload":
-        from accelerate.hooks import add_hook_to_module
-
-        placement = pair.placement
-        name = f"student {pair.spec('student').name}"
-        placement.parts[name] = (network,)
-        placement.sizes[name] = storage_bytes(module_tensors(network))
-        network.to(placement.offload_device)
-        add_hook_to_module(network, _part_hook(placement, name))
+    elif pair.memory_plan == "model-offload":
+        pair.placement.add(_student_part(pair), (network,))
     else:
-        from diffusers.hooks import apply_group_offloading
+        _group_offload(network, pair.device, networks=True)
 
-        apply_group_offloading(
-            network, onload_device=pair.device, offload_device=torch.device("cpu"), offload_type="block_level",
-            num_blocks_per_group=1, use_stream=pair.device.type == "cuda",
-        )  # fmt: skip
+
+def release_student(pair: ModelPair) -> None:
+    """Take the student that :func:`with_student` attached out of the shared base: a LoRA student's hooks off the
+    base's network, a placed network out of the plan's ledger (so that neither outlives ``pair``)."""
+    if pair.student_adapter is not None:
+        pair.student_adapter.remove()
+    if pair.placement is not None:
+        pair.placement.drop(_student_part(pair))

@@ -336,6 +336,7 @@ _REGISTRY_LIST: list[ModelSpec] = [
     ),
 ]
 
+
 def _tiny_pair(
     architecture: str,
     base: str,
@@ -428,7 +429,11 @@ _REGISTRY_LIST += [
         description="FLUX.1-schnell (timestep-distilled; full pipeline repo, its transformer is used), 4 steps",
     ),
     *_tiny_pair(
-        "flux", "tiny-flux", "tiny-schnell", "FLUX.1-dev", guidance=3.5,
+        "flux",
+        "tiny-flux",
+        "tiny-schnell",
+        "FLUX.1-dev",
+        guidance=3.5,
         student_overrides=(("use_dynamic_shifting", False), ("shift", 1.0)),
         student_note="FLUX.1-schnell-shaped: no guidance input, no shift; 4 steps",
     ),  # fmt: skip
@@ -463,8 +468,13 @@ _REGISTRY_LIST += [
         description="PixArt-δ (LCM-distilled PixArt-α; full pipeline repo, its transformer is used), 4 steps, no CFG",
     ),
     *_tiny_pair(
-        "pixart", "tiny-pixart", "tiny-pixart-lcm", "PixArt-α", guidance=4.5,
-        scheduler="DPMSolverMultistepScheduler", student_scheduler="LCMScheduler",
+        "pixart",
+        "tiny-pixart",
+        "tiny-pixart-lcm",
+        "PixArt-α",
+        guidance=4.5,
+        scheduler="DPMSolverMultistepScheduler",
+        student_scheduler="LCMScheduler",
         student_note="PixArt-δ-shaped: LCMScheduler, 4 steps without CFG",
     ),  # fmt: skip
 ]
@@ -543,7 +553,11 @@ _REGISTRY_LIST += [
         for name, steps in (("qwen-image-lightning", 8), ("qwen-image-lightning-4step", 4))
     ),
     *_tiny_pair(
-        "qwenimage", "tiny-qwen-image", "tiny-qwen-image-lightning", "Qwen-Image", guidance=4.0,
+        "qwenimage",
+        "tiny-qwen-image",
+        "tiny-qwen-image-lightning",
+        "Qwen-Image",
+        guidance=4.0,
         student_overrides=QWEN_LIGHTNING_SCHEDULER,
         student_note="Qwen-Image-Lightning's scheduler: shift 3; 4 steps, no CFG",
     ),  # fmt: skip

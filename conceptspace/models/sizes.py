@@ -182,6 +182,7 @@ class PairSizes:
     student: str | None
     parts: dict[str, int]
     sources: dict[str, Source]
+    bytes_per_weight: int = 2
     fp8: bool = False
 
     @property
@@ -193,11 +194,13 @@ class PairSizes:
         return peak_estimate(self.parts, plan)
 
     def in_fp8(self) -> PairSizes:
-        """The same pair with its networks stored in fp8 (one byte a weight instead of two)."""
+        """The same pair with its networks stored in fp8 (one byte a weight)."""
         if self.fp8:
             return self
-        halved = {k: (v // 2 if k in self.networks else v) for k, v in self.parts.items()}
-        return PairSizes(self.base, self.student, halved, self.sources, fp8=True)
+        one_byte = {
+            k: (v // self.bytes_per_weight if k in self.networks else v) for k, v in self.parts.items()
+        }
+        return PairSizes(self.base, self.student, one_byte, self.sources, self.bytes_per_weight, fp8=True)
 
 
 def pair_sizes(
@@ -241,21 +244,25 @@ def pair_sizes(
                 (own[0]["network"], own[1]) if own else (counts[folder], base_source)
             )
     in_bytes = {k: v * bytes_per_weight for k, v in parts.items() if v}
-    sizes = PairSizes(base_spec.name, student_spec.name if student_spec else None, in_bytes, sources)
-    return sizes.in_fp8() if fp8 and bytes_per_weight == 2 else sizes
+    sizes = PairSizes(
+        base_spec.name, student_spec.name if student_spec else None, in_bytes, sources, bytes_per_weight
+    )
+    return sizes.in_fp8() if fp8 else sizes
 
 
 @dataclass(frozen=True)
 class PlanChoice:
     """The plan ``auto`` picked, its expected peak and the card's size, with a line that says so."""
 
-    plan: str
+    plan: str  # a MemoryPlan (memory.py holds the names; this module stays free of torch)
     peak: int
     device_memory: int
 
     def __str__(self) -> str:
+        if self.plan == "group-offload":  # its peak is a block's, known once the networks are built
+            return f"memory plan group-offload on an accelerator of {gib(self.device_memory)}"
         return (
-            f"memory plan {self.plan}: about {self.peak / 1e9:.1f} GB of weights on an accelerator of "
+            f"memory plan {self.plan}: about {gib(self.peak)} of weights on an accelerator of "
             f"{gib(self.device_memory)} (+{ACTIVATION_RESERVE / GIB:.1f} GiB kept for activations)"
         )
 
@@ -267,8 +274,8 @@ def plan_for(sizes: PairSizes | None, device_memory: int, requested: str = "auto
     (other images) on its own. Raises :class:`MemoryPlanError`, naming what would fit, when the plan does not."""
     if sizes is None:
         raise MemoryPlanError(
-            "the sizes of this pair's parts are unknown (not downloaded, no safetensors header and no published "
-            "count), so no plan can be checked against the accelerator: name one with --memory"
+            "auto cannot size this pair's parts before loading (quantized networks, or files without a safetensors "
+            "header or a published count): name a plan, memory='model-offload' (--memory model-offload) or another"
         )
     if requested == "group-offload":  # its peak is a block's, known only once the network is built
         return PlanChoice(requested, 0, device_memory)
@@ -277,32 +284,35 @@ def plan_for(sizes: PairSizes | None, device_memory: int, requested: str = "auto
         if sizes.peak(plan) <= budget:
             return PlanChoice(plan, sizes.peak(plan), device_memory)
     fp8_peak = sizes.in_fp8().peak("model-offload")
-    options = ["--memory group-offload (one block of a network at a time)"]
-    if fp8_peak <= budget:
-        options.insert(0, f"--fp8 with --memory model-offload (about {fp8_peak / 1e9:.1f} GB)")
-    else:
-        options.append("--fp8 with --memory group-offload")
+    options = ["memory='group-offload' (--memory group-offload: a block of a network at a time)"]
+    if not sizes.fp8 and fp8_peak <= budget:
+        options.insert(
+            0, f"fp8=True with memory='model-offload' (--fp8 --memory model-offload: {gib(fp8_peak)})"
+        )
+    elif not sizes.fp8:
+        options.append("fp8=True with it (--fp8)")
     if requested == "resident" and sizes.peak("model-offload") <= budget:
-        options.insert(0, f"--memory model-offload (about {sizes.peak('model-offload') / 1e9:.1f} GB)")
-    tried = "any lossless plan" if requested == "auto" else f"--memory {requested}"
+        options.insert(
+            0, f"memory='model-offload' (--memory model-offload: {gib(sizes.peak('model-offload'))})"
+        )
+    tried = "any lossless plan" if requested == "auto" else f"memory={requested!r}"
     needed = sizes.peak("model-offload" if requested == "auto" else requested)
     raise MemoryPlanError(
         f"{sizes.base} + {sizes.student or 'no student'} does not fit an accelerator of {gib(device_memory)} "
-        f"with {tried}: it needs {needed / 1e9:.1f} GB of weights at once (+{ACTIVATION_RESERVE / GIB:.1f} GiB for activations); use "
-        + ", or ".join(options)
+        f"with {tried}: it needs {gib(needed)} of weights at once (+{gib(ACTIVATION_RESERVE)} for "
+        "activations); use " + ", or ".join(options)
     )
 
 
 def parse_memory_size(text: str | int) -> int:
-    """``"24GB"``, ``"24GiB"``, ``"80G"`` or a number of bytes → bytes. Cards are sold in binary units (a "24 GB"
-    card has 24 GiB), so GB here means GiB, as nvidia-smi counts."""
+    """``"24GB"``, ``"24GiB"``, ``"80G"``, ``"12000MB"`` → bytes (an int is bytes already). Cards are sold in binary
+    units (a "24 GB" card has 24 GiB), so GB here means GiB, as nvidia-smi counts. Text needs its unit."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GiB|GB|G|MiB|MB|M)?\s*", str(text), re.IGNORECASE)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GiB|GB|G|MiB|MB|M)\s*", str(text), re.IGNORECASE)
     if match is None:
-        raise ValueError(f"{text!r} is not a memory size: write it like 24GB, 80GiB or 12000MB")
-    unit = (match.group(2) or "").lower()
-    scale = GIB if unit.startswith("g") else 2**20 if unit.startswith("m") else 1
+        raise ValueError(f"{text!r} is not a memory size with its unit: write it like 24GB, 80GiB or 12000MB")
+    scale = GIB if match.group(2).lower().startswith("g") else 2**20
     return int(float(match.group(1)) * scale)
 
 

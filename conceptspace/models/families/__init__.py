@@ -19,7 +19,15 @@ from conceptspace.models.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {
     family.name: family
-    for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3(), Flux(), PixArtAlpha(), ZImage(), QwenImage())
+    for family in (
+        StableDiffusion(),
+        StableDiffusionXL(),
+        StableDiffusion3(),
+        Flux(),
+        PixArtAlpha(),
+        ZImage(),
+        QwenImage(),
+    )
 }
 
 

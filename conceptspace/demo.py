@@ -81,9 +81,14 @@ def probe_rows(
     run: dict[str, Any], run_dir: str | os.PathLike, *, n_boot: int = 1000, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Ground-truth diversity of every prompt and regime of a testbed run (rows with ``embedder="probe"``), and
-    paired differences between regimes (``distilled - base``, ``hybrid - base``, ``hybrid - distilled``)."""
+    paired differences between regimes (``distilled - base``, ``hybrid - base``, ``hybrid - distilled`` …).
+
+    Blank images (:func:`conceptspace.testbed.probe.blank_images`: no object to read) are counted per regime in
+    ``blank_share`` rows and left out of the factor measures; a paired difference keeps the seeds whose images are
+    blank in neither regime (its ``n`` says how many)."""
+    from conceptspace.metrics import mean_estimate
     from conceptspace.testbed.diversity import diversity_rows, expected_diversity, paired_difference_rows
-    from conceptspace.testbed.probe import load_probe
+    from conceptspace.testbed.probe import blank_images, load_probe
 
     probe = load_probe()
     regimes = list(run["regimes"])
@@ -92,16 +97,29 @@ def probe_rows(
     rows: list[dict[str, Any]] = []
     for prompt, by_regime in images_by_prompt(run, run_dir).items():
         world = expected_diversity(prompt)
-        factors = {
-            regime: probe.predict_factors(_probe_images([path for _, path in by_regime[regime]]))
-            for regime in regimes
-        }
+        pixels = {regime: _probe_images([path for _, path in by_regime[regime]]) for regime in regimes}
+        factors = {regime: probe.predict_factors(pixels[regime]) for regime in regimes}
+        blank = {regime: blank_images(pixels[regime]) for regime in regimes}
         for regime in regimes:
-            for row in diversity_rows(factors[regime], prompt, regime, n_boot=n_boot, seed=seed, **extra):
+            share = mean_estimate(blank[regime].astype(float), n_boot=n_boot, seed=seed)
+            rows.append(share.row(prompt, regime, "blank_share", ci_method=share.method, **extra))
+            if (~blank[regime]).sum() < 2:  # nothing left to measure diversity on
+                continue
+            kept = factors[regime][~blank[regime]]
+            for row in diversity_rows(kept, prompt, regime, n_boot=n_boot, seed=seed, **extra):
                 rows.append({**row, "world": world[row["metric"]]})
-        rows += paired_difference_rows(
-            factors, prompt, default_pairs(regimes), n_boot=n_boot, seed=seed, **extra
-        )
+        for a, b in default_pairs(regimes):
+            kept = ~blank[a] & ~blank[b]
+            if kept.sum() < 2:
+                continue
+            rows += paired_difference_rows(
+                {a: factors[a][kept], b: factors[b][kept]},
+                prompt,
+                [(a, b)],
+                n_boot=n_boot,
+                seed=seed,
+                **extra,
+            )
     return rows
 
 

@@ -81,7 +81,10 @@ def test_demo_cli_writes_everything(tmp_path):
     assert {"probe", "testbed:clip"} <= embedders
     probe = [r for r in rows if r.get("embedder") == "probe" and r["metric"] == "entropy_shape_colour"]
     assert sorted(r["regime"] for r in probe) == ["base", "distilled", "hybrid", "replace-final"]
-    assert all(r["n"] == 4 and r["world"] == pytest.approx(math.log2(6)) for r in probe)
+    blank = {r["regime"]: r for r in rows if r["metric"] == "blank_share"}  # blank images are left out
+    assert set(blank) == {"base", "distilled", "hybrid", "replace-final"}
+    assert all(r["n"] == 4 - round(4 * blank[r["regime"]]["value"]) for r in probe)
+    assert all(r["world"] == pytest.approx(math.log2(6)) for r in probe)
     commitment = [r for r in rows if r["metric"] == "commitment"]
     assert {r["similarity"] for r in commitment} == {"testbed:probe"}
     assert all(0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1 for r in commitment)  # shares of samples

@@ -357,6 +357,24 @@ def test_layout_measures_against_the_world():
     assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
 
 
+def test_blank_images_are_background_only():
+    from conceptspace.testbed.probe import BLANK_CONTRAST, blank_images
+
+    world = render(sample_factors(300, 4))
+    assert not blank_images(world).any()  # every image of the world shows its object
+    background = np.broadcast_to(world[:1, :1, :1], world[:3].shape).copy()
+    faint, edge = background.copy(), background.copy()
+    faint[1, 10:16, 10:16] = np.clip(faint[1, 10:16, 10:16].astype(int) + BLANK_CONTRAST - 5, 0, 255)
+    edge[2, 10:12, 10:12] = np.clip(edge[2, 10:12, 10:12].astype(int) + BLANK_CONTRAST + 20, 0, 255)
+    assert (
+        blank_images(background[:1]).all()
+        and blank_images(faint[1:2]).all()
+        and not blank_images(edge[2:3]).any()
+    )
+    with pytest.raises(ValueError, match="N, H, W, 3"):
+        blank_images(world[0])
+
+
 def test_probe_training_is_deterministic_and_saves_as_safetensors(tmp_path):
     from conceptspace.testbed.probe import FactorProbe, load_probe, train_probe
 

@@ -286,6 +286,25 @@ class ProbeClasses(nn.Module):
         return (shape[:, :, None] + colour[:, None, :]).reshape(len(images), -1)
 
 
+BLANK_CONTRAST = 40
+"""An image is *blank* (background only: no object for the probe to read) when none of its pixels differs from the
+image's median colour by more than this (of 255) in any channel. Chosen from data (the shipped pair, "a shape",
+"a triangle" and "a red shape", 64 seeds each in the demo's four regimes): at this contrast an image has either no
+such pixel or at least 4 (an object's edge); the blank ones never differ by more than 40 anywhere, and the probe
+reads them as whatever its bias says (a green triangle)."""
+
+
+def blank_images(images: Any) -> np.ndarray:
+    """Which of ``images`` (uint8 ``(N, H, W, 3)``, or anything :func:`numpy.asarray` makes one) are blank (see
+    :data:`BLANK_CONTRAST`)."""
+    pixels = np.asarray(images).astype(np.int16)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"images must be (N, H, W, 3) pixels, got shape {pixels.shape}")
+    median = np.median(pixels.reshape(len(pixels), -1, 3), axis=1)
+    deviation = np.abs(pixels - median[:, None, None, :]).max(axis=-1)
+    return ~(deviation > BLANK_CONTRAST).any(axis=(1, 2))
+
+
 def load_probe(
     directory: str | os.PathLike | None = None, *, device: str | torch.device | None = None
 ) -> FactorProbe:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from bench_flow import TINY, full_pair, synchronize
+from bench_flow import TINY, _seconds, full_pair, synchronize
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample
 from conceptspace.models.memory import group_bytes, held_bytes, pair_parts, place
@@ -194,14 +193,6 @@ def _diffusers_call(pipe: Any, pair: Any, role: str, steps: dict[str, int], size
         guidance["use_resolution_binning"] = False  # sample the size asked
     return lambda: pipe(PROMPT, height=size, width=size, generator=[torch.Generator().manual_seed(0)],
                         output_type="np", **kwargs, **guidance)  # fmt: skip
-
-
-def _seconds(call: Callable[[], Any], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    call()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def _moves_per_call(pair: Any, call: Callable[[], Any]) -> list[str]:

@@ -30,7 +30,15 @@ from conceptspace.demo import DEMO_PROMPTS, run_demo
 from conceptspace.verdicts import verdict_lines, verdicts
 
 REGIMES = [Base(), Distilled(), Hybrid(k=1), SkipFirst(n=1), ReplaceFinal(n=None)]
-SHOWN = ("entropy_shape_colour", "entropy_shape", "entropy_colour", "std_size", "std_x")
+SHOWN = (
+    "entropy_shape_colour",
+    "entropy_shape",
+    "entropy_colour",
+    "spread_position",
+    "entropy_position",
+    "std_size",
+)
+DIFFERENCES = ("diff_entropy_shape_colour", "diff_spread_position", "diff_entropy_position")
 
 
 def cell(row: dict) -> str:
@@ -42,7 +50,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-n", type=int, default=128, help="seeds per prompt and regime")
-    parser.add_argument("--seed", type=int, default=1000, help="first seed (default 1000: unseen by demo and tests)")
+    parser.add_argument(
+        "--seed", type=int, default=1000, help="first seed (default 1000: unseen by demo and tests)"
+    )
     parser.add_argument("--prompt", action="append", help="replace the demo's prompts (repeatable)")
     parser.add_argument(
         "--weights", type=Path, help="a folder from `conceptspace testbed train` (default: shipped)"
@@ -64,10 +74,16 @@ def main() -> None:
 
     for prompt in prompts:
         print(f"\n{prompt!r}  (n = {args.n} per regime; probe measures, world value in brackets)")
+        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] == "blank_share"):
+            print(
+                f"  {row['regime']:<14} {'blank_share':<22} {cell(row):<24} (left out of the measures below)"
+            )
         for row in (r for r in probe if r["prompt"] == prompt and r["metric"] in SHOWN):
             print(f"  {row['regime']:<14} {row['metric']:<22} {cell(row):<24} (world {row['world']:.2f})")
-        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] == "diff_entropy_shape_colour"):
-            print(f"  {row['regime']:<28} diff_entropy_shape_colour {cell(row)}  p={row['p_value']:.3g}")
+        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] in DIFFERENCES):
+            print(
+                f"  {row['regime']:<28} {row['metric']:<26} {cell(row)}  p={row['p_value']:.3g} (n = {row['n']})"
+            )
         for row in (r for r in embedding if r["prompt"] == prompt and "pairwise_distance" in r["metric"]):
             print(
                 f"  {row['regime']:<28} {row['metric']:<26} {row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"

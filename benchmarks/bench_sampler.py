@@ -29,6 +29,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from conceptspace import Base, Distilled, Hybrid, ModelPair, load_pair, sample
+from conceptspace.models.memory import module_tensors, storage_bytes
 from conceptspace.sampling import Regime
 
 PROMPT = "a red circle on the left"
@@ -182,14 +183,7 @@ def testbed_speed(repeats: int, n: int) -> dict:
 
 def held_bytes(modules) -> int:
     """Bytes of distinct tensor storages held by ``modules`` (shared weights counted once)."""
-    seen, total = set(), 0
-    for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-    return total
+    return storage_bytes(tensor for module in modules for tensor in module_tensors(module))
 
 
 LOADER = r"""

@@ -1,18 +1,22 @@
-"""Claims 1, 4, 5 and 6 on the embedded testbed, against ground truth: the numbers of docs/testbed.md.
+"""The paper's claims on the embedded testbed, against ground truth, per factor family: every number of the tables
+in docs/testbed.md's "What the testbed shows".
 
 For underspecified prompts, n seeds in five regimes — base (50 steps, CFG 5), distilled (4 steps), hybrid (base
 for step 1), skip-first (the student without its first step) and replace-final (student step 1, then the base on
-its own schedule) — then:
+its own schedule) — with x̂0 recorded at every step, then (blank images left out and counted):
 
-1. student vs base diversity, 2. hybrid vs base: probe entropy of shape×colour and spreads, testbed-CLIP pairwise
-   distance, each with a 95% CI and paired differences on the same seeds;
-3. first-step commitment: the share of seeds whose first x̂0 shows the final image's shape and colour (the
-   probe's reading), student vs base, and how many of its steps the base needs to reach 60%;
-4. the causal ablations: does replacing the first step (hybrid) or the final ones (replace-final) restore
-   diversity, and does skipping the first step (skip-first)?
+1. diversity per regime on each family's verdict measure — layout: position spread (px); appearance: entropy of
+   the factor the prompt leaves free (bits) — and the testbed CLIP's pairwise distance, each with a 95% CI, and
+   paired differences on the same seeds;
+2. commitment at the student's first step against the base's x̂0 at the nearest timestep: distributional (share
+   of the final position spread), per seed (R² of the final position, share showing the final shape and colour)
+   and whole image (testbed-CLIP cosine to the final image);
+3. the causal ablation: the share of the base − distilled gap that replacing the first step (hybrid) and the
+   final steps (replace-final) each restore, and their ratio, with CIs from a joint bootstrap over seeds;
 
-and the verdict per claim (:mod:`conceptspace.verdicts`). ``--seed`` picks the first seed: the acceptance numbers in
-docs/testbed.md use seeds from 1000 on, which neither the demo (0–63) nor the tests use.
+and the verdict per claim and family (:mod:`conceptspace.verdicts`). The tables are written as markdown to
+``OUT/tables.md`` and printed. ``--seed`` picks the first seed: the numbers in docs/testbed.md use seeds from 1000
+on, which neither the demo (0–47) nor the tests use.
 
     python analyses/testbed_science.py -n 128 --seed 1000 --out runs/testbed-science
     python analyses/testbed_science.py --weights runs/testbed --out /tmp/candidate   # a retrained testbed
@@ -27,22 +31,125 @@ import torch
 
 from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, load_pair
 from conceptspace.demo import DEMO_PROMPTS, run_demo
-from conceptspace.verdicts import verdict_lines, verdicts
+from conceptspace.testbed.commitment import at_timestep
+from conceptspace.testbed.diversity import expected_diversity
+from conceptspace.verdicts import verdict_lines, verdict_measure, verdicts
 
 REGIMES = [Base(), Distilled(), Hybrid(k=1), SkipFirst(n=1), ReplaceFinal(n=None)]
-SHOWN = (
-    "entropy_shape_colour",
-    "entropy_shape",
-    "entropy_colour",
-    "spread_position",
-    "entropy_position",
-    "std_size",
+DIFFERENCES = (
+    "distilled - base",
+    "hybrid - distilled",
+    "hybrid - base",
+    "replace-final - distilled",
+    "skip-first - base",
 )
-DIFFERENCES = ("diff_entropy_shape_colour", "diff_spread_position", "diff_entropy_position")
+COMMITMENT = (
+    ("fixed_spread_position", "layout: share of the final position spread"),
+    ("commitment_position", "layout: R² of the final position (per seed)"),
+    ("commitment_shape_colour", "appearance: shows the final shape and colour"),
+    ("commitment", "whole image: testbed-CLIP cosine to the final image"),
+)
 
 
-def cell(row: dict) -> str:
-    return f"{row['value']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+def interval(row: dict | None, digits: int = 2, signed: bool = False, percent: bool = False) -> str:
+    if row is None:
+        return "—"
+    if percent:
+        return f"{row['value']:.0%} [{row['ci_low']:.0%}, {row['ci_high']:.0%}]"
+    f = f"{'+' if signed else ''}.{digits}f"
+    return f"{row['value']:{f}} [{row['ci_low']:{f}}, {row['ci_high']:{f}}]".replace("-", "−")
+
+
+def tables(rows: list[dict], prompts: list[str], n: int) -> list[str]:
+    """docs/testbed.md's tables, in markdown."""
+    probe = {
+        (r["prompt"], r["regime"], r["metric"]): r
+        for r in rows
+        if r.get("embedder") == "probe" and r.get("step") is None
+    }
+    clip = {(r["prompt"], r["regime"], r["metric"]): r for r in rows if r.get("embedder") == "testbed:clip"}
+    curves: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("step") is not None:
+            curves.setdefault((r["prompt"], r["regime"], r["metric"]), []).append(r)
+    head = "| | " + " | ".join(f'"{p}"' for p in prompts) + " |"
+    rule = "|---" * (len(prompts) + 1) + "|"
+    out = [
+        f"Diversity per regime (n = {n} seeds per prompt; blank images left out, their share first):",
+        "",
+        head,
+        rule,
+    ]
+    world = {p: expected_diversity(p) for p in prompts}
+    measures = {
+        family: {p: verdict_measure(family, p) for p in prompts} for family in ("layout", "appearance")
+    }
+    out.append(
+        "| world: layout / appearance | "
+        + " | ".join(
+            f"{world[p][measures['layout'][p]]:.2f} px / {world[p][measures['appearance'][p]]:.2f} bits ({measures['appearance'][p]})"
+            for p in prompts
+        )
+        + " |"
+    )
+    for regime in ("base", "distilled", "hybrid", "replace-final", "skip-first"):
+        out.append(
+            f"| {regime}: blank | "
+            + " | ".join(interval(probe.get((p, regime, "blank_share")), percent=True) for p in prompts)
+            + " |"
+        )
+        for family, unit in (("layout", "px"), ("appearance", "bits")):
+            out.append(
+                f"| {regime}: {family}, {unit} | "
+                + " | ".join(interval(probe.get((p, regime, measures[family][p]))) for p in prompts)
+                + " |"
+            )
+    out += ["", "Paired differences on the same seeds (blank in neither regime):", "", head, rule]
+    for family, unit in (("layout", "px"), ("appearance", "bits")):
+        for pair in DIFFERENCES:
+            cells = [
+                interval(probe.get((p, pair, f"diff_{measures[family][p]}")), signed=True) for p in prompts
+            ]
+            out.append(f"| {family}: {pair.replace(' - ', ' − ')} ({unit}) | " + " | ".join(cells) + " |")
+    for pair in DIFFERENCES[:4]:
+        cells = [interval(clip.get((p, pair, "diff_pairwise_distance")), 3, signed=True) for p in prompts]
+        out.append(
+            f"| testbed-CLIP pairwise distance: {pair.replace(' - ', ' − ')} | " + " | ".join(cells) + " |"
+        )
+    out += [
+        "",
+        "Commitment at the student's first step (t = 999) against the base's x̂0 at the nearest timestep:",
+        "",
+        head,
+        rule,
+    ]
+    for metric, label in COMMITMENT:
+        cells = []
+        for p in prompts:
+            student, base = curves.get((p, "distilled", metric)), curves.get((p, "base", metric))
+            if not student or not base:
+                cells.append("—")
+                continue
+            first = min(student, key=lambda r: r["step"])
+            b = at_timestep(base, first["timestep"])
+            cells.append(f"{interval(first)} / {interval(b)} (t = {b['timestep']})")
+        out.append(f"| {label}: student / base | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "The causal ablation: share of the base − distilled gap restored (joint bootstrap over seeds):",
+        "",
+        head,
+        rule,
+    ]
+    for family in ("layout", "appearance"):
+        for regime, metric, label in (
+            ("hybrid", "gap_share", "replacing the first step (hybrid)"),
+            ("replace-final", "gap_share", "replacing the final steps (replace-final)"),
+            ("replace-final / hybrid", "restored_ratio", "replace-final / hybrid"),
+        ):
+            cells = [interval(probe.get((p, regime, f"{metric}_{measures[family][p]}"))) for p in prompts]
+            out.append(f"| {family}: {label} | " + " | ".join(cells) + " |")
+    return out
 
 
 def main() -> None:
@@ -68,35 +175,10 @@ def main() -> None:
     rows = run_demo(
         args.out, prompts=prompts, n=args.n, seed=args.seed, pair=pair, regimes=REGIMES, batch_size=128
     ).rows
-    probe = [r for r in rows if r.get("embedder") == "probe"]
-    embedding = [r for r in rows if r.get("embedder") == "testbed:clip"]
-    commitment = [r for r in rows if r["metric"] == "commitment"]
-
-    for prompt in prompts:
-        print(f"\n{prompt!r}  (n = {args.n} per regime; probe measures, world value in brackets)")
-        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] == "blank_share"):
-            print(
-                f"  {row['regime']:<14} {'blank_share':<22} {cell(row):<24} (left out of the measures below)"
-            )
-        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] in SHOWN):
-            print(f"  {row['regime']:<14} {row['metric']:<22} {cell(row):<24} (world {row['world']:.2f})")
-        for row in (r for r in probe if r["prompt"] == prompt and r["metric"] in DIFFERENCES):
-            print(
-                f"  {row['regime']:<28} {row['metric']:<26} {cell(row)}  p={row['p_value']:.3g} (n = {row['n']})"
-            )
-        for row in (r for r in embedding if r["prompt"] == prompt and "pairwise_distance" in r["metric"]):
-            print(
-                f"  {row['regime']:<28} {row['metric']:<26} {row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-            )
-        first = [r for r in commitment if r["prompt"] == prompt and r["step"] == 0]
-        for row in first:
-            print(
-                f"  {row['regime']:<14} step-1 x̂0 shows the final shape and colour: {row['value']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] at t={row['timestep']}"
-            )
-    print()
-    for line in verdict_lines(verdicts(rows)):
-        print(line)
-    print(f"\nwrote {args.out / 'metrics.json'}")
+    lines = tables(rows, prompts, args.n) + ["", "```", *verdict_lines(verdicts(rows)), "```"]
+    (args.out / "tables.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"\nwrote {args.out / 'tables.md'} and {args.out / 'metrics.json'}")
 
 
 if __name__ == "__main__":

@@ -617,7 +617,8 @@ def demo(
     for line in summary_lines(result.rows):
         typer.echo(line)
     typer.echo(
-        f"\nThe paper's claims on these {n} seeds per prompt (base: {DEMO_BASE_STEPS} Euler steps, not 50, to keep the demo short; -n raises the seeds):"
+        f"\nThe paper's claims on these {n} seeds per prompt, per factor family [family, metric] (base: "
+        f"{DEMO_BASE_STEPS} Euler steps, not 50, to keep the demo short; -n raises the seeds):"
     )
     for line in verdict_lines(verdicts(result.rows)):
         typer.echo(line)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from conceptspace.generate import generate
 from conceptspace.models import ModelPair, load_pair
 from conceptspace.results import read_metrics, write_metrics
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, ReplaceFinal, seeds_from
+from conceptspace.verdicts import FAMILY_MEASURES, verdict_measure
 from conceptspace.verdicts import PROBE_EMBEDDER as PROBE
 
 __all__ = [
@@ -120,6 +122,46 @@ def probe_rows(
                 seed=seed,
                 **extra,
             )
+        rows += _share_rows(prompt, factors, blank, n_boot=n_boot, seed=seed, **extra)
+    return rows
+
+
+def _share_rows(
+    prompt: str,
+    factors: dict[str, Any],
+    blank: dict[str, np.ndarray],
+    *,
+    n_boot: int,
+    seed: int,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """The causal ablation's shares, on each family's verdict measure: ``gap_share_<measure>`` (the share of the
+    base − distilled gap that the hybrid and replace-final each restore) and ``restored_ratio_<measure>``
+    (replace-final's restoration over the hybrid's), on the seeds blank in none of the four regimes."""
+    from conceptspace.testbed.diversity import family_of, restored_share
+
+    needed = ("base", "distilled", "hybrid", "replace-final")
+    if not all(regime in factors for regime in needed):
+        return []
+    kept = ~np.any([blank[regime] for regime in needed], axis=0)
+    if kept.sum() < 2:
+        return []
+    kept_factors = {regime: factors[regime][kept] for regime in needed}
+    rows = []
+    for family in FAMILY_MEASURES:
+        measure = verdict_measure(family, prompt)
+        if measure is None:
+            continue
+        settings = {"n_boot": n_boot, "seed": seed}
+        for metric, regime, target, name in (
+            (f"gap_share_{measure}", "hybrid", "base", "hybrid"),
+            (f"gap_share_{measure}", "replace-final", "base", "replace-final"),
+            (f"restored_ratio_{measure}", "replace-final", "hybrid", "replace-final / hybrid"),
+        ):
+            share = restored_share(kept_factors, measure, regime, "distilled", target, **settings)
+            rows.append(
+                share.row(prompt, name, metric, ci_method=share.method, family=family_of(measure), **extra)
+            )
     return rows
 
 
@@ -150,10 +192,13 @@ def run_demo(
         raise ValueError(f"the demo measures diversity, which needs -n of at least 2, got {n}")
     from conceptspace.embeddings import load_embedder
     from conceptspace.report import build_report
+    from conceptspace.testbed.commitment import trajectory_rows
+    from conceptspace.testbed.probe import load_probe
 
     out = Path(out_dir)
     pair = pair or load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
-    commitment = load_embedder("testbed:probe", device=pair.device, progress=False)
+    whole_image = load_embedder("testbed:clip", device=pair.device, progress=False)
+    per_factor = partial(trajectory_rows, probe=load_probe(), n_boot=n_boot, seed=seed, embedder=PROBE)
     run = generate(
         pair,
         list(prompts),
@@ -163,7 +208,8 @@ def run_demo(
         batch_size=batch_size,
         trajectories=True,
         strips=strips,
-        commitment_embedder=commitment,
+        commitment_embedder=whole_image,
+        trajectory_measures=per_factor,
         progress=progress,
         parameters={"demo": True},
     )
@@ -176,32 +222,47 @@ def run_demo(
 
 
 def summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The demo's short table: per prompt and regime, probe entropy of shape×colour (bits) and testbed-CLIP
-    pairwise distance, each with its 95% CI; then the paired differences against the base."""
+    """The demo's short table, per prompt: each regime's share of blank images, its diversity on the measure each
+    factor family's verdicts read (:func:`conceptspace.verdicts.verdict_measure`: layout ``spread_position`` in
+    pixels, appearance the free factor's entropy in bits) and its testbed-CLIP pairwise distance, each with its
+    95% CI; then the paired differences the verdicts quote — the same rows, so no number appears twice with two
+    values."""
+    probe = {
+        (r["prompt"], r["regime"], r["metric"]): r
+        for r in rows
+        if r.get("embedder") == PROBE and r.get("step") is None
+    }
+    clip = {(r["prompt"], r["regime"], r["metric"]): r for r in rows if r.get("embedder") == "testbed:clip"}
 
-    def cell(row: dict[str, Any] | None, digits: int) -> str:
+    def cell(row: dict[str, Any] | None, digits: int, signed: bool) -> str:
         if row is None:
             return ""
-        return f"{row['value']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+        sign = "+" if signed else ""
+        return f"{row['value']:{sign}.{digits}f} [{row['ci_low']:{sign}.{digits}f}, {row['ci_high']:{sign}.{digits}f}]"
 
-    def find(prompt: str, regime: str, metric: str, probe: bool) -> dict[str, Any] | None:
-        for row in rows:
-            if (row["prompt"], row["regime"], row["metric"]) == (prompt, regime, metric) and (
-                (row.get("embedder") == PROBE) == probe
-            ):
-                return row
-        return None
-
-    prompts = list(dict.fromkeys(r["prompt"] for r in rows if r.get("embedder") == PROBE))
-    regimes = list(dict.fromkeys(r["regime"] for r in rows if r.get("embedder") == PROBE))
-    lines = [f"{'prompt':<13} {'regime':<20} {'H(shape×colour) bits':<24} {'CLIP pairwise distance':<24}"]
+    prompts = list(dict.fromkeys(key[0] for key in probe))
+    regimes = list(dict.fromkeys(key[1] for key in probe if " - " not in key[1] and " / " not in key[1]))
+    differences = [
+        regime
+        for regime in dict.fromkeys(key[1] for key in probe if " - " in key[1])
+        if regime.endswith(" - base") or regime in ("hybrid - distilled", "replace-final - distilled")
+    ]
+    lines: list[str] = []
     for prompt in prompts:
-        for regime in regimes:
-            entropy = "entropy_shape_colour"
-            probe = find(prompt, regime, entropy, True) or find(prompt, regime, f"diff_{entropy}", True)
-            clip = find(prompt, regime, "pairwise_distance", False) or find(
-                prompt, regime, "diff_pairwise_distance", False
+        layout = verdict_measure("layout", prompt)
+        appearance = verdict_measure("appearance", prompt) or "entropy_shape_colour"
+        lines += [
+            f"{prompt!r}: layout {layout} (px), appearance {appearance} (bits), testbed-CLIP pairwise distance",
+            f"  {'regime':<26} {'blank':>6}  {'layout':<22} {'appearance':<22} CLIP",
+        ]
+        for regime in regimes + differences:
+            diff = "diff_" if " - " in regime else ""
+            blank = probe.get((prompt, regime, "blank_share"))
+            share = f"{blank['value']:.0%}" if blank else ""
+            lines.append(
+                f"  {regime:<26} {share:>6}  "
+                f"{cell(probe.get((prompt, regime, diff + layout)), 2, bool(diff)):<22} "
+                f"{cell(probe.get((prompt, regime, diff + appearance)), 2, bool(diff)):<22} "
+                f"{cell(clip.get((prompt, regime, diff + 'pairwise_distance')), 3, bool(diff)):<22}".rstrip()
             )
-            if probe is not None and (" - " not in regime or regime.endswith(" - base")):
-                lines.append(f"{prompt:<13} {regime:<20} {cell(probe, 2):<24} {cell(clip, 3):<24}")
     return lines

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.metrics import mean_estimate
@@ -23,6 +24,9 @@ from conceptspace.trajectories import (
     embedding_commitment,
     trajectory_strip,
 )
+
+TrajectoryMeasures = Callable[[str, str, torch.Tensor, list[dict[str, Any]]], list[dict[str, Any]]]
+"""``(prompt, regime, decoded x̂0 (n, steps, 3, H, W) in [0, 1], schedule) -> metric rows``: see :func:`generate`."""
 
 COMMITMENT_COLUMNS = (
     "prompt",
@@ -57,6 +61,7 @@ def generate(
     trajectories: bool = False,
     strips: int | None = None,
     commitment_embedder: Any = None,
+    trajectory_measures: TrajectoryMeasures | None = None,
     progress: bool = True,
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -67,6 +72,9 @@ def generate(
     each step's x̂0 to the final image, mean with 95% CI per prompt, regime and step; latent correlation, or
     cosine similarity in ``commitment_embedder``'s space when one is given). ``strips``: write strips for the first
     ``strips`` seeds of each prompt and regime only (default all; the curves always use every sample).
+    ``trajectory_measures(prompt, regime, decoded, schedule)`` adds its rows to the curves: ``decoded`` is every
+    sample's x̂0 trajectory as images ``(n, steps, 3, H, W)`` in [0, 1], ``schedule`` the regime's
+    ``schedule_dicts()`` (e.g. :func:`conceptspace.testbed.commitment.trajectory_rows`, per factor).
     ``run.json`` is written last: its
     presence marks a complete run.
     Returns the run record (the content of run.json).
@@ -120,9 +128,10 @@ def generate(
                 record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
             if trajectories:
                 shown = len(result.seeds) if strips is None else min(strips, len(result.seeds))
-                # every sample is decoded only when the commitment curve is measured on images
+                # every sample is decoded only when something measures the images
+                on_images = commitment_embedder is not None or trajectory_measures is not None
                 decoded = decode_trajectory(
-                    pair, result.trajectory if commitment_embedder is not None else result.trajectory[:shown]
+                    pair, result.trajectory if on_images else result.trajectory[:shown]
                 )
                 for seed, strip in zip(result.seeds[:shown], decoded[:shown], strict=True):
                     write_image(
@@ -136,6 +145,10 @@ def generate(
                 commitment_rows += _commitment_rows(
                     prompt, regime.name, curve, result.schedule_dicts(), similarity=similarity
                 )
+                if trajectory_measures is not None:
+                    commitment_rows += trajectory_measures(
+                        prompt, regime.name, decoded, result.schedule_dicts()
+                    )
             record["timings"]["writing"] = (
                 record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
             )

@@ -127,6 +127,7 @@ def build_report(
     context = {
         "comparison": _comparison(run_dir, run, rows, colours, written),
         "verdicts": _verdicts(rows),
+        "blanks": _blanks(rows),
         "title": title or f"conceptspace report: {run_dir.resolve().name}",
         "subtitle": _subtitle(run, images, regimes),
         "notes": notes,
@@ -160,6 +161,15 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     css = {True: "yes", False: "no", None: "none"}
     return [{**asdict(v), "label": v.label, "css": css[v.reproduced]} for v in found]
+
+
+def _blanks(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per prompt with blank samples: each regime's share of blank images (``blank_share`` rows)."""
+    by_prompt: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if row["metric"] == "blank_share":
+            by_prompt[str(row["prompt"])].append(f"{row['regime']} {row['value']:.0%} of {row['n']}")
+    return [f"{prompt}: {', '.join(shares)}" for prompt, shares in by_prompt.items()]
 
 
 # ---------------------------------------------------------------------------------------------- reading files

@@ -1,22 +1,28 @@
-"""The paper's claims, judged on a run's metric rows: "reproduced" or "not reproduced", with the evidence.
+"""The paper's claims, judged on a run's metric rows, per factor family: "reproduced" or "not reproduced", with
+the evidence and the metric each verdict reads.
 
 A verdict reads only tidy rows (``metrics.json``), so the demo prints it and the report shows it from the same
-files. Diversity is the probe's *free-factor entropy* — the entropy of what the prompt leaves free among shape
-and colour (shape×colour for "a shape", colour for "a triangle", shape for "a red shape"): entropy of a factor
-the prompt fixes measures prompt errors, not diversity. Commitment is the probe's reading of shape and colour
-in each step's x̂0 against the final image's (``metric="commitment"`` rows measured with ``testbed:probe``).
+files. Each claim is judged on two factor families of the testbed probe's readings
+(:data:`conceptspace.testbed.diversity.FAMILIES`): **layout**, the image's structure, on the position spread
+(``spread_position``, pixels: what the paper's structure claims are about), and **appearance** on the entropy of
+what the prompt leaves free among shape and colour (``entropy_shape_colour`` for "a shape", ``entropy_colour``
+for "a triangle", ``entropy_shape`` for "a red shape"; entropy of a factor the prompt fixes measures prompt
+errors, not diversity). Commitment is also judged on the whole image (``commitment`` rows: x̂0 against the final
+image in an embedder's space, the paper's DreamSim curve).
 
 =========================  ==============================================================================
 claim                      reproduced when, for the prompts of the run
 =========================  ==============================================================================
 collapse                   distilled − base < 0 (95% CI below 0) for every prompt
-first-step commitment      the student's step-1 x̂0 shows the final shape and colour more often than the
-                           base's (the student's CI above the base's) for every prompt
+first-step commitment      the student's step-1 x̂0 is more committed than the base's at the nearest
+                           timestep (CIs apart) for every prompt: layout ``fixed_spread_position`` (share
+                           of the final position spread), appearance ``commitment_shape_colour`` (share of
+                           seeds showing the final shape and colour), whole image ``commitment``
 hybrid restores            hybrid − distilled > 0 (CI above 0) for every prompt, and hybrid − base's CI
                            reaches 0 for at least two thirds of them
-causal                     replacing the first step (hybrid) is within noise of the base and replacing the
-                           final steps (replace-final) within noise of the student (CIs include 0), for at
-                           least two thirds of the prompts
+causal                     replace-final restores at most a quarter of what the hybrid restores
+                           (``restored_ratio``: (replace-final − distilled) / (hybrid − distilled) ≤ 1/4,
+                           its CI below 1) for at least two thirds of the prompts
 =========================  ==============================================================================
 """
 
@@ -29,23 +35,44 @@ from typing import Any
 
 from conceptspace.metrics import ALL_PROMPTS
 
-__all__ = ["PROBE_EMBEDDER", "Verdict", "free_factor_metric", "verdict_lines", "verdicts"]
+__all__ = [
+    "FAMILY_MEASURES",
+    "PROBE_EMBEDDER",
+    "Verdict",
+    "free_factor_metric",
+    "verdict_lines",
+    "verdict_measure",
+    "verdicts",
+]
 
 PROBE_EMBEDDER = "probe"
 """The ``embedder`` column of ground-truth rows (factors read by the probe)."""
-COMMITMENT_SIMILARITY = "testbed:probe"
+FAMILY_MEASURES = {"layout": "spread_position", "appearance": "free-factor entropy"}
+"""The measure each factor family's verdicts read (:func:`verdict_measure` resolves it for a prompt)."""
+UNITS = {"layout": " px", "appearance": " bits"}
+COMMITMENT_METRICS = {
+    "layout": "fixed_spread_position",
+    "appearance": "commitment_shape_colour",
+    "whole image": "commitment",
+}
+"""The per-step metric each family's first-step commitment verdict reads."""
 COMMITTED = 0.6
-"""The share of samples at which a model counts as committed (for the base's steps-to-commit figure)."""
+"""The level at which a model counts as committed (for the base's steps-to-commit figure)."""
+SHARE_LIMIT = 0.25
+"""The causal claim: replace-final restores at most this share of what the hybrid restores."""
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One claim: whether the run reproduces it, and one line of evidence per prompt."""
+    """One claim on one factor family: whether the run reproduces it, the metric read, one line per prompt."""
 
     claim: str
+    family: str
+    metric: str
     statement: str
     reproduced: bool | None  # None: the run lacks the regimes or rows the claim needs
     evidence: tuple[str, ...]
+    rows: tuple[dict[str, Any], ...] = ()  # the rows the evidence quotes
 
     @property
     def label(self) -> str:
@@ -60,6 +87,16 @@ def free_factor_metric(prompt: str) -> str | None:
     return f"entropy_{'_'.join(free)}" if free else None
 
 
+def verdict_measure(family: str, prompt: str) -> str | None:
+    """The diversity measure a ``family`` verdict reads for ``prompt``: ``spread_position`` for layout, the free
+    factor's entropy for appearance (None when the prompt fixes shape and colour)."""
+    if family == "layout":
+        return FAMILY_MEASURES["layout"]
+    if family == "appearance":
+        return free_factor_metric(prompt)
+    raise ValueError(f"unknown factor family {family!r}; choose from {', '.join(FAMILY_MEASURES)}")
+
+
 def _interval(row: dict[str, Any], unit: str = "", digits: int = 2) -> str:
     return (
         f"{row['value']:+.{digits}f}{unit} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}] "
@@ -67,105 +104,153 @@ def _interval(row: dict[str, Any], unit: str = "", digits: int = 2) -> str:
     )
 
 
+def _share(row: dict[str, Any]) -> str:
+    return f"{row['value']:.0%} [{row['ci_low']:.0%}, {row['ci_high']:.0%}]"
+
+
 def _most(flags: Sequence[bool]) -> bool:
     return sum(flags) >= math.ceil(2 * len(flags) / 3)
+
+
+def _judged(flags: Sequence[bool], prompts: Sequence[str], rule: Any = all) -> bool | None:
+    return rule(flags) if flags and len(flags) == len(prompts) else None
 
 
 class _Rows:
     def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
         self.probe = {
-            (r["prompt"], r["regime"], r["metric"]): r for r in rows if r.get("embedder") == PROBE_EMBEDDER
+            (r["prompt"], r["regime"], r["metric"]): r
+            for r in rows
+            if r.get("embedder") == PROBE_EMBEDDER and r.get("step") is None
         }
-        self.commitment: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.curves: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for r in rows:
-            if r["metric"] == "commitment" and r.get("similarity") == COMMITMENT_SIMILARITY:
-                self.commitment.setdefault((r["prompt"], r["regime"]), []).append(r)
-        for curve in self.commitment.values():
+            if r.get("step") is None or (
+                r["metric"] == "commitment" and r.get("similarity") == "testbed:probe"
+            ):
+                continue  # the probe's class match is commitment_shape_colour now; old rows are not whole-image
+            self.curves.setdefault((r["prompt"], r["regime"], r["metric"]), []).append(r)
+        for curve in self.curves.values():
             curve.sort(key=lambda r: r["step"])
         # the claims are judged per prompt (a mean over prompts fixes no factor of its own)
         prompts = dict.fromkeys(k[0] for k in self.probe if k[0] != ALL_PROMPTS)
         self.prompts = [p for p in prompts if free_factor_metric(p)]
 
-    def diff(self, prompt: str, a: str, b: str) -> dict[str, Any] | None:
-        return self.probe.get((prompt, f"{a} - {b}", f"diff_{free_factor_metric(prompt)}"))
+    def get(self, prompt: str, regime: str, metric: str) -> dict[str, Any] | None:
+        return self.probe.get((prompt, regime, metric))
 
 
-def _collapse(rows: _Rows) -> Verdict:
-    found = {p: rows.diff(p, "distilled", "base") for p in rows.prompts}
-    evidence = tuple(f"{p}: distilled − base {_interval(r, ' bits')}" for p, r in found.items() if r)
-    ok = None if not all(found.values()) or not found else all(r["ci_high"] < 0 for r in found.values())
-    return Verdict("collapse", "the student is less diverse than the base", ok, evidence)
-
-
-def _commitment(rows: _Rows) -> Verdict:
-    evidence, flags = [], []
+def _collapse(rows: _Rows, family: str) -> Verdict:
+    evidence, used, flags = [], [], []
     for p in rows.prompts:
-        base, student = rows.commitment.get((p, "base")), rows.commitment.get((p, "distilled"))
-        if not base or not student:
-            continue
-        b, s = base[0], student[0]
-        reach = next((r["step"] + 1 for r in base if r["value"] >= COMMITTED), None)
-        steps = f"{reach} of {len(base)} steps" if reach else f"not within its {len(base)} steps"
-        evidence.append(
-            f"{p}: step-1 x̂0 shows the final shape and colour in {s['value']:.0%} [{s['ci_low']:.0%}, "
-            f"{s['ci_high']:.0%}] of student samples, {b['value']:.0%} [{b['ci_low']:.0%}, {b['ci_high']:.0%}] "
-            f"of base samples (n = {s['n']}); the base reaches {COMMITTED:.0%} after {steps}"
-        )
-        flags.append(s["ci_low"] > b["ci_high"])
-    ok = all(flags) if flags and len(flags) == len(rows.prompts) else None
+        r = rows.get(p, "distilled - base", f"diff_{verdict_measure(family, p)}")
+        if r:
+            evidence.append(f"{p}: distilled − base {r['metric'][5:]} {_interval(r, UNITS[family])}")
+            used.append(r)
+            flags.append(r["ci_high"] < 0)
+    metric = f"diff_{FAMILY_MEASURES[family]}"
+    statement = "the student is less diverse than the base"
     return Verdict(
-        "first-step commitment", "the student commits at its first step, the base later", ok, tuple(evidence)
+        "collapse", family, metric, statement, _judged(flags, rows.prompts), tuple(evidence), tuple(used)
     )
 
 
-def _hybrid(rows: _Rows) -> Verdict:
-    evidence, above, reaches = [], [], []
+def _commitment(rows: _Rows, family: str) -> Verdict:
+    from conceptspace.testbed.commitment import at_timestep
+
+    metric = COMMITMENT_METRICS[family]
+    evidence, used, flags = [], [], []
     for p in rows.prompts:
-        vs_student, vs_base = rows.diff(p, "hybrid", "distilled"), rows.diff(p, "hybrid", "base")
+        base, student = rows.curves.get((p, "base", metric)), rows.curves.get((p, "distilled", metric))
+        if not base or not student:
+            continue
+        s = student[0]
+        b = at_timestep(base, s["timestep"]) if s.get("timestep") is not None else base[0]
+        assert b is not None
+        reach = next((r["step"] + 1 for r in base if r["value"] >= COMMITTED), None)
+        steps = f"{reach} of {len(base)} steps" if reach else f"not within its {len(base)} steps"
+        evidence.append(
+            f"{p}: {metric} at the student's step 1 (t = {s.get('timestep')}) {_share(s)}, the base's at "
+            f"t = {b.get('timestep')} (its step {b['step'] + 1}) {_share(b)} (n = {s['n']}); the base reaches "
+            f"{COMMITTED:.0%} after {steps}"
+        )
+        used += [s, b]
+        flags.append(s["ci_low"] > b["ci_high"])
+    statement = "the student commits at its first step, the base later"
+    return Verdict(
+        "first-step commitment",
+        family,
+        metric,
+        statement,
+        _judged(flags, rows.prompts),
+        tuple(evidence),
+        tuple(used),
+    )
+
+
+def _hybrid(rows: _Rows, family: str) -> Verdict:
+    evidence, used, above, reaches = [], [], [], []
+    for p in rows.prompts:
+        diff = f"diff_{verdict_measure(family, p)}"
+        vs_student, vs_base = rows.get(p, "hybrid - distilled", diff), rows.get(p, "hybrid - base", diff)
         if not vs_student or not vs_base:
             continue
+        unit = UNITS[family]
         evidence.append(
-            f"{p}: hybrid − distilled {_interval(vs_student, ' bits')}; hybrid − base {_interval(vs_base, ' bits')}"
+            f"{p}: hybrid − distilled {diff[5:]} {_interval(vs_student, unit)}; hybrid − base {_interval(vs_base, unit)}"
         )
+        used += [vs_student, vs_base]
         above.append(vs_student["ci_low"] > 0)
         reaches.append(vs_base["ci_high"] >= 0)
-    ok = all(above) and _most(reaches) if above and len(above) == len(rows.prompts) else None
-    return Verdict("hybrid restores", "one base step restores the base's diversity", ok, tuple(evidence))
+    ok = _judged(above, rows.prompts) and _most(reaches) if above else None
+    if ok is not None and len(above) != len(rows.prompts):
+        ok = None
+    statement = "one base step restores the base's diversity"
+    metric = f"diff_{FAMILY_MEASURES[family]}"
+    return Verdict("hybrid restores", family, metric, statement, ok, tuple(evidence), tuple(used))
 
 
-def _causal(rows: _Rows) -> Verdict:
-    evidence, first, final = [], [], []
+def _causal(rows: _Rows, family: str) -> Verdict:
+    evidence, used, flags = [], [], []
     for p in rows.prompts:
-        replace_first, replace_final = (
-            rows.diff(p, "hybrid", "base"),
-            rows.diff(p, "replace-final", "distilled"),
-        )
-        if not replace_first or not replace_final:
+        measure = verdict_measure(family, p)
+        ratio = rows.get(p, "replace-final / hybrid", f"restored_ratio_{measure}")
+        first = rows.get(p, "hybrid", f"gap_share_{measure}")
+        final = rows.get(p, "replace-final", f"gap_share_{measure}")
+        if not ratio or not first or not final:
             continue
         evidence.append(
-            f"{p}: replace-first − base {_interval(replace_first, ' bits')}; replace-final − distilled {_interval(replace_final, ' bits')}"
+            f"{p}: of the base − distilled gap in {measure}, replacing the first step (hybrid) restores "
+            f"{_share(first)}, replacing the final steps {_share(final)}; replace-final / hybrid "
+            f"{ratio['value']:.2f} [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}] (n = {ratio['n']})"
         )
-        first.append(replace_first["ci_low"] <= 0 <= replace_first["ci_high"] or replace_first["ci_low"] > 0)
-        final.append(replace_final["ci_low"] <= 0 <= replace_final["ci_high"])
-    ok = _most(first) and _most(final) if first and len(first) == len(rows.prompts) else None
+        used += [first, final, ratio]
+        flags.append(ratio["value"] <= SHARE_LIMIT and ratio["ci_high"] < 1)
+    statement = (
+        "the first step decides diversity: replacing it restores it, replacing the final steps does not"
+    )
+    metric = f"restored_ratio_{FAMILY_MEASURES[family]}"
     return Verdict(
-        "causal",
-        "the first step decides diversity: replacing it restores it, replacing the final steps does not",
-        ok,
-        tuple(evidence),
+        "causal", family, metric, statement, _judged(flags, rows.prompts, _most), tuple(evidence), tuple(used)
     )
 
 
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[Verdict]:
-    """The four verdicts of a testbed run's rows (collapse, first-step commitment, hybrid restores, causal)."""
+    """The verdicts of a testbed run's rows: collapse, first-step commitment, hybrid restores and causal, each on
+    layout and appearance (commitment also on the whole image), in that order."""
     parsed = _Rows(rows)
-    return [_collapse(parsed), _commitment(parsed), _hybrid(parsed), _causal(parsed)]
+    found = []
+    for judge in (_collapse, _commitment, _hybrid, _causal):
+        found += [judge(parsed, family) for family in FAMILY_MEASURES]
+        if judge is _commitment:
+            found.append(_commitment(parsed, "whole image"))
+    return found
 
 
 def verdict_lines(found: Sequence[Verdict]) -> list[str]:
-    """Plain-text lines: ``<claim>: <label> — <statement>``, then the evidence indented."""
+    """Plain-text lines: ``<claim> [<family>, <metric>]: <label> — <statement>``, then the evidence indented."""
     lines = []
     for v in found:
-        lines.append(f"{v.claim}: {v.label.upper()} — {v.statement}")
+        lines.append(f"{v.claim} [{v.family}, {v.metric}]: {v.label.upper()} — {v.statement}")
         lines += [f"    {line}" for line in v.evidence]
     return lines

@@ -73,8 +73,8 @@ def test_demo_cli_writes_everything(tmp_path):
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split()[:2] == ["prompt", "regime"]
-    assert any(line.startswith("a circle") and "distilled - base" in line for line in lines)
+    assert lines[0].startswith("'a circle': layout spread_position (px), appearance entropy_colour (bits)")
+    assert any(line.split()[:3] == ["distilled", "-", "base"] for line in lines)
     assert f"{out / 'report.html'}" in result.output
     rows = read_metrics(out)
     embedders = {row.get("embedder") for row in rows}
@@ -86,13 +86,29 @@ def test_demo_cli_writes_everything(tmp_path):
     assert all(r["n"] == 4 - round(4 * blank[r["regime"]]["value"]) for r in probe)
     assert all(r["world"] == pytest.approx(math.log2(6)) for r in probe)
     commitment = [r for r in rows if r["metric"] == "commitment"]
-    assert {r["similarity"] for r in commitment} == {"testbed:probe"}
-    assert all(0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1 for r in commitment)  # shares of samples
+    assert {r["similarity"] for r in commitment} == {"testbed:clip"}  # whole image, the paper's curve
     base_steps = [r for r in commitment if r["regime"] == "base"]
     assert len(base_steps) == DEMO_BASE_STEPS and f"{DEMO_BASE_STEPS} Euler steps, not 50" in result.output
-    # a verdict per claim, in the output and at the top of the report
+    per_factor = [r for r in rows if r["metric"] == "commitment_shape_colour"]
+    assert all(0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1 for r in per_factor)  # shares of samples
+    assert {r["metric"] for r in rows if r.get("step") is not None} >= {
+        "fixed_spread_position",
+        "commitment_position",
+    }
+    # a verdict per claim and family, in the output and at the top of the report
     for claim in ("collapse", "first-step commitment", "hybrid restores", "causal"):
-        assert any(line.startswith(f"{claim}: ") for line in lines), claim
+        for family in ("layout", "appearance"):
+            assert any(line.startswith(f"{claim} [{family}, ") for line in lines), (claim, family)
+    # the table and the verdicts quote the same rows: every difference a verdict reads is in the table, equal
+    from conceptspace.verdicts import verdicts
+
+    quoted = [r for v in verdicts(rows) for r in v.rows if " - " in r["regime"]]
+    assert quoted
+    for row in quoted:
+        cell = f"{row['value']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+        assert any(
+            line.split("  ")[1].strip() == row["regime"] and cell in line for line in lines if "  " in line
+        ), row
     html = (out / "report.html").read_text()
     assert html.index('id="verdicts"') < html.index('id="overview"')
     assert len(list((out / "distilled").glob("*.png"))) >= 4

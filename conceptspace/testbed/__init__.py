@@ -11,6 +11,8 @@
   and of its DMD-style 4-step student, one function per stage, from a seed.
 - :mod:`conceptspace.testbed.pair`: the shipped pair (``weights/shapes/``, ``weights/dmd/``) as registry specs and
   :func:`~conceptspace.testbed.pair.load_testbed_pair`.
+- :mod:`conceptspace.testbed.commitment`: commitment of x̂0 trajectories per factor family (distributional, per
+  seed), with the base read at the student's timesteps.
 - :mod:`conceptspace.testbed.evaluate`: probe-based diversity per regime (base / distilled / hybrid) and sample grids.
 - :mod:`conceptspace.testbed.embedder`: the testbed CLIP's image tower as the embedder ``testbed:clip``.
 - ``weights/sliderspace/<study>/``: SliderSpace sliders trained on the base (:data:`SLIDERS`; the remedy

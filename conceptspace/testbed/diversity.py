@@ -47,6 +47,8 @@ __all__ = [
     "paired_difference_rows",
     "expected_diversity",
     "factor_diversity",
+    "measure_replicates",
+    "restored_share",
     "std",
 ]
 
@@ -262,6 +264,14 @@ def _point(f: dict[str, np.ndarray], measure: str, rows: np.ndarray) -> np.ndarr
     return _plug_in(counts) + (np.count_nonzero(counts, axis=1) - 1) / (2.0 * n * math.log(2))
 
 
+def measure_replicates(factors: FactorsLike, measure: str, rows: np.ndarray) -> np.ndarray:
+    """``measure`` on each row of image indices ``rows`` ``(S, n)`` (bootstrap resamples, or
+    ``np.arange(n)[None]`` for the point value): Miller–Madow entropies, ``ddof=1`` spreads and stds."""
+    if measure not in DIVERSITY_MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {', '.join(DIVERSITY_MEASURES)}")
+    return _point(_arrays(factors), measure, np.atleast_2d(rows))
+
+
 def paired_difference(
     factors_a: FactorsLike,
     factors_b: FactorsLike,
@@ -330,6 +340,48 @@ def paired_difference_rows(
             )
         ]
     ]
+
+
+def restored_share(
+    factors_by_regime: Mapping[str, FactorsLike],
+    measure: str,
+    regime: str,
+    start: str,
+    target: str,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """The share of the gap from ``start`` to ``target`` that ``regime`` closes on ``measure``:
+    ``(m(regime) − m(start)) / (m(target) − m(start))`` — e.g. how much of the base − distilled gap in position
+    spread the hybrid restores (``regime="hybrid", start="distilled", target="base"``), or what replace-final
+    restores relative to the hybrid (``target="hybrid"``). Row i of every regime's factors comes from seed i; the
+    95% percentile interval resamples seeds jointly across the three regimes (a ratio's interval is not
+    symmetric, and it is wide when the gap itself is small)."""
+    _check(confidence, n_boot)
+    arrays = {name: _arrays(factors_by_regime[name]) for name in (regime, start, target)}
+    n = len(arrays[regime]["shape"])
+    if any(len(a["shape"]) != n for a in arrays.values()) or n < 2:
+        raise ValueError(
+            f"{regime}, {start} and {target} need the same seeds (one image each, at least 2), got "
+            f"{', '.join(str(len(a['shape'])) for a in arrays.values())}"
+        )
+    if measure not in DIVERSITY_MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {', '.join(DIVERSITY_MEASURES)}")
+
+    def share(rows: np.ndarray) -> np.ndarray:
+        at = {name: _point(a, measure, rows) for name, a in arrays.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (at[regime] - at[start]) / (at[target] - at[start])
+
+    value = float(share(np.arange(n)[None, :])[0])
+    if not n_boot:
+        return Estimate(value, n=n, method="none")
+    low, high = percentile_interval(
+        share(np.random.default_rng(seed).integers(0, n, size=(n_boot, n))), confidence
+    )
+    return Estimate(value, low, high, n, method="joint percentile bootstrap over seeds")
 
 
 def expected_diversity(prompt: str, *, n: int = 200_000, seed: int = 0) -> dict[str, float]:

@@ -598,7 +598,7 @@ def demo(
     n: Annotated[int, typer.Option("-n", help="Seeds per prompt and regime.")] = 48,
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run the study on the embedded testbed: base, distilled, hybrid and replace-final samples with x̂0
     trajectories, diversity by factor probe and testbed CLIP with 95% CIs, a verdict per claim of the paper,

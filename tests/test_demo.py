@@ -69,7 +69,7 @@ def test_demo_cli_writes_everything(tmp_path):
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--out", str(out), "-n", "4", "--prompt", "a circle", "--n-boot", "50", "--quiet"]
+        app, ["demo", "--out", str(out), "-n", "4", "--prompt", "a circle", "--n-boot", "50", "-q"]
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -111,6 +111,7 @@ def test_demo_cli_writes_everything(tmp_path):
         ), row
     html = (out / "report.html").read_text()
     assert html.index('id="verdicts"') < html.index('id="overview"')
+    assert "<b>blank samples</b>" in html and f"distilled {blank['distilled']['value']:.0%} of 4" in html
     assert len(list((out / "distilled").glob("*.png"))) >= 4
     assert (out / "report.html").stat().st_size > 1000 and (out / "run.json").exists()
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptspace.metrics import mean_estimate, metric_row, percentile_interval
+from conceptspace.metrics import metric_row, percentile_interval
 from conceptspace.testbed.data import FactorBatch
 from conceptspace.testbed.diversity import measure_replicates
 from conceptspace.testbed.probe import FactorProbe, blank_images, load_probe
@@ -75,7 +75,7 @@ def _estimate_row(
     step: int,
     **extra: Any,
 ) -> dict[str, Any]:
-    low, high = percentile_interval(replicates, 0.95) if len(replicates) else (np.nan, np.nan)
+    low, high = percentile_interval(replicates, 0.95)  # NaN without replicates
     return metric_row(
         prompt,
         regime,
@@ -126,54 +126,37 @@ def trajectory_rows(
     by_step: list[FactorBatch] = [read[np.arange(n) * steps + s] for s in range(steps)]  # type: ignore[misc]
     final = by_step[-1]
     everything = np.arange(n)[None]
-    resamples = (
-        np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n_boot else np.empty((0, n), int)
-    )
+    resamples = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     rows: list[dict[str, Any]] = []
-    for measure in ("spread_position", "entropy_shape_colour"):
-        final_value, final_replicates = (
-            measure_replicates(final, measure, everything)[0],
-            measure_replicates(final, measure, resamples) if n_boot else np.empty(0),
-        )
-        for step, (entry, factors) in enumerate(zip(schedule, by_step, strict=True)):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                value = measure_replicates(factors, measure, everything)[0] / final_value
-                replicates = (
-                    measure_replicates(factors, measure, resamples) / final_replicates
-                    if n_boot
-                    else np.empty(0)
-                )
-            rows.append(
-                _estimate_row(prompt, regime, f"fixed_{measure}", value, replicates, n, entry, step, **extra)
-            )
-    for name, columns in (("position", ("x", "y")), ("size", ("size",))):
-        target = np.stack([getattr(final, c) for c in columns], axis=1)
-        for step, (entry, factors) in enumerate(zip(schedule, by_step, strict=True)):
-            predictor = np.stack([getattr(factors, c) for c in columns], axis=1)
-            value = r_squared(target, predictor, everything)[0]
-            replicates = r_squared(target, predictor, resamples) if n_boot else np.empty(0)
-            rows.append(
-                _estimate_row(
-                    prompt, regime, f"commitment_{name}", value, replicates, n, entry, step, **extra
-                )
-            )
     for step, (entry, factors) in enumerate(zip(schedule, by_step, strict=True)):
-        match = (factors.shape == final.shape) & (factors.colour == final.colour)
-        estimate = mean_estimate(match.astype(float), n_boot=n_boot, seed=seed)
-        rows.append(
-            estimate.row(
-                prompt,
-                regime,
-                "commitment_shape_colour",
-                step=step,
-                timestep=entry["timestep"],
-                model=entry["model"],
-                family="appearance",
-                ci_method="percentile bootstrap",
-                **extra,
-            )
-        )
+        for metric, reading in _readings(factors, final).items():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = reading(everything)[0]
+                replicates = reading(resamples) if n_boot else np.empty(0)
+            rows.append(_estimate_row(prompt, regime, metric, value, replicates, n, entry, step, **extra))
     return rows
+
+
+def _readings(factors: FactorBatch, final: FactorBatch) -> dict[str, Any]:
+    """Each metric of :data:`TRAJECTORY_METRICS` as a function of seed-index rows ``(S, n)`` → ``S`` values."""
+
+    def fixed(measure: str) -> Any:
+        return lambda rows: (
+            measure_replicates(factors, measure, rows) / measure_replicates(final, measure, rows)
+        )
+
+    def agreement(*columns: str) -> Any:
+        target, predictor = (np.stack([getattr(f, c) for c in columns], axis=1) for f in (final, factors))
+        return lambda rows: r_squared(target, predictor, rows)
+
+    match = ((factors.shape == final.shape) & (factors.colour == final.colour)).astype(float)
+    return {
+        "fixed_spread_position": fixed("spread_position"),
+        "fixed_entropy_shape_colour": fixed("entropy_shape_colour"),
+        "commitment_position": agreement("x", "y"),
+        "commitment_size": agreement("size"),
+        "commitment_shape_colour": lambda rows: match[rows].mean(axis=1),
+    }
 
 
 def at_timestep(curve: Sequence[dict[str, Any]], timestep: float) -> dict[str, Any] | None:

@@ -25,14 +25,19 @@ on, which neither the demo (0–47) nor the tests use.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, load_pair
 from conceptspace.demo import DEMO_PROMPTS, run_demo
+from conceptspace.results import read_metrics
 from conceptspace.testbed.commitment import at_timestep
-from conceptspace.testbed.diversity import expected_diversity
+from conceptspace.testbed.diversity import expected_diversity, factor_diversity
+from conceptspace.testbed.probe import load_probe
 from conceptspace.verdicts import verdict_lines, verdict_measure, verdicts
 
 REGIMES = [Base(), Distilled(), Hybrid(k=1), SkipFirst(n=1), ReplaceFinal(n=None)]
@@ -152,6 +157,30 @@ def tables(rows: list[dict], prompts: list[str], n: int) -> list[str]:
     return out
 
 
+def with_blanks(run_dir: Path, prompts: list[str]) -> list[str]:
+    """The family measures again with the blank images kept in (what the demo's rows left out)."""
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    probe = load_probe()
+    out = [
+        "",
+        "The same measures with blank images kept in (the probe reads a blank as a green triangle):",
+        "",
+        "| | " + " | ".join(f'"{p}"' for p in prompts) + " |",
+        "|---" * (len(prompts) + 1) + "|",
+    ]
+    for regime, record in run["regimes"].items():
+        for family, unit in (("layout", "px"), ("appearance", "bits")):
+            cells = []
+            for prompt in prompts:
+                paths = [run_dir / image["path"] for image in record["images"] if image["prompt"] == prompt]
+                pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+                measure = verdict_measure(family, prompt)
+                estimate = factor_diversity(probe.predict_factors(pixels), [measure])[measure]
+                cells.append(f"{estimate.value:.2f} [{estimate.ci_low:.2f}, {estimate.ci_high:.2f}]")
+            out.append(f"| {regime}: {family}, {unit}, blanks in | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,20 +194,32 @@ def main() -> None:
         "--weights", type=Path, help="a folder from `conceptspace testbed train` (default: shipped)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/testbed-science"))
+    parser.add_argument(
+        "--tables-only", action="store_true", help="no sampling: rebuild the tables from --out's files"
+    )
     args = parser.parse_args()
+    prompts = args.prompt or list(DEMO_PROMPTS)
+    if args.tables_only:
+        run = json.loads((args.out / "run.json").read_text(encoding="utf-8"))
+        write_tables(args.out, read_metrics(args.out), run["prompts"], len(run["seeds"]))
+        return
 
     paths = {}
     if args.weights:
         paths = {"base_path": args.weights / "shapes", "student_path": args.weights / "dmd"}
     pair = load_pair("shapes", "dmd", dtype=torch.float32, device="cpu", **paths)
-    prompts = args.prompt or list(DEMO_PROMPTS)
     rows = run_demo(
         args.out, prompts=prompts, n=args.n, seed=args.seed, pair=pair, regimes=REGIMES, batch_size=128
     ).rows
-    lines = tables(rows, prompts, args.n) + ["", "```", *verdict_lines(verdicts(rows)), "```"]
-    (args.out / "tables.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tables(args.out, rows, prompts, args.n)
+
+
+def write_tables(out: Path, rows: list[dict], prompts: list[str], n: int) -> None:
+    lines = tables(rows, prompts, n) + with_blanks(out, prompts)
+    lines += ["", "```", *verdict_lines(verdicts(rows)), "```"]
+    (out / "tables.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
-    print(f"\nwrote {args.out / 'tables.md'} and {args.out / 'metrics.json'}")
+    print(f"\nwrote {out / 'tables.md'} (from {out / 'metrics.json'})")
 
 
 if __name__ == "__main__":

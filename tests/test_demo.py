@@ -1,6 +1,8 @@
 """`conceptspace demo` and the testbed embedder: the shipped pair end to end at small n."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from conceptspace.testbed.diversity import paired_difference, paired_difference_
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_testbed_clip_embedder_separates_colours():
@@ -109,6 +114,15 @@ def test_demo_cli_writes_everything(tmp_path):
         assert any(
             line.split("  ")[1].strip() == row["regime"] and cell in line for line in lines if "  " in line
         ), row
+    # analyses/testbed_science.py's markdown tables (docs/testbed.md's) quote the same rows
+    spec = importlib.util.spec_from_file_location("testbed_science", ROOT / "analyses" / "testbed_science.py")
+    science = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(science)
+    markdown = "\n".join(science.tables(rows, ["a circle"], 4))
+    collapse = next(
+        r for r in quoted if r["regime"] == "distilled - base" and r["metric"] == "diff_spread_position"
+    )
+    assert f"{collapse['value']:+.2f}".replace("-", "−") in markdown
     html = (out / "report.html").read_text()
     assert html.index('id="verdicts"') < html.index('id="overview"')
     assert "<b>blank samples</b>" in html and f"distilled {blank['distilled']['value']:.0%} of 4" in html

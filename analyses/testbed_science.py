@@ -35,9 +35,9 @@ from PIL import Image
 from conceptspace import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, load_pair
 from conceptspace.demo import DEMO_PROMPTS, run_demo
 from conceptspace.results import read_metrics
-from conceptspace.testbed.commitment import at_timestep
 from conceptspace.testbed.diversity import expected_diversity, factor_diversity
 from conceptspace.testbed.probe import load_probe
+from conceptspace.trajectories import at_timestep
 from conceptspace.verdicts import verdict_lines, verdict_measure, verdicts
 
 REGIMES = [Base(), Distilled(), Hybrid(k=1), SkipFirst(n=1), ReplaceFinal(n=None)]

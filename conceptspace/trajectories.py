@@ -8,7 +8,7 @@ correlation) needs no downloads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +52,12 @@ def steps_to_commit(curve: np.ndarray, threshold: float = 0.9) -> np.ndarray:
     reached = curve >= threshold
     first = np.where(reached.any(1), reached.argmax(1), curve.shape[1] - 1)
     return (first + 1) / curve.shape[1]
+
+
+def at_timestep(curve: Sequence[dict[str, Any]], timestep: float) -> dict[str, Any] | None:
+    """The row of a per-step curve whose ``timestep`` is nearest ``timestep`` (the base's x̂0 at the student's t)."""
+    timed = [row for row in curve if row.get("timestep") is not None]
+    return min(timed, key=lambda row: abs(float(row["timestep"]) - float(timestep)), default=None)
 
 
 def decode_trajectory(pair: ModelPair, trajectory: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:

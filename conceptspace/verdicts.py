@@ -156,7 +156,7 @@ def _collapse(rows: _Rows, family: str) -> Verdict:
 
 
 def _commitment(rows: _Rows, family: str) -> Verdict:
-    from conceptspace.testbed.commitment import at_timestep
+    from conceptspace.trajectories import at_timestep
 
     metric = COMMITMENT_METRICS[family]
     evidence, used, flags = [], [], []

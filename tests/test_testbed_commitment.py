@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conceptspace.testbed.commitment import TRAJECTORY_METRICS, at_timestep, r_squared, trajectory_rows
+from conceptspace.testbed.commitment import TRAJECTORY_METRICS, r_squared, trajectory_rows
 from conceptspace.testbed.data import render, sample_factors
 from conceptspace.testbed.diversity import factor_diversity, restored_share
+from conceptspace.trajectories import at_timestep
 
 
 def as_decoded(*steps_of_pixels):

@@ -16,7 +16,7 @@ The probe reads every step's decoded x̂0, and three readings of "committed afte
 Seeds whose final image is blank (:func:`conceptspace.testbed.probe.blank_images`) are left out (each row's ``n``
 counts the seeds kept); a blank x̂0 on the way is read as the probe reads it. Every value has a 95% percentile
 bootstrap interval over seeds, resampled jointly across steps. Rows carry ``step`` and ``timestep``, so the base's
-x̂0 can be read at the student's timesteps (:func:`at_timestep`).
+x̂0 can be read at the student's timesteps (:func:`conceptspace.trajectories.at_timestep`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from conceptspace.testbed.data import FactorBatch
 from conceptspace.testbed.diversity import measure_replicates
 from conceptspace.testbed.probe import FactorProbe, blank_images, load_probe
 
-__all__ = ["TRAJECTORY_METRICS", "at_timestep", "r_squared", "trajectory_rows"]
+__all__ = ["TRAJECTORY_METRICS", "r_squared", "trajectory_rows"]
 
 TRAJECTORY_METRICS: dict[str, str] = {
     "fixed_spread_position": "layout",
@@ -157,9 +157,3 @@ def _readings(factors: FactorBatch, final: FactorBatch) -> dict[str, Any]:
         "commitment_size": agreement("size"),
         "commitment_shape_colour": lambda rows: match[rows].mean(axis=1),
     }
-
-
-def at_timestep(curve: Sequence[dict[str, Any]], timestep: float) -> dict[str, Any] | None:
-    """The row of a per-step curve whose ``timestep`` is nearest ``timestep`` (the base's x̂0 at the student's t)."""
-    timed = [row for row in curve if row.get("timestep") is not None]
-    return min(timed, key=lambda row: abs(float(row["timestep"]) - float(timestep)), default=None)

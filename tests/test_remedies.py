@@ -40,6 +40,10 @@ def _latents(pair, regime, seeds=SEEDS, **kwargs):
 
 def test_cads_schedule_anneals_from_noise_to_the_clean_condition():
     assert [cads_gamma(t, 0.6, 0.9) for t in (0.0, 0.6, 0.75, 0.9, 1.0)] == pytest.approx([1, 1, 0.5, 0, 0])
+    # off the midpoint a reversed ramp disagrees: γ falls as t (noise) rises, (τ2 − t) / (τ2 − τ1) between
+    assert [cads_gamma(t, 0.6, 0.9) for t in (0.66, 0.84)] == pytest.approx([0.8, 0.2])
+    grid = [cads_gamma(t / 100, 0.3, 0.7) for t in range(101)]
+    assert all(a >= b for a, b in zip(grid, grid[1:], strict=False)) and grid[40] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("over", ["distilled", Hybrid(k=2)])

@@ -49,6 +49,7 @@ from conceptspace.metrics import (
     percentile_interval,
 )
 from conceptspace.models import ModelPair
+from conceptspace.ranking import BASE, STUDENT, ranking
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import REGIMES, Base, Distilled, Named, Regime, regime_from_name
 
@@ -62,7 +63,6 @@ __all__ = [
     "ranking",
 ]
 
-BASE, STUDENT = "base", "distilled"
 """The two references every comparison samples, under these names."""
 
 DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise")
@@ -677,97 +677,3 @@ def _cost_rows(
                 )
             )
     return rows
-
-
-# ------------------------------------------------------------------------------------------------------ ranking
-def _find(
-    rows: Sequence[dict[str, Any]], regime: str, metric: str, embedder: str | None = None
-) -> dict[str, Any] | None:
-    for row in rows:
-        same = row["prompt"] == ALL_PROMPTS and row["regime"] == regime and row["metric"] == metric
-        if same and (embedder is None or row.get("embedder") == embedder):
-            return row
-    return None
-
-
-def _only_prompt(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as :func:`ranking` reads them: the ``(all prompts)`` rows, or a single prompt's rows relabelled so."""
-    prompts = {r["prompt"] for r in rows}
-    if ALL_PROMPTS in prompts or len(prompts - {ALL_PROMPTS}) != 1:
-        return list(rows)
-    return [{**r, "prompt": ALL_PROMPTS} for r in rows]
-
-
-def _cell(row: dict[str, Any] | None) -> dict[str, float] | None:
-    if row is None:
-        return None
-    return {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]}
-
-
-def ranking(rows: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ranked table of a comparison, from its tidy rows and ``run.json``'s ``parameters.compare``.
-
-    One entry per method (the base and the student included), averaged over prompts: diversity and its paired
-    gains over the student and the base, quality and its paired difference from the student, the Fréchet distance
-    to the reference, network evaluations and seconds per image (and relative to the student). Methods are ranked
-    by their diversity gain over the student, highest first, the references last; ``pareto`` marks the methods no
-    other beats on diversity, quality and evaluations at once (on the point values).
-    """
-    rows = _only_prompt(rows)
-    diversity, quality = settings["diversity"], settings["quality"]
-    higher = bool(quality.get("higher_is_better", True))
-    student_seconds = _find(rows, STUDENT, "seconds_per_image")
-    table = []
-    for method in [BASE, STUDENT, *settings["methods"]]:
-        d_metric, d_embedder = diversity["metric"], diversity.get("embedder")
-        q_metric, q_embedder = quality["metric"], quality.get("embedder")
-        seconds = _find(rows, method, "seconds_per_image")
-        evaluations = _find(rows, method, "evaluations")
-        entry = {
-            "method": method,
-            "diversity": _cell(_find(rows, method, d_metric, d_embedder)),
-            "diversity_vs_student": _cell(
-                _find(rows, f"{method} - {STUDENT}", f"diff_{d_metric}", d_embedder)
-            ),
-            "diversity_vs_base": _cell(_find(rows, f"{method} - {BASE}", f"diff_{d_metric}", d_embedder)),
-            "quality": _cell(_find(rows, method, q_metric, q_embedder)),
-            "quality_vs_student": _cell(_find(rows, f"{method} - {STUDENT}", f"diff_{q_metric}", q_embedder)),
-            "fd": _cell(_find(rows, method, "fd")),
-            "evaluations": None if evaluations is None else evaluations["value"],
-            "seconds_per_image": _cell(seconds),
-            "relative_seconds": None
-            if seconds is None or student_seconds is None or not student_seconds["value"]
-            else seconds["value"] / student_seconds["value"],
-        }
-        table.append(entry)
-
-    def point(entry: dict[str, Any], key: str) -> float:
-        cell = entry[key]
-        return math.nan if cell is None else float(cell["value"])
-
-    for entry in table:
-        entry["pareto"] = not any(
-            _dominates(other, entry, point, higher) for other in table if other is not entry
-        )
-    references = {BASE, STUDENT}
-
-    def order(entry: dict[str, Any]) -> tuple[int, float]:
-        gain = point(entry, "diversity_vs_student")
-        return (entry["method"] in references, -gain if math.isfinite(gain) else math.inf)
-
-    table.sort(key=order)
-    for rank, entry in enumerate(table, 1):
-        entry["rank"] = rank if entry["method"] not in references else None
-    return table
-
-
-def _dominates(a: dict[str, Any], b: dict[str, Any], point: Any, higher: bool) -> bool:
-    """Whether ``a`` is at least as good as ``b`` on diversity, quality and evaluations, and better on one."""
-    sign = 1.0 if higher else -1.0
-    pairs = [
-        (point(a, "diversity"), point(b, "diversity")),
-        (sign * point(a, "quality"), sign * point(b, "quality")),
-        (-(a["evaluations"] or 0.0), -(b["evaluations"] or 0.0)),
-    ]
-    pairs = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
-    return bool(pairs) and all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)

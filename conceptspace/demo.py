@@ -33,6 +33,7 @@ from conceptspace.generate import generate
 from conceptspace.models import ModelPair, load_pair
 from conceptspace.results import read_metrics, write_metrics
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, ReplaceFinal, seeds_from
+from conceptspace.testbed.data import STUDY_PROMPTS
 from conceptspace.verdicts import FAMILY_MEASURES, verdict_measure
 from conceptspace.verdicts import PROBE_EMBEDDER as PROBE
 
@@ -47,7 +48,7 @@ __all__ = [
     "summary_lines",
 ]
 
-DEMO_PROMPTS = ("a shape", "a triangle", "a red shape")
+DEMO_PROMPTS = STUDY_PROMPTS
 """Underspecified prompts: each leaves most of the world's factors free, so there is diversity to keep or lose."""
 
 DEMO_BASE_STEPS = 12

@@ -582,7 +582,7 @@ def _comparison(
     settings = (run.get("parameters") or {}).get("compare")
     if not settings or not rows:
         return None
-    from conceptspace.compare import ranking
+    from conceptspace.ranking import ranking
 
     table = ranking(rows, settings)
     diversity, quality = settings["diversity"], settings["quality"]

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "STUDY_PROMPTS",
     "BACKGROUNDS",
     "CATEGORICAL",
     "COLOURS",
@@ -143,6 +144,10 @@ UNDERSPECIFIED_PROMPTS = (
     "a shape on a white background",
 )
 """Prompts that leave most factors free: where a distilled student's lost diversity shows."""
+
+STUDY_PROMPTS = ("a shape", "a triangle", "a red shape")
+"""The demo's and the testbed analyses' prompts: shape × colour, colour and shape left free, the base's best shapes."""
+
 SPECIFIED_PROMPTS = (
     "a small red circle at the top left on a black background",
     "a large blue square at the bottom right on a white background",

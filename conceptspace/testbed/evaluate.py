@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptspace.demo import DEMO_PROMPTS
 from conceptspace.io import write_json
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, sample
+from conceptspace.testbed.data import STUDY_PROMPTS
 from conceptspace.testbed.diversity import diversity_rows, expected_diversity
 from conceptspace.testbed.pair import WEIGHTS_DIR, load_testbed_pair
 from conceptspace.testbed.probe import load_probe
 
 __all__ = ["DEFAULT_PROMPTS", "REGIMES", "evaluate", "grid", "sample_uint8"]
 
-DEFAULT_PROMPTS = DEMO_PROMPTS
+DEFAULT_PROMPTS = STUDY_PROMPTS
 REGIMES: dict[str, Regime] = {"base": Base(), "distilled": Distilled(), "hybrid": Hybrid(k=1)}
 
 

@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING
 
 from conceptspace._lazy import lazy_exports
+from conceptspace._version import __version__
 
 # Public names and the module that defines each. They are imported on first use (PEP 562), so that
 # `import conceptspace` and the command line's help answer without loading torch and diffusers.
@@ -39,6 +40,7 @@ _EXPORTS = {
         "StepInfo",
         "TrajectoryRecorder",
         "decode",
+        "parse_regime",
         "regime_from_name",
         "sample",
         "schedule_of",
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
         StepInfo,
         TrajectoryRecorder,
         decode,
+        parse_regime,
         regime_from_name,
         sample,
         schedule_of,
@@ -86,9 +89,8 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "REGISTRY",
     "ActivationResult",
     "CADS",
@@ -122,6 +124,7 @@ __all__ = [
     "commitment_curve",
     "get_spec",
     "load_pair",
+    "parse_regime",
     "regime_from_name",
     "register",
     "sample",

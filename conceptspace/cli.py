@@ -151,6 +151,53 @@ def plan(
     )
 
 
+def _regime_names(regime: list[str]) -> tuple[list[str], list[str]]:
+    """The ``--regime`` specs and their regime names; an unknown name fails here, naming the known ones."""
+    from conceptspace.sampling import registered_regimes
+
+    specs = [spec.strip() for item in regime for spec in item.split(",") if spec.strip()]
+    names = [spec.partition(":")[0] for spec in specs]
+    known = [name for name in registered_regimes() if name != "named"]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        _fail(f"unknown regime {unknown[0]!r}; known regimes: {', '.join(known)}")
+    return specs, names
+
+
+def build_regimes(
+    regime: list[str],
+    k: int = 1,
+    base_guidance: float = 0.0,
+    base_schedule: BaseSchedule | None = None,
+    skip: int = 1,
+    replace: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    student_steps: int | None = None,
+) -> list:
+    """The regimes of ``--regime`` specs (repeatable, comma-separated; :func:`conceptspace.sampling.parse_regime`,
+    the parser ``compare`` uses), with the command's shared options as each regime's defaults."""
+    from conceptspace.sampling import Distilled, parse_regime
+
+    specs, names = _regime_names(regime)
+    schedule = (base_schedule or BaseSchedule.student).value
+    # the shared options, as each regime names them; a spec's own options win (--regime hybrid:k=2)
+    # the remedies run over the student's regime ("distilled", their default, unless --student-steps says more)
+    over_student = {"over": Distilled(steps=student_steps)} if student_steps is not None else {}
+    defaults: dict[str, dict[str, object]] = {
+        "base": {"steps": steps, "guidance_scale": guidance},
+        "distilled": {"steps": student_steps},
+        "hybrid": {"k": k, "base_guidance": base_guidance, "base_schedule": schedule, "base_steps": steps},
+        "skip-first": {"n": skip},
+        "replace-final": {"n": replace, "base_schedule": "own", "base_steps": steps, "base_guidance": guidance},
+        "cads": over_student,
+        "cond-noise": over_student,
+        "renoise": over_student,
+        "interval-guidance": {"guidance_scale": guidance},  # over the hybrid with two base steps
+    }
+    return [parse_regime(spec, **defaults.get(name, {})) for spec, name in zip(specs, names, strict=True)]
+
+
 def _prepare(
     base: str,
     student: str | None,
@@ -188,30 +235,9 @@ def _prepare(
     from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
-    from conceptspace.remedies import CADS, CondNoise, IntervalGuidance, Renoise
-    from conceptspace.sampling import Base, Distilled, Hybrid, ReplaceFinal, SkipFirst, seeds_from
+    from conceptspace.sampling import seeds_from
 
-    names = [name.strip() for item in regime for name in item.split(",") if name.strip()]
-    builders = {
-        "base": lambda: Base(steps=steps, guidance_scale=guidance),
-        "distilled": lambda: Distilled(steps=student_steps),
-        "hybrid": lambda: Hybrid(
-            k=k, base_guidance=base_guidance, base_schedule=base_schedule.value, base_steps=steps
-        ),
-        "skip-first": lambda: SkipFirst(n=skip),
-        "replace-final": lambda: ReplaceFinal(
-            n=replace, base_schedule="own", base_steps=steps, base_guidance=guidance
-        ),
-        # the remedies (docs/remedies.md) with their published defaults, over the student's regime as above
-        # (interval guidance: over the hybrid with two base steps)
-        "cads": lambda: CADS(over=Distilled(steps=student_steps)),
-        "cond-noise": lambda: CondNoise(over=Distilled(steps=student_steps)),
-        "interval-guidance": lambda: IntervalGuidance(guidance_scale=guidance),
-        "renoise": lambda: Renoise(over=Distilled(steps=student_steps)),
-    }
-    unknown = [name for name in names if name not in builders]
-    if unknown:
-        _fail(f"unknown regime {unknown[0]!r}; known regimes: {', '.join(builders)}")
+    _, names = _regime_names(regime)  # a misspelt regime fails first
     prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
     if not prompt_list:
         _fail("give at least one --prompt (or --prompts FILE)")
@@ -226,7 +252,7 @@ def _prepare(
         if value is not None and not (math.isfinite(value) and value >= 0):
             _fail(f"{option} must be a finite number >= 0, got {value}")
     # numbers are checked before anything is loaded: the regimes check their own, seeds must fit a generator
-    built = [builders[name]() for name in names]
+    built = build_regimes(regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps)
     seeds = seeds_from(seed, n)
     device = check_device(device)
     memory_options = _memory_options(memory, fp8, device_memory, lora_student)
@@ -319,7 +345,8 @@ RegimeOpt = Annotated[
         "--regime",
         "--regimes",
         help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance, "
-        "renoise (repeat or comma-separate).",
+        "renoise, sliderspace; options after colons, as compare takes them (hybrid:k=2, renoise:eta=0); repeat or "
+        "comma-separate.",
     ),
 ]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
@@ -955,7 +982,7 @@ def lora_inspect(
     """
     import json
 
-    from conceptspace.lora import inspect_lora
+    from conceptspace.models.lora_fit import inspect_lora
 
     info = inspect_lora(path)
     if as_json:

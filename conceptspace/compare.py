@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from conceptspace.metrics import (
 from conceptspace.models import ModelPair
 from conceptspace.ranking import BASE, STUDENT, ranking
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import REGIMES, Base, Distilled, Named, Regime, regime_from_name
+from conceptspace.sampling import Base, Distilled, Regime, parse_regime
 
 __all__ = [
     "BASE",
@@ -69,70 +68,12 @@ DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise
 """The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
 
 EMBEDDING_METRICS = ("vendi", "pairwise_distance")
-_PATH_CHARACTERS = re.compile(r'[/\\:*?"<>|]+')
 PROBE = "probe"
 
 
 # ------------------------------------------------------------------------------------------------------ methods
-def _option_value(text: str) -> Any:
-    """A method option's value: an integer, a number, true/false/none, or else the text itself."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
-def parse_method(spec: str | Regime) -> Regime:
-    """A method from its spec: a regime name with options after colons, ``"hybrid"``, ``"hybrid:k=2"``,
-    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"cond-noise:strength=2"``, ``"sliderspace:sliders=runs/space/sliders"``
-    (a part without ``=`` belongs to the value before it: ``sliderspace:sliders=testbed:a-shape``).
-    A method with options is named after them (``hybrid-k2``), so variants of one regime run side by side, unless
-    ``name=…`` names it (``sliderspace:sliders=DIR:name=sliderspace``). A :class:`Regime` is taken as it is."""
-    if isinstance(spec, Regime):
-        return spec
-    name, *options = [part.strip() for part in str(spec).split(":")]
-    import conceptspace.remedies  # noqa: F401  (registers the remedies' names)
-
-    if name not in REGIMES or name == "named":
-        known = ", ".join(n for n in REGIMES if n != "named")
-        raise ValueError(f"unknown method {name!r} in {spec!r}; methods are regimes: {known}")
-    accepted = {f.name for f in fields(REGIMES[name]) if f.init}  # type: ignore[arg-type]
-    values: dict[str, Any] = {}
-    written: dict[str, str] = {}  # as the user wrote them, for the method's name
-    label = None
-    joined: list[str] = []
-    for option in options:  # a part without "=" continues the value before it (testbed:a-shape, C:\\sliders)
-        if "=" not in option and joined:
-            joined[-1] += ":" + option
-        else:
-            joined.append(option)
-    for option in joined:
-        key, sep, value = option.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"method option {option!r} in {spec!r} is not key=value (e.g. hybrid:k=2)")
-        if key == "name":
-            label = value.strip()
-            continue
-        if key not in accepted:
-            raise ValueError(
-                f"{name} takes no option {key!r} (in {spec!r}); its options: {', '.join(sorted(accepted)) or 'none'}"
-            )
-        values[key] = _option_value(value)
-        written[key] = value.strip()
-    regime = regime_from_name(name, **values)
-    if label is None and not values:
-        return regime
-    if label is None:  # named after its options, path characters (a sliders folder) made plain
-        label = name + "".join(f"-{key}{_PATH_CHARACTERS.sub('_', value)}" for key, value in written.items())
-    return Named(over=regime, name=label)
+parse_method = parse_regime
+"""A method from its spec: :func:`conceptspace.sampling.parse_regime` (methods are regimes)."""
 
 
 def _methods(methods: Sequence[str | Regime]) -> list[Regime]:

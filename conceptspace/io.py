@@ -107,10 +107,10 @@ def environment_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import conceptspace
+    from conceptspace._version import __version__
 
     versions = {
-        "conceptspace": conceptspace.__version__,
+        "conceptspace": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

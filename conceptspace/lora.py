@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import importlib
 import json
 import math
 import os
@@ -1117,8 +1118,19 @@ def _row_scale(scale: float | torch.Tensor, term: torch.Tensor) -> float | torch
     return per_row.view(rows, *([1] * (term.dim() - 1)))
 
 
+NETWORK_TIMESTEPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+"""Per denoising-network class name, how its ``timestep`` argument maps to the scheduler's timesteps, in which
+LoRA windows are given (FLUX's transformer takes t / 1000). The model families register theirs
+(:mod:`conceptspace.models.families`, listed in :data:`TIMESTEP_PROVIDERS`); other networks take the scheduler's
+timestep as it is."""
+
+TIMESTEP_PROVIDERS = ["conceptspace.models.families"]
+"""Modules imported before a LoRA tracks a network's timestep, so that their mappings are registered."""
+
+
 def _timestep_hook(handle: LoRAHandle) -> Any:
-    from conceptspace.models.families import family_of_network
+    for module in TIMESTEP_PROVIDERS:
+        importlib.import_module(module)
 
     def hook(_unet: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # only a window needs the timestep: reading a GPU tensor would wait for the device
@@ -1126,9 +1138,8 @@ def _timestep_hook(handle: LoRAHandle) -> Any:
             return
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if t is not None:
-            # windows are in the scheduler's timesteps; some networks take another form (FLUX: t / 1000)
-            family = family_of_network(_unet)
-            handle.set_timestep(t if family is None else family.scheduler_timestep(t))
+            to_scheduler = NETWORK_TIMESTEPS.get(type(_unet).__name__)
+            handle.set_timestep(t if to_scheduler is None else to_scheduler(t))
 
     return hook
 
@@ -1164,134 +1175,6 @@ def merge_lora(
 
 def _as_lora(lora: LoRA | str | os.PathLike) -> LoRA:
     return lora if isinstance(lora, LoRA) else read_lora(lora)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Inspecting
-
-# The published UNet configs of the real families, to build their architecture on the meta device.
-SDXL_UNET_CONFIG: dict[str, Any] = {
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 128,
-    "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "use_linear_projection": True,
-}
-SD21_UNET_CONFIG: dict[str, Any] = {
-    "attention_head_dim": [5, 10, 20, 20],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 1024,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "use_linear_projection": True,
-}
-FAMILY_UNET_CONFIGS: dict[str, dict[str, Any]] = {"sdxl": SDXL_UNET_CONFIG, "sd21": SD21_UNET_CONFIG}
-
-
-def family_unet(family: str) -> nn.Module | None:
-    """A UNet in the architecture of a registry family, for shape checks: meta-device (no memory) for the real
-    families and folders with a config, the tiny random one for tiny families; None when none is known offline."""
-    from conceptspace.models import bases, family_of
-
-    for spec in bases():
-        if spec.family != family:
-            continue
-        if spec.storage == "random":
-            return _cached_random_network(spec.architecture_name, spec.seed)
-        if spec.local_dir:
-            network_folder = family_of(spec).network_folder
-            folder = Path(spec.local_dir) / (
-                network_folder if spec.storage == "pipeline" else (spec.subfolder or "")
-            )
-            if (folder / "config.json").is_file():
-                return _meta_unet((folder / "config.json").read_text(encoding="utf-8"))
-        if family in FAMILY_UNET_CONFIGS:
-            return _meta_unet(json.dumps(FAMILY_UNET_CONFIGS[family], sort_keys=True))
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_random_network(architecture: str, seed: int) -> nn.Module:
-    from conceptspace.models import family_of
-
-    return family_of(architecture).random_network(seed)
-
-
-@functools.lru_cache(maxsize=8)
-def _meta_unet(config_json: str) -> nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    config = {k: v for k, v in json.loads(config_json).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(config)
-
-
-def inspect_lora(path: str | os.PathLike) -> dict[str, Any]:
-    """What a LoRA file holds and which registry models it fits.
-
-    Returns a JSON-ready dict: ``path``, ``format``, ``modules``, ``rank``/``ranks``, ``alpha``/``alphas``,
-    ``dtype``, ``conv_modules``, ``unresolved`` (kohya names only a UNet can map), ``unexpected_keys``,
-    ``metadata``, ``header``, ``fits`` (per registry family: its models, whether every module fits, and the
-    coverage counts) and ``fits_models`` (the registry models it fits completely).
-    """
-    from conceptspace.models import REGISTRY
-
-    lora = read_lora(path)
-    fits: dict[str, Any] = {}
-    families = sorted({spec.family for spec in REGISTRY.values()})
-    for family in families:
-        models = [spec.name for spec in REGISTRY.values() if spec.family == family]
-        unet = family_unet(family)
-        if unet is None:
-            fits[family] = {"models": models, "fits": None, "reason": "architecture not known offline"}
-            continue
-        report = coverage(unet, lora)
-        fits[family] = {
-            "models": models,
-            "fits": report.complete,
-            "matched": len(report.matched),
-            "missing": len(report.missing),
-            "mismatched": len(report.mismatched),
-        }
-    dtypes = sorted({str(w.down.dtype).removeprefix("torch.") for w in lora.modules.values()})
-    return {
-        "path": str(path),
-        "format": lora.format,
-        "modules": len(lora),
-        "rank": lora.rank,
-        "ranks": sorted(set(lora.ranks.values())),
-        "alpha": lora.alpha,
-        "alphas": sorted(set(lora.alphas.values())),
-        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "conv_modules": sum(w.down.ndim == 4 for w in lora.modules.values()),
-        "unresolved": len(lora.unresolved),
-        "unexpected_keys": list(lora.unexpected),
-        "metadata": lora.metadata,
-        "header": {k: v for k, v in lora.header.items() if k != HEADER_KEY},
-        "fits": fits,
-        "fits_models": [m for info in fits.values() if info.get("fits") for m in info["models"]],
-    }
 
 
 def _first_line(error: BaseException) -> str:

@@ -1142,6 +1142,6 @@ def _remove_stale_assets(assets: Path, written: set[Path]) -> None:
 
 
 def _version() -> str:
-    import conceptspace
+    from conceptspace._version import __version__
 
-    return str(getattr(conceptspace, "__version__", ""))
+    return __version__

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import math
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -433,22 +435,99 @@ REGIMES: dict[str, type[Regime]] = {
     "skip-first": SkipFirst,
     "replace-final": ReplaceFinal,
 }
+"""Every regime by name: the one registry that ``sample``, every command and ``compare`` read. Modules listed in
+:data:`REGIME_PROVIDERS` add theirs (``REGIMES[name] = cls``) when imported."""
+
+REGIME_PROVIDERS = ["conceptspace.remedies"]
+"""Modules imported before a regime is looked up by name, so that their regimes are registered: the remedies sit
+above this loop and register themselves (a plugin appends its own module here)."""
+
+_PATH_CHARACTERS = re.compile(r'[/\\:*?"<>|]+')
+
+
+def registered_regimes() -> dict[str, type[Regime]]:
+    """:data:`REGIMES` after every provider has registered (name → regime class)."""
+    for module in REGIME_PROVIDERS:
+        importlib.import_module(module)
+    return REGIMES
 
 
 def regime_from_name(name: str, /, **options: Any) -> Regime:
     """Build a regime by name; options that the regime does not take are ignored (None values too). A remedy's
     ``over`` given as a described regime (a dict with its ``"regime"`` name, as run.json holds it) is built too."""
-    from conceptspace import remedies  # noqa: F401  (registers the remedy regimes; it imports this module)
-
+    regimes = registered_regimes()
     if isinstance(options.get("over"), Mapping):
         inner = {k: tuple(v) if isinstance(v, list) else v for k, v in options["over"].items()}  # JSON's lists
         options = {**options, "over": regime_from_name(inner.pop("regime"), **inner)}
     try:
-        cls = REGIMES[name]
+        cls = regimes[name]
     except KeyError:
-        raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(REGIMES)}") from None
+        raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(regimes)}") from None
     fields = {f.name for f in cls.__dataclass_fields__.values() if f.init}  # type: ignore[attr-defined]
     return cls(**{k: v for k, v in options.items() if k in fields and v is not None})
+
+
+def _option_value(text: str) -> Any:
+    """A spec option's value: an integer, a number, true/false/none, or else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_regime(spec: str | Regime, /, **defaults: Any) -> Regime:
+    """A regime from its spec — a registered name with options after colons: ``"hybrid"``, ``"hybrid:k=2"``,
+    ``"cads:noise_scale=0.1:tau1=0.5"``, ``"renoise:eta=0"``, ``"sliderspace:sliders=runs/space/sliders"`` (a part
+    without ``=`` belongs to the value before it: ``sliderspace:sliders=testbed:a-shape``). The one parser every
+    command and ``compare`` use.
+
+    ``defaults`` fill the options the spec leaves out, where the regime takes them (a command's ``--steps``,
+    ``--k`` …; None values ignored). A regime with options in its spec is named after them (``hybrid-k2``), so
+    variants of one regime run side by side, unless ``name=…`` names it. A :class:`Regime` is taken as it is."""
+    if isinstance(spec, Regime):
+        return spec
+    name, *options = [part.strip() for part in str(spec).split(":")]
+    regimes = registered_regimes()
+    if name not in regimes or name == "named":
+        known = ", ".join(n for n in regimes if n != "named")
+        raise ValueError(f"unknown regime {name!r} in {spec!r}; known regimes: {known}")
+    accepted = {f.name for f in fields(regimes[name]) if f.init}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    written: dict[str, str] = {}  # as the user wrote them, for the regime's name
+    label = None
+    joined: list[str] = []
+    for option in options:  # a part without "=" continues the value before it (testbed:a-shape, C:\\sliders)
+        if "=" not in option and joined:
+            joined[-1] += ":" + option
+        else:
+            joined.append(option)
+    for option in joined:
+        key, sep, value = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"regime option {option!r} in {spec!r} is not key=value (e.g. hybrid:k=2)")
+        if key == "name":
+            label = value.strip()
+            continue
+        if key not in accepted:
+            raise ValueError(
+                f"{name} takes no option {key!r} (in {spec!r}); its options: {', '.join(sorted(accepted)) or 'none'}"
+            )
+        values[key] = _option_value(value)
+        written[key] = value.strip()
+    regime = regime_from_name(name, **{**{k: v for k, v in defaults.items() if k in accepted}, **values})
+    if label is None and not values:
+        return regime
+    if label is None:  # named after its options, path characters (a sliders folder) made plain
+        label = name + "".join(f"-{key}{_PATH_CHARACTERS.sub('_', value)}" for key, value in written.items())
+    return Named(over=regime, name=label)
 
 
 def schedule_of(
@@ -760,9 +839,8 @@ def sample(
     Args:
         pair: from :func:`conceptspace.load_pair`.
         prompt: the text prompt (must not be empty).
-        regime: a :class:`Regime` or its name (``"base"``, ``"distilled"``, ``"hybrid"``, ``"skip-first"``,
-            ``"replace-final"``, or a remedy of :mod:`conceptspace.remedies`: ``"cads"``, ``"cond-noise"``,
-            ``"interval-guidance"``).
+        regime: a :class:`Regime`, or a spec :func:`parse_regime` reads: any name in :data:`REGIMES`
+            (``"base"``, ``"hybrid"``, a remedy such as ``"cads"``) with options after colons (``"hybrid:k=2"``).
         seeds: one image per seed.
         height / width: default the pair's resolution (the student's native one).
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (no VAE decode).
@@ -782,7 +860,7 @@ def sample(
         raise ValueError("no seeds given: pass at least one seed")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    regime = regime_from_name(regime) if isinstance(regime, str) else regime
+    regime = parse_regime(regime)
     height = pair.default_resolution if height is None else height
     width = pair.default_resolution if width is None else width
     latent_h, latent_w = latent_size(pair, height, width)
@@ -931,6 +1009,7 @@ __all__ = [
     "Hybrid",
     "Named",
     "REGIMES",
+    "REGIME_PROVIDERS",
     "Regime",
     "ReplaceFinal",
     "SampleResult",
@@ -943,7 +1022,9 @@ __all__ = [
     "denoise",
     "encode_text",
     "make_denoiser",
+    "parse_regime",
     "regime_from_name",
+    "registered_regimes",
     "sample",
     "sample_latents",
     "schedule_of",

@@ -340,3 +340,36 @@ def test_plan_says_what_fits_each_card_before_loading() -> None:
     qwen = invoke("plan", "--base", "qwen-image", "--device-memory", "24GB")
     assert "fp8 + model-offload" in qwen.output and "1.2a" in qwen.output
     assert invoke("plan", "--device-memory", "lots").exit_code == 2
+
+
+def test_every_registered_regime_means_the_same_in_every_command():
+    """generate, trajectory, diversity and run build --regime with build_regimes; compare with parse_method. Walk
+    the registry: each name, and a variant with an option, gives the same regime either way (at the commands'
+    defaults), and the commands' shared regime options agree in name, type and default."""
+    import inspect
+
+    from conceptspace.cli import build_regimes, diversity, generate, run_prompts, trajectory
+    from conceptspace.compare import parse_method
+    from conceptspace.sampling import registered_regimes
+
+    variants = {"hybrid": "k=2", "renoise": "eta=0", "cads": "noise_scale=0.1", "base": "steps=3"}
+    names = [name for name in registered_regimes() if name != "named"]
+    assert {"base", "distilled", "hybrid", "cads", "renoise", "sliderspace"} <= set(names)
+    for name in names:
+        spec = "sliderspace:sliders=testbed:a-shape" if name == "sliderspace" else name
+        for full in (spec, f"{spec}:{variants[name]}" if name in variants else spec):
+            assert build_regimes([full]) == [parse_method(full)], full
+    shared = ("regime", "k", "base_guidance", "base_schedule", "skip", "replace", "steps", "guidance", "student_steps")
+    signatures = [inspect.signature(command).parameters for command in (generate, trajectory, diversity, run_prompts)]
+    for option in shared:
+        seen = {(str(p[option].annotation), repr(p[option].default)) for p in signatures if option in p}
+        assert len(seen) == 1 or option == "regime", (option, seen)  # each command picks its default regimes
+
+
+def test_unknown_regimes_and_bad_options_fail_before_loading(tmp_path):
+    out = tmp_path / "o"
+    result = invoke("generate", *TINY, "--prompt", "x", "--out", str(out), "--regime", "hybird")
+    assert result.exit_code == 2 and "unknown regime 'hybird'" in result.output
+    result = run_cli("generate", *TINY, "--prompt", "x", "--out", str(out), "--regime", "hybrid:q=1")
+    assert result.returncode == 2 and "takes no option 'q'" in result.stderr
+    assert not out.exists()

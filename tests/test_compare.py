@@ -57,7 +57,7 @@ def test_a_method_spec_builds_its_regime_and_names_it_after_its_options():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("hybird", "unknown method 'hybird'"),
+        ("hybird", "unknown regime 'hybird'"),
         ("hybrid:q=2", "hybrid takes no option 'q'"),
         ("hybrid:k", "is not key=value"),
         ("hybrid:k=0", "k must be a whole number >= 1"),

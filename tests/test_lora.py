@@ -27,12 +27,11 @@ from conceptspace.lora import (
     LoRAWeights,
     apply_lora,
     coverage,
-    family_unet,
-    inspect_lora,
     merge_lora,
     read_lora,
     write_lora,
 )
+from conceptspace.models.lora_fit import family_unet, inspect_lora
 
 torch.set_num_threads(1)
 

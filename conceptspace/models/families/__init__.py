@@ -7,6 +7,7 @@ returns the adapter. Adding a family is one module here plus an entry in :data:`
 
 from __future__ import annotations
 
+from conceptspace.lora import NETWORK_TIMESTEPS
 from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.flux import Flux
 from conceptspace.models.families.pixart import PixArtAlpha
@@ -49,6 +50,10 @@ def family_of_network(network: object) -> Family | None:
     or None for a class no family names."""
     name = type(network).__name__
     return next((f for f in FAMILIES.values() if f.network_class_name == name), None)
+
+
+for _family in FAMILIES.values():  # LoRA windows read the scheduler's timestep from each network's own form
+    NETWORK_TIMESTEPS.setdefault(_family.network_class_name, _family.scheduler_timestep)
 
 
 __all__ = [

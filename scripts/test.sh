@@ -15,4 +15,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 .venv/bin/ruff check conceptspace tests analyses benchmarks
+.venv/bin/lint-imports  # the layering contracts in pyproject.toml: no import cycles, layers from the CLI down
 .venv/bin/python -m pytest -q "$@"

@@ -232,9 +232,9 @@ def _prepare(
     """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
     import torch
 
-    from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
+    from conceptspace.prompts import read_prompt_file
     from conceptspace.sampling import seeds_from
 
     _, names = _regime_names(regime)  # a misspelt regime fails first
@@ -1277,9 +1277,9 @@ def compare_methods(
     import torch
 
     from conceptspace.compare import compare, parse_method
-    from conceptspace.generate import read_prompt_file
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
+    from conceptspace.prompts import read_prompt_file
     from conceptspace.sampling import Base, seeds_from
 
     specs = [name.strip() for item in methods for name in item.split(",") if name.strip()]

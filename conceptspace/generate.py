@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -221,27 +220,3 @@ def _commitment_rows(
             )
         )
     return rows
-
-
-def read_prompt_file(path: str | os.PathLike) -> list[str]:
-    """Prompts from a file: a CSV with a ``prompt`` column (e.g. the COCO-30k prompt set), or plain text with one
-    prompt per line (blank lines and lines starting with ``#`` skipped)."""
-    import csv
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                raise ValueError(
-                    f"{path} has no 'prompt' column (columns: {', '.join(reader.fieldnames or [])})"
-                )
-            prompts = [row["prompt"] for row in reader if row.get("prompt") and row["prompt"].strip()]
-    else:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path} holds no prompts")
-    return prompts

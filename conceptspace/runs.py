@@ -26,7 +26,6 @@ to resume with another batch size.
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import importlib.util
@@ -45,13 +44,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from conceptspace.generate import read_prompt_file
 from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
 from conceptspace.models import ModelPair
+from conceptspace.prompts import Case, read_cases
 from conceptspace.sampling import (
     Conditioning,
     Regime,
-    check_seed,
     decode,
     encode_text,
     latent_size,
@@ -82,94 +80,6 @@ __all__ = [
     "sample_batch",
     "work_items",
 ]
-
-
-# ------------------------------------------------------------------------------------------------- prompt files
-@dataclass(frozen=True)
-class Case:
-    """One prompt of a prompt set: its number (in file names), its text and the seed of its image 0."""
-
-    number: int
-    prompt: str
-    seed: int
-
-
-def read_cases(
-    path: str | os.PathLike,
-    *,
-    seed: int = 0,
-    from_case: int | None = None,
-    till_case: int | None = None,
-) -> list[Case]:
-    """The cases of a prompt file whose number lies in ``[from_case, till_case]`` (both inclusive).
-
-    A ``.csv`` file needs a ``prompt`` column; ``case_number`` (default: the row index) and ``evaluation_seed``
-    (default: ``seed``) are read when present, other columns are ignored. Prompts may hold commas, quotes and line
-    breaks (standard CSV quoting). Any other file is plain text: one prompt per line, blank lines and lines
-    starting with ``#`` skipped, case number = index among the prompts, every case seeded with ``seed``.
-
-    Raises ValueError naming the line of a row with an empty prompt, a non-integer number or seed, or a repeated
-    case number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    if from_case is not None and till_case is not None and from_case > till_case:
-        raise ValueError(f"--from-case {from_case} is after --till-case {till_case}")
-    if path.suffix.lower() == ".csv":
-        cases = _read_csv_cases(path, seed)
-    else:
-        cases = [Case(number, prompt, seed) for number, prompt in enumerate(read_prompt_file(path))]
-    selected = [
-        case
-        for case in cases
-        if (from_case is None or case.number >= from_case) and (till_case is None or case.number <= till_case)
-    ]
-    if not selected:
-        numbers = [case.number for case in cases]
-        wanted = (
-            f"[{'start' if from_case is None else from_case}, {'end' if till_case is None else till_case}]"
-        )
-        raise ValueError(
-            f"no case of {path} lies in {wanted}: its case numbers run from {min(numbers)} to {max(numbers)}"
-        )
-    return selected
-
-
-def _read_csv_cases(path: Path, default_seed: int) -> list[Case]:
-    cases: list[Case] = []
-    first_line: dict[int, int] = {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "prompt" not in columns:
-            raise ValueError(f"{path} has no 'prompt' column (columns: {', '.join(columns) or 'none'})")
-        for index, row in enumerate(reader):
-            where = f"{path}, row ending on line {reader.line_num}"
-            prompt = row.get("prompt")
-            if prompt is None or not prompt.strip():
-                raise ValueError(f"{where}: the prompt is empty")
-            number = _integer(row, "case_number", where) if "case_number" in columns else index
-            seed = _integer(row, "evaluation_seed", where) if "evaluation_seed" in columns else default_seed
-            check_seed(seed, f" ({where}, column evaluation_seed)")
-            if number in first_line:
-                raise ValueError(
-                    f"{where}: case_number {number} repeats (first on line {first_line[number]}); "
-                    "each case needs its own number, its images are named after it"
-                )
-            first_line[number] = reader.line_num
-            cases.append(Case(number, prompt, seed))
-    if not cases:
-        raise ValueError(f"{path} holds no prompts")
-    return cases
-
-
-def _integer(row: dict[str, Any], column: str, where: str) -> int:
-    value = row.get(column)
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{where}: {column} {value!r} is not an integer") from None
 
 
 # ----------------------------------------------------------------------------------------------------- work list

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from conceptspace import sampling
 from conceptspace.cli import app
 from conceptspace.diversity import default_pairs, diversity_run, measure_diversity
-from conceptspace.generate import read_prompt_file
 from conceptspace.metrics import ALL_PROMPTS
+from conceptspace.prompts import read_prompt_file
 from conceptspace.results import read_metrics
 from conceptspace.sampling import Distilled, Hybrid
 

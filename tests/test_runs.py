@@ -756,3 +756,19 @@ def test_evaluate_scores_each_regime_with_the_inception_score(reference_run: Pat
         expected = inception_score(images, classifier=classifier, n_boot=0).value
         assert row["value"] == pytest.approx(expected) and row["n"] == 6 and 1.0 <= row["value"] <= 5.0
         assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["classifier"] == "Sequential"
+
+
+def test_every_command_reads_a_prompt_file_one_way(tmp_path):
+    """A spreadsheet's CSV (byte-order mark) and a CSV row with an empty prompt get the same treatment from
+    read_prompt_file (generate, trajectory, diversity, compare) and read_cases (run)."""
+    from conceptspace.prompts import read_prompt_file
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffprompt\na cat\n\"a dog, running\"\n".encode())
+    assert read_prompt_file(bom) == ["a cat", "a dog, running"]
+    assert [c.prompt for c in read_cases(bom)] == ["a cat", "a dog, running"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt\na cat\n\"  \"\n", encoding="utf-8")
+    for reader in (read_prompt_file, read_cases):
+        with pytest.raises(ValueError, match="line 3: the prompt is empty"):
+            reader(empty)

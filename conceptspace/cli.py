@@ -577,7 +577,7 @@ def diversity(
     Example: conceptspace diversity --base sdxl --student dmd2 --regimes base,distilled,hybrid --prompt "a cute puppy" -n 100 --embedder dreamsim:ensemble --out runs/table2
     """
     from conceptspace.diversity import diversity_run
-    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.results import ALL_PROMPTS
 
     options = locals()
     pair, regimes, prompt_list, seeds, parameters = _prepare(**options)

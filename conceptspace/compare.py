@@ -49,7 +49,7 @@ from conceptspace.metrics import (
 )
 from conceptspace.models import ModelPair
 from conceptspace.ranking import BASE, STUDENT, ranking
-from conceptspace.results import metric_row, write_metrics
+from conceptspace.results import PROBE_EMBEDDER, metric_row, write_metrics
 from conceptspace.sampling import Base, Distilled, Regime, parse_regime
 
 __all__ = [
@@ -68,7 +68,6 @@ DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise
 """The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
 
 EMBEDDING_METRICS = ("vendi", "pairwise_distance")
-PROBE = "probe"
 
 
 # ------------------------------------------------------------------------------------------------------ methods
@@ -172,12 +171,12 @@ def compare(
         "student": STUDENT,
         "diversity": {
             "metric": "entropy_shape_colour" if testbed else "vendi",
-            "embedder": PROBE if testbed else spec.name,
+            "embedder": PROBE_EMBEDDER if testbed else spec.name,
         },
         "quality": {
             "metric": quality,
             "higher_is_better": quality != "fd",
-            "embedder": PROBE if quality == "adherence" else spec.name,
+            "embedder": PROBE_EMBEDDER if quality == "adherence" else spec.name,
         },
         "fd_reference": str(fid_ref) if fid_ref is not None else f"regime:{BASE}",
     }
@@ -381,8 +380,8 @@ def _probe_rows(
     for prompt, by in paths.items():
         read = {name: probe.predict(np.stack([np.asarray(i) for i in _load(by[name])])) for name in names}
         for name in names:
-            rows += diversity_rows(read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE)
-        rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE)
+            rows += diversity_rows(read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER)
+        rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER)
         fixed = {k: v for k, v in fixed_factors(prompt).items() if k in ("shape", "colour", "background")}
         if fixed:
             hits = {}
@@ -397,7 +396,7 @@ def _probe_rows(
     if adherence:
         rows += [
             _as_difference(r)
-            for r in _mean_rows(adherence, "adherence", n_boot, average=len(paths) > 1, embedder=PROBE)
+            for r in _mean_rows(adherence, "adherence", n_boot, average=len(paths) > 1, embedder=PROBE_EMBEDDER)
         ]
     return rows
 

@@ -31,11 +31,11 @@ from PIL import Image
 from conceptspace.diversity import default_pairs, images_by_prompt, measure_diversity
 from conceptspace.generate import generate
 from conceptspace.models import ModelPair, load_pair
+from conceptspace.results import PROBE_EMBEDDER as PROBE
 from conceptspace.results import read_metrics, write_metrics
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, ReplaceFinal, seeds_from
 from conceptspace.testbed.data import STUDY_PROMPTS
 from conceptspace.verdicts import FAMILY_MEASURES, verdict_measure
-from conceptspace.verdicts import PROBE_EMBEDDER as PROBE
 
 __all__ = [
     "DEMO_BASE_STEPS",

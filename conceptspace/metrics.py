@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from conceptspace.results import metric_row
+from conceptspace.results import ALL_PROMPTS, DIVERSITY_METRICS, metric_row
 
 __all__ = [
     "ALL_PROMPTS",
@@ -88,8 +88,6 @@ ImagesLike = torch.Tensor | np.ndarray | Sequence[Any]
 """Images: an ``(n, C, H, W)`` tensor/array with values in [0, 1] (diffusers' ``output_type="pt"``), or a list of
 PIL images."""
 
-DIVERSITY_METRICS = ("pairwise_distance", "vendi", "lpips")
-ALL_PROMPTS = "(all prompts)"
 RESAMPLE_MODES = ("prompts", "images", "both")
 
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"

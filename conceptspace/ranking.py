@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from conceptspace.metrics import ALL_PROMPTS
+from conceptspace.results import ALL_PROMPTS
 
 __all__ = ["BASE", "STUDENT", "ranking"]
 

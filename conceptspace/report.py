@@ -26,15 +26,10 @@ from typing import Any
 from urllib.parse import quote
 
 from conceptspace.io import atomic_write, write_text
-from conceptspace.results import REQUIRED_COLUMNS, read_metrics
+from conceptspace.results import ALL_PROMPTS, DIVERSITY_METRICS, REQUIRED_COLUMNS, read_metrics
 
 __all__ = ["ALL_PROMPTS", "DIVERSITY_METRICS", "build_report", "metric_family"]
 
-ALL_PROMPTS = "(all prompts)"
-"""The ``prompt`` of rows that average over every prompt of a run."""
-
-DIVERSITY_METRICS = frozenset({"pairwise_distance", "vendi", "vendi_score", "diversity"})
-"""Metric names drawn as diversity; names containing ``pairwise`` or ``vendi`` count too."""
 
 ASSETS = "assets"
 REPORT = "report.html"

@@ -19,6 +19,15 @@ from conceptspace.io import write_json, write_text
 
 REQUIRED_COLUMNS = ("prompt", "regime", "metric", "value", "ci_low", "ci_high", "n")
 
+ALL_PROMPTS = "(all prompts)"
+"""The ``prompt`` of rows that average over every prompt of a run."""
+
+DIVERSITY_METRICS = ("pairwise_distance", "vendi", "lpips")
+"""The diversity metrics measured from images (``diff_<metric>`` rows compare two regimes on them)."""
+
+PROBE_EMBEDDER = "probe"
+"""The ``embedder`` of ground-truth rows: factors the testbed's probe read from the images."""
+
 
 def metric_row(
     prompt: str,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conceptspace.metrics import ALL_PROMPTS
+from conceptspace.results import ALL_PROMPTS, PROBE_EMBEDDER
 
 __all__ = [
     "FAMILY_MEASURES",
@@ -45,8 +45,6 @@ __all__ = [
     "verdicts",
 ]
 
-PROBE_EMBEDDER = "probe"
-"""The ``embedder`` column of ground-truth rows (factors read by the probe)."""
 FAMILY_MEASURES = {"layout": "spread_position", "appearance": "free-factor entropy"}
 """The measure each factor family's verdicts read (:func:`verdict_measure` resolves it for a prompt)."""
 UNITS = {"layout": " px", "appearance": " bits"}

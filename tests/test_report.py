@@ -277,6 +277,7 @@ def test_metric_families() -> None:
     assert metric_family({**row, "metric": "commitment", "step": 0}) == "curve"
     assert metric_family({**row, "metric": "pairwise_distance"}) == "diversity"
     assert metric_family({**row, "metric": "vendi"}) == "diversity"
+    assert metric_family({**row, "metric": "lpips"}) == "diversity"  # every metric diversity writes, one list
     assert metric_family({**row, "metric": "diff_pairwise_distance", "p_value": 0.1}) == "difference"
     assert metric_family({**row, "metric": "clip_score"}) == "other"
 

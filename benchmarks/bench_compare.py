@@ -20,7 +20,9 @@ PROMPTS = ("a shape", "a triangle", "a red shape")
 
 
 def one_run(threads: int | None) -> dict:
-    wall, run = run_command("compare", [arg for prompt in PROMPTS for arg in ("--prompt", prompt)], threads)
+    prompts = [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
+    pair = ["--base", "shapes", "--student", "dmd", "--batch-size", "16"]  # as docs/remedies.md's figures
+    wall, run = run_command("compare", [*pair, *prompts], threads)
     return {**phases(wall, run), "n": len(run["seeds"]), "methods": run["parameters"]["compare"]["methods"]}
 
 

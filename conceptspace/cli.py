@@ -821,9 +821,11 @@ def slider_train(
         Path | None,
         typer.Option(help="The .safetensors file to write (default: out/sliders/NAME-BASE.safetensors)."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps (default: the recipe's).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA when available).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    train_steps: Annotated[
+        int | None, typer.Option("--train-steps", "--steps", help="Training steps (default: the recipe's).")
+    ] = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a Concept Slider on a base model's UNet and write it as a diffusers LoRA (recipe in its metadata).
 
@@ -833,7 +835,7 @@ def slider_train(
 
     parsed = load_recipe(recipe)
     out = out or Path("out") / "sliders" / f"{parsed.name}-{base}.safetensors"
-    written = train_slider(base, parsed, out, steps=steps, device=device, progress=not quiet)
+    written = train_slider(base, parsed, out, steps=train_steps, device=device, progress=not quiet)
     typer.echo(f"wrote {written}")
 
 
@@ -854,13 +856,15 @@ def sliderspace_discover(
     base: BaseOpt = "sdxl",
     student: StudentOpt = None,
     n: Annotated[int, typer.Option("-n", help="Images to sample and embed.")] = 1000,
-    directions: Annotated[int, typer.Option(help="Directions (principal components) to keep.")] = 16,
+    n_directions: Annotated[
+        int, typer.Option("--n-directions", help="How many directions (principal components) to keep.")
+    ] = 16,
     regime: Annotated[
         str, typer.Option(help="Sample the student (distilled, the reference's choice) or the base.")
     ] = "distilled",
     embedder: EmbedderOpt = None,
     seed: SeedOpt = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 16,
+    batch_size: BatchOpt = 4,
     out: OutOpt = Path("out/sliderspace"),
     device: DeviceOpt = None,
     memory: MemoryOpt = Memory.resident,
@@ -871,7 +875,7 @@ def sliderspace_discover(
 ) -> None:
     """Sample N images of a concept, embed them and find its directions of variation (PCA); write the study folder.
 
-    Example: conceptspace sliderspace discover --base shapes --student dmd --prompt "a shape" -n 1000 --directions 8 --out runs/space
+    Example: conceptspace sliderspace discover --base shapes --student dmd --prompt "a shape" -n 1000 --n-directions 8 --out runs/space
     """
     from conceptspace.directions import discover
     from conceptspace.models import load_pair
@@ -883,7 +887,7 @@ def sliderspace_discover(
     pair = load_pair(base, student, device=device, **_memory_options(memory, fp8, device_memory, lora_student))
     _say_plan(pair)
     space = discover(
-        pair, prompt, out, n=n, n_directions=directions, regime=regime, embedder=embedder, seed=seed,
+        pair, prompt, out, n=n, n_directions=n_directions, regime=regime, embedder=embedder, seed=seed,
         batch_size=batch_size, device=device, progress=not quiet,
     )  # fmt: skip
     ratios = ", ".join(f"{r:.3f}" for r in space.explained_variance_ratio_[:8])
@@ -898,7 +902,9 @@ def sliderspace_train(
         str | None, typer.Option(help="Directions to train, e.g. 0,1,2 (default: all).")
     ] = None,
     model: Annotated[str, typer.Option(help="Train on the base (default) or the student.")] = "base",
-    steps: Annotated[int, typer.Option(help="Training steps per direction.")] = 300,
+    train_steps: Annotated[
+        int, typer.Option("--train-steps", "--steps", help="Training steps per direction.")
+    ] = 300,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
     measure_seeds: Annotated[int, typer.Option(help="Seeds per model and scale for the effect rows.")] = 16,
     device: DeviceOpt = None,
@@ -914,7 +920,7 @@ def sliderspace_train(
         _silence_libraries()
     chosen = [int(k) for k in directions.split(",") if k.strip()] if directions else None
     written = train_direction_sliders(
-        study, directions=chosen, model=model, steps=steps, lr=lr, measure_seeds=measure_seeds, device=device,
+        study, directions=chosen, model=model, steps=train_steps, lr=lr, measure_seeds=measure_seeds, device=device,
         progress=not quiet,
     )  # fmt: skip
     typer.echo(f"wrote {len(written)} sliders to {study / 'sliders'}; effects in {study / 'metrics.json'}")
@@ -923,9 +929,10 @@ def sliderspace_train(
 @sliderspace_app.command("activation")
 def sliderspace_activation(
     study: StudyDirArg,
-    regimes: Annotated[str, typer.Option(help="Comma-separated regimes; base is the reference.")] = (
-        "base,distilled,hybrid"
-    ),
+    regime: Annotated[
+        list[str],
+        typer.Option("--regime", "--regimes", help="Regimes (repeat or comma-separate); base is the reference."),
+    ] = ["base", "distilled", "hybrid"],  # noqa: B006 - typer reads the default
     n: Annotated[int, typer.Option("-n", help="Images per regime (the same seeds in every regime).")] = 256,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
     device: DeviceOpt = None,
@@ -940,7 +947,8 @@ def sliderspace_activation(
     if quiet:
         _silence_libraries()
     rows = measure_activation(
-        study, regimes=[r.strip() for r in regimes.split(",") if r.strip()], n=n, n_boot=n_boot, device=device,
+        study, regimes=[r.strip() for item in regime for r in item.split(",") if r.strip()], n=n, n_boot=n_boot,
+        device=device,
         progress=not quiet,
     )  # fmt: skip
     p_values = {
@@ -1083,12 +1091,7 @@ def run_prompts(
     height: HeightOpt = None,
     width: WidthOpt = None,
     negative_prompt: NegativeOpt = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            help="Images per forward pass (part of the run: images change at float-rounding level)."
-        ),
-    ] = 4,
+    batch_size: BatchOpt = 4,
     dtype: DTypeOpt = None,
     device: DeviceOpt = None,
     base_path: BasePathOpt = None,
@@ -1217,8 +1220,8 @@ def evaluate(
 
 @app.command("compare")
 def compare_methods(
-    base: BaseOpt = "shapes",
-    student: Annotated[str, typer.Option("--student", help="Distilled student of the base.")] = "dmd",
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
     methods: Annotated[
         list[str],
         typer.Option(
@@ -1238,7 +1241,7 @@ def compare_methods(
         str | None, typer.Option(help="Embedder spec for diversity and quality (default: the pair's).")
     ] = None,
     fid_ref: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="Folder of reference images for the Fréchet distances (default: the base's images)."),
     ] = None,
     fid_weights: Annotated[
@@ -1257,7 +1260,7 @@ def compare_methods(
     height: HeightOpt = None,
     width: WidthOpt = None,
     negative_prompt: NegativeOpt = None,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = 4,
     dtype: DTypeOpt = None,
     device: DeviceOpt = None,
     base_path: BasePathOpt = None,
@@ -1285,6 +1288,8 @@ def compare_methods(
     specs = [name.strip() for item in methods for name in item.split(",") if name.strip()]
     for spec in specs:
         parse_method(spec)  # a misspelt method fails before any model loads
+    if student is None:
+        _fail("compare needs a --student: the methods are compared with it (e.g. --base shapes --student dmd)")
     prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
     if not prompt_list:
         _fail("give at least one --prompt (or --prompts FILE)")

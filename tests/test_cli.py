@@ -373,3 +373,61 @@ def test_unknown_regimes_and_bad_options_fail_before_loading(tmp_path):
     result = run_cli("generate", *TINY, "--prompt", "x", "--out", str(out), "--regime", "hybrid:q=1")
     assert result.returncode == 2 and "takes no option 'q'" in result.stderr
     assert not out.exists()
+
+
+# Options whose default belongs to the command (each is said in its --help), by option name: the commands that
+# differ, and why. Everything else shared by two commands must agree in spelling, type and default.
+OWN_DEFAULTS = {
+    "n": "how many images a command needs differs: 4 to look at, 100 to measure, 1000 to find directions",
+    "out": "each command writes its own folder",
+    "regime": "generate and run sample the student, trajectory and diversity compare regimes",
+    "prompt": "transfer and sliderspace discover study one prompt; the others take several",
+    "base": "plan and slider train: no default (every pair / a base must be named)",
+    "device": "testbed train trains on the CPU unless told",
+    "device_memory": "plan plans for several cards at once",
+    "dtype": "plan sizes a pair in the dtype it would load in",
+    "directions": "discover keeps 16; train trains all it finds",
+    "train_steps": "a slider recipe has its own; SliderSpace trains each direction 300 steps",
+}
+
+
+OWN_SPELLINGS = {
+    "out": "an argument where the folder is the command's subject (testbed train, lora convert)",
+    "regime": "sliderspace discover samples one regime; the others take several",
+    "prompt": "transfer and sliderspace discover study one prompt; the others take several",
+    "device_memory": "plan plans for several cards at once; the others load for one",
+    "n": "run also takes --per-prompt, the prompt-set tools' name for it",
+}
+
+
+def test_every_shared_option_is_spelled_typed_and_defaulted_once():
+    import types
+    import typing
+
+    from typer.main import get_command
+
+    def commands(group, prefix=""):
+        for name, command in getattr(group, "commands", {}).items():
+            if getattr(command, "commands", None):
+                yield from commands(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    seen: dict[str, dict] = {}
+    for name, command in commands(get_command(app)):
+        hints = typing.get_type_hints(command.callback, include_extras=True)
+        for param in command.params:
+            if param.name == "help":
+                continue
+            kind = typing.get_args(hints[param.name])[0] if param.name in hints else None
+            if typing.get_origin(kind) in (typing.Union, types.UnionType):  # "none" may be a command's default
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            spelled = (tuple(param.opts), str(kind))
+            entry = seen.setdefault(param.name, {"spellings": {}, "defaults": {}})
+            entry["spellings"].setdefault(spelled, []).append(name)
+            entry["defaults"].setdefault(repr(param.default), []).append(name)
+    for option, entry in seen.items():
+        assert len(entry["spellings"]) == 1 or option in OWN_SPELLINGS, (option, entry["spellings"])
+        assert len(entry["defaults"]) == 1 or option in OWN_DEFAULTS, (option, entry["defaults"])
+    for option in ("quiet", "batch_size", "student", "steps", "guidance", "seed", "cache_dir", "memory"):
+        assert len(seen[option]["defaults"]) == 1, option

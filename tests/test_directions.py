@@ -142,7 +142,7 @@ def test_cli_discover_then_activation(tmp_path):
     found = runner.invoke(
         app,
         ["sliderspace", "discover", "--base", "shapes", "--student", "dmd", "--prompt", PROMPT, "-n", "16",
-         "--directions", "2", "--out", str(out), *common],
+         "--n-directions", "2", "--out", str(out), *common],
     )  # fmt: skip
     assert found.exit_code == 0, found.output
     assert "explained variance ratio" in found.output and (out / "sliderspace.safetensors").is_file()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from conceptspace import Base, Distilled, decode, load_pair, sample
-from conceptspace.metrics import mean_estimate
 from conceptspace.sampling import encode_text, make_denoiser
+from conceptspace.stats import mean_estimate
 from conceptspace.testbed.data import fixed_factors, render, sample_factors, to_tensor
 from conceptspace.testbed.probe import load_probe
 

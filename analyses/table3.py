@@ -28,7 +28,8 @@ from PIL import Image
 
 from conceptspace import load_pair, regime_from_name
 from conceptspace.embeddings import Embedder, load_embedder
-from conceptspace.metrics import ALL_PROMPTS, fid, inception_weights
+from conceptspace.metrics import ALL_PROMPTS
+from conceptspace.quality import fid, inception_weights
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.runs import evaluate_run, read_cases, read_manifest, run_prompt_set
 from conceptspace.testbed.data import captions, fixed_factors, matches, render, sample_factors

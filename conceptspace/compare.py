@@ -37,20 +37,13 @@ from tqdm.auto import tqdm
 
 from conceptspace.diversity import generate_or_reuse, images_by_prompt
 from conceptspace.io import write_json
-from conceptspace.metrics import (
-    ALL_PROMPTS,
-    Estimate,
-    clip_scores,
-    diversity_over_prompts,
-    frechet_distance,
-    mean_estimate,
-    paired_over_prompts,
-    percentile_interval,
-)
+from conceptspace.metrics import ALL_PROMPTS, diversity_over_prompts, paired_over_prompts
 from conceptspace.models import ModelPair
+from conceptspace.quality import clip_scores, frechet_distance
 from conceptspace.ranking import BASE, STUDENT, ranking
 from conceptspace.results import PROBE_EMBEDDER, metric_row, write_metrics
 from conceptspace.sampling import Base, Distilled, Regime, parse_regime
+from conceptspace.stats import Estimate, mean_estimate, percentile_interval
 
 __all__ = [
     "BASE",
@@ -517,7 +510,7 @@ def _fid_extractor(
         return features
     if testbed:
         return None
-    from conceptspace.metrics import inception_features, inception_weights
+    from conceptspace.quality import inception_features, inception_weights
 
     try:
         path = inception_weights(weights)
@@ -530,7 +523,7 @@ def _features_of(
     network: torch.nn.Module, files: Sequence[Path], size: tuple[int, int], device: Any
 ) -> np.ndarray:
     """Features of image files through ``network``, read in batches, resized and centre-cropped to ``size``."""
-    from conceptspace.metrics import image_features
+    from conceptspace.quality import image_features
     from conceptspace.runs import _image_batches
 
     return image_features(network, _image_batches(list(files), size, 32), device=device)
@@ -561,8 +554,8 @@ def _inception_score_rows(
     n_boot: int,
 ) -> list[dict[str, Any]]:
     """The Inception Score of each method's images over all prompts (bootstrap interval over images)."""
-    from conceptspace.metrics import inception_classifier
-    from conceptspace.metrics import inception_score as score
+    from conceptspace.quality import inception_classifier
+    from conceptspace.quality import inception_score as score
     from conceptspace.runs import _default_classifier, _image_batches
 
     classifier = (

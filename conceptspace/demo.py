@@ -89,7 +89,7 @@ def probe_rows(
     Blank images (:func:`conceptspace.testbed.probe.blank_images`: no object to read) are counted per regime in
     ``blank_share`` rows and left out of the factor measures; a paired difference keeps the seeds whose images are
     blank in neither regime (its ``n`` says how many)."""
-    from conceptspace.metrics import mean_estimate
+    from conceptspace.stats import mean_estimate
     from conceptspace.testbed.diversity import diversity_rows, expected_diversity, paired_difference_rows
     from conceptspace.testbed.probe import blank_images, load_probe
 

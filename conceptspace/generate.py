@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
-from conceptspace.metrics import mean_estimate
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Regime, sample
+from conceptspace.stats import mean_estimate
 from conceptspace.trajectories import (
     commitment_curve,
     decode_trajectory,

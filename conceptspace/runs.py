@@ -753,17 +753,17 @@ def evaluate_run(
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
     from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
-    from conceptspace.metrics import (
-        ALL_PROMPTS,
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.quality import (
         clip_score,
         frechet_distance,
         image_features,
         inception_classifier,
         inception_features,
-        mean_estimate,
     )
-    from conceptspace.metrics import inception_score as score_images
+    from conceptspace.quality import inception_score as score_images
     from conceptspace.results import metric_row, write_metrics
+    from conceptspace.stats import mean_estimate
 
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
@@ -915,7 +915,7 @@ def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Pat
 def _check_inception_available(weights_path: str | os.PathLike | None) -> None:
     """Fail before any work when the Inception network (FID, Inception Score) cannot be had (offline without
     weights)."""
-    from conceptspace.metrics import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
+    from conceptspace.quality import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
 
     try:
         inception_weights(weights_path)  # a missing weights_path file raises FileNotFoundError itself

@@ -28,17 +28,17 @@ import numpy as np
 import scipy.linalg
 
 from conceptspace.io import atomic_write
-from conceptspace.metrics import (
-    ArrayLike,
-    _as_array,
-    _bootstrap_counts,
-    _check_settings,
-    _p_value,
-    _rng,
-    _swaps,
-    percentile_interval,
-)
 from conceptspace.results import metric_row
+from conceptspace.stats import (
+    ArrayLike,
+    as_array,
+    bootstrap_counts,
+    check_settings,
+    keyed_rng,
+    percentile_interval,
+    permutation_p_value,
+    swaps,
+)
 
 __all__ = ["ActivationResult", "SliderSpace"]
 
@@ -56,7 +56,7 @@ _RANK_TOLERANCE = 1e-10  # explained variance below this fraction of the total: 
 def _embeddings(x: ArrayLike, name: str, *, normalize: bool, min_n: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """An ``(n, d)`` float64 array, checked, and the factor that L2-normalises each row (ones without
     ``normalize``): callers scale what they need (a full copy for ``fit``, only the coordinates otherwise)."""
-    array = _as_array(x, name)
+    array = as_array(x, name)
     if array.ndim != 2:
         hint = " (one embedding? pass it as x[None])" if array.ndim == 1 else ""
         raise ValueError(f"{name} must be a 2-D (n_samples, dim) array, got shape {tuple(array.shape)}{hint}")
@@ -269,7 +269,7 @@ class SliderSpace:
         >>> result = space.activation({"base": base, "distilled": distilled})  # doctest: +SKIP
         >>> result.share[1, 0]  # distilled's variance along direction 0 / base's  # doctest: +SKIP
         """
-        _check_settings(confidence, n_boot, n_perm)
+        check_settings(confidence, n_boot, n_perm)
         self._check_fitted()
         if not embeddings_by_regime:
             raise ValueError("embeddings_by_regime is empty: pass {regime name: embeddings}")
@@ -357,13 +357,13 @@ class SliderSpace:
         if paired:
             # one count matrix for all regimes: the same seeds are drawn in each, so comparisons stay paired
             n = len(next(iter(centred.values())))
-            counts = _bootstrap_counts(_rng(seed, "sliderspace", "bootstrap"), n, n_boot)
+            counts = bootstrap_counts(keyed_rng(seed, "sliderspace", "bootstrap"), n, n_boot)
             stacked = np.concatenate([np.concatenate([c, c**2], axis=1) for c in centred.values()], axis=1)
             sums = (counts @ stacked).reshape(n_boot, len(centred), 2 * k).transpose(1, 0, 2)
             return _with_total(_variance_from_sums(sums[..., :k], sums[..., k:], n))
         out = []
         for regime, c in centred.items():  # a stream per regime: results do not depend on the other regimes
-            counts = _bootstrap_counts(_rng(seed, "sliderspace", "bootstrap", regime), len(c), n_boot)
+            counts = bootstrap_counts(keyed_rng(seed, "sliderspace", "bootstrap", regime), len(c), n_boot)
             sums = counts @ np.concatenate([c, c**2], axis=1)
             out.append(_with_total(_variance_from_sums(sums[:, :k], sums[:, k:], len(c))))
         return np.stack(out)
@@ -503,11 +503,11 @@ def _permutation_p_values(
     ``(n_perm × n)`` swap-matrix product. One swap matrix serves every regime; each test is valid alone.
     """
     n, k = reference.shape
-    swaps = _swaps(_rng(seed, "sliderspace", "permutation"), n_perm, n)
+    swapped = swaps(keyed_rng(seed, "sliderspace", "permutation"), n_perm, n)
     differences = np.concatenate(
         [np.concatenate([reference - c, reference**2 - c**2], axis=1) for c in regimes], axis=1
     )
-    moved = (swaps @ differences).reshape(n_perm, len(regimes), 2 * k)
+    moved = (swapped @ differences).reshape(n_perm, len(regimes), 2 * k)
     reference_sums, reference_squares = reference.sum(axis=0), (reference**2).sum(axis=0)
     out = np.empty((len(regimes), k + 1))
     for index, c in enumerate(regimes):
@@ -522,7 +522,7 @@ def _permutation_p_values(
             permuted = np.log(_with_total(regime_variance) / _with_total(reference_variance))
         for column in range(k + 1):
             draws = permuted[:, column]
-            out[index, column] = _p_value(float(log_ratio[index, column]), draws[np.isfinite(draws)])
+            out[index, column] = permutation_p_value(float(log_ratio[index, column]), draws[np.isfinite(draws)])
     return out
 
 

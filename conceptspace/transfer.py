@@ -154,7 +154,7 @@ def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int)
     """Percentile interval of ``values(indices)`` over ``N_BOOT`` resamples of the n seeds (rows of indices)."""
     if n < 2:
         return math.nan, math.nan
-    from conceptspace.metrics import percentile_interval
+    from conceptspace.stats import percentile_interval
 
     rng = np.random.default_rng(seed)
     return percentile_interval(values(rng.integers(0, n, size=(N_BOOT, n))), CONFIDENCE)
@@ -162,7 +162,7 @@ def _bootstrap_ci(values: Callable[[np.ndarray], np.ndarray], n: int, seed: int)
 
 def mean_row(values: np.ndarray, prompt: str, regime: str, metric: str, seed: int, **extra: Any) -> dict:
     """Mean over seeds with a bootstrap CI (seeds resampled)."""
-    from conceptspace.metrics import mean_estimate
+    from conceptspace.stats import mean_estimate
 
     estimate = mean_estimate(values, n_boot=N_BOOT, confidence=CONFIDENCE, seed=seed)
     return metric_row(
@@ -432,7 +432,7 @@ def transfer(
                 )
             )
         if text_embedding is not None:
-            from conceptspace.metrics import clip_score_change
+            from conceptspace.quality import clip_score_change
 
             for s in scales:
                 if s == 0:

@@ -14,7 +14,7 @@ from PIL import Image
 from conceptspace import Base, Distilled, Hybrid, Named, load_pair, sample
 from conceptspace.compare import ALL_PROMPTS, compare, parse_method, ranking
 from conceptspace.diversity import generate_or_reuse
-from conceptspace.metrics import fid, frechet_distance
+from conceptspace.quality import fid, frechet_distance
 from conceptspace.remedies import CADS
 from conceptspace.sampling import regime_from_name
 

@@ -19,21 +19,12 @@ import torch
 from conceptspace import metrics
 from conceptspace.metrics import (
     ALL_PROMPTS,
-    Estimate,
     average_over_prompts,
-    clip_change_rows,
-    clip_score,
-    clip_score_change,
-    clip_score_change_with,
-    clip_score_rows,
-    clip_score_with,
-    clip_scores,
     compare_diversity,
     cosine_distance_matrix,
     diversity,
     diversity_over_prompts,
     diversity_rows,
-    fid,
     lpips_distance_matrix,
     lpips_diversity,
     metric_name,
@@ -43,7 +34,18 @@ from conceptspace.metrics import (
     vendi_score,
     vendi_score_from_similarity,
 )
+from conceptspace.quality import (
+    clip_change_rows,
+    clip_score,
+    clip_score_change,
+    clip_score_change_with,
+    clip_score_rows,
+    clip_score_with,
+    clip_scores,
+    fid,
+)
 from conceptspace.results import REQUIRED_COLUMNS, read_metrics, write_metrics
+from conceptspace.stats import Estimate, jackknife_se, mean_estimate
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
@@ -274,7 +276,7 @@ def test_second_order_vendi_jackknife_matches_exact_leave_one_out():
         fast = metrics._vendi_jackknife(x, q)
         assert len(fast) == n
         np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-3)
-        assert metrics._jackknife_se(fast) == pytest.approx(metrics._jackknife_se(exact), rel=0.01)
+        assert jackknife_se(fast) == pytest.approx(jackknife_se(exact), rel=0.01)
 
 
 def test_vendi_at_ten_thousand_images_takes_the_jackknife():
@@ -290,7 +292,7 @@ def test_mean_interval_covers_the_mean_at_the_normal_width():
     rng = np.random.default_rng(7)
     covered, widths = 0, []
     for repeat in range(300):
-        estimate = metrics.mean_estimate(rng.normal(2.0, 3.0, size=50), n_boot=400, seed=repeat)
+        estimate = mean_estimate(rng.normal(2.0, 3.0, size=50), n_boot=400, seed=repeat)
         covered += estimate.ci_low <= 2.0 <= estimate.ci_high
         widths.append(estimate.ci_high - estimate.ci_low)
     assert 0.90 <= covered / 300 <= 0.98
@@ -807,7 +809,7 @@ def test_docs_examples_run(capsys):
 
 # ----------------------------------------------------------------------------------------------- Inception Score
 def test_inception_score_is_the_number_of_classes_a_sharp_even_spread_covers():
-    from conceptspace.metrics import inception_score_of
+    from conceptspace.quality import inception_score_of
 
     sharp = np.eye(4)[np.arange(40) % 4]  # confident, every class equally often: IS = 4
     assert inception_score_of(sharp) == pytest.approx(4.0)
@@ -819,7 +821,7 @@ def test_inception_score_is_the_number_of_classes_a_sharp_even_spread_covers():
 
 
 def test_inception_score_of_a_classifier_with_a_bootstrap_interval():
-    from conceptspace.metrics import inception_score, inception_score_of
+    from conceptspace.quality import inception_score, inception_score_of
 
     torch.manual_seed(0)
     images = torch.rand(48, 3, 8, 8)
@@ -834,7 +836,7 @@ def test_inception_score_of_a_classifier_with_a_bootstrap_interval():
 
 
 def test_inception_score_offline_without_weights_says_what_to_pass(tmp_path, monkeypatch):
-    from conceptspace.metrics import inception_score
+    from conceptspace.quality import inception_score
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

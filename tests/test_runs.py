@@ -601,7 +601,7 @@ def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec: str, tmp_path: Path) -> None:
     from conceptspace.embeddings import load_embedder
-    from conceptspace.metrics import clip_score
+    from conceptspace.quality import clip_score
     from conceptspace.results import read_metrics
 
     run = tmp_path / "run"
@@ -635,7 +635,7 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
         0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
     )
     # features extracted once per set, then the Fréchet distance: the same number as torchmetrics' FID
-    from conceptspace.metrics import fid
+    from conceptspace.quality import fid
     from conceptspace.runs import _image_batches
 
     size = Image.open(run / entries[0]["path"]).size
@@ -741,7 +741,7 @@ def test_evaluate_with_an_image_only_embedder_skips_the_clip_score(
 
 
 def test_evaluate_scores_each_regime_with_the_inception_score(reference_run: Path, tmp_path: Path) -> None:
-    from conceptspace.metrics import inception_score
+    from conceptspace.quality import inception_score
 
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)

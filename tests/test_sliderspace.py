@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conceptspace.metrics import _bootstrap_counts, _p_value, _rng, _swaps, percentile_interval
 from conceptspace.results import REQUIRED_COLUMNS, read_metrics, validate_rows, write_metrics
 from conceptspace.sliderspace import ActivationResult, SliderSpace
+from conceptspace.stats import bootstrap_counts, keyed_rng, percentile_interval, permutation_p_value, swaps
 
 PLANTED_VARIANCES = np.array([16.0, 4.0, 1.0])
 NOISE_VARIANCE = 0.01
@@ -190,7 +190,7 @@ def test_activation_matches_brute_force_resampling():
     assert np.allclose(result.variance, [c.var(axis=0, ddof=1) for c in coordinates.values()])
     assert np.allclose(result.variance_top, result.variance.sum(axis=1))
 
-    counts = _bootstrap_counts(_rng(seed, "sliderspace", "bootstrap"), 30, n_boot).astype(int)
+    counts = bootstrap_counts(keyed_rng(seed, "sliderspace", "bootstrap"), 30, n_boot).astype(int)
     replicates = {
         r: np.array([np.repeat(c, w, axis=0).var(axis=0, ddof=1) for w in counts])
         for r, c in coordinates.items()
@@ -200,7 +200,7 @@ def test_activation_matches_brute_force_resampling():
         assert np.allclose(result.variance_ci[0, k], percentile_interval(replicates["base"][:, k], 0.95))
         assert np.allclose(result.share_ci[1, k], percentile_interval(shares[:, k], 0.95))
 
-    swaps = _swaps(_rng(seed, "sliderspace", "permutation"), n_perm, 30).astype(bool)[:, :, None]
+    swapped = swaps(keyed_rng(seed, "sliderspace", "permutation"), n_perm, 30).astype(bool)[:, :, None]
     centred = {r: c - c.mean(axis=0) for r, c in coordinates.items()}
     permuted = np.array(
         [
@@ -208,11 +208,11 @@ def test_activation_matches_brute_force_resampling():
                 np.where(s, centred["base"], centred["other"]).var(axis=0, ddof=1)
                 / np.where(s, centred["other"], centred["base"]).var(axis=0, ddof=1)
             )
-            for s in swaps
+            for s in swapped
         ]
     )
     for k in range(2):
-        assert result.p_value[1, k] == pytest.approx(_p_value(result.log_ratio[1, k], permuted[:, k]))
+        assert result.p_value[1, k] == pytest.approx(permutation_p_value(result.log_ratio[1, k], permuted[:, k]))
 
 
 def test_ci_coverage_and_false_positive_rate_on_repeated_draws(planted_space):

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptspace.metrics import metric_row, percentile_interval
+from conceptspace.metrics import metric_row
+from conceptspace.stats import percentile_interval
 from conceptspace.testbed.data import FactorBatch
 from conceptspace.testbed.diversity import measure_replicates
 from conceptspace.testbed.probe import FactorProbe, blank_images, load_probe

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from conceptspace.metrics import Estimate, percentile_interval
+from conceptspace.stats import Estimate, percentile_interval
 from conceptspace.testbed.data import (
     FACTORS,
     LEVELS,

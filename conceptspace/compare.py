@@ -150,9 +150,9 @@ def compare(
             fixed_factors(prompt)  # the probe reads adherence to what a prompt fixes: its words must be the world's
     reference = None if fid_ref is None else _reference_paths(fid_ref)
     if inception_score and is_classifier is None and not testbed:
-        from conceptspace.runs import _check_inception_available
+        from conceptspace.runs import check_inception_available
 
-        _check_inception_available(fid_weights)
+        check_inception_available(fid_weights)
     spec = embedder if embedder is not None else default_embedder(pair)
     if isinstance(spec, str):
         spec = load_embedder(spec, device=pair.device, progress=progress)
@@ -425,9 +425,9 @@ def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, 
 
 def _reference_paths(fid_ref: str | os.PathLike) -> list[Path]:
     """The image files of a reference folder (searched recursively)."""
-    from conceptspace.runs import _fid_reference
+    from conceptspace.runs import fid_reference
 
-    return _fid_reference(fid_ref, {}).paths
+    return fid_reference(fid_ref, {}).paths
 
 
 def _fd_rows(
@@ -524,9 +524,9 @@ def _features_of(
 ) -> np.ndarray:
     """Features of image files through ``network``, read in batches, resized and centre-cropped to ``size``."""
     from conceptspace.quality import image_features
-    from conceptspace.runs import _image_batches
+    from conceptspace.runs import image_file_batches
 
-    return image_features(network, _image_batches(list(files), size, 32), device=device)
+    return image_features(network, image_file_batches(list(files), size, 32), device=device)
 
 
 def _extract(
@@ -556,17 +556,17 @@ def _inception_score_rows(
     """The Inception Score of each method's images over all prompts (bootstrap interval over images)."""
     from conceptspace.quality import inception_classifier
     from conceptspace.quality import inception_score as score
-    from conceptspace.runs import _default_classifier, _image_batches
+    from conceptspace.runs import default_classifier, image_file_batches
 
     classifier = (
-        classifier or _default_classifier(pair.base.name, pair.device) or inception_classifier(weights)
+        classifier or default_classifier(pair.base.name, pair.device) or inception_classifier(weights)
     )
     label = getattr(classifier, "name", type(classifier).__name__)
     rows = []
     for name in names:
         pooled = [file for by in paths.values() for file in by[name]]
         estimate = score(
-            _image_batches(pooled, size, 32), classifier=classifier, device=pair.device, n_boot=n_boot
+            image_file_batches(pooled, size, 32), classifier=classifier, device=pair.device, n_boot=n_boot
         )
         rows.append(
             estimate.row(ALL_PROMPTS, name, "inception_score", ci_method=estimate.method, classifier=label)

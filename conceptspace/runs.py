@@ -71,7 +71,11 @@ __all__ = [
     "Case",
     "WorkItem",
     "accelerate_state",
+    "check_inception_available",
+    "default_classifier",
     "evaluate_run",
+    "fid_reference",
+    "image_file_batches",
     "process_shard",
     "run_lock",
     "read_cases",
@@ -787,14 +791,14 @@ def evaluate_run(
         raise ValueError(f"{run_dir} has no finished images yet")
 
     # everything that can fail fast does so before the slow embedding
-    reference = _fid_reference(fid_ref, by_regime) if fid_ref is not None else None
+    reference = fid_reference(fid_ref, by_regime) if fid_ref is not None else None
     if reference is not None and fid_feature_extractor is None:
-        _check_inception_available(fid_weights)
+        check_inception_available(fid_weights)
     base_name = run.get("parameters", {}).get("base")
     if inception_score and is_classifier is None:
-        is_classifier = _default_classifier(base_name, device)
+        is_classifier = default_classifier(base_name, device)
         if is_classifier is None:
-            _check_inception_available(fid_weights)
+            check_inception_available(fid_weights)
             is_classifier = inception_classifier(fid_weights)  # once, for every regime
     spec = embedder if embedder is not None else default_embedder(base_name)
     if isinstance(spec, str):
@@ -827,13 +831,13 @@ def evaluate_run(
         # one network, the reference's features once: each regime then costs its own images only
         extractor = fid_feature_extractor or inception_features(fid_weights)
         reference_features = image_features(
-            extractor, _image_batches(reference.paths, size, batch_size), device=device
+            extractor, image_file_batches(reference.paths, size, batch_size), device=device
         )
         for regime, images in by_regime.items():
             if regime == reference.regime:
                 continue
             features = image_features(
-                extractor, _image_batches([path for path, _ in images], size, batch_size), device=device
+                extractor, image_file_batches([path for path, _ in images], size, batch_size), device=device
             )
             value = frechet_distance(reference_features, features)
             rows.append(
@@ -851,7 +855,7 @@ def evaluate_run(
         classifier_name = getattr(is_classifier, "name", type(is_classifier).__name__)
         for regime, images in by_regime.items():
             estimate = score_images(
-                _image_batches([path for path, _ in images], size, batch_size),
+                image_file_batches([path for path, _ in images], size, batch_size),
                 classifier=is_classifier,
                 device=device,
                 n_boot=n_boot,
@@ -882,7 +886,7 @@ def evaluate_run(
     return rows
 
 
-def _default_classifier(base: str | None, device: str | torch.device | None) -> torch.nn.Module | None:
+def default_classifier(base: str | None, device: str | torch.device | None) -> torch.nn.Module | None:
     """The testbed's own classifier for a run of a testbed model (the Inception network knows no shapes)."""
     from conceptspace.models import REGISTRY
 
@@ -893,7 +897,7 @@ def _default_classifier(base: str | None, device: str | torch.device | None) -> 
     return ProbeClasses(load_probe(device=device))
 
 
-def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:
+def fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:
     """A regime of the run (by name) or a folder of images."""
     if str(value) in by_regime:
         return _Reference(f"regime:{value}", [path for path, _ in by_regime[str(value)]], str(value))
@@ -912,7 +916,7 @@ def _fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Pat
     return _Reference(str(folder), paths, None)
 
 
-def _check_inception_available(weights_path: str | os.PathLike | None) -> None:
+def check_inception_available(weights_path: str | os.PathLike | None) -> None:
     """Fail before any work when the Inception network (FID, Inception Score) cannot be had (offline without
     weights)."""
     from conceptspace.quality import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
@@ -940,7 +944,7 @@ def _open_rgb(path: Path) -> Any:
         return image.convert("RGB")
 
 
-def _image_batches(paths: Sequence[Path], size: tuple[int, int], batch_size: int) -> Iterator[list[Any]]:
+def image_file_batches(paths: Sequence[Path], size: tuple[int, int], batch_size: int) -> Iterator[list[Any]]:
     """Images as lists of ``batch_size`` PIL images of one size (read as needed, so any number fits in memory)."""
     from PIL import Image, ImageOps
 

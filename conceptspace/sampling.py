@@ -102,7 +102,7 @@ def switched_on(adapter: Any) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------- segments
-Renoise = Callable[[Any, int, "Denoiser", torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+RenoiseStep = Callable[[Any, int, "Denoiser", torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """``renoise(scheduler, index, denoiser, model_input, x0, latents, generator)``: the latents for step ``index + 1``
 in place of the ``latents`` that ``scheduler.step`` made at step ``index`` (``model_input``: that step's network
 input; ``x0``: its x̂0; ``generator``: the per-sample generators)."""
@@ -116,7 +116,7 @@ class Segment:
     scheduler: Any
     start: int
     denoisers: list[Denoiser]
-    renoise: Renoise | None = None
+    renoise: RenoiseStep | None = None
 
     @property
     def stop(self) -> int:

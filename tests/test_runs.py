@@ -636,12 +636,12 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     )
     # features extracted once per set, then the Fréchet distance: the same number as torchmetrics' FID
     from conceptspace.quality import fid
-    from conceptspace.runs import _image_batches
+    from conceptspace.runs import image_file_batches
 
     size = Image.open(run / entries[0]["path"]).size
     theirs = fid(
-        _image_batches(sorted(real.glob("*.png")), size, 4),
-        _image_batches([run / e["path"] for e in entries], size, 4),
+        image_file_batches(sorted(real.glob("*.png")), size, 4),
+        image_file_batches([run / e["path"] for e in entries], size, 4),
         feature_extractor=features,
     )
     assert hybrid_fid == pytest.approx(theirs, rel=1e-6)

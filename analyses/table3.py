@@ -28,10 +28,11 @@ from PIL import Image
 
 from conceptspace import load_pair, regime_from_name
 from conceptspace.embeddings import Embedder, load_embedder
+from conceptspace.evaluate import evaluate_run
 from conceptspace.metrics import ALL_PROMPTS
 from conceptspace.quality import fid, inception_weights
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.runs import evaluate_run, read_cases, read_manifest, run_prompt_set
+from conceptspace.runs import read_cases, read_manifest, run_prompt_set
 from conceptspace.testbed.data import captions, fixed_factors, matches, render, sample_factors
 from conceptspace.testbed.probe import load_probe
 from conceptspace.transfer import mean_row

@@ -1189,7 +1189,7 @@ def evaluate(
     """
     import json
 
-    from conceptspace.runs import evaluate_run
+    from conceptspace.evaluate import evaluate_run
 
     if quiet:
         _silence_libraries()

@@ -150,7 +150,7 @@ def compare(
             fixed_factors(prompt)  # the probe reads adherence to what a prompt fixes: its words must be the world's
     reference = None if fid_ref is None else _reference_paths(fid_ref)
     if inception_score and is_classifier is None and not testbed:
-        from conceptspace.runs import check_inception_available
+        from conceptspace.evaluate import check_inception_available
 
         check_inception_available(fid_weights)
     spec = embedder if embedder is not None else default_embedder(pair)
@@ -425,7 +425,7 @@ def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, 
 
 def _reference_paths(fid_ref: str | os.PathLike) -> list[Path]:
     """The image files of a reference folder (searched recursively)."""
-    from conceptspace.runs import fid_reference
+    from conceptspace.evaluate import fid_reference
 
     return fid_reference(fid_ref, {}).paths
 
@@ -523,8 +523,8 @@ def _features_of(
     network: torch.nn.Module, files: Sequence[Path], size: tuple[int, int], device: Any
 ) -> np.ndarray:
     """Features of image files through ``network``, read in batches, resized and centre-cropped to ``size``."""
+    from conceptspace.evaluate import image_file_batches
     from conceptspace.quality import image_features
-    from conceptspace.runs import image_file_batches
 
     return image_features(network, image_file_batches(list(files), size, 32), device=device)
 
@@ -554,9 +554,9 @@ def _inception_score_rows(
     n_boot: int,
 ) -> list[dict[str, Any]]:
     """The Inception Score of each method's images over all prompts (bootstrap interval over images)."""
+    from conceptspace.evaluate import default_classifier, image_file_batches
     from conceptspace.quality import inception_classifier
     from conceptspace.quality import inception_score as score
-    from conceptspace.runs import default_classifier, image_file_batches
 
     classifier = (
         classifier or default_classifier(pair.base.name, pair.device) or inception_classifier(weights)

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from conceptspace import runs
 from conceptspace.cli import app
+from conceptspace.evaluate import evaluate_run
 from conceptspace.io import atomic_write
 from conceptspace.runs import (
     Case,
-    evaluate_run,
     process_shard,
     read_cases,
     read_manifest,
@@ -635,8 +635,8 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
         0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
     )
     # features extracted once per set, then the Fréchet distance: the same number as torchmetrics' FID
+    from conceptspace.evaluate import image_file_batches
     from conceptspace.quality import fid
-    from conceptspace.runs import image_file_batches
 
     size = Image.open(run / entries[0]["path"]).size
     theirs = fid(
@@ -751,7 +751,7 @@ def test_evaluate_scores_each_regime_with_the_inception_score(reference_run: Pat
     scores = {r["regime"]: r for r in rows if r["metric"] == "inception_score"}
     assert list(scores) == ["distilled", "hybrid"]
     for regime, row in scores.items():
-        paths = [run / runs._image_path(*runs._entry_key(e)) for e in read_manifest(run) if e["regime"] == regime]
+        paths = [run / runs.image_path(*runs.entry_key(e)) for e in read_manifest(run) if e["regime"] == regime]
         images = [Image.open(path).convert("RGB") for path in paths]
         expected = inception_score(images, classifier=classifier, n_boot=0).value
         assert row["value"] == pytest.approx(expected) and row["n"] == 6 and 1.0 <= row["value"] <= 5.0

@@ -85,7 +85,8 @@ def test_the_student_commits_at_its_first_step_the_base_later(pair, probe):
 
 def test_the_testbed_inception_score_drops_with_the_student(pair, tmp_path):
     # evaluate's Inception Score on a testbed run: the probe's 18 shape × colour classes stand in for ImageNet's
-    from conceptspace.runs import Case, evaluate_run, run_prompt_set
+    from conceptspace.evaluate import evaluate_run
+    from conceptspace.runs import Case, run_prompt_set
 
     regimes = [Base(steps=DEMO_BASE_STEPS), Distilled()]
     run_prompt_set(pair, [Case(0, "a shape", 0)], regimes, tmp_path / "run", per_prompt=N, batch_size=N, progress=False)

@@ -1,0 +1,271 @@
+"""``conceptspace evaluate``: quality per regime of a finished run folder — CLIP score of each image against its
+prompt, the Fréchet distance to a reference (another regime of the run, or a folder of real images) and the
+Inception Score — as tidy rows with 95% intervals, from the files alone (no model but the scoring networks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptspace.runs import IMAGE_SUFFIXES, RUN_FILE, entry_key, image_path, read_manifest
+
+__all__ = [
+    "check_inception_available",
+    "default_classifier",
+    "evaluate_run",
+    "fid_reference",
+    "image_file_batches",
+]
+
+
+@dataclass(frozen=True)
+class _Reference:
+    name: str
+    paths: list[Path]
+    regime: str | None  # set when the reference is a regime of the run itself
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    embedder: Any = None,
+    fid_ref: str | os.PathLike | None = None,
+    fid_weights: str | os.PathLike | None = None,
+    fid_feature_extractor: torch.nn.Module | None = None,
+    inception_score: bool = False,
+    is_classifier: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """CLIP score, FID (with ``fid_ref``), Inception Score (with ``inception_score``) and sampling time of each
+    regime's finished images; writes RUN_DIR/metrics.json/csv.
+
+    ``embedder``: a spec for :func:`conceptspace.embeddings.load_embedder` or a loaded embedder (default: the run's
+    base model's embedder); each image is scored against its own prompt. An image-only embedder (no text tower,
+    e.g. ``testbed:clip``) skips the CLIP score, which the ``notes`` of the time rows say; with no FID reference
+    either there is nothing to measure, and that is an error. ``fid_ref``: the name of a regime of this run, or a
+    folder of reference images (searched recursively; resized and centre-cropped to the run's image size). FID
+    uses the Inception network (``fid_weights``: a local weights file; offline, it must be given or cached) unless
+    ``fid_feature_extractor`` (any module mapping an image batch in [0, 1] to features) is given. The Inception
+    Score uses the same Inception network (its unbiased logits; the same weights file) unless ``is_classifier``
+    (any module mapping an image batch in [0, 1] to class logits) is given; a testbed run defaults to
+    :class:`conceptspace.testbed.probe.ProbeClasses` (the probe's shape × colour, 18 classes).
+
+    Rows, all with ``prompt="(all prompts)"``: ``metric="clip_score"`` per regime (mean over images, bootstrap 95%
+    CI), ``metric="fid"`` per regime other than the reference (no CI; ``reference`` and ``n_reference`` keys), and
+    ``metric="inception_score"`` per regime (bootstrap 95% CI over images; ``classifier`` key), and
+    ``metric="seconds_per_image"`` per regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over
+    images; ``batch_size`` and ``device_type`` keys, since both change it).
+    """
+    from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.quality import (
+        clip_score,
+        frechet_distance,
+        image_features,
+        inception_classifier,
+        inception_features,
+    )
+    from conceptspace.quality import inception_score as score_images
+    from conceptspace.results import metric_row, write_metrics
+    from conceptspace.stats import mean_estimate
+
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder: it has no {RUN_FILE} (make one with `conceptspace run`)"
+        )
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    by_regime: dict[str, list[tuple[Path, str]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for entry in read_manifest(run_dir):
+        path = run_dir / image_path(*entry_key(entry))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is in the manifest but missing: rerun `conceptspace run --resume`"
+            )
+        by_regime.setdefault(str(entry["regime"]), []).append((path, str(entry["prompt"])))
+        if "seconds" in entry:
+            seconds.setdefault(str(entry["regime"]), []).append(float(entry["seconds"]))
+    if not by_regime:
+        raise ValueError(f"{run_dir} has no finished images yet")
+
+    # everything that can fail fast does so before the slow embedding
+    reference = fid_reference(fid_ref, by_regime) if fid_ref is not None else None
+    if reference is not None and fid_feature_extractor is None:
+        check_inception_available(fid_weights)
+    base_name = run.get("parameters", {}).get("base")
+    if inception_score and is_classifier is None:
+        is_classifier = default_classifier(base_name, device)
+        if is_classifier is None:
+            check_inception_available(fid_weights)
+            is_classifier = inception_classifier(fid_weights)  # once, for every regime
+    spec = embedder if embedder is not None else default_embedder(base_name)
+    if isinstance(spec, str):
+        spec = load_embedder(
+            spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        )
+    has_text = getattr(spec, "has_text", False)
+    if not has_text and reference is None and not inception_score:
+        raise ValueError(
+            f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
+            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone (--inception-score for IS)"
+        )
+
+    size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
+    rows = []
+    for regime, images in (by_regime if has_text else {}).items():  # image-only embedder: no CLIP score
+        prompts = [prompt for _, prompt in images]
+        unique = list(dict.fromkeys(prompts))
+        texts = spec.embed_texts(unique)
+        row_of = {prompt: row for row, prompt in enumerate(unique)}
+        estimate = clip_score(
+            spec.embed_images([str(path) for path, _ in images]),
+            texts[[row_of[prompt] for prompt in prompts]],
+            n_boot=n_boot,
+        )
+        rows.append(
+            estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=spec.name, ci_method=estimate.method)
+        )
+    if reference is not None:
+        # one network, the reference's features once: each regime then costs its own images only
+        extractor = fid_feature_extractor or inception_features(fid_weights)
+        reference_features = image_features(
+            extractor, image_file_batches(reference.paths, size, batch_size), device=device
+        )
+        for regime, images in by_regime.items():
+            if regime == reference.regime:
+                continue
+            features = image_features(
+                extractor, image_file_batches([path for path, _ in images], size, batch_size), device=device
+            )
+            value = frechet_distance(reference_features, features)
+            rows.append(
+                metric_row(
+                    ALL_PROMPTS,
+                    regime,
+                    "fid",
+                    value,
+                    n=len(images),
+                    reference=reference.name,
+                    n_reference=len(reference.paths),
+                )
+            )
+    if inception_score:
+        classifier_name = getattr(is_classifier, "name", type(is_classifier).__name__)
+        for regime, images in by_regime.items():
+            estimate = score_images(
+                image_file_batches([path for path, _ in images], size, batch_size),
+                classifier=is_classifier,
+                device=device,
+                n_boot=n_boot,
+            )
+            rows.append(
+                estimate.row(
+                    ALL_PROMPTS, regime, "inception_score", ci_method=estimate.method, classifier=classifier_name
+                )
+            )
+    # Time per image: each image's share of its batch's sampling time, so it depends on the batch size and device.
+    parameters = run.get("parameters", {})
+    name = getattr(spec, "name", spec)
+    notes = {} if has_text else {"notes": f"no clip_score: embedder {name!r} has no text tower"}
+    for regime, values in seconds.items():
+        estimate = mean_estimate(np.array(values), n_boot=n_boot)
+        rows.append(
+            estimate.row(
+                ALL_PROMPTS,
+                regime,
+                "seconds_per_image",
+                ci_method=estimate.method,
+                batch_size=parameters.get("batch_size"),
+                device_type=parameters.get("device_type"),
+                **notes,
+            )
+        )
+    write_metrics(run_dir, rows)
+    return rows
+
+
+def default_classifier(base: str | None, device: str | torch.device | None) -> torch.nn.Module | None:
+    """The testbed's own classifier for a run of a testbed model (the Inception network knows no shapes)."""
+    from conceptspace.models import REGISTRY
+
+    if base not in REGISTRY or REGISTRY[base].family != "testbed":
+        return None
+    from conceptspace.testbed.probe import ProbeClasses, load_probe
+
+    return ProbeClasses(load_probe(device=device))
+
+
+def fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:
+    """A regime of the run (by name) or a folder of images."""
+    if str(value) in by_regime:
+        return _Reference(f"regime:{value}", [path for path, _ in by_regime[str(value)]], str(value))
+    folder = Path(value)
+    if not folder.is_dir():
+        raise ValueError(
+            f"FID reference {str(value)!r} is neither a folder nor a regime of this run ({', '.join(by_regime)})"
+        )
+    paths = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+    if len(paths) < 2:
+        raise ValueError(f"FID reference folder {folder} holds {len(paths)} images; FID needs at least 2")
+    return _Reference(str(folder), paths, None)
+
+
+def check_inception_available(weights_path: str | os.PathLike | None) -> None:
+    """Fail before any work when the Inception network (FID, Inception Score) cannot be had (offline without
+    weights)."""
+    from conceptspace.quality import INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL, inception_weights
+
+    try:
+        inception_weights(weights_path)  # a missing weights_path file raises FileNotFoundError itself
+    except ValueError:  # offline with nothing cached: say it in the command's words
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+        raise ValueError(
+            "FID and the Inception Score need the Inception weights, which cannot be downloaded offline "
+            "(HF_HUB_OFFLINE is set): pass "
+            f"--fid-weights FILE (fid_weights= in Python) with a local copy of {INCEPTION_WEIGHTS_URL}, or put "
+            f"it at {cached}"
+        ) from None
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ValueError(
+            "FID and the Inception Score with the Inception network need torch-fidelity: pip install torch-fidelity"
+        )
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def image_file_batches(paths: Sequence[Path], size: tuple[int, int], batch_size: int) -> Iterator[list[Any]]:
+    """Images as lists of ``batch_size`` PIL images of one size (read as needed, so any number fits in memory)."""
+    from PIL import Image, ImageOps
+
+    for first in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[first : first + batch_size]:
+            image = _open_rgb(path)
+            if image.size != size:
+                # centre crop to the aspect ratio, then resize
+                image = ImageOps.fit(image, size, Image.Resampling.BICUBIC)
+            batch.append(image)
+        yield batch

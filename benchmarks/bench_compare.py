@@ -1,7 +1,7 @@
-"""Wall time of `conceptspace compare` at its defaults on the testbed (goal: ≤ 180 s on 2 CPU cores), by phase.
+"""Wall time of `conceptspace compare` on the testbed (goal: ≤ 180 s on 2 CPU cores), by phase.
 
-The command as a user runs it — default methods, default n, the registry's base schedule — on the demo's three
-prompts, in a fresh process writing to a fresh folder (imports and model loading included). Sampling time per
+The command as a user runs it — `--base shapes --student dmd`, default methods, default n, the registry's base
+schedule, `--batch-size 16` as docs/remedies.md's figures were measured — on the demo's three prompts, in a fresh process writing to a fresh folder (imports and model loading included). Sampling time per
 method comes from the run's own run.json; the rest (embedding, the probe, bootstraps, report) is the remainder.
 
     python benchmarks/bench_compare.py --repeats 2 --out benchmarks/results/compare-cpu.json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from enum import Enum
@@ -235,7 +234,7 @@ def _prepare(
     from conceptspace.io import ensure_writable_dir
     from conceptspace.models import check_device, load_pair
     from conceptspace.prompts import read_prompt_file
-    from conceptspace.sampling import seeds_from
+    from conceptspace.sampling import check_guidance, seeds_from
 
     _, names = _regime_names(regime)  # a misspelt regime fails first
     prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
@@ -249,8 +248,11 @@ def _prepare(
         if value is not None and value < 1:
             _fail(f"{option} must be a positive number of pixels, got {value}")
     for option, value in (("--guidance", guidance), ("--base-guidance", base_guidance)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            _fail(f"{option} must be a finite number >= 0, got {value}")
+        try:
+            if value is not None:
+                check_guidance(value, option)
+        except ValueError as error:
+            _fail(str(error))
     # numbers are checked before anything is loaded: the regimes check their own, seeds must fit a generator
     built = build_regimes(regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps)
     seeds = seeds_from(seed, n)

@@ -34,8 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace import schedules
-from conceptspace.generate import image_name
-from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.io import (
+    atomic_write,
+    ensure_writable_dir,
+    environment_versions,
+    image_name,
+    write_image,
+    write_json,
+)
 from conceptspace.lora import apply_lora, read_lora, write_lora
 from conceptspace.models import ModelPair, load_pair
 from conceptspace.results import metric_row, read_metrics, write_metrics

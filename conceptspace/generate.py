@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.io import (
+    ensure_writable_dir,
+    environment_versions,
+    image_name,
+    strip_name,
+    write_image,
+    write_json,
+)
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
 from conceptspace.sampling import Regime, sample
@@ -39,11 +46,6 @@ COMMITMENT_COLUMNS = (
     "timestep",
     "model",
 )
-
-
-def image_name(prompt_index: int, seed: int) -> str:
-    """File name of image ``seed`` of prompt number ``prompt_index`` inside its regime folder."""
-    return f"{prompt_index:03d}_{seed}.png"
 
 
 def generate(
@@ -134,7 +136,7 @@ def generate(
                 )
                 for seed, strip in zip(result.seeds[:shown], decoded[:shown], strict=True):
                     write_image(
-                        regime_dir / f"trajectory_{image_name(prompt_index, seed)}", trajectory_strip(strip)
+                        regime_dir / strip_name(prompt_index, seed), trajectory_strip(strip)
                     )
                 if commitment_embedder is None:
                     curve, similarity = commitment_curve(result.trajectory), "latent_correlation"

@@ -182,3 +182,26 @@ def _is_pickle_stream(file: str | os.PathLike) -> bool:
     except Exception:  # any parse failure means "not a pickle"
         return False
     return bool(ops) and ops[-1][0].name == "STOP"
+
+
+# ---------------------------------------------------------------------------------------------------- file names
+STRIP_PREFIX = "trajectory_"
+"""An x̂0 strip is named after its image with this prefix."""
+_IMAGE_NAME = re.compile(r"(\d+)_(-?\d+)\.png")
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    """File name of image ``seed`` of prompt number ``prompt_index`` inside its regime folder."""
+    return f"{prompt_index:03d}_{seed}.png"
+
+
+def strip_name(prompt_index: int, seed: int) -> str:
+    """File name of the x̂0 strip of image ``seed`` of prompt number ``prompt_index``."""
+    return STRIP_PREFIX + image_name(prompt_index, seed)
+
+
+def parse_image_name(file_name: str) -> tuple[int, int] | None:
+    """``(prompt number, seed)`` of a name :func:`image_name` or :func:`strip_name` wrote (a prompt set's
+    ``<case>_<i>.png`` reads as ``(case, i)``); None for any other name."""
+    match = _IMAGE_NAME.fullmatch(file_name.removeprefix(STRIP_PREFIX))
+    return (int(match.group(1)), int(match.group(2))) if match else None

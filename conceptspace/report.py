@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import math
 import os
-import re
 import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from conceptspace.figures import (
     pareto_figure,
     save_figure,
 )
-from conceptspace.io import atomic_write, write_text
+from conceptspace.io import STRIP_PREFIX, atomic_write, parse_image_name, write_text
 from conceptspace.results import ALL_PROMPTS, DIVERSITY_METRICS, REQUIRED_COLUMNS, read_metrics
 
 __all__ = ["ALL_PROMPTS", "DIVERSITY_METRICS", "build_report", "metric_family"]
@@ -46,8 +45,6 @@ __all__ = ["ALL_PROMPTS", "DIVERSITY_METRICS", "build_report", "metric_family"]
 
 REPORT = "report.html"
 TABLE_OPEN_ROWS = 40  # tables with more rows start collapsed
-_IMAGE_NAME = re.compile(r"(\d+)_(-?\d+)\.png")
-_STRIP_PREFIX = "trajectory_"
 
 
 def build_report(
@@ -195,11 +192,10 @@ def _find_images(run_dir: Path, run: dict[str, Any]) -> list[_Image]:
             if not file.is_file() or file.name.startswith("."):
                 continue
             rel = file.relative_to(run_dir)
-            strip = file.name.startswith(_STRIP_PREFIX)
-            match = _IMAGE_NAME.fullmatch(file.name[len(_STRIP_PREFIX) :] if strip else file.name)
-            index = int(match.group(1)) if match else None
-            seed = int(match.group(2)) if match else None
-            image_path = rel.parent / (match.group(0) if match else file.name)
+            strip = file.name.startswith(STRIP_PREFIX)
+            parsed = parse_image_name(file.name)
+            index, seed = parsed if parsed else (None, None)
+            image_path = rel.parent / (file.name.removeprefix(STRIP_PREFIX) if parsed else file.name)
             if image_path.as_posix() in listed:
                 prompt = listed[image_path.as_posix()][0]
             elif index is not None and index < len(prompts):

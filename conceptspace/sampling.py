@@ -188,6 +188,13 @@ def make_denoiser(pair: ModelPair, model: ModelName, guidance_scale: float) -> D
     )
 
 
+def check_guidance(value: Any, what: str) -> None:
+    """Refuse a guidance scale that is not a finite number >= 0 (NaN would silently turn CFG off), naming it as
+    ``what`` (a regime's field, a command's option)."""
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+
+
 # ------------------------------------------------------------------------------------------------------ regimes
 class Regime(ABC):
     """A choice of denoiser per step. Subclasses are frozen dataclasses with a ``name``."""
@@ -200,10 +207,8 @@ class Regime(ABC):
             value = getattr(self, f.name)
             if value is None or f.name == "name":
                 continue
-            if "guidance" in f.name and not (
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0
-            ):
-                raise ValueError(f"{self.name}: {f.name} must be a finite number >= 0, got {value!r}")
+            if "guidance" in f.name:
+                check_guidance(value, f"{self.name}: {f.name}")
             if f.name in ("steps", "base_steps", "k", "n") and not (
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1
             ):
@@ -1018,6 +1023,7 @@ __all__ = [
     "SkipFirst",
     "StepInfo",
     "TrajectoryRecorder",
+    "check_guidance",
     "decode",
     "denoise",
     "encode_text",

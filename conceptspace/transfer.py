@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptspace.generate import image_name
-from conceptspace.io import ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
 from conceptspace.models import ModelPair, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics

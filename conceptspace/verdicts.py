@@ -200,9 +200,9 @@ def _hybrid(rows: _Rows, family: str) -> Verdict:
         used += [vs_student, vs_base]
         above.append(vs_student["ci_low"] > 0)
         reaches.append(vs_base["ci_high"] >= 0)
-    ok = _judged(above, rows.prompts) and _most(reaches) if above else None
-    if ok is not None and len(above) != len(rows.prompts):
-        ok = None
+    ok = _judged(above, rows.prompts)
+    if ok:  # above 0 everywhere: the base's level must be reached too, for most prompts
+        ok = _most(reaches)
     statement = "one base step restores the base's diversity"
     metric = f"diff_{FAMILY_MEASURES[family]}"
     return Verdict("hybrid restores", family, metric, statement, ok, tuple(evidence), tuple(used))

@@ -138,6 +138,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), for one-line error messages."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def torch_load_error(file: str | os.PathLike, error: BaseException) -> str:
     """What went wrong when ``torch.load(file, weights_only=True)`` raised ``error``, in our words.
 

@@ -265,3 +265,17 @@ def test_a_concept_slider_trains_on_a_dit_and_fits_its_student(tmp_path, base, s
     slider = read_lora(path)
     assert set(slider.modules) == set(target_modules(pair.base_network, recipe.layers))
     assert coverage(pair.student_network, slider).complete
+
+
+def test_a_callers_timestep_mapping_replaces_the_registered_one():
+    """The caller's mapping decides the window: FLUX's t = 1.0 read as it is (1 ≤ 800) turns the LoRA on; the
+    registered mapping reads it as 1000 > 800 and keeps the LoRA off."""
+    network = tiny_flux_pipeline(0).transformer
+    lora = random_lora(network, FLUX_TARGETS, seed=1, size=0.3)
+    plain = _run(network, "flux", timestep=torch.tensor([1.0, 1.0]))
+    with apply_lora(network, lora, t_start=800, timestep_to_scheduler=lambda t: t):
+        unscaled = _run(network, "flux", timestep=torch.tensor([1.0, 1.0]))
+    with apply_lora(network, lora, t_start=800):
+        registered = _run(network, "flux", timestep=torch.tensor([1.0, 1.0]))
+    assert (unscaled - plain).abs().max() > 1e-3  # on: 1.0 ≤ 800 as the caller maps it
+    torch.testing.assert_close(registered, plain, rtol=0, atol=0)  # off: 1000 > 800

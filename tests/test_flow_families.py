@@ -19,7 +19,7 @@ from conceptspace.models import get_spec, is_cached, with_overrides
 from conceptspace.models.families import FAMILIES
 from conceptspace.models.families.flux import pack
 from conceptspace.models.registry import NETWORK_FOLDERS
-from conceptspace.sampling import _hand_off
+from conceptspace.sampling.loop import _hand_off
 from conceptspace.schedules import FLOW, noise_level
 
 PROMPT = "a red circle"

@@ -239,7 +239,7 @@ def test_sliderspace_at_zero_scale_is_the_plain_regime_exactly(pair, slider_fold
 def test_sliderspace_gives_each_sample_its_own_scales_from_its_seed(pair, slider_folder):
     # each row of a batch equals that seed sampled alone with the sliders applied at that seed's scales
     from conceptspace.lora import apply_lora, read_lora
-    from conceptspace.remedies import _uniform_scales, slider_files
+    from conceptspace.sampling.remedies import _uniform_scales, slider_files
 
     files = slider_files(str(slider_folder))
     batch = _latents(pair, SliderSpaceScales(sliders=str(slider_folder), scale=2.0), seeds=[3, 4])

@@ -24,7 +24,7 @@ from conceptspace import (
     sample,
     schedule_of,
 )
-from conceptspace.sampling import _hand_off
+from conceptspace.sampling.loop import _hand_off
 from conceptspace.schedules import FLOW, NoiseLevel, convert, latent_scale
 from conceptspace.testing import tiny_sd_pipeline, tiny_sd_unet, tiny_sdxl_pipeline, tiny_sdxl_unet
 from conceptspace.trajectories import commitment_curve, steps_to_commit

@@ -8,7 +8,10 @@
 - :mod:`conceptspace.testbed.diversity`: ground-truth diversity from factors (true or probed): entropy of the
   shape×colour distribution and spreads of size and position, with bootstrap 95% intervals.
 - :mod:`conceptspace.testbed.train`: training of the miniature Stable Diffusion (tiny AutoencoderKL, CLIP, UNet)
-  and of its DMD-style 4-step student, one function per stage, from a seed.
+  and of its DMD-style 4-step student, one function per stage, from a seed. The stages live in
+  :mod:`~conceptspace.testbed.encoders` (VAE, CLIP), :mod:`~conceptspace.testbed.base_unet` and
+  :mod:`~conceptspace.testbed.dmd`, built on :mod:`~conceptspace.testbed.model` (configs, schedule, tokenizer)
+  and :mod:`~conceptspace.testbed.stage` (logging, checkpoints, saving).
 - :mod:`conceptspace.testbed.pair`: the shipped pair (``weights/shapes/``, ``weights/dmd/``) as registry specs and
   :func:`~conceptspace.testbed.pair.load_testbed_pair`.
 - :mod:`conceptspace.testbed.commitment`: commitment of x̂0 trajectories per factor family (distributional, per
@@ -24,6 +27,7 @@ Nothing heavy is imported here (the embedder registers a factory and loads nothi
 from pathlib import Path
 
 from conceptspace.embeddings import register_embedder
+from conceptspace.sampling.remedies import SLIDER_SOURCES
 
 SLIDERS = Path(__file__).parent / "weights" / "sliderspace"
 """Shipped SliderSpace studies' sliders, one folder per prompt (``a-shape``: 4 directions of "a shape")."""
@@ -36,3 +40,4 @@ def _testbed_factory(argument: str, **options):  # noqa: ANN202 - signature of E
 
 
 register_embedder("testbed", _testbed_factory)
+SLIDER_SOURCES["testbed"] = SLIDERS

@@ -3,7 +3,7 @@
 Synthetic CLIP-like embeddings (a common direction, 32 decaying factors, isotropic noise), L2-normalised. Per size,
 the median of ``--repeats`` timed calls of ``metrics.diversity(x, "vendi")`` after one untimed warm-up, and which
 jackknife ran (exact delete-one up to 256 images, delete-a-group in between, second-order delete-one from one
-eigendecomposition at n ≥ 4·d; see conceptspace/metrics.py).
+eigendecomposition at n ≥ 4·d; see conceptspace/metrics/draws.py).
 
     python benchmarks/bench_vendi.py --repeats 5 --out benchmarks/results/vendi-cpu.json
 """

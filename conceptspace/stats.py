@@ -1,11 +1,12 @@
 """Estimates with honest uncertainty, and the resampling every metric shares: the :class:`Estimate` a number travels
 in (value, 95% interval, n, p-value, method), percentile bootstrap intervals, the mean with its interval,
-jackknife standard errors, permutation p-values, and the input checks that turn tensors, arrays and PIL images into
-checked numpy and torch batches. :mod:`conceptspace.metrics` (diversity) and :mod:`conceptspace.quality` (FID,
-Inception Score, CLIP score) build on it."""
+jackknife standard errors, permutation and sign-flip p-values, and the input checks that turn tensors, arrays and
+PIL images into checked numpy and torch batches. :mod:`conceptspace.metrics` (diversity) and
+:mod:`conceptspace.quality` (FID, Inception Score, CLIP score) build on it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "normal_quantile",
     "percentile_interval",
     "permutation_p_value",
+    "sign_flip_p_value",
     "swaps",
     "t_quantile",
 ]
@@ -169,6 +171,21 @@ def permutation_p_value(observed: float, permuted: np.ndarray) -> float:
     tolerance = 1e-12 * max(1.0, abs(observed))
     extreme = np.count_nonzero(np.abs(permuted) >= abs(observed) - tolerance)
     return float((1 + extreme) / (1 + len(permuted)))
+
+
+def sign_flip_p_value(differences: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:
+    """Two-sided sign-flip test of mean(differences) = 0; exact (all 2^P flips) when 2^P ≤ n_perm."""
+    n = len(differences)
+    observed = float(differences.mean())
+    if n_perm == 0 or not math.isfinite(observed):
+        return math.nan
+    if 2**n <= n_perm:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        permuted = (signs * differences).mean(axis=1)
+        tolerance = 1e-12 * max(1.0, abs(observed))
+        return float(np.count_nonzero(np.abs(permuted) >= abs(observed) - tolerance) / len(signs))
+    signs = rng.choice((1.0, -1.0), size=(n_perm, n))
+    return permutation_p_value(observed, (signs * differences).mean(axis=1))
 
 
 def swaps(rng: np.random.Generator, n_perm: int, n: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from conceptspace.embeddings import (
     default_embedder,
     load_embedder,
     register_embedder,
+    registry,
 )
 
 TINY_OPEN_CLIP = "cs-test-tiny-openclip"
@@ -437,7 +438,7 @@ class _MeanColour(Embedder):
 
 
 def test_register_embedder(monkeypatch, pixels):
-    monkeypatch.setattr(embeddings, "_FACTORIES", dict(embeddings._FACTORIES))
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))  # the registry module holds it
     register_embedder("meancolour", _MeanColour)
     assert "meancolour" in embeddings.embedder_prefixes()
     embedder = load_embedder("meancolour:mean-colour", device="cpu", batch_size=2, progress=False)

@@ -129,76 +129,35 @@ def compare(
     the testbed). ``reuse``: methods whose images an earlier comparison in ``out_dir`` made with the same settings
     are not sampled again. ``generate_options`` go to :func:`conceptspace.generate.generate` (height, width, …).
     """
-    from conceptspace.embeddings import default_embedder, load_embedder
-
-    if pair.student is None:
-        raise ValueError("a comparison needs a student: load the pair with its distilled model")
-    regimes = [base or Base(), student or Distilled(), *_methods(methods)]
-    if [r.name for r in regimes[:2]] != [BASE, STUDENT]:
-        raise ValueError(
-            "base= must be a Base regime and student= a Distilled regime (the references' names)"
-        )
-    seeds = [int(s) for s in seeds]
-    if len(seeds) < 2:
-        raise ValueError(f"a comparison measures diversity, which needs at least 2 seeds, got {len(seeds)}")
+    regimes, seeds = _checked_comparison(pair, methods, base, student, seeds)
     testbed = pair.base.family == "testbed"
-    # what can fail does so before any image is sampled
-    if testbed:
-        from conceptspace.testbed.data import fixed_factors
-
-        for prompt in prompts:
-            fixed_factors(prompt)  # the probe reads adherence to what a prompt fixes: its words must be the world's
-    reference = None if fid_ref is None else _reference_paths(fid_ref)
-    if inception_score and is_classifier is None and not testbed:
-        from conceptspace.evaluate import check_inception_available
-
-        check_inception_available(fid_weights)
-    spec = embedder if embedder is not None else default_embedder(pair)
-    if isinstance(spec, str):
-        spec = load_embedder(spec, device=pair.device, progress=progress)
+    needs_inception = inception_score and is_classifier is None and not testbed
+    reference = _checked_quality_inputs(
+        prompts, fid_ref, fid_weights, testbed=testbed, inception=needs_inception
+    )
+    spec = _loaded_embedder(embedder, pair, progress)
     has_text = bool(getattr(spec, "has_text", False))
-    quality = "clip_score" if has_text else ("adherence" if testbed else "fd")
-    settings = {
-        "methods": [r.name for r in regimes[2:]],
-        "reference": BASE,
-        "student": STUDENT,
-        "diversity": {
-            "metric": "entropy_shape_colour" if testbed else "vendi",
-            "embedder": PROBE_EMBEDDER if testbed else spec.name,
-        },
-        "quality": {
-            "metric": quality,
-            "higher_is_better": quality != "fd",
-            "embedder": PROBE_EMBEDDER if quality == "adherence" else spec.name,
-        },
-        "fd_reference": str(fid_ref) if fid_ref is not None else f"regime:{BASE}",
-    }
+    settings = _settings(regimes, spec.name, has_text=has_text, testbed=testbed, fid_ref=fid_ref)
     out = Path(out_dir)
-    run = generate_or_reuse(
+    run = _sample_or_reuse(
         pair,
-        list(prompts),
+        prompts,
         regimes,
         seeds,
         out,
+        settings,
         reuse=reuse,
         progress=progress,
         batch_size=batch_size,
-        parameters={"compare": settings, **generate_options.pop("parameters", {})},
-        **generate_options,
+        generate_options=generate_options,
     )
-    run["command"] = "compare"
-    run["parameters"]["compare"] = settings  # also when every method's images were reused from another run
     names = [r.name for r in regimes]
     paths = _paired_paths(run, out, names)
 
     embeddings = _embed(spec, paths, progress)
     pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m != BASE]
-    common = dict(n_boot=n_boot, embedder=spec.name, model=f"{pair.base.name}/{pair.student.name}")
-    resample = "images" if len(paths) < 10 else "both"
-    rows = diversity_over_prompts(embeddings, metrics=EMBEDDING_METRICS, resample=resample, **common)
-    rows += paired_over_prompts(
-        embeddings, pairs, metrics=EMBEDDING_METRICS, resample=resample, n_perm=n_perm, **common
-    )
+    model = f"{pair.base.name}/{pair.student.name}"
+    rows = _embedding_diversity_rows(embeddings, pairs, spec.name, model, n_boot=n_boot, n_perm=n_perm)
     if has_text:
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
     if testbed:
@@ -214,14 +173,7 @@ def compare(
     size = _image_size(paths)
     inception = _fid_extractor(fid_features, fid_weights, testbed)
     if inception is not None:
-        rows += _fd_rows(
-            _extract(inception, paths, size, pair.device, progress),
-            names,
-            None if reference is None else _features_of(inception, reference, size, pair.device),
-            "fid",
-            n_boot=n_boot,
-            features=getattr(inception, "name", type(inception).__name__),
-        )
+        rows += _fid_rows(inception, paths, names, reference, size, pair.device, progress, n_boot=n_boot)
     if inception_score:
         rows += _inception_score_rows(paths, size, names, is_classifier, fid_weights, pair, n_boot=n_boot)
     rows += _cost_rows(pair, run, regimes, n_boot=n_boot)
@@ -234,6 +186,122 @@ def compare(
 
         report_path = build_report(out, title=f"conceptspace compare: {pair.base.name} → {pair.student.name}")
     return CompareResult(out, rows, ranked, report_path)
+
+
+def _checked_comparison(
+    pair: ModelPair,
+    methods: Sequence[str | Regime],
+    base: Regime | None,
+    student: Regime | None,
+    seeds: Sequence[int],
+) -> tuple[list[Regime], list[int]]:
+    """The regimes to sample (the base, the student, then the methods) and the seeds, checked."""
+    if pair.student is None:
+        raise ValueError("a comparison needs a student: load the pair with its distilled model")
+    regimes = [base or Base(), student or Distilled(), *_methods(methods)]
+    if [r.name for r in regimes[:2]] != [BASE, STUDENT]:
+        raise ValueError(
+            "base= must be a Base regime and student= a Distilled regime (the references' names)"
+        )
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"a comparison measures diversity, which needs at least 2 seeds, got {len(seeds)}")
+    return regimes, seeds
+
+
+def _checked_quality_inputs(
+    prompts: Sequence[str],
+    fid_ref: str | os.PathLike | None,
+    fid_weights: str | os.PathLike | None,
+    *,
+    testbed: bool,
+    inception: bool,
+) -> list[Path] | None:
+    """What can fail does so before any image is sampled: the testbed's prompts, the reference folder and (with
+    ``inception``) the Inception weights; returns the reference folder's images (None: the base's images)."""
+    if testbed:
+        from conceptspace.testbed.data import fixed_factors
+
+        # the probe reads adherence to what a prompt fixes: its words must be the world's
+        for prompt in prompts:
+            fixed_factors(prompt)
+    reference = None if fid_ref is None else _reference_paths(fid_ref)
+    if inception:
+        from conceptspace.evaluate import check_inception_available
+
+        check_inception_available(fid_weights)
+    return reference
+
+
+def _loaded_embedder(embedder: Any, pair: ModelPair, progress: bool) -> Any:
+    """``embedder`` loaded from its spec, or the pair's registry embedder."""
+    from conceptspace.embeddings import default_embedder, load_embedder
+
+    spec = embedder if embedder is not None else default_embedder(pair)
+    if isinstance(spec, str):
+        spec = load_embedder(spec, device=pair.device, progress=progress)
+    return spec
+
+
+def _settings(
+    regimes: Sequence[Regime],
+    embedder: str,
+    *,
+    has_text: bool,
+    testbed: bool,
+    fid_ref: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """The comparison's settings (``parameters.compare`` of run.json): the methods, the references and what
+    diversity and quality are measured by, which :func:`ranking` reads."""
+    quality = "clip_score" if has_text else ("adherence" if testbed else "fd")
+    return {
+        "methods": [r.name for r in regimes[2:]],
+        "reference": BASE,
+        "student": STUDENT,
+        "diversity": {
+            "metric": "entropy_shape_colour" if testbed else "vendi",
+            "embedder": PROBE_EMBEDDER if testbed else embedder,
+        },
+        "quality": {
+            "metric": quality,
+            "higher_is_better": quality != "fd",
+            "embedder": PROBE_EMBEDDER if quality == "adherence" else embedder,
+        },
+        "fd_reference": str(fid_ref) if fid_ref is not None else f"regime:{BASE}",
+    }
+
+
+def _sample_or_reuse(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    regimes: Sequence[Regime],
+    seeds: list[int],
+    out: Path,
+    settings: dict[str, Any],
+    *,
+    reuse: bool,
+    progress: bool,
+    batch_size: int,
+    generate_options: dict[str, Any],
+) -> dict[str, Any]:
+    """Every regime's images in ``out`` (with ``reuse``, those an earlier comparison made with the same settings
+    are kept); returns the run record, marked as a comparison."""
+    options = dict(generate_options)
+    run = generate_or_reuse(
+        pair,
+        list(prompts),
+        regimes,
+        seeds,
+        out,
+        reuse=reuse,
+        progress=progress,
+        batch_size=batch_size,
+        parameters={"compare": settings, **options.pop("parameters", {})},
+        **options,
+    )
+    run["command"] = "compare"
+    run["parameters"]["compare"] = settings  # also when every method's images were reused from another run
+    return run
 
 
 # ------------------------------------------------------------------------------------------------------- images
@@ -282,6 +350,27 @@ def _embed(
     finally:
         embedder.progress = own_bar
     return embedded
+
+
+# ---------------------------------------------------------------------------------------------------- diversity
+def _embedding_diversity_rows(
+    embeddings: Mapping[str, Mapping[str, torch.Tensor]],
+    pairs: Sequence[tuple[str, str]],
+    embedder: str,
+    model: str,
+    *,
+    n_boot: int,
+    n_perm: int,
+) -> list[dict[str, Any]]:
+    """Vendi score and pairwise distance in the embedder's space per prompt and method, and the paired differences
+    of ``pairs`` (each method against the student and the base)."""
+    common = dict(n_boot=n_boot, embedder=embedder, model=model)
+    resample = "images" if len(embeddings) < 10 else "both"
+    rows = diversity_over_prompts(embeddings, metrics=EMBEDDING_METRICS, resample=resample, **common)
+    rows += paired_over_prompts(
+        embeddings, pairs, metrics=EMBEDDING_METRICS, resample=resample, n_perm=n_perm, **common
+    )
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------ quality
@@ -373,7 +462,9 @@ def _probe_rows(
     for prompt, by in paths.items():
         read = {name: probe.predict(np.stack([np.asarray(i) for i in _load(by[name])])) for name in names}
         for name in names:
-            rows += diversity_rows(read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER)
+            rows += diversity_rows(
+                read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER
+            )
         rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER)
         fixed = {k: v for k, v in fixed_factors(prompt).items() if k in ("shape", "colour", "background")}
         if fixed:
@@ -389,7 +480,9 @@ def _probe_rows(
     if adherence:
         rows += [
             _as_difference(r)
-            for r in _mean_rows(adherence, "adherence", n_boot, average=len(paths) > 1, embedder=PROBE_EMBEDDER)
+            for r in _mean_rows(
+                adherence, "adherence", n_boot, average=len(paths) > 1, embedder=PROBE_EMBEDDER
+            )
         ]
     return rows
 
@@ -541,6 +634,28 @@ def _extract(
         prompt: {name: _features_of(network, files, size, device) for name, files in by.items()}
         for prompt, by in tqdm(paths.items(), desc="FID features", disable=not progress, leave=False)
     }
+
+
+def _fid_rows(
+    network: torch.nn.Module,
+    paths: Mapping[str, Mapping[str, list[Path]]],
+    names: Sequence[str],
+    reference: Sequence[Path] | None,
+    size: tuple[int, int],
+    device: Any,
+    progress: bool,
+    *,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """FID: the Fréchet distances of :func:`_fd_rows` on ``network``'s features (the Inception network's)."""
+    return _fd_rows(
+        _extract(network, paths, size, device, progress),
+        names,
+        None if reference is None else _features_of(network, reference, size, device),
+        "fid",
+        n_boot=n_boot,
+        features=getattr(network, "name", type(network).__name__),
+    )
 
 
 def _inception_score_rows(

@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from conceptspace.io import (
     write_json,
 )
 from conceptspace.lora import apply_lora, read_lora, write_lora
-from conceptspace.models import ModelPair, load_pair
+from conceptspace.models import ModelPair, ModelSpec, load_pair
 from conceptspace.results import metric_row, read_metrics, write_metrics
 from conceptspace.sampling import (
     Base,
@@ -337,6 +337,70 @@ def train_direction_sliders(
     """
     run_dir = Path(run_dir)
     space, run = load_study(run_dir)
+    directions = _checked_slider_arguments(space, model, directions, steps, batch_size, rank, scales)
+    pair = _study_pair(run, pair, device)
+    if model == "student" and pair.student is None:
+        raise ValueError("the study has no student to train on; use model='base'")
+    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
+    prompt = run["parameters"]["prompt"]
+    training = _training_setup(pair, run, run_dir, model, prompt)
+
+    slider_dir = run_dir / SLIDER_DIR
+    written = [
+        _train_direction(
+            pair,
+            space,
+            k,
+            training,
+            embedder,
+            prompt,
+            slider_dir,
+            steps=steps,
+            lr=lr,
+            rank=rank,
+            layers=layers,
+            batch_size=batch_size,
+            seed=seed + k,
+            progress=progress,
+        )
+        for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False)
+    ]
+    rows = _measure_sliders(
+        pair, space, written, directions, prompt, embedder, scales=scales,
+        seeds=seeds_from(ACTIVATION_SEED, measure_seeds), out=slider_dir, progress=progress,
+    )  # fmt: skip
+    _replace_slider_rows(run_dir, directions, rows)
+    run["sliders"] = {
+        "files": sorted(
+            {*run.get("sliders", {}).get("files", []), *(str(p.relative_to(run_dir)) for p in written)}
+        ),
+        "trained_on": training.spec.name,
+        "steps": steps,
+        "lr": lr,
+        "rank": rank,
+        "layers": layers,
+        "timesteps": training.timesteps,
+        "scales": list(scales),
+        "measure_seeds": measure_seeds,
+    }
+    run["figures"] = _slider_figures(run, run_dir, directions, training.spec.name, scales)
+    write_json(run_dir / "run.json", run)
+    from conceptspace.report import build_report
+
+    build_report(run_dir, title=f"SliderSpace of {prompt!r}")
+    return written
+
+
+def _checked_slider_arguments(
+    space: SliderSpace,
+    model: str,
+    directions: Sequence[int] | None,
+    steps: int,
+    batch_size: int,
+    rank: int,
+    scales: Sequence[float],
+) -> list[int]:
+    """The directions to train (default: all), every argument checked before anything loads."""
     if model not in ("base", "student"):
         raise ValueError(f"model must be 'base' or 'student', got {model!r}")
     directions = list(range(space.n_directions)) if directions is None else [int(k) for k in directions]
@@ -349,13 +413,27 @@ def train_direction_sliders(
         raise ValueError("steps, batch_size and rank must be at least 1")
     if 0.0 not in [float(s) for s in scales]:
         raise ValueError(f"scales {list(scales)} must include 0, the reference the effect is measured from")
-    pair = _study_pair(run, pair, device)
-    if model == "student" and pair.student is None:
-        raise ValueError("the study has no student to train on; use model='base'")
-    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
-    prompt = run["parameters"]["prompt"]
-    latents = _read_samples(run_dir)["latents"]
+    return directions
 
+
+@dataclass(frozen=True)
+class _Training:
+    """What every direction's slider trains from: the model's spec and denoiser, the prompt's conditioning, the
+    study's stored latents and the sampler's timesteps, with a scheduler to re-noise to them."""
+
+    spec: ModelSpec
+    denoiser: Denoiser
+    cond: Conditioning
+    latents: torch.Tensor
+    timesteps: list[int]
+    scheduler: Any
+
+
+def _training_setup(
+    pair: ModelPair, run: dict[str, Any], run_dir: Path, model: str, prompt: str
+) -> _Training:
+    """The training inputs shared by every direction, for ``model`` (``"base"`` or ``"student"``)."""
+    latents = _read_samples(run_dir)["latents"]
     role = "base" if model == "base" else "student"
     spec = pair.spec(role)
     denoiser = make_denoiser(pair, "base" if model == "base" else "distilled", spec.guidance_scale)
@@ -363,36 +441,52 @@ def train_direction_sliders(
     size = latents.shape[-1] * pair.pipeline.vae_scale_factor
     with torch.no_grad():
         cond = encode_text(pair, prompt, negative_prompt=None, cfg=denoiser.uses_cfg, height=size, width=size)
-    scheduler = pair.make_scheduler(role)
+    return _Training(spec, denoiser, cond, latents, timesteps, pair.make_scheduler(role))
 
-    slider_dir = run_dir / SLIDER_DIR
-    written = []
-    for k in tqdm(directions, desc="direction sliders", disable=not progress, leave=False):
-        direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
-        lora, losses = _train_one(
-            pair, denoiser.network, denoiser, cond, latents, timesteps, scheduler, direction, embedder,
-            steps=steps, lr=lr, rank=rank, layers=layers, batch_size=batch_size, seed=seed + k, name=str(k),
-            progress=progress,
-        )  # fmt: skip
-        metadata = {
-            "kind": "sliderspace",
-            "direction": k,
-            "explained_variance_ratio": float(space.explained_variance_ratio_[k]),
-            "prompt": prompt,
-            "base_model": pair.base.name,
-            "trained_on": spec.name,
-            "embedder": embedder.name,
-            "steps": steps,
-            "initial_loss": float(np.mean(losses[:10])),
-            "final_loss": float(np.mean(losses[-10:])),
-        }
-        lora.metadata = metadata
-        written.append(write_lora(lora, slider_dir / f"direction_{k:02d}.safetensors", metadata=metadata))
 
-    rows = _measure_sliders(
-        pair, space, written, directions, prompt, embedder, scales=scales,
-        seeds=seeds_from(ACTIVATION_SEED, measure_seeds), out=slider_dir, progress=progress,
+def _train_direction(
+    pair: ModelPair,
+    space: SliderSpace,
+    k: int,
+    training: _Training,
+    embedder: Any,
+    prompt: str,
+    slider_dir: Path,
+    *,
+    steps: int,
+    lr: float,
+    rank: int,
+    layers: str,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> Path:
+    """Train direction ``k``'s slider and write it, with what it was trained on and its losses in its metadata,
+    to ``slider_dir/direction_KK.safetensors``."""
+    direction = torch.from_numpy(space.components_[k]).float().to(pair.device)
+    lora, losses = _train_one(
+        pair, training.denoiser.network, training.denoiser, training.cond, training.latents, training.timesteps,
+        training.scheduler, direction, embedder, steps=steps, lr=lr, rank=rank, layers=layers,
+        batch_size=batch_size, seed=seed, name=str(k), progress=progress,
     )  # fmt: skip
+    metadata = {
+        "kind": "sliderspace",
+        "direction": k,
+        "explained_variance_ratio": float(space.explained_variance_ratio_[k]),
+        "prompt": prompt,
+        "base_model": pair.base.name,
+        "trained_on": training.spec.name,
+        "embedder": embedder.name,
+        "steps": steps,
+        "initial_loss": float(np.mean(losses[:10])),
+        "final_loss": float(np.mean(losses[-10:])),
+    }
+    lora.metadata = metadata
+    return write_lora(lora, slider_dir / f"direction_{k:02d}.safetensors", metadata=metadata)
+
+
+def _replace_slider_rows(run_dir: Path, directions: Sequence[int], rows: list[dict[str, Any]]) -> None:
+    """Write the sliders' rows to the study's metrics, in place of earlier ones for the same directions."""
     # a later call for other directions keeps the earlier ones' measurements (and strips)
     retrained = set(directions)
     kept = [
@@ -401,35 +495,24 @@ def train_direction_sliders(
         if not (str(r["metric"]).startswith("direction_") and r.get("direction") in retrained)
     ]
     write_metrics(run_dir, kept + rows)
-    run["sliders"] = {
-        "files": sorted(
-            {*run.get("sliders", {}).get("files", []), *(str(p.relative_to(run_dir)) for p in written)}
-        ),
-        "trained_on": spec.name,
-        "steps": steps,
-        "lr": lr,
-        "rank": rank,
-        "layers": layers,
-        "timesteps": timesteps,
-        "scales": list(scales),
-        "measure_seeds": measure_seeds,
-    }
+
+
+def _slider_figures(
+    run: dict[str, Any], run_dir: Path, directions: Sequence[int], trained_on: str, scales: Sequence[float]
+) -> list[dict[str, Any]]:
+    """run.json's figures: the earlier ones for other directions, then a strip per trained direction."""
+    retrained = set(directions)
     earlier = [f for f in run.get("figures") or [] if f.get("direction") not in retrained]
-    run["figures"] = earlier + [
+    return earlier + [
         {
             "direction": k,
-            "path": str((slider_dir / f"direction_{k:02d}.png").relative_to(run_dir)),
+            "path": str((run_dir / SLIDER_DIR / f"direction_{k:02d}.png").relative_to(run_dir)),
             "heading": f"Slider for direction {k}",
-            "caption": f"The slider trained on {spec.name} for direction {k}, at scales "
+            "caption": f"The slider trained on {trained_on} for direction {k}, at scales "
             f"{', '.join(f'{s:g}' for s in scales)} (columns) on the base and the student (rows), one seed.",
         }
         for k in directions
     ]
-    write_json(run_dir / "run.json", run)
-    from conceptspace.report import build_report
-
-    build_report(run_dir, title=f"SliderSpace of {prompt!r}")
-    return written
 
 
 def _train_one(

@@ -68,20 +68,43 @@ def evaluate_run(
     ``metric="seconds_per_image"`` per regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over
     images; ``batch_size`` and ``device_type`` keys, since both change it).
     """
-    from conceptspace.embeddings import EXAMPLE_SPEC, default_embedder, load_embedder
-    from conceptspace.metrics import ALL_PROMPTS
-    from conceptspace.quality import (
-        clip_score,
-        frechet_distance,
-        image_features,
-        inception_classifier,
-        inception_features,
-    )
-    from conceptspace.quality import inception_score as score_images
-    from conceptspace.results import metric_row, write_metrics
-    from conceptspace.stats import mean_estimate
+    from conceptspace.results import write_metrics
 
     run_dir = Path(run_dir)
+    run, by_regime, seconds = _finished_images(run_dir)
+    # everything that can fail fast does so before the slow embedding
+    reference = fid_reference(fid_ref, by_regime) if fid_ref is not None else None
+    if reference is not None and fid_feature_extractor is None:
+        check_inception_available(fid_weights)
+    base_name = run.get("parameters", {}).get("base")
+    if inception_score and is_classifier is None:
+        is_classifier = _is_classifier(base_name, fid_weights, device)
+    spec = _loaded_embedder(embedder, base_name, device, cache_dir, batch_size, progress)
+    has_text = getattr(spec, "has_text", False)
+    if not has_text and reference is None and not inception_score:
+        from conceptspace.embeddings import EXAMPLE_SPEC
+
+        raise ValueError(
+            f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
+            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone (--inception-score for IS)"
+        )
+
+    size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
+    rows = _clip_score_rows(spec, by_regime, n_boot) if has_text else []  # image-only embedder: no CLIP score
+    if reference is not None:
+        rows += _fid_rows(reference, by_regime, fid_feature_extractor, fid_weights, size, batch_size, device)
+    if inception_score:
+        rows += _inception_score_rows(is_classifier, by_regime, size, batch_size, device, n_boot)
+    rows += _seconds_rows(seconds, run.get("parameters", {}), spec, has_text, n_boot)
+    write_metrics(run_dir, rows)
+    return rows
+
+
+def _finished_images(
+    run_dir: Path,
+) -> tuple[dict[str, Any], dict[str, list[tuple[Path, str]]], dict[str, list[float]]]:
+    """The run's run.json, its finished images (path and prompt) by regime, and their sampling seconds by regime;
+    a folder that is not a run, a missing image or no image at all is an error."""
     run_file = run_dir / RUN_FILE
     if not run_file.is_file():
         raise FileNotFoundError(
@@ -101,86 +124,146 @@ def evaluate_run(
             seconds.setdefault(str(entry["regime"]), []).append(float(entry["seconds"]))
     if not by_regime:
         raise ValueError(f"{run_dir} has no finished images yet")
+    return run, by_regime, seconds
 
-    # everything that can fail fast does so before the slow embedding
-    reference = fid_reference(fid_ref, by_regime) if fid_ref is not None else None
-    if reference is not None and fid_feature_extractor is None:
-        check_inception_available(fid_weights)
-    base_name = run.get("parameters", {}).get("base")
-    if inception_score and is_classifier is None:
-        is_classifier = default_classifier(base_name, device)
-        if is_classifier is None:
-            check_inception_available(fid_weights)
-            is_classifier = inception_classifier(fid_weights)  # once, for every regime
-    spec = embedder if embedder is not None else default_embedder(base_name)
+
+def _is_classifier(
+    base: str | None, weights: str | os.PathLike | None, device: str | torch.device | None
+) -> torch.nn.Module:
+    """The Inception Score's classifier, loaded once for every regime: the testbed's own, else Inception's."""
+    from conceptspace.quality import inception_classifier
+
+    classifier = default_classifier(base, device)
+    if classifier is None:
+        check_inception_available(weights)
+        classifier = inception_classifier(weights)
+    return classifier
+
+
+def _loaded_embedder(
+    embedder: Any,
+    base: str | None,
+    device: str | torch.device | None,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    progress: bool,
+) -> Any:
+    """``embedder`` loaded from its spec, or the run's base model's embedder."""
+    from conceptspace.embeddings import default_embedder, load_embedder
+
+    spec = embedder if embedder is not None else default_embedder(base)
     if isinstance(spec, str):
         spec = load_embedder(
             spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
         )
-    has_text = getattr(spec, "has_text", False)
-    if not has_text and reference is None and not inception_score:
-        raise ValueError(
-            f"embedder {getattr(spec, 'name', spec)!r} embeds images only, and a CLIP score needs texts: pass a CLIP "
-            f"embedder, e.g. --embedder {EXAMPLE_SPEC}, or --fid-ref for FID alone (--inception-score for IS)"
-        )
+    return spec
 
-    size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
+
+def _clip_score_rows(
+    embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], n_boot: int
+) -> list[dict[str, Any]]:
+    """Per regime, the mean CLIP score of each image against its own prompt."""
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.quality import clip_score
+
     rows = []
-    for regime, images in (by_regime if has_text else {}).items():  # image-only embedder: no CLIP score
+    for regime, images in by_regime.items():
         prompts = [prompt for _, prompt in images]
         unique = list(dict.fromkeys(prompts))
-        texts = spec.embed_texts(unique)
+        texts = embedder.embed_texts(unique)
         row_of = {prompt: row for row, prompt in enumerate(unique)}
         estimate = clip_score(
-            spec.embed_images([str(path) for path, _ in images]),
+            embedder.embed_images([str(path) for path, _ in images]),
             texts[[row_of[prompt] for prompt in prompts]],
             n_boot=n_boot,
         )
         rows.append(
-            estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=spec.name, ci_method=estimate.method)
+            estimate.row(ALL_PROMPTS, regime, "clip_score", embedder=embedder.name, ci_method=estimate.method)
         )
-    if reference is not None:
-        # one network, the reference's features once: each regime then costs its own images only
-        extractor = fid_feature_extractor or inception_features(fid_weights)
-        reference_features = image_features(
-            extractor, image_file_batches(reference.paths, size, batch_size), device=device
+    return rows
+
+
+def _fid_rows(
+    reference: _Reference,
+    by_regime: dict[str, list[tuple[Path, str]]],
+    feature_extractor: torch.nn.Module | None,
+    weights: str | os.PathLike | None,
+    size: tuple[int, int],
+    batch_size: int,
+    device: str | torch.device | None,
+) -> list[dict[str, Any]]:
+    """Per regime but the reference, the Fréchet distance of its images' features to the reference's."""
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.quality import frechet_distance, image_features, inception_features
+    from conceptspace.results import metric_row
+
+    # one network, the reference's features once: each regime then costs its own images only
+    extractor = feature_extractor or inception_features(weights)
+    reference_features = image_features(
+        extractor, image_file_batches(reference.paths, size, batch_size), device=device
+    )
+    rows = []
+    for regime, images in by_regime.items():
+        if regime == reference.regime:
+            continue
+        features = image_features(
+            extractor, image_file_batches([path for path, _ in images], size, batch_size), device=device
         )
-        for regime, images in by_regime.items():
-            if regime == reference.regime:
-                continue
-            features = image_features(
-                extractor, image_file_batches([path for path, _ in images], size, batch_size), device=device
+        value = frechet_distance(reference_features, features)
+        rows.append(
+            metric_row(
+                ALL_PROMPTS,
+                regime,
+                "fid",
+                value,
+                n=len(images),
+                reference=reference.name,
+                n_reference=len(reference.paths),
             )
-            value = frechet_distance(reference_features, features)
-            rows.append(
-                metric_row(
-                    ALL_PROMPTS,
-                    regime,
-                    "fid",
-                    value,
-                    n=len(images),
-                    reference=reference.name,
-                    n_reference=len(reference.paths),
-                )
+        )
+    return rows
+
+
+def _inception_score_rows(
+    classifier: torch.nn.Module,
+    by_regime: dict[str, list[tuple[Path, str]]],
+    size: tuple[int, int],
+    batch_size: int,
+    device: str | torch.device | None,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Per regime, the Inception Score of its images under ``classifier``."""
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.quality import inception_score
+
+    classifier_name = getattr(classifier, "name", type(classifier).__name__)
+    rows = []
+    for regime, images in by_regime.items():
+        estimate = inception_score(
+            image_file_batches([path for path, _ in images], size, batch_size),
+            classifier=classifier,
+            device=device,
+            n_boot=n_boot,
+        )
+        rows.append(
+            estimate.row(
+                ALL_PROMPTS, regime, "inception_score", ci_method=estimate.method, classifier=classifier_name
             )
-    if inception_score:
-        classifier_name = getattr(is_classifier, "name", type(is_classifier).__name__)
-        for regime, images in by_regime.items():
-            estimate = score_images(
-                image_file_batches([path for path, _ in images], size, batch_size),
-                classifier=is_classifier,
-                device=device,
-                n_boot=n_boot,
-            )
-            rows.append(
-                estimate.row(
-                    ALL_PROMPTS, regime, "inception_score", ci_method=estimate.method, classifier=classifier_name
-                )
-            )
+        )
+    return rows
+
+
+def _seconds_rows(
+    seconds: dict[str, list[float]], parameters: dict[str, Any], embedder: Any, has_text: bool, n_boot: int
+) -> list[dict[str, Any]]:
+    """Per regime, the mean sampling time per image; the rows also note a CLIP score that was not measured."""
+    from conceptspace.metrics import ALL_PROMPTS
+    from conceptspace.stats import mean_estimate
+
     # Time per image: each image's share of its batch's sampling time, so it depends on the batch size and device.
-    parameters = run.get("parameters", {})
-    name = getattr(spec, "name", spec)
+    name = getattr(embedder, "name", embedder)
     notes = {} if has_text else {"notes": f"no clip_score: embedder {name!r} has no text tower"}
+    rows = []
     for regime, values in seconds.items():
         estimate = mean_estimate(np.array(values), n_boot=n_boot)
         rows.append(
@@ -194,7 +277,6 @@ def evaluate_run(
                 **notes,
             )
         )
-    write_metrics(run_dir, rows)
     return rows
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from conceptspace.io import (
 )
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import Regime, sample
+from conceptspace.sampling import Regime, SampleResult, sample
 from conceptspace.stats import mean_estimate
 from conceptspace.trajectories import (
     commitment_curve,
@@ -46,6 +47,21 @@ COMMITMENT_COLUMNS = (
     "timestep",
     "model",
 )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`generate` samples every (regime, prompt) and what it does with the x̂0 trajectories."""
+
+    negative_prompt: str | None
+    height: int | None
+    width: int | None
+    batch_size: int
+    trajectories: bool
+    strips: int | None
+    commitment_embedder: Any
+    trajectory_measures: TrajectoryMeasures | None
+    progress: bool
 
 
 def generate(
@@ -80,6 +96,34 @@ def generate(
     presence marks a complete run.
     Returns the run record (the content of run.json).
     """
+    _check_inputs(prompts, regimes)
+    out = ensure_writable_dir(out_dir)
+    options = _Options(
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        trajectories=trajectories,
+        strips=strips,
+        commitment_embedder=commitment_embedder,
+        trajectory_measures=trajectory_measures,
+        progress=progress,
+    )
+    started = time.perf_counter()
+    records: dict[str, dict[str, Any]] = {}
+    commitment_rows: list[dict[str, Any]] = []
+    for regime in regimes:
+        records[regime.name], rows = _sample_regime(pair, prompts, regime, seeds, out, options)
+        commitment_rows += rows
+    if trajectories:
+        write_metrics(out, commitment_rows)
+    run = _run_record(pair, prompts, seeds, options, parameters, records, started)
+    write_json(out / "run.json", run)
+    return run
+
+
+def _check_inputs(prompts: Sequence[str], regimes: Sequence[Regime]) -> None:
+    """Refuse a run with nothing to sample, an empty prompt or two regimes that would share a folder."""
     if not prompts:
         raise ValueError("no prompt given: pass at least one prompt")
     if not regimes:
@@ -92,72 +136,98 @@ def generate(
     for prompt in prompts:
         if not prompt.strip():
             raise ValueError("a prompt is empty: give the text to generate from")
-    out = ensure_writable_dir(out_dir)
-    started = time.perf_counter()
-    records: dict[str, dict[str, Any]] = {}
-    commitment_rows: list[dict[str, Any]] = []
-    for regime in regimes:
-        regime_dir = out / regime.name
-        record: dict[str, Any] = {
-            "settings": None,
-            "schedule": None,
-            "images": [],
-            "timings": {},
-            "batches": [],  # [prompt index, images, denoising seconds] per forward batch
-        }
-        for prompt_index, prompt in enumerate(prompts):
-            result = sample(
-                pair,
-                prompt,
-                regime,
-                seeds,
-                negative_prompt=negative_prompt,
-                height=height,
-                width=width,
-                batch_size=batch_size,
-                record_x0=trajectories,
-                progress=progress,
-            )
-            record["settings"] = result.settings
-            record["schedule"] = result.schedule_dicts()
-            for phase, seconds in result.timings.items():
-                record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
-            record["batches"] += [[prompt_index, rows, seconds] for rows, seconds in result.batch_seconds]
-            write_start = time.perf_counter()
-            for seed, image in zip(result.seeds, result.images, strict=True):
-                path = write_image(regime_dir / image_name(prompt_index, seed), image)
-                record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
-            if trajectories:
-                shown = len(result.seeds) if strips is None else min(strips, len(result.seeds))
-                # every sample is decoded only when something measures the images
-                on_images = commitment_embedder is not None or trajectory_measures is not None
-                decoded = decode_trajectory(
-                    pair, result.trajectory if on_images else result.trajectory[:shown]
-                )
-                for seed, strip in zip(result.seeds[:shown], decoded[:shown], strict=True):
-                    write_image(
-                        regime_dir / strip_name(prompt_index, seed), trajectory_strip(strip)
-                    )
-                if commitment_embedder is None:
-                    curve, similarity = commitment_curve(result.trajectory), "latent_correlation"
-                else:
-                    curve = embedding_commitment(decoded, commitment_embedder)
-                    similarity = commitment_embedder.name
-                commitment_rows += _commitment_rows(
-                    prompt, regime.name, curve, result.schedule_dicts(), similarity=similarity
-                )
-                if trajectory_measures is not None:
-                    commitment_rows += trajectory_measures(
-                        prompt, regime.name, decoded, result.schedule_dicts()
-                    )
-            record["timings"]["writing"] = (
-                record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
-            )
-        records[regime.name] = record
 
-    if trajectories:
-        write_metrics(out, commitment_rows)
-    run = {
+
+def _sample_regime(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    regime: Regime,
+    seeds: Sequence[int],
+    out: Path,
+    options: _Options,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every prompt sampled in ``regime`` and written to its folder; returns the regime's run.json record and its
+    commitment rows (none without trajectories)."""
+    regime_dir = out / regime.name
+    record: dict[str, Any] = {
+        "settings": None,
+        "schedule": None,
+        "images": [],
+        "timings": {},
+        "batches": [],  # [prompt index, images, denoising seconds] per forward batch
+    }
+    commitment_rows: list[dict[str, Any]] = []
+    for prompt_index, prompt in enumerate(prompts):
+        result = sample(
+            pair,
+            prompt,
+            regime,
+            seeds,
+            negative_prompt=options.negative_prompt,
+            height=options.height,
+            width=options.width,
+            batch_size=options.batch_size,
+            record_x0=options.trajectories,
+            progress=options.progress,
+        )
+        record["settings"] = result.settings
+        record["schedule"] = result.schedule_dicts()
+        for phase, seconds in result.timings.items():
+            record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
+        record["batches"] += [[prompt_index, rows, seconds] for rows, seconds in result.batch_seconds]
+        write_start = time.perf_counter()
+        for seed, image in zip(result.seeds, result.images, strict=True):
+            path = write_image(regime_dir / image_name(prompt_index, seed), image)
+            record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
+        if options.trajectories:
+            commitment_rows += _trajectory_outputs(
+                pair, prompt, prompt_index, regime.name, regime_dir, result, options
+            )
+        record["timings"]["writing"] = (
+            record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
+        )
+    return record, commitment_rows
+
+
+def _trajectory_outputs(
+    pair: ModelPair,
+    prompt: str,
+    prompt_index: int,
+    regime: str,
+    regime_dir: Path,
+    result: SampleResult,
+    options: _Options,
+) -> list[dict[str, Any]]:
+    """Write the x̂0 strips of one prompt's samples; return their commitment curve (and the trajectory
+    measures') as rows."""
+    shown = len(result.seeds) if options.strips is None else min(options.strips, len(result.seeds))
+    # every sample is decoded only when something measures the images
+    on_images = options.commitment_embedder is not None or options.trajectory_measures is not None
+    decoded = decode_trajectory(pair, result.trajectory if on_images else result.trajectory[:shown])
+    for seed, strip in zip(result.seeds[:shown], decoded[:shown], strict=True):
+        write_image(regime_dir / strip_name(prompt_index, seed), trajectory_strip(strip))
+    if options.commitment_embedder is None:
+        curve, similarity = commitment_curve(result.trajectory), "latent_correlation"
+    else:
+        curve = embedding_commitment(decoded, options.commitment_embedder)
+        similarity = options.commitment_embedder.name
+    rows = _commitment_rows(prompt, regime, curve, result.schedule_dicts(), similarity=similarity)
+    if options.trajectory_measures is not None:
+        rows += options.trajectory_measures(prompt, regime, decoded, result.schedule_dicts())
+    return rows
+
+
+def _run_record(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    options: _Options,
+    parameters: dict[str, Any] | None,
+    records: dict[str, dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """The content of run.json: the models, every parameter, versions, each regime's record and wall times."""
+    return {
         "command": "generate",
         "base": asdict(pair.base),
         "student": asdict(pair.student) if pair.student else None,
@@ -168,14 +238,14 @@ def generate(
         "prompts": list(prompts),
         "seeds": list(seeds),
         "parameters": {
-            "negative_prompt": negative_prompt,
-            "height": height or pair.default_resolution,
-            "width": width or pair.default_resolution,
-            "batch_size": batch_size,
-            "trajectories": trajectories,
-            "strips": strips,
-            "commitment_similarity": getattr(commitment_embedder, "name", "latent_correlation")
-            if trajectories
+            "negative_prompt": options.negative_prompt,
+            "height": options.height or pair.default_resolution,
+            "width": options.width or pair.default_resolution,
+            "batch_size": options.batch_size,
+            "trajectories": options.trajectories,
+            "strips": options.strips,
+            "commitment_similarity": getattr(options.commitment_embedder, "name", "latent_correlation")
+            if options.trajectories
             else None,
             **(parameters or {}),
         },
@@ -187,8 +257,6 @@ def generate(
             **{k: v["timings"] for k, v in records.items()},
         },
     }
-    write_json(out / "run.json", run)
-    return run
 
 
 def schedule_field(records: dict[str, dict[str, Any]]) -> Any:

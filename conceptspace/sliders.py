@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from conceptspace import schedules
 from conceptspace.lora import LoRA, LoRAWeights, apply_lora, network_name, write_lora
 from conceptspace.models import ModelPair, load_pair
-from conceptspace.sampling import Conditioning, encode_text, latent_size, make_denoiser
+from conceptspace.sampling import Conditioning, Denoiser, encode_text, latent_size, make_denoiser
 
 Layers = Literal["self-attention", "cross-attention", "all"]
 LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "cross-attention-kv", "all")
@@ -207,7 +207,11 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
     names = [name for name, module in unet.named_modules() if isinstance(module, nn.Linear)]
     if any(".attn2." in name for name in names):  # UNets, PixArt
-        attns = {"self-attention": ("attn1",), "cross-attention": ("attn2",), "cross-attention-kv": ("attn2",)}
+        attns = {
+            "self-attention": ("attn1",),
+            "cross-attention": ("attn2",),
+            "cross-attention-kv": ("attn2",),
+        }
         projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
         suffixes = [f".{a}.{p}" for a in attns.get(layers, ("attn1", "attn2")) for p in projections]
         suffixes += [f".{s}" for s in _FF] if layers == "all" else []
@@ -321,18 +325,68 @@ def train_slider(
     ``steps`` overrides the recipe's. ``losses``, if given, receives the loss of every step. The metadata records
     the recipe, the base model, the steps run and the mean loss of the last steps.
     """
+    recipe = _resolved_recipe(recipe, steps)
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"sliders are written as .safetensors; {out_path} has another suffix")
+    pair = load_pair(pair_or_names, device=device) if isinstance(pair_or_names, str) else pair_or_names
+    training = _training_setup(pair, recipe)
+
+    unet = pair.base_network
+    generator = torch.Generator("cpu").manual_seed(recipe.seed)
+    grad_flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(False)  # only the slider's factors train
+    slider = TrainableLoRA(unet, target_modules(unet, recipe.layers), recipe.rank, recipe.alpha, generator)
+    started = time.perf_counter()
+    try:
+        history = _optimise(pair, recipe, training, slider, generator, progress)
+    finally:
+        slider.remove()
+        for param, flag in zip(unet.parameters(), grad_flags, strict=True):
+            param.requires_grad_(flag)
+
+    tail = history[-min(len(history), 20) :]
+    metadata = {
+        "kind": "concept-slider",
+        "base_model": pair.base.name,
+        "recipe": recipe.to_dict(),
+        "steps": len(history),
+        "final_loss": sum(tail) / len(tail),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if losses is not None:
+        losses.extend(history)
+    return write_lora(slider.export(metadata), out_path, format="diffusers", metadata=metadata)
+
+
+def _resolved_recipe(recipe: SliderRecipe | str | os.PathLike, steps: int | None) -> SliderRecipe:
+    """``recipe`` loaded from its file, with ``steps`` (when given) in place of its own."""
     if not isinstance(recipe, SliderRecipe):
         recipe = load_recipe(recipe)
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         recipe = SliderRecipe(**{**asdict(recipe), "steps": steps})
-    out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
-        raise ValueError(f"sliders are written as .safetensors; {out_path} has another suffix")
-    pair = load_pair(pair_or_names, device=device) if isinstance(pair_or_names, str) else pair_or_names
+    return recipe
 
-    unet = pair.base_network
+
+@dataclass
+class _Training:
+    """What every training step reuses: the base's sampler and its timesteps (``stops``: the indices of those in
+    the recipe's ``t_range``), the two denoisers and the prompts, batched."""
+
+    latent: int  # the latents' side
+    scheduler: Any
+    timesteps: torch.Tensor
+    stops: list[int]
+    sampler: Denoiser  # the partial sampler, with the recipe's CFG
+    single: Denoiser  # one network pass per prediction: the loss's
+    prompts: _Prompts
+
+
+def _training_setup(pair: ModelPair, recipe: SliderRecipe) -> _Training:
+    """The sampler, denoisers and prompts ``recipe`` trains with on ``pair``'s base (a clear error where its
+    resolution or ``t_range`` does not fit the model)."""
     spec = pair.base
     size = recipe.resolution or spec.resolution
     try:
@@ -341,11 +395,8 @@ def train_slider(
         raise ValueError(f"resolution {size} does not fit {spec.name}: {error}") from None
     guidance = spec.guidance_scale if recipe.guidance_scale is None else recipe.guidance_scale
     sampling_steps = recipe.sampling_steps or spec.num_inference_steps or 50
-
-    rng = random.Random(recipe.seed)
-    generator = torch.Generator("cpu").manual_seed(recipe.seed)
     scheduler = pair.make_scheduler("base")
-    extra = pair.family.timestep_kwargs(scheduler, unet, sampling_steps, (latent, latent))
+    extra = pair.family.timestep_kwargs(scheduler, pair.base_network, sampling_steps, (latent, latent))
     scheduler.set_timesteps(sampling_steps, device=pair.device, **extra)
     timesteps = scheduler.timesteps
     low, high = recipe.t_range
@@ -359,65 +410,80 @@ def train_slider(
     single = make_denoiser(pair, "base", pair.family.single_pass_scale)
     prompts = _encode(pair, recipe, size, sampler.uses_cfg)
     n = recipe.batch_size
-    target, positive, negative, neutral = (
-        _batched(c, n) for c in (prompts.target, prompts.positive, prompts.negative, prompts.neutral)
+    batched = _Prompts(
+        *(_batched(c, n) for c in (prompts.target, prompts.positive, prompts.negative, prompts.neutral))
     )
+    return _Training(latent, scheduler, timesteps, stops, sampler, single, batched)
 
-    grad_flags = [p.requires_grad for p in unet.parameters()]
-    unet.requires_grad_(False)  # only the slider's factors train
-    slider = TrainableLoRA(unet, target_modules(unet, recipe.layers), recipe.rank, recipe.alpha, generator)
+
+def _optimise(
+    pair: ModelPair,
+    recipe: SliderRecipe,
+    training: _Training,
+    slider: TrainableLoRA,
+    generator: torch.Generator,
+    progress: bool,
+) -> list[float]:
+    """``recipe.steps`` optimiser steps of the slider, each from fresh noise sampled partway down with the slider
+    on; returns every step's loss."""
+    rng = random.Random(recipe.seed)
     optimiser = torch.optim.AdamW(slider.parameters(), lr=recipe.lr)
-    channels = pair.family.latent_channels(unet)
+    channels = pair.family.latent_channels(pair.base_network)
     history: list[float] = []
-    started = time.perf_counter()
-    try:
-        bar = tqdm(range(recipe.steps), desc=f"slider {recipe.name}", disable=not progress, leave=False)
-        for _ in bar:
-            stop = rng.choice(stops)
-            noise = torch.randn(n, channels, latent, latent, generator=generator)
-            latents = noise.to(pair.device, pair.dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
-            scheduler._step_index = None  # restart the sampler's step counter (Euler keeps one)
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(0)
-            with torch.no_grad(), slider.at(1.0):
-                # partial sampling with the slider on, as the reference code does
-                for index in range(stop):
-                    t = timesteps[index]
-                    output = sampler(schedules.model_input(scheduler, latents, t), t, target)
-                    latents = scheduler.step(output, t, latents).prev_sample
-            t = timesteps[stop]
-            if hasattr(scheduler, "_step_index"):
-                scheduler._step_index = stop  # scale_model_input reads the step index on the Euler family
-            model_input = schedules.model_input(scheduler, latents, t)
-            with torch.no_grad():
-                e_neutral = single(model_input, t, neutral)
-                e_direction = single(model_input, t, positive) - single(model_input, t, negative)
-            loss = torch.zeros((), device=pair.device)
-            for sign in (1.0, -1.0):  # the slider and its mirror image, as the reference trains both
-                with slider.at(sign):
-                    predicted = single(model_input, t, target).float()
-                goal = (e_neutral + sign * recipe.eta * e_direction).float()
-                loss = loss + F.mse_loss(predicted, goal) / 2
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            history.append(float(loss.detach()))
-            if progress:
-                bar.set_postfix(loss=f"{history[-1]:.4g}")
-    finally:
-        slider.remove()
-        for param, flag in zip(unet.parameters(), grad_flags, strict=True):
-            param.requires_grad_(flag)
+    bar = tqdm(range(recipe.steps), desc=f"slider {recipe.name}", disable=not progress, leave=False)
+    for _ in bar:
+        stop = rng.choice(training.stops)
+        noise = torch.randn(
+            recipe.batch_size, channels, training.latent, training.latent, generator=generator
+        )
+        latents = noise.to(pair.device, pair.dtype) * getattr(training.scheduler, "init_noise_sigma", 1.0)
+        latents = _sample_until(training, slider, latents, stop)
+        loss = _slider_loss(pair, recipe.eta, training, slider, latents, stop)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss.detach()))
+        if progress:
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    return history
 
-    tail = history[-min(len(history), 20) :]
-    metadata = {
-        "kind": "concept-slider",
-        "base_model": spec.name,
-        "recipe": recipe.to_dict(),
-        "steps": len(history),
-        "final_loss": sum(tail) / len(tail),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    if losses is not None:
-        losses.extend(history)
-    return write_lora(slider.export(metadata), out_path, format="diffusers", metadata=metadata)
+
+def _sample_until(
+    training: _Training, slider: TrainableLoRA, latents: torch.Tensor, stop: int
+) -> torch.Tensor:
+    """``latents`` sampled from the first timestep to timestep index ``stop`` with the slider on, as the reference
+    code does."""
+    scheduler = training.scheduler
+    scheduler._step_index = None  # restart the sampler's step counter (Euler keeps one)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    with torch.no_grad(), slider.at(1.0):
+        for index in range(stop):
+            t = training.timesteps[index]
+            output = training.sampler(
+                schedules.model_input(scheduler, latents, t), t, training.prompts.target
+            )
+            latents = scheduler.step(output, t, latents).prev_sample
+    return latents
+
+
+def _slider_loss(
+    pair: ModelPair, eta: float, training: _Training, slider: TrainableLoRA, latents: torch.Tensor, stop: int
+) -> torch.Tensor:
+    """The slider's loss at timestep index ``stop``: at scale ±1 its prediction for the target prompt should be
+    the neutral prediction ± ``eta`` times the positive-minus-negative direction."""
+    scheduler, prompts, single = training.scheduler, training.prompts, training.single
+    t = training.timesteps[stop]
+    if hasattr(scheduler, "_step_index"):
+        scheduler._step_index = stop  # scale_model_input reads the step index on the Euler family
+    model_input = schedules.model_input(scheduler, latents, t)
+    with torch.no_grad():
+        e_neutral = single(model_input, t, prompts.neutral)
+        e_direction = single(model_input, t, prompts.positive) - single(model_input, t, prompts.negative)
+    loss = torch.zeros((), device=pair.device)
+    for sign in (1.0, -1.0):  # the slider and its mirror image, as the reference trains both
+        with slider.at(sign):
+            predicted = single(model_input, t, prompts.target).float()
+        goal = (e_neutral + sign * eta * e_direction).float()
+        loss = loss + F.mse_loss(predicted, goal) / 2
+    return loss

@@ -270,27 +270,10 @@ class SliderSpace:
         >>> result.share[1, 0]  # distilled's variance along direction 0 / base's  # doctest: +SKIP
         """
         check_settings(confidence, n_boot, n_perm)
-        self._check_fitted()
-        if not embeddings_by_regime:
-            raise ValueError("embeddings_by_regime is empty: pass {regime name: embeddings}")
-        if reference not in embeddings_by_regime:
-            raise ValueError(
-                f"the reference regime {reference!r} is not among the regimes "
-                f"({', '.join(map(repr, embeddings_by_regime))}); pass reference=one of them"
-            )
-        regimes = list(embeddings_by_regime)
-        coordinates = {
-            regime: self._coordinates(embeddings_by_regime[regime], f"embeddings of {regime!r}", min_n=2)
-            for regime in regimes
-        }
+        coordinates = self._regime_coordinates(embeddings_by_regime, reference)
+        regimes = list(coordinates)
         sizes = {r: len(c) for r, c in coordinates.items()}
-        if paired is None:
-            paired = len(set(sizes.values())) == 1
-        elif paired and len(set(sizes.values())) > 1:
-            raise ValueError(
-                "paired=True needs the same samples (prompt and seed) in every regime, but the regimes have "
-                f"{', '.join(f'{r}: {k}' for r, k in sizes.items())} samples; pass paired=False"
-            )
+        paired = _resolve_pairing(paired, sizes)
         # about each regime's own mean: the resampled sums stay small, so no cancellation in Σc² − (Σc)²/n
         centred = {r: c - c.mean(axis=0) for r, c in coordinates.items()}
         variance = np.stack([_with_total(_variance(c)) for c in centred.values()])  # (R, K + 1)
@@ -301,25 +284,19 @@ class SliderSpace:
             share_replicates = replicates / replicates[ref : ref + 1]
             log_ratio = np.log(share)
             log_replicates = np.log(share_replicates)
-        others = [r for r, regime in enumerate(regimes) if regime != reference]
-        p_value = np.full_like(variance, math.nan)  # none for the reference against itself
-        test_method = "none"
-        if others and paired and n_perm:
-            test_method = "paired permutation"
-            p_value[others] = _permutation_p_values(
-                [centred[regimes[r]] for r in others], centred[reference], log_ratio[others], n_perm, seed
-            )
-        elif others and not paired and n_boot:
-            test_method = "bootstrap"
-            p_value[others] = _bootstrap_p_values(log_replicates[others])
-        intervals = {
-            name: _intervals(draws, confidence)
-            for name, draws in (
-                ("variance", replicates),
-                ("share", share_replicates),
-                ("log", log_replicates),
-            )
-        }
+        p_value, test_method = _p_values(
+            centred,
+            reference,
+            log_ratio,
+            log_replicates,
+            paired=paired,
+            n_boot=n_boot,
+            n_perm=n_perm,
+            seed=seed,
+        )
+        variance_ci, share_ci, log_ratio_ci = (
+            _intervals(draws, confidence) for draws in (replicates, share_replicates, log_replicates)
+        )
         comparison = "paired" if paired else "independent"
         return ActivationResult(
             regimes=tuple(regimes),
@@ -331,21 +308,39 @@ class SliderSpace:
             n_perm=n_perm if paired else 0,
             ci_method=f"{comparison} bootstrap" if n_boot else "none",
             test_method=test_method,
+            # the last column of each statistic is the top-k subspace's
             variance=variance[:, :-1],
-            variance_ci=intervals["variance"][:, :-1],
+            variance_ci=variance_ci[:, :-1],
             share=share[:, :-1],
-            share_ci=intervals["share"][:, :-1],
+            share_ci=share_ci[:, :-1],
             log_ratio=log_ratio[:, :-1],
-            log_ratio_ci=intervals["log"][:, :-1],
+            log_ratio_ci=log_ratio_ci[:, :-1],
             p_value=p_value[:, :-1],
             variance_top=variance[:, -1],
-            variance_top_ci=intervals["variance"][:, -1],
+            variance_top_ci=variance_ci[:, -1],
             share_top=share[:, -1],
-            share_top_ci=intervals["share"][:, -1],
+            share_top_ci=share_ci[:, -1],
             log_ratio_top=log_ratio[:, -1],
-            log_ratio_top_ci=intervals["log"][:, -1],
+            log_ratio_top_ci=log_ratio_ci[:, -1],
             p_value_top=p_value[:, -1],
         )
+
+    def _regime_coordinates(
+        self, embeddings_by_regime: Mapping[str, ArrayLike], reference: str
+    ) -> dict[str, np.ndarray]:
+        """Each regime's coordinates along the directions (at least 2 samples each), the reference among them."""
+        self._check_fitted()
+        if not embeddings_by_regime:
+            raise ValueError("embeddings_by_regime is empty: pass {regime name: embeddings}")
+        if reference not in embeddings_by_regime:
+            raise ValueError(
+                f"the reference regime {reference!r} is not among the regimes "
+                f"({', '.join(map(repr, embeddings_by_regime))}); pass reference=one of them"
+            )
+        return {
+            regime: self._coordinates(embeddings_by_regime[regime], f"embeddings of {regime!r}", min_n=2)
+            for regime in embeddings_by_regime
+        }
 
     def _variance_replicates(
         self, centred: dict[str, np.ndarray], paired: bool, n_boot: int, seed: int
@@ -522,8 +517,50 @@ def _permutation_p_values(
             permuted = np.log(_with_total(regime_variance) / _with_total(reference_variance))
         for column in range(k + 1):
             draws = permuted[:, column]
-            out[index, column] = permutation_p_value(float(log_ratio[index, column]), draws[np.isfinite(draws)])
+            out[index, column] = permutation_p_value(
+                float(log_ratio[index, column]), draws[np.isfinite(draws)]
+            )
     return out
+
+
+def _resolve_pairing(paired: bool | None, sizes: dict[str, int]) -> bool:
+    """``paired`` as given (checked: paired regimes have as many samples), or by default whether they do."""
+    same_size = len(set(sizes.values())) == 1
+    if paired is None:
+        return same_size
+    if paired and not same_size:
+        raise ValueError(
+            "paired=True needs the same samples (prompt and seed) in every regime, but the regimes have "
+            f"{', '.join(f'{r}: {k}' for r, k in sizes.items())} samples; pass paired=False"
+        )
+    return paired
+
+
+def _p_values(
+    centred: dict[str, np.ndarray],
+    reference: str,
+    log_ratio: np.ndarray,
+    log_replicates: np.ndarray,
+    *,
+    paired: bool,
+    n_boot: int,
+    n_perm: int,
+    seed: int,
+) -> tuple[np.ndarray, str]:
+    """``(R, K + 1)`` p-values of each regime against the reference (NaN for the reference itself), and the test
+    that gave them: a paired permutation test, the inverted bootstrap interval, or none."""
+    regimes = list(centred)
+    others = [r for r, regime in enumerate(regimes) if regime != reference]
+    p_value = np.full_like(log_ratio, math.nan)
+    if others and paired and n_perm:
+        p_value[others] = _permutation_p_values(
+            [centred[regimes[r]] for r in others], centred[reference], log_ratio[others], n_perm, seed
+        )
+        return p_value, "paired permutation"
+    if others and not paired and n_boot:
+        p_value[others] = _bootstrap_p_values(log_replicates[others])
+        return p_value, "bootstrap"
+    return p_value, "none"
 
 
 def _bootstrap_p_values(log_replicates: np.ndarray) -> np.ndarray:

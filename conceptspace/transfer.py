@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ import torch
 
 from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
-from conceptspace.models import ModelPair, get_spec, load_pair, release_student, with_student
+from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import Base, Distilled, sample
+from conceptspace.sampling import Base, Distilled, SampleResult, sample
 
 __all__ = [
     "TransferError",
@@ -258,6 +258,30 @@ def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], titl
 # ------------------------------------------------------------------------------------------------ the run
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """The LoRA, prompt, scales and seeds every model samples, and where the images go."""
+
+    lora: LoRA
+    prompt: str
+    scales: list[float]
+    seeds: list[int]
+    out: Path
+    t_start: float | None
+    allow_partial: bool
+    progress: bool
+
+
+@dataclass
+class _Sampled:
+    """Every model's images at every scale, and what run.json records of them."""
+
+    images: dict[str, dict[float, list[Any]]] = field(default_factory=dict)  # PIL images in seed order
+    regimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # run.json's "regimes"
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # run.json's "models"
+    pair: ModelPair | None = None  # the last pair loaded: run.json records its device and weights
+
+
 def transfer(
     lora: str | os.PathLike | LoRA,
     base: str,
@@ -304,8 +328,54 @@ def transfer(
         LoRAMismatchError: the LoRA does not fit a model's UNet (unless ``allow_partial``).
         TransferError: scales without 0, no seeds, no students, an empty prompt.
     """
-    from conceptspace.embeddings import default_embedder, load_embedder
+    scales, seeds, students, base_spec = _checked_arguments(
+        base, students, prompt, scales, seeds, probe_factor
+    )
+    lora = lora if isinstance(lora, LoRA) else read_lora(lora)
+    out = ensure_writable_dir(out_dir)
+    started = time.perf_counter()
+    sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress)
+    sampled = _sample_models(sweep, base, students, loader, device, dtype)
+    pair = sampled.pair
 
+    embedder = _loaded_embedder(embedder, pair if pair is not None else base_spec, device, progress)
+    embedder_name = getattr(embedder, "name", type(embedder).__name__)
+    has_text = bool(getattr(embedder, "has_text", False))
+    text = text or prompt
+    rows, notes, distances = _embedding_rows(sampled.images, embedder, embedder_name, text, prompt, scales)
+    rows += _transfer_ratio_rows(distances, base, students, prompt, embedder_name, reverse)
+    # the testbed: what the probe sees change
+    if base_spec.family == "testbed" and (not has_text or probe_factor is not None):
+        ratio_pairs = [(s, *((base, s) if reverse else (s, base))) for s in students]
+        rows += _probe_rows(sampled.images, scales, prompt, device, probe_factor, ratio_pairs)
+
+    parameters = {
+        "text": text,
+        "embedder": embedder_name,
+        "t_start": t_start,
+        "allow_partial": allow_partial,
+        "reverse": reverse,
+        "probe_factor": probe_factor,
+    }
+    run = _run_record(sweep, sampled, base, students, reverse, parameters, notes, started)
+    write_metrics(out, rows)
+    write_json(out / "run.json", run)
+    from conceptspace.report import build_report
+
+    build_report(out, title=f"transfer of {Path(str(lora.source or lora.name)).name}")
+    return rows
+
+
+def _checked_arguments(
+    base: str,
+    students: Sequence[str],
+    prompt: str,
+    scales: Sequence[float] | str,
+    seeds: Sequence[int] | str,
+    probe_factor: str | None,
+) -> tuple[list[float], list[int], list[str], ModelSpec]:
+    """The scales, seeds and students parsed, and the base's spec: every argument checked before anything
+    loads."""
     scales = parse_scales(scales)
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
     if not seeds:
@@ -324,66 +394,22 @@ def transfer(
         if base_spec.family != "testbed":
             raise TransferError(f"--probe-factor needs the testbed (base shapes); {base} has no factor probe")
         parse_probe_factor(probe_factor)  # a typo fails before anything samples
-    lora = lora if isinstance(lora, LoRA) else read_lora(lora)
-    out = ensure_writable_dir(out_dir)
-    started = time.perf_counter()
+    return scales, seeds, students, base_spec
 
-    # images[model][scale] = PIL images in seed order; records: run.json's "regimes"
-    images: dict[str, dict[float, list[Any]]] = {}
-    records: dict[str, dict[str, Any]] = {}
-    models: dict[str, dict[str, Any]] = {}
 
-    def run_model(pair: ModelPair, role: str, name: str) -> None:
-        unet = pair.network("base" if role == "base" else "student")
-        report = coverage(unet, lora)
-        # apply_lora refuses a LoRA that does not fit; checking first names the model in the message
-        if not report.matched or (not report.complete and not allow_partial):
-            raise LoRAMismatchError(
-                f"LoRA {lora.name} does not fit {name}'s UNet: {report.summary()}; it is for another "
-                "architecture (conceptspace lora inspect lists the models it fits)"
-                + ("" if not report.matched else ", or pass --allow-partial to apply the modules that fit")
-            )
-        spec = pair.spec("base" if role == "base" else "student")
-        regime = Base() if role == "base" else Distilled()
-        handle = apply_lora(unet, lora, scale=0.0, t_start=t_start, allow_partial=allow_partial)
-        images[name] = {}
-        try:
-            for scale in scales:
-                handle.scale = float(scale)
-                result = sample(
-                    pair,
-                    prompt,
-                    regime,
-                    seeds,
-                    height=spec.resolution,
-                    width=spec.resolution,
-                    progress=progress,
-                )
-                images[name][scale] = list(result.images)
-                folder = regime_name(name, scale)
-                record: dict[str, Any] = {
-                    "model": name,
-                    "scale": scale,
-                    "settings": result.settings,
-                    "schedule": result.schedule_dicts(),
-                    "timings": dict(result.timings),
-                    "images": [],
-                }
-                for seed, image in zip(result.seeds, result.images, strict=True):
-                    path = write_image(out / folder / image_name(0, seed), image)
-                    record["images"].append(
-                        {"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))}
-                    )
-                records[folder] = record
-        finally:
-            handle.remove()
-        write_image(out / f"grid_{name}.png", scale_grid(images[name], [f"seed {s}" for s in seeds], name))
-        models[name] = {
-            "role": role,
-            "spec": asdict(spec),
-            "coverage": {"matched": len(report.matched), "total": report.total, "complete": report.complete},
-        }
+# ------------------------------------------------------------------------------------------------ sampling
 
+
+def _sample_models(
+    sweep: _Sweep,
+    base: str,
+    students: Sequence[str],
+    loader: Callable[[str, str], ModelPair] | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+) -> _Sampled:
+    """The base (once) and every student sampled at every scale, each student loaded beside the base."""
+    sampled = _Sampled()
     pair = None
     for index, student in enumerate(students):
         if loader is not None:
@@ -391,20 +417,111 @@ def transfer(
         elif pair is None:
             pair = load_pair(base, student, device=device, dtype=dtype)
         else:
-            previous, pair = pair, with_student(pair, student)  # the base pipeline is shared, not loaded again
+            previous, pair = (
+                pair,
+                with_student(pair, student),
+            )  # the base pipeline is shared, not loaded again
             release_student(previous)
+        sampled.pair = pair
         if index == 0:
-            run_model(pair, "base", base)  # sampled once: the base is the same in every pair
-        run_model(pair, "student", student)
+            _sample_model(
+                sweep, pair, "base", base, sampled
+            )  # sampled once: the base is the same in every pair
+        _sample_model(sweep, pair, "student", student, sampled)
+    return sampled
 
-    # ---- measure
+
+def _sample_model(sweep: _Sweep, pair: ModelPair, role: str, name: str, sampled: _Sampled) -> None:
+    """One model with the LoRA at every scale: its images, its regimes, its grid and its entry in run.json."""
+    network = "base" if role == "base" else "student"
+    unet = pair.network(network)
+    report = _checked_coverage(unet, sweep.lora, name, sweep.allow_partial)
+    spec = pair.spec(network)
+    regime = Base() if role == "base" else Distilled()
+    handle = apply_lora(unet, sweep.lora, scale=0.0, t_start=sweep.t_start, allow_partial=sweep.allow_partial)
+    sampled.images[name] = {}
+    try:
+        for scale in sweep.scales:
+            handle.scale = float(scale)
+            result = sample(
+                pair,
+                sweep.prompt,
+                regime,
+                sweep.seeds,
+                height=spec.resolution,
+                width=spec.resolution,
+                progress=sweep.progress,
+            )
+            sampled.images[name][scale] = list(result.images)
+            sampled.regimes[regime_name(name, scale)] = _write_scale(sweep, name, scale, result)
+    finally:
+        handle.remove()
+    grid = scale_grid(sampled.images[name], [f"seed {s}" for s in sweep.seeds], name)
+    write_image(sweep.out / f"grid_{name}.png", grid)
+    sampled.models[name] = {
+        "role": role,
+        "spec": asdict(spec),
+        "coverage": {"matched": len(report.matched), "total": report.total, "complete": report.complete},
+    }
+
+
+def _checked_coverage(unet: Any, lora: LoRA, name: str, allow_partial: bool) -> Any:
+    """Which of the LoRA's modules ``name``'s UNet has; a LoRA that does not fit is refused."""
+    report = coverage(unet, lora)
+    # apply_lora refuses a LoRA that does not fit; checking first names the model in the message
+    if not report.matched or (not report.complete and not allow_partial):
+        raise LoRAMismatchError(
+            f"LoRA {lora.name} does not fit {name}'s UNet: {report.summary()}; it is for another "
+            "architecture (conceptspace lora inspect lists the models it fits)"
+            + ("" if not report.matched else ", or pass --allow-partial to apply the modules that fit")
+        )
+    return report
+
+
+def _write_scale(sweep: _Sweep, name: str, scale: float, result: SampleResult) -> dict[str, Any]:
+    """Write one model's images at one scale to its regime folder; return the regime's run.json record."""
+    folder = regime_name(name, scale)
+    record: dict[str, Any] = {
+        "model": name,
+        "scale": scale,
+        "settings": result.settings,
+        "schedule": result.schedule_dicts(),
+        "timings": dict(result.timings),
+        "images": [],
+    }
+    for seed, image in zip(result.seeds, result.images, strict=True):
+        path = write_image(sweep.out / folder / image_name(0, seed), image)
+        record["images"].append(
+            {"prompt": sweep.prompt, "seed": seed, "path": str(path.relative_to(sweep.out))}
+        )
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _loaded_embedder(embedder: Any, default_for: Any, device: Any, progress: bool) -> Any:
+    """``embedder`` loaded from its spec, or the registry embedder of ``default_for`` (a pair or a spec)."""
+    from conceptspace.embeddings import default_embedder, load_embedder
+
     if embedder is None:
-        embedder = default_embedder(pair if pair is not None else base_spec)
+        embedder = default_embedder(default_for)
     if isinstance(embedder, str):
         embedder = load_embedder(embedder, device=device, progress=progress)
-    embedder_name = getattr(embedder, "name", type(embedder).__name__)
+    return embedder
+
+
+def _embedding_rows(
+    images: dict[str, dict[float, list[Any]]],
+    embedder: Any,
+    embedder_name: str,
+    text: str,
+    prompt: str,
+    scales: Sequence[float],
+) -> tuple[list[dict[str, Any]], list[str], dict[str, dict[float, np.ndarray]]]:
+    """Per model and scale, the distance to scale 0 (and the CLIP score change, with a text tower); returns the
+    rows, notes for run.json and the per-seed distances by model and scale."""
     has_text = bool(getattr(embedder, "has_text", False))
-    text = text or prompt
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     distances: dict[str, dict[float, np.ndarray]] = {}
@@ -413,13 +530,11 @@ def transfer(
         notes.append(f"embedder {embedder_name} has no text tower: the CLIP score change is not measured")
     for name, by_scale in images.items():
         embeddings = {s: _unit(embedder.embed_images(imgs)) for s, imgs in by_scale.items()}
-        distances[name] = {}
+        distances[name] = {s: cosine_distances(embeddings[0.0], embeddings[s]) for s in scales}
         for s in scales:
-            d = cosine_distances(embeddings[0.0], embeddings[s])
-            distances[name][s] = d
             rows.append(
                 mean_row(
-                    d,
+                    distances[name][s],
                     prompt,
                     regime_name(name, s),
                     "distance_to_scale_0",
@@ -431,32 +546,61 @@ def transfer(
                 )
             )
         if text_embedding is not None:
-            from conceptspace.quality import clip_score_change
+            rows += _clip_score_change_rows(
+                name, embeddings, text_embedding, text, prompt, embedder_name, notes
+            )
+    return rows, notes, distances
 
-            for s in scales:
-                if s == 0:
-                    continue
-                try:
-                    estimate = clip_score_change(
-                        embeddings[0.0], embeddings[s], text_embedding.double().numpy(), n_boot=N_BOOT
-                    )
-                except ValueError as error:  # a reference CLIP score of 0: the percent change is undefined
-                    notes.append(f"{regime_name(name, s)}: clip_score_change not measured ({error})")
-                    continue
-                rows.append(
-                    estimate.row(
-                        prompt,
-                        regime_name(name, s),
-                        "clip_score_change",
-                        model=name,
-                        scale=s,
-                        text=text,
-                        embedder=embedder_name,
-                        ci_method=estimate.method,
-                    )
-                )
 
-    # ---- transfer ratio: effect on the student over effect on the base (reverse: base over student)
+def _clip_score_change_rows(
+    name: str,
+    embeddings: dict[float, np.ndarray],
+    text_embedding: torch.Tensor,
+    text: str,
+    prompt: str,
+    embedder_name: str,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """One model's percent change in CLIP score against ``text`` from scale 0 to each other scale; a scale it
+    cannot be measured at gets a note instead."""
+    from conceptspace.quality import clip_score_change
+
+    rows = []
+    for s in embeddings:
+        if s == 0:
+            continue
+        try:
+            estimate = clip_score_change(
+                embeddings[0.0], embeddings[s], text_embedding.double().numpy(), n_boot=N_BOOT
+            )
+        except ValueError as error:  # a reference CLIP score of 0: the percent change is undefined
+            notes.append(f"{regime_name(name, s)}: clip_score_change not measured ({error})")
+            continue
+        rows.append(
+            estimate.row(
+                prompt,
+                regime_name(name, s),
+                "clip_score_change",
+                model=name,
+                scale=s,
+                text=text,
+                embedder=embedder_name,
+                ci_method=estimate.method,
+            )
+        )
+    return rows
+
+
+def _transfer_ratio_rows(
+    distances: dict[str, dict[float, np.ndarray]],
+    base: str,
+    students: Sequence[str],
+    prompt: str,
+    embedder_name: str,
+    reverse: bool,
+) -> list[dict[str, Any]]:
+    """The effect on each student over the effect on the base, per scale (``reverse``: base over student)."""
+    rows: list[dict[str, Any]] = []
     for student in students:
         numerator, denominator = (base, student) if reverse else (student, base)
         rows += ratio_rows_per_scale(
@@ -468,45 +612,41 @@ def transfer(
             model=student,
             embedder=embedder_name,
         )
+    return rows
 
-    # ---- the testbed: what the probe sees change
-    if base_spec.family == "testbed" and (not has_text or probe_factor is not None):
-        ratio_pairs = [(s, *((base, s) if reverse else (s, base))) for s in students]
-        rows += _probe_rows(images, scales, prompt, device, probe_factor, ratio_pairs)
 
-    run = {
+def _run_record(
+    sweep: _Sweep,
+    sampled: _Sampled,
+    base: str,
+    students: list[str],
+    reverse: bool,
+    parameters: dict[str, Any],
+    notes: list[str],
+    started: float,
+) -> dict[str, Any]:
+    """The content of run.json."""
+    pair = sampled.pair
+    return {
         "command": "transfer",
-        "lora": lora.source or lora.name,
-        "lora_modules": len(lora.modules),
+        "lora": sweep.lora.source or sweep.lora.name,
+        "lora_modules": len(sweep.lora.modules),
         "base": base,
         "students": students,
-        "models": models,
+        "models": sampled.models,
         "reverse": reverse,
-        "prompts": [prompt],
-        "seeds": seeds,
-        "scales": scales,
-        "parameters": {
-            "text": text,
-            "embedder": embedder_name,
-            "t_start": t_start,
-            "allow_partial": allow_partial,
-            "reverse": reverse,
-            "probe_factor": probe_factor,
-        },
+        "prompts": [sweep.prompt],
+        "seeds": sweep.seeds,
+        "scales": sweep.scales,
+        "parameters": parameters,
         "notes": notes,
         "device": str(pair.device) if pair is not None else None,
         **(pair.weights if pair is not None else {"dtype": None}),
         "memory_plan": pair.memory_plan if pair is not None else None,
         "versions": environment_versions(),
-        "regimes": records,
+        "regimes": sampled.regimes,
         "wall_time": {"total": time.perf_counter() - started},
     }
-    write_metrics(out, rows)
-    write_json(out / "run.json", run)
-    from conceptspace.report import build_report
-
-    build_report(out, title=f"transfer of {Path(str(lora.source or lora.name)).name}")
-    return rows
 
 
 def _probe_rows(

@@ -35,6 +35,7 @@ from conceptspace.results import PROBE_EMBEDDER as PROBE
 from conceptspace.results import read_metrics, write_metrics
 from conceptspace.sampling import Base, Distilled, Hybrid, Regime, ReplaceFinal, seeds_from
 from conceptspace.testbed.data import STUDY_PROMPTS
+from conceptspace.testbed.probe import FactorProbe
 from conceptspace.verdicts import FAMILY_MEASURES, verdict_measure
 
 __all__ = [
@@ -81,19 +82,24 @@ def _probe_images(paths: Sequence[Path]) -> np.ndarray:
 
 
 def probe_rows(
-    run: dict[str, Any], run_dir: str | os.PathLike, *, n_boot: int = 1000, seed: int = 0
+    run: dict[str, Any],
+    run_dir: str | os.PathLike,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    probe: FactorProbe | None = None,
 ) -> list[dict[str, Any]]:
     """Ground-truth diversity of every prompt and regime of a testbed run (rows with ``embedder="probe"``), and
     paired differences between regimes (``distilled - base``, ``hybrid - base``, ``hybrid - distilled`` …).
 
     Blank images (:func:`conceptspace.testbed.probe.blank_images`: no object to read) are counted per regime in
     ``blank_share`` rows and left out of the factor measures; a paired difference keeps the seeds whose images are
-    blank in neither regime (its ``n`` says how many)."""
+    blank in neither regime (its ``n`` says how many). ``probe``: the shipped one unless given."""
     from conceptspace.stats import mean_estimate
     from conceptspace.testbed.diversity import diversity_rows, expected_diversity, paired_difference_rows
     from conceptspace.testbed.probe import blank_images, load_probe
 
-    probe = load_probe()
+    probe = probe or load_probe()
     regimes = list(run["regimes"])
     model = run["base"]["name"] + (f"/{run['student']['name']}" if run.get("student") else "")
     extra = {"embedder": PROBE, "model": model}
@@ -199,7 +205,8 @@ def run_demo(
     out = Path(out_dir)
     pair = pair or load_pair("shapes", "dmd", dtype=torch.float32, device="cpu")
     whole_image = load_embedder("testbed:clip", device=pair.device, progress=False)
-    per_factor = partial(trajectory_rows, probe=load_probe(), n_boot=n_boot, seed=seed, embedder=PROBE)
+    probe = load_probe()
+    per_factor = partial(trajectory_rows, probe=probe, n_boot=n_boot, seed=seed, embedder=PROBE)
     run = generate(
         pair,
         list(prompts),
@@ -216,7 +223,7 @@ def run_demo(
     )
     commitment = read_metrics(out)
     embedding = measure_diversity(out, embedder, n_boot=n_boot, n_perm=n_perm, seed=seed, progress=progress)
-    rows = probe_rows(run, out, n_boot=n_boot, seed=seed) + embedding + commitment
+    rows = probe_rows(run, out, n_boot=n_boot, seed=seed, probe=probe) + embedding + commitment
     write_metrics(out, rows)
     report = build_report(out, title="conceptspace demo: the shapes testbed")
     return DemoResult(out, report, rows, run)

@@ -201,6 +201,12 @@ def image_name(prompt_index: int, seed: int) -> str:
     return f"{prompt_index:03d}_{seed}.png"
 
 
+def case_image_name(case_number: int, index: int) -> str:
+    """File name of image ``index`` of case ``case_number`` of a prompt set (``conceptspace run``): cases number in
+    the thousands, so the name is not padded; :func:`parse_image_name` reads it as ``(case, index)``."""
+    return f"{case_number}_{index}.png"
+
+
 def strip_name(prompt_index: int, seed: int) -> str:
     """File name of the x̂0 strip of image ``seed`` of prompt number ``prompt_index``."""
     return STRIP_PREFIX + image_name(prompt_index, seed)

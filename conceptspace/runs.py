@@ -42,7 +42,14 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from conceptspace.io import atomic_write, ensure_writable_dir, environment_versions, write_image, write_json
+from conceptspace.io import (
+    atomic_write,
+    case_image_name,
+    ensure_writable_dir,
+    environment_versions,
+    write_image,
+    write_json,
+)
 from conceptspace.models import ModelPair
 from conceptspace.prompts import Case, read_cases
 from conceptspace.sampling import (
@@ -225,7 +232,8 @@ def _consolidate_manifest(out: Path, order: Sequence[WorkItem]) -> list[dict[str
 
 
 def image_path(regime: str, case_number: int, i: int) -> str:
-    return f"{regime}/{case_number}_{i}.png"
+    """Where image ``i`` of case ``case_number`` lies inside the run folder (:func:`conceptspace.io.case_image_name`)."""
+    return f"{regime}/{case_image_name(case_number, i)}"
 
 
 class _ManifestShard:
@@ -521,7 +529,9 @@ class _RunLock:
         entry[1] -= 1
         if entry[1] == 0:
             del self._held[self.path]
-            self.path.unlink(missing_ok=True)  # while still held: whoever locks the old file next sees it is gone
+            self.path.unlink(
+                missing_ok=True
+            )  # while still held: whoever locks the old file next sees it is gone
             entry[0].close()  # closing releases the lock
             if self.created and not any(self.path.parent.iterdir()):
                 shutil.rmtree(self.path.parent, ignore_errors=True)  # failed before writing: leave no folder

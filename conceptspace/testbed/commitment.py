@@ -21,7 +21,7 @@ x̂0 can be read at the student's timesteps (:func:`conceptspace.trajectories.at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,9 +128,18 @@ def trajectory_rows(
     final = by_step[-1]
     everything = np.arange(n)[None]
     resamples = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    final_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def final_measure(measure: str, rows: np.ndarray) -> np.ndarray:
+        """The final x̂0's diversity on a set of seed rows, computed once for every step's share of it."""
+        key = (measure, id(rows))  # the rows are `everything` or `resamples`, alive for the whole loop
+        if key not in final_cache:
+            final_cache[key] = measure_replicates(final, measure, rows)
+        return final_cache[key]
+
     rows: list[dict[str, Any]] = []
     for step, (entry, factors) in enumerate(zip(schedule, by_step, strict=True)):
-        for metric, reading in _readings(factors, final).items():
+        for metric, reading in _readings(factors, final, final_measure).items():
             with np.errstate(divide="ignore", invalid="ignore"):
                 value = reading(everything)[0]
                 replicates = reading(resamples) if n_boot else np.empty(0)
@@ -138,13 +147,14 @@ def trajectory_rows(
     return rows
 
 
-def _readings(factors: FactorBatch, final: FactorBatch) -> dict[str, Any]:
-    """Each metric of :data:`TRAJECTORY_METRICS` as a function of seed-index rows ``(S, n)`` → ``S`` values."""
+def _readings(
+    factors: FactorBatch, final: FactorBatch, final_measure: Callable[[str, np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """Each metric of :data:`TRAJECTORY_METRICS` as a function of seed-index rows ``(S, n)`` → ``S`` values
+    (``final_measure(measure, rows)``: the final x̂0's diversity on those rows)."""
 
     def fixed(measure: str) -> Any:
-        return lambda rows: (
-            measure_replicates(factors, measure, rows) / measure_replicates(final, measure, rows)
-        )
+        return lambda rows: measure_replicates(factors, measure, rows) / final_measure(measure, rows)
 
     def agreement(*columns: str) -> Any:
         target, predictor = (np.stack([getattr(f, c) for c in columns], axis=1) for f in (final, factors))

@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from conceptspace.diversity import generate_or_reuse, images_by_prompt
+from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import write_json
 from conceptspace.metrics import ALL_PROMPTS, diversity_over_prompts, paired_over_prompts
 from conceptspace.models import ModelPair
@@ -130,14 +131,12 @@ def compare(
     are not sampled again. ``generate_options`` go to :func:`conceptspace.generate.generate` (height, width, …).
     """
     regimes, seeds = _checked_comparison(pair, methods, base, student, seeds)
-    testbed = pair.base.family == "testbed"
-    needs_inception = inception_score and is_classifier is None and not testbed
-    reference = _checked_quality_inputs(
-        prompts, fid_ref, fid_weights, testbed=testbed, inception=needs_inception
-    )
+    truth = ground_truth_for(pair.base.family)  # the testbed's probe
+    needs_inception = inception_score and is_classifier is None and truth is None
+    reference = _checked_quality_inputs(prompts, fid_ref, fid_weights, truth=truth, inception=needs_inception)
     spec = _loaded_embedder(embedder, pair, progress)
     has_text = bool(getattr(spec, "has_text", False))
-    settings = _settings(regimes, spec.name, has_text=has_text, testbed=testbed, fid_ref=fid_ref)
+    settings = _settings(regimes, spec.name, has_text=has_text, truth=truth, fid_ref=fid_ref)
     out = Path(out_dir)
     run = _sample_or_reuse(
         pair,
@@ -160,8 +159,8 @@ def compare(
     rows = _embedding_diversity_rows(embeddings, pairs, spec.name, model, n_boot=n_boot, n_perm=n_perm)
     if has_text:
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
-    if testbed:
-        rows += _probe_rows(paths, names, pairs, n_boot=n_boot)
+    if truth is not None:
+        rows += _probe_rows(truth, paths, names, pairs, n_boot=n_boot)
     rows += _fd_rows(
         embeddings,
         names,
@@ -171,7 +170,7 @@ def compare(
         features=spec.name,
     )
     size = _image_size(paths)
-    inception = _fid_extractor(fid_features, fid_weights, testbed)
+    inception = _fid_extractor(fid_features, fid_weights, known_world=truth is not None)
     if inception is not None:
         rows += _fid_rows(inception, paths, names, reference, size, pair.device, progress, n_boot=n_boot)
     if inception_score:
@@ -214,17 +213,15 @@ def _checked_quality_inputs(
     fid_ref: str | os.PathLike | None,
     fid_weights: str | os.PathLike | None,
     *,
-    testbed: bool,
+    truth: GroundTruth | None,
     inception: bool,
 ) -> list[Path] | None:
-    """What can fail does so before any image is sampled: the testbed's prompts, the reference folder and (with
-    ``inception``) the Inception weights; returns the reference folder's images (None: the base's images)."""
-    if testbed:
-        from conceptspace.testbed.data import fixed_factors
-
+    """What can fail does so before any image is sampled: the prompts of a known world, the reference folder and
+    (with ``inception``) the Inception weights; returns the reference folder's images (None: the base's images)."""
+    if truth is not None:
         # the probe reads adherence to what a prompt fixes: its words must be the world's
         for prompt in prompts:
-            fixed_factors(prompt)
+            truth.fixed_factors(prompt)
     reference = None if fid_ref is None else _reference_paths(fid_ref)
     if inception:
         from conceptspace.evaluate import check_inception_available
@@ -248,19 +245,19 @@ def _settings(
     embedder: str,
     *,
     has_text: bool,
-    testbed: bool,
+    truth: GroundTruth | None,
     fid_ref: str | os.PathLike | None,
 ) -> dict[str, Any]:
     """The comparison's settings (``parameters.compare`` of run.json): the methods, the references and what
     diversity and quality are measured by, which :func:`ranking` reads."""
-    quality = "clip_score" if has_text else ("adherence" if testbed else "fd")
+    quality = "clip_score" if has_text else ("adherence" if truth is not None else "fd")
     return {
         "methods": [r.name for r in regimes[2:]],
         "reference": BASE,
         "student": STUDENT,
         "diversity": {
-            "metric": "entropy_shape_colour" if testbed else "vendi",
-            "embedder": PROBE_EMBEDDER if testbed else embedder,
+            "metric": truth.diversity_measure if truth is not None else "vendi",
+            "embedder": PROBE_EMBEDDER if truth is not None else embedder,
         },
         "quality": {
             "metric": quality,
@@ -443,36 +440,36 @@ def _as_difference(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _probe_rows(
+    truth: GroundTruth,
     paths: Mapping[str, Mapping[str, list[Path]]],
     names: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     *,
     n_boot: int,
 ) -> list[dict[str, Any]]:
-    """The testbed's ground truth: the probe's shape × colour entropy per prompt and method, paired differences,
-    their mean over prompts, and prompt adherence."""
-    from conceptspace.testbed.data import LEVELS, fixed_factors
-    from conceptspace.testbed.diversity import diversity_rows, paired_difference_rows
-    from conceptspace.testbed.probe import load_probe
-
-    probe = load_probe()
-    measure = "entropy_shape_colour"
+    """The world's ground truth (on the testbed: the probe's shape × colour entropy) per prompt and method, paired
+    differences, their mean over prompts, and prompt adherence (the share of images whose categorical factors are
+    what the prompt fixes)."""
+    probe = truth.load_probe()
+    measure = truth.diversity_measure
     rows: list[dict[str, Any]] = []
     adherence: dict[str, dict[str, np.ndarray]] = {}
     for prompt, by in paths.items():
         read = {name: probe.predict(np.stack([np.asarray(i) for i in _load(by[name])])) for name in names}
         for name in names:
-            rows += diversity_rows(
+            rows += truth.diversity_rows(
                 read[name], prompt, name, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER
             )
-        rows += paired_difference_rows(read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER)
-        fixed = {k: v for k, v in fixed_factors(prompt).items() if k in ("shape", "colour", "background")}
+        rows += truth.paired_difference_rows(
+            read, prompt, pairs, [measure], n_boot=n_boot, embedder=PROBE_EMBEDDER
+        )
+        fixed = {k: v for k, v in truth.fixed_factors(prompt).items() if k in truth.categorical}
         if fixed:
             hits = {}
             for name in names:
-                match = np.ones(len(read[name]["shape"]), dtype=bool)
+                match = np.ones(len(read[name][truth.categorical[0]]), dtype=bool)
                 for factor, level in fixed.items():
-                    match &= read[name][factor] == LEVELS[factor].index(level)
+                    match &= read[name][factor] == truth.levels[factor].index(level)
                 hits[name] = match.astype(np.float64)
             adherence[prompt] = _diff_values(hits, names)
     if len(paths) > 1:
@@ -595,13 +592,14 @@ def _diff_values_fd(values: Mapping[str, np.ndarray], scored: Sequence[str]) -> 
 
 
 def _fid_extractor(
-    features: torch.nn.Module | None, weights: str | os.PathLike | None, testbed: bool
+    features: torch.nn.Module | None, weights: str | os.PathLike | None, *, known_world: bool
 ) -> torch.nn.Module | None:
     """The network FID takes its features from: the one given, else the Inception network when its weights are
-    at hand (never on the testbed, whose 32-pixel shapes it does not know); None means no FID row."""
+    at hand (never in a known world such as the testbed's, whose 32-pixel shapes it does not know); None means no
+    FID row."""
     if features is not None:
         return features
-    if testbed:
+    if known_world:
         return None
     from conceptspace.quality import inception_features, inception_weights
 

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace import schedules
+from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import (
     atomic_write,
     ensure_writable_dir,
@@ -154,8 +155,9 @@ def discover(
     seeds = seeds_from(seed, n)
     probe_reads: list[
         dict[str, np.ndarray]
-    ] = []  # on the testbed: the probe's factors, read as images are made
-    read_factors = _probe_reader(pair, probe_reads) if pair.base.family == "testbed" else None
+    ] = []  # in a known world (the testbed): the probe's factors, read as images are made
+    truth = ground_truth_for(pair.base.family)
+    read_factors = _probe_reader(truth, pair, probe_reads) if truth is not None else None
     latents, embeddings, images = _sample_and_embed(
         pair, prompt, regime, seeds, embedder, batch_size=batch_size, keep_images=keep_images,
         progress=progress, desc=f"discover [{regime.name}]", on_images=read_factors,
@@ -182,7 +184,9 @@ def discover(
     }
     rows = space.explained_variance_rows(prompt, regime=regime.name, **extra)
     if probe_reads:
-        rows += _probe_correlation_rows(space, embeddings, probe_reads, prompt=prompt, regime=regime.name)
+        rows += _probe_correlation_rows(
+            truth, space, embeddings, probe_reads, prompt=prompt, regime=regime.name
+        )
     write_metrics(out, rows)
     run = {
         "command": "sliderspace discover",
@@ -215,11 +219,11 @@ def _uses_student(regime: Regime) -> bool:
     return not isinstance(regime, Base)
 
 
-def _probe_reader(pair: ModelPair, reads: list[dict[str, np.ndarray]]) -> Callable[[list[Any]], None]:
-    """A callback that appends the testbed probe's reading of each chunk of images to ``reads``."""
-    from conceptspace.testbed.probe import load_probe
-
-    probe = load_probe(device=pair.device)
+def _probe_reader(
+    truth: GroundTruth, pair: ModelPair, reads: list[dict[str, np.ndarray]]
+) -> Callable[[list[Any]], None]:
+    """A callback that appends the probe's reading of each chunk of images to ``reads``."""
+    probe = truth.load_probe(device=pair.device)
 
     def read(images: list[Any]) -> None:
         reads.append(
@@ -230,6 +234,7 @@ def _probe_reader(pair: ModelPair, reads: list[dict[str, np.ndarray]]) -> Callab
 
 
 def _probe_correlation_rows(
+    truth: GroundTruth,
     space: SliderSpace,
     embeddings: np.ndarray,
     reads: list[dict[str, np.ndarray]],
@@ -237,16 +242,14 @@ def _probe_correlation_rows(
     prompt: str,
     regime: str,
 ) -> list[dict[str, Any]]:
-    """On the testbed: Pearson correlation of each direction's coordinate with each probe factor (size, x, y, and
-    one indicator per shape and colour level), with a Fisher-z 95% interval."""
-    from conceptspace.testbed.data import LEVELS
-
+    """In a known world: Pearson correlation of each direction's coordinate with each probe factor (on the testbed
+    size, x, y, and one indicator per level of shape, colour and background), with a Fisher-z 95% interval."""
     factors = {
-        name: np.concatenate([r[name] for r in reads]) for name in ("size", "x", "y", "shape", "colour")
+        name: np.concatenate([r[name] for r in reads]) for name in truth.continuous + truth.categorical
     }
-    columns = {name: factors[name].astype(float) for name in ("size", "x", "y")}
-    for name in ("shape", "colour"):  # a categorical factor: one indicator per level
-        for index, level in enumerate(LEVELS[name]):
+    columns = {name: factors[name].astype(float) for name in truth.continuous}
+    for name in truth.categorical:  # one indicator per level
+        for index, level in enumerate(truth.levels[name]):
             columns[f"{name}={level}"] = (factors[name] == index).astype(float)
     coordinates = space.transform(embeddings)
     n = len(coordinates)
@@ -258,7 +261,7 @@ def _probe_correlation_rows(
             low, high = (math.tanh(math.atanh(np.clip(r, -0.999999, 0.999999)) + d) for d in (-half, half))
             rows.append(
                 metric_row(prompt, regime, f"probe_correlation_dir_{k}", r, low, high, n, direction=k,
-                           factor=factor, ci_method="Fisher z", embedder="testbed probe")
+                           factor=factor, ci_method="Fisher z", embedder=truth.name)
             )  # fmt: skip
     return rows
 

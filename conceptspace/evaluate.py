@@ -281,14 +281,13 @@ def _seconds_rows(
 
 
 def default_classifier(base: str | None, device: str | torch.device | None) -> torch.nn.Module | None:
-    """The testbed's own classifier for a run of a testbed model (the Inception network knows no shapes)."""
+    """The classifier of a known world for a run of one of its models (on the testbed its probe's classes: the
+    Inception network knows no shapes); None elsewhere."""
+    from conceptspace.ground_truth import ground_truth_for
     from conceptspace.models import REGISTRY
 
-    if base not in REGISTRY or REGISTRY[base].family != "testbed":
-        return None
-    from conceptspace.testbed.probe import ProbeClasses, load_probe
-
-    return ProbeClasses(load_probe(device=device))
+    truth = ground_truth_for(REGISTRY[base].family) if base in REGISTRY else None
+    return None if truth is None else truth.classifier(device=device)
 
 
 def fid_reference(value: str | os.PathLike, by_regime: dict[str, list[tuple[Path, str]]]) -> _Reference:

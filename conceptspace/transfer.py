@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
 from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair, release_student, with_student
@@ -49,8 +50,6 @@ __all__ = [
 
 N_BOOT = 1000
 CONFIDENCE = 0.95
-PROBE_CONTINUOUS = ("size", "x", "y")
-PROBE_CATEGORICAL = ("shape", "colour")
 
 
 class TransferError(ValueError):
@@ -111,33 +110,31 @@ def parse_scales(text: str | Sequence[float]) -> list[float]:
     return scales
 
 
-def parse_probe_factor(text: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """A testbed factor as one number per image, from the probe's predictions (with probabilities).
+def parse_probe_factor(text: str, truth: GroundTruth) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A factor of ``truth``'s world as one number per image, from its probe's predictions (with probabilities).
 
     ``"size"``, ``"x"``, ``"y"``: pixels. ``"colour=red"``: the probe's probability that the shape is red (likewise
     ``"shape=circle"``). ``"colour=red-blue"``: P(red) − P(blue), a contrast for a slider between two levels;
     ``+`` joins levels on either side: ``"colour=red+orange+yellow-blue+purple+green"`` is warm minus cool.
     """
-    from conceptspace.testbed.data import CATEGORICAL, CONTINUOUS, LEVELS
-
     name, _, levels = (part.strip() for part in str(text).partition("="))
-    if name in CONTINUOUS and not levels:
+    if name in truth.continuous and not levels:
         return lambda predictions: predictions[name].astype(float)
-    if name not in CATEGORICAL or not levels:
+    if name not in truth.categorical or not levels:
         raise TransferError(
-            f"unknown probe factor {text!r}: write one of {', '.join(CONTINUOUS)}, or a level of "
-            f"{', '.join(CATEGORICAL)} like colour=red, or a contrast like colour=red-blue"
+            f"unknown probe factor {text!r}: write one of {', '.join(truth.continuous)}, or a level of "
+            f"{', '.join(truth.categorical)} like colour=red, or a contrast like colour=red-blue"
         )
     positive, _, negative = levels.partition("-")
     sides = [[level.strip() for level in side.split("+") if level.strip()] for side in (positive, negative)]
     if not sides[0]:
         raise TransferError(f"{text!r} names no level before the '-': write e.g. colour=red-blue")
     for level in (*sides[0], *sides[1]):
-        if level not in LEVELS[name]:
+        if level not in truth.levels[name]:
             raise TransferError(
-                f"unknown {name} {level!r} in {text!r}: choose from {', '.join(LEVELS[name])}"
+                f"unknown {name} {level!r} in {text!r}: choose from {', '.join(truth.levels[name])}"
             )
-    plus, minus = ([LEVELS[name].index(level) for level in side] for side in sides)
+    plus, minus = ([truth.levels[name].index(level) for level in side] for side in sides)
 
     def score(predictions: dict[str, np.ndarray]) -> np.ndarray:
         probabilities = predictions[f"{name}_probs"].astype(float)
@@ -270,6 +267,8 @@ class _Sweep:
     t_start: float | None
     allow_partial: bool
     progress: bool
+    height: int | None = None  # None: each model's native resolution
+    width: int | None = None
 
 
 @dataclass
@@ -301,6 +300,8 @@ def transfer(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     loader: Callable[[str, str], ModelPair] | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> list[dict[str, Any]]:
     """Apply ``lora`` at each of ``scales`` to ``base`` and to each of ``students``, sample ``seeds`` (the same at
     every scale) and measure how far each model moves; write images, grids, run.json, metrics.json/csv and
@@ -322,6 +323,7 @@ def transfer(
             scale) and ``probe_transfer_ratio_slope`` (the ratio of the slopes).
         loader: ``(base, student) -> ModelPair`` for every student (default: :func:`load_pair` with
             ``device``/``dtype`` once, then :func:`with_student`, which shares the base).
+        height / width: the image size of every model (default: each model's native resolution).
 
     Raises:
         FileNotFoundError: no LoRA at the path.
@@ -334,7 +336,7 @@ def transfer(
     lora = lora if isinstance(lora, LoRA) else read_lora(lora)
     out = ensure_writable_dir(out_dir)
     started = time.perf_counter()
-    sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress)
+    sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress, height, width)
     sampled = _sample_models(sweep, base, students, loader, device, dtype)
     pair = sampled.pair
 
@@ -344,10 +346,11 @@ def transfer(
     text = text or prompt
     rows, notes, distances = _embedding_rows(sampled.images, embedder, embedder_name, text, prompt, scales)
     rows += _transfer_ratio_rows(distances, base, students, prompt, embedder_name, reverse)
-    # the testbed: what the probe sees change
-    if base_spec.family == "testbed" and (not has_text or probe_factor is not None):
+    # a known world (the testbed): what its probe sees change
+    truth = ground_truth_for(base_spec.family)
+    if truth is not None and (not has_text or probe_factor is not None):
         ratio_pairs = [(s, *((base, s) if reverse else (s, base))) for s in students]
-        rows += _probe_rows(sampled.images, scales, prompt, device, probe_factor, ratio_pairs)
+        rows += _probe_rows(truth, sampled.images, scales, prompt, device, probe_factor, ratio_pairs)
 
     parameters = {
         "text": text,
@@ -391,9 +394,12 @@ def _checked_arguments(
     for name in students:
         get_spec(name)  # unknown names fail before anything loads
     if probe_factor is not None:
-        if base_spec.family != "testbed":
-            raise TransferError(f"--probe-factor needs the testbed (base shapes); {base} has no factor probe")
-        parse_probe_factor(probe_factor)  # a typo fails before anything samples
+        truth = ground_truth_for(base_spec.family)
+        if truth is None:
+            raise TransferError(
+                f"--probe-factor needs a family with a factor probe (the testbed: base shapes); {base} has none"
+            )
+        parse_probe_factor(probe_factor, truth)  # a typo fails before anything samples
     return scales, seeds, students, base_spec
 
 
@@ -448,8 +454,8 @@ def _sample_model(sweep: _Sweep, pair: ModelPair, role: str, name: str, sampled:
                 sweep.prompt,
                 regime,
                 sweep.seeds,
-                height=spec.resolution,
-                width=spec.resolution,
+                height=sweep.height or spec.resolution,
+                width=sweep.width or spec.resolution,
                 progress=sweep.progress,
             )
             sampled.images[name][scale] = list(result.images)
@@ -650,6 +656,7 @@ def _run_record(
 
 
 def _probe_rows(
+    truth: GroundTruth,
     images: dict[str, dict[float, list[Any]]],
     scales: Sequence[float],
     prompt: str,
@@ -657,13 +664,12 @@ def _probe_rows(
     probe_factor: str | None = None,
     ratio_pairs: Sequence[tuple[str, str, str]] = (),
 ) -> list[dict[str, Any]]:
-    """Per model and scale s ≠ 0: mean change of size/x/y (pixels) and share of shape/colour changes; with
+    """Per model and scale s ≠ 0: mean change of each continuous factor (size/x/y, pixels) and share of changes of
+    each categorical one (shape/colour/background); with
     ``probe_factor`` also that factor's change, its rank correlation with the scale per model and, for each
     ``(student, numerator, denominator)``, the ratio of the two models' changes."""
-    from conceptspace.testbed.probe import load_probe
-
-    probe = load_probe(device=device)
-    score = parse_probe_factor(probe_factor) if probe_factor is not None else None
+    probe = truth.load_probe(device=device)
+    score = parse_probe_factor(probe_factor, truth) if probe_factor is not None else None
     factor_extra = {"factor": probe_factor} if probe_factor is not None else {}
     rows = []
     factor_change: dict[str, dict[float, np.ndarray]] = {}
@@ -675,17 +681,17 @@ def _probe_rows(
             )
             for s, imgs in by_scale.items()
         }
-        extra = {"model": name, "embedder": "testbed probe", "ci_method": "bootstrap over seeds"}
+        extra = {"model": name, "embedder": truth.name, "ci_method": "bootstrap over seeds"}
         for s in scales:
             if s == 0:
                 continue
             regime = regime_name(name, s)
-            for factor in PROBE_CONTINUOUS:
+            for factor in truth.continuous:
                 change = factors[s][factor].astype(float) - factors[0.0][factor].astype(float)
                 rows.append(
                     mean_row(change, prompt, regime, f"probe_{factor}_change", seed=2, scale=s, **extra)
                 )
-            for factor in PROBE_CATEGORICAL:
+            for factor in truth.categorical:
                 changed = (factors[s][factor] != factors[0.0][factor]).astype(float)
                 rows.append(
                     mean_row(changed, prompt, regime, f"probe_{factor}_changed", seed=3, scale=s, **extra)
@@ -734,7 +740,7 @@ def _probe_rows(
                 f"{numerator} / {denominator}",
                 "probe_transfer_ratio_slope",
                 model=student,
-                embedder="testbed probe",
+                embedder=truth.name,
                 **factor_extra,
             )
         )
@@ -745,7 +751,7 @@ def _probe_rows(
             f"{numerator} / {denominator}",
             "probe_transfer_ratio",
             model=student,
-            embedder="testbed probe",
+            embedder=truth.name,
             **factor_extra,
         )
     return rows

@@ -35,6 +35,9 @@ from typing import Any
 
 from conceptspace.results import ALL_PROMPTS, PROBE_EMBEDDER
 
+WORLD = "testbed"
+"""The family whose ground truth (probe readings, what a prompt fixes) the verdicts read."""
+
 __all__ = [
     "FAMILY_MEASURES",
     "PROBE_EMBEDDER",
@@ -79,9 +82,10 @@ class Verdict:
 
 def free_factor_metric(prompt: str) -> str | None:
     """The probe entropy metric of what ``prompt`` leaves free among shape and colour (None if it fixes both)."""
-    from conceptspace.testbed.data import fixed_factors
+    from conceptspace.ground_truth import ground_truth_for
 
-    free = [name for name in ("shape", "colour") if name not in fixed_factors(prompt)]
+    fixed = ground_truth_for(WORLD).fixed_factors(prompt)
+    free = [name for name in ("shape", "colour") if name not in fixed]
     return f"entropy_{'_'.join(free)}" if free else None
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conceptspace import testing
+from conceptspace.ground_truth import ground_truth_for
 from conceptspace.lora import LoRA, LoRAMismatchError, LoRAWeights, write_lora
 from conceptspace.models import load_pair
 from conceptspace.testbed.data import LEVELS
@@ -272,22 +273,23 @@ def test_testbed_probe_factor_rows(tmp_path):
 
 
 def test_parse_probe_factor():
+    TESTBED = ground_truth_for("testbed")
     predictions = {
         "size": np.array([3.0, 5.0]),
         "colour_probs": np.array([[0.7, 0.1, 0.0, 0.0, 0.2, 0.0], [0.1, 0.0, 0.0, 0.0, 0.9, 0.0]]),
     }
-    assert parse_probe_factor("size")(predictions).tolist() == [3.0, 5.0]
-    assert parse_probe_factor("colour=red")(predictions) == pytest.approx([0.7, 0.1])
-    assert parse_probe_factor("colour = red-blue")(predictions) == pytest.approx([0.5, -0.8])
-    assert parse_probe_factor("colour=red+orange-blue+green")(predictions) == pytest.approx([0.6, 0.1 - 0.9])
+    assert parse_probe_factor("size", TESTBED)(predictions).tolist() == [3.0, 5.0]
+    assert parse_probe_factor("colour=red", TESTBED)(predictions) == pytest.approx([0.7, 0.1])
+    assert parse_probe_factor("colour = red-blue", TESTBED)(predictions) == pytest.approx([0.5, -0.8])
+    assert parse_probe_factor("colour=red+orange-blue+green", TESTBED)(predictions) == pytest.approx([0.6, 0.1 - 0.9])
     with pytest.raises(TransferError, match="choose from red, orange"):
-        parse_probe_factor("colour=crimson")
+        parse_probe_factor("colour=crimson", TESTBED)
     with pytest.raises(TransferError, match="colour=red-blue"):
-        parse_probe_factor("hue")
+        parse_probe_factor("hue", TESTBED)
     with pytest.raises(TransferError, match="colour=red"):
-        parse_probe_factor("colour")
+        parse_probe_factor("colour", TESTBED)
     with pytest.raises(TransferError, match="names no level"):
-        parse_probe_factor("colour=-blue")
+        parse_probe_factor("colour=-blue", TESTBED)
 
 
 def test_probe_factor_needs_the_testbed(tmp_path):

@@ -21,12 +21,14 @@
 - ``weights/sliderspace/<study>/``: SliderSpace sliders trained on the base (:data:`SLIDERS`; the remedy
   ``SliderSpaceScales(sliders="testbed:a-shape")`` names them so).
 
-Nothing heavy is imported here (the embedder registers a factory and loads nothing): import the submodule you need.
+Importing the package registers the testbed with the library's registries (the embedder ``testbed:clip``, the
+shipped sliders ``testbed:<study>``, the probe as the ``testbed`` family's ground truth) and loads no weights.
 """
 
 from pathlib import Path
 
 from conceptspace.embeddings import register_embedder
+from conceptspace.ground_truth import GroundTruth, register_ground_truth
 from conceptspace.sampling.remedies import SLIDER_SOURCES
 
 SLIDERS = Path(__file__).parent / "weights" / "sliderspace"
@@ -41,3 +43,25 @@ def _testbed_factory(argument: str, **options):  # noqa: ANN202 - signature of E
 
 register_embedder("testbed", _testbed_factory)
 SLIDER_SOURCES["testbed"] = SLIDERS
+
+
+def _register_ground_truth() -> None:
+    from conceptspace.testbed import data, diversity, probe
+
+    register_ground_truth(
+        GroundTruth(
+            family="testbed",
+            categorical=data.CATEGORICAL,
+            continuous=data.CONTINUOUS,
+            levels=data.LEVELS,
+            diversity_measure="entropy_shape_colour",
+            load_probe=probe.load_probe,
+            fixed_factors=data.fixed_factors,
+            diversity_rows=diversity.diversity_rows,
+            paired_difference_rows=diversity.paired_difference_rows,
+            classifier=lambda device=None: probe.ProbeClasses(probe.load_probe(device=device)),
+        )
+    )
+
+
+_register_ground_truth()

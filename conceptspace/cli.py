@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -94,7 +95,8 @@ def plan(
     base: Annotated[str | None, typer.Option(help="One base (default: every registered pair).")] = None,
     student: StudentOpt = None,
     device_memory: Annotated[
-        list[str], typer.Option(help="Card sizes to plan for, e.g. 24GB (repeatable; default 24, 48 and 80 GB).")
+        list[str],
+        typer.Option(help="Card sizes to plan for, e.g. 24GB (repeatable; default 24, 48 and 80 GB)."),
     ] = [],  # noqa: B006
     dtype: Annotated[DType, typer.Option(help="Weights dtype the pair would load in.")] = DType.bfloat16,
     fp8: Fp8Opt = False,
@@ -120,7 +122,8 @@ def plan(
         for spec in REGISTRY.values()
         if spec.role == "student"
         and (student is None or spec.name == student)
-        and (spec.base == base if base is not None else REGISTRY[spec.base].storage != "random")  # (tiny: by name)
+        # one base, or every published one (the tiny test pairs only by name)
+        and (spec.base == base if base is not None else REGISTRY[spec.base].storage != "random")
     ]
     if not pairs:
         _fail(f"no registered pair matches --base {base} --student {student}")
@@ -142,7 +145,8 @@ def plan(
         typer.echo(
             f"{row.name:<{width}}  {sources:<9} {parts.get('text_encoders', 0) / 1e9:>5.1f} {parts['base'] / 1e9:>5.1f} "
             f"{student_gb:>7} {parts.get('vae', 0) / 1e9:>4.1f}  {row.sizes.peak('resident') / 1e9:>8.1f} "
-            f"{row.sizes.peak('model-offload') / 1e9:>7.1f}  " + "  ".join(f"{row.fits[c]:<19}" for c in cards)
+            f"{row.sizes.peak('model-offload') / 1e9:>7.1f}  "
+            + "  ".join(f"{row.fits[c]:<19}" for c in cards)
         )
     typer.echo(
         "GB of weights (decimal; 'a': a LoRA student's adapter on the base's network); the plan per card keeps "
@@ -154,7 +158,7 @@ def _regime_names(regime: list[str]) -> tuple[list[str], list[str]]:
     """The ``--regime`` specs and their regime names; an unknown name fails here, naming the known ones."""
     from conceptspace.sampling import registered_regimes
 
-    specs = [spec.strip() for item in regime for spec in item.split(",") if spec.strip()]
+    specs = _listed(regime)
     names = [spec.partition(":")[0] for spec in specs]
     known = [name for name in registered_regimes() if name != "named"]
     unknown = [name for name in names if name not in known]
@@ -188,7 +192,12 @@ def build_regimes(
         "distilled": {"steps": student_steps},
         "hybrid": {"k": k, "base_guidance": base_guidance, "base_schedule": schedule, "base_steps": steps},
         "skip-first": {"n": skip},
-        "replace-final": {"n": replace, "base_schedule": "own", "base_steps": steps, "base_guidance": guidance},
+        "replace-final": {
+            "n": replace,
+            "base_schedule": "own",
+            "base_steps": steps,
+            "base_guidance": guidance,
+        },
         "cads": over_student,
         "cond-noise": over_student,
         "renoise": over_student,
@@ -214,64 +223,31 @@ def _prepare(
     steps: int | None,
     guidance: float | None,
     student_steps: int | None,
-    dtype: DType | None,
-    device: str | None,
-    base_path: Path | None,
-    student_path: Path | None,
-    cache_dir: Path | None,
-    quiet: bool = False,
     height: int | None = None,
     width: int | None = None,
-    memory: Memory = Memory.resident,
-    fp8: bool = False,
-    device_memory: str | None = None,
-    lora_student: LoRAStudentMode = LoRAStudentMode.adapter,
-    **_: object,
+    **load_options: Any,
 ) -> tuple:
-    """Validate the shared options, then load the pair: (pair, regimes, prompts, seeds, parameters)."""
-    import torch
-
-    from conceptspace.io import ensure_writable_dir
-    from conceptspace.models import check_device, load_pair
-    from conceptspace.prompts import read_prompt_file
-    from conceptspace.sampling import check_guidance, seeds_from
+    """Validate the shared options, then load the pair (``load_options``: :func:`_load_pair`'s): (pair, regimes,
+    prompts, seeds, parameters)."""
+    from conceptspace.sampling import check_guidance
 
     _, names = _regime_names(regime)  # a misspelt regime fails first
-    prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
-    if not prompt_list:
-        _fail("give at least one --prompt (or --prompts FILE)")
-    if n < 1:
-        _fail(f"-n must be at least 1, got {n}")
+    prompt_list = _read_prompts(prompt, prompts)
+    seeds = _seeds(seed, n)
     if student is None and any(name != "base" for name in names):
         _fail(f"regimes {', '.join(x for x in names if x != 'base')} need a --student")
-    for option, value in (("--height", height), ("--width", width)):
-        if value is not None and value < 1:
-            _fail(f"{option} must be a positive number of pixels, got {value}")
+    _check_image_size(height, width)
     for option, value in (("--guidance", guidance), ("--base-guidance", base_guidance)):
         try:
             if value is not None:
                 check_guidance(value, option)
         except ValueError as error:
             _fail(str(error))
-    # numbers are checked before anything is loaded: the regimes check their own, seeds must fit a generator
-    built = build_regimes(regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps)
-    seeds = seeds_from(seed, n)
-    device = check_device(device)
-    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
-    ensure_writable_dir(out)
-    if quiet:
-        _silence_libraries()
-    pair = load_pair(
-        base,
-        student,
-        dtype=getattr(torch, dtype.value) if dtype else None,
-        device=device,
-        base_path=base_path,
-        student_path=student_path,
-        cache_dir=cache_dir,
-        **memory_options,
+    # numbers are checked before anything is loaded: the regimes check their own
+    built = build_regimes(
+        regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps
     )
-    _say_plan(pair)
+    pair = _load_pair(base, student, out=out, **load_options)
     parameters = {
         "k": k,
         "base_guidance": base_guidance,
@@ -280,6 +256,37 @@ def _prepare(
         "replace": replace,
     }
     return pair, built, prompt_list, seeds, parameters
+
+
+def _listed(items: list[str]) -> list[str]:
+    """A repeatable, comma-separated option's values in order: ``["a,b", "c"]`` → ``["a", "b", "c"]``."""
+    return [value.strip() for item in items for value in item.split(",") if value.strip()]
+
+
+def _read_prompts(prompt: list[str], prompts: Path | None) -> list[str]:
+    """The --prompt texts, then the --prompts file's; none at all fails."""
+    from conceptspace.prompts import read_prompt_file
+
+    prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
+    if not prompt_list:
+        _fail("give at least one --prompt (or --prompts FILE)")
+    return prompt_list
+
+
+def _seeds(seed: int, n: int, least: int = 1, why: str = "") -> list[int]:
+    """The seeds of -n images from --seed: image i gets seed + i (each must fit a generator); fewer than ``least``
+    images fail, saying ``why`` the command needs them."""
+    from conceptspace.sampling import seeds_from
+
+    if n < least:
+        _fail(f"{why}-n must be at least {least}, got {n}")
+    return seeds_from(seed, n)
+
+
+def _check_image_size(height: int | None, width: int | None) -> None:
+    for option, value in (("--height", height), ("--width", width)):
+        if value is not None and value < 1:
+            _fail(f"{option} must be a positive number of pixels, got {value}")
 
 
 def _silence_libraries() -> None:
@@ -300,7 +307,9 @@ def _print_run(run: dict, out: Path) -> None:
     for name, record in run["regimes"].items():
         models_run = " ".join(f"{s['timestep']}:{s['model'][0]}" for s in record["schedule"])
         seconds = sum(v for key, v in record["timings"].items() if key != "writing")
-        typer.echo(f"{name:<{width}} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}")
+        typer.echo(
+            f"{name:<{width}} {len(record['images']):>4} images  {seconds:7.2f} s  schedule {models_run}"
+        )
     typer.echo(f"wrote {out / 'run.json'}")
 
 
@@ -374,7 +383,9 @@ ReplaceOpt = Annotated[
 StepsOpt = Annotated[int | None, typer.Option(help="Base steps on its own schedule (default: registry).")]
 GuidanceOpt = Annotated[
     float | None,
-    typer.Option(help="Base CFG scale in the base, replace-final and interval-guidance regimes (default: registry)."),
+    typer.Option(
+        help="Base CFG scale in the base, replace-final and interval-guidance regimes (default: registry)."
+    ),
 ]
 StudentStepsOpt = Annotated[
     int | None, typer.Option(help="Student steps in the distilled regime (default: registry timesteps).")
@@ -401,6 +412,9 @@ StudentPathOpt = Annotated[
     Path | None, typer.Option(help="Local folder or UNet file replacing the student's hub source.")
 ]
 CacheOpt = Annotated[Path | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE).")]
+EmbedderOpt = Annotated[
+    str | None, typer.Option(help="Embedder spec (default: the base's, e.g. open_clip:ViT-B-32:…).")
+]
 
 
 MemoryOpt = Annotated[
@@ -416,12 +430,16 @@ DeviceMemoryOpt = Annotated[
 ]
 LoRAStudentOpt = Annotated[
     LoRAStudentMode,
-    typer.Option(help="A student stored as a LoRA: an adapter on the base's network, or a merged copy (faster)."),
+    typer.Option(
+        help="A student stored as a LoRA: an adapter on the base's network, or a merged copy (faster)."
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def _memory_options(memory: Memory, fp8: bool, device_memory: str | None, lora_student: LoRAStudentMode) -> dict:
+def _memory_options(
+    memory: Memory, fp8: bool, device_memory: str | None, lora_student: LoRAStudentMode
+) -> dict:
     """load_pair's memory keywords from the options (a bad --device-memory fails before anything loads)."""
     from conceptspace.models.sizes import parse_memory_size
 
@@ -435,6 +453,51 @@ def _memory_options(memory: Memory, fp8: bool, device_memory: str | None, lora_s
 def _say_plan(pair: Any) -> None:
     if pair.memory_choice is not None and pair.memory_choice.device_memory:
         typer.echo(str(pair.memory_choice), err=True)
+
+
+def _load_pair(
+    base: str,
+    student: str | None,
+    *,
+    out: Path | None = None,
+    dtype: DType | None = None,
+    device: str | None = None,
+    base_path: Path | None = None,
+    student_path: Path | None = None,
+    cache_dir: Path | None = None,
+    memory: Memory = Memory.resident,
+    fp8: bool = False,
+    device_memory: str | None = None,
+    lora_student: LoRAStudentMode = LoRAStudentMode.adapter,
+    quiet: bool = False,
+    **_: object,
+) -> Any:
+    """The pair the shared loading options name, its memory plan said on stderr. A bad --device or --device-memory,
+    or an --out that cannot be written, fails before anything loads. Other options (a command's ``locals()``) are
+    ignored."""
+    import torch
+
+    from conceptspace.io import ensure_writable_dir
+    from conceptspace.models import check_device, load_pair
+
+    device = check_device(device)
+    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
+    if out is not None:
+        ensure_writable_dir(out)
+    if quiet:
+        _silence_libraries()
+    pair = load_pair(
+        base,
+        student,
+        dtype=getattr(torch, dtype.value) if dtype else None,
+        device=device,
+        base_path=base_path,
+        student_path=student_path,
+        cache_dir=cache_dir,
+        **memory_options,
+    )
+    _say_plan(pair)
+    return pair
 
 
 @app.command()
@@ -583,7 +646,7 @@ def diversity(
 
     options = locals()
     pair, regimes, prompt_list, seeds, parameters = _prepare(**options)
-    metrics = [name.strip() for item in metric for name in item.split(",") if name.strip()]
+    metrics = _listed(metric)
     rows = diversity_run(
         pair,
         prompt_list,
@@ -613,7 +676,9 @@ def diversity(
         p_value = f"{row['p_value']:.3g}" if "p_value" in row else ""
         ci = f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
         counts = f"{row['n']:<7} {row.get('n_images', ''):<7}" if averaged else f"{row['n']:<7}"
-        typer.echo(f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {counts} {p_value}")
+        typer.echo(
+            f"{row['regime']:<24} {row['metric']:<26} {row['value']:8.4f}  {ci:<20} {counts} {p_value}"
+        )
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
 
 
@@ -693,23 +758,32 @@ def testbed_train(
 
 @app.command()
 def transfer(
+    ctx: typer.Context,
     lora: Annotated[Path, typer.Option("--lora", help="The LoRA (slider) file or folder to transfer.")],
     prompt: Annotated[str, typer.Option("--prompt", help="The prompt every image is sampled from.")],
     base: BaseOpt = "sdxl",
-    students: Annotated[
-        str, typer.Option("--students", help="Comma-separated students of the base, e.g. dmd2,lightning,lcm.")
-    ] = "dmd2",
+    student: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--student",
+            "--students",
+            help="Students of the base to measure, e.g. dmd2,lightning,lcm (repeat or comma-separate; default dmd2).",
+        ),
+    ] = None,
     scales: Annotated[
         str, typer.Option("--scales", help="Comma-separated LoRA scales; must include 0 (the reference).")
     ] = "-2,-1,0,1,2",
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds: a range 0-3 or a list 0,1,5.")] = "0-3",
+    n: NOpt = 4,
+    seed: SeedOpt = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", hidden=True, help="Deprecated: the seeds as a range 0-3 or a list 0,1,5."),
+    ] = None,
     out: OutOpt = Path("out/transfer"),
     text: Annotated[
         str | None, typer.Option(help="Concept text for the CLIP score change (default: the prompt).")
     ] = None,
-    embedder: Annotated[
-        str | None, typer.Option(help="Embedder spec (default: the base's, e.g. open_clip:ViT-B-32:…).")
-    ] = None,
+    embedder: EmbedderOpt = None,
     t_start: Annotated[
         int | None,
         typer.Option(help="LoRA off while the timestep is above this (slider convention, e.g. 700)."),
@@ -727,7 +801,13 @@ def transfer(
             help="Testbed only: the factor the slider moves (size, x, y, colour=red, colour=red-blue)."
         ),
     ] = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    dtype: DTypeOpt = None,
     device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
     memory: MemoryOpt = Memory.resident,
     fp8: Fp8Opt = False,
     device_memory: DeviceMemoryOpt = None,
@@ -737,36 +817,22 @@ def transfer(
     """Apply a LoRA at several scales to the base and each student (each with its own sampler settings), and
     measure how far each moves from scale 0; write per-model grids, metrics.json/csv and report.html.
 
-    Example: conceptspace transfer --lora age.safetensors --base sdxl --students dmd2,lcm --prompt "a portrait" --scales -2,-1,0,1,2 --seeds 0-3 --out runs/age
+    Example: conceptspace transfer --lora age.safetensors --base sdxl --student dmd2,lcm --prompt "a portrait" --scales -2,-1,0,1,2 -n 4 --out runs/age
     """
-    from conceptspace.models import load_pair, release_student, with_student
-    from conceptspace.transfer import parse_scales, parse_seeds, scale_label
+    options = locals()
     from conceptspace.transfer import transfer as run_transfer
 
-    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
-    if quiet:
-        _silence_libraries()
-    scale_list, seed_list = parse_scales(scales), parse_seeds(seeds)
-    loaded: list[Any] = []  # the pair of the student being measured
-
-    def loader(base_name: str, student_name: str) -> Any:
-        """The first student loads with the base under the memory plan; each next one shares its base pipeline,
-        and the one before leaves it."""
-        if loaded:
-            previous = loaded.pop()
-            loaded.append(with_student(previous, student_name, lora_student=memory_options["lora_student"]))
-            release_student(previous)
-        else:
-            loaded.append(load_pair(base_name, student_name, device=device, **memory_options))
-            _say_plan(loaded[-1])
-        return loaded[-1]
-
+    students = _listed(student or ["dmd2"])  # the default is said in the help: --student is None everywhere
+    if student_path is not None and len(students) != 1:
+        _fail(f"--student-path replaces one student's weights: give one --student, not {len(students)}")
+    _check_image_size(height, width)
+    seed_list = _transfer_seeds(ctx, seeds, seed, n)
     rows = run_transfer(
         lora,
         base,
-        students.split(","),
+        students,
         prompt,
-        scale_list,
+        scales,
         seed_list,
         out,
         text=text,
@@ -776,9 +842,60 @@ def transfer(
         allow_partial=allow_partial,
         probe_factor=probe_factor,
         device=device,
+        height=height,
+        width=width,
         progress=not quiet,
-        loader=loader,
+        loader=_student_loader(options),
     )
+    _print_transfer(rows, probe_factor)
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
+
+
+def _transfer_seeds(ctx: typer.Context, seeds: str | None, seed: int, n: int) -> list[int] | str:
+    """transfer's seeds: -n from --seed, or the deprecated --seeds (a range or a list), which replaces both."""
+    if seeds is None:
+        return _seeds(seed, n)
+    # the source by name: typer brings its own copy of click, whose ParameterSource is another class
+    given = [
+        flag
+        for flag, name in (("-n", "n"), ("--seed", "seed"))
+        if ctx.get_parameter_source(name).name != "DEFAULT"
+    ]
+    if given:
+        _fail(
+            f"--seeds replaces -n and --seed: give -n N --seed FIRST, not --seeds with {' and '.join(given)}"
+        )
+    typer.secho("note: --seeds is deprecated: give -n N --seed FIRST", err=True)
+    return seeds
+
+
+def _student_loader(options: dict[str, Any]) -> Callable[[str, str], Any]:
+    """transfer's loader: the first student loads with the base under the command's loading options; each next one
+    shares the base pipeline, and the one before leaves it."""
+    from conceptspace.models import release_student, with_student
+
+    loaded: list[Any] = []  # the pair of the student being measured
+
+    def loader(base: str, student: str) -> Any:
+        if not loaded:
+            loaded.append(_load_pair(**{**options, "base": base, "student": student}))
+            return loaded[-1]
+        previous = loaded.pop()
+        lora_student = options["lora_student"].value
+        loaded.append(
+            with_student(previous, student, cache_dir=options["cache_dir"], lora_student=lora_student)
+        )
+        release_student(previous)
+        return loaded[-1]
+
+    return loader
+
+
+def _print_transfer(rows: list[dict], probe_factor: str | None) -> None:
+    """transfer's table: each model's distance to scale 0 and CLIP score change per scale, then the transfer ratios
+    and, on the testbed, what the probe saw change."""
+    from conceptspace.transfer import scale_label
+
     clip = {(r["model"], r["scale"]): r for r in rows if r["metric"] == "clip_score_change"}
     typer.echo(f"{'model':<14} {'scale':>6}  {'distance to scale 0 [95% CI]':<32} clip score change %")
     for row in rows:
@@ -806,7 +923,6 @@ def transfer(
         }.get(row["metric"])
         if label:
             typer.echo(f"{label}: {row['value']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
-    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.html'}")
 
 
 slider_app = typer.Typer(help="Concept Sliders: train text sliders from recipes.", no_args_is_help=True)
@@ -847,9 +963,6 @@ sliderspace_app = typer.Typer(
 )
 app.add_typer(sliderspace_app, name="sliderspace")
 StudyDirArg = Annotated[Path, typer.Argument(help="A folder written by `conceptspace sliderspace discover`.")]
-EmbedderOpt = Annotated[
-    str | None, typer.Option(help="Embedder spec (default: the base's, e.g. open_clip:ViT-B-32:…).")
-]
 
 
 @sliderspace_app.command("discover")
@@ -879,15 +992,12 @@ def sliderspace_discover(
 
     Example: conceptspace sliderspace discover --base shapes --student dmd --prompt "a shape" -n 1000 --n-directions 8 --out runs/space
     """
+    options = locals()
     from conceptspace.directions import discover
-    from conceptspace.models import load_pair
 
-    if quiet:
-        _silence_libraries()
     if student is None and regime != "base":
         _fail(f"regime {regime} needs a --student (or sample the base with --regime base)")
-    pair = load_pair(base, student, device=device, **_memory_options(memory, fp8, device_memory, lora_student))
-    _say_plan(pair)
+    pair = _load_pair(**options)
     space = discover(
         pair, prompt, out, n=n, n_directions=n_directions, regime=regime, embedder=embedder, seed=seed,
         batch_size=batch_size, device=device, progress=not quiet,
@@ -933,7 +1043,9 @@ def sliderspace_activation(
     study: StudyDirArg,
     regime: Annotated[
         list[str],
-        typer.Option("--regime", "--regimes", help="Regimes (repeat or comma-separate); base is the reference."),
+        typer.Option(
+            "--regime", "--regimes", help="Regimes (repeat or comma-separate); base is the reference."
+        ),
     ] = ["base", "distilled", "hybrid"],  # noqa: B006 - typer reads the default
     n: Annotated[int, typer.Option("-n", help="Images per regime (the same seeds in every regime).")] = 256,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
@@ -949,7 +1061,7 @@ def sliderspace_activation(
     if quiet:
         _silence_libraries()
     rows = measure_activation(
-        study, regimes=[r.strip() for item in regime for r in item.split(",") if r.strip()], n=n, n_boot=n_boot,
+        study, regimes=_listed(regime), n=n, n_boot=n_boot,
         device=device,
         progress=not quiet,
     )  # fmt: skip
@@ -1176,7 +1288,8 @@ def evaluate(
     inception_score: Annotated[
         bool,
         typer.Option(
-            "--inception-score", help="Also the Inception Score per regime (the FID network; on the testbed its probe)."
+            "--inception-score",
+            help="Also the Inception Score per regime (the FID network; on the testbed its probe).",
         ),
     ] = False,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
@@ -1244,7 +1357,9 @@ def compare_methods(
     ] = None,
     fid_ref: Annotated[
         str | None,
-        typer.Option(help="Folder of reference images for the Fréchet distances (default: the base's images)."),
+        typer.Option(
+            help="Folder of reference images for the Fréchet distances (default: the base's images)."
+        ),
     ] = None,
     fid_weights: Annotated[
         Path | None, typer.Option(help="Local FID Inception weights file (FID runs when they are at hand).")
@@ -1279,44 +1394,25 @@ def compare_methods(
 
     Example: conceptspace compare --base sdxl --student dmd2 --methods hybrid,cads,cond-noise,hybrid:k=2 --prompt "a cute puppy" -n 64 --out runs/compare
     """
-    import torch
-
+    options = locals()
     from conceptspace.compare import compare, parse_method
-    from conceptspace.io import ensure_writable_dir
-    from conceptspace.models import check_device, load_pair
-    from conceptspace.prompts import read_prompt_file
-    from conceptspace.sampling import Base, seeds_from
+    from conceptspace.sampling import Base
 
-    specs = [name.strip() for item in methods for name in item.split(",") if name.strip()]
+    specs = _listed(methods)
     for spec in specs:
         parse_method(spec)  # a misspelt method fails before any model loads
     if student is None:
-        _fail("compare needs a --student: the methods are compared with it (e.g. --base shapes --student dmd)")
-    prompt_list = list(prompt) + (read_prompt_file(prompts) if prompts else [])
-    if not prompt_list:
-        _fail("give at least one --prompt (or --prompts FILE)")
-    if n < 2:
-        _fail(f"a comparison measures diversity: -n must be at least 2, got {n}")
-    memory_options = _memory_options(memory, fp8, device_memory, lora_student)
-    ensure_writable_dir(out)
-    if quiet:
-        _silence_libraries()
-    pair = load_pair(
-        base,
-        student,
-        dtype=getattr(torch, dtype.value) if dtype else None,
-        device=check_device(device),
-        base_path=base_path,
-        student_path=student_path,
-        cache_dir=cache_dir,
-        **memory_options,
-    )
-    _say_plan(pair)
+        _fail(
+            "compare needs a --student: the methods are compared with it (e.g. --base shapes --student dmd)"
+        )
+    prompt_list = _read_prompts(prompt, prompts)
+    seeds = _seeds(seed, n, least=2, why="a comparison measures diversity: ")
+    pair = _load_pair(**options)
     result = compare(
         pair,
         prompt_list,
         specs,
-        seeds=seeds_from(seed, n),
+        seeds=seeds,
         out_dir=out,
         base=Base(steps=steps, guidance_scale=guidance),
         embedder=embedder,

@@ -134,12 +134,27 @@ def test_trajectory_writes_strips_and_commitment_rows(tmp_path: Path) -> None:
         (["--regime", "hybrid", "--k", "7", "--prompt", "x"], "hybrid k must be between 1 and"),
         (["--regime", "distilled", "--prompt", "x", "-n", "0"], "-n must be at least 1"),
         # numbers are checked before anything loads: NaN guidance would silently turn CFG off
-        (["--regime", "base", "--prompt", "x", "--guidance", "nan"], "--guidance must be a finite number >= 0"),
-        (["--regime", "hybrid", "--prompt", "x", "--base-guidance", "nan"], "--base-guidance must be a finite"),
-        (["--regime", "base", "--prompt", "x", "--guidance", "-1"], "--guidance must be a finite number >= 0"),
+        (
+            ["--regime", "base", "--prompt", "x", "--guidance", "nan"],
+            "--guidance must be a finite number >= 0",
+        ),
+        (
+            ["--regime", "hybrid", "--prompt", "x", "--base-guidance", "nan"],
+            "--base-guidance must be a finite",
+        ),
+        (
+            ["--regime", "base", "--prompt", "x", "--guidance", "-1"],
+            "--guidance must be a finite number >= 0",
+        ),
         (["--regime", "base", "--prompt", "x", "--steps", "0"], "base: steps must be a whole number >= 1"),
-        (["--regime", "base", "--prompt", "x", "--height", "0"], "--height must be a positive number of pixels"),
-        (["--regime", "base", "--prompt", "x", "--width", "-64"], "--width must be a positive number of pixels"),
+        (
+            ["--regime", "base", "--prompt", "x", "--height", "0"],
+            "--height must be a positive number of pixels",
+        ),
+        (
+            ["--regime", "base", "--prompt", "x", "--width", "-64"],
+            "--width must be a positive number of pixels",
+        ),
         (["--prompt", "x", "--seed", str(2**64)], f"seed {2**64} does not fit the 64 bits"),
         (["--prompt", "x", "--seed", str(2**64 - 2), "-n", "4"], "the last of 4 seeds from"),
         (["--prompt", "x", "--device", "bogus"], "device 'bogus' is not a device name: use cpu, cuda"),
@@ -184,7 +199,9 @@ def test_cuda_without_a_gpu_and_a_broken_student_config_are_one_line_errors(tmp_
     (broken / "unet").mkdir(parents=True)
     for file in (WEIGHTS_DIR / "dmd" / "unet").iterdir():
         (broken / "unet" / file.name).write_bytes(file.read_bytes())
-    (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel", "in_channels": [1]}')
+    (broken / "unet" / "config.json").write_text(
+        '{"_class_name": "UNet2DConditionModel", "in_channels": [1]}'
+    )
     args = ["--base", "shapes", "--student", "dmd", "--student-path", str(broken), "--prompt", "x"]
     done = run_cli("generate", *args, "--quiet", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -313,7 +330,9 @@ def test_compare_prints_the_ranking_and_writes_the_report(tmp_path: Path) -> Non
     assert lines[0].startswith("rank") and any(line.startswith("ref.  base") for line in lines)
     assert {"hybrid", "cads-noise_scale0.5"} <= {line.split()[1] for line in lines[1:5]}
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
-    bad = run_cli("compare", *TINY, "--methods", "hybrid:k=x:q=1", "--prompt", "x", "--out", str(tmp_path / "b"))
+    bad = run_cli(
+        "compare", *TINY, "--methods", "hybrid:k=x:q=1", "--prompt", "x", "--out", str(tmp_path / "b")
+    )
     assert bad.returncode == 2 and "hybrid takes no option 'q'" in bad.stderr
 
 
@@ -321,7 +340,9 @@ def test_memory_plans_on_the_command_line_give_the_resident_images(tmp_path: Pat
     args = ["generate", *TINY, "--regime", "hybrid", "--prompt", "a red circle", "-n", "2"]
     assert invoke(*args, "--out", str(tmp_path / "resident")).exit_code == 0
     # the tiny pair's weights: 22 MB resident, 13 MB at most at once (its text encoders); 1.5 GiB kept for activations
-    offloaded = invoke(*args, "--memory", "auto", "--device-memory", "1552MiB", "--out", str(tmp_path / "offload"))
+    offloaded = invoke(
+        *args, "--memory", "auto", "--device-memory", "1552MiB", "--out", str(tmp_path / "offload")
+    )
     assert offloaded.exit_code == 0, offloaded.output
     assert "memory plan model-offload" in offloaded.output
     for name in ("000_0.png", "000_1.png"):
@@ -359,8 +380,20 @@ def test_every_registered_regime_means_the_same_in_every_command():
         spec = "sliderspace:sliders=testbed:a-shape" if name == "sliderspace" else name
         for full in (spec, f"{spec}:{variants[name]}" if name in variants else spec):
             assert build_regimes([full]) == [parse_method(full)], full
-    shared = ("regime", "k", "base_guidance", "base_schedule", "skip", "replace", "steps", "guidance", "student_steps")
-    signatures = [inspect.signature(command).parameters for command in (generate, trajectory, diversity, run_prompts)]
+    shared = (
+        "regime",
+        "k",
+        "base_guidance",
+        "base_schedule",
+        "skip",
+        "replace",
+        "steps",
+        "guidance",
+        "student_steps",
+    )
+    signatures = [
+        inspect.signature(command).parameters for command in (generate, trajectory, diversity, run_prompts)
+    ]
     for option in shared:
         seen = {(str(p[option].annotation), repr(p[option].default)) for p in signatures if option in p}
         assert len(seen) == 1 or option == "regime", (option, seen)  # each command picks its default regimes
@@ -386,7 +419,6 @@ OWN_DEFAULTS = {
     "device": "testbed train trains on the CPU unless told",
     "device_memory": "plan plans for several cards at once",
     "dtype": "plan sizes a pair in the dtype it would load in",
-    "directions": "discover keeps 16; train trains all it finds",
     "train_steps": "a slider recipe has its own; SliderSpace trains each direction 300 steps",
 }
 
@@ -397,6 +429,7 @@ OWN_SPELLINGS = {
     "prompt": "transfer and sliderspace discover study one prompt; the others take several",
     "device_memory": "plan plans for several cards at once; the others load for one",
     "n": "run also takes --per-prompt, the prompt-set tools' name for it",
+    "student": "transfer measures several students (repeat or comma-separate; --students too); the others load one",
 }
 
 
@@ -420,7 +453,10 @@ def test_every_shared_option_is_spelled_typed_and_defaulted_once():
             if param.name == "help":
                 continue
             kind = typing.get_args(hints[param.name])[0] if param.name in hints else None
-            if typing.get_origin(kind) in (typing.Union, types.UnionType):  # "none" may be a command's default
+            if typing.get_origin(kind) in (
+                typing.Union,
+                types.UnionType,
+            ):  # "none" may be a command's default
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
             spelled = (tuple(param.opts), str(kind))
             entry = seen.setdefault(param.name, {"spellings": {}, "defaults": {}})
@@ -431,3 +467,78 @@ def test_every_shared_option_is_spelled_typed_and_defaulted_once():
         assert len(entry["defaults"]) == 1 or option in OWN_DEFAULTS, (option, entry["defaults"])
     for option in ("quiet", "batch_size", "student", "steps", "guidance", "seed", "cache_dir", "memory"):
         assert len(seen[option]["defaults"]) == 1, option
+
+
+@pytest.fixture(scope="module")
+def slider_file(tiny_sdxl_pair, tmp_path_factory) -> Path:
+    """A random LoRA on two of the tiny base's attention layers (its students share the architecture)."""
+    from conceptspace import testing
+    from conceptspace.lora import write_lora
+
+    unet = tiny_sdxl_pair.base_network
+    targets = [name for name, _ in unet.named_modules() if name.endswith("attn1.to_q")][:2]
+    path = tmp_path_factory.mktemp("lora") / "slider.safetensors"
+    return write_lora(testing.random_lora(unet, targets), path)
+
+
+def transfer_args(lora: Path, out: Path, *options: str) -> list[str]:
+    return [
+        "transfer", "--lora", str(lora), "--base", "tiny-sdxl", "--prompt", "a red circle", "--scales", "0,1",
+        "--out", str(out), "--embedder", "pixels:32", "--device", "cpu", "--quiet", *options,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "students",
+    [
+        ["--student", "tiny-dmd", "--student", "tiny-lcm"],
+        ["--student", "tiny-dmd,tiny-lcm"],
+        ["--students", "tiny-dmd,tiny-lcm"],
+    ],
+)
+def test_transfer_takes_students_repeated_or_comma_separated(tmp_path: Path, slider_file, students) -> None:
+    out = tmp_path / "transfer"
+    result = invoke(*transfer_args(slider_file, out, *students, "-n", "1"))
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["students"] == ["tiny-dmd", "tiny-lcm"] and run["seeds"] == [0]
+    assert "transfer ratio tiny-lcm / tiny-sdxl at +1" in result.output
+
+
+def test_transfer_samples_n_seeds_from_seed_at_the_size_asked(tmp_path: Path, slider_file) -> None:
+    out = tmp_path / "transfer"
+    size = ["--height", "32", "--width", "48"]
+    result = invoke(
+        *transfer_args(slider_file, out, "--student", "tiny-dmd", "-n", "2", "--seed", "5", *size)
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["seeds"] == [5, 6]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert {r["n"] for r in rows if r["metric"] == "distance_to_scale_0"} == {2}
+    images = sorted(p.name for p in (out / "tiny-dmd@+1").glob("*.png"))
+    assert images == ["000_5.png", "000_6.png"]
+    assert Image.open(out / "tiny-sdxl@0" / "000_6.png").size == (48, 32)
+
+
+def test_transfer_still_reads_the_deprecated_seeds_option(tmp_path: Path, slider_file) -> None:
+    out = tmp_path / "transfer"
+    result = invoke(*transfer_args(slider_file, out, "--students", "tiny-dmd", "--seeds", "0-1"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["seeds"] == [0, 1]
+    assert "--seeds is deprecated" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--seeds", "0-1", "-n", "3"], "--seeds replaces -n and --seed"),
+        (["--seeds", "0-1", "--seed", "2"], "--seeds replaces -n and --seed"),
+        (["-n", "0"], "-n must be at least 1"),
+        (["--student-path", "weights", "--student", "tiny-dmd,tiny-lcm"], "give one --student"),
+    ],
+)
+def test_transfer_refuses_conflicting_options_before_any_work(tmp_path: Path, options, message) -> None:
+    out = tmp_path / "transfer"
+    result = invoke(*transfer_args(tmp_path / "never-read.safetensors", out, *options))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

@@ -844,6 +844,7 @@ def transfer(
         device=device,
         height=height,
         width=width,
+        cache_dir=cache_dir,
         progress=not quiet,
         loader=_student_loader(options),
     )

@@ -302,6 +302,7 @@ def transfer(
     loader: Callable[[str, str], ModelPair] | None = None,
     height: int | None = None,
     width: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Apply ``lora`` at each of ``scales`` to ``base`` and to each of ``students``, sample ``seeds`` (the same at
     every scale) and measure how far each model moves; write images, grids, run.json, metrics.json/csv and
@@ -324,6 +325,7 @@ def transfer(
         loader: ``(base, student) -> ModelPair`` for every student (default: :func:`load_pair` with
             ``device``/``dtype`` once, then :func:`with_student`, which shares the base).
         height / width: the image size of every model (default: each model's native resolution).
+        cache_dir: the Hugging Face hub cache the models and the embedder load from (default: HF_HUB_CACHE).
 
     Raises:
         FileNotFoundError: no LoRA at the path.
@@ -337,10 +339,12 @@ def transfer(
     out = ensure_writable_dir(out_dir)
     started = time.perf_counter()
     sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress, height, width)
-    sampled = _sample_models(sweep, base, students, loader, device, dtype)
+    sampled = _sample_models(sweep, base, students, loader, device, dtype, cache_dir)
     pair = sampled.pair
 
-    embedder = _loaded_embedder(embedder, pair if pair is not None else base_spec, device, progress)
+    embedder = _loaded_embedder(
+        embedder, pair if pair is not None else base_spec, device, progress, cache_dir
+    )
     embedder_name = getattr(embedder, "name", type(embedder).__name__)
     has_text = bool(getattr(embedder, "has_text", False))
     text = text or prompt
@@ -413,6 +417,7 @@ def _sample_models(
     loader: Callable[[str, str], ModelPair] | None,
     device: str | torch.device | None,
     dtype: torch.dtype | None,
+    cache_dir: str | os.PathLike | None,
 ) -> _Sampled:
     """The base (once) and every student sampled at every scale, each student loaded beside the base."""
     sampled = _Sampled()
@@ -421,11 +426,11 @@ def _sample_models(
         if loader is not None:
             pair = loader(base, student)
         elif pair is None:
-            pair = load_pair(base, student, device=device, dtype=dtype)
+            pair = load_pair(base, student, device=device, dtype=dtype, cache_dir=cache_dir)
         else:
             previous, pair = (
                 pair,
-                with_student(pair, student),
+                with_student(pair, student, cache_dir=cache_dir),
             )  # the base pipeline is shared, not loaded again
             release_student(previous)
         sampled.pair = pair
@@ -506,14 +511,16 @@ def _write_scale(sweep: _Sweep, name: str, scale: float, result: SampleResult) -
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-def _loaded_embedder(embedder: Any, default_for: Any, device: Any, progress: bool) -> Any:
+def _loaded_embedder(
+    embedder: Any, default_for: Any, device: Any, progress: bool, cache_dir: str | os.PathLike | None
+) -> Any:
     """``embedder`` loaded from its spec, or the registry embedder of ``default_for`` (a pair or a spec)."""
     from conceptspace.embeddings import default_embedder, load_embedder
 
     if embedder is None:
         embedder = default_embedder(default_for)
     if isinstance(embedder, str):
-        embedder = load_embedder(embedder, device=device, progress=progress)
+        embedder = load_embedder(embedder, device=device, progress=progress, cache_dir=cache_dir)
     return embedder
 
 

@@ -22,6 +22,7 @@ _EXPORTS = {
         "IncompatibleModelsError",
         "ModelNotFoundError",
         "ModelSpec",
+        "UnknownModelError",
         "get_spec",
         "register",
     ),
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         IncompatibleModelsError,
         ModelNotFoundError,
         ModelSpec,
+        UnknownModelError,
         get_spec,
         register,
     )
@@ -105,6 +107,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelPair",
     "ModelSpec",
+    "UnknownModelError",
     "Named",
     "Regime",
     "ReplaceFinal",

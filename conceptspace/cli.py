@@ -155,15 +155,16 @@ def plan(
 
 
 def _regime_names(regime: list[str]) -> tuple[list[str], list[str]]:
-    """The ``--regime`` specs and their regime names; an unknown name fails here, naming the known ones."""
-    from conceptspace.sampling import registered_regimes
+    """The ``--regime`` specs and their regime names; an unknown name fails here, suggesting close ones."""
+    from conceptspace.sampling import check_regime_name
 
     specs = _listed(regime)
     names = [spec.partition(":")[0] for spec in specs]
-    known = [name for name in registered_regimes() if name != "named"]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        _fail(f"unknown regime {unknown[0]!r}; known regimes: {', '.join(known)}")
+    for name in names:
+        try:
+            check_regime_name(name)
+        except ValueError as error:
+            _fail(str(error))
     return specs, names
 
 

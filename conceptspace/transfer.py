@@ -335,6 +335,7 @@ def transfer(
     scales, seeds, students, base_spec = _checked_arguments(
         base, students, prompt, scales, seeds, probe_factor
     )
+    base = base_spec.name
     lora = lora if isinstance(lora, LoRA) else read_lora(lora)
     out = ensure_writable_dir(out_dir)
     started = time.perf_counter()
@@ -387,16 +388,15 @@ def _checked_arguments(
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
     if not seeds:
         raise TransferError("no seeds given: pass e.g. 0-3")
-    students = [s.strip() for s in students if s.strip()]
-    if not students:
-        raise TransferError("no students given: pass e.g. --students dmd2,lcm")
-    if len(set(students)) != len(students) or base in students:
-        raise TransferError(f"models repeat in base {base!r} and students {students}")
+    if not any(s.strip() for s in students):
+        raise TransferError("no students given: pass e.g. --student dmd2,lcm")
     if not isinstance(prompt, str) or not prompt.strip():
         raise TransferError("prompt is empty: give the text to generate from")
+    # unknown names fail before anything loads; hub ids become registry names (they name folders and rows)
     base_spec = get_spec(base)
-    for name in students:
-        get_spec(name)  # unknown names fail before anything loads
+    students = [get_spec(s.strip()).name for s in students if s.strip()]
+    if len(set(students)) != len(students) or base_spec.name in students:
+        raise TransferError(f"models repeat in base {base_spec.name!r} and students {students}")
     if probe_factor is not None:
         truth = ground_truth_for(base_spec.family)
         if truth is None:

@@ -128,7 +128,7 @@ def test_trajectory_writes_strips_and_commitment_rows(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--regime", "hybird", "--prompt", "x"], "unknown regime 'hybird'"),
+        (["--regime", "hybird", "--prompt", "x"], "unknown regime 'hybird'; did you mean hybrid?"),
         (["--regime", "distilled"], "give at least one --prompt"),
         (["--regime", "distilled", "--prompt", "  "], "prompt is empty"),
         (["--regime", "hybrid", "--k", "7", "--prompt", "x"], "hybrid k must be between 1 and"),

@@ -636,15 +636,29 @@ def test_damaged_file_gives_a_clear_error(tmp_path: Path, suffix: str, damage: s
 
 
 # ---------------------------------------------------------------------------------------------- the registry
-def test_unknown_name_lists_known_names():
-    with pytest.raises(KeyError) as info:
+def test_unknown_name_suggests_close_names_or_lists_known_ones():
+    with pytest.raises(KeyError) as info:  # a ValueError too: the CLI's one-line user error
         get_spec("dmd3")
-    message = info.value.args[0]
-    assert "unknown model 'dmd3'" in message
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith("unknown model 'dmd3'; did you mean dmd or dmd2?")
+    with pytest.raises(ValueError) as info:
+        get_spec("xyzzy")  # nothing close: the whole registry
     for name in ("dmd2", "lightning", "sdxl", "tiny-sdxl"):
-        assert name in message
-    with pytest.raises(KeyError, match="known models"):
+        assert name in str(info.value)
+    with pytest.raises(KeyError, match="did you mean"):
         load_pair("sdxl", "dmd3")
+
+
+def test_hub_repository_ids_name_their_registry_model():
+    assert get_spec(SDXL_REPO).name == "sdxl"
+    assert get_spec("TIANWEIY/dmd2").name == "dmd2"  # the hub's ids are case-insensitive
+    with pytest.raises(ValueError, match=r"ByteDance/SDXL-Lightning holds several registry models \(lightning, "):
+        get_spec("ByteDance/SDXL-Lightning")
+
+
+def test_a_pair_loads_by_hub_ids_as_by_names(hub_cache: Path):
+    pair = load_pair(SDXL_REPO, "tianweiy/DMD2", cache_dir=hub_cache, device="cpu", dtype=torch.float32)
+    assert (pair.base.name, pair.student.name) == ("sdxl", "dmd2")
 
 
 def test_register_checks_its_input(registry):
@@ -735,7 +749,7 @@ def test_cli_models_reads_hf_hub_cache(hub_cache: Path):
             "dmd2",
             f"error: model 'sdxl' needs {SDXL_REPO} (model_index.json and UNet weights unet/",
         ),
-        ("dmd3", "error: unknown model 'dmd3'; known models: dmd, dmd2, "),
+        ("dmd3", "error: unknown model 'dmd3'; did you mean dmd or dmd2?"),
     ],
 )
 def test_cli_user_errors_are_one_line_with_status_2(

@@ -482,7 +482,7 @@ def test_bad_prompt_seeds_and_sizes_are_refused(sdxl_pair: ModelPair) -> None:
         sample(sdxl_pair, PROMPT, "distilled", [], progress=False)
     with pytest.raises(ValueError, match="multiples of"):
         sample(sdxl_pair, PROMPT, "distilled", [0], height=63, width=64, progress=False)
-    with pytest.raises(ValueError, match="unknown regime 'hybird'"):
+    with pytest.raises(ValueError, match="unknown regime 'hybird'; did you mean hybrid\\?"):
         sample(sdxl_pair, PROMPT, "hybird", [0], progress=False)
 
 

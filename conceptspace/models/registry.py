@@ -8,6 +8,7 @@ with the family adapters of :mod:`conceptspace.models.families`.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import shlex
@@ -21,6 +22,13 @@ Role = Literal["base", "student"]
 
 class ModelNotFoundError(FileNotFoundError):
     """A model's files are neither in the Hugging Face cache nor at the given local path."""
+
+
+class UnknownModelError(ValueError, KeyError):
+    """A model name that is neither a registry name nor the hub repository of exactly one registry model."""
+
+    def __str__(self) -> str:  # a KeyError would print its message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class IncompatibleModelsError(ValueError):
@@ -619,12 +627,29 @@ def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The registry entry called ``name``; an unknown name lists the known ones."""
-    try:
+    """The registry entry called ``name``, or the one whose hub repository ``name`` is
+    (``"stabilityai/stable-diffusion-xl-base-1.0"`` → ``sdxl``).
+
+    Raises:
+        UnknownModelError (a ValueError and a KeyError): an unknown name, with the close registry names (a
+            misspelling) or the registry's names; a repository several entries share, with their names.
+    """
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY))
-        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+    in_repo = [key for key, spec in REGISTRY.items() if spec.repo_id.lower() == str(name).strip().lower()]
+    if len(in_repo) == 1:
+        return REGISTRY[in_repo[0]]
+    if in_repo:
+        raise UnknownModelError(
+            f"{name} holds several registry models ({', '.join(in_repo)}): name the one you mean"
+        )
+    close = difflib.get_close_matches(str(name), list(REGISTRY), n=3, cutoff=0.6)
+    if close:
+        raise UnknownModelError(
+            f"unknown model {name!r}; did you mean {' or '.join(close)}? "
+            f"(`conceptspace models` lists all {len(REGISTRY)})"
+        )
+    raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}")
 
 
 def bases() -> list[ModelSpec]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from abc import ABC, abstractmethod
@@ -287,6 +288,17 @@ def registered_regimes() -> dict[str, type[Regime]]:
     return REGIMES
 
 
+def check_regime_name(name: str, spec: str | None = None) -> None:
+    """Refuse a name that no registered regime has, suggesting the close ones (``hybird`` → ``hybrid``)."""
+    known = [n for n in registered_regimes() if n != "named"]
+    if name in known:
+        return
+    where = f" in {spec!r}" if spec is not None and spec != name else ""
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ValueError(f"unknown regime {name!r}{where}; {hint}known regimes: {', '.join(known)}")
+
+
 def regime_from_name(name: str, /, **options: Any) -> Regime:
     """Build a regime by name; options that the regime does not take are ignored (None values too). A remedy's
     ``over`` given as a described regime (a dict with its ``"regime"`` name, as run.json holds it) is built too."""
@@ -296,10 +308,9 @@ def regime_from_name(name: str, /, **options: Any) -> Regime:
             k: tuple(v) if isinstance(v, list) else v for k, v in options["over"].items()
         }  # JSON's lists
         options = {**options, "over": regime_from_name(inner.pop("regime"), **inner)}
-    try:
-        cls = regimes[name]
-    except KeyError:
-        raise ValueError(f"unknown regime {name!r}; known regimes: {', '.join(regimes)}") from None
+    if name != "named":
+        check_regime_name(name)
+    cls = regimes[name]
     fields = {f.name for f in cls.__dataclass_fields__.values() if f.init}  # type: ignore[attr-defined]
     return cls(**{k: v for k, v in options.items() if k in fields and v is not None})
 
@@ -331,10 +342,8 @@ def parse_regime(spec: str | Regime, /, **defaults: Any) -> Regime:
     if isinstance(spec, Regime):
         return spec
     name, *options = [part.strip() for part in str(spec).split(":")]
+    check_regime_name(name, str(spec))
     regimes = registered_regimes()
-    if name not in regimes or name == "named":
-        known = ", ".join(n for n in regimes if n != "named")
-        raise ValueError(f"unknown regime {name!r} in {spec!r}; known regimes: {known}")
     accepted = {f.name for f in fields(regimes[name]) if f.init}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     written: dict[str, str] = {}  # as the user wrote them, for the regime's name

@@ -226,15 +226,21 @@ def _prepare(
     student_steps: int | None,
     height: int | None = None,
     width: int | None = None,
+    embedder: str | None = None,
+    measures: bool = False,
     **load_options: Any,
 ) -> tuple:
-    """Validate the shared options, then load the pair (``load_options``: :func:`_load_pair`'s): (pair, regimes,
-    prompts, seeds, parameters)."""
+    """The one pre-flight of the sampling commands: every option is checked, then the embedder is loaded (the
+    ``--embedder``; for a command that ``measures`` diversity the base's by default), then the pair
+    (``load_options``: :func:`_load_pair`'s). What can fail so fails before any diffusion network is built.
+    Returns (pair, regimes, prompts, seeds, parameters, embedder or None)."""
+    from conceptspace.models import get_spec
     from conceptspace.sampling import check_guidance
 
     _, names = _regime_names(regime)  # a misspelt regime fails first
     prompt_list = _read_prompts(prompt, prompts)
-    seeds = _seeds(seed, n)
+    why = "diversity is measured between images: " if measures else ""
+    seeds = _seeds(seed, n, least=2 if measures else 1, why=why)
     if student is None and any(name != "base" for name in names):
         _fail(f"regimes {', '.join(x for x in names if x != 'base')} need a --student")
     _check_image_size(height, width)
@@ -248,6 +254,11 @@ def _prepare(
     built = build_regimes(
         regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps
     )
+    if measures and embedder is None:
+        from conceptspace.embeddings import default_embedder
+
+        embedder = default_embedder(get_spec(base))
+    loaded = None if embedder is None else _load_embedder(embedder, **load_options)
     pair = _load_pair(base, student, out=out, **load_options)
     parameters = {
         "k": k,
@@ -256,7 +267,15 @@ def _prepare(
         "skip": skip,
         "replace": replace,
     }
-    return pair, built, prompt_list, seeds, parameters
+    return pair, built, prompt_list, seeds, parameters, loaded
+
+
+def _load_embedder(
+    spec: str, *, device: str | None = None, cache_dir: Path | None = None, quiet: bool = False, **_: object
+) -> Any:
+    from conceptspace.embeddings import load_embedder
+
+    return load_embedder(spec, device=device, cache_dir=cache_dir, progress=not quiet)
 
 
 def _listed(items: list[str]) -> list[str]:
@@ -317,17 +336,7 @@ def _print_run(run: dict, out: Path) -> None:
 def _generate(trajectories: bool, options: dict) -> None:
     from conceptspace.generate import generate as generate_images
 
-    pair, regimes, prompts, seeds, parameters = _prepare(**options)
-    embedder = None
-    if options.get("embedder"):
-        from conceptspace.embeddings import load_embedder
-
-        embedder = load_embedder(
-            options["embedder"],
-            device=options["device"],
-            cache_dir=options["cache_dir"],
-            progress=not options["quiet"],
-        )
+    pair, regimes, prompts, seeds, parameters, embedder = _prepare(**options)
     run = generate_images(
         pair,
         prompts,
@@ -646,7 +655,7 @@ def diversity(
     from conceptspace.results import ALL_PROMPTS
 
     options = locals()
-    pair, regimes, prompt_list, seeds, parameters = _prepare(**options)
+    pair, regimes, prompt_list, seeds, parameters, loaded = _prepare(**options, measures=True)
     metrics = _listed(metric)
     rows = diversity_run(
         pair,
@@ -654,7 +663,7 @@ def diversity(
         regimes,
         seeds,
         out,
-        embedder=embedder,
+        embedder=loaded,
         reuse=reuse,
         metrics=metrics,
         n_boot=n_boot,
@@ -1242,7 +1251,7 @@ def run_prompts(
     # the folder's lock before the models load: a second process into a busy folder is refused at once
     with run_lock(out, state.process_index):
         # the prompt file is read (as cases) already: _prepare only checks the options, builds regimes, loads the pair
-        pair, regimes, _, _, _ = _prepare(**{**options, "prompt": [cases[0].prompt], "prompts": None})
+        pair, regimes, *_ = _prepare(**{**options, "prompt": [cases[0].prompt], "prompts": None})
         try:
             summary = run_prompt_set(
                 pair,
@@ -1468,12 +1477,19 @@ def _quiet_import_chatter() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """:data:`USER_ERRORS`, and an embedder's missing optional package once the embedders are loaded (only their
+    code raises it, and importing them for an except clause would slow every command down)."""
+    embeddings = sys.modules.get("conceptspace.embeddings.base")
+    return USER_ERRORS + ((embeddings.MissingDependencyError,) if embeddings is not None else ())
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     _quiet_import_chatter()
     try:
         app()
-    except USER_ERRORS as error:
+    except _user_errors() as error:
         if os.environ.get("CONCEPTSPACE_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)

@@ -340,12 +340,9 @@ def transfer(
     out = ensure_writable_dir(out_dir)
     started = time.perf_counter()
     sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress, height, width)
+    # the embedder first: a missing or misnamed one fails before any model is loaded or sampled
+    embedder = _loaded_embedder(embedder, base_spec, device, progress, cache_dir)
     sampled = _sample_models(sweep, base, students, loader, device, dtype, cache_dir)
-    pair = sampled.pair
-
-    embedder = _loaded_embedder(
-        embedder, pair if pair is not None else base_spec, device, progress, cache_dir
-    )
     embedder_name = getattr(embedder, "name", type(embedder).__name__)
     has_text = bool(getattr(embedder, "has_text", False))
     text = text or prompt
@@ -514,7 +511,7 @@ def _write_scale(sweep: _Sweep, name: str, scale: float, result: SampleResult) -
 def _loaded_embedder(
     embedder: Any, default_for: Any, device: Any, progress: bool, cache_dir: str | os.PathLike | None
 ) -> Any:
-    """``embedder`` loaded from its spec, or the registry embedder of ``default_for`` (a pair or a spec)."""
+    """``embedder`` loaded from its spec, or the registry embedder of ``default_for`` (a spec)."""
     from conceptspace.embeddings import default_embedder, load_embedder
 
     if embedder is None:

@@ -542,3 +542,41 @@ def test_transfer_refuses_conflicting_options_before_any_work(tmp_path: Path, op
     result = invoke(*transfer_args(tmp_path / "never-read.safetensors", out, *options))
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--embedder", "dreamsim:ensemble"], "needs the optional `dreamsim` package"),
+        (["--embedder", "clip:foo"], "unknown embedder prefix 'clip'"),
+        (["-n", "1"], "diversity is measured between images: -n must be at least 2"),
+    ],
+)
+def test_diversity_fails_before_any_diffusion_network_is_built(tmp_path, options, message):
+    args = ["diversity", *TINY, "--regimes", "base,distilled", "--prompt", "x", "--out", str(tmp_path / "o")]
+    _assert_fails_before_loading([*args, *options], message)
+
+
+def test_transfer_fails_on_its_embedder_before_any_diffusion_network_is_built(tmp_path, slider_file):
+    args = transfer_args(slider_file, tmp_path / "o", "--embedder", "dreamsim:ensemble")
+    _assert_fails_before_loading(args, "needs the optional `dreamsim` package")
+
+
+def _assert_fails_before_loading(args: list[str], message: str) -> None:
+    """One `error:` line and exit 2, in a process where dreamsim cannot be imported and loading a pair would end
+    the process with status 3: the pre-flight must fail before `load_pair`."""
+    program = (
+        "import sys; sys.modules['dreamsim'] = None\n"
+        "import conceptspace.models as models\n"
+        "models.load_pair = lambda *a, **k: sys.exit(3)\n"
+        "from conceptspace.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

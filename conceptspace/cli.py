@@ -652,7 +652,7 @@ def diversity(
     Example: conceptspace diversity --base sdxl --student dmd2 --regimes base,distilled,hybrid --prompt "a cute puppy" -n 100 --embedder dreamsim:ensemble --out runs/table2
     """
     from conceptspace.diversity import diversity_run
-    from conceptspace.results import ALL_PROMPTS
+    from conceptspace.results import ALL_PROMPTS, format_p_value
 
     options = locals()
     pair, regimes, prompt_list, seeds, parameters, loaded = _prepare(**options, measures=True)
@@ -683,7 +683,7 @@ def diversity(
         + ("prompts images  p" if averaged else "images  p")
     )
     for row in summary:
-        p_value = f"{row['p_value']:.3g}" if "p_value" in row else ""
+        p_value = format_p_value(row["p_value"]) if "p_value" in row else ""
         ci = f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
         counts = f"{row['n']:<7} {row.get('n_images', ''):<7}" if averaged else f"{row['n']:<7}"
         typer.echo(
@@ -1068,6 +1068,7 @@ def sliderspace_activation(
     Example: conceptspace sliderspace activation runs/space --regimes base,distilled,hybrid -n 256
     """
     from conceptspace.directions import measure_activation
+    from conceptspace.results import format_p_value
 
     if quiet:
         _silence_libraries()
@@ -1089,7 +1090,7 @@ def sliderspace_activation(
             p = p_values.get((row["regime"], row.get("direction")), float("nan"))
             typer.echo(
                 f"{row['regime']:<12} {row['metric']:<26} {row['value']:.3f} "
-                f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]  p = {p:.3g}"
+                f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]  {format_p_value(p, named=True)}"
             )
     typer.echo(f"wrote {study / 'activation' / 'metrics.json'} and {study / 'activation' / 'report.html'}")
 

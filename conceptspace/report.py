@@ -38,7 +38,13 @@ from conceptspace.figures import (
     save_figure,
 )
 from conceptspace.io import STRIP_PREFIX, atomic_write, parse_image_name, write_text
-from conceptspace.results import ALL_PROMPTS, DIVERSITY_METRICS, REQUIRED_COLUMNS, read_metrics
+from conceptspace.results import (
+    ALL_PROMPTS,
+    DIVERSITY_METRICS,
+    REQUIRED_COLUMNS,
+    format_p_value,
+    read_metrics,
+)
 
 __all__ = ["ALL_PROMPTS", "DIVERSITY_METRICS", "build_report", "metric_family"]
 
@@ -245,8 +251,6 @@ def _regime_order(run: dict[str, Any], images: list[_Image], rows: list[dict[str
 
 
 # ---------------------------------------------------------------------------------------------- images
-
-
 
 
 def _thumbnail(run_dir: Path, image: _Image, size: int | None, written: set[Path]) -> dict[str, Any]:
@@ -586,7 +590,9 @@ def _comparison(
             "∝ network evaluations per image; a black ring marks the methods no other beats on diversity, quality "
             "and evaluations at once (the Pareto set)."
         )
-        saved = save_figure(run_dir, figure, "compare-pareto", "Diversity, quality and cost", caption, written)
+        saved = save_figure(
+            run_dir, figure, "compare-pareto", "Diversity, quality and cost", caption, written
+        )
     return {
         "diversity": d_name,
         "quality": q_name,
@@ -615,12 +621,6 @@ def _ci(low: Any, high: Any) -> str:
     if not (is_number(low) and is_number(high)):
         return ""
     return f"[{_num(float(low))}, {_num(float(high))}]"
-
-
-def _pvalue(value: Any) -> str:
-    if not is_number(value):
-        return "—" if value is None or isinstance(value, float) else str(value)
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _secs(value: Any) -> str:
@@ -666,7 +666,7 @@ def _tables(rows: list[dict[str, Any]], colours: dict[str, str]) -> list[dict[st
                         "value": _num(row["value"]),
                         "ci": _ci(row["ci_low"], row["ci_high"]),
                         "n": _num(row["n"]),
-                        "p": _pvalue(row.get("p_value")),
+                        "p": format_p_value(row.get("p_value")),
                         "significant": is_number(row.get("p_value")) and row["p_value"] < 0.05,
                     }
                     for row in group

@@ -52,6 +52,18 @@ def metric_row(
     }
 
 
+def format_p_value(value: Any, *, named: bool = False) -> str:
+    """A p-value as every table and command prints it: three decimals, and ``< 0.001`` below (a test with 1,000
+    permutations cannot tell smaller ones apart); ``—`` when there is none. ``named``: ``p = 0.012`` /
+    ``p < 0.001``."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return "p = —" if named else "—"
+    text = "< 0.001" if value < 0.001 else f"{value:.3f}"
+    if not named:
+        return text
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check every row has the required columns with numeric values; return them as plain dicts."""
     checked = []

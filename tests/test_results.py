@@ -40,3 +40,13 @@ def test_bad_metrics_files_are_clear_errors(tmp_path: Path) -> None:
         read_metrics(tmp_path)
     with pytest.raises(ValueError, match="value is not a number"):
         write_metrics(tmp_path, [metric_row("p", "r", "m", 1.0) | {"value": "high"}])
+
+
+def test_p_values_print_alike_everywhere():
+    from conceptspace.results import format_p_value
+
+    # 1 / (1000 + 1) is the smallest p of a 1000-permutation test: "< 0.001", never "0.000999"
+    assert [format_p_value(p) for p in (1 / 1001, 0.0123, 0.5, 1.0)] == ["< 0.001", "0.012", "0.500", "1.000"]
+    assert format_p_value(None) == format_p_value(float("nan")) == "—"
+    assert format_p_value(1 / 1001, named=True) == "p < 0.001"
+    assert format_p_value(0.0456, named=True) == "p = 0.046"

@@ -106,6 +106,8 @@ def _finished_images(
     """The run's run.json, its finished images (path and prompt) by regime, and their sampling seconds by regime;
     a folder that is not a run, a missing image or no image at all is an error."""
     run_file = run_dir / RUN_FILE
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}: give the --out folder of a `conceptspace run`")
     if not run_file.is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a run folder: it has no {RUN_FILE} (make one with `conceptspace run`)"

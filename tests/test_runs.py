@@ -701,6 +701,9 @@ def test_evaluate_errors_say_what_to_do(
     assert isinstance(not_a_run.exception, FileNotFoundError) and "has no run.json" in str(
         not_a_run.exception
     )
+    missing = invoke("evaluate", str(tmp_path / "missing_dir"), "--embedder", clip_spec)
+    assert isinstance(missing.exception, FileNotFoundError)
+    assert str(missing.exception).startswith(f"no run folder at {tmp_path / 'missing_dir'}")
     assert not (reference_run / "metrics.json").exists()
 
 

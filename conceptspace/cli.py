@@ -53,6 +53,12 @@ class LoRAStudentMode(str, Enum):
     merged = "merged"
 
 
+@app.callback()
+def _before_every_command() -> None:
+    # here rather than in main(): commands invoked in-process (typer's CliRunner, a notebook) are quiet too
+    _quiet_import_chatter()
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
@@ -351,6 +357,7 @@ def _generate(trajectories: bool, options: dict) -> None:
         commitment_embedder=embedder,
         progress=not options["quiet"],
         parameters=parameters,
+        command="trajectory" if trajectories else "generate",
     )
     _print_run(run, options["out"])
 

@@ -220,6 +220,7 @@ def run_demo(
         trajectory_measures=per_factor,
         progress=progress,
         parameters={"demo": True},
+        command="demo",
     )
     commitment = read_metrics(out)
     embedding = measure_diversity(out, embedder, n_boot=n_boot, n_perm=n_perm, seed=seed, progress=progress)

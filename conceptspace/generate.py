@@ -62,6 +62,7 @@ class _Options:
     commitment_embedder: Any
     trajectory_measures: TrajectoryMeasures | None
     progress: bool
+    command: str
 
 
 def generate(
@@ -81,6 +82,7 @@ def generate(
     trajectory_measures: TrajectoryMeasures | None = None,
     progress: bool = True,
     parameters: dict[str, Any] | None = None,
+    command: str = "generate",
 ) -> dict[str, Any]:
     """Sample every prompt in every regime and write ``out_dir/<regime>/<prompt#>_<seed>.png`` and ``run.json``.
 
@@ -92,8 +94,8 @@ def generate(
     ``trajectory_measures(prompt, regime, decoded, schedule)`` adds its rows to the curves: ``decoded`` is every
     sample's x̂0 trajectory as images ``(n, steps, 3, H, W)`` in [0, 1], ``schedule`` the regime's
     ``schedule_dicts()`` (e.g. :func:`conceptspace.testbed.commitment.trajectory_rows`, per factor).
-    ``run.json`` is written last: its
-    presence marks a complete run.
+    ``run.json`` is written last: its presence marks a complete run; its ``command`` names the study that made
+    it (``generate``, ``trajectory``, ``demo`` …).
     Returns the run record (the content of run.json).
     """
     _check_inputs(prompts, regimes)
@@ -108,6 +110,7 @@ def generate(
         commitment_embedder=commitment_embedder,
         trajectory_measures=trajectory_measures,
         progress=progress,
+        command=command,
     )
     started = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
@@ -228,7 +231,7 @@ def _run_record(
 ) -> dict[str, Any]:
     """The content of run.json: the models, every parameter, versions, each regime's record and wall times."""
     return {
-        "command": "generate",
+        "command": options.command,
         "base": asdict(pair.base),
         "student": asdict(pair.student) if pair.student else None,
         "paths": pair.paths,

@@ -1,6 +1,7 @@
 """`conceptspace demo` and the testbed embedder: the shipped pair end to end at small n."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -128,6 +129,8 @@ def test_demo_cli_writes_everything(tmp_path):
     assert "<b>blank samples</b>" in html and f"distilled {blank['distilled']['value']:.0%} of 4" in html
     assert len(list((out / "distilled").glob("*.png"))) >= 4
     assert (out / "report.html").stat().st_size > 1000 and (out / "run.json").exists()
+    assert json.loads((out / "run.json").read_text())["command"] == "demo"
+    assert "`demo` run" in html and "`generate` run" not in html
 
 
 def test_demo_refuses_too_few_samples(tmp_path):

@@ -10,8 +10,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group; Ctrl-C in any command prints one line saying what was kept (the study's own message)
+    and exits with the shell's status 130, where typer would exit silently."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            typer.secho(str(interrupt) or "interrupted", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="Study and fix what distillation does to diffusion models.",
     no_args_is_help=True,
     add_completion=False,

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace.embeddings import Embedder, default_embedder, load_embedder
-from conceptspace.generate import generate, schedule_field
+from conceptspace.generate import REGIME_RECORD, generate, schedule_field
 from conceptspace.io import write_json
 from conceptspace.metrics import diversity_over_prompts, paired_over_prompts
 from conceptspace.models import ModelPair
@@ -154,21 +154,28 @@ def _same_regime(record: dict[str, Any], regime: Regime) -> bool:
 def _reusable_regimes(
     run_dir: Path, pair: ModelPair, prompts: Sequence[str], regimes: Sequence[Regime], seeds: Sequence[int]
 ) -> dict[str, Any]:
-    """Regime records of an earlier run in ``run_dir`` that the same regime made (same parameters) and that
-    already hold every (prompt, seed) for this pair."""
+    """Regime records of earlier work in ``run_dir`` that the same regime made (same parameters) for this pair
+    and that already hold every (prompt, seed): the regimes of a complete run.json, and the finished regimes of
+    an interrupted run (each folder's :data:`~conceptspace.generate.REGIME_RECORD`)."""
+    models = (pair.base.name, pair.student.name if pair.student else None)
+    records: dict[str, Any] = {}
     try:
         run = read_run(run_dir)
     except (FileNotFoundError, ValueError):
-        return {}
-    same_models = run.get("base", {}).get("name") == pair.base.name and (run.get("student") or {}).get(
-        "name"
-    ) == (pair.student.name if pair.student else None)
-    if not same_models:
-        return {}
+        run = {}
+    if (run.get("base", {}).get("name"), (run.get("student") or {}).get("name")) == models:
+        records.update(run.get("regimes", {}))
+    for regime in regimes:
+        try:
+            finished = json.loads((run_dir / regime.name / REGIME_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (finished.get("base"), finished.get("student")) == models:
+            records[regime.name] = finished["record"]
     wanted = {(p, s) for p in prompts for s in seeds}
     by_name = {regime.name: regime for regime in regimes}
     reusable = {}
-    for name, record in run.get("regimes", {}).items():
+    for name, record in records.items():
         if name not in by_name or not _same_regime(record, by_name[name]):
             continue
         have = {
@@ -204,7 +211,9 @@ def generate_or_reuse(
     else:
         run = read_run(out)
     if kept:
-        run["regimes"] = {regime.name: kept.get(regime.name) or run["regimes"][regime.name] for regime in regimes}
+        run["regimes"] = {
+            regime.name: kept.get(regime.name) or run["regimes"][regime.name] for regime in regimes
+        }
         run["schedule"] = schedule_field(run["regimes"])
         run["reused_regimes"] = sorted(kept)
         write_json(out / "run.json", run)

@@ -3,6 +3,7 @@ records every parameter, package versions, wall time per phase and the schedule 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -115,14 +116,59 @@ def generate(
     started = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     commitment_rows: list[dict[str, Any]] = []
-    for regime in regimes:
-        records[regime.name], rows = _sample_regime(pair, prompts, regime, seeds, out, options)
-        commitment_rows += rows
+    try:
+        for regime in regimes:
+            _forget_regime(out, regime.name)
+            records[regime.name], rows = _sample_regime(pair, prompts, regime, seeds, out, options)
+            write_json(
+                out / regime.name / REGIME_RECORD, _regime_file(pair, prompts, seeds, records[regime.name])
+            )
+            commitment_rows += rows
+    except KeyboardInterrupt:
+        kept = ", ".join(records) or "none"
+        raise Interrupted(
+            f"interrupted: kept the finished regimes ({kept}) in {out}; the same command reuses them"
+        ) from None
     if trajectories:
         write_metrics(out, commitment_rows)
     run = _run_record(pair, prompts, seeds, options, parameters, records, started)
     write_json(out / "run.json", run)
     return run
+
+
+REGIME_RECORD = "regime.json"
+"""A finished regime's record (settings, schedule, images) in its folder, written as soon as the regime is done:
+what a rerun after an interruption reuses (``conceptspace.diversity.generate_or_reuse``)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during sampling; the message says which finished work was kept."""
+
+
+def _regime_file(
+    pair: ModelPair, prompts: Sequence[str], seeds: Sequence[int], record: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "base": pair.base.name,
+        "student": pair.student.name if pair.student else None,
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "record": record,
+    }
+
+
+def _forget_regime(out: Path, name: str) -> None:
+    """Before a regime's folder is written again, no record may still describe its old images."""
+    (out / name / REGIME_RECORD).unlink(missing_ok=True)
+    run_file = out / "run.json"
+    if run_file.is_file():
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        except ValueError:
+            return
+        if name in run.get("regimes", {}):
+            del run["regimes"][name]
+            write_json(run_file, run)
 
 
 def _check_inputs(prompts: Sequence[str], regimes: Sequence[Regime]) -> None:

@@ -210,3 +210,38 @@ def test_embedding_shows_one_bar_that_advances_over_every_image(
         err
     )  # one bar for the phase, not one per prompt × regime
     assert "12/12" in err
+
+
+def test_ctrl_c_keeps_the_finished_regimes_and_the_same_command_reuses_them(tmp_path):
+    """A real SIGINT to a real process while it samples its second regime: it says what it kept and exits 130; the
+    same command then reuses the first regime's images byte for byte (not sampled again) and finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "conceptspace", "diversity", "--base", "shapes", "--student", "dmd"]
+    command += ["--regimes", "distilled,base", "--steps", "10", "--prompt", "a shape", "-n", "8"]
+    command += ["--out", str(out), "--device", "cpu", "--n-boot", "20", "--n-perm", "20", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finished = out / "distilled" / "regime.json"
+    deadline = time.monotonic() + 300
+    while not finished.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert finished.exists() and process.poll() is None, "the first regime should finish while the second runs"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"interrupted: kept the finished regimes (distilled) in {out}" in stderr
+    assert not (out / "base" / "regime.json").exists() and not (out / "run.json").exists()
+    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (out / "distilled").glob("*.png")}
+    assert len(kept) == 8
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
+    run = json.loads((out / "run.json").read_text())
+    assert run["reused_regimes"] == ["distilled"] and len(run["regimes"]["base"]["images"]) == 8

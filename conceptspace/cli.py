@@ -1468,7 +1468,9 @@ def compare_methods(
 
 
 def ranking_lines(table: list[dict]) -> list[str]:
-    """The ranked table as text: rank, method, diversity gain over the student, quality change, NFE, s/image."""
+    """The ranked table as text: rank, method, diversity gain over the student, quality change, NFE, s/image; and
+    a last line when no method is more diverse than the student beyond its interval."""
+    from conceptspace.ranking import NO_CLEAR_WINNER, no_clear_winner
 
     def cell(value: dict | None, signed: bool = False) -> str:
         if value is None:
@@ -1487,6 +1489,8 @@ def ranking_lines(table: list[dict]) -> list[str]:
             f"{cell(entry['quality_vs_student'], True):<26} {entry['evaluations'] or 0:>4.0f} "
             f"{'—' if seconds is None else format(seconds['value'], '.4f'):>8}  {'yes' if entry['pareto'] else ''}"
         )
+    if no_clear_winner(table):
+        lines.append(NO_CLEAR_WINNER)
     return lines
 
 

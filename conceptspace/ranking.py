@@ -9,10 +9,17 @@ from typing import Any
 
 from conceptspace.results import ALL_PROMPTS
 
-__all__ = ["BASE", "STUDENT", "ranking"]
+__all__ = ["BASE", "NO_CLEAR_WINNER", "STUDENT", "no_clear_winner", "ranking"]
 
 BASE, STUDENT = "base", "distilled"
 """The two reference methods of every comparison: the base and the student."""
+
+
+NO_CLEAR_WINNER = (
+    "no method is more diverse than the student beyond its 95% interval: the ranking orders point estimates only, "
+    "and none of them is a win"
+)
+"""What a comparison says when every method's diversity gain over the student has an interval reaching 0."""
 
 
 def _find(
@@ -45,8 +52,10 @@ def ranking(rows: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> list
     One entry per method (the base and the student included), averaged over prompts: diversity and its paired
     gains over the student and the base, quality and its paired difference from the student, the Fréchet distance
     to the reference, network evaluations and seconds per image (and relative to the student). Methods are ranked
-    by their diversity gain over the student, highest first, the references last; ``pareto`` marks the methods no
-    other beats on diversity, quality and evaluations at once (on the point values).
+    by their diversity gain over the student, highest first, the references last. ``versus_student`` says whether
+    a method is ``"more diverse"`` or ``"less diverse"`` than the student beyond the gain's 95% interval, or shows
+    ``"no clear difference"``; ``pareto`` marks the methods no other beats on diversity, quality and evaluations at
+    once (on the point values) — among the methods, only those more diverse than the student.
     """
     rows = _only_prompt(rows)
     diversity, quality = settings["diversity"], settings["quality"]
@@ -80,11 +89,13 @@ def ranking(rows: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> list
         cell = entry[key]
         return math.nan if cell is None else float(cell["value"])
 
-    for entry in table:
-        entry["pareto"] = not any(
-            _dominates(other, entry, point, higher) for other in table if other is not entry
-        )
     references = {BASE, STUDENT}
+    for entry in table:
+        entry["versus_student"] = (
+            None if entry["method"] in references else _versus(entry["diversity_vs_student"])
+        )
+        unbeaten = not any(_dominates(other, entry, point, higher) for other in table if other is not entry)
+        entry["pareto"] = unbeaten and entry["versus_student"] in (None, "more diverse")
 
     def order(entry: dict[str, Any]) -> tuple[int, float]:
         gain = point(entry, "diversity_vs_student")
@@ -94,6 +105,23 @@ def ranking(rows: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> list
     for rank, entry in enumerate(table, 1):
         entry["rank"] = rank if entry["method"] not in references else None
     return table
+
+
+def no_clear_winner(table: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether no method of a :func:`ranking` table is more diverse than the student beyond its interval (False
+    when no method's gain was measured)."""
+    verdicts = [entry.get("versus_student") for entry in table if entry.get("versus_student") is not None]
+    return bool(verdicts) and "more diverse" not in verdicts
+
+
+def _versus(gain: Mapping[str, float] | None) -> str | None:
+    if gain is None or not (math.isfinite(gain["ci_low"]) and math.isfinite(gain["ci_high"])):
+        return None
+    if gain["ci_low"] > 0:
+        return "more diverse"
+    if gain["ci_high"] < 0:
+        return "less diverse"
+    return "no clear difference"
 
 
 def _dominates(a: dict[str, Any], b: dict[str, Any], point: Any, higher: bool) -> bool:

@@ -548,7 +548,7 @@ def _comparison(
     settings = (run.get("parameters") or {}).get("compare")
     if not settings or not rows:
         return None
-    from conceptspace.ranking import ranking
+    from conceptspace.ranking import NO_CLEAR_WINNER, no_clear_winner, ranking
 
     table = ranking(rows, settings)
     diversity, quality = settings["diversity"], settings["quality"]
@@ -601,6 +601,7 @@ def _comparison(
         else "lower is better",
         "lines": lines,
         "figure": saved,
+        "no_clear_winner": NO_CLEAR_WINNER if no_clear_winner(table) else None,
     }
 
 

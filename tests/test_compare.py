@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from conceptspace import Base, Distilled, Hybrid, Named, load_pair, sample
+from conceptspace.cli import ranking_lines
 from conceptspace.compare import ALL_PROMPTS, compare, parse_method, ranking
 from conceptspace.diversity import generate_or_reuse
 from conceptspace.quality import fid, frechet_distance
+from conceptspace.ranking import NO_CLEAR_WINNER, no_clear_winner
 from conceptspace.remedies import CADS
 from conceptspace.sampling import regime_from_name
 
@@ -289,6 +291,22 @@ def test_ranking_orders_by_diversity_gain_and_marks_the_pareto_set():
     assert {e["method"]: e["pareto"] for e in table} == {
         "c": True, "a": True, "b": False, "base": True, "distilled": True
     }  # fmt: skip
+    assert [e["versus_student"] for e in table] == [
+        "more diverse", "more diverse", "no clear difference", None, None
+    ]  # fmt: skip
+    assert not no_clear_winner(table)
+
+    # every gain's interval reaches 0: rank 1 is no win, none is in the Pareto set, and the table says so
+    straddling = (
+        rows_for("base", 5.0, 30.0, 100, 3.0)
+        + rows_for("distilled", 2.0, 31.0, 4, None)
+        + rows_for("a", 2.1, 31.0, 4, 0.5)
+        + rows_for("b", 2.05, 31.0, 4, -0.2)
+    )
+    table = ranking(straddling, {**settings, "methods": ["a", "b"]})
+    assert [(e["method"], e["rank"], e["pareto"]) for e in table][:2] == [("a", 1, False), ("b", 2, False)]
+    assert no_clear_winner(table)
+    assert ranking_lines(table)[-1] == NO_CLEAR_WINNER
 
 
 # ---------------------------------------------------------------------------------------------------- testbed

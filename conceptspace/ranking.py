@@ -33,11 +33,18 @@ def _find(
 
 
 def _only_prompt(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as :func:`ranking` reads them: the ``(all prompts)`` rows, or a single prompt's rows relabelled so."""
-    prompts = {r["prompt"] for r in rows}
-    if ALL_PROMPTS in prompts or len(prompts - {ALL_PROMPTS}) != 1:
+    """Rows as :func:`ranking` reads them: the ``(all prompts)`` rows and, for a single prompt, its rows of every
+    measure that has no ``(all prompts)`` row (the testbed's probe measures one prompt per row), relabelled so."""
+    prompts = {r["prompt"] for r in rows} - {ALL_PROMPTS}
+    if len(prompts) != 1:
         return list(rows)
-    return [{**r, "prompt": ALL_PROMPTS} for r in rows]
+    averaged = {(r["regime"], r["metric"], r.get("embedder")) for r in rows if r["prompt"] == ALL_PROMPTS}
+    return [
+        r
+        if r["prompt"] == ALL_PROMPTS or (r["regime"], r["metric"], r.get("embedder")) in averaged
+        else {**r, "prompt": ALL_PROMPTS}
+        for r in rows
+    ]
 
 
 def _cell(row: dict[str, Any] | None) -> dict[str, float] | None:

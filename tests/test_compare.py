@@ -336,3 +336,22 @@ def test_on_the_testbed_compare_reads_the_probe_and_the_base_costs_more(tmp_path
     assert hybrid["quality"] is not None and hybrid["diversity_vs_student"] is not None
     base = next(e for e in result.ranking if e["method"] == "base")
     assert base["evaluations"] == 24 and base["relative_seconds"] > 2  # 24 network passes against 4
+
+
+def test_ranking_reads_a_single_prompts_rows_where_no_average_over_prompts_exists():
+    """One prompt on the testbed: the embedders' measures come with (all prompts) rows, the probe's do not; the
+    ranking reads the prompt's own probe rows, and an (all prompts) row wins where both exist."""
+    rows = [
+        {"prompt": "a shape", "regime": "m - distilled", "metric": "diff_entropy", "embedder": "probe",
+         **_cell(0.9, 0.5, 1.7)},
+        {"prompt": "a shape", "regime": "m", "metric": "vendi", "embedder": "e", **_cell(9.0, 8.0, 10.0)},
+        {"prompt": ALL_PROMPTS, "regime": "m", "metric": "vendi", "embedder": "e", **_cell(3.0, 2.0, 4.0)},
+    ]  # fmt: skip
+    settings = {
+        "methods": ["m"],
+        "diversity": {"metric": "entropy", "embedder": "probe"},
+        "quality": {"metric": "vendi", "embedder": "e"},
+    }
+    (entry,) = [e for e in ranking(rows, settings) if e["method"] == "m"]
+    assert entry["diversity_vs_student"] == {"value": 0.9, "ci_low": 0.5, "ci_high": 1.7}
+    assert entry["quality"]["value"] == 3.0 and entry["versus_student"] == "more diverse"

@@ -611,8 +611,9 @@ def trajectory(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Like generate, plus one x̂0 strip per sample (steps left to right) and commitment curves
-    (DIR/commitment.json and .csv: similarity of each step's x̂0 to the final image, with 95% CIs).
+    """Like generate, plus one x̂0 strip per sample (DIR/<regime>/trajectory_<prompt#>_<seed>.png, steps left to
+    right) and commitment curves (DIR/metrics.json and .csv: similarity of each step's x̂0 to the final image, with
+    95% CIs).
 
     Example: conceptspace trajectory --base sdxl --student dmd2 --regime base,distilled --prompt "a car" -n 4 --out runs/traj
     """

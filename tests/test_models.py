@@ -671,7 +671,10 @@ def test_register_checks_its_input(registry):
         register(with_overrides(student, name="orphan", base="sdxl-2"))
     with pytest.raises(ValueError, match="family 'sd21' but its base 'sdxl'"):
         register(with_overrides(student, name="confused", family="sd21"))
-    assert "orphan" not in REGISTRY and "confused" not in REGISTRY
+    # an architecture no family adapter answers to is refused here, not later blamed on the pair
+    with pytest.raises(ValueError, match="unknown architecture 'sdx'; did you mean 'sdxl'\\? known architectures: flux"):
+        register(with_overrides(student, name="typo", architecture="sdx"))
+    assert "orphan" not in REGISTRY and "confused" not in REGISTRY and "typo" not in REGISTRY
 
 
 def test_model_spec_validation():

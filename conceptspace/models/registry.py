@@ -9,6 +9,7 @@ with the family adapters of :mod:`conceptspace.models.families`.
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import os
 import shlex
@@ -611,8 +612,17 @@ _REGISTRY_LIST += [
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _REGISTRY_LIST}
 
 
+ARCHITECTURES: dict[str, Any] = {}
+"""The family adapters by architecture name: :data:`conceptspace.models.families.FAMILIES` is this dict, filled
+when the modules in :data:`ARCHITECTURE_PROVIDERS` are imported (a family added there is known here too)."""
+
+ARCHITECTURE_PROVIDERS = ["conceptspace.models.families"]
+"""Modules imported before an entry's ``architecture`` is checked, so that their adapters are known."""
+
+
 def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
-    """Add a model to the registry (see docs/model-pairs.md). A student's base must already be registered."""
+    """Add a model to the registry (see docs/model-pairs.md). A student's base must already be registered, and
+    the entry's architecture must be one a family adapter answers to."""
     if spec.name in REGISTRY and not overwrite:
         raise ValueError(f"model {spec.name!r} is already registered; pass overwrite=True to replace it")
     if spec.role == "student" and spec.base not in REGISTRY:
@@ -621,6 +631,15 @@ def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
         raise ValueError(
             f"student {spec.name!r} is of family {spec.family!r} but its base {spec.base!r} is of family "
             f"{REGISTRY[spec.base].family!r}; load_pair would refuse the pair"
+        )
+    for module in ARCHITECTURE_PROVIDERS:
+        importlib.import_module(module)
+    if spec.architecture_name not in ARCHITECTURES:
+        close = difflib.get_close_matches(spec.architecture_name, sorted(ARCHITECTURES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"model {spec.name!r}: unknown architecture {spec.architecture_name!r}; {hint}known architectures: "
+            f"{', '.join(sorted(ARCHITECTURES))} (architecture= names the family adapter that loads its weights)"
         )
     REGISTRY[spec.name] = spec
     return spec

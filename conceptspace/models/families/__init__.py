@@ -16,20 +16,23 @@ from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
 from conceptspace.models.families.zimage import ZImage
-from conceptspace.models.registry import ModelSpec
+from conceptspace.models.registry import ARCHITECTURES, ModelSpec
 
-FAMILIES: dict[str, Family] = {
-    family.name: family
-    for family in (
-        StableDiffusion(),
-        StableDiffusionXL(),
-        StableDiffusion3(),
-        Flux(),
-        PixArtAlpha(),
-        ZImage(),
-        QwenImage(),
-    )
-}
+FAMILIES: dict[str, Family] = ARCHITECTURES  # the registry's table: register() refuses other architectures
+FAMILIES.update(
+    {
+        family.name: family
+        for family in (
+            StableDiffusion(),
+            StableDiffusionXL(),
+            StableDiffusion3(),
+            Flux(),
+            PixArtAlpha(),
+            ZImage(),
+            QwenImage(),
+        )
+    }
+)
 
 
 def family_of(spec: ModelSpec | str) -> Family:

@@ -94,9 +94,10 @@ def models(
     specs = list(REGISTRY.values())
     name_w = max(len("name"), *(len(spec.name) for spec in specs))
     base_w = max(len("base"), *(len(spec.base or "-") for spec in specs))
+    arch_w = max(len("arch"), *(len(spec.architecture_name) for spec in specs))
     typer.echo(
         f"{'name':<{name_w}} {'role':<8} {'base':<{base_w}} {'cached':<7} {'steps':<6} {'cfg':<5} {'res':<5} "
-        f"{'arch':<5} source"
+        f"{'arch':<{arch_w}} source"
     )
     for spec in specs:
         if spec.storage == "random" or spec.local_dir:
@@ -107,7 +108,7 @@ def models(
         typer.echo(
             f"{spec.name:<{name_w}} {spec.role:<8} {spec.base or '-':<{base_w}} {cached:<7} "
             f"{spec.num_inference_steps:<6} {spec.guidance_scale:<5g} {spec.resolution:<5} "
-            f"{spec.architecture_name:<5} {source}"
+            f"{spec.architecture_name:<{arch_w}} {source}"
         )
 
 

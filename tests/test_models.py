@@ -813,3 +813,13 @@ def test_every_scheduler_is_a_fresh_one_made_from_the_pair_config(tiny_sdxl_pair
     config["timestep_spacing"] = "linspace"  # edited in place: the next scheduler follows
     assert changed.make_scheduler("student").config.timestep_spacing == "linspace"
     assert tiny_sdxl_pair.make_scheduler("student").config.timestep_spacing == used.config.timestep_spacing
+
+
+def test_getting_started_shows_the_whole_registry_as_conceptspace_models_prints_it(empty_cache: Path):
+    """docs/getting-started.md's `conceptspace models` block is the command's output on an empty cache: every
+    registry entry, in the command's own layout (a model added to the registry must be added to the docs)."""
+    run = _cli("models", cache=empty_cache)
+    assert run.returncode == 0, run.stderr
+    docs = (Path(__file__).parents[1] / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    block = docs.split("$ conceptspace models\n", 1)[1].split("```", 1)[0]
+    assert block == run.stdout

@@ -24,7 +24,7 @@ from conceptspace.io import (
 )
 from conceptspace.models import ModelPair
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import Regime, SampleResult, sample
+from conceptspace.sampling import Regime, SampleResult, check_prompt, sample
 from conceptspace.stats import mean_estimate
 from conceptspace.trajectories import (
     commitment_curve,
@@ -172,7 +172,7 @@ def _forget_regime(out: Path, name: str) -> None:
 
 
 def _check_inputs(prompts: Sequence[str], regimes: Sequence[Regime]) -> None:
-    """Refuse a run with nothing to sample, an empty prompt or two regimes that would share a folder."""
+    """Refuse a run with nothing to sample, a prompt of whitespace or two regimes that would share a folder."""
     if not prompts:
         raise ValueError("no prompt given: pass at least one prompt")
     if not regimes:
@@ -183,8 +183,7 @@ def _check_inputs(prompts: Sequence[str], regimes: Sequence[Regime]) -> None:
             f"regime names repeat ({', '.join(names)}): each regime writes to its own folder, run them separately"
         )
     for prompt in prompts:
-        if not prompt.strip():
-            raise ValueError("a prompt is empty: give the text to generate from")
+        check_prompt(prompt)
 
 
 def _sample_regime(

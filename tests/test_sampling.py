@@ -475,8 +475,21 @@ def test_impossible_regime_numbers_are_refused_when_the_regime_is_made(make, mes
         make()
 
 
+def test_the_empty_prompt_samples_unconditionally_as_diffusers_does(sdxl_pair: ModelPair) -> None:
+    """``""`` is diffusers' unconditional prompt: the base with CFG, on the same seeds, gives diffusers' images."""
+    seeds = [3, 11]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    expected = sdxl_pair.to_diffusers("base")(
+        "", num_images_per_prompt=2, generator=generators, height=64, width=64, output_type="np",
+        num_inference_steps=8, guidance_scale=5.0,
+    ).images  # fmt: skip
+    got = sample(sdxl_pair, "", Base(steps=8, guidance_scale=5.0), seeds, output_type="np", progress=False).images
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(got - ours(sdxl_pair, Base(steps=8, guidance_scale=5.0), seeds)).max() > 1e-3  # not the prompt's
+
+
 def test_bad_prompt_seeds_and_sizes_are_refused(sdxl_pair: ModelPair) -> None:
-    with pytest.raises(ValueError, match="prompt is empty"):
+    with pytest.raises(ValueError, match="prompt is empty but for whitespace: .* or '' to sample unconditionally"):
         sample(sdxl_pair, "   ", "distilled", [0], progress=False)
     with pytest.raises(ValueError, match="no seeds"):
         sample(sdxl_pair, PROMPT, "distilled", [], progress=False)

@@ -168,7 +168,7 @@ def sample(
 
     Args:
         pair: from :func:`conceptspace.load_pair`.
-        prompt: the text prompt (must not be empty).
+        prompt: the text prompt; ``""`` samples unconditionally (whitespace alone is refused).
         regime: a :class:`Regime`, or a spec :func:`parse_regime` reads: any name in :data:`REGIMES`
             (``"base"``, ``"hybrid"``, a remedy such as ``"cads"``) with options after colons (``"hybrid:k=2"``).
         seeds: one image per seed.
@@ -245,10 +245,20 @@ def sample(
     )
 
 
+def check_prompt(prompt: Any) -> None:
+    """Refuse what cannot be a prompt: not text, or only whitespace (a slip more often than a wish). The empty
+    prompt ``""`` samples unconditionally, as in diffusers."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"a prompt is text, got {type(prompt).__name__}")
+    if prompt and not prompt.strip():
+        raise ValueError(
+            "prompt is empty but for whitespace: give the text to generate from, or '' to sample unconditionally"
+        )
+
+
 def _checked_request(prompt: Any, seeds: Iterable[int], batch_size: int) -> list[int]:
     """The seeds as ints, once the prompt, the seeds and the batch size are known to be usable."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt is empty: give the text to generate from")
+    check_prompt(prompt)
     checked = [check_seed(s) for s in seeds]
     if not checked:
         raise ValueError("no seeds given: pass at least one seed")

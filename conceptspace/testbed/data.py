@@ -535,15 +535,13 @@ def captions(
 
 def fixed_factors(prompt: str) -> dict[str, str]:
     """The factors a prompt fixes, as named levels: ``"a small red shape on the left"`` →
-    ``{"size": "small", "colour": "red", "x": "left"}``; ``"a shape"`` → ``{}``.
+    ``{"size": "small", "colour": "red", "x": "left"}``; ``"a shape"`` and ``""`` → ``{}``.
 
     Word-based: any caption :func:`captions` writes parses back to what it mentions, and so does any prompt made
     of level words (:data:`LEVELS`) and template words (a, an, the, shape, on, in, at, background). A background
     word needs the word "background". Raises ``ValueError`` on unknown words and on contradictions.
     """
-    words = re.findall(r"[a-z]+", prompt.lower())
-    if not words:
-        raise ValueError("empty prompt")
+    words = re.findall(r"[a-z]+", prompt.lower())  # "" (unconditional) fixes nothing
     found: dict[str, str] = {}
     for word in words:
         if word in _FILLER:

@@ -329,13 +329,18 @@ def _points_figure(
 
 
 def _legend(figure: Any, handles: dict[str, Any]) -> None:
-    """One legend above all panels (at most six entries a line)."""
+    """One legend above all panels, with as many entries a line as the figure's width holds (at most six)."""
     if handles:
+        labels = [_label(h, 30) for h in handles]
+        longest = max(len(line) for label in labels for line in label.splitlines())
+        # an entry: its text (~0.6 em a character at 10 pt) plus the marker, its padding and the column gap
+        entry_inches = 0.085 * longest + 0.7
+        fitting = int(figure.get_figwidth() // entry_inches)
         figure.legend(
             list(handles.values()),
-            [_label(h, 30) for h in handles],
+            labels,
             loc="outside upper center",
-            ncols=min(len(handles), 6),
+            ncols=max(1, min(len(handles), 6, fitting)),
             frameon=False,
         )
 

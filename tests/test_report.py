@@ -365,3 +365,58 @@ def test_the_payload_check_would_catch_an_unescaped_page(tmp_path: Path, browser
     raw.write_text(f"<!doctype html><html><head><title>raw</title></head><body>{PWNED}</body></html>")
     browser.get(raw.as_uri())
     assert browser.execute_script("return window.pwned;") in (1, 2)
+
+
+def test_at_1280_px_every_x0_strip_shows_its_final_step_and_nothing_overflows(tmp_path, browser) -> None:
+    """A 20-step base (the demo's regimes run 12 to 20 steps): its strips scale down to their column instead of
+    scrolling inside it (which hid the final image), their step labels stay under their frames, and the page never
+    scrolls sideways."""
+    folder = _write_run(tmp_path / "run")
+    run = json.loads((folder / "run.json").read_text())
+    steps = [{"step": i, "timestep": 999 - 50 * i, "model": "base"} for i in range(20)]
+    run["regimes"]["base"]["schedule"] = steps
+    write_json(folder / "run.json", run)
+    for strip in (folder / "base").glob("trajectory_*.png"):
+        _png(strip, SIZE * len(steps), SIZE, 0)
+    build_report(folder)
+    _open(browser, folder / "report.html")
+    overflow = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];"
+    )
+    assert overflow[0] <= overflow[1], overflow
+    strips = browser.execute_script(
+        """return Array.from(document.querySelectorAll('.strip')).map(s => {
+            const img = s.querySelector('img').getBoundingClientRect(), box = s.getBoundingClientRect();
+            const labels = Array.from(s.querySelectorAll('.frames span')).map(l => l.getBoundingClientRect());
+            return [img.left, img.right, box.right, labels.length ? labels[labels.length - 1].right : img.right];
+        });"""
+    )
+    assert strips
+    for left, right, box_right, last_label in strips:
+        assert right <= box_right + 0.5 and right > left  # the whole strip, final frame included, is in view
+        assert abs(last_label - right) <= 1.0  # the last step's label ends where the image ends
+
+
+def test_a_figure_legend_with_many_long_names_fits_inside_the_figure():
+    """Six regime differences with long names above one column of panels: the legend wraps onto more lines
+    instead of running off both edges of the PNG (the demo's differences figure lost its first entry so)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from conceptspace.figures import _points_figure, colours_for
+
+    names = [
+        "distilled - base", "hybrid - base", "hybrid - distilled",
+        "replace-final - base", "replace-final - distilled", "replace-final - hybrid",
+    ]  # fmt: skip
+    rows = [
+        {"prompt": prompt, "regime": name, "metric": "diff_spread_position", "embedder": "probe",
+         "value": 0.1 * i, "ci_low": 0.1 * i - 0.2, "ci_high": 0.1 * i + 0.2, "n": 32}
+        for i, name in enumerate(names) for prompt in ("a shape", "a triangle", "a red shape")
+    ]  # fmt: skip
+    figure = _points_figure(rows, names, colours_for(names), zero_line=True)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    (legend,) = figure.legends
+    box = legend.get_window_extent(canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
+    assert len(legend.get_texts()) == 6

@@ -418,5 +418,5 @@ def test_a_figure_legend_with_many_long_names_fits_inside_the_figure():
     canvas.draw()
     (legend,) = figure.legends
     box = legend.get_window_extent(canvas.get_renderer())
-    assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
     assert len(legend.get_texts()) == 6

@@ -420,3 +420,20 @@ def test_a_figure_legend_with_many_long_names_fits_inside_the_figure():
     box = legend.get_window_extent(canvas.get_renderer())
     assert box.x0 >= 0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
     assert len(legend.get_texts()) == 6
+
+
+def test_at_1280_px_the_comparison_table_shows_every_column(tmp_path, browser) -> None:
+    """compare's twelve-column ranking fits the page: its last column (Pareto) is in view without scrolling."""
+    import torch
+
+    from conceptspace import Base, compare, load_pair
+
+    pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
+    result = compare(pair, ["a shape"], ["hybrid", "cads"], seeds=range(4), out_dir=tmp_path / "cmp",
+                     base=Base(steps=4), n_boot=50, n_perm=50, progress=False)  # fmt: skip
+    _open(browser, result.report)
+    widths = browser.execute_script(
+        "const wrap = document.querySelector('table.ranking').closest('.tablewrap');"
+        "return [wrap.scrollWidth, wrap.clientWidth, document.documentElement.scrollWidth, innerWidth];"
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], widths

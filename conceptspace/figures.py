@@ -88,6 +88,7 @@ def pareto_figure(
 ) -> Any:
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     points = [e for e in table if e["diversity"] is not None and e["quality"] is not None]
     if not points:
@@ -96,6 +97,7 @@ def pareto_figure(
         figure = Figure(figsize=(6.4, 4.6), layout="constrained")
         ax = figure.subplots()
         largest = max(e["evaluations"] or 1 for e in points)
+        handles: dict[str, Any] = {}
         for e in points:
             d, q = e["diversity"], e["quality"]
             x, y = float(d["value"]), float(q["value"])
@@ -120,13 +122,15 @@ def pareto_figure(
                 edgecolors="#111111" if e["pareto"] else "none",
                 linewidths=1.8,
             )
-            ax.annotate(
-                _label(e["method"], 24), (x, y), textcoords="offset points", xytext=(7, 6), fontsize=8
+            handles[e["method"]] = Line2D(  # one marker size in the legend, whatever the method's cost
+                [], [], marker="o", ls="", ms=7, color=colours.get(e["method"], PALETTE[-1])
             )
         ax.set_xlabel(_label(d_name + " → more diverse", 60))
         ax.set_ylabel(_label(q_name + (" → better" if higher else " (lower is better)"), 60))
         if not higher:
             ax.invert_yaxis()
+        # a legend, not labels beside the points: methods that land close together would print over each other
+        _legend(figure, handles)
     return figure
 
 

@@ -588,7 +588,8 @@ def _comparison(
         caption = (
             f"Each method's {d_name} (x) against its {q_name} (y), mean over prompts with 95% intervals; marker area "
             "∝ network evaluations per image; a black ring marks the methods no other beats on diversity, quality "
-            "and evaluations at once (the Pareto set)."
+            "and evaluations at once (the Pareto set; a method only when it is more diverse than the student beyond "
+            "its interval)."
         )
         saved = save_figure(
             run_dir, figure, "compare-pareto", "Diversity, quality and cost", caption, written

@@ -437,3 +437,29 @@ def test_at_1280_px_the_comparison_table_shows_every_column(tmp_path, browser) -
         "return [wrap.scrollWidth, wrap.clientWidth, document.documentElement.scrollWidth, innerWidth];"
     )
     assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
+
+
+def test_the_pareto_figure_names_methods_in_a_legend_that_fits_not_in_labels_that_collide():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from conceptspace.figures import colours_for, pareto_figure
+
+    def entry(method, diversity, quality, evaluations):
+        return {"method": method, "diversity": {"value": diversity, "ci_low": diversity - 0.1, "ci_high": diversity + 0.1},
+                "quality": {"value": quality, "ci_low": quality - 1, "ci_high": quality + 1},
+                "evaluations": evaluations, "pareto": True}  # fmt: skip
+
+    # two methods on the very same point (as hybrid and cads were at n = 4): labels beside points would overlap
+    table = [entry("hybrid", 1.86, 30.0, 4), entry("cads", 1.86, 30.0, 4), entry("base", 1.9, 31.0, 100),
+             entry("distilled", 0.99, 29.0, 4)]  # fmt: skip
+    figure = pareto_figure(
+        table, "entropy (probe)", "clip_score", True, colours_for([e["method"] for e in table])
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    (ax,) = figure.axes
+    assert len(ax.texts) == 0
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["hybrid", "cads", "base", "distilled"]
+    box = legend.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height

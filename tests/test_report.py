@@ -426,7 +426,8 @@ def test_at_1280_px_the_comparison_table_shows_every_column(tmp_path, browser) -
     """compare's twelve-column ranking fits the page: its last column (Pareto) is in view without scrolling."""
     import torch
 
-    from conceptspace import Base, compare, load_pair
+    from conceptspace import Base, load_pair
+    from conceptspace.compare import compare
 
     pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
     result = compare(pair, ["a shape"], ["hybrid", "cads"], seeds=range(4), out_dir=tmp_path / "cmp",

@@ -72,6 +72,21 @@ def _student_schedule(
     return make_scheduler(pair, "distilled", device, steps, timesteps, latent_shape)
 
 
+def _own_base_schedule(
+    pair: ModelPair,
+    device: torch.device,
+    base_schedule: str,
+    base_steps: int | None,
+    latent_shape: tuple[int, int] | None,
+) -> Any:
+    """The base's own scheduler for a regime that hands over between it and the student (``base_schedule="own"``:
+    ``base_steps``, default the registry's)."""
+    if base_schedule != "own":
+        raise ValueError(f"base_schedule must be 'student' or 'own', got {base_schedule!r}")
+    steps = pair.base.num_inference_steps if base_steps is None else base_steps
+    return make_scheduler(pair, "base", device, steps, None, latent_shape)
+
+
 @dataclass(frozen=True)
 class Base(Regime):
     """The base model with CFG on its own schedule (defaults: the registry's steps and guidance)."""
@@ -142,16 +157,7 @@ class Hybrid(Regime):
         student_den = make_denoiser(pair, "distilled", pair.spec("student").guidance_scale)
         if self.base_schedule == "student":
             return [Segment(student, 0, [base_den] * self.k + [student_den] * (n - self.k))]
-        if self.base_schedule != "own":
-            raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
-        base = make_scheduler(
-            pair,
-            "base",
-            device,
-            pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
-            None,
-            latent_shape,
-        )
+        base = _own_base_schedule(pair, device, self.base_schedule, self.base_steps, latent_shape)
         handoff = float(student.timesteps[self.k]) if self.k < n else -1.0
         base_count = sum(float(t) > handoff for t in base.timesteps)
         if base_count == 0:
@@ -216,16 +222,7 @@ class ReplaceFinal(Regime):
         student_den = make_denoiser(pair, "distilled", pair.spec("student").guidance_scale)
         if self.base_schedule == "student":
             return [Segment(student, 0, [student_den] * first + [base_den] * n)]
-        if self.base_schedule != "own":
-            raise ValueError(f"base_schedule must be 'student' or 'own', got {self.base_schedule!r}")
-        base = make_scheduler(
-            pair,
-            "base",
-            device,
-            pair.base.num_inference_steps if self.base_steps is None else self.base_steps,
-            None,
-            latent_shape,
-        )
+        base = _own_base_schedule(pair, device, self.base_schedule, self.base_steps, latent_shape)
         handoff = float(student.timesteps[first])
         start = next((i for i, t in enumerate(base.timesteps) if float(t) <= handoff), len(base.timesteps))
         if start == len(base.timesteps):

@@ -193,14 +193,14 @@ class _Killed(Exception):
 
 def _kill_at(monkeypatch, stage, step_index):
     """Make the stage's loss logging raise at ``step_index``: the stage dies mid-way, as under kill -9."""
-    original = train._Log.__call__
+    original = train.TrainingLog.__call__
 
     def dying(self, step, **losses):
         if self.stage == stage and step == step_index:
             raise _Killed
         return original(self, step, **losses)
 
-    monkeypatch.setattr(train._Log, "__call__", dying)
+    monkeypatch.setattr(train.TrainingLog, "__call__", dying)
 
 
 def test_a_stage_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch):

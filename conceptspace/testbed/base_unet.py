@@ -14,24 +14,24 @@ import torch.nn.functional as F
 from conceptspace.testbed.data import FACTORS, Mentions, ShapesDataset
 from conceptspace.testbed.model import (
     NUM_TRAIN_TIMESTEPS,
-    _alphas_cumprod,
-    _encode_images,
-    _encode_text,
-    _noised,
-    _tokens,
+    alphas_cumprod,
+    encode_images,
+    encode_text,
     load_tokenizer,
+    noised,
+    tokenize,
     unet_config,
 )
 from conceptspace.testbed.stage import (
-    _batches,
-    _Checkpoint,
-    _Log,
-    _optimizer_step,
-    _randint,
-    _randn,
-    _save_model,
-    _setup,
-    _write_stage_log,
+    Checkpoint,
+    TrainingLog,
+    batch_stream,
+    optimizer_step,
+    randint,
+    randn,
+    save_model,
+    setup_stage,
+    write_stage_log,
 )
 
 
@@ -72,7 +72,7 @@ def train_unet(
     """
     from diffusers import AutoencoderKL
 
-    _setup(seed, num_threads)
+    setup_stage(seed, num_threads)
     device = torch.device(device)
     vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).to(device).eval()
     train_text = text_encoder_out is not None
@@ -82,24 +82,24 @@ def train_unet(
     models = torch.nn.ModuleList([unet, text_encoder] if train_text else [unet])
     ema = copy.deepcopy(models).eval().requires_grad_(False)
     opt, sched = _optimizer(unet, text_encoder if train_text else None, lr, text_lr, steps)
-    alphas = _alphas_cumprod().to(device)
+    alphas = alphas_cumprod().to(device)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 4, mentions=mentions)
     gen = torch.Generator().manual_seed(seed + first_batch)
     rng = np.random.default_rng([seed, first_batch])
-    log = _Log("unet", steps, quiet=quiet)
-    checkpoint = _Checkpoint(out_dir, checkpoint_every)
+    log = TrainingLog("unet", steps, quiet=quiet)
+    checkpoint = Checkpoint(out_dir, checkpoint_every)
     stateful = {"models": models, "ema": ema, "opt": opt, "sched": sched}
     done = checkpoint.resume(stateful, gen, rng, log)
-    batches = _batches(data, first_batch + done, steps - done, workers)
+    batches = batch_stream(data, first_batch + done, steps - done, workers)
     for step, (images, batch_captions) in enumerate(batches, start=done):
         texts = ["" if rng.random() < caption_dropout else c for c in batch_captions]
-        x0 = _encode_images(vae, images.to(device))
+        x0 = encode_images(vae, images.to(device))
         if train_text:
-            cond = text_encoder(_tokens(tokenizer, texts).to(device))[0]
+            cond = text_encoder(tokenize(tokenizer, texts).to(device))[0]
         else:
-            cond = _encode_text(text_encoder, tokenizer, texts)
+            cond = encode_text(text_encoder, tokenizer, texts)
         loss = _denoising_loss(unet, x0, cond, alphas, gen)
-        _optimizer_step(opt, loss, models.parameters())
+        optimizer_step(opt, loss, models.parameters())
         sched.step()
         # a fresh UNet's EMA warms up; a continued one's is already an average
         decay = ema_decay if init_from is not None else min(ema_decay, (1 + step) / (10 + step))
@@ -107,9 +107,9 @@ def train_unet(
         log(step, loss=loss.item())
         checkpoint.save_if_due(step, steps, stateful, gen, rng, log)
     if train_text:
-        _save_model(ema[1].eval(), text_encoder_out)
-    out_dir = _save_model(ema[0], out_dir)
-    _write_stage_log(
+        save_model(ema[1].eval(), text_encoder_out)
+    out_dir = save_model(ema[0], out_dir)
+    write_stage_log(
         out_dir,
         "unet",
         seed,
@@ -169,9 +169,9 @@ def _denoising_loss(
     unet: Any, x0: torch.Tensor, cond: torch.Tensor, alphas: torch.Tensor, gen: torch.Generator
 ) -> torch.Tensor:
     """ε-prediction loss at a uniformly drawn timestep per latent."""
-    t = _randint(0, NUM_TRAIN_TIMESTEPS, len(x0), gen, x0.device)
-    noise = _randn(x0.shape, gen, x0.device)
-    xt = _noised(x0, alphas[t].view(-1, 1, 1, 1), noise)
+    t = randint(0, NUM_TRAIN_TIMESTEPS, len(x0), gen, x0.device)
+    noise = randn(x0.shape, gen, x0.device)
+    xt = noised(x0, alphas[t].view(-1, 1, 1, 1), noise)
     return F.mse_loss(unet(xt, t, cond).sample, noise)
 
 

@@ -21,22 +21,22 @@ from conceptspace.testbed.model import (
     LATENT_CHANNELS,
     LATENT_SIZE,
     NUM_TRAIN_TIMESTEPS,
-    _alphas_cumprod,
-    _encode_images,
-    _encode_text,
-    _noised,
-    _x0_from_eps,
+    alphas_cumprod,
+    encode_images,
+    encode_text,
     load_tokenizer,
+    noised,
+    x0_from_eps,
 )
 from conceptspace.testbed.stage import (
-    _Checkpoint,
-    _Log,
-    _optimizer_step,
-    _randint,
-    _randn,
-    _save_model,
-    _setup,
-    _write_stage_log,
+    Checkpoint,
+    TrainingLog,
+    optimizer_step,
+    randint,
+    randn,
+    save_model,
+    setup_stage,
+    write_stage_log,
 )
 
 _LATENT_SHAPE = (LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
@@ -81,14 +81,14 @@ def distill_dmd(
     the data, not only to the teacher's score. ``fake_updates`` fake-score updates per student update: DMD2's
     two time-scale rule is 5.
     """
-    _setup(seed, num_threads)
+    setup_stage(seed, num_threads)
     device = torch.device(device)
     pipeline_dir = Path(pipeline_dir)
     teacher, student, fake, text_encoder = _load_networks(pipeline_dir, device)
     tokenizer = load_tokenizer(pipeline_dir / "tokenizer")
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    uncond1 = _encode_text(text_encoder, tokenizer, [""])
+    uncond1 = encode_text(text_encoder, tokenizer, [""])
     regress = num_pairs > 0 and regression_weight > 0
     num_pairs = num_pairs if regress else 0
     pairs = _regression_pairs(teacher, text_encoder, tokenizer, uncond1, num_pairs, guidance_scale, gen, rng)
@@ -97,12 +97,12 @@ def distill_dmd(
         _gan_parts(fake, pipeline_dir, text_encoder, tokenizer, real_pool, seed) if gan else (None, None)
     )
     run = _Distillation(
-        teacher, student, fake, head, _alphas_cumprod().to(device), list(timesteps), gen, device, pairs, real
+        teacher, student, fake, head, alphas_cumprod().to(device), list(timesteps), gen, device, pairs, real
     )
     opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.999))
     opt_f = torch.optim.AdamW(run.fake_params(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.999))
-    log = _Log("dmd", steps, every=25, quiet=quiet)
-    checkpoint = _Checkpoint(out_dir, checkpoint_every)
+    log = TrainingLog("dmd", steps, every=25, quiet=quiet)
+    checkpoint = Checkpoint(out_dir, checkpoint_every)
     heads = {"head": head} if head is not None else {}
     stateful = {"student": student, "fake": fake, **heads, "opt_g": opt_g, "opt_f": opt_f}
     done = checkpoint.resume(stateful, gen, rng, log)
@@ -110,14 +110,14 @@ def distill_dmd(
         guidance_scale, regression_weight, regression_batch, gan_weight, gan_discriminator_weight
     )
     for step in range(done, steps):
-        cond = _encode_text(text_encoder, tokenizer, _prompts(batch_size, rng))
+        cond = encode_text(text_encoder, tokenizer, _prompts(batch_size, rng))
         uncond = uncond1.expand(batch_size, -1, -1)
         k = int(rng.integers(len(run.timesteps)))  # the student step this iteration trains
         log(step, **_iteration(run, recipe, opt_g, opt_f, k, cond, uncond, fake_updates))
         checkpoint.save_if_due(step, steps, stateful, gen, rng, log)
     student.eval()
-    out_dir = _save_model(student.cpu(), out_dir)
-    _write_stage_log(
+    out_dir = save_model(student.cpu(), out_dir)
+    write_stage_log(
         out_dir,
         "dmd",
         seed,
@@ -158,16 +158,16 @@ def teacher_latents(
     guidance_scale: float = 5.0,
 ) -> torch.Tensor:
     """The base's deterministic DDIM sample (with CFG) from ``noise``: the regression targets."""
-    alphas = _alphas_cumprod()
+    alphas = alphas_cumprod()
     ts = list(range(NUM_TRAIN_TIMESTEPS - 1, 0, -NUM_TRAIN_TIMESTEPS // steps))[:steps]
     x = noise
     for i, t in enumerate(ts):
         a = alphas[t]
         tt = torch.full((len(x),), t, dtype=torch.long)
         eps = _cfg_eps(unet, x, tt, cond, uncond, guidance_scale)
-        x0 = _x0_from_eps(x, eps, a)
+        x0 = x0_from_eps(x, eps, a)
         a_next = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        x = _noised(x0, a_next, eps)
+        x = noised(x0, a_next, eps)
     return x
 
 
@@ -214,8 +214,8 @@ def _regression_pairs(
 ) -> _RegressionPairs | None:
     """``count`` pairs (None for 0; its captions and noise are drawn all the same, as training always did)."""
     texts = _prompts(count, rng)
-    cond = _encode_text(text_encoder, tokenizer, texts) if count else None
-    noise = _randn((count, *_LATENT_SHAPE), gen, uncond1.device)
+    cond = encode_text(text_encoder, tokenizer, texts) if count else None
+    noise = randn((count, *_LATENT_SHAPE), gen, uncond1.device)
     if not count:
         return None
     x0 = torch.cat(
@@ -272,8 +272,8 @@ def _real_latents(
     latents, conds = [], []
     for index in range(math.ceil(count / 64)):
         images, texts, _ = data.batch(index)
-        latents.append(_encode_images(vae, images.to(device)))
-        conds.append(_encode_text(text_encoder, tokenizer, texts))
+        latents.append(encode_images(vae, images.to(device)))
+        conds.append(encode_text(text_encoder, tokenizer, texts))
     return torch.cat(latents)[:count], torch.cat(conds)[:count]
 
 
@@ -320,10 +320,10 @@ class _Distillation:
     real: tuple[torch.Tensor, torch.Tensor] | None
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
-        return _randn(shape, self.gen, self.device)
+        return randn(shape, self.gen, self.device)
 
     def randint(self, low: int, high: int, n: int) -> torch.Tensor:
-        return _randint(low, high, n, self.gen, self.device)
+        return randint(low, high, n, self.gen, self.device)
 
     def fake_params(self) -> list[torch.nn.Parameter]:
         """What the fake-score update trains: the fake score, and the GAN head when on."""
@@ -333,7 +333,7 @@ class _Distillation:
     def generate(self, x: torch.Tensor, index: int, cond: torch.Tensor) -> torch.Tensor:
         """The student's x̂0 from ``x`` at its step ``index``."""
         t = torch.full((len(x),), self.timesteps[index], dtype=torch.long, device=self.device)
-        return _x0_from_eps(x, self.student(x, t, cond).sample, self.alphas[self.timesteps[index]])
+        return x0_from_eps(x, self.student(x, t, cond).sample, self.alphas[self.timesteps[index]])
 
     def simulate(self, k: int, cond: torch.Tensor) -> torch.Tensor:
         """Backward simulation: the student's x̂0 at step ``k`` (with gradient), from an input made by its own steps
@@ -342,7 +342,7 @@ class _Distillation:
         with torch.no_grad():
             for i in range(k):
                 x0 = self.generate(x, i, cond)
-                x = _noised(x0, self.alphas[self.timesteps[i + 1]], self.randn(x0.shape))
+                x = noised(x0, self.alphas[self.timesteps[i + 1]], self.randn(x0.shape))
         return self.generate(x, k, cond)
 
     def dmd_loss(
@@ -351,10 +351,10 @@ class _Distillation:
         """Distribution matching, ∇ KL ≈ (fake score − real score) normalised as in DMD; with the teacher's x̂0."""
         t = self.randint(20, 981, len(x0))
         a = self.alphas[t].view(-1, 1, 1, 1)
-        xt = _noised(x0.detach(), a, self.randn(x0.shape))
+        xt = noised(x0.detach(), a, self.randn(x0.shape))
         with torch.no_grad():
-            teacher_x0 = _x0_from_eps(xt, _cfg_eps(self.teacher, xt, t, cond, uncond, guidance_scale), a)
-            fake_x0 = _x0_from_eps(xt, self.fake(xt, t, cond).sample, a)
+            teacher_x0 = x0_from_eps(xt, _cfg_eps(self.teacher, xt, t, cond, uncond, guidance_scale), a)
+            fake_x0 = x0_from_eps(xt, self.fake(xt, t, cond).sample, a)
             weight = (x0.detach() - teacher_x0).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
             grad = (fake_x0 - teacher_x0) / weight
         return 0.5 * F.mse_loss(x0, (x0 - grad).detach(), reduction="sum") / len(x0), teacher_x0
@@ -367,7 +367,7 @@ class _Distillation:
     def gan_generator_loss(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Non-saturating: the student's noised outputs should read as real."""
         t = self.randint(0, NUM_TRAIN_TIMESTEPS, len(x0))
-        xt = _noised(x0, self.alphas[t].view(-1, 1, 1, 1), self.randn(x0.shape))
+        xt = noised(x0, self.alphas[t].view(-1, 1, 1, 1), self.randn(x0.shape))
         fake_params = self.fake_params()
         for param in fake_params:  # gradients reach the student through the input only
             param.requires_grad_(False)
@@ -384,7 +384,7 @@ class _Distillation:
         t = self.randint(0, NUM_TRAIN_TIMESTEPS, len(x0))
         a = self.alphas[t].view(-1, 1, 1, 1)
         noise = self.randn(x0.shape)
-        xt = _noised(x0.detach(), a, noise)
+        xt = noised(x0.detach(), a, noise)
         if self.head is None:
             loss = F.mse_loss(self.fake(xt, t, cond).sample, noise)
             return loss, loss, torch.zeros(())
@@ -392,7 +392,7 @@ class _Distillation:
         eps, fake_logits = self.head(xt, t, cond)
         loss = F.mse_loss(eps, noise)
         idx = self.randint(0, len(real_x0), len(x0))
-        xr = _noised(real_x0[idx], a, self.randn(x0.shape))
+        xr = noised(real_x0[idx], a, self.randn(x0.shape))
         _, real_logits = self.head(xr, t, self.real[1][idx])
         gan_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         return loss + discriminator_weight * gan_d, loss, gan_d
@@ -420,13 +420,13 @@ def _iteration(
     if run.head is not None:
         gan_g = run.gan_generator_loss(x0, cond)
         loss_g = loss_g + recipe.gan_weight * gan_g * x0[0].numel()
-    _optimizer_step(opt_g, loss_g, run.student.parameters())
+    optimizer_step(opt_g, loss_g, run.student.parameters())
 
     # the fake score learns the student's current distribution. NOTE: the discriminator's "real" side is the
     # teacher's x̂0 of this batch, not the encoded pool run.real[0] that distill_dmd's docstring describes; GAN
     # runs have always trained so (the pool's latents were shadowed), and using the pool would change their weights
     for _ in range(fake_updates):
         loss_fake, loss_f, gan_d = run.fake_score_loss(x0, cond, teacher_x0, recipe.gan_discriminator_weight)
-        _optimizer_step(opt_f, loss_fake, run.fake_params())
+        optimizer_step(opt_f, loss_fake, run.fake_params())
     gan_losses = {"gan_g": gan_g.item(), "gan_d": gan_d.item()} if run.head is not None else {}
     return {"dmd": loss_dmd.item(), "reg": reg.item(), "fake": loss_f.item(), **gan_losses}

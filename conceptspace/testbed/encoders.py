@@ -9,17 +9,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from conceptspace.io import atomic_write_folder
 from conceptspace.testbed.data import ShapesDataset
-from conceptspace.testbed.model import _tokens, clip_config, load_tokenizer, vae_config
+from conceptspace.testbed.model import clip_config, load_tokenizer, tokenize, vae_config
 from conceptspace.testbed.stage import (
-    _batches,
-    _Log,
-    _optimizer_step,
-    _randn,
-    _save_atomic,
-    _save_model,
-    _setup,
-    _write_stage_log,
+    TrainingLog,
+    batch_stream,
+    optimizer_step,
+    randn,
+    save_model,
+    setup_stage,
+    write_stage_log,
 )
 
 
@@ -40,23 +40,23 @@ def train_vae(
     """Train the tiny ``AutoencoderKL`` and save it to ``out_dir`` (fp16 safetensors + config)."""
     from diffusers import AutoencoderKL
 
-    _setup(seed, num_threads)
+    setup_stage(seed, num_threads)
     device = torch.device(device)
     vae = AutoencoderKL(**vae_config()).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 1)
     gen = torch.Generator().manual_seed(seed)
-    log = _Log("vae", steps, quiet=quiet)
-    for step, (x, _) in enumerate(_batches(data, 0, steps, workers)):
+    log = TrainingLog("vae", steps, quiet=quiet)
+    for step, (x, _) in enumerate(batch_stream(data, 0, steps, workers)):
         x = x.to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * _randn(posterior.mean.shape, gen, device)
+        z = posterior.mean + posterior.std * randn(posterior.mean.shape, gen, device)
         recon = vae.decode(z).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + kl_weight * kl * x[0].numel()
-        _optimizer_step(opt, loss, vae.parameters())
+        optimizer_step(opt, loss, vae.parameters())
         sched.step()
         log(step, loss=loss.item(), rec=rec.item(), kl=kl.item())
     vae.eval()
@@ -67,8 +67,8 @@ def train_vae(
         x = held.batch(4).images
         mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x).item()
     vae.register_to_config(scaling_factor=scaling)
-    out_dir = _save_model(vae, out_dir)
-    _write_stage_log(out_dir, "vae", seed, steps, log, scaling_factor=scaling, heldout_mse=mse)
+    out_dir = save_model(vae, out_dir)
+    write_stage_log(out_dir, "vae", seed, steps, log, scaling_factor=scaling, heldout_mse=mse)
     return out_dir
 
 
@@ -95,29 +95,29 @@ def train_clip(
     """
     from transformers import CLIPModel
 
-    _setup(seed, num_threads)
+    setup_stage(seed, num_threads)
     device = torch.device(device)
     tokenizer = load_tokenizer(tokenizer_dir)
     model = CLIPModel(clip_config()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     data = ShapesDataset(batch_size, seed=seed * 1000 + 3)
-    log = _Log("clip", steps, quiet=quiet)
+    log = TrainingLog("clip", steps, quiet=quiet)
     labels = torch.arange(batch_size, device=device)
-    for step, (images, texts) in enumerate(_batches(data, 0, steps, workers)):
-        ids = _tokens(tokenizer, texts)
+    for step, (images, texts) in enumerate(batch_stream(data, 0, steps, workers)):
+        ids = tokenize(tokenizer, texts)
         out = model(input_ids=ids.to(device), pixel_values=images.to(device), return_dict=True)
         logits = out.logits_per_image
         same = (ids[:, None, :] == ids[None, :, :]).all(-1).float().to(device)
         targets = same / same.sum(1, keepdim=True)
         loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
-        _optimizer_step(opt, loss, model.parameters())
+        optimizer_step(opt, loss, model.parameters())
         sched.step()
         acc = (logits.argmax(1) == labels).float().mean()
         log(step, loss=loss.item(), acc=acc.item(), scale=model.logit_scale.exp().item())
     model.eval().cpu()
-    out_dir = _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
-    _write_stage_log(out_dir, "clip", seed, steps, log)
+    out_dir = atomic_write_folder(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    write_stage_log(out_dir, "clip", seed, steps, log)
     return out_dir
 
 
@@ -138,5 +138,5 @@ def split_clip(
     )
     vision = CLIPVisionModelWithProjection(clip.config.vision_config)
     vision.load_state_dict({k: state[k] for k in vision.state_dict()})
-    _save_model(text.eval(), text_dir)
-    _save_model(vision.eval(), vision_dir)
+    save_model(text.eval(), text_dir)
+    save_model(vision.eval(), vision_dir)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from conceptspace.testbed.stage import _save_atomic
+from conceptspace.io import atomic_write_folder
 
 BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS = 0.00085, 0.012, 1000
 DMD_TIMESTEPS = (999, 749, 499, 249)
@@ -99,17 +99,17 @@ def scheduler_config() -> dict[str, Any]:
     )
 
 
-def _alphas_cumprod() -> torch.Tensor:
+def alphas_cumprod() -> torch.Tensor:
     betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, 0).float()
 
 
-def _noised(x0: torch.Tensor, a: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def noised(x0: torch.Tensor, a: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ·x0 + √(1−ᾱ)·ε."""
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def _x0_from_eps(xt: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def x0_from_eps(xt: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (xt - (1 - a).sqrt() * eps) / a.sqrt()
 
 
@@ -125,7 +125,7 @@ def write_tokenizer(out_dir: str | os.PathLike) -> Path:
         config["model_max_length"] = MAX_TOKENS
         config_path.write_text(json.dumps(config))
 
-    return _save_atomic(out_dir, save)
+    return atomic_write_folder(out_dir, save)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
@@ -136,7 +136,7 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     return tokenizer
 
 
-def _tokens(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     """Padded token ids; captions repeat endlessly in training, so each is tokenised once per tokenizer."""
     cache = tokenizer.__dict__.setdefault("_conceptspace_ids", {})
     missing = sorted({text for text in texts if text not in cache})
@@ -148,12 +148,12 @@ def _tokens(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     return torch.stack([cache[text] for text in texts])
 
 
-def _encode_text(text_encoder: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+def encode_text(text_encoder: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     with torch.no_grad():
-        return text_encoder(_tokens(tokenizer, texts).to(text_encoder.device))[0]
+        return text_encoder(tokenize(tokenizer, texts).to(text_encoder.device))[0]
 
 
-def _encode_images(vae: Any, images: torch.Tensor) -> torch.Tensor:
+def encode_images(vae: Any, images: torch.Tensor) -> torch.Tensor:
     """Scaled latents of ``images``: the posterior's mean, not a sample. This full-resolution VAE's posterior is
     wide (std 0.55–0.9 of the scaled latents' spread of 0.6–1.3 per channel, which its decoder tolerates), so
     samples would make much of every target encoder noise: a loss floor, and textured backgrounds when sampling."""

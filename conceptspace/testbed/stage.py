@@ -1,26 +1,24 @@
 """What every testbed training stage shares: seeding and noise draws, the batch stream, loss logging, checkpoints
-and atomic saving."""
+and saving (atomically, through :func:`conceptspace.io.atomic_write_folder`)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from conceptspace.io import write_json
+from conceptspace.io import atomic_write_folder, write_json
 from conceptspace.testbed.data import ShapesDataset
 
 
-class _Log:
+class TrainingLog:
     """Loss logging: a line every ``every`` steps (stdout, flushed) and the full history for the stage's json."""
 
     def __init__(self, stage: str, steps: int, every: int = 50, quiet: bool = False) -> None:
@@ -53,33 +51,12 @@ class _Log:
         self.history, self.before = state["history"], state["seconds"]
 
 
-def _save_atomic(out_dir: str | os.PathLike, save: Callable[[Path], None]) -> Path:
-    """Write a folder through ``save(tmp)`` then rename it into place (an old folder is replaced)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        save(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _save_model(model: Any, out_dir: str | os.PathLike, *, fp16: bool = True) -> Path:
+def save_model(model: Any, out_dir: str | os.PathLike, *, fp16: bool = True) -> Path:
     model = copy.deepcopy(model).to("cpu", torch.float16 if fp16 else torch.float32)
-    return _save_atomic(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    return atomic_write_folder(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
-def _write_stage_log(out_dir: Path, stage: str, seed: int, steps: int, log: _Log, **extra: Any) -> None:
+def write_stage_log(out_dir: Path, stage: str, seed: int, steps: int, log: TrainingLog, **extra: Any) -> None:
     write_json(
         out_dir / "training_log.json",
         {
@@ -102,7 +79,7 @@ def _restore_rng(state: dict[str, Any], gen: torch.Generator, rng: np.random.Gen
     rng.bit_generator.state = json.loads(state["rng"])
 
 
-class _Checkpoint:
+class Checkpoint:
     """A stage's training state every ``every`` steps, beside its output folder, so a killed stage resumes.
 
     Saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``: state dicts, generator states
@@ -133,7 +110,7 @@ class _Checkpoint:
         self.path.unlink(missing_ok=True)
 
     def resume(
-        self, stateful: dict[str, Any], gen: torch.Generator, rng: np.random.Generator, log: _Log
+        self, stateful: dict[str, Any], gen: torch.Generator, rng: np.random.Generator, log: TrainingLog
     ) -> int:
         """Restore a saved state into ``stateful`` (state dicts by key), the generators and the log; the number of
         steps already done (0 without a checkpoint)."""
@@ -152,7 +129,7 @@ class _Checkpoint:
         stateful: dict[str, Any],
         gen: torch.Generator,
         rng: np.random.Generator,
-        log: _Log,
+        log: TrainingLog,
     ) -> None:
         """After ``step``: save everything :meth:`resume` restores, every ``every`` steps."""
         if self.due(step, steps):
@@ -160,22 +137,22 @@ class _Checkpoint:
             self.save({"step": step + 1, **state, **log.state(), **_rng_state(gen, rng)})
 
 
-def _setup(seed: int, num_threads: int | None) -> None:
+def setup_stage(seed: int, num_threads: int | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
 
 
-def _randn(shape: Sequence[int], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def randn(shape: Sequence[int], gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """Normal noise drawn on the CPU generator, then moved: the same numbers on every device."""
     return torch.randn(tuple(shape), generator=gen).to(device)
 
 
-def _randint(low: int, high: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def randint(low: int, high: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randint(low, high, (n,), generator=gen).to(device)
 
 
-def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
     """One update on ``loss``, with the gradients of ``params`` clipped to norm 1."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -197,7 +174,7 @@ class _BatchRange(torch.utils.data.Dataset):
         return batch.images, batch.captions
 
 
-def _batches(data: ShapesDataset, first: int, count: int, workers: int) -> Any:
+def batch_stream(data: ShapesDataset, first: int, count: int, workers: int) -> Any:
     """``(images, captions)`` of batches ``first …`` in order; rendered by ``workers`` processes ahead of the
     training loop (0: in the loop). Each batch is a function of its index, so the stream is the same either way."""
     return torch.utils.data.DataLoader(

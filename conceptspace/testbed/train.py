@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from conceptspace.io import atomic_write_folder
 from conceptspace.testbed.base_unet import train_unet
 from conceptspace.testbed.dmd import distill_dmd, teacher_latents
 from conceptspace.testbed.encoders import split_clip, train_clip, train_vae
@@ -57,8 +58,7 @@ from conceptspace.testbed.model import LATENT_CHANNELS as LATENT_CHANNELS
 from conceptspace.testbed.model import LATENT_SIZE as LATENT_SIZE
 from conceptspace.testbed.model import NUM_TRAIN_TIMESTEPS as NUM_TRAIN_TIMESTEPS
 from conceptspace.testbed.model import TEXT_HIDDEN as TEXT_HIDDEN
-from conceptspace.testbed.stage import _Log as _Log  # tests patch its logging
-from conceptspace.testbed.stage import _save_atomic
+from conceptspace.testbed.stage import TrainingLog as TrainingLog  # tests patch its logging
 
 __all__ = [
     "BETA_END",
@@ -109,7 +109,7 @@ def assemble_pipeline(out_dir: str | os.PathLike, parts: Path, unet: str = "unet
         shutil.rmtree(tmp / "tokenizer")
         shutil.copytree(parts / "tokenizer", tmp / "tokenizer")
 
-    return _save_atomic(out_dir, save)
+    return atomic_write_folder(out_dir, save)
 
 
 DEFAULT_BUDGET = {"vae": 1000, "clip": 2000, "unet": 3000, "dmd": 800}

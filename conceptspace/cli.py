@@ -1499,11 +1499,16 @@ def ranking_lines(table: list[dict]) -> list[str]:
 def _quiet_import_chatter() -> None:
     """Import-time notes of optional packages that say nothing about the user's run stay out of the output (and of
     the one-line error contract): torchao's deprecation warnings and diffusers' note about torchao's moved tensor
-    classes, printed whenever diffusers imports an installed torchao."""
+    classes, printed whenever diffusers imports an installed torchao; and diffusers' warning about an empty list of
+    float32 modules."""
     import logging
 
     for name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # diffusers warns on every network.to(dtype) about modules to keep in float32, even when the list is empty
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(
+        lambda record: "kept in float32: []" not in record.getMessage()
+    )
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

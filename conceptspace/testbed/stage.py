@@ -52,7 +52,9 @@ class TrainingLog:
 
 
 def save_model(model: Any, out_dir: str | os.PathLike, *, fp16: bool = True) -> Path:
-    model = copy.deepcopy(model).to("cpu", torch.float16 if fp16 else torch.float32)
+    # half()/float(), not to(dtype): diffusers warns on to(dtype) about float32 modules even when there are none
+    model = copy.deepcopy(model).to("cpu")
+    model = model.half() if fp16 else model.float()
     return atomic_write_folder(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from conceptspace.diversity import generate_or_reuse, images_by_prompt
+from conceptspace.embeddings import resolve_embedder
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import write_json
 from conceptspace.metrics import ALL_PROMPTS, diversity_over_prompts, paired_over_prompts
@@ -134,7 +135,7 @@ def compare(
     truth = ground_truth_for(pair.base.family)  # the testbed's probe
     needs_inception = inception_score and is_classifier is None and truth is None
     reference = _checked_quality_inputs(prompts, fid_ref, fid_weights, truth=truth, inception=needs_inception)
-    spec = _loaded_embedder(embedder, pair, progress)
+    spec = resolve_embedder(embedder, pair, device=pair.device, progress=progress)
     has_text = bool(getattr(spec, "has_text", False))
     settings = _settings(regimes, spec.name, has_text=has_text, truth=truth, fid_ref=fid_ref)
     out = Path(out_dir)
@@ -228,16 +229,6 @@ def _checked_quality_inputs(
 
         check_inception_available(fid_weights)
     return reference
-
-
-def _loaded_embedder(embedder: Any, pair: ModelPair, progress: bool) -> Any:
-    """``embedder`` loaded from its spec, or the pair's registry embedder."""
-    from conceptspace.embeddings import default_embedder, load_embedder
-
-    spec = embedder if embedder is not None else default_embedder(pair)
-    if isinstance(spec, str):
-        spec = load_embedder(spec, device=pair.device, progress=progress)
-    return spec
 
 
 def _settings(

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace import schedules
+from conceptspace.embeddings import resolve_embedder
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import (
     atomic_write,
@@ -70,14 +71,6 @@ SLIDER_DIR = "sliders"
 ACTIVATION_DIR = "activation"
 ACTIVATION_SEED = 1_000_000  # activation samples start here: never the seeds the space was fitted on
 CHUNK = 64  # images sampled and embedded at a time, so memory stays flat for any n
-
-
-def _embedder_of(pair: ModelPair, embedder: Any, device: Any) -> Any:
-    """A loaded embedder: ``embedder`` itself, its spec loaded, or the base's registry embedder."""
-    from conceptspace.embeddings import default_embedder, load_embedder
-
-    spec = embedder or default_embedder(pair)
-    return load_embedder(spec, device=device, progress=False) if isinstance(spec, str) else spec
 
 
 def _sample_and_embed(
@@ -150,7 +143,7 @@ def discover(
     out = ensure_writable_dir(out_dir)
     pair = load_pair(*pair, device=device) if isinstance(pair, tuple) else pair
     regime = regime_from_name(regime) if isinstance(regime, str) else regime
-    embedder = _embedder_of(pair, embedder, device)
+    embedder = resolve_embedder(embedder, pair, device=device, progress=False)
     started = time.perf_counter()
     seeds = seeds_from(seed, n)
     probe_reads: list[
@@ -344,7 +337,9 @@ def train_direction_sliders(
     pair = _study_pair(run, pair, device)
     if model == "student" and pair.student is None:
         raise ValueError("the study has no student to train on; use model='base'")
-    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
+    embedder = resolve_embedder(
+        embedder or run["parameters"]["embedder"], pair, device=device, progress=False
+    )
     prompt = run["parameters"]["prompt"]
     training = _training_setup(pair, run, run_dir, model, prompt)
 
@@ -709,7 +704,9 @@ def measure_activation(
         raise ValueError(f"n must be at least 3 to measure a variance with a CI, got {n}")
     out = ensure_writable_dir(run_dir / ACTIVATION_DIR)
     pair = _study_pair(run, pair, device)
-    embedder = _embedder_of(pair, embedder or run["parameters"]["embedder"], device)
+    embedder = resolve_embedder(
+        embedder or run["parameters"]["embedder"], pair, device=device, progress=False
+    )
     prompt = run["parameters"]["prompt"]
     seeds = seeds_from(seed, n)
     started = time.perf_counter()

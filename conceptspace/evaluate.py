@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptspace.embeddings import resolve_embedder
 from conceptspace.runs import IMAGE_SUFFIXES, RUN_FILE, entry_key, image_path, read_manifest
 
 __all__ = [
@@ -79,7 +80,9 @@ def evaluate_run(
     base_name = run.get("parameters", {}).get("base")
     if inception_score and is_classifier is None:
         is_classifier = _is_classifier(base_name, fid_weights, device)
-    spec = _loaded_embedder(embedder, base_name, device, cache_dir, batch_size, progress)
+    spec = resolve_embedder(
+        embedder, base_name, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+    )
     has_text = getattr(spec, "has_text", False)
     if not has_text and reference is None and not inception_score:
         from conceptspace.embeddings import EXAMPLE_SPEC
@@ -140,25 +143,6 @@ def _is_classifier(
         check_inception_available(weights)
         classifier = inception_classifier(weights)
     return classifier
-
-
-def _loaded_embedder(
-    embedder: Any,
-    base: str | None,
-    device: str | torch.device | None,
-    cache_dir: str | os.PathLike | None,
-    batch_size: int,
-    progress: bool,
-) -> Any:
-    """``embedder`` loaded from its spec, or the run's base model's embedder."""
-    from conceptspace.embeddings import default_embedder, load_embedder
-
-    spec = embedder if embedder is not None else default_embedder(base)
-    if isinstance(spec, str):
-        spec = load_embedder(
-            spec, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
-        )
-    return spec
 
 
 def _clip_score_rows(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptspace.embeddings import resolve_embedder
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
@@ -341,7 +342,7 @@ def transfer(
     started = time.perf_counter()
     sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress, height, width)
     # the embedder first: a missing or misnamed one fails before any model is loaded or sampled
-    embedder = _loaded_embedder(embedder, base_spec, device, progress, cache_dir)
+    embedder = resolve_embedder(embedder, base_spec, device=device, progress=progress, cache_dir=cache_dir)
     sampled = _sample_models(sweep, base, students, loader, device, dtype, cache_dir)
     embedder_name = getattr(embedder, "name", type(embedder).__name__)
     has_text = bool(getattr(embedder, "has_text", False))
@@ -506,19 +507,6 @@ def _write_scale(sweep: _Sweep, name: str, scale: float, result: SampleResult) -
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-
-
-def _loaded_embedder(
-    embedder: Any, default_for: Any, device: Any, progress: bool, cache_dir: str | os.PathLike | None
-) -> Any:
-    """``embedder`` loaded from its spec, or the registry embedder of ``default_for`` (a spec)."""
-    from conceptspace.embeddings import default_embedder, load_embedder
-
-    if embedder is None:
-        embedder = default_embedder(default_for)
-    if isinstance(embedder, str):
-        embedder = load_embedder(embedder, device=device, progress=progress, cache_dir=cache_dir)
-    return embedder
 
 
 def _embedding_rows(

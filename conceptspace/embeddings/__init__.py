@@ -63,6 +63,7 @@ from conceptspace.embeddings.registry import (
     embedder_prefixes,
     load_embedder,
     register_embedder,
+    resolve_embedder,
 )
 
 __all__ = [
@@ -88,5 +89,6 @@ __all__ = [
     "dreamsim_required_files",
     "embedder_prefixes",
     "load_embedder",
+    "resolve_embedder",
     "register_embedder",
 ]

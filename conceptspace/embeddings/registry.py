@@ -149,3 +149,11 @@ def default_embedder(pair_or_spec: Any) -> str:
             f"embedder= on its registry entry"
         )
     return embedder
+
+
+def resolve_embedder(embedder: Embedder | str | None, default_for: Any, **options: Any) -> Embedder:
+    """``embedder`` as a loaded :class:`Embedder`: itself, its spec loaded with ``options`` (:func:`load_embedder`'s
+    keywords), or the registry embedder of ``default_for`` (a pair, a spec or a model name: :func:`default_embedder`)
+    when it is None."""
+    spec = default_embedder(default_for) if embedder is None else embedder
+    return load_embedder(spec, **options) if isinstance(spec, str) else spec

@@ -276,11 +276,15 @@ def _prepare(
     built = build_regimes(
         regime, k, base_guidance, base_schedule, skip, replace, steps, guidance, student_steps
     )
-    if measures and embedder is None:
-        from conceptspace.embeddings import default_embedder
+    loaded = None
+    if embedder is not None or measures:  # a study that measures defaults to the base's embedder
+        from conceptspace.embeddings import resolve_embedder
 
-        embedder = default_embedder(get_spec(base))
-    loaded = None if embedder is None else _load_embedder(embedder, **load_options)
+        device, cache_dir = load_options.get("device"), load_options.get("cache_dir")
+        quiet = load_options.get("quiet", False)
+        loaded = resolve_embedder(
+            embedder, get_spec(base), device=device, cache_dir=cache_dir, progress=not quiet
+        )
     pair = _load_pair(base, student, out=out, **load_options)
     parameters = {
         "k": k,
@@ -290,14 +294,6 @@ def _prepare(
         "replace": replace,
     }
     return pair, built, prompt_list, seeds, parameters, loaded
-
-
-def _load_embedder(
-    spec: str, *, device: str | None = None, cache_dir: Path | None = None, quiet: bool = False, **_: object
-) -> Any:
-    from conceptspace.embeddings import load_embedder
-
-    return load_embedder(spec, device=device, cache_dir=cache_dir, progress=not quiet)
 
 
 def _listed(items: list[str]) -> list[str]:

@@ -59,14 +59,16 @@ def metric_stem(metric: str) -> str:
 
 def metric_family(row: dict[str, Any]) -> str:
     """``"direction"`` (rows with a SliderSpace ``direction``), ``"curve"`` (rows with a ``step``: commitment and
-    any other per-step metric), ``"difference"``
-    (``diff_*`` metrics: one regime against another, usually with a ``p_value``), ``"diversity"``
-    (:data:`DIVERSITY_METRICS`) or ``"other"``."""
+    any other per-step metric), ``"ratio"`` (a LoRA's transfer ratio at one ``scale``), ``"scale"`` (one model's
+    change at one LoRA ``scale``), ``"difference"`` (``diff_*`` metrics: one regime against another, usually with
+    a ``p_value``), ``"diversity"`` (:data:`DIVERSITY_METRICS`) or ``"other"``."""
     name = str(row["metric"])
     if row.get("direction") is not None:
         return "direction"
     if row.get("step") is not None:
         return "curve"
+    if is_number(row.get("scale")) and row.get("model") is not None:
+        return "ratio" if name.endswith("transfer_ratio") else "scale"
     if name.startswith("diff_"):
         return "difference"
     lowered = name.lower()
@@ -187,6 +189,13 @@ def draw_figures(
             if families[family]:
                 figure = _points_figure(families[family], regimes, colours, zero_line=family == "difference")
                 figures.append(save_figure(run_dir, figure, family, heading, caption, written))
+        for family, heading, caption in [
+            ("scale", "Change against the LoRA scale", _SCALE_CAPTION),
+            ("ratio", "Transfer ratio per scale", _RATIO_CAPTION),
+        ]:
+            if families[family]:
+                figure = _scale_figure(families[family], colours, ratio=family == "ratio")
+                figures.append(save_figure(run_dir, figure, family, heading, caption, written))
         by_stem: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in families["direction"]:
             by_stem[metric_stem(str(row["metric"]))].append(row)
@@ -228,6 +237,20 @@ _DIFFERENCE_CAPTION = (
 
 _OTHER_CAPTION = (
     "Mean with 95% confidence interval, per prompt (x) and regime (colour); one panel per metric."
+)
+
+
+_SCALE_CAPTION = (
+    "How far each model (colour) moves from its own scale-0 images as the LoRA's scale grows: mean over the "
+    "same seeds at every scale with its 95% confidence interval, one panel per metric. 0 at scale 0 by "
+    "construction."
+)
+
+
+_RATIO_CAPTION = (
+    "The student's change over the base's at each scale (base over student for a LoRA trained on the student), "
+    "with its 95% confidence interval, seeds resampled jointly: 1 (dashed) = the LoRA moves the student as far "
+    "as the model it was trained on, 0 = it does not transfer."
 )
 
 
@@ -394,6 +417,57 @@ def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: d
         ax.set_ylabel(_label(metric_stem(str(group[0]["metric"])), 40))
         if scale is not None:
             ax.set_title(f"scale {scale:+g}" if is_number(scale) else _label(scale))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    _legend(figure, handles)
+    return figure
+
+
+def _scale_figure(rows: list[dict[str, Any]], colours: dict[str, str], *, ratio: bool) -> Any:
+    """Lines against the LoRA scale with CI bars, one panel per metric (and prompt, when there are several): one
+    line per model for a change, one per student-over-base pair for a transfer ratio."""
+    from matplotlib.figure import Figure
+
+    several_prompts = len({str(r["prompt"]) for r in rows}) > 1
+    panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        panels[panel_title(row) + (f" — {row['prompt']}" if several_prompts else "")].append(row)
+
+    def series(row: dict[str, Any]) -> str:
+        return str(row["regime"] if ratio else row["model"])
+
+    names = list(dict.fromkeys(series(r) for r in rows))
+    scales = sorted({float(r["scale"]) for r in rows} | ({0.0} if not ratio else set()))
+    nudge = 0.015 * (
+        (scales[-1] - scales[0]) or 1.0
+    )  # side by side, so that equal values do not hide a model
+    n_rows, n_columns = _grid(len(panels), 2)
+    figure = Figure(figsize=(5.6 * n_columns, 3.3 * n_rows + 0.6), layout="constrained")
+    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    handles: dict[str, Any] = {}
+    for ax, (title, group) in zip(axes, panels.items(), strict=False):
+        for i, name in enumerate(names):
+            points = sorted((r for r in group if series(r) == name), key=lambda r: float(r["scale"]))
+            if not points:
+                continue
+            shift = (i - (len(names) - 1) / 2) * nudge
+            xs = [float(r["scale"]) + shift for r in points]
+            ys = [float(r["value"]) for r in points]
+            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
+            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
+            colour = colours.get(name, PALETTE[-1])
+            handles[name] = ax.errorbar(xs, ys, yerr=[low, high], fmt="o", ms=5, capsize=3, color=colour)
+            if not ratio and 0.0 not in {float(r["scale"]) for r in points}:
+                # a change from scale 0 is 0 there by definition: the line passes through it (no marker: not measured)
+                xs, ys = zip(*sorted([*zip(xs, ys, strict=True), (shift, 0.0)]), strict=True)
+            ax.plot(xs, ys, lw=1.6, color=colour)
+        if ratio:
+            ax.axhline(1, color="#555555", lw=1, ls="--")
+        ax.axhline(0, color="#999999", lw=0.8, ls=":" if ratio else "--")
+        ax.set_xticks(scales, [f"{s:+g}" if s else "0" for s in scales])
+        ax.set_xlabel("LoRA scale")
+        ax.set_title(_label(title, 60))
+        ax.set_ylabel(_label(group[0]["metric"], 40))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     _legend(figure, handles)

@@ -99,7 +99,7 @@ def build_report(
         notes.append("metrics.json holds no rows.")
 
     regimes = _regime_order(run, images, rows)
-    colours = colours_for(regimes + [str(r["regime"]) for r in rows])
+    colours = _colours(run, regimes, rows)
     written: set[Path] = set()
     prompt_blocks = _image_blocks(run_dir, run, images, regimes, colours, thumbnail, written, notes)
     figures = draw_figures(run_dir, rows, regimes, colours, written, notes) if rows else []
@@ -239,6 +239,27 @@ def _run_figures(run_dir: Path, run: dict[str, Any], notes: list[str]) -> list[d
             }
         )
     return figures
+
+
+def _colours(run: dict[str, Any], regimes: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """One colour per regime; where run.json gives each regime a ``model`` (a LoRA sweep: ``<model>@<scale>``),
+    one per model instead, shared by its regimes and by every row that names it (the base blue, the students the
+    colours that follow), so a model reads the same in every figure and table."""
+    colours = colours_for(regimes + [str(r["regime"]) for r in rows])
+    records = run.get("regimes") if isinstance(run.get("regimes"), dict) else {}
+    model_of = {
+        str(name): str(record["model"])
+        for name, record in records.items()
+        if isinstance(record, dict) and record.get("model") is not None
+    }
+    if not model_of:
+        return colours
+    models = list(dict.fromkeys(model_of.values()))
+    by_model = dict(
+        zip(models, [PALETTE[0], PALETTE[1], *PALETTE[3:], PALETTE[2]] * len(models), strict=False)
+    )
+    model_of.update({str(r["regime"]): str(r["model"]) for r in rows if r.get("model") in by_model})
+    return {**colours, **by_model, **{regime: by_model[model] for regime, model in model_of.items()}}
 
 
 def _regime_order(run: dict[str, Any], images: list[_Image], rows: list[dict[str, Any]]) -> list[str]:
@@ -682,7 +703,10 @@ def _headline(
     rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]
 ) -> dict[str, Any] | None:
     """Diversity and other per-image metrics averaged over prompts (``(all prompts)`` rows, or the only prompt's
-    rows), one line per metric, one column per regime."""
+    rows), one line per metric, one column per regime; a LoRA sweep's rows by scale instead
+    (:func:`_scale_headline`)."""
+    if any(metric_family(r) in ("scale", "ratio") for r in rows):
+        return _scale_headline(rows, colours)
     flat = [r for r in rows if metric_family(r) in ("diversity", "other")]
     chosen = [r for r in flat if r["prompt"] == ALL_PROMPTS]
     label = "mean over all prompts"
@@ -701,8 +725,50 @@ def _headline(
         }
     return {
         "label": label,
-        "regimes": [{"name": r, "colour": colours[r]} for r in present],
-        "lines": [{"metric": k, "cells": [v.get(r) for r in present]} for k, v in lines.items()],
+        "columns": [{"name": r, "colour": colours[r]} for r in present],
+        "lines": [
+            {"metric": k, "series": None, "cells": [v.get(r) for r in present]} for k, v in lines.items()
+        ],
+    }
+
+
+def _scale_headline(rows: list[dict[str, Any]], colours: dict[str, str]) -> dict[str, Any]:
+    """A LoRA sweep at a glance: one column per scale (and one for measures over all scales, e.g. a slope), one
+    line per metric and model (or student-over-base ratio), so the page stays as wide as the scales are many."""
+    swept = [
+        r for r in rows if metric_family(r) in ("scale", "ratio", "other") and r.get("model") is not None
+    ]
+    prompt = str(swept[0]["prompt"])  # a sweep has one prompt; of several, the tables hold the others
+    swept = [r for r in swept if str(r["prompt"]) == prompt]
+    scales = sorted({float(r["scale"]) for r in swept if is_number(r.get("scale"))})
+    overall = any(not is_number(r.get("scale")) for r in swept)
+    keys: list[float | None] = [*scales, *([None] if overall else [])]
+    lines: dict[tuple[str, str], dict[float | None, dict[str, str]]] = {}
+    for row in swept:
+        model = str(row["model"])
+        series = model if metric_family(row) == "scale" or row["regime"] == model else str(row["regime"])
+        scale = float(row["scale"]) if is_number(row.get("scale")) else None
+        lines.setdefault((panel_title(row), series), {})[scale] = {
+            "value": _num(row["value"]),
+            "ci": _ci(row["ci_low"], row["ci_high"]),
+        }
+    order: dict[str, int] = {}  # each metric's lines together, metrics in the order they first come
+    for metric, _ in lines:
+        order.setdefault(metric, len(order))
+    return {
+        "label": f"prompt: {prompt}",
+        "columns": [
+            {"name": "all scales" if k is None else f"scale {k:+g}" if k else "scale 0", "colour": None}
+            for k in keys
+        ],
+        "lines": [
+            {
+                "metric": metric,
+                "series": {"name": series, "colour": colours.get(series, PALETTE[-1])},
+                "cells": [cells.get(k) for k in keys],
+            }
+            for (metric, series), cells in sorted(lines.items(), key=lambda item: order[item[0][0]])
+        ],
     }
 
 

@@ -70,3 +70,13 @@ def tiny_lcm_pair():
     from conceptspace.models import load_pair
 
     return load_pair("tiny-sdxl", "tiny-lcm", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Headless Chromium 1280 px wide (skips where it is not installed); see tests/page_checks.py."""
+    from page_checks import start_browser
+
+    driver = start_browser(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()

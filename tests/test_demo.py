@@ -68,16 +68,25 @@ def test_paired_difference_of_factor_diversity():
         paired_difference(everything, circles[:10], "std_x")
 
 
-def test_demo_cli_writes_everything(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`conceptspace demo` at n = 4 on one prompt: its folder and the CLI's result."""
     from conceptspace.cli import app
-    from conceptspace.demo import DEMO_BASE_STEPS
-    from conceptspace.results import read_metrics
 
-    out = tmp_path / "demo"
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "demo"
     result = CliRunner().invoke(
         app, ["demo", "--out", str(out), "-n", "4", "--prompt", "a circle", "--n-boot", "50", "-q"]
     )
     assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_demo_cli_writes_everything(demo_run):
+    from conceptspace.demo import DEMO_BASE_STEPS
+    from conceptspace.results import read_metrics
+
+    out, result = demo_run
     lines = result.output.splitlines()
     assert lines[0].startswith("'a circle': layout spread_position (px), appearance entropy_colour (bits)")
     assert any(line.split()[:3] == ["distilled", "-", "base"] for line in lines)
@@ -131,6 +140,18 @@ def test_demo_cli_writes_everything(tmp_path):
     assert (out / "report.html").stat().st_size > 1000 and (out / "run.json").exists()
     assert json.loads((out / "run.json").read_text())["command"] == "demo"
     assert "`demo` run" in html and "`generate` run" not in html
+
+
+def test_at_1280_px_the_demo_report_fits_and_its_legends_are_whole(demo_run, browser):
+    """Every table, image, x̂0 strip and figure of the demo's report fits a 1280 px window, and no legend is cut
+    off inside its figure (the differences figure once lost its first entry)."""
+    from page_checks import clipped_legends, open_page, overflow
+
+    out, _ = demo_run
+    assert [e for e in open_page(browser, out / "report.html") if e["level"] == "SEVERE"] == []
+    assert overflow(browser) == []
+    drawn, *clipped = clipped_legends(out)
+    assert drawn != "0 figures" and clipped == []
 
 
 def test_demo_refuses_too_few_samples(tmp_path):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from page_checks import clipped_legends, open_page, overflow
 
 from conceptspace.io import write_json
 from conceptspace.report import ALL_PROMPTS, build_report, metric_family
@@ -280,63 +280,26 @@ def test_metric_families() -> None:
     assert metric_family({**row, "metric": "lpips"}) == "diversity"  # every metric diversity writes, one list
     assert metric_family({**row, "metric": "diff_pairwise_distance", "p_value": 0.1}) == "difference"
     assert metric_family({**row, "metric": "clip_score"}) == "other"
+    swept = {**row, "regime": "dmd@+1", "model": "dmd", "scale": 1.0}
+    assert metric_family({**swept, "metric": "distance_to_scale_0"}) == "scale"
+    assert metric_family({**swept, "metric": "probe_transfer_ratio", "regime": "dmd / shapes"}) == "ratio"
+    assert metric_family({**swept, "metric": "probe_factor_slope", "scale": None}) == "other"
+    assert metric_family({**swept, "metric": "variance_share_dir_0", "direction": 0}) == "direction"
 
 
 # ------------------------------------------------------------------------------------------------ browser
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    found = _chromium()
-    if found is None:
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=found[1]))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def _open(browser, path: Path) -> list[dict]:
-    """Load a file, force lazy images to load, wait for all of them; return the console log."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get_log("browser")  # drop what an earlier page logged
-    browser.get(path.resolve().as_uri())
-    browser.execute_script("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; });")
-    WebDriverWait(browser, 20).until(
-        lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete);")
-    )
-    return browser.get_log("browser")
-
-
 def test_page_loads_without_console_errors(built: tuple[Path, str, _Page], browser) -> None:
     folder, _, _ = built
-    log = _open(browser, folder / "report.html")
+    log = open_page(browser, folder / "report.html")
     assert [entry for entry in log if entry["level"] == "SEVERE"] == []
     assert browser.title == f"Report of {MALICIOUS}"
 
 
 def test_every_image_loads(built: tuple[Path, str, _Page], browser) -> None:
     folder, _, page = built
-    _open(browser, folder / "report.html")
+    open_page(browser, folder / "report.html")
     sizes = browser.execute_script(
         "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth]);"
     )
@@ -348,7 +311,7 @@ def test_malicious_prompt_is_text_and_never_runs(built: tuple[Path, str, _Page],
     from selenium.common.exceptions import NoAlertPresentException
 
     folder, _, _ = built
-    _open(browser, folder / "report.html")
+    open_page(browser, folder / "report.html")
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert  # noqa: B018 - raises when no alert dialog is open
     assert browser.execute_script("return typeof window.pwned;") == "undefined"
@@ -379,7 +342,7 @@ def test_at_1280_px_every_x0_strip_shows_its_final_step_and_nothing_overflows(tm
     for strip in (folder / "base").glob("trajectory_*.png"):
         _png(strip, SIZE * len(steps), SIZE, 0)
     build_report(folder)
-    _open(browser, folder / "report.html")
+    open_page(browser, folder / "report.html")
     overflow = browser.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];"
     )
@@ -422,8 +385,9 @@ def test_a_figure_legend_with_many_long_names_fits_inside_the_figure():
     assert len(legend.get_texts()) == 6
 
 
-def test_at_1280_px_the_comparison_table_shows_every_column(tmp_path, browser) -> None:
-    """compare's twelve-column ranking fits the page: its last column (Pareto) is in view without scrolling."""
+def test_at_1280_px_the_compare_report_fits_and_its_legends_are_whole(tmp_path, browser) -> None:
+    """compare's twelve-column ranking fits the page (its last column, Pareto, in view without scrolling), as does
+    every other table, image and figure of the report, and no figure's legend is cut off."""
     import torch
 
     from conceptspace import Base, load_pair
@@ -432,12 +396,32 @@ def test_at_1280_px_the_comparison_table_shows_every_column(tmp_path, browser) -
     pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
     result = compare(pair, ["a shape"], ["hybrid", "cads"], seeds=range(4), out_dir=tmp_path / "cmp",
                      base=Base(steps=4), n_boot=50, n_perm=50, progress=False)  # fmt: skip
-    _open(browser, result.report)
+    open_page(browser, result.report)
     widths = browser.execute_script(
         "const wrap = document.querySelector('table.ranking').closest('.tablewrap');"
         "return [wrap.scrollWidth, wrap.clientWidth, document.documentElement.scrollWidth, innerWidth];"
     )
     assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
+    assert overflow(browser) == []
+    drawn, *clipped = clipped_legends(result.report.parent)
+    assert drawn != "0 figures" and clipped == []
+
+
+def test_the_page_checks_see_a_table_too_wide_and_a_legend_cut_off(tmp_path, browser, monkeypatch) -> None:
+    """Control for the page checks: a 40-column glance table and a legend of 40 long names are reported."""
+    folder = _write_run(tmp_path / "run")
+    rows = [metric_row("p", f"a regime with a long name {i:02}", "pairwise_distance", 0.5, 0.4, 0.6, 8)
+            for i in range(40)]  # fmt: skip
+    write_metrics(folder, rows)
+    build_report(folder)
+    open_page(browser, folder / "report.html")
+    assert any(problem.startswith("table") for problem in overflow(browser))
+    from conceptspace import figures
+
+    monkeypatch.setattr(figures, "_legend", lambda figure, handles: figure.legend(
+        list(handles.values()), list(handles), loc="outside upper center", ncols=len(handles)))  # fmt: skip
+    drawn, *clipped = clipped_legends(folder)
+    assert clipped and clipped[0].startswith("diversity: legend")
 
 
 def test_the_pareto_figure_names_methods_in_a_legend_that_fits_not_in_labels_that_collide():

@@ -5,6 +5,7 @@ left exactly as they were."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,31 @@ def test_distances_and_ratio(run):
         )
         assert row["value"] == pytest.approx(expected)
     assert not [r for r in rows if r["metric"] == "clip_score_change"]  # pixels has no text tower
+
+
+def test_report_draws_each_model_against_the_scale_and_fits_1280_px(run, browser):
+    """The report plots distance against the scale (one line per model) and the transfer ratio per scale, gives
+    each model one colour everywhere, puts the ratio at every scale in its glance table, and fits the page."""
+    from page_checks import clipped_legends, open_page, overflow
+
+    out, rows, _ = run
+    assert {p.name for p in (out / "assets" / "figures").glob("*.png")} >= {"scale.png", "ratio.png"}
+    html = (out / "report.html").read_text()
+    glance = html[
+        html.index('class="card headline"') : html.index("</table>", html.index('class="card headline"'))
+    ]
+    ratio_line = next(line for line in glance.split("<tr>") if line.startswith("<td>transfer_ratio"))
+    for row in (r for r in rows if r["metric"] == "transfer_ratio"):
+        assert f"<b>{row['value']:.4g}</b>" in ratio_line
+    colours = {
+        name: set(re.findall(rf'class="regime" style="--c: (#[0-9a-f]{{6}})">{re.escape(name)}[@ <]', html))
+        for name in ("tiny-sdxl", "tiny-dmd")
+    }
+    assert all(len(found) == 1 for found in colours.values()) and colours["tiny-sdxl"] != colours["tiny-dmd"]
+    open_page(browser, out / "report.html")
+    assert overflow(browser) == []
+    drawn, *clipped = clipped_legends(out)
+    assert drawn != "0 figures" and clipped == []
 
 
 def test_handle_removed(run, pair):
@@ -281,7 +307,9 @@ def test_parse_probe_factor():
     assert parse_probe_factor("size", TESTBED)(predictions).tolist() == [3.0, 5.0]
     assert parse_probe_factor("colour=red", TESTBED)(predictions) == pytest.approx([0.7, 0.1])
     assert parse_probe_factor("colour = red-blue", TESTBED)(predictions) == pytest.approx([0.5, -0.8])
-    assert parse_probe_factor("colour=red+orange-blue+green", TESTBED)(predictions) == pytest.approx([0.6, 0.1 - 0.9])
+    assert parse_probe_factor("colour=red+orange-blue+green", TESTBED)(predictions) == pytest.approx(
+        [0.6, 0.1 - 0.9]
+    )
     with pytest.raises(TransferError, match="choose from red, orange"):
         parse_probe_factor("colour=crimson", TESTBED)
     with pytest.raises(TransferError, match="colour=red-blue"):

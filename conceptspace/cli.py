@@ -885,7 +885,7 @@ def transfer(
 def _transfer_seeds(ctx: typer.Context, seeds: str | None, seed: int, n: int) -> list[int] | str:
     """transfer's seeds: -n from --seed, or the deprecated --seeds (a range or a list), which replaces both."""
     if seeds is None:
-        return _seeds(seed, n)
+        return _seeds(seed, n, least=2, why="transfer measures each change with a CI over paired seeds: ")
     # the source by name: typer brings its own copy of click, whose ParameterSource is another class
     given = [
         flag

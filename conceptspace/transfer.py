@@ -384,8 +384,11 @@ def _checked_arguments(
     loads."""
     scales = parse_scales(scales)
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
-    if not seeds:
-        raise TransferError("no seeds given: pass e.g. 0-3")
+    if len(seeds) < 2:
+        raise TransferError(
+            f"{len(seeds)} seed{'s' * (len(seeds) != 1)} given: every change is a mean over paired seeds with a confidence interval, "
+            "which needs at least 2 (pass e.g. -n 4)"
+        )
     if not any(s.strip() for s in students):
         raise TransferError("no students given: pass e.g. --student dmd2,lcm")
     if not isinstance(prompt, str) or not prompt.strip():

@@ -498,10 +498,10 @@ def transfer_args(lora: Path, out: Path, *options: str) -> list[str]:
 )
 def test_transfer_takes_students_repeated_or_comma_separated(tmp_path: Path, slider_file, students) -> None:
     out = tmp_path / "transfer"
-    result = invoke(*transfer_args(slider_file, out, *students, "-n", "1"))
+    result = invoke(*transfer_args(slider_file, out, *students, "-n", "2"))
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
-    assert run["students"] == ["tiny-dmd", "tiny-lcm"] and run["seeds"] == [0]
+    assert run["students"] == ["tiny-dmd", "tiny-lcm"] and run["seeds"] == [0, 1]
     assert "transfer ratio tiny-lcm / tiny-sdxl at +1" in result.output
 
 
@@ -533,7 +533,7 @@ def test_transfer_still_reads_the_deprecated_seeds_option(tmp_path: Path, slider
     [
         (["--seeds", "0-1", "-n", "3"], "--seeds replaces -n and --seed"),
         (["--seeds", "0-1", "--seed", "2"], "--seeds replaces -n and --seed"),
-        (["-n", "0"], "-n must be at least 1"),
+        (["-n", "1"], "a CI over paired seeds: -n must be at least 2"),
         (["--student-path", "weights", "--student", "tiny-dmd,tiny-lcm"], "give one --student"),
     ],
 )

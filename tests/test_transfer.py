@@ -182,7 +182,7 @@ def test_mismatched_lora_refused(pair, tmp_path):
     modules.update(list(good.modules.items())[2:])
     bad = write_lora(LoRA(modules), tmp_path / "other.safetensors")
     with pytest.raises(LoRAMismatchError, match="does not fit tiny-sdxl's UNet.*2 of 4 modules fit"):
-        transfer(bad, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "a", embedder="pixels:32",
+        transfer(bad, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0, 1], tmp_path / "a", embedder="pixels:32",
                  progress=False, loader=lambda b, s: pair)  # fmt: skip
     rows = transfer(
         bad,
@@ -205,9 +205,11 @@ def test_mismatched_lora_refused(pair, tmp_path):
 
 def test_bad_arguments(lora_file, tmp_path):
     with pytest.raises(TransferError, match="do not include 0"):
-        transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "-1,1", [0], tmp_path / "a", progress=False)
+        transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "-1,1", [0, 1], tmp_path / "a", progress=False)
+    with pytest.raises(TransferError, match="1 seed given: .* at least 2"):  # a CI needs two
+        transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "c", progress=False)
     with pytest.raises(FileNotFoundError, match="no LoRA"):
-        transfer(tmp_path / "none.safetensors", "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "b")
+        transfer(tmp_path / "none.safetensors", "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0, 1], tmp_path / "b")
 
 
 def test_cli(lora_file, tmp_path):
@@ -323,7 +325,7 @@ def test_parse_probe_factor():
 def test_probe_factor_needs_the_testbed(tmp_path):
     lora = tmp_path / "never-read.safetensors"
     with pytest.raises(TransferError, match="testbed"):
-        transfer(lora, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path, probe_factor="size")
+        transfer(lora, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0, 1], tmp_path, probe_factor="size")
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 

@@ -153,10 +153,11 @@ def _same_regime(record: dict[str, Any], regime: Regime) -> bool:
 
 def _reusable_regimes(
     run_dir: Path, pair: ModelPair, prompts: Sequence[str], regimes: Sequence[Regime], seeds: Sequence[int]
-) -> dict[str, Any]:
-    """Regime records of earlier work in ``run_dir`` that the same regime made (same parameters) for this pair
-    and that already hold every (prompt, seed): the regimes of a complete run.json, and the finished regimes of
-    an interrupted run (each folder's :data:`~conceptspace.generate.REGIME_RECORD`)."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Regime records of earlier work in ``run_dir`` that the same regime made (same parameters) for this pair:
+    those that hold every (prompt, seed), and those that hold some (an interrupted regime, or a run with fewer
+    seeds), each cut to the wanted images whose files exist. Earlier work is a complete run.json's regimes and
+    each regime folder's :data:`~conceptspace.generate.REGIME_RECORD` (written as batches finish)."""
     models = (pair.base.name, pair.student.name if pair.student else None)
     records: dict[str, Any] = {}
     try:
@@ -174,19 +175,21 @@ def _reusable_regimes(
             records[regime.name] = finished["record"]
     wanted = {(p, s) for p in prompts for s in seeds}
     by_name = {regime.name: regime for regime in regimes}
-    reusable = {}
+    whole, partial = {}, {}
     for name, record in records.items():
         if name not in by_name or not _same_regime(record, by_name[name]):
             continue
-        have = {
-            (i["prompt"], int(i["seed"])) for i in record.get("images", []) if (run_dir / i["path"]).exists()
-        }
-        if wanted <= have:
-            reusable[name] = {
-                **record,
-                "images": [i for i in record["images"] if (i["prompt"], int(i["seed"])) in wanted],
-            }
-    return reusable
+        images = [
+            i
+            for i in record.get("images", [])
+            if (i["prompt"], int(i["seed"])) in wanted and (run_dir / i["path"]).exists()
+        ]
+        have = {(i["prompt"], int(i["seed"])) for i in images}
+        if have == wanted:
+            whole[name] = {**record, "images": images}
+        elif have:
+            partial[name] = {**record, "images": images}
+    return whole, partial
 
 
 def generate_or_reuse(
@@ -200,22 +203,26 @@ def generate_or_reuse(
     progress: bool = True,
     **generate_options: Any,
 ) -> dict[str, Any]:
-    """:func:`conceptspace.generate.generate`, except that with ``reuse`` the regimes whose images an earlier run
-    in ``out_dir`` made with the same parameters for the same pair, prompts and seeds are not sampled again
-    (run.json then lists them under ``reused_regimes``). Returns the run record."""
+    """:func:`conceptspace.generate.generate`, except that with ``reuse`` the images an earlier run in ``out_dir``
+    made with the same parameters for the same pair, prompts and seeds are not sampled again: whole regimes (run.json
+    then lists them under ``reused_regimes``) and, without trajectories, single images of a regime an interruption
+    cut short (``reused_images``: how many per regime). Returns the run record."""
     out = Path(out_dir)
-    kept = _reusable_regimes(out, pair, prompts, regimes, seeds) if reuse else {}
-    todo = [regime for regime in regimes if regime.name not in kept]
+    whole, partial = _reusable_regimes(out, pair, prompts, regimes, seeds) if reuse else ({}, {})
+    if generate_options.get("trajectories"):
+        partial = {}  # a kept image has no x̂0 trajectory to measure
+    todo = [regime for regime in regimes if regime.name not in whole]
     if todo:
-        run = generate(pair, prompts, todo, seeds, out, progress=progress, **generate_options)
+        run = generate(pair, prompts, todo, seeds, out, progress=progress, keep=partial, **generate_options)
     else:
         run = read_run(out)
-    if kept:
+    if whole or partial:
         run["regimes"] = {
-            regime.name: kept.get(regime.name) or run["regimes"][regime.name] for regime in regimes
+            regime.name: whole.get(regime.name) or run["regimes"][regime.name] for regime in regimes
         }
         run["schedule"] = schedule_field(run["regimes"])
-        run["reused_regimes"] = sorted(kept)
+        run["reused_regimes"] = sorted(whole)
+        run["reused_images"] = {name: len(record["images"]) for name, record in partial.items()}
         write_json(out / "run.json", run)
     return run
 

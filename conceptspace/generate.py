@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ def generate(
     progress: bool = True,
     parameters: dict[str, Any] | None = None,
     command: str = "generate",
+    keep: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Sample every prompt in every regime and write ``out_dir/<regime>/<prompt#>_<seed>.png`` and ``run.json``.
 
@@ -96,10 +97,17 @@ def generate(
     sample's x̂0 trajectory as images ``(n, steps, 3, H, W)`` in [0, 1], ``schedule`` the regime's
     ``schedule_dicts()`` (e.g. :func:`conceptspace.testbed.commitment.trajectory_rows`, per factor).
     ``run.json`` is written last: its presence marks a complete run; its ``command`` names the study that made
-    it (``generate``, ``trajectory``, ``demo`` …).
+    it (``generate``, ``trajectory``, ``demo`` …). Images are written as their batch finishes, each regime's
+    :data:`REGIME_RECORD` with them, so Ctrl-C (:class:`Interrupted`) loses one batch at most.
+    ``keep``: per regime, the record of earlier work in ``out_dir`` that made some of its images with the same
+    settings (:func:`conceptspace.diversity.generate_or_reuse` finds them): those images are kept and only the
+    others sampled. Not with ``trajectories`` (kept images have no x̂0 trajectory).
     Returns the run record (the content of run.json).
     """
     _check_inputs(prompts, regimes)
+    keep = dict(keep or {})
+    if keep and trajectories:
+        raise ValueError("keep and trajectories exclude each other: kept images have no x̂0 trajectories")
     out = ensure_writable_dir(out_dir)
     options = _Options(
         negative_prompt=negative_prompt,
@@ -119,16 +127,20 @@ def generate(
     try:
         for regime in regimes:
             _forget_regime(out, regime.name)
-            records[regime.name], rows = _sample_regime(pair, prompts, regime, seeds, out, options)
-            write_json(
-                out / regime.name / REGIME_RECORD, _regime_file(pair, prompts, seeds, records[regime.name])
+            records[regime.name] = _new_record(keep.get(regime.name))
+            save = _record_saver(pair, prompts, seeds, out / regime.name, records[regime.name])
+            save()  # what is kept stays on record, even if nothing new finishes
+            commitment_rows += _sample_regime(
+                pair, prompts, regime, seeds, out, options, records[regime.name], save
             )
-            commitment_rows += rows
+            save()
     except KeyboardInterrupt:
-        kept = ", ".join(records) or "none"
-        raise Interrupted(
-            f"interrupted: kept the finished regimes ({kept}) in {out}; the same command reuses them"
-        ) from None
+        finished = [name for name in records if len(records[name]["images"]) == len(prompts) * len(seeds)]
+        kept = f"the finished regimes ({', '.join(finished) or 'none'})"
+        if len(finished) < len(records):
+            name, record = list(records.items())[-1]
+            kept += f" and {len(record['images'])} of {len(prompts) * len(seeds)} images of {name}"
+        raise Interrupted(f"interrupted: kept {kept} in {out}; the same command reuses them") from None
     if trajectories:
         write_metrics(out, commitment_rows)
     run = _run_record(pair, prompts, seeds, options, parameters, records, started)
@@ -137,8 +149,8 @@ def generate(
 
 
 REGIME_RECORD = "regime.json"
-"""A finished regime's record (settings, schedule, images) in its folder, written as soon as the regime is done:
-what a rerun after an interruption reuses (``conceptspace.diversity.generate_or_reuse``)."""
+"""A regime's record (settings, schedule, the images made so far) in its folder, rewritten as each batch of images
+is written: what a rerun after an interruption reuses (``conceptspace.diversity.generate_or_reuse``)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -155,6 +167,32 @@ def _regime_file(
         "seeds": list(seeds),
         "record": record,
     }
+
+
+def _new_record(kept: dict[str, Any] | None) -> dict[str, Any]:
+    """A regime's run.json record to fill, starting from the kept one's images, timings and batches."""
+    kept = kept or {}
+    return {
+        "settings": kept.get("settings"),
+        "schedule": kept.get("schedule"),
+        "images": list(kept.get("images", [])),
+        "timings": dict(kept.get("timings", {})),
+        "batches": list(
+            kept.get("batches", [])
+        ),  # [prompt index, images, denoising seconds] per forward batch
+    }
+
+
+def _record_saver(
+    pair: ModelPair, prompts: Sequence[str], seeds: Sequence[int], regime_dir: Path, record: dict[str, Any]
+) -> Callable[[], None]:
+    """Writes the regime's :data:`REGIME_RECORD` as it stands (once it has images)."""
+
+    def save() -> None:
+        if record["images"]:
+            write_json(regime_dir / REGIME_RECORD, _regime_file(pair, prompts, seeds, record))
+
+    return save
 
 
 def _forget_regime(out: Path, name: str) -> None:
@@ -193,29 +231,44 @@ def _sample_regime(
     seeds: Sequence[int],
     out: Path,
     options: _Options,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Every prompt sampled in ``regime`` and written to its folder; returns the regime's run.json record and its
-    commitment rows (none without trajectories)."""
+    record: dict[str, Any],
+    save: Callable[[], None],
+) -> list[dict[str, Any]]:
+    """Every (prompt, seed) that ``record`` does not hold yet, sampled in ``regime`` and written to its folder batch
+    by batch (``save`` after each); fills ``record`` (its run.json record) and returns the regime's commitment rows
+    (none without trajectories)."""
     regime_dir = out / regime.name
-    record: dict[str, Any] = {
-        "settings": None,
-        "schedule": None,
-        "images": [],
-        "timings": {},
-        "batches": [],  # [prompt index, images, denoising seconds] per forward batch
-    }
+    made = {(image["prompt"], int(image["seed"])): image for image in record["images"]}
+    # the described settings say what made a kept image before the first batch's full settings are known
+    record["settings"] = record["settings"] or json.loads(json.dumps(regime.describe(), default=str))
     commitment_rows: list[dict[str, Any]] = []
     for prompt_index, prompt in enumerate(prompts):
+        missing = [seed for seed in seeds if (prompt, seed) not in made]
+        if not missing:
+            continue
+
+        def keep_batch(
+            batch_seeds: list[int], images: Any, prompt: str = prompt, index: int = prompt_index
+        ) -> None:
+            start = time.perf_counter()
+            for seed, image in zip(batch_seeds, images, strict=True):
+                path = write_image(regime_dir / image_name(index, seed), image)
+                made[(prompt, seed)] = {"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))}
+            record["images"] = list(made.values())
+            record["timings"]["writing"] = record["timings"].get("writing", 0.0) + time.perf_counter() - start
+            save()
+
         result = sample(
             pair,
             prompt,
             regime,
-            seeds,
+            missing,
             negative_prompt=options.negative_prompt,
             height=options.height,
             width=options.width,
             batch_size=options.batch_size,
             record_x0=options.trajectories,
+            on_batch=keep_batch,
             progress=options.progress,
         )
         record["settings"] = result.settings
@@ -223,18 +276,14 @@ def _sample_regime(
         for phase, seconds in result.timings.items():
             record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
         record["batches"] += [[prompt_index, rows, seconds] for rows, seconds in result.batch_seconds]
-        write_start = time.perf_counter()
-        for seed, image in zip(result.seeds, result.images, strict=True):
-            path = write_image(regime_dir / image_name(prompt_index, seed), image)
-            record["images"].append({"prompt": prompt, "seed": seed, "path": str(path.relative_to(out))})
         if options.trajectories:
+            start = time.perf_counter()
             commitment_rows += _trajectory_outputs(
                 pair, prompt, prompt_index, regime.name, regime_dir, result, options
             )
-        record["timings"]["writing"] = (
-            record["timings"].get("writing", 0.0) + time.perf_counter() - write_start
-        )
-    return record, commitment_rows
+            record["timings"]["writing"] += time.perf_counter() - start
+    record["images"] = [made[(prompt, seed)] for prompt in prompts for seed in seeds]  # in run order
+    return commitment_rows
 
 
 def _trajectory_outputs(

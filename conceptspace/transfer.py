@@ -20,6 +20,7 @@ and a grid ``DIR/grid_<model>.png`` (rows: scales, columns: seeds). Measured, wi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -30,14 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from conceptspace.embeddings import resolve_embedder
+from conceptspace.generate import REGIME_RECORD, Interrupted
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
-from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, read_lora
+from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, lora_digest, read_lora
 from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import Base, Distilled, SampleResult, sample
+from conceptspace.sampling import Base, Distilled, sample
 
 __all__ = [
     "TransferError",
@@ -271,6 +274,16 @@ class _Sweep:
     height: int | None = None  # None: each model's native resolution
     width: int | None = None
 
+    def key(self, model: str, scale: float, regime: Any) -> dict[str, Any]:
+        """What made one model's images at one scale: a rerun reuses the images of an equal key."""
+        return {
+            "lora": lora_digest(self.lora),
+            "model": model,
+            "scale": float(scale),
+            "regime": json.loads(json.dumps(regime.describe(), default=str)),
+            **{k: getattr(self, k) for k in ("prompt", "t_start", "allow_partial", "height", "width")},
+        }
+
 
 @dataclass
 class _Sampled:
@@ -343,7 +356,14 @@ def transfer(
     sweep = _Sweep(lora, prompt, scales, seeds, out, t_start, allow_partial, progress, height, width)
     # the embedder first: a missing or misnamed one fails before any model is loaded or sampled
     embedder = resolve_embedder(embedder, base_spec, device=device, progress=progress, cache_dir=cache_dir)
-    sampled = _sample_models(sweep, base, students, loader, device, dtype, cache_dir)
+    try:
+        sampled = _sample_models(sweep, base, students, loader, device, dtype, cache_dir)
+    except KeyboardInterrupt:
+        kept = sum(len(list(folder.glob("*.png"))) for folder in out.glob("*@*") if folder.is_dir())
+        raise Interrupted(
+            f"interrupted: kept {kept} images in {out} (each model and scale's batches as they finished); the same "
+            "command reuses them"
+        ) from None
     embedder_name = getattr(embedder, "name", type(embedder).__name__)
     has_text = bool(getattr(embedder, "has_text", False))
     text = text or prompt
@@ -455,17 +475,11 @@ def _sample_model(sweep: _Sweep, pair: ModelPair, role: str, name: str, sampled:
     try:
         for scale in sweep.scales:
             handle.scale = float(scale)
-            result = sample(
-                pair,
-                sweep.prompt,
-                regime,
-                sweep.seeds,
-                height=sweep.height or spec.resolution,
-                width=sweep.width or spec.resolution,
-                progress=sweep.progress,
-            )
-            sampled.images[name][scale] = list(result.images)
-            sampled.regimes[regime_name(name, scale)] = _write_scale(sweep, name, scale, result)
+            record = _sample_scale(sweep, pair, regime, name, scale, spec.resolution)
+            sampled.regimes[regime_name(name, scale)] = record
+            sampled.images[name][scale] = [
+                Image.open(sweep.out / image["path"]).convert("RGB") for image in record["images"]
+            ]
     finally:
         handle.remove()
     grid = scale_grid(sampled.images[name], [f"seed {s}" for s in sweep.seeds], name)
@@ -490,23 +504,68 @@ def _checked_coverage(unet: Any, lora: LoRA, name: str, allow_partial: bool) -> 
     return report
 
 
-def _write_scale(sweep: _Sweep, name: str, scale: float, result: SampleResult) -> dict[str, Any]:
-    """Write one model's images at one scale to its regime folder; return the regime's run.json record."""
-    folder = regime_name(name, scale)
-    record: dict[str, Any] = {
+def _sample_scale(
+    sweep: _Sweep, pair: ModelPair, regime: Any, name: str, scale: float, resolution: int
+) -> dict[str, Any]:
+    """One model's images at one scale (the LoRA already at that scale): the seeds an earlier run with the same
+    key left in the folder are kept, the others sampled and written batch by batch, each batch recorded in the
+    folder's :data:`REGIME_RECORD`. Returns the regime's run.json record."""
+    folder = sweep.out / regime_name(name, scale)
+    key = sweep.key(name, scale, regime)
+    record = _kept_record(folder, key, sweep.seeds) or {
         "model": name,
         "scale": scale,
-        "settings": result.settings,
-        "schedule": result.schedule_dicts(),
-        "timings": dict(result.timings),
+        "settings": None,
+        "schedule": None,
+        "timings": {},
         "images": [],
     }
-    for seed, image in zip(result.seeds, result.images, strict=True):
-        path = write_image(sweep.out / folder / image_name(0, seed), image)
-        record["images"].append(
-            {"prompt": sweep.prompt, "seed": seed, "path": str(path.relative_to(sweep.out))}
+    made = {int(image["seed"]): image for image in record["images"]}
+
+    def keep_batch(seeds: list[int], images: Any) -> None:
+        for seed, image in zip(seeds, images, strict=True):
+            path = write_image(folder / image_name(0, seed), image)
+            made[seed] = {"prompt": sweep.prompt, "seed": seed, "path": str(path.relative_to(sweep.out))}
+        record["images"] = list(made.values())
+        write_json(folder / REGIME_RECORD, {"key": key, "record": record})
+
+    missing = [seed for seed in sweep.seeds if seed not in made]
+    if missing:
+        result = sample(
+            pair,
+            sweep.prompt,
+            regime,
+            missing,
+            height=sweep.height or resolution,
+            width=sweep.width or resolution,
+            on_batch=keep_batch,
+            progress=sweep.progress,
         )
+        record["settings"], record["schedule"] = result.settings, result.schedule_dicts()
+        for phase, seconds in result.timings.items():
+            record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
+    record["images"] = [made[seed] for seed in sweep.seeds]
+    write_json(folder / REGIME_RECORD, {"key": key, "record": record})
     return record
+
+
+def _kept_record(folder: Path, key: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any] | None:
+    """The record of the images an earlier run with this key wrote to ``folder`` (those of ``seeds`` whose files
+    exist), or None."""
+    try:
+        earlier = json.loads((folder / REGIME_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if earlier.get("key") != json.loads(json.dumps(key)):
+        return None
+    record = earlier["record"]
+    wanted = set(seeds)
+    record["images"] = [
+        image
+        for image in record.get("images", [])
+        if int(image["seed"]) in wanted and (folder.parent / image["path"]).is_file()
+    ]
+    return record if record["images"] else None
 
 
 # ------------------------------------------------------------------------------------------------ measuring

@@ -212,9 +212,10 @@ def test_embedding_shows_one_bar_that_advances_over_every_image(
     assert "12/12" in err
 
 
-def test_ctrl_c_keeps_the_finished_regimes_and_the_same_command_reuses_them(tmp_path):
-    """A real SIGINT to a real process while it samples its second regime: it says what it kept and exits 130; the
-    same command then reuses the first regime's images byte for byte (not sampled again) and finishes."""
+def test_ctrl_c_keeps_every_finished_image_and_the_same_command_reuses_them(tmp_path):
+    """A real SIGINT to a real process while it samples its second regime, batch by batch: it says what it kept
+    (the first regime, and the second's finished batches) and exits 130; the same command then reuses every kept
+    image byte for byte (not sampled again), samples only the rest and finishes."""
     import os
     import signal
     import subprocess
@@ -224,24 +225,35 @@ def test_ctrl_c_keeps_the_finished_regimes_and_the_same_command_reuses_them(tmp_
     out = tmp_path / "run"
     command = [sys.executable, "-m", "conceptspace", "diversity", "--base", "shapes", "--student", "dmd"]
     command += ["--regimes", "distilled,base", "--steps", "10", "--prompt", "a shape", "-n", "8"]
-    command += ["--out", str(out), "--device", "cpu", "--n-boot", "20", "--n-perm", "20", "--quiet"]
+    command += ["--batch-size", "2", "--out", str(out), "--device", "cpu", "--n-boot", "20", "--n-perm", "20"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finished = out / "distilled" / "regime.json"
+    process = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    first_batch = out / "base" / "regime.json"  # written with the second regime's first batch of images
     deadline = time.monotonic() + 300
-    while not finished.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not first_batch.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert finished.exists() and process.poll() is None, "the first regime should finish while the second runs"
+    assert first_batch.exists() and process.poll() is None, "the second regime should be part-way through"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert f"interrupted: kept the finished regimes (distilled) in {out}" in stderr
-    assert not (out / "base" / "regime.json").exists() and not (out / "run.json").exists()
+    assert not (out / "run.json").exists()
+    record = json.loads(first_batch.read_text())["record"]
+    n_base = len(record["images"])
+    assert n_base in (2, 4, 6), n_base  # whole batches, and not the whole regime
+    assert (
+        f"interrupted: kept the finished regimes (distilled) and {n_base} of 8 images of base in {out}"
+        in stderr
+    )
     kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (out / "distilled").glob("*.png")}
-    assert len(kept) == 8
+    kept.update({out / i["path"]: ((out / i["path"]).read_bytes(), (out / i["path"]).stat().st_mtime_ns)
+                 for i in record["images"]})  # fmt: skip
+    assert len(kept) == 8 + n_base
 
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([*command, "--quiet"], env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
     run = json.loads((out / "run.json").read_text())
-    assert run["reused_regimes"] == ["distilled"] and len(run["regimes"]["base"]["images"]) == 8
+    assert run["reused_regimes"] == ["distilled"] and run["reused_images"] == {"base": n_base}
+    assert [i["seed"] for i in run["regimes"]["base"]["images"]] == list(range(8))
+    assert len(list((out / "base").glob("*.png"))) == 8

@@ -163,6 +163,32 @@ def test_report_draws_each_model_against_the_scale_and_fits_1280_px(run, browser
     assert drawn != "0 figures" and clipped == []
 
 
+def test_a_rerun_reuses_the_images_the_same_sweep_made_and_samples_only_the_rest(pair, lora_file, tmp_path):
+    """Two seeds, then three into the same folder: the first two seeds' images (every model and scale) are kept
+    byte for byte, untouched, and the metrics match a fresh run's; another LoRA reuses nothing."""
+    from conceptspace.lora import lora_digest, read_lora
+
+    def sweep(out, seeds, lora=lora_file):
+        return transfer(lora, "tiny-sdxl", ["tiny-dmd"], "a red circle", "0,1", seeds, out, embedder="pixels:32",
+                        progress=False, loader=lambda base, student: pair)  # fmt: skip
+
+    out = tmp_path / "sweep"
+    sweep(out, [0, 1])
+    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in out.glob("*@*/*.png")}
+    assert len(kept) == 2 * 2 * 2
+    rows = sweep(out, [0, 1, 2])
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
+    assert len(list(out.glob("*@*/*.png"))) == 2 * 2 * 3
+    fresh = sweep(tmp_path / "fresh", [0, 1, 2])
+    assert [(r["metric"], r["regime"], r["value"]) for r in rows] == [
+        (r["metric"], r["regime"], pytest.approx(r["value"], rel=1e-3, abs=1e-6)) for r in fresh
+    ]  # seed 2 ran in a batch of its own there: a batch's float rounding may move a pixel by one level
+    other = write_lora(random_lora(pair.base_network, seed=7), tmp_path / "other.safetensors")
+    assert lora_digest(read_lora(other)) != lora_digest(read_lora(lora_file))
+    sweep(out, [0, 1, 2], lora=other)
+    assert all(path.stat().st_mtime_ns != stamp for path, (_, stamp) in kept.items())
+
+
 def test_handle_removed(run, pair):
     _, _, before = run
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.base_network.modules())

@@ -41,7 +41,7 @@ from conceptspace.lora.formats import (
     write_lora,
 )
 from conceptspace.lora.names import KOHYA_PREFIX, KOHYA_PREFIXES, network_name
-from conceptspace.lora.weights import LoRA, LoRAFormatError, LoRAMismatchError, LoRAWeights
+from conceptspace.lora.weights import LoRA, LoRAFormatError, LoRAMismatchError, LoRAWeights, lora_digest
 
 __all__ = [
     "DIFFUSERS_HEADER_KEY",
@@ -60,6 +60,7 @@ __all__ = [
     "ShapeMismatch",
     "apply_lora",
     "coverage",
+    "lora_digest",
     "merge_lora",
     "network_name",
     "read_lora",

@@ -124,3 +124,19 @@ class LoRA:
                     )
                 modules[path], origin[path] = part, name
         return replace(self, modules=modules, network=network_name(unet))
+
+
+def lora_digest(lora: LoRA) -> str:
+    """A SHA-256 of what a LoRA does (its network, module names, factors and alphas; not its file name or
+    metadata): two LoRAs with one digest change a model identically."""
+    import hashlib
+
+    digest = hashlib.sha256(lora.network.encode())
+    for name in sorted(lora.modules):
+        weights = lora.modules[name]
+        digest.update(f"{name}\0{weights.alpha!r}".encode())
+        for factor in (weights.down, weights.up):
+            tensor = factor.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

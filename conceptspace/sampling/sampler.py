@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -159,6 +160,7 @@ def sample(
     output_type: OutputType = "pil",
     record_x0: bool = False,
     callback: Callable[[StepInfo], None] | None = None,
+    on_batch: Callable[[list[int], Any], None] | None = None,
     progress: bool = True,
 ) -> SampleResult:
     """Generate one image per seed for ``prompt`` in ``regime``.
@@ -176,6 +178,8 @@ def sample(
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (no VAE decode).
         record_x0: keep every step's x̂0 latents in ``result.trajectory``.
         callback: called with a :class:`StepInfo` after every step.
+        on_batch: called with each batch's seeds and images (of ``output_type``) as soon as they are decoded, so
+            a caller can keep them before the next batch runs (an interruption then loses one batch at most).
 
     Example:
         >>> pair = load_pair("tiny-sdxl", "tiny-dmd")                           # doctest: +SKIP
@@ -202,8 +206,9 @@ def sample(
     with out_of_memory_as_error(pair.device, what):
         total = len(seeds) * len(schedule)
         bar = tqdm(total=total, desc=regime.name, unit="img·step", disable=not progress, leave=False)
-        batches = [
-            _sample_batch(
+        batches, decoded, timings["decoding"] = [], [], 0.0
+        for first in range(0, len(seeds), batch_size):
+            batch = _sample_batch(
                 pair,
                 regime,
                 cond,
@@ -214,16 +219,17 @@ def sample(
                 progress=bar,
                 segments=first_segments if first == 0 else None,  # later batches build fresh schedulers
             )
-            for first in range(0, len(seeds), batch_size)
-        ]
+            start = time.perf_counter()
+            decoded.append(decode(pair, batch.latents, output_type))  # per batch: ready to keep, less memory
+            _sync(pair.device)
+            timings["decoding"] += time.perf_counter() - start
+            batches.append(batch)
+            if on_batch is not None:
+                on_batch(list(batch.seeds), decoded[-1])
         bar.close()
         timings["denoising"] = sum(batch.seconds for batch in batches)
-
         latents = torch.cat([batch.latents for batch in batches])
-        start = time.perf_counter()
-        images = decode(pair, latents, output_type)
-        _sync(pair.device)
-        timings["decoding"] = time.perf_counter() - start
+        images = _joined(decoded)
     trajectories = [batch.trajectory for batch in batches if batch.trajectory is not None]
     return SampleResult(
         prompt=prompt,
@@ -243,6 +249,15 @@ def sample(
             },
         },
     )
+
+
+def _joined(parts: list[Any]) -> Any:
+    """The batches' outputs as one: a list of PIL images, one array or one tensor."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [image for part in parts for image in part]
 
 
 def check_prompt(prompt: Any) -> None:

@@ -54,6 +54,36 @@ def test_discover_writes_a_study_whose_directions_mean_something(study):
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in correlations)
 
 
+def test_an_interrupted_discover_resumes_from_its_saved_chunks(study, shapes, tmp_path, monkeypatch):
+    """Ctrl-C while the second chunk of 64 samples: the first is kept on disk and the message says so; the same
+    call then samples only the second chunk and writes the study an uninterrupted run wrote (same embeddings)."""
+    from safetensors.torch import load_file
+
+    from conceptspace.generate import Interrupted
+
+    real, calls = directions.sample, []
+
+    def counted(*args, **kwargs):
+        calls.append(list(args[3]))
+        if interrupt and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(directions, "sample", counted)
+    out, interrupt = tmp_path / "study", True
+    with pytest.raises(Interrupted, match=r"kept 64 of 96 samples of distilled in .*partial"):
+        discover(shapes, PROMPT, out, n=96, n_directions=3, keep_images=8, progress=False)
+    assert not (out / "run.json").exists() and len(list((out / directions.PARTIAL_DIR).iterdir())) == 1
+    calls.clear()
+    interrupt = False
+    discover(shapes, PROMPT, out, n=96, n_directions=3, keep_images=8, progress=False)
+    assert calls == [list(range(64, 96))]
+    assert not (out / directions.PARTIAL_DIR).exists()
+    resumed, whole = (load_file(folder / directions.SAMPLES_FILE) for folder in (out, study[0]))
+    assert torch.equal(resumed["embeddings"], whole["embeddings"])
+    assert torch.equal(resumed["seeds"], whole["seeds"])
+
+
 def test_direction_sliders_train_and_transfer(study, shapes, tmp_path):
     folder, space = study
     (written,) = train_direction_sliders(

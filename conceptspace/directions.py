@@ -55,6 +55,7 @@ from conceptspace.sampling import (
     Denoiser,
     Distilled,
     Regime,
+    check_prompt,
     encode_text,
     make_denoiser,
     regime_from_name,
@@ -220,8 +221,7 @@ def discover(
     Example:
         >>> space = discover(("shapes", "dmd"), "a shape", "runs/space", n=1000, n_directions=8)  # doctest: +SKIP
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt is empty: give the concept prompt to sample")
+    check_prompt(prompt)  # "" samples unconditionally, whitespace alone is refused
     if n_directions < 1:
         raise ValueError(f"n_directions must be at least 1, got {n_directions}")
     if n <= n_directions:

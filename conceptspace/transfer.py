@@ -40,7 +40,7 @@ from conceptspace.io import ensure_writable_dir, environment_versions, image_nam
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, lora_digest, read_lora
 from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics
-from conceptspace.sampling import Base, Distilled, sample
+from conceptspace.sampling import Base, Distilled, check_prompt, sample
 
 __all__ = [
     "TransferError",
@@ -411,8 +411,7 @@ def _checked_arguments(
         )
     if not any(s.strip() for s in students):
         raise TransferError("no students given: pass e.g. --student dmd2,lcm")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise TransferError("prompt is empty: give the text to generate from")
+    check_prompt(prompt)  # "" samples unconditionally, whitespace alone is refused
     # unknown names fail before anything loads; hub ids become registry names (they name folders and rows)
     base_spec = get_spec(base)
     students = [get_spec(s.strip()).name for s in students if s.strip()]

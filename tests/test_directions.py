@@ -154,7 +154,7 @@ def test_bad_input_is_refused_before_anything_runs(study, shapes, tmp_path):
     folder, _ = study
     with pytest.raises(ValueError, match="cannot give 8 directions"):
         discover(shapes, PROMPT, tmp_path / "a", n=8, n_directions=8, progress=False)
-    with pytest.raises(ValueError, match="prompt is empty"):
+    with pytest.raises(ValueError, match="prompt is empty but for whitespace"):
         discover(shapes, "  ", tmp_path / "b", n=8, n_directions=2, progress=False)
     with pytest.raises(FileNotFoundError, match="not a SliderSpace folder"):
         train_direction_sliders(tmp_path, pair=shapes)

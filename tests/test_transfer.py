@@ -189,6 +189,12 @@ def test_a_rerun_reuses_the_images_the_same_sweep_made_and_samples_only_the_rest
     assert all(path.stat().st_mtime_ns != stamp for path, (_, stamp) in kept.items())
 
 
+def test_the_empty_prompt_sweeps_unconditional_samples(pair, lora_file, tmp_path):
+    rows = transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "", "0,1", [0, 1], tmp_path, embedder="pixels:32",
+                    progress=False, loader=lambda base, student: pair)  # fmt: skip
+    assert {r["prompt"] for r in rows} == {""} and len(list(tmp_path.glob("tiny-dmd@+1/*.png"))) == 2
+
+
 def test_handle_removed(run, pair):
     _, _, before = run
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in pair.base_network.modules())
@@ -234,6 +240,8 @@ def test_bad_arguments(lora_file, tmp_path):
         transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "-1,1", [0, 1], tmp_path / "a", progress=False)
     with pytest.raises(TransferError, match="1 seed given: .* at least 2"):  # a CI needs two
         transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0], tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="prompt is empty but for whitespace"):
+        transfer(lora_file, "tiny-sdxl", ["tiny-dmd"], "  ", "0,1", [0, 1], tmp_path / "d", progress=False)
     with pytest.raises(FileNotFoundError, match="no LoRA"):
         transfer(tmp_path / "none.safetensors", "tiny-sdxl", ["tiny-dmd"], "x", "0,1", [0, 1], tmp_path / "b")
 

@@ -18,6 +18,7 @@ models`` lists them), so the call takes what a diffusers pipeline takes and noth
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections.abc import Sequence
@@ -280,4 +281,13 @@ class DiversityPipeline:
             joined = torch.cat(images)
         if not return_dict:
             return (joined,)
-        return self.output_class(images=joined)
+        # fields beside the images (StableDiffusionPipelineOutput's nsfw_content_detected) are None, as diffusers
+        # leaves them when no safety checker ran
+        others = {
+            f.name: None
+            for f in dataclasses.fields(self.output_class)
+            if f.name != "images"
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        }
+        return self.output_class(images=joined, **others)

@@ -31,7 +31,14 @@ def test_the_distilled_regime_is_the_student_pipeline_itself(pipelines):
     pair, base, student, name = pipelines
     ours = DiversityPipeline(base, student, student=name, regime="distilled")
     size = pair.default_resolution
-    got = ours(PROMPT, num_images_per_prompt=2, generator=_generators(SEEDS), output_type="np", height=size, width=size)
+    got = ours(
+        PROMPT,
+        num_images_per_prompt=2,
+        generator=_generators(SEEDS),
+        output_type="np",
+        height=size,
+        width=size,
+    )
     steps = pair.student.num_inference_steps
     theirs = student(PROMPT, num_images_per_prompt=2, generator=_generators(SEEDS), output_type="np",
                      num_inference_steps=steps, guidance_scale=pair.student.guidance_scale, height=size, width=size)  # fmt: skip
@@ -80,4 +87,17 @@ def test_a_loaded_pair_becomes_a_pipeline_sharing_its_networks(pipelines):
     pipe = DiversityPipeline.from_pair(pair, "hybrid")
     assert pipe.pair.student_network is pair.student_network and pipe.pair.base_network is pair.base_network
     got = pipe(PROMPT, generator=_generators([4]), output_type="pt").images
-    assert torch.allclose(got, sample(pair, PROMPT, Hybrid(), [4], output_type="pt", progress=False).images, atol=1e-6)
+    assert torch.allclose(
+        got, sample(pair, PROMPT, Hybrid(), [4], output_type="pt", progress=False).images, atol=1e-6
+    )
+
+
+def test_a_stable_diffusion_pair_returns_diffusers_output_with_no_safety_verdict():
+    """SD pipelines' output class also has nsfw_content_detected: None, as diffusers says when no checker ran."""
+    pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
+    output = DiversityPipeline.from_pair(pair, "hybrid")(
+        "a shape", num_images_per_prompt=2, generator=_generators([0, 1]), output_type="np"
+    )
+    assert type(output).__name__ == "StableDiffusionPipelineOutput" and output.nsfw_content_detected is None
+    expected = sample(pair, "a shape", Hybrid(), [0, 1], output_type="np", progress=False).images
+    assert np.allclose(output.images, expected, atol=1e-6)

@@ -19,13 +19,12 @@ One folder holds a whole study:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from conceptspace import schedules
+from conceptspace.chunked import finish_pass, sample_and_embed
 from conceptspace.embeddings import resolve_embedder
-from conceptspace.generate import Interrupted
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import (
     atomic_write,
     ensure_writable_dir,
     environment_versions,
-    image_name,
     write_image,
     write_json,
 )
@@ -73,126 +71,6 @@ SAMPLES_FILE = "samples.safetensors"
 SLIDER_DIR = "sliders"
 ACTIVATION_DIR = "activation"
 ACTIVATION_SEED = 1_000_000  # activation samples start here: never the seeds the space was fitted on
-CHUNK = 64  # images sampled and embedded at a time, so memory stays flat for any n
-
-
-PARTIAL_DIR = "partial"
-"""The chunks of an unfinished sampling pass (discover, activation), each saved as it finishes: the same command
-resumes from them; the folder goes once the pass is done."""
-
-
-@dataclass
-class _Pass:
-    """What one sampling pass made: final latents, unit embeddings, the records of the images it wrote and, in a
-    known world, what the probe read in every image."""
-
-    latents: torch.Tensor
-    embeddings: np.ndarray
-    images: list[dict[str, Any]]
-    readings: list[dict[str, np.ndarray]]
-
-
-def _sample_and_embed(
-    pair: ModelPair,
-    prompt: str,
-    regime: Regime,
-    seeds: Sequence[int],
-    embedder: Any,
-    out: Path,
-    *,
-    batch_size: int,
-    keep_images: int,
-    progress: bool,
-    desc: str,
-    read: Callable[[list[Any]], dict[str, np.ndarray]] | None = None,
-) -> _Pass:
-    """Sample ``regime`` for ``seeds`` in chunks of :data:`CHUNK` (memory stays flat for any n), embed each chunk,
-    write its first ``keep_images`` images to ``out/<regime>/`` and save the chunk in ``out/partial/``; ``read``
-    (a probe) reads each chunk's images. A chunk an interrupted run saved with the same key (pair, regime, prompt,
-    embedder, seeds) is loaded instead of sampled again."""
-    from safetensors.torch import save_file
-
-    key = json.dumps(
-        {"base": pair.base.name, "student": pair.student.name if pair.student else None, "prompt": prompt,
-         "regime": regime.describe(), "embedder": embedder.name},
-        default=str, sort_keys=True,
-    )  # fmt: skip
-    chunks: list[dict[str, torch.Tensor]] = []
-    bar = tqdm(total=len(seeds), desc=desc, unit="img", disable=not progress, leave=False)
-    with bar, _kept_on_interrupt(chunks, len(seeds), regime.name, out / PARTIAL_DIR):
-        for start in range(0, len(seeds), CHUNK):
-            chunk = list(seeds[start : start + CHUNK])
-            path = out / PARTIAL_DIR / f"{_safe(regime.name)}-{start // CHUNK:05d}.safetensors"
-            saved = _saved_chunk(path, key, chunk)
-            if saved is None:
-                result = sample(pair, prompt, regime, chunk, batch_size=batch_size, progress=False)
-                saved = {
-                    "latents": result.latents.to(torch.float16).contiguous(),
-                    "embeddings": embedder.embed_images(result.images).double().contiguous(),
-                    "seeds": torch.tensor(chunk, dtype=torch.int64),
-                    **({f"reading.{k}": torch.from_numpy(v) for k, v in read(result.images).items()} if read else {}),
-                }  # fmt: skip
-                for seed, image in list(zip(chunk, result.images, strict=True))[
-                    : max(0, keep_images - start)
-                ]:
-                    write_image(out / regime.name / image_name(0, seed), image)
-                atomic_write(path, lambda tmp, saved=saved: save_file(saved, str(tmp), metadata={"key": key}))
-            chunks.append(saved)
-            bar.update(len(chunk))
-    return _Pass(
-        latents=torch.cat([chunk["latents"] for chunk in chunks]),
-        embeddings=np.concatenate([chunk["embeddings"].numpy() for chunk in chunks]),
-        images=[
-            {"prompt": prompt, "seed": seed, "path": f"{regime.name}/{image_name(0, seed)}"}
-            for seed in list(seeds)[:keep_images]
-        ],
-        readings=[
-            {k[8:]: v.numpy() for k, v in chunk.items() if k.startswith("reading.")} for chunk in chunks
-        ],
-    )
-
-
-@contextlib.contextmanager
-def _kept_on_interrupt(
-    chunks: list[dict[str, torch.Tensor]], total: int, regime: str, folder: Path
-) -> Iterator[None]:
-    """Ctrl-C becomes :class:`Interrupted`, saying how many samples the saved chunks keep."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        kept = sum(len(chunk["seeds"]) for chunk in chunks)
-        raise Interrupted(
-            f"interrupted: kept {kept} of {total} samples of {regime} in {folder} (each finished chunk of {CHUNK}); "
-            "the same command resumes from them"
-        ) from None
-
-
-def _saved_chunk(path: Path, key: str, seeds: list[int]) -> dict[str, torch.Tensor] | None:
-    """The chunk an earlier run saved at ``path`` for this key and these seeds (its images written), or None."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), "pt") as handle:
-            if (handle.metadata() or {}).get("key") != key:
-                return None
-        saved = load_file(str(path))
-    except (OSError, ValueError, RuntimeError):
-        return None  # absent, or cut short
-    return saved if saved["seeds"].tolist() == seeds else None
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _finish_pass(out: Path) -> None:
-    """The pass's results are written: its saved chunks are no longer needed."""
-    import shutil
-
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------------- discover
 
 
@@ -235,7 +113,7 @@ def discover(
     started = time.perf_counter()
     seeds = seeds_from(seed, n)
     truth = ground_truth_for(pair.base.family)  # in a known world (the testbed): the probe reads every image
-    made = _sample_and_embed(
+    made = sample_and_embed(
         pair, prompt, regime, seeds, embedder, out, batch_size=batch_size, keep_images=keep_images,
         progress=progress, desc=f"discover [{regime.name}]",
         read=_probe_reader(truth, pair) if truth is not None else None,
@@ -284,7 +162,7 @@ def discover(
         "wall_time": {"total": time.perf_counter() - started},
     }
     write_json(out / "run.json", run)
-    _finish_pass(out)
+    finish_pass(out)
     from conceptspace.report import build_report
 
     build_report(out, title=f"SliderSpace of {prompt!r}")
@@ -791,7 +669,7 @@ def measure_activation(
     started = time.perf_counter()
     embeddings, records = {}, {}
     for regime in regimes:
-        made = _sample_and_embed(
+        made = sample_and_embed(
             pair, prompt, regime, seeds, embedder, out, batch_size=batch_size, keep_images=keep_images,
             progress=progress, desc=f"activation [{regime.name}]",
         )  # fmt: skip
@@ -820,7 +698,7 @@ def measure_activation(
             "wall_time": {"total": time.perf_counter() - started},
         },
     )  # fmt: skip
-    _finish_pass(out)
+    finish_pass(out)
     from conceptspace.report import build_report
 
     build_report(out, title=f"Directions activated per regime: {prompt!r}")

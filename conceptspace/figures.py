@@ -27,6 +27,7 @@ __all__ = [
     "ordered_prompts",
     "panel_title",
     "pareto_figure",
+    "run_colours",
     "save_figure",
 ]
 
@@ -83,6 +84,27 @@ def colours_for(names: Iterable[str]) -> dict[str, str]:
     for index, name in enumerate(n for n in dict.fromkeys(names) if n not in FIXED_COLOURS):
         colours[name] = rest[index % len(rest)]
     return colours
+
+
+def run_colours(run: dict[str, Any], regimes: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """One colour per regime; where run.json gives each regime a ``model`` (a LoRA sweep: ``<model>@<scale>``),
+    one per model instead, shared by its regimes and by every row that names it (the base blue, the students the
+    colours that follow), so a model reads the same in every figure and table."""
+    colours = colours_for(regimes + [str(r["regime"]) for r in rows])
+    records = run.get("regimes") if isinstance(run.get("regimes"), dict) else {}
+    model_of = {
+        str(name): str(record["model"])
+        for name, record in records.items()
+        if isinstance(record, dict) and record.get("model") is not None
+    }
+    if not model_of:
+        return colours
+    models = list(dict.fromkeys(model_of.values()))
+    by_model = dict(
+        zip(models, [PALETTE[0], PALETTE[1], *PALETTE[3:], PALETTE[2]] * len(models), strict=False)
+    )
+    model_of.update({str(r["regime"]): str(r["model"]) for r in rows if r.get("model") in by_model})
+    return {**colours, **by_model, **{regime: by_model[model] for regime, model in model_of.items()}}
 
 
 def pareto_figure(

@@ -8,7 +8,7 @@ import os
 import platform
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,34 @@ def parse_image_name(file_name: str) -> tuple[int, int] | None:
     ``<case>_<i>.png`` reads as ``(case, i)``); None for any other name."""
     match = _IMAGE_NAME.fullmatch(file_name.removeprefix(STRIP_PREFIX))
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def scale_label(scale: float) -> str:
+    """``0``, ``+1``, ``-0.5``: the scale as it appears in folder and regime names."""
+    return "0" if scale == 0 else f"{scale:+g}"
+
+
+def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], title: str) -> Any:
+    """One image: one row per key of ``images_by_row`` (a scale or a model name, labelled at the left), one
+    column per entry of ``columns`` (seeds or scales, labelled on top)."""
+    from PIL import Image, ImageDraw
+
+    def label(key: Any) -> str:
+        return scale_label(key) if isinstance(key, (int, float)) else str(key)[:8]
+
+    first = next(iter(images_by_row.values()))[0]
+    w, h = (
+        max(side, 64) for side in first.size
+    )  # small images (the testbed's 32²) are enlarged to stay legible
+    margin_left, margin_top = 48, 14
+    grid = Image.new("RGB", (margin_left + w * len(columns), margin_top + h * len(images_by_row)), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((2, 1), title[:8], fill="black")
+    for j, column in enumerate(columns):
+        draw.text((margin_left + j * w + 2, 1), label(column), fill="black")
+    for i, (key, images) in enumerate(images_by_row.items()):
+        draw.text((2, margin_top + i * h + h // 2 - 5), label(key), fill="black")
+        for j, image in enumerate(images):
+            cell = image.convert("RGB").resize((w, h), Image.NEAREST)
+            grid.paste(cell, (margin_left + j * w, margin_top + i * h))
+    return grid

@@ -27,7 +27,6 @@ from conceptspace.figures import (
     ASSETS,
     FIXED_COLOURS,
     PALETTE,
-    colours_for,
     draw_figures,
     href,
     is_number,
@@ -35,6 +34,7 @@ from conceptspace.figures import (
     metric_stem,
     panel_title,
     pareto_figure,
+    run_colours,
     save_figure,
 )
 from conceptspace.io import STRIP_PREFIX, atomic_write, parse_image_name, write_text
@@ -99,7 +99,7 @@ def build_report(
         notes.append("metrics.json holds no rows.")
 
     regimes = _regime_order(run, images, rows)
-    colours = _colours(run, regimes, rows)
+    colours = run_colours(run, regimes, rows)
     written: set[Path] = set()
     prompt_blocks = _image_blocks(run_dir, run, images, regimes, colours, thumbnail, written, notes)
     figures = draw_figures(run_dir, rows, regimes, colours, written, notes) if rows else []
@@ -239,27 +239,6 @@ def _run_figures(run_dir: Path, run: dict[str, Any], notes: list[str]) -> list[d
             }
         )
     return figures
-
-
-def _colours(run: dict[str, Any], regimes: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
-    """One colour per regime; where run.json gives each regime a ``model`` (a LoRA sweep: ``<model>@<scale>``),
-    one per model instead, shared by its regimes and by every row that names it (the base blue, the students the
-    colours that follow), so a model reads the same in every figure and table."""
-    colours = colours_for(regimes + [str(r["regime"]) for r in rows])
-    records = run.get("regimes") if isinstance(run.get("regimes"), dict) else {}
-    model_of = {
-        str(name): str(record["model"])
-        for name, record in records.items()
-        if isinstance(record, dict) and record.get("model") is not None
-    }
-    if not model_of:
-        return colours
-    models = list(dict.fromkeys(model_of.values()))
-    by_model = dict(
-        zip(models, [PALETTE[0], PALETTE[1], *PALETTE[3:], PALETTE[2]] * len(models), strict=False)
-    )
-    model_of.update({str(r["regime"]): str(r["model"]) for r in rows if r.get("model") in by_model})
-    return {**colours, **by_model, **{regime: by_model[model] for regime, model in model_of.items()}}
 
 
 def _regime_order(run: dict[str, Any], images: list[_Image], rows: list[dict[str, Any]]) -> list[str]:

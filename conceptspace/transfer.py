@@ -20,6 +20,7 @@ and a grid ``DIR/grid_<model>.png`` (rows: scales, columns: seeds). Measured, wi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -36,7 +37,15 @@ from PIL import Image
 from conceptspace.embeddings import resolve_embedder
 from conceptspace.generate import REGIME_RECORD, Interrupted
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
-from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
+from conceptspace.io import (
+    ensure_writable_dir,
+    environment_versions,
+    image_name,
+    scale_grid,
+    scale_label,
+    write_image,
+    write_json,
+)
 from conceptspace.lora import LoRA, LoRAMismatchError, apply_lora, coverage, lora_digest, read_lora
 from conceptspace.models import ModelPair, ModelSpec, get_spec, load_pair, release_student, with_student
 from conceptspace.results import metric_row, write_metrics
@@ -58,11 +67,6 @@ CONFIDENCE = 0.95
 
 class TransferError(ValueError):
     """Arguments a transfer run cannot start with (no scale 0, no seeds, no students…)."""
-
-
-def scale_label(scale: float) -> str:
-    """``0``, ``+1``, ``-0.5``: the scale as it appears in folder and regime names."""
-    return "0" if scale == 0 else f"{scale:+g}"
 
 
 def regime_name(model: str, scale: float) -> str:
@@ -230,32 +234,6 @@ def cosine_distances(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def scale_grid(images_by_row: dict[Any, list[Any]], columns: Sequence[Any], title: str) -> Any:
-    """One image: one row per key of ``images_by_row`` (a scale or a model name, labelled at the left), one
-    column per entry of ``columns`` (seeds or scales, labelled on top)."""
-    from PIL import Image, ImageDraw
-
-    def label(key: Any) -> str:
-        return scale_label(key) if isinstance(key, (int, float)) else str(key)[:8]
-
-    first = next(iter(images_by_row.values()))[0]
-    w, h = (
-        max(side, 64) for side in first.size
-    )  # small images (the testbed's 32²) are enlarged to stay legible
-    margin_left, margin_top = 48, 14
-    grid = Image.new("RGB", (margin_left + w * len(columns), margin_top + h * len(images_by_row)), "white")
-    draw = ImageDraw.Draw(grid)
-    draw.text((2, 1), title[:8], fill="black")
-    for j, column in enumerate(columns):
-        draw.text((margin_left + j * w + 2, 1), label(column), fill="black")
-    for i, (key, images) in enumerate(images_by_row.items()):
-        draw.text((2, margin_top + i * h + h // 2 - 5), label(key), fill="black")
-        for j, image in enumerate(images):
-            cell = image.convert("RGB").resize((w, h), Image.NEAREST)
-            grid.paste(cell, (margin_left + j * w, margin_top + i * h))
-    return grid
-
-
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -274,10 +252,15 @@ class _Sweep:
     height: int | None = None  # None: each model's native resolution
     width: int | None = None
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """The LoRA's :func:`lora_digest`, hashed once per sweep."""
+        return lora_digest(self.lora)
+
     def key(self, model: str, scale: float, regime: Any) -> dict[str, Any]:
         """What made one model's images at one scale: a rerun reuses the images of an equal key."""
         return {
-            "lora": lora_digest(self.lora),
+            "lora": self.digest,
             "model": model,
             "scale": float(scale),
             "regime": json.loads(json.dumps(regime.describe(), default=str)),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conceptspace import directions
+from conceptspace import chunked, directions
 from conceptspace.cli import app
 from conceptspace.directions import discover, load_study, measure_activation, train_direction_sliders
 from conceptspace.lora import read_lora
@@ -61,7 +61,7 @@ def test_an_interrupted_discover_resumes_from_its_saved_chunks(study, shapes, tm
 
     from conceptspace.generate import Interrupted
 
-    real, calls = directions.sample, []
+    real, calls = chunked.sample, []
 
     def counted(*args, **kwargs):
         calls.append(list(args[3]))
@@ -69,16 +69,16 @@ def test_an_interrupted_discover_resumes_from_its_saved_chunks(study, shapes, tm
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(directions, "sample", counted)
+    monkeypatch.setattr(chunked, "sample", counted)
     out, interrupt = tmp_path / "study", True
     with pytest.raises(Interrupted, match=r"kept 64 of 96 samples of distilled in .*partial"):
         discover(shapes, PROMPT, out, n=96, n_directions=3, keep_images=8, progress=False)
-    assert not (out / "run.json").exists() and len(list((out / directions.PARTIAL_DIR).iterdir())) == 1
+    assert not (out / "run.json").exists() and len(list((out / chunked.PARTIAL_DIR).iterdir())) == 1
     calls.clear()
     interrupt = False
     discover(shapes, PROMPT, out, n=96, n_directions=3, keep_images=8, progress=False)
     assert calls == [list(range(64, 96))]
-    assert not (out / directions.PARTIAL_DIR).exists()
+    assert not (out / chunked.PARTIAL_DIR).exists()
     resumed, whole = (load_file(folder / directions.SAMPLES_FILE) for folder in (out, study[0]))
     assert torch.equal(resumed["embeddings"], whole["embeddings"])
     assert torch.equal(resumed["seeds"], whole["seeds"])
@@ -127,13 +127,13 @@ def test_direction_sliders_train_and_transfer(study, shapes, tmp_path):
 def test_activation_compares_regimes_on_paired_seeds(study, shapes, monkeypatch):
     folder, _ = study
     sampled: dict[str, list[int]] = {}
-    original = directions.sample
+    original = chunked.sample  # activation samples through the chunked passes
 
     def recording(pair, prompt, regime, seeds, **kwargs):
         sampled.setdefault(regime.name, []).extend(seeds)
         return original(pair, prompt, regime, seeds, **kwargs)
 
-    monkeypatch.setattr(directions, "sample", recording)
+    monkeypatch.setattr(chunked, "sample", recording)
     rows = measure_activation(folder, pair=shapes, n=12, n_boot=200, keep_images=2, progress=False)
     # paired: every regime sampled exactly the same seeds, fresh ones (not the discovery's)
     assert set(sampled) == {"base", "distilled", "hybrid"}

@@ -241,14 +241,24 @@ def sample(
         timings=timings,
         trajectory=torch.cat(trajectories) if trajectories else None,
         batch_seconds=[(len(batch.seeds), batch.seconds) for batch in batches],
-        settings={
-            **regime.describe(),
-            **dict(height=height, width=width, negative_prompt=negative_prompt, batch_size=batch_size),
-            "guidance_used": {
-                den.name: den.guidance_scale for seg in first_segments for den in seg.denoisers
-            },
-        },
+        settings=_settings(regime, first_segments, height, width, negative_prompt, batch_size),
     )
+
+
+def _settings(
+    regime: Regime,
+    segments: list[Segment],
+    height: int,
+    width: int,
+    negative_prompt: str | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """What a :class:`SampleResult` says made it: the regime's options, the size and the CFG each model ran with."""
+    return {
+        **regime.describe(),
+        **dict(height=height, width=width, negative_prompt=negative_prompt, batch_size=batch_size),
+        "guidance_used": {den.name: den.guidance_scale for seg in segments for den in seg.denoisers},
+    }
 
 
 def _joined(parts: list[Any]) -> Any:

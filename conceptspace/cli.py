@@ -857,6 +857,8 @@ def transfer(
         _fail(f"--student-path replaces one student's weights: give one --student, not {len(students)}")
     _check_image_size(height, width)
     seed_list = _transfer_seeds(ctx, seeds, seed, n)
+    if quiet:
+        _silence_libraries()  # before the embedder loads, which comes first
     rows = run_transfer(
         lora,
         base,
@@ -1463,6 +1465,118 @@ def compare_methods(
     for line in ranking_lines(result.ranking):
         typer.echo(line)
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {result.report}")
+
+
+@app.command()
+def diagnose(
+    base: BaseOpt = "sdxl",
+    student: StudentOpt = None,
+    prompt: PromptOpt = [],  # noqa: B006
+    prompts: PromptsOpt = None,
+    n: NOpt = 32,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("out/diagnose"),
+    max_k: Annotated[
+        int | None,
+        typer.Option("--max-k", help="Largest k (base steps) tried (default: the student's steps − 1)."),
+    ] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder spec for diversity and commitment (default: the pair's).")
+    ] = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    base_guidance: BaseGuidanceOpt = 0.0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    negative_prompt: NegativeOpt = None,
+    batch_size: BatchOpt = 4,
+    dtype: DTypeOpt = None,
+    device: DeviceOpt = None,
+    base_path: BasePathOpt = None,
+    student_path: StudentPathOpt = None,
+    cache_dir: CacheOpt = None,
+    memory: MemoryOpt = Memory.resident,
+    fp8: Fp8Opt = False,
+    device_memory: DeviceMemoryOpt = None,
+    lora_student: LoRAStudentOpt = LoRAStudentMode.adapter,
+    quiet: QuietOpt = False,
+) -> None:
+    """How many base steps the hybrid needs: x̂0 diversity and commitment per step for the base and the student,
+    the hybrid's diversity and cost for k = 1…K, and the smallest k that reaches the base's diversity, with the
+    call that uses it; writes DIR/metrics.json/.csv, DIR/run.json and DIR/report.html.
+
+    Example: conceptspace diagnose --base shapes --student dmd --prompt "a shape" -n 32 --out runs/diagnose
+    """
+    from conceptspace.diagnose import diagnose as run_diagnosis
+    from conceptspace.models import get_spec
+
+    options = locals()
+    load_options = (
+        "dtype", "device", "base_path", "student_path", "cache_dir", "memory", "fp8", "device_memory",
+        "lora_student", "quiet",
+    )  # fmt: skip
+    if student is None:
+        _fail(
+            "diagnose needs a --student: it picks the student's number of base steps (e.g. --base shapes --student dmd)"
+        )
+    if max_k is not None:
+        student_spec = get_spec(student)
+        student_steps = len(student_spec.timesteps or ()) or student_spec.num_inference_steps
+        if not 1 <= max_k <= student_steps:
+            _fail(f"--max-k must be between 1 and the student's {student_steps} steps, got {max_k}")
+    if n_boot < 0:
+        _fail(f"--n-boot must be 0 or more, got {n_boot}")
+    pair, regimes, prompt_list, seeds, _, loaded = _prepare(
+        base, student, ["base", "distilled", "hybrid"], prompt, prompts, n, seed, out, 1, base_guidance,
+        BaseSchedule.student, 1, None, steps, guidance, None, height, width, embedder, measures=True,
+        **{key: options[key] for key in load_options},
+    )  # fmt: skip
+    result = run_diagnosis(
+        pair,
+        prompt_list,
+        seeds,
+        out,
+        max_k=max_k,
+        embedder=loaded,
+        base=regimes[0],
+        base_guidance=base_guidance,
+        n_boot=n_boot,
+        n_perm=n_boot,
+        batch_size=batch_size,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        progress=not quiet,
+        parameters={"n": n, "seed": seed, "n_boot": n_boot},
+    )
+
+    _print_diagnosis(result)
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'}, {out / 'run.json'} and {result.report}")
+
+
+def _print_diagnosis(result: Any) -> None:
+    """diagnose's table (k, diversity, difference from the base, cost), the references, the recommendation and
+    the call."""
+
+    def ci(low: float, high: float, signed: bool = False) -> str:
+        mark = "+" if signed else ""
+        return f"[{low:{mark}.3f}, {high:{mark}.3f}]"
+
+    typer.echo(
+        f"{'k':<10} {'diversity [95% CI]':<24} {'hybrid − base [95% CI]':<30} {'NFE':>4}  reaches base?"
+    )
+    for c in result.choices:
+        typer.echo(
+            f"{c.k:<10} {c.value:.3f} {ci(c.ci_low, c.ci_high):<18} {c.diff:+.3f} "
+            f"{ci(c.diff_low, c.diff_high, True):<23} {c.evaluations:>4}  {'yes' if c.reaches_base else 'no'}"
+        )
+    for name, ref in (("base", result.base), ("distilled", result.student)):
+        typer.echo(
+            f"{name:<10} {ref['value']:.3f} {ci(ref['ci_low'], ref['ci_high']):<18} {'':<30} {ref['evaluations']:>4}"
+        )
+    typer.echo(f"recommendation: {result.recommendation}")
+    typer.echo(f"call: {result.call}")
 
 
 def ranking_lines(table: list[dict]) -> list[str]:

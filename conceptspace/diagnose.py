@@ -1,0 +1,556 @@
+"""How many base steps does the hybrid need? A diagnostic for one pair and prompt set.
+
+>>> from conceptspace import load_pair                                    # doctest: +SKIP
+>>> from conceptspace.diagnose import diagnose                            # doctest: +SKIP
+>>> result = diagnose(load_pair("shapes", "dmd"), ["a shape"], range(32), "out/diagnose")  # doctest: +SKIP
+>>> result.k, result.call                                                 # doctest: +SKIP
+
+For the prompts and seeds given, it measures (every number with a 95% interval over seeds):
+
+1. the diversity of x̂0 at each of the student's steps, and of the base's x̂0 at the steps of its own schedule
+   nearest the student's timesteps (``x0_pairwise_distance`` rows with a ``step``: the report draws them as
+   curves);
+2. the commitment curve: how similar each step's x̂0 already is to the final image (``commitment`` rows);
+3. for k = 1…K, the hybrid's final-image diversity and its cost in network evaluations per image (a CFG step
+   counts two), next to the base's and the student's, and each hybrid's paired difference from the base on the
+   same seeds (``diff_pairwise_distance``, ``regime="hybrid-k<k> - base"``);
+4. a recommendation: the cheapest (then smallest) k whose difference from the base has an interval that reaches 0
+   (the base's diversity within its CI); when none does, the most diverse k, said so.
+
+It writes ``metrics.json``/``.csv``, ``run.json`` (command ``"diagnose"``, with the recommendation), a few images
+per regime and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptspace.embeddings import Embedder, resolve_embedder
+from conceptspace.io import ensure_writable_dir, environment_versions, image_name, write_image, write_json
+from conceptspace.metrics import diversity_over_prompts, diversity_rows, paired_over_prompts, paired_rows
+from conceptspace.models import ModelPair
+from conceptspace.remedies import evaluations
+from conceptspace.report import build_report
+from conceptspace.results import ALL_PROMPTS, metric_row, write_metrics
+from conceptspace.sampling import Base, Distilled, Hybrid, SampleResult, check_prompt, check_seed, sample
+from conceptspace.stats import check_settings, mean_estimate
+from conceptspace.trajectories import decode_trajectory
+
+__all__ = ["Diagnosis", "KChoice", "diagnose", "hybrid_name"]
+
+BASE, STUDENT = "base", "distilled"
+METRIC = "pairwise_distance"
+X0_METRIC = "x0_pairwise_distance"
+DIFF_METRIC = "diff_pairwise_distance"
+
+
+def hybrid_name(k: int) -> str:
+    """The regime name of the hybrid with ``k`` base steps (as ``compare`` names ``hybrid:k=2``)."""
+    return f"hybrid-k{k}"
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """One hybrid of the sweep: its final-image diversity, its paired difference from the base, and its cost."""
+
+    k: int
+    value: float
+    ci_low: float
+    ci_high: float
+    diff: float
+    diff_low: float
+    diff_high: float
+    evaluations: int  # network evaluations per image (a CFG step counts two)
+    base_evaluations: int
+
+    @property
+    def reaches_base(self) -> bool:
+        """Whether the base's diversity lies within reach: the difference's interval includes 0 or is above it."""
+        upper = (
+            self.diff if math.isnan(self.diff_high) else self.diff_high
+        )  # no interval (n_boot=0): the value
+        return upper >= 0
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` found: the tidy ``rows``, the sweep per k, the recommended ``k`` and the call."""
+
+    rows: list[dict[str, Any]]
+    choices: list[KChoice]
+    k: int
+    reaches_base: bool
+    recommendation: str  # one sentence
+    call: str  # one line of Python that samples the recommended hybrid
+    base: dict[str, float] = field(default_factory=dict)  # value, ci_low, ci_high, evaluations
+    student: dict[str, float] = field(default_factory=dict)
+    out_dir: Path | None = None
+    report: Path | None = None
+
+    @property
+    def choice(self) -> KChoice:
+        """The recommended hybrid's entry of the sweep."""
+        return next(c for c in self.choices if c.k == self.k)
+
+
+def diagnose(
+    pair: ModelPair,
+    prompts: str | Sequence[str],
+    seeds: Iterable[int],
+    out_dir: str | os.PathLike,
+    *,
+    max_k: int | None = None,
+    embedder: Embedder | str | None = None,
+    base: Base | None = None,
+    base_guidance: float = 0.0,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    images_kept: int = 8,
+    batch_size: int = 4,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    report: bool = True,
+    progress: bool = True,
+    parameters: Mapping[str, Any] | None = None,
+) -> Diagnosis:
+    """Measure what the hybrid ``Hybrid(k)`` buys for k = 1…K on ``pair`` and recommend a k (see the module doc).
+
+    Args:
+        pair: a loaded pair with a student (:func:`conceptspace.load_pair`).
+        prompts: one prompt or several; with several, the decision uses the mean over prompts (its interval
+            resamples the images within each prompt).
+        seeds: one image per seed and regime, the same seeds in every regime (the differences are paired); at
+            least two.
+        out_dir: where metrics, run.json, images and the report go.
+        max_k: the largest k tried (default: the student's steps − 1, at least 1; at most the student's steps).
+        embedder: an :class:`~conceptspace.embeddings.Embedder` or a spec (default: the pair's, as ``diversity``).
+        base: the base reference regime (default ``Base()``: the registry's steps and CFG); e.g. ``Base(steps=12)``
+            for a faster, coarser reference.
+        base_guidance: the CFG scale of the hybrid's base steps (``Hybrid``'s; 0 = no CFG pass).
+        n_boot / n_perm: bootstrap resamples for the 95% intervals, permutations for the paired p-values.
+        images_kept: final images written per prompt and regime, for the report's grids.
+
+    Returns:
+        a :class:`Diagnosis`; its ``rows`` are also in ``out_dir/metrics.json``.
+    """
+    started = time.perf_counter()
+    prompt_list, seed_list, base, ks = _checked_request(
+        pair, prompts, seeds, base, max_k, images_kept, n_boot, n_perm
+    )
+    hybrids = [Hybrid(k=k, base_guidance=base_guidance) for k in ks]  # checks base_guidance before any work
+    out = ensure_writable_dir(out_dir)
+    model = _embedder(embedder, pair, progress)
+    options = dict(
+        negative_prompt=negative_prompt, height=height, width=width, batch_size=batch_size, progress=progress
+    )
+    costs = {BASE: _cost(base, pair), STUDENT: _cost(Distilled(), pair)}
+    costs.update({hybrid_name(h.k): _cost(h, pair) for h in hybrids})
+
+    finals: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → final-image embeddings
+    per_step: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → (n, student steps, d) x̂0 embeddings
+    records: dict[str, dict[str, Any]] = {}
+    step_info: list[dict[str, Any]] = []
+    commitment_rows: list[dict[str, Any]] = []
+    for index, prompt in enumerate(prompt_list):
+        runs, step_info = _sample_prompt(pair, prompt, seed_list, base, hybrids, options)
+        student_run, base_run = runs[STUDENT], runs[BASE]
+        finals[prompt] = {name: _embed(model, run.images) for name, run in runs.items()}
+        per_step[prompt] = {
+            STUDENT: _embed_steps(pair, model, student_run.trajectory, [s["step"] for s in step_info]),
+            BASE: _embed_steps(pair, model, base_run.trajectory, [s["base_step"] for s in step_info]),
+        }
+        for name in (STUDENT, BASE):
+            commitment_rows += _commitment_rows(
+                prompt, name, per_step[prompt][name], finals[prompt][name], step_info, model.name, n_boot
+            )
+        for name, run in runs.items():
+            _keep_images(out / name, index, run, images_kept)
+            _record(records, name, run, costs[name])
+
+    stats = dict(n_boot=n_boot, embedder=model.name)
+    rows = _step_rows(per_step, step_info, **stats) + commitment_rows
+    rows += _final_rows(finals, costs, ks, n_perm=n_perm, **stats)
+    summary = ALL_PROMPTS if len(prompt_list) > 1 else prompt_list[0]
+    result = _decided(pair, rows, summary, ks, costs, base_guidance, out)
+    write_metrics(out, rows)
+    write_json(
+        out / "run.json",
+        _run_record(
+            pair, prompt_list, seed_list, base, base_guidance, ks, model, records, result, parameters, started
+        ),
+    )
+    if report:
+        result.report = build_report(
+            out, title=f"conceptspace diagnose: {pair.base.name} → {pair.student.name}"
+        )
+    return result
+
+
+def _decided(
+    pair: ModelPair,
+    rows: list[dict[str, Any]],
+    summary: str,
+    ks: list[int],
+    costs: dict[str, int],
+    base_guidance: float,
+    out: Path,
+) -> Diagnosis:
+    """The diagnosis the rows support: each k's standing (on the ``summary`` prompt's rows), the recommended k
+    and the call that uses it."""
+    choices = _choices(rows, summary, ks, costs)
+    chosen, reaches, sentence = _recommend(choices)
+    return Diagnosis(
+        rows=rows,
+        choices=choices,
+        k=chosen.k,
+        reaches_base=reaches,
+        recommendation=sentence,
+        call=_call(pair, chosen, base_guidance),
+        base=_reference(rows, summary, BASE, costs),
+        student=_reference(rows, summary, STUDENT, costs),
+        out_dir=out,
+    )
+
+
+def _sample_prompt(
+    pair: ModelPair,
+    prompt: str,
+    seeds: list[int],
+    base: Base,
+    hybrids: list[Hybrid],
+    options: dict[str, Any],
+) -> tuple[dict[str, SampleResult], list[dict[str, Any]]]:
+    """One prompt in every regime (the student and the base with their x̂0 recorded), and the base steps matched
+    to the student's."""
+    runs = {
+        STUDENT: sample(pair, prompt, Distilled(), seeds, output_type="pt", record_x0=True, **options),
+        BASE: sample(pair, prompt, base, seeds, output_type="pt", record_x0=True, **options),
+    }
+    for hybrid in hybrids:
+        runs[hybrid_name(hybrid.k)] = sample(pair, prompt, hybrid, seeds, output_type="pt", **options)
+    return runs, _matched_steps(runs[STUDENT], runs[BASE])
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def _checked_request(
+    pair: ModelPair,
+    prompts: str | Sequence[str],
+    seeds: Iterable[int],
+    base: Base | None,
+    max_k: int | None,
+    images_kept: int,
+    n_boot: int,
+    n_perm: int,
+) -> tuple[list[str], list[int], Base, list[int]]:
+    """The prompts, seeds, base reference and ks of a diagnosis, once every argument is known to be usable."""
+    prompt_list = _checked_prompts(prompts)
+    seed_list = _checked_seeds(seeds)
+    check_settings(0.95, n_boot, n_perm)
+    if pair.student is None:
+        raise ValueError("diagnose needs a pair with a student: load_pair(base, student)")
+    if base is None:
+        base = Base()
+    elif not isinstance(base, Base):
+        raise ValueError(f"base must be a Base regime (e.g. Base(steps=12)), got {base!r}")
+    if images_kept < 0:
+        raise ValueError(f"images_kept must be 0 or more, got {images_kept}")
+    student_steps = len(Distilled().segments(pair, pair.device)[0].denoisers)
+    return prompt_list, seed_list, base, _ks(max_k, student_steps)
+
+
+def _checked_prompts(prompts: str | Sequence[str]) -> list[str]:
+    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompt_list:
+        raise ValueError("give at least one prompt")
+    for prompt in prompt_list:
+        check_prompt(prompt)
+    return prompt_list
+
+
+def _checked_seeds(seeds: Iterable[int]) -> list[int]:
+    seed_list = list(seeds)
+    for seed in seed_list:
+        check_seed(seed)
+    if len(seed_list) < 2:
+        raise ValueError(f"diversity is measured between images: give at least 2 seeds, got {len(seed_list)}")
+    if len(set(seed_list)) != len(seed_list):
+        raise ValueError(
+            "seeds repeat: each seed makes one image, and a repeated one adds a copy, not diversity"
+        )
+    return seed_list
+
+
+def _ks(max_k: int | None, student_steps: int) -> list[int]:
+    """k = 1…K: K defaults to the student's steps − 1 (the last step stays the student's), at least 1."""
+    if max_k is None:
+        return list(range(1, max(1, student_steps - 1) + 1))
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= student_steps:
+        raise ValueError(
+            f"max_k must be a whole number between 1 and the student's {student_steps} steps, got {max_k!r}"
+        )
+    return list(range(1, max_k + 1))
+
+
+def _embedder(embedder: Embedder | str | None, pair: ModelPair, progress: bool) -> Embedder:
+    model = resolve_embedder(embedder, pair, device=pair.device, progress=progress)
+    model.progress = False  # a bar per embedding call would drown the sampling bars
+    return model
+
+
+def _cost(regime: Any, pair: ModelPair) -> dict[str, int]:
+    return evaluations(regime.segments(pair, pair.device))
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def _matched_steps(student: SampleResult, base: SampleResult) -> list[dict[str, Any]]:
+    """Per student step, the base's step whose timestep is nearest (the base runs its own, longer schedule)."""
+    base_timesteps = np.array([float(s.timestep) for s in base.schedule])
+    matched = []
+    for step in student.schedule:
+        base_step = int(np.abs(base_timesteps - float(step.timestep)).argmin())
+        matched.append(
+            {
+                "step": step.step,
+                "timestep": step.timestep,
+                "base_step": base_step,
+                "base_timestep": base.schedule[base_step].timestep,
+            }
+        )
+    return matched
+
+
+def _embed(model: Embedder, images: torch.Tensor) -> np.ndarray:
+    return model.embed_images(images).numpy()
+
+
+def _embed_steps(pair: ModelPair, model: Embedder, trajectory: torch.Tensor, steps: list[int]) -> np.ndarray:
+    """The chosen steps' x̂0, decoded and embedded: (n, len(steps), d)."""
+    decoded = decode_trajectory(pair, trajectory[:, steps])
+    n, count = decoded.shape[:2]
+    return model.embed_images(decoded.flatten(0, 1)).view(n, count, -1).numpy()
+
+
+def _keep_images(folder: Path, prompt_index: int, run: SampleResult, count: int) -> None:
+    from PIL import Image
+
+    for seed, image in zip(run.seeds[:count], run.images[:count], strict=False):
+        pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        write_image(folder / image_name(prompt_index, seed), Image.fromarray(pixels))
+
+
+def _record(records: dict[str, dict[str, Any]], name: str, run: SampleResult, cost: dict[str, int]) -> None:
+    record = records.setdefault(name, {"schedule": run.schedule_dicts(), "evaluations": cost, "timings": {}})
+    record["settings"] = {k: v for k, v in run.settings.items() if k != "guidance_used"}
+    for phase, seconds in run.timings.items():
+        record["timings"][phase] = record["timings"].get(phase, 0.0) + seconds
+
+
+# ------------------------------------------------------------------------------------------------------- rows
+def _over_prompts(
+    by_prompt: Mapping[str, Mapping[str, np.ndarray]], n_boot: int, **extra: Any
+) -> list[dict[str, Any]]:
+    """Diversity rows per prompt, and their mean over prompts (images resampled within each) when several."""
+    if len(by_prompt) == 1:
+        prompt, by_regime = next(iter(by_prompt.items()))
+        return diversity_rows(by_regime, prompt, metrics=(METRIC,), n_boot=n_boot, **extra)
+    return diversity_over_prompts(by_prompt, metrics=(METRIC,), resample="images", n_boot=n_boot, **extra)
+
+
+def _step_rows(
+    per_step: Mapping[str, Mapping[str, np.ndarray]], steps: list[dict[str, Any]], n_boot: int, embedder: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for index, info in enumerate(steps):
+        by_prompt = {p: {name: e[:, index] for name, e in regimes.items()} for p, regimes in per_step.items()}
+        for row in _over_prompts(by_prompt, n_boot, embedder=embedder):
+            row["metric"] = X0_METRIC
+            row.update(info)
+            if row["regime"] == STUDENT:
+                row.pop("base_step"), row.pop("base_timestep")
+            else:  # the base's own step nearest the student's timestep: say which
+                row["timestep"] = info["base_timestep"]
+            rows.append(row)
+    return rows
+
+
+def _commitment_rows(
+    prompt: str,
+    regime: str,
+    steps: np.ndarray,
+    final: np.ndarray,
+    info: list[dict[str, Any]],
+    embedder: str,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Cosine similarity of each step's x̂0 to the final image in the embedder's space (what
+    :func:`conceptspace.trajectories.embedding_commitment` measures, on embeddings already made), with a
+    percentile-bootstrap interval over seeds."""
+    curve = (steps * final[:, None]).sum(-1)  # unit embeddings: the dot product is the cosine
+    rows = []
+    for index, entry in enumerate(info):
+        estimate = mean_estimate(curve[:, index], n_boot=n_boot)
+        where = {"step": entry["step"], "timestep": entry["timestep"]}
+        if regime == BASE:
+            where.update(timestep=entry["base_timestep"], base_step=entry["base_step"])
+        rows.append(
+            metric_row(
+                prompt, regime, "commitment", estimate.value, estimate.ci_low, estimate.ci_high, estimate.n,
+                **where, similarity=embedder,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _final_rows(
+    finals: Mapping[str, Mapping[str, np.ndarray]],
+    costs: Mapping[str, dict[str, int]],
+    ks: list[int],
+    n_boot: int,
+    n_perm: int,
+    embedder: str,
+) -> list[dict[str, Any]]:
+    """Final-image diversity per regime (with its cost and k), and each hybrid's and the student's paired
+    difference from the base."""
+    rows = _over_prompts(finals, n_boot, embedder=embedder)
+    pairs = [(hybrid_name(k), BASE) for k in ks] + [(STUDENT, BASE)]
+    settings = dict(metrics=(METRIC,), n_boot=n_boot, n_perm=n_perm, embedder=embedder)
+    if len(finals) == 1:
+        prompt, by_regime = next(iter(finals.items()))
+        rows += paired_rows(by_regime, prompt, pairs, **settings)
+    else:
+        rows += paired_over_prompts(finals, pairs, resample="images", **settings)
+    for row in rows:
+        regime = row["regime"].split(" - ")[0]
+        if regime.startswith("hybrid-k"):
+            row["k"] = int(regime.removeprefix("hybrid-k"))
+        row["evaluations"] = costs[regime]["total"]
+        row["base_evaluations"] = costs[regime]["base"]
+    return rows
+
+
+def _summary_row(rows: list[dict[str, Any]], prompt: str, regime: str, metric: str) -> dict[str, Any]:
+    return next(
+        r
+        for r in rows
+        if r["prompt"] == prompt and r["regime"] == regime and r["metric"] == metric and "step" not in r
+    )
+
+
+def _choices(
+    rows: list[dict[str, Any]], prompt: str, ks: list[int], costs: Mapping[str, dict[str, int]]
+) -> list[KChoice]:
+    choices = []
+    for k in ks:
+        name = hybrid_name(k)
+        own = _summary_row(rows, prompt, name, METRIC)
+        diff = _summary_row(rows, prompt, f"{name} - {BASE}", DIFF_METRIC)
+        choices.append(
+            KChoice(
+                k, own["value"], own["ci_low"], own["ci_high"], diff["value"], diff["ci_low"], diff["ci_high"],
+                costs[name]["total"], costs[name]["base"],
+            )
+        )  # fmt: skip
+    return choices
+
+
+def _reference(
+    rows: list[dict[str, Any]], prompt: str, regime: str, costs: Mapping[str, dict[str, int]]
+) -> dict[str, float]:
+    row = _summary_row(rows, prompt, regime, METRIC)
+    return {
+        "value": row["value"],
+        "ci_low": row["ci_low"],
+        "ci_high": row["ci_high"],
+        "evaluations": costs[regime]["total"],
+    }
+
+
+def _recommend(choices: list[KChoice]) -> tuple[KChoice, bool, str]:
+    """The cheapest, then smallest, k that reaches the base; else the most diverse k, and a sentence either way."""
+    reaching = [c for c in choices if c.reaches_base]
+    if reaching:
+        chosen = min(reaching, key=lambda c: (c.evaluations, c.base_evaluations, c.k))
+        return (
+            chosen,
+            True,
+            f"k={chosen.k}: the smallest number of base steps whose diversity reaches the base's within its 95% CI "
+            f"(hybrid − base {chosen.diff:+.4f} [{chosen.diff_low:+.4f}, {chosen.diff_high:+.4f}]), at "
+            f"{chosen.evaluations} network evaluations per image.",
+        )
+    chosen = max(choices, key=lambda c: c.value)
+    return (
+        chosen,
+        False,
+        f"no k up to {max(c.k for c in choices)} reaches the base's diversity within its 95% CI; k={chosen.k} comes "
+        f"closest (hybrid − base {chosen.diff:+.4f} [{chosen.diff_low:+.4f}, {chosen.diff_high:+.4f}]), at "
+        f"{chosen.evaluations} network evaluations per image.",
+    )
+
+
+def _call(pair: ModelPair, chosen: KChoice, base_guidance: float) -> str:
+    """One line of Python that samples with the recommended hybrid through the public API (``sample``, which
+    every pair family runs)."""
+    options = f"k={chosen.k}" + (f", base_guidance={base_guidance:g}" if base_guidance else "")
+    student = pair.student.name if pair.student else "?"
+    return (
+        "from conceptspace import Hybrid, load_pair, sample; "
+        f'images = sample(load_pair("{pair.base.name}", "{student}"), "your prompt", Hybrid({options}), '
+        "seeds=range(4)).images"
+    )
+
+
+def _run_record(
+    pair: ModelPair,
+    prompts: list[str],
+    seeds: list[int],
+    base: Base,
+    base_guidance: float,
+    ks: list[int],
+    model: Embedder,
+    records: dict[str, dict[str, Any]],
+    result: Diagnosis,
+    parameters: Mapping[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
+    return {
+        "command": "diagnose",
+        "base": asdict(pair.base),
+        "student": asdict(pair.student) if pair.student else None,
+        "paths": pair.paths,
+        "device": str(pair.device),
+        **pair.weights,
+        "prompts": prompts,
+        "seeds": seeds,
+        "parameters": {
+            "base_regime": base.describe(),
+            "base_guidance": base_guidance,
+            "ks": ks,
+            "embedder": model.name,
+            **(dict(parameters) if parameters else {}),
+        },
+        "recommendation": {
+            "k": result.k,
+            "reaches_base": result.reaches_base,
+            "sentence": result.recommendation,
+            "call": result.call,
+            "choices": [{**asdict(c), "reaches_base": c.reaches_base} for c in result.choices],
+            "base": result.base,
+            "student": result.student,
+        },
+        "versions": environment_versions(),
+        "regimes": records,
+        "wall_time": {
+            "total": time.perf_counter() - started,
+            **{name: record["timings"] for name, record in records.items()},
+        },
+    }

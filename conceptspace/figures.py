@@ -318,15 +318,22 @@ def save_figure(
     }
 
 
-def _grid(count: int, max_columns: int) -> tuple[int, int]:
+def _panels(
+    count: int, max_columns: int, width: float, height: float, extra: float = 0.5, **subplots: Any
+) -> tuple[Any, Any]:
+    """A figure of ``count`` panels of ``width`` × ``height`` inches, at most ``max_columns`` a row (``extra``
+    inches on top for the legend), and its axes flattened; axes beyond ``count`` are hidden by the caller."""
+    from matplotlib.figure import Figure
+
     columns = max(1, min(count, max_columns))
-    return math.ceil(count / columns), columns
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(width * columns, height * rows + extra), layout="constrained")
+    return figure, figure.subplots(rows, columns, squeeze=False, **subplots).ravel()
 
 
 def _points_figure(
     rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str], *, zero_line: bool
 ) -> Any:
-    from matplotlib.figure import Figure
 
     panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -338,9 +345,7 @@ def _points_figure(
     ]
     widest = max(len(ordered_prompts(group)[0]) for group in panels.values())
     panel_width = min(11.0, max(3.4, 0.32 * widest * max(1, len(hues)) + 1.4))
-    n_rows, n_columns = _grid(len(panels), max(1, int(11.5 // panel_width)))
-    figure = Figure(figsize=(panel_width * n_columns, 3.5 * n_rows + 0.5), layout="constrained")
-    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    figure, axes = _panels(len(panels), max(1, int(11.5 // panel_width)), panel_width, 3.5)
     handles: dict[str, Any] = {}
     for ax, (title, group) in zip(axes, panels.items(), strict=False):
         prompts, _ = ordered_prompts(group)
@@ -404,7 +409,6 @@ def _half(value: float, bound: float, *, below: bool) -> float:
 def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]) -> Any:
     """One line per regime across the directions, with CI bars. Rows with a ``scale`` (a slider's effect) get
     one panel per scale and one line per model."""
-    from matplotlib.figure import Figure
 
     panels: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -418,9 +422,7 @@ def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: d
     hues = [h for h in hues if any(hue(r) == h for r in rows)]
     palette = colours_for(hues) if by_model else colours
     directions = sorted({int(r["direction"]) for r in rows})
-    n_rows, n_columns = _grid(len(panels), 2)
-    figure = Figure(figsize=(5.6 * n_columns, 3.2 * n_rows + 0.5), layout="constrained")
-    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    figure, axes = _panels(len(panels), 2, 5.6, 3.2)
     handles: dict[str, Any] = {}
     for ax, (scale, group) in zip(axes, panels.items(), strict=False):
         for h, name in enumerate(hues):
@@ -448,7 +450,6 @@ def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: d
 def _scale_figure(rows: list[dict[str, Any]], colours: dict[str, str], *, ratio: bool) -> Any:
     """Lines against the LoRA scale with CI bars, one panel per metric (and prompt, when there are several): one
     line per model for a change, one per student-over-base pair for a transfer ratio."""
-    from matplotlib.figure import Figure
 
     several_prompts = len({str(r["prompt"]) for r in rows}) > 1
     panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -460,12 +461,9 @@ def _scale_figure(rows: list[dict[str, Any]], colours: dict[str, str], *, ratio:
 
     names = list(dict.fromkeys(series(r) for r in rows))
     scales = sorted({float(r["scale"]) for r in rows} | ({0.0} if not ratio else set()))
-    nudge = 0.015 * (
-        (scales[-1] - scales[0]) or 1.0
-    )  # side by side, so that equal values do not hide a model
-    n_rows, n_columns = _grid(len(panels), 2)
-    figure = Figure(figsize=(5.6 * n_columns, 3.3 * n_rows + 0.6), layout="constrained")
-    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    # the models side by side at each scale, so that equal values do not hide one
+    nudge = 0.015 * ((scales[-1] - scales[0]) or 1.0)
+    figure, axes = _panels(len(panels), 2, 5.6, 3.3, extra=0.6)
     handles: dict[str, Any] = {}
     for ax, (title, group) in zip(axes, panels.items(), strict=False):
         for i, name in enumerate(names):
@@ -521,12 +519,9 @@ def _factor_heatmap(rows: list[dict[str, Any]]) -> Any:
 
 
 def _curves_figure(rows: list[dict[str, Any]], regimes: list[str], colours: dict[str, str]) -> Any:
-    from matplotlib.figure import Figure
 
     prompts, _ = ordered_prompts(rows)
-    n_rows, n_columns = _grid(len(prompts), 3)
-    figure = Figure(figsize=(3.9 * n_columns, 3.1 * n_rows + 0.5), layout="constrained")
-    axes = figure.subplots(n_rows, n_columns, squeeze=False, sharey=True).ravel()
+    figure, axes = _panels(len(prompts), 3, 3.9, 3.1, sharey=True)
     hues = [r for r in dict.fromkeys([*regimes, *(str(r["regime"]) for r in rows)])]
     handles: dict[str, Any] = {}
     for ax, prompt in zip(axes, prompts, strict=False):

@@ -357,10 +357,8 @@ def _points_figure(
                 continue
             xs = [position[str(r["prompt"])] + (h - (len(hues) - 1) / 2) * width for r in points]
             ys = [float(r["value"]) for r in points]
-            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
-            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
             handles[regime] = ax.errorbar(
-                xs, ys, yerr=[low, high], fmt="o", ms=6, capsize=3, lw=1.5, color=colours[regime]
+                xs, ys, yerr=_yerr(points), fmt="o", ms=6, capsize=3, lw=1.5, color=colours[regime]
             )
         if ALL_PROMPTS in position and len(prompts) > 1:
             ax.axvline(len(prompts) - 1.5, color="#999999", lw=1, ls=":")
@@ -399,6 +397,14 @@ def _legend(figure: Any, handles: dict[str, Any]) -> None:
         )
 
 
+def _yerr(points: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """matplotlib's ``yerr`` for rows with a CI: the lengths of the bars below and above each value."""
+    return [
+        [_half(r["value"], r["ci_low"], below=True) for r in points],
+        [_half(r["value"], r["ci_high"], below=False) for r in points],
+    ]
+
+
 def _half(value: float, bound: float, *, below: bool) -> float:
     """Length of one error bar (0 where the CI is missing or does not contain the value)."""
     if not (is_number(value) and is_number(bound)):
@@ -430,10 +436,8 @@ def _direction_figure(rows: list[dict[str, Any]], regimes: list[str], colours: d
             if not points:
                 continue
             xs = [int(r["direction"]) + (h - (len(hues) - 1) / 2) * 0.08 for r in points]
-            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
-            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
             handles[name] = ax.errorbar(
-                xs, [float(r["value"]) for r in points], yerr=[low, high], fmt="o-", ms=4, lw=1.4, capsize=2,
+                xs, [float(r["value"]) for r in points], yerr=_yerr(points), fmt="o-", ms=4, lw=1.4, capsize=2,
                 color=palette.get(name, PALETTE[-1]),
             )  # fmt: skip
         ax.set_xticks(directions)
@@ -473,10 +477,8 @@ def _scale_figure(rows: list[dict[str, Any]], colours: dict[str, str], *, ratio:
             shift = (i - (len(names) - 1) / 2) * nudge
             xs = [float(r["scale"]) + shift for r in points]
             ys = [float(r["value"]) for r in points]
-            low = [_half(r["value"], r["ci_low"], below=True) for r in points]
-            high = [_half(r["value"], r["ci_high"], below=False) for r in points]
             colour = colours.get(name, PALETTE[-1])
-            handles[name] = ax.errorbar(xs, ys, yerr=[low, high], fmt="o", ms=5, capsize=3, color=colour)
+            handles[name] = ax.errorbar(xs, ys, yerr=_yerr(points), fmt="o", ms=5, capsize=3, color=colour)
             if not ratio and 0.0 not in {float(r["scale"]) for r in points}:
                 # a change from scale 0 is 0 there by definition: the line passes through it (no marker: not measured)
                 xs, ys = zip(*sorted([*zip(xs, ys, strict=True), (shift, 0.0)]), strict=True)

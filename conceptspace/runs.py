@@ -154,7 +154,7 @@ def sample_batch(
     width = width or pair.default_resolution
     latent_shape = latent_size(pair, height, width)
     segments = regime.segments(pair, pair.device, latent_shape)
-    cfg = any(den.uses_cfg for segment in segments for den in segment.denoisers)
+    cfg = any(den.needs_negative for segment in segments for den in segment.denoisers)
     with torch.no_grad():
         encoded = {
             prompt: encode_text(

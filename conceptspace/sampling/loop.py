@@ -52,6 +52,12 @@ class Denoiser:
     def uses_cfg(self) -> bool:
         return self.family.cfg_weight(self.guidance_scale) is not None and not self.embeds_guidance
 
+    @property
+    def needs_negative(self) -> bool:
+        """Whether the prompt must be encoded with its unconditional inputs for this denoiser (CFG's second pass,
+        or a denoiser that runs the unconditional inputs alone)."""
+        return self.uses_cfg
+
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = model_input.shape[0]
         inputs = cond.inputs

@@ -11,6 +11,8 @@ what ran, nested regime included.
 - :class:`CondNoise` — "seed variance" conditioning noise (the SeedVarianceEnhancer node for ComfyUI, InvokeAI's
   Z-Image option, invoke-ai/InvokeAI#8753): seeded noise on a random share of the embedding's values, in the first
   steps only.
+- :class:`UncondFirst` — the community's "CFG 0 for the first step(s)": the first steps see only the
+  unconditional (empty or negative prompt) inputs, in one pass; the prompt from the next step on.
 - :class:`IntervalGuidance` — limited-interval guidance (Kynkäänniemi et al., arXiv 2404.07724): the base model's
   steps use CFG only where the noise level lies inside an interval (in EDM's σ), one pass elsewhere.
 - :class:`Renoise` — stochasticity in the student's re-noising: between its steps, the noise the next step starts
@@ -52,10 +54,19 @@ __all__ = [
     "SLIDER_SOURCES",
     "SLIDER_SOURCE_PROVIDERS",
     "SliderSpaceScales",
+    "UncondFirst",
+    "UncondFirstDenoiser",
+    "cads_corrupt",
     "cads_gamma",
+    "cond_noise_perturb",
     "edm_sigma",
     "evaluations",
+    "noise_generator",
+    "require_seeds",
+    "row_noise",
+    "row_stats",
     "slider_files",
+    "token_weights",
 ]
 
 
@@ -73,24 +84,22 @@ def _describe(remedy: Regime) -> dict[str, Any]:
     return described
 
 
-def _generator(seed: int, salt: str, step: int | None = None) -> torch.Generator:
+def noise_generator(seed: int, salt: str, step: int | None = None) -> torch.Generator:
     """A CPU generator for one sample's conditioning noise, independent of its latent noise (salted seed)."""
     mixed = zlib.crc32(f"{salt}:{step}".encode()) ^ (int(seed) * 2654435761 % 2**32)
     return torch.Generator("cpu").manual_seed(mixed % 2**63)
 
 
-def _row_noise(
-    like: torch.Tensor, seeds: tuple[int, ...], salt: str, step: int | None = None
-) -> torch.Tensor:
+def row_noise(like: torch.Tensor, seeds: tuple[int, ...], salt: str, step: int | None = None) -> torch.Tensor:
     """Standard normal noise shaped like ``like``, row ``i`` from ``seeds[i]``."""
     rows = [
-        torch.randn(like.shape[1:], generator=_generator(seed, salt, step), dtype=torch.float32)
+        torch.randn(like.shape[1:], generator=noise_generator(seed, salt, step), dtype=torch.float32)
         for seed in seeds
     ]
     return torch.stack(rows).to(device=like.device, dtype=like.dtype)
 
 
-def _token_weights(inputs: dict[str, torch.Tensor], key: str, mask_key: str | None) -> torch.Tensor:
+def token_weights(inputs: dict[str, torch.Tensor], key: str, mask_key: str | None) -> torch.Tensor:
     """Per-element weights of ``inputs[key]`` (1: a real token, 0: padding), broadcastable to it: the family's
     text mask for a padded sequence, all ones otherwise."""
     clean = inputs[key]
@@ -102,7 +111,7 @@ def _token_weights(inputs: dict[str, torch.Tensor], key: str, mask_key: str | No
     return (mask != 0).to(clean.dtype)[..., None]
 
 
-def _row_stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def row_stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's mean and standard deviation over its real tokens only (padding would make them depend on how
     long the longest prompt of the batch is)."""
     dims = tuple(range(1, x.dim()))
@@ -112,7 +121,7 @@ def _row_stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, to
     return mean, var.sqrt()
 
 
-def _require_seeds(cond: Conditioning, remedy: str) -> tuple[int, ...]:
+def require_seeds(cond: Conditioning, remedy: str) -> tuple[int, ...]:
     if cond.seeds is None or len(cond.seeds) != next(iter(cond.inputs.values())).shape[0]:
         raise ValueError(
             f"{remedy} draws its conditioning noise from each sample's seed, but this conditioning is not bound to "
@@ -158,6 +167,33 @@ def cads_gamma(t: float, tau1: float, tau2: float) -> float:
     return (tau2 - t) / (tau2 - tau1)
 
 
+def cads_corrupt(
+    clean: torch.Tensor,
+    real: torch.Tensor,
+    seeds: tuple[int, ...],
+    key: str,
+    step: int,
+    gamma: float,
+    *,
+    noise_scale: float,
+    psi: float,
+    rescale: bool,
+) -> torch.Tensor:
+    """One text input ``clean`` (batch first) CADS-corrupted at γ = ``gamma``: √γ·y + s·√(1 − γ)·n, rescaled to
+    y's per-row mean and std over its real tokens (``real``: :func:`token_weights`) and mixed back with ``psi``;
+    padding stays as it was. Row ``i``'s noise comes from ``seeds[i]``, salted by the input's name ``key`` and the
+    rounded timestep ``step`` — the one home of CADS's maths, shared by :class:`CADSDenoiser` and the modular
+    guider (``conceptspace.modular.CADSGuidance``), which draw the same noise for the same seed and name."""
+    noise = row_noise(clean, seeds, f"cads:{key}", step=step)
+    noisy = math.sqrt(gamma) * clean + noise_scale * math.sqrt(1 - gamma) * noise
+    if rescale:
+        mean, std = row_stats(clean, real)
+        noisy_mean, noisy_std = row_stats(noisy, real)
+        rescaled = (noisy - noisy_mean) / noisy_std * std + mean
+        noisy = psi * rescaled + (1 - psi) * noisy
+    return torch.where(real.expand_as(clean) > 0, noisy, clean)
+
+
 @dataclass
 class CADSDenoiser(Denoiser):
     """A denoiser whose text embedding is CADS-corrupted at every call (the unconditional branch untouched)."""
@@ -173,19 +209,14 @@ class CADSDenoiser(Denoiser):
         gamma = cads_gamma(float(t) / self.train_timesteps, self.tau1, self.tau2)
         if self.noise_scale == 0 or gamma == 1.0:
             return super().__call__(model_input, t, cond)
-        seeds = _require_seeds(cond, "CADS")
+        seeds = require_seeds(cond, "CADS")
         inputs = dict(cond.inputs)
         for key in self.family.text_inputs:
-            clean = inputs[key]
-            real = _token_weights(cond.inputs, key, self.family.text_mask_input)
-            noise = _row_noise(clean, seeds, f"cads:{key}", step=int(round(float(t))))
-            noisy = math.sqrt(gamma) * clean + self.noise_scale * math.sqrt(1 - gamma) * noise
-            if self.rescale:
-                mean, std = _row_stats(clean, real)
-                noisy_mean, noisy_std = _row_stats(noisy, real)
-                rescaled = (noisy - noisy_mean) / noisy_std * std + mean
-                noisy = self.psi * rescaled + (1 - self.psi) * noisy
-            inputs[key] = torch.where(real.expand_as(clean) > 0, noisy, clean)  # padding stays as it was
+            real = token_weights(cond.inputs, key, self.family.text_mask_input)
+            inputs[key] = cads_corrupt(
+                inputs[key], real, seeds, key, int(round(float(t))), gamma,
+                noise_scale=self.noise_scale, psi=self.psi, rescale=self.rescale,
+            )  # fmt: skip
         return super().__call__(model_input, t, replace(cond, inputs=inputs))
 
 
@@ -231,6 +262,20 @@ class CADS(Regime):
 
 
 # ----------------------------------------------------------------------------------------------------- cond-noise
+def cond_noise_perturb(
+    clean: torch.Tensor, real: torch.Tensor, seeds: tuple[int, ...], key: str, strength: float, share: float
+) -> torch.Tensor:
+    """One text input ``clean`` (batch first) with seeded noise of ``strength`` times its per-row std on a
+    ``share`` of its real tokens' values (``real``: :func:`token_weights`). Row ``i``'s noise and its choice of
+    values come from ``seeds[i]`` salted by the input's name ``key`` (the same draw at every step) — the one home
+    of the maths, shared by :class:`CondNoiseDenoiser` and ``conceptspace.modular.CondNoiseGuidance``."""
+    noise = row_noise(clean, seeds, f"cond-noise:{key}")  # the same for a sample at every noisy step
+    chosen = row_noise(clean, seeds, f"cond-noise-share:{key}").float()
+    chosen = (torch.special.ndtr(chosen) < share).to(clean.dtype) * real  # uniform < share, real tokens
+    _, std = row_stats(clean, real)
+    return clean + chosen * strength * std * noise
+
+
 @dataclass
 class CondNoiseDenoiser(Denoiser):
     """A denoiser whose text embedding gets one seeded noise draw per sample on a random share of its values."""
@@ -241,18 +286,11 @@ class CondNoiseDenoiser(Denoiser):
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if self.strength == 0:
             return super().__call__(model_input, t, cond)
-        seeds = _require_seeds(cond, "cond-noise")
+        seeds = require_seeds(cond, "cond-noise")
         inputs = dict(cond.inputs)
         for key in self.family.text_inputs:
-            clean = inputs[key]
-            noise = _row_noise(clean, seeds, f"cond-noise:{key}")  # the same for a sample at every noisy step
-            chosen = _row_noise(clean, seeds, f"cond-noise-share:{key}").float()
-            real = _token_weights(cond.inputs, key, self.family.text_mask_input)
-            chosen = (torch.special.ndtr(chosen) < self.share).to(
-                clean.dtype
-            ) * real  # uniform < share, real tokens
-            _, std = _row_stats(clean, real)
-            inputs[key] = clean + chosen * self.strength * std * noise
+            real = token_weights(cond.inputs, key, self.family.text_mask_input)
+            inputs[key] = cond_noise_perturb(inputs[key], real, seeds, key, self.strength, self.share)
         return super().__call__(model_input, t, replace(cond, inputs=inputs))
 
 
@@ -291,6 +329,73 @@ class CondNoise(Regime):
             if position / total >= self.until:
                 return den
             return CondNoiseDenoiser(**_denoiser_fields(den), strength=self.strength, share=self.share)
+
+        return _wrap(inner, wrap)
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self)
+
+
+# --------------------------------------------------------------------------------------------------- uncond-first
+@dataclass
+class UncondFirstDenoiser(Denoiser):
+    """A denoiser that runs the unconditional inputs (``cond.negative``: the empty or negative prompt) alone, in one
+    pass: "CFG 0" for a step.
+
+    It runs no CFG (:attr:`uses_cfg` is false: one pass) but :attr:`needs_negative` asks the sampler to encode the
+    unconditional inputs it runs on.
+    """
+
+    @property
+    def uses_cfg(self) -> bool:
+        return False
+
+    @property
+    def needs_negative(self) -> bool:
+        return True
+
+    def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if cond.negative is None:
+            raise ValueError(
+                "uncond-first runs the unconditional inputs, but this conditioning was encoded without them: "
+                "encode it with cfg=True (conceptspace.sample does, for this regime)"
+            )
+        plain = Denoiser(**_denoiser_fields(self))
+        if plain.uses_cfg:  # one pass: the unconditional inputs take the conditional branch's place
+            plain = replace(plain, guidance_scale=self.family.single_pass_scale)
+        return plain(model_input, t, replace(cond, inputs=cond.negative, negative=None))
+
+
+@dataclass(frozen=True)
+class UncondFirst(Regime):
+    """``over`` with its first ``steps`` steps (default 1) run on the unconditional inputs alone, in one pass — the
+    community's "CFG 0 for the first step(s)" for distilled students: the prompt-free first step lays out a
+    composition the prompt does not pull towards its mode; the prompt takes over from the next step.
+
+    The unconditional inputs are the family's negative conditioning: ``negative_prompt``'s, or without one what the
+    family's pipeline uses for CFG (SDXL: zeros, where its ``force_zeros_for_empty_prompt`` says so; SD: the
+    empty prompt's embedding). Steps after the first
+    ``steps`` are ``over``'s own. ``steps`` must be at least 1 (the plain regime is ``over`` itself) and fewer than
+    the schedule's steps (else no step sees the prompt). Costs nothing: one pass per step, as a one-pass ``over``.
+    """
+
+    over: Regime | str = "distilled"
+    steps: int = 1
+    name: str = field(default="uncond-first", init=False)
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        inner = _inner(self.over).segments(pair, device, latent_shape)
+        total = sum(len(s.denoisers) for s in inner)
+        if self.steps >= total:
+            raise ValueError(
+                f"uncond-first: steps={self.steps} covers all {total} steps of {_inner(self.over).name!r}, so no "
+                f"step would see the prompt: use steps < {total}"
+            )
+
+        def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
+            return UncondFirstDenoiser(**_denoiser_fields(den)) if position < self.steps else den
 
         return _wrap(inner, wrap)
 
@@ -456,7 +561,7 @@ def slider_files(sliders: str | os.PathLike | tuple[str, ...]) -> list[Path]:
 
 def _uniform_scales(seeds: tuple[int, ...], salt: str, bound: float) -> torch.Tensor:
     """One scale per sample, uniform in [−bound, bound], from the sample's seed."""
-    draws = [torch.rand((), generator=_generator(seed, salt), dtype=torch.float64) for seed in seeds]
+    draws = [torch.rand((), generator=noise_generator(seed, salt), dtype=torch.float64) for seed in seeds]
     return (torch.stack(draws) * 2 - 1) * bound
 
 
@@ -472,7 +577,7 @@ class SliderDenoiser(Denoiser):
 
         if self.scale == 0 or not self.sliders:
             return super().__call__(model_input, t, cond)
-        seeds = _require_seeds(cond, "sliderspace")
+        seeds = require_seeds(cond, "sliderspace")
         handles = []
         try:
             for k, lora in enumerate(self.sliders):
@@ -535,5 +640,6 @@ REGIMES.update(
         "interval-guidance": IntervalGuidance,
         "renoise": Renoise,
         "sliderspace": SliderSpaceScales,
+        "uncond-first": UncondFirst,
     }  # type: ignore[dict-item]
 )

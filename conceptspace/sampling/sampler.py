@@ -194,7 +194,7 @@ def sample(
     latent_shape = latent_size(pair, height, width)
     first_segments = regime.segments(pair, pair.device, latent_shape)  # what runs, read before it runs
     schedule = schedule_of_segments(first_segments)
-    cfg = any(den.uses_cfg for segment in first_segments for den in segment.denoisers)
+    cfg = any(den.needs_negative for segment in first_segments for den in segment.denoisers)
 
     start = time.perf_counter()
     with torch.no_grad():

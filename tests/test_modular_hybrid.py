@@ -1,0 +1,271 @@
+"""The hybrid inside diffusers' own modular pipelines equals conceptspace's ``Hybrid(k)``.
+
+Each pair comes from a tiny offline hub cache in the real repos' layouts and is loaded twice: by conceptspace
+(``load_pair``) for the reference, and the way a diffusers user loads it (``ModularPipeline.from_pretrained`` of the
+student's repo, the base's network by ``from_pretrained``, a LoRA student by ``load_lora_weights``, DMD2's UNet from
+its ``.bin``) for the modular hybrid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conceptspace import Hybrid, load_pair, sample
+from conceptspace.models import REGISTRY
+
+pytest.importorskip("diffusers.modular_pipelines")
+
+PROMPT = "a photo of a red cube"
+SEEDS = [0, 1]
+SIZE = 64
+
+
+def _modular(repo: str, cache: Path) -> Any:
+    from diffusers import ModularPipeline
+
+    pipe = ModularPipeline.from_pretrained(repo, cache_dir=cache)
+    pipe.load_components(torch_dtype=torch.float32, cache_dir=cache, local_files_only=True)
+    return pipe
+
+
+def _one_pass_guider(pipe: Any) -> None:
+    from conceptspace.modular.one_pass import OnePassCFGGuidance
+
+    if "guider" in pipe.components:
+        pipe.update_components(guider=OnePassCFGGuidance(guidance_scale=1.0))
+
+
+def _student_scheduler(pipe: Any, student: str) -> None:
+    spec = REGISTRY[student]
+    overrides = dict(spec.scheduler_overrides)
+    scheduler_class = type(pipe.scheduler)
+    if spec.scheduler != scheduler_class.__name__:
+        import diffusers
+
+        scheduler_class = getattr(diffusers, spec.scheduler)
+    pipe.update_components(scheduler=scheduler_class.from_config(pipe.scheduler.config, **overrides))
+
+
+def sdxl_dmd2(cache: Path) -> tuple[Any, torch.nn.Module | None]:
+    """SDXL's modular pipeline with DMD2's UNet (a pickled fp16 state dict) and an LCM scheduler, as DMD2's card
+    has it."""
+    from diffusers import UNet2DConditionModel
+    from huggingface_hub import hf_hub_download
+
+    pipe = _modular(REGISTRY["sdxl"].repo_id, cache)
+    base = pipe.unet
+    student = UNet2DConditionModel.from_config(base.config)
+    path = hf_hub_download("tianweiy/DMD2", REGISTRY["dmd2"].filename, cache_dir=cache)
+    student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    pipe.update_components(unet=student.float())
+    _student_scheduler(pipe, "dmd2")
+    _one_pass_guider(pipe)
+    return pipe, base
+
+
+def full_student(base: str, student: str) -> Callable[[Path], tuple[Any, torch.nn.Module | None]]:
+    """A student shipped as a whole pipeline repo (FLUX.1-schnell, Z-Image-Turbo, SD3.5 Turbo), its base's
+    network loaded beside it."""
+
+    def load(cache: Path) -> tuple[Any, torch.nn.Module | None]:
+        pipe = _modular(REGISTRY[student].repo_id, cache)
+        # The real student repos ship their base's text encoders and VAE; the tiny ones are random each, so the
+        # student pipeline takes the base repo's, as conceptspace's pair does.
+        network = REGISTRY[base].network_folder
+        shared = _modular(REGISTRY[base].repo_id, cache).components
+        pipe.update_components(
+            **{n: c for n, c in shared.items() if c is not None and n not in (network, "scheduler", "guider")}
+        )
+        _one_pass_guider(pipe)
+        return pipe, shared[network]
+
+    return load
+
+
+def qwen_lightning(cache: Path) -> tuple[Any, torch.nn.Module | None]:
+    """Qwen-Image's modular pipeline with the Lightning LoRA loaded by diffusers: no second network."""
+    pipe = _modular(REGISTRY["qwen-image"].repo_id, cache)
+    spec = REGISTRY["qwen-image-lightning"]
+    pipe.load_lora_weights(spec.repo_id, weight_name=spec.filename, cache_dir=cache)
+    _student_scheduler(pipe, "qwen-image-lightning")
+    _one_pass_guider(pipe)
+    return pipe, None
+
+
+@dataclass(frozen=True)
+class Case:
+    base: str
+    student: str
+    load: Callable[[Path], tuple[Any, torch.nn.Module | None]]
+
+
+CASES = {
+    "sdxl-dmd2": Case("sdxl", "dmd2", sdxl_dmd2),
+    "flux-schnell": Case("flux-dev", "flux-schnell", full_student("flux-dev", "flux-schnell")),
+    "qwen-image-lightning-lora": Case("qwen-image", "qwen-image-lightning", qwen_lightning),
+    "z-image-turbo": Case("z-image", "z-image-turbo", full_student("z-image", "z-image-turbo")),
+    "sd35-turbo": Case("sd35-large", "sd35-large-turbo", full_student("sd35-large", "sd35-large-turbo")),
+}
+
+
+def _call_kwargs(student: str) -> dict[str, Any]:
+    spec = REGISTRY[student]
+    steps = (
+        {"timesteps": list(spec.timesteps)}
+        if spec.timesteps
+        else {"num_inference_steps": spec.num_inference_steps}
+    )
+    return dict(
+        prompt=PROMPT, height=SIZE, width=SIZE, num_images_per_prompt=len(SEEDS), output_type="np", **steps
+    )
+
+
+class BaseCounter:
+    """Counts the base's network calls: every call of a separate base network, or the calls of a LoRA student's
+    network made with its adapters switched off."""
+
+    def __init__(self, network: torch.nn.Module, lora_student: bool) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.calls = 0
+        self.student_calls = 0
+        layers = [m for m in network.modules() if isinstance(m, BaseTunerLayer)]
+        if lora_student:
+            assert layers, "the LoRA student has no adapter layers"
+
+        def count(module: Any, args: Any, kwargs: Any) -> None:
+            if not lora_student or all(layer.disable_adapters for layer in layers):
+                self.calls += 1
+            else:
+                self.student_calls += 1
+
+        self.handle = network.register_forward_pre_hook(count, with_kwargs=True)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def loaded(request: pytest.FixtureRequest, hub_cache: Path) -> tuple[Case, Any, Any, torch.nn.Module | None]:
+    case = CASES[request.param]
+    pair = load_pair(case.base, case.student, cache_dir=hub_cache, device="cpu", dtype=torch.float32)
+    pipe, base = case.load(hub_cache)
+    return case, pair, pipe, base
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_modular_hybrid_equals_conceptspace_hybrid_and_runs_the_base_k_times(loaded, k: int) -> None:
+    from conceptspace.modular import hybrid
+
+    case, pair, pipe, base = loaded
+    hybrid_pipe = hybrid(pipe, base, k=k)
+    network = base if base is not None else pipe.components[pair.family.network_folder]
+    counter = BaseCounter(network, lora_student=base is None)
+    try:
+        images, schedule = hybrid_pipe(
+            **_call_kwargs(case.student),
+            generator=[torch.Generator().manual_seed(s) for s in SEEDS],
+            output=["images", "hybrid_schedule"],
+        ).values()
+    finally:
+        counter.handle.remove()
+    reference = sample(
+        pair, PROMPT, Hybrid(k=k), SEEDS, height=SIZE, width=SIZE, output_type="np", progress=False
+    )
+
+    np.testing.assert_allclose(np.asarray(images), reference.images, atol=1e-4, rtol=0)
+    assert counter.calls == k  # the base guider runs one conditional pass
+    assert [model for _, _, model in schedule] == [
+        s.model.replace("distilled", "student") for s in reference.schedule
+    ]
+    assert [t for _, t, _ in schedule] == [s.timestep for s in reference.schedule]
+
+
+@pytest.fixture(scope="module")
+def dmd2(hub_cache: Path) -> tuple[Any, Any, torch.nn.Module]:
+    pair = load_pair("sdxl", "dmd2", cache_dir=hub_cache, device="cpu", dtype=torch.float32)
+    pipe, base = sdxl_dmd2(hub_cache)
+    return pair, pipe, base
+
+
+def _images(pipe: Any, **overrides: Any) -> np.ndarray:
+    kwargs = {**_call_kwargs("dmd2"), **overrides}
+    return np.asarray(
+        pipe(**kwargs, generator=[torch.Generator().manual_seed(s) for s in SEEDS], output="images")
+    )
+
+
+def test_a_timestep_boundary_switches_where_the_matching_k_does(dmd2) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = (
+        dmd2  # DMD2's timesteps 999, 749, 499, 249: a boundary at 0.7 × 1000 keeps the base for two, 0.8 for one
+    )
+    np.testing.assert_array_equal(
+        _images(hybrid(pipe, base, k=None, boundary=0.7)), _images(hybrid(pipe, base, k=2))
+    )
+    np.testing.assert_array_equal(
+        _images(hybrid(pipe, base, k=None, boundary=0.8)), _images(hybrid(pipe, base, k=1))
+    )
+
+
+def test_the_users_pipeline_is_left_as_it_was(dmd2) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2
+    before = _images(pipe)
+    made = hybrid(pipe, base, k=1)
+    assert made.unet is pipe.unet and made.base_unet is base  # shared, not copied
+    assert "base_unet" not in pipe.components
+    np.testing.assert_array_equal(_images(pipe), before)
+    assert not np.array_equal(_images(made), before)
+
+
+def test_base_cfg_is_refused_where_the_encoder_makes_no_unconditional_embeddings(dmd2) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2
+    with pytest.raises(ValueError, match="unconditional embeddings"):
+        hybrid(pipe, base, k=1, base_guidance=5.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(k=0), "k must be"),
+        (dict(k=None), "either k"),
+        (dict(k=1, boundary=0.5), "either k"),
+        (dict(k=None, boundary=1.5), "boundary must lie"),
+        (dict(k=1, base_guidance=float("nan")), "base_guidance"),
+    ],
+)
+def test_impossible_hybrids_are_refused(dmd2, options: dict[str, Any], message: str) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2
+    with pytest.raises(ValueError, match=message):
+        hybrid(pipe, base, **options)
+
+
+def test_a_lora_free_network_without_a_base_is_a_clear_error(dmd2) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, _ = dmd2
+    with pytest.raises(ValueError, match="no base network"):
+        _images(hybrid(pipe, None, k=1))
+
+
+def test_a_hybrid_is_not_made_twice_or_of_an_unsupported_pipeline(dmd2) -> None:
+    from diffusers.modular_pipelines import SequentialPipelineBlocks
+
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2
+    with pytest.raises(ValueError, match="already a hybrid"):
+        hybrid(hybrid(pipe, base, k=1), base, k=1)
+    with pytest.raises(ValueError, match="no hybrid for"):
+        hybrid(SequentialPipelineBlocks().init_pipeline(), base, k=1)

@@ -1486,6 +1486,13 @@ def diagnose(
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     base_guidance: BaseGuidanceOpt = 0.0,
+    boundaries: Annotated[
+        bool,
+        typer.Option(
+            "--boundaries/--no-boundaries",
+            help="Also sweep the σ boundaries: the base on its own schedule down to the student's k-th timestep.",
+        ),
+    ] = True,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
     height: HeightOpt = None,
     width: WidthOpt = None,
@@ -1503,8 +1510,8 @@ def diagnose(
     quiet: QuietOpt = False,
 ) -> None:
     """How many base steps the hybrid needs: x̂0 diversity and commitment per step for the base and the student,
-    the hybrid's diversity and cost for k = 1…K, and the smallest k that reaches the base's diversity, with the
-    call that uses it; writes DIR/metrics.json/.csv, DIR/run.json and DIR/report.html.
+    the hybrid's diversity and cost for k = 1…K and for the σ boundaries between the student's steps, and the
+    cheapest that reaches the base's diversity, with the calls that use it; writes DIR/metrics.json/.csv, DIR/run.json and DIR/report.html.
 
     Example: conceptspace diagnose --base shapes --student dmd --prompt "a shape" -n 32 --out runs/diagnose
     """
@@ -1541,6 +1548,7 @@ def diagnose(
         embedder=loaded,
         base=regimes[0],
         base_guidance=base_guidance,
+        boundaries=boundaries,
         n_boot=n_boot,
         n_perm=n_boot,
         batch_size=batch_size,
@@ -1564,11 +1572,12 @@ def _print_diagnosis(result: Any) -> None:
         return f"[{low:{mark}.3f}, {high:{mark}.3f}]"
 
     typer.echo(
-        f"{'k':<10} {'diversity [95% CI]':<24} {'hybrid − base [95% CI]':<30} {'NFE':>4}  reaches base?"
+        f"{'hybrid':<10} {'diversity [95% CI]':<24} {'hybrid − base [95% CI]':<30} {'NFE':>4}  reaches base?"
     )
     for c in result.choices:
+        name = f"k={c.k}" if c.boundary is None else f"t<{c.boundary}"
         typer.echo(
-            f"{c.k:<10} {c.value:.3f} {ci(c.ci_low, c.ci_high):<18} {c.diff:+.3f} "
+            f"{name:<10} {c.value:.3f} {ci(c.ci_low, c.ci_high):<18} {c.diff:+.3f} "
             f"{ci(c.diff_low, c.diff_high, True):<23} {c.evaluations:>4}  {'yes' if c.reaches_base else 'no'}"
         )
     for name, ref in (("base", result.base), ("distilled", result.student)):
@@ -1576,7 +1585,8 @@ def _print_diagnosis(result: Any) -> None:
             f"{name:<10} {ref['value']:.3f} {ci(ref['ci_low'], ref['ci_high']):<18} {'':<30} {ref['evaluations']:>4}"
         )
     typer.echo(f"recommendation: {result.recommendation}")
-    typer.echo(f"call: {result.call}")
+    for api, call in result.calls.items():
+        typer.echo(f"{api}: {call}")
 
 
 def ranking_lines(table: list[dict]) -> list[str]:

@@ -7,15 +7,20 @@
 
 For the prompts and seeds given, it measures (every number with a 95% interval over seeds):
 
-1. the diversity of x̂0 at each of the student's steps, and of the base's x̂0 at the steps of its own schedule
-   nearest the student's timesteps (``x0_pairwise_distance`` rows with a ``step``: the report draws them as
-   curves);
+1. the diversity of x̂0 at each of the student's steps, of the base's x̂0 on the same timesteps (the base alone
+   on the student's schedule, ``base-at-student-steps``: what the hybrid's base steps are), and of the base's x̂0
+   at the steps of its own schedule nearest them (``x0_pairwise_distance`` rows with a ``step``: the report
+   draws them as curves);
 2. the commitment curve: how similar each step's x̂0 already is to the final image (``commitment`` rows);
 3. for k = 1…K, the hybrid's final-image diversity and its cost in network evaluations per image (a CFG step
    counts two), next to the base's and the student's, and each hybrid's paired difference from the base on the
-   same seeds (``diff_pairwise_distance``, ``regime="hybrid-k<k> - base"``);
-4. a recommendation: the cheapest (then smallest) k whose difference from the base has an interval that reaches 0
-   (the base's diversity within its CI); when none does, the most diverse k, said so.
+   same seeds (``diff_pairwise_distance``, ``regime="hybrid-k<k> - base"``); and the same for the σ boundaries
+   between the student's steps: the base on its own, finer schedule down to the student's k-th timestep t, the
+   student after (``boundary-t<t>``, ``Hybrid(k, base_schedule="own")``);
+4. a recommendation: the cheapest (then smallest) k or boundary whose difference from the base has an interval
+   that reaches 0 (the base's diversity within its CI); when none does, the most diverse, said so — with the
+   calls that use it: conceptspace's ``sample``, ``DiversityPipeline``, and for a k on a family with a diffusers
+   modular pipeline, :func:`conceptspace.modular.hybrid`.
 
 It writes ``metrics.json``/``.csv``, ``run.json`` (command ``"diagnose"``, with the recommendation), a few images
 per regime and ``report.html``.
@@ -45,9 +50,10 @@ from conceptspace.sampling import Base, Distilled, Hybrid, SampleResult, check_p
 from conceptspace.stats import check_settings, mean_estimate
 from conceptspace.trajectories import decode_trajectory
 
-__all__ = ["Diagnosis", "KChoice", "diagnose", "hybrid_name"]
+__all__ = ["Diagnosis", "KChoice", "boundary_name", "diagnose", "hybrid_name"]
 
 BASE, STUDENT = "base", "distilled"
+BASE_AT_STUDENT = "base-at-student-steps"
 METRIC = "pairwise_distance"
 X0_METRIC = "x0_pairwise_distance"
 DIFF_METRIC = "diff_pairwise_distance"
@@ -56,6 +62,22 @@ DIFF_METRIC = "diff_pairwise_distance"
 def hybrid_name(k: int) -> str:
     """The regime name of the hybrid with ``k`` base steps (as ``compare`` names ``hybrid:k=2``)."""
     return f"hybrid-k{k}"
+
+
+def boundary_name(timestep: int) -> str:
+    """The regime name of the hybrid whose base runs its own schedule down to the student's ``timestep``."""
+    return f"boundary-t{timestep}"
+
+
+@dataclass(frozen=True)
+class _Switch:
+    """One hybrid of the sweep: k base steps on the student's schedule, or (``boundary``) the base on its own
+    schedule down to the student's k-th timestep."""
+
+    name: str
+    regime: Hybrid
+    k: int
+    boundary: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,16 @@ class KChoice:
     diff_high: float
     evaluations: int  # network evaluations per image (a CFG step counts two)
     base_evaluations: int
+    boundary: int | None = None
+    """The hand-off timestep where the base ran its own schedule down to it; None: k steps on the student's."""
+
+    @property
+    def label(self) -> str:
+        if self.boundary is None:
+            return f"k={self.k}"
+        return (
+            f"boundary t={self.boundary} (the base's own schedule, then the student from its step {self.k})"
+        )
 
     @property
     def reaches_base(self) -> bool:
@@ -91,6 +123,12 @@ class Diagnosis:
     reaches_base: bool
     recommendation: str  # one sentence
     call: str  # one line of Python that samples the recommended hybrid
+    boundary: int | None = None
+    """The recommended boundary's hand-off timestep, None when the recommendation is a k on the student's
+    schedule."""
+    calls: dict[str, str] = field(default_factory=dict)
+    """The recommended hybrid in each API: ``"sample"`` (= ``call``), ``"DiversityPipeline"`` and, where the family
+    has a diffusers modular pipeline and the choice is a k, ``"modular"``."""
     base: dict[str, float] = field(default_factory=dict)  # value, ci_low, ci_high, evaluations
     student: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
@@ -99,7 +137,7 @@ class Diagnosis:
     @property
     def choice(self) -> KChoice:
         """The recommended hybrid's entry of the sweep."""
-        return next(c for c in self.choices if c.k == self.k)
+        return next(c for c in self.choices if c.k == self.k and c.boundary == self.boundary)
 
 
 def diagnose(
@@ -112,6 +150,7 @@ def diagnose(
     embedder: Embedder | str | None = None,
     base: Base | None = None,
     base_guidance: float = 0.0,
+    boundaries: bool = True,
     n_boot: int = 1000,
     n_perm: int = 1000,
     images_kept: int = 8,
@@ -137,6 +176,8 @@ def diagnose(
         base: the base reference regime (default ``Base()``: the registry's steps and CFG); e.g. ``Base(steps=12)``
             for a faster, coarser reference.
         base_guidance: the CFG scale of the hybrid's base steps (``Hybrid``'s; 0 = no CFG pass).
+        boundaries: also sweep the σ boundaries (the base on its own schedule down to the student's k-th
+            timestep); they cost one more sampling pass per k.
         n_boot / n_perm: bootstrap resamples for the 95% intervals, permutations for the paired p-values.
         images_kept: final images written per prompt and regime, for the report's grids.
 
@@ -147,14 +188,19 @@ def diagnose(
     prompt_list, seed_list, base, ks = _checked_request(
         pair, prompts, seeds, base, max_k, images_kept, n_boot, n_perm
     )
-    hybrids = [Hybrid(k=k, base_guidance=base_guidance) for k in ks]  # checks base_guidance before any work
+    sweep = _sweep(pair, ks, base, base_guidance, boundaries)  # checks base_guidance before any work
     out = ensure_writable_dir(out_dir)
     model = _embedder(embedder, pair, progress)
     options = dict(
         negative_prompt=negative_prompt, height=height, width=width, batch_size=batch_size, progress=progress
     )
-    costs = {BASE: _cost(base, pair), STUDENT: _cost(Distilled(), pair)}
-    costs.update({hybrid_name(h.k): _cost(h, pair) for h in hybrids})
+    at_student = Hybrid(k=_student_steps(pair), base_guidance=base_guidance)
+    costs = {
+        BASE: _cost(base, pair),
+        STUDENT: _cost(Distilled(), pair),
+        BASE_AT_STUDENT: _cost(at_student, pair),
+    }
+    costs.update({switch.name: _cost(switch.regime, pair) for switch in sweep})
 
     finals: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → final-image embeddings
     per_step: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → (n, student steps, d) x̂0 embeddings
@@ -162,14 +208,15 @@ def diagnose(
     step_info: list[dict[str, Any]] = []
     commitment_rows: list[dict[str, Any]] = []
     for index, prompt in enumerate(prompt_list):
-        runs, step_info = _sample_prompt(pair, prompt, seed_list, base, hybrids, options)
-        student_run, base_run = runs[STUDENT], runs[BASE]
+        runs, step_info = _sample_prompt(pair, prompt, seed_list, base, at_student, sweep, options)
+        student_steps = [s["step"] for s in step_info]
         finals[prompt] = {name: _embed(model, run.images) for name, run in runs.items()}
         per_step[prompt] = {
-            STUDENT: _embed_steps(pair, model, student_run.trajectory, [s["step"] for s in step_info]),
-            BASE: _embed_steps(pair, model, base_run.trajectory, [s["base_step"] for s in step_info]),
+            STUDENT: _embed_steps(pair, model, runs[STUDENT].trajectory, student_steps),
+            BASE_AT_STUDENT: _embed_steps(pair, model, runs[BASE_AT_STUDENT].trajectory, student_steps),
+            BASE: _embed_steps(pair, model, runs[BASE].trajectory, [s["base_step"] for s in step_info]),
         }
-        for name in (STUDENT, BASE):
+        for name in (STUDENT, BASE_AT_STUDENT, BASE):
             commitment_rows += _commitment_rows(
                 prompt, name, per_step[prompt][name], finals[prompt][name], step_info, model.name, n_boot
             )
@@ -179,14 +226,24 @@ def diagnose(
 
     stats = dict(n_boot=n_boot, embedder=model.name)
     rows = _step_rows(per_step, step_info, **stats) + commitment_rows
-    rows += _final_rows(finals, costs, ks, n_perm=n_perm, **stats)
+    rows += _final_rows(finals, costs, sweep, n_perm=n_perm, **stats)
     summary = ALL_PROMPTS if len(prompt_list) > 1 else prompt_list[0]
-    result = _decided(pair, rows, summary, ks, costs, base_guidance, out)
+    result = _decided(pair, rows, summary, sweep, costs, base_guidance, out)
     write_metrics(out, rows)
     write_json(
         out / "run.json",
         _run_record(
-            pair, prompt_list, seed_list, base, base_guidance, ks, model, records, result, parameters, started
+            pair,
+            prompt_list,
+            seed_list,
+            base,
+            base_guidance,
+            sweep,
+            model,
+            records,
+            result,
+            parameters,
+            started,
         ),
     )
     if report:
@@ -200,22 +257,25 @@ def _decided(
     pair: ModelPair,
     rows: list[dict[str, Any]],
     summary: str,
-    ks: list[int],
+    sweep: list[_Switch],
     costs: dict[str, int],
     base_guidance: float,
     out: Path,
 ) -> Diagnosis:
-    """The diagnosis the rows support: each k's standing (on the ``summary`` prompt's rows), the recommended k
-    and the call that uses it."""
-    choices = _choices(rows, summary, ks, costs)
+    """The diagnosis the rows support: each k's and boundary's standing (on the ``summary`` prompt's rows), the
+    recommended one and the calls that use it."""
+    choices = _choices(rows, summary, sweep, costs)
     chosen, reaches, sentence = _recommend(choices)
+    calls = _calls(pair, chosen, base_guidance)
     return Diagnosis(
         rows=rows,
         choices=choices,
         k=chosen.k,
+        boundary=chosen.boundary,
         reaches_base=reaches,
         recommendation=sentence,
-        call=_call(pair, chosen, base_guidance),
+        call=calls["sample"],
+        calls=calls,
         base=_reference(rows, summary, BASE, costs),
         student=_reference(rows, summary, STUDENT, costs),
         out_dir=out,
@@ -227,17 +287,19 @@ def _sample_prompt(
     prompt: str,
     seeds: list[int],
     base: Base,
-    hybrids: list[Hybrid],
+    at_student: Hybrid,
+    sweep: list[_Switch],
     options: dict[str, Any],
 ) -> tuple[dict[str, SampleResult], list[dict[str, Any]]]:
-    """One prompt in every regime (the student and the base with their x̂0 recorded), and the base steps matched
-    to the student's."""
+    """One prompt in every regime (the student and the base, on its own schedule and on the student's, with their
+    x̂0 recorded), and the base's own steps matched to the student's."""
+    recorded = {STUDENT: Distilled(), BASE: base, BASE_AT_STUDENT: at_student}
     runs = {
-        STUDENT: sample(pair, prompt, Distilled(), seeds, output_type="pt", record_x0=True, **options),
-        BASE: sample(pair, prompt, base, seeds, output_type="pt", record_x0=True, **options),
+        name: sample(pair, prompt, regime, seeds, output_type="pt", record_x0=True, **options)
+        for name, regime in recorded.items()
     }
-    for hybrid in hybrids:
-        runs[hybrid_name(hybrid.k)] = sample(pair, prompt, hybrid, seeds, output_type="pt", **options)
+    for switch in sweep:
+        runs[switch.name] = sample(pair, prompt, switch.regime, seeds, output_type="pt", **options)
     return runs, _matched_steps(runs[STUDENT], runs[BASE])
 
 
@@ -264,8 +326,34 @@ def _checked_request(
         raise ValueError(f"base must be a Base regime (e.g. Base(steps=12)), got {base!r}")
     if images_kept < 0:
         raise ValueError(f"images_kept must be 0 or more, got {images_kept}")
-    student_steps = len(Distilled().segments(pair, pair.device)[0].denoisers)
-    return prompt_list, seed_list, base, _ks(max_k, student_steps)
+    return prompt_list, seed_list, base, _ks(max_k, _student_steps(pair))
+
+
+def _student_steps(pair: ModelPair) -> int:
+    return len(Distilled().segments(pair, pair.device)[0].denoisers)
+
+
+def _sweep(
+    pair: ModelPair, ks: list[int], base: Base, base_guidance: float, boundaries: bool
+) -> list[_Switch]:
+    """The hybrids to measure: k = 1…K on the student's schedule, then (``boundaries``) the base on its own
+    schedule down to the student's k-th timestep for each k that leaves the student a step and the base one of
+    its own above the hand-off."""
+    sweep = [_Switch(hybrid_name(k), Hybrid(k=k, base_guidance=base_guidance), k) for k in ks]
+    if not boundaries:
+        return sweep
+    student = Distilled().segments(pair, pair.device)[0]
+    for k in ks:
+        if k >= len(student.denoisers):
+            continue
+        regime = Hybrid(k=k, base_guidance=base_guidance, base_schedule="own", base_steps=base.steps)
+        try:
+            regime.segments(pair, pair.device)
+        except ValueError:  # the base's own schedule has no step above this hand-off
+            continue
+        timestep = student.timestep(k)
+        sweep.append(_Switch(boundary_name(timestep), regime, k, boundary=timestep))
+    return sweep
 
 
 def _checked_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -375,7 +463,7 @@ def _step_rows(
         for row in _over_prompts(by_prompt, n_boot, embedder=embedder):
             row["metric"] = X0_METRIC
             row.update(info)
-            if row["regime"] == STUDENT:
+            if row["regime"] != BASE:  # the student's own timesteps
                 row.pop("base_step"), row.pop("base_timestep")
             else:  # the base's own step nearest the student's timestep: say which
                 row["timestep"] = info["base_timestep"]
@@ -414,15 +502,16 @@ def _commitment_rows(
 def _final_rows(
     finals: Mapping[str, Mapping[str, np.ndarray]],
     costs: Mapping[str, dict[str, int]],
-    ks: list[int],
+    sweep: list[_Switch],
     n_boot: int,
     n_perm: int,
     embedder: str,
 ) -> list[dict[str, Any]]:
-    """Final-image diversity per regime (with its cost and k), and each hybrid's and the student's paired
-    difference from the base."""
+    """Final-image diversity per regime (with its cost, k and boundary), and each hybrid's and the student's
+    paired difference from the base."""
     rows = _over_prompts(finals, n_boot, embedder=embedder)
-    pairs = [(hybrid_name(k), BASE) for k in ks] + [(STUDENT, BASE)]
+    pairs = [(switch.name, BASE) for switch in sweep] + [(STUDENT, BASE)]
+    switches = {switch.name: switch for switch in sweep}
     settings = dict(metrics=(METRIC,), n_boot=n_boot, n_perm=n_perm, embedder=embedder)
     if len(finals) == 1:
         prompt, by_regime = next(iter(finals.items()))
@@ -431,8 +520,10 @@ def _final_rows(
         rows += paired_over_prompts(finals, pairs, resample="images", **settings)
     for row in rows:
         regime = row["regime"].split(" - ")[0]
-        if regime.startswith("hybrid-k"):
-            row["k"] = int(regime.removeprefix("hybrid-k"))
+        if regime in switches:
+            row["k"] = switches[regime].k
+            if switches[regime].boundary is not None:
+                row["boundary"] = switches[regime].boundary
         row["evaluations"] = costs[regime]["total"]
         row["base_evaluations"] = costs[regime]["base"]
     return rows
@@ -447,17 +538,17 @@ def _summary_row(rows: list[dict[str, Any]], prompt: str, regime: str, metric: s
 
 
 def _choices(
-    rows: list[dict[str, Any]], prompt: str, ks: list[int], costs: Mapping[str, dict[str, int]]
+    rows: list[dict[str, Any]], prompt: str, sweep: list[_Switch], costs: Mapping[str, dict[str, int]]
 ) -> list[KChoice]:
     choices = []
-    for k in ks:
-        name = hybrid_name(k)
+    for switch in sweep:
+        name = switch.name
         own = _summary_row(rows, prompt, name, METRIC)
         diff = _summary_row(rows, prompt, f"{name} - {BASE}", DIFF_METRIC)
         choices.append(
             KChoice(
-                k, own["value"], own["ci_low"], own["ci_high"], diff["value"], diff["ci_low"], diff["ci_high"],
-                costs[name]["total"], costs[name]["base"],
+                switch.k, own["value"], own["ci_low"], own["ci_high"], diff["value"], diff["ci_low"],
+                diff["ci_high"], costs[name]["total"], costs[name]["base"], boundary=switch.boundary,
             )
         )  # fmt: skip
     return choices
@@ -479,11 +570,11 @@ def _recommend(choices: list[KChoice]) -> tuple[KChoice, bool, str]:
     """The cheapest, then smallest, k that reaches the base; else the most diverse k, and a sentence either way."""
     reaching = [c for c in choices if c.reaches_base]
     if reaching:
-        chosen = min(reaching, key=lambda c: (c.evaluations, c.base_evaluations, c.k))
+        chosen = min(reaching, key=lambda c: (c.evaluations, c.base_evaluations, c.k, c.boundary is not None))
         return (
             chosen,
             True,
-            f"k={chosen.k}: the smallest number of base steps whose diversity reaches the base's within its 95% CI "
+            f"{chosen.label}: the cheapest hybrid whose diversity reaches the base's within its 95% CI "
             f"(hybrid − base {chosen.diff:+.4f} [{chosen.diff_low:+.4f}, {chosen.diff_high:+.4f}]), at "
             f"{chosen.evaluations} network evaluations per image.",
         )
@@ -491,22 +582,45 @@ def _recommend(choices: list[KChoice]) -> tuple[KChoice, bool, str]:
     return (
         chosen,
         False,
-        f"no k up to {max(c.k for c in choices)} reaches the base's diversity within its 95% CI; k={chosen.k} comes "
-        f"closest (hybrid − base {chosen.diff:+.4f} [{chosen.diff_low:+.4f}, {chosen.diff_high:+.4f}]), at "
+        f"no k up to {max(c.k for c in choices)} reaches the base's diversity within its 95% CI; {chosen.label} "
+        f"comes closest (hybrid − base {chosen.diff:+.4f} [{chosen.diff_low:+.4f}, {chosen.diff_high:+.4f}]), at "
         f"{chosen.evaluations} network evaluations per image.",
     )
 
 
-def _call(pair: ModelPair, chosen: KChoice, base_guidance: float) -> str:
-    """One line of Python that samples with the recommended hybrid through the public API (``sample``, which
-    every pair family runs)."""
+def _calls(pair: ModelPair, chosen: KChoice, base_guidance: float) -> dict[str, str]:
+    """The recommended hybrid in each API a user may sample with: one line each."""
     options = f"k={chosen.k}" + (f", base_guidance={base_guidance:g}" if base_guidance else "")
+    if chosen.boundary is not None:
+        options += ', base_schedule="own"'
     student = pair.student.name if pair.student else "?"
-    return (
-        "from conceptspace import Hybrid, load_pair, sample; "
-        f'images = sample(load_pair("{pair.base.name}", "{student}"), "your prompt", Hybrid({options}), '
-        "seeds=range(4)).images"
-    )
+    calls = {
+        "sample": (
+            "from conceptspace import Hybrid, load_pair, sample; "
+            f'images = sample(load_pair("{pair.base.name}", "{student}"), "your prompt", Hybrid({options}), '
+            "seeds=range(4)).images"
+        ),
+        "DiversityPipeline": (
+            "from conceptspace import DiversityPipeline, Hybrid; "
+            f'pipe = DiversityPipeline(base_pipe, student_pipe, student="{student}", regime=Hybrid({options}))'
+        ),
+    }
+    if chosen.boundary is None and pair.family.name in _modular_families():
+        base_network = (
+            "None" if pair.student_adapter is not None else f"base_pipe.{pair.family.network_folder}"
+        )
+        guidance = f", base_guidance={base_guidance:g}" if base_guidance else ""
+        calls["modular"] = (
+            "from conceptspace.modular import hybrid; "
+            f"pipe = hybrid(student_modular_pipe, {base_network}, k={chosen.k}{guidance})"
+        )
+    return calls
+
+
+def _modular_families() -> set[str]:
+    from conceptspace.modular.hybrid import LOOP_SEAMS
+
+    return {seam.family for seam in LOOP_SEAMS.values()}
 
 
 def _run_record(
@@ -515,7 +629,7 @@ def _run_record(
     seeds: list[int],
     base: Base,
     base_guidance: float,
-    ks: list[int],
+    sweep: list[_Switch],
     model: Embedder,
     records: dict[str, dict[str, Any]],
     result: Diagnosis,
@@ -534,15 +648,18 @@ def _run_record(
         "parameters": {
             "base_regime": base.describe(),
             "base_guidance": base_guidance,
-            "ks": ks,
+            "ks": sorted({switch.k for switch in sweep if switch.boundary is None}),
+            "boundaries": [switch.boundary for switch in sweep if switch.boundary is not None],
             "embedder": model.name,
             **(dict(parameters) if parameters else {}),
         },
         "recommendation": {
             "k": result.k,
+            "boundary": result.boundary,
             "reaches_base": result.reaches_base,
             "sentence": result.recommendation,
             "call": result.call,
+            "calls": result.calls,
             "choices": [{**asdict(c), "reaches_base": c.reaches_base} for c in result.choices],
             "base": result.base,
             "student": result.student,

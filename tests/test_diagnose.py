@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conceptspace import Base, load_pair
+from conceptspace import Base, Distilled, load_pair, schedule_of
 from conceptspace.cli import app
-from conceptspace.diagnose import X0_METRIC, diagnose, hybrid_name
+from conceptspace.diagnose import BASE_AT_STUDENT, X0_METRIC, boundary_name, diagnose, hybrid_name
 
 STEPS = 4  # the testbed student's
 FAST = dict(base=Base(steps=8), n_boot=200, n_perm=200, progress=False, images_kept=2)  # a shorter base: fast
@@ -50,8 +50,12 @@ def test_every_row_has_an_interval_that_holds_its_value(runs):
 
 def test_x0_diversity_is_measured_at_every_student_step_for_the_student_and_the_base(runs):
     rows = [r for r in runs[0].rows if r["metric"] == X0_METRIC]
-    for regime in ("distilled", "base"):
+    for regime in ("distilled", "base", BASE_AT_STUDENT):
         assert sorted(r["step"] for r in rows if r["regime"] == regime) == list(range(STEPS))
+    student_timesteps = [r["timestep"] for r in rows if r["regime"] == "distilled"]
+    assert [
+        r["timestep"] for r in rows if r["regime"] == BASE_AT_STUDENT
+    ] == student_timesteps  # the same ones
     base_rows = [r for r in rows if r["regime"] == "base"]
     assert all("base_step" in r and "base_timestep" in r for r in base_rows)  # which base step stood in
     commitment = [r for r in runs[0].rows if r["metric"] == "commitment" and r["regime"] == "distilled"]
@@ -62,7 +66,7 @@ def test_x0_diversity_is_measured_at_every_student_step_for_the_student_and_the_
 def test_the_sweep_has_a_row_per_k_with_its_cost_and_the_references(runs):
     result = runs[0]
     ks = list(range(1, STEPS))
-    assert [c.k for c in result.choices] == ks
+    assert [c.k for c in result.choices if c.boundary is None] == ks
     final = {r["regime"]: r for r in result.rows if r["metric"] == "pairwise_distance"}
     for k in ks:
         assert final[hybrid_name(k)]["k"] == k
@@ -75,14 +79,31 @@ def test_the_sweep_has_a_row_per_k_with_its_cost_and_the_references(runs):
     assert result.base["value"] == final["base"]["value"]
 
 
+def test_each_boundary_runs_the_bases_own_steps_above_the_students_kth_timestep(pair, runs):
+    student = [s.timestep for s in schedule_of(Distilled(), pair)]
+    base = [s.timestep for s in schedule_of(Base(steps=8), pair)]
+    boundaries = [c for c in runs[0].choices if c.boundary is not None]
+    assert [c.boundary for c in boundaries] == student[
+        1:STEPS
+    ]  # every hand-off that leaves the student a step
+    final = {r["regime"]: r for r in runs[0].rows if r["metric"] == "pairwise_distance"}
+    for choice in boundaries:
+        above = sum(t > choice.boundary for t in base)  # counted from the two schedules, not from the regime
+        assert choice.base_evaluations == above and choice.evaluations == above + STEPS - choice.k
+        row = final[boundary_name(choice.boundary)]
+        assert row["boundary"] == choice.boundary and row["k"] == choice.k
+
+
 def test_the_recommendation_is_a_k_of_the_sweep_and_holds_across_seed_sets(runs):
     first, second = runs
     for result in runs:
         assert 1 <= result.k <= STEPS - 1
-        assert f"k={result.k}" in result.recommendation
-        if result.reaches_base:
+        assert result.choice.label in result.recommendation
+        if result.reaches_base:  # nothing cheaper reaches the base
             assert result.choice.reaches_base
-            assert all(not c.reaches_base for c in result.choices if c.k < result.k)
+            assert all(
+                not c.reaches_base for c in result.choices if c.evaluations < result.choice.evaluations
+            )
     # the issue's acceptance: the same k, or the two recommended hybrids' diversity intervals overlap
     a, b = first.choice, second.choice
     assert a.k == b.k or (a.ci_low <= b.ci_high and b.ci_low <= a.ci_high)
@@ -92,6 +113,12 @@ def test_the_call_runs(runs):
     namespace: dict = {}
     exec(runs[0].call.replace('"your prompt"', '"a shape"'), namespace)  # noqa: S102 - our own one line
     assert len(namespace["images"]) == 4
+    assert (
+        runs[0].calls["sample"] == runs[0].call and "DiversityPipeline(" in runs[0].calls["DiversityPipeline"]
+    )
+    assert (
+        "modular" not in runs[0].calls
+    )  # diffusers has no modular pipeline for the testbed's SD-1-style pair
 
 
 def test_run_json_metrics_and_the_report_with_its_curves(runs):
@@ -109,7 +136,9 @@ def test_several_prompts_are_decided_on_their_mean(pair, tmp_path):
     from conceptspace.results import ALL_PROMPTS
 
     fast = FAST | dict(base=Base(steps=4), n_boot=50, n_perm=50, report=False, images_kept=0)
-    result = diagnose(pair, ["a shape", "a red shape"], range(6), tmp_path, max_k=STEPS, **fast)
+    result = diagnose(
+        pair, ["a shape", "a red shape"], range(6), tmp_path, max_k=STEPS, boundaries=False, **fast
+    )
     assert [c.k for c in result.choices] == list(range(1, STEPS + 1))  # max_k may give the base every step
     mean = {
         r["regime"]: r
@@ -159,8 +188,9 @@ def test_the_command_prints_the_table_the_recommendation_and_the_call(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "reaches base?" in result.output
-    assert "recommendation: k=" in result.output
-    assert "call: from conceptspace import Hybrid, load_pair, sample" in result.output
+    assert "recommendation: k=" in result.output or "recommendation: boundary t=" in result.output
+    assert "sample: from conceptspace import Hybrid, load_pair, sample" in result.output
+    assert "DiversityPipeline: from conceptspace import DiversityPipeline" in result.output
     assert (out / "report.html").is_file()
 
 

@@ -42,6 +42,8 @@ class LoopSeam:
 
     network: str
     """The component the loop's denoiser calls: ``"unet"`` or ``"transformer"``."""
+    family: str
+    """conceptspace's family adapter for the same networks (``Family.name``)."""
     guidance_field: str | None = None
     """The block-state field holding the student's embedded guidance (FLUX's ``guidance``, an LCM UNet's
     ``timestep_cond``), which a base step replaces with the base's own (or None, for a base that takes none)."""
@@ -50,11 +52,11 @@ class LoopSeam:
 
 
 LOOP_SEAMS: dict[str, LoopSeam] = {
-    "stable-diffusion-xl": LoopSeam("unet", guidance_field="timestep_cond"),
-    "flux": LoopSeam("transformer", guidance_field="guidance", has_guider=False),
-    "qwenimage": LoopSeam("transformer"),
-    "z-image": LoopSeam("transformer"),
-    "stable-diffusion-3": LoopSeam("transformer"),
+    "stable-diffusion-xl": LoopSeam("unet", "sdxl", guidance_field="timestep_cond"),
+    "flux": LoopSeam("transformer", "flux", guidance_field="guidance", has_guider=False),
+    "qwenimage": LoopSeam("transformer", "qwenimage"),
+    "z-image": LoopSeam("transformer", "zimage"),
+    "stable-diffusion-3": LoopSeam("transformer", "sd3"),
 }
 """The modular pipelines the hybrid supports, by their blocks' ``model_name``."""
 

@@ -224,6 +224,8 @@ def build_regimes(
         "cads": over_student,
         "cond-noise": over_student,
         "renoise": over_student,
+        "uncond-first": over_student,
+        "guider": over_student,
         "interval-guidance": {"guidance_scale": guidance},  # over the hybrid with two base steps
     }
     return [parse_regime(spec, **defaults.get(name, {})) for spec, name in zip(specs, names, strict=True)]

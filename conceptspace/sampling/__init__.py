@@ -20,7 +20,10 @@ and :mod:`~conceptspace.sampling.sampler` (:func:`sample`: text, noise, batches,
 """
 
 from conceptspace.models.families import Conditioning
-from conceptspace.sampling import remedies  # noqa: F401 (importing it registers the remedies as regimes)
+from conceptspace.sampling import (
+    guided,  # noqa: F401 (registers diffusers' guiders as the "guider" regime)
+    remedies,  # noqa: F401 (importing it registers the remedies as regimes)
+)
 from conceptspace.sampling.loop import (
     Denoiser,
     ModelName,

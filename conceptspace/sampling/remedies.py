@@ -60,22 +60,28 @@ __all__ = [
     "cads_gamma",
     "cond_noise_perturb",
     "edm_sigma",
+    "denoiser_fields",
+    "describe_remedy",
     "evaluations",
+    "inner_regime",
     "noise_generator",
     "require_seeds",
     "row_noise",
     "row_stats",
     "slider_files",
     "token_weights",
+    "wrap_denoisers",
 ]
 
 
 # --------------------------------------------------------------------------------------------- shared machinery
-def _inner(over: Regime | str) -> Regime:
+def inner_regime(over: Regime | str) -> Regime:
+    """The regime a remedy wraps, from the regime or its name."""
     return regime_from_name(over) if isinstance(over, str) else over
 
 
-def _describe(remedy: Regime) -> dict[str, Any]:
+def describe_remedy(remedy: Regime) -> dict[str, Any]:
+    """A remedy's run.json entry: its name and every field, the wrapped regime described in turn."""
     described = {"regime": remedy.name}
     for f in fields(remedy):  # type: ignore[arg-type]
         value = getattr(remedy, f.name)
@@ -130,7 +136,7 @@ def require_seeds(cond: Conditioning, remedy: str) -> tuple[int, ...]:
     return cond.seeds
 
 
-def _wrap(segments: list[Segment], wrap: Any) -> list[Segment]:
+def wrap_denoisers(segments: list[Segment], wrap: Any) -> list[Segment]:
     """The same segments with each step's denoiser passed through ``wrap(denoiser, segment, index, position)``
     (``position``: the step's place in the whole schedule)."""
     wrapped, position = [], 0
@@ -143,7 +149,8 @@ def _wrap(segments: list[Segment], wrap: Any) -> list[Segment]:
     return wrapped
 
 
-def _denoiser_fields(den: Denoiser) -> dict[str, Any]:
+def denoiser_fields(den: Denoiser) -> dict[str, Any]:
+    """A denoiser's plain :class:`Denoiser` fields, to build a remedy's denoiser subclass over it."""
     return {f.name: getattr(den, f.name) for f in fields(Denoiser)}
 
 
@@ -253,12 +260,12 @@ class CADS(Regime):
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
             steps = int(segment.scheduler.config.num_train_timesteps)
-            return CADSDenoiser(**_denoiser_fields(den), **params, train_timesteps=steps)
+            return CADSDenoiser(**denoiser_fields(den), **params, train_timesteps=steps)
 
-        return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
+        return wrap_denoisers(inner_regime(self.over).segments(pair, device, latent_shape), wrap)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 # ----------------------------------------------------------------------------------------------------- cond-noise
@@ -322,18 +329,18 @@ class CondNoise(Regime):
     def segments(
         self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
     ) -> list[Segment]:
-        inner = _inner(self.over).segments(pair, device, latent_shape)
+        inner = inner_regime(self.over).segments(pair, device, latent_shape)
         total = sum(len(s.denoisers) for s in inner)
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
             if position / total >= self.until:
                 return den
-            return CondNoiseDenoiser(**_denoiser_fields(den), strength=self.strength, share=self.share)
+            return CondNoiseDenoiser(**denoiser_fields(den), strength=self.strength, share=self.share)
 
-        return _wrap(inner, wrap)
+        return wrap_denoisers(inner, wrap)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 # --------------------------------------------------------------------------------------------------- uncond-first
@@ -360,7 +367,7 @@ class UncondFirstDenoiser(Denoiser):
                 "uncond-first runs the unconditional inputs, but this conditioning was encoded without them: "
                 "encode it with cfg=True (conceptspace.sample does, for this regime)"
             )
-        plain = Denoiser(**_denoiser_fields(self))
+        plain = Denoiser(**denoiser_fields(self))
         if plain.uses_cfg:  # one pass: the unconditional inputs take the conditional branch's place
             plain = replace(plain, guidance_scale=self.family.single_pass_scale)
         return plain(model_input, t, replace(cond, inputs=cond.negative, negative=None))
@@ -386,21 +393,21 @@ class UncondFirst(Regime):
     def segments(
         self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
     ) -> list[Segment]:
-        inner = _inner(self.over).segments(pair, device, latent_shape)
+        inner = inner_regime(self.over).segments(pair, device, latent_shape)
         total = sum(len(s.denoisers) for s in inner)
         if self.steps >= total:
             raise ValueError(
-                f"uncond-first: steps={self.steps} covers all {total} steps of {_inner(self.over).name!r}, so no "
+                f"uncond-first: steps={self.steps} covers all {total} steps of {inner_regime(self.over).name!r}, so no "
                 f"step would see the prompt: use steps < {total}"
             )
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
-            return UncondFirstDenoiser(**_denoiser_fields(den)) if position < self.steps else den
+            return UncondFirstDenoiser(**denoiser_fields(den)) if position < self.steps else den
 
-        return _wrap(inner, wrap)
+        return wrap_denoisers(inner, wrap)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 # ---------------------------------------------------------------------------------------------- interval guidance
@@ -453,10 +460,10 @@ class IntervalGuidance(Regime):
             # the wrapped denoiser itself (an inner remedy stays), at the guided or the one-pass scale
             return replace(den, guidance_scale=scale if self.sigma_low < sigma <= self.sigma_high else single)
 
-        return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
+        return wrap_denoisers(inner_regime(self.over).segments(pair, device, latent_shape), wrap)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 # ------------------------------------------------------------------------------------------------------- renoise
@@ -505,11 +512,11 @@ class Renoise(Regime):
             network_input = level.alpha.to(x0) * x0 + level.sigma.to(x0) * noise
             return (network_input / schedules.latent_scale(scheduler, index + 1).to(x0)).to(latents.dtype)
 
-        inner = _inner(self.over).segments(pair, device, latent_shape)
+        inner = inner_regime(self.over).segments(pair, device, latent_shape)
         return [replace(segment, renoise=renoise) for segment in inner]
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 # --------------------------------------------------------------------------------------------------- sliderspace
@@ -625,12 +632,12 @@ class SliderSpaceScales(Regime):
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
             if den.name != "distilled":
                 return den
-            return SliderDenoiser(**_denoiser_fields(den), sliders=loaded, scale=self.scale)
+            return SliderDenoiser(**denoiser_fields(den), sliders=loaded, scale=self.scale)
 
-        return _wrap(_inner(self.over).segments(pair, device, latent_shape), wrap)
+        return wrap_denoisers(inner_regime(self.over).segments(pair, device, latent_shape), wrap)
 
     def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return describe_remedy(self)
 
 
 REGIMES.update(

@@ -1,7 +1,7 @@
 """Wall time of `conceptspace diagnose` on the testbed at the command's defaults (goal: ≤ 120 s on 2 CPU cores).
 
 The command as a user runs it — `--base shapes --student dmd --prompt "a shape"`, default n (32), the registry's
-50-step CFG base, k = 1…3 — in a fresh process writing to a fresh folder (imports and model loading included).
+50-step CFG base, k = 1…3 and the σ boundaries between the student's steps — in a fresh process writing to a fresh folder (imports and model loading included).
 Sampling time per regime comes from the run's own run.json; the rest (decoding and embedding x̂0, bootstraps,
 report) is the remainder.
 
@@ -28,7 +28,9 @@ def one_run(threads: int | None) -> dict:
         **phases(wall, run),
         "n": len(run["seeds"]),
         "ks": run["parameters"]["ks"],
+        "boundaries": run["parameters"]["boundaries"],
         "recommended_k": run["recommendation"]["k"],
+        "recommended_boundary": run["recommendation"]["boundary"],
         "reaches_base": run["recommendation"]["reaches_base"],
     }
 

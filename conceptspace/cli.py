@@ -1577,7 +1577,7 @@ def _print_diagnosis(result: Any) -> None:
         f"{'hybrid':<10} {'diversity [95% CI]':<24} {'hybrid − base [95% CI]':<30} {'NFE':>4}  reaches base?"
     )
     for c in result.choices:
-        name = f"k={c.k}" if c.boundary is None else f"t<{c.boundary}"
+        name = f"k={c.k}" if c.boundary is None else f"base>{c.boundary}"
         typer.echo(
             f"{name:<10} {c.value:.3f} {ci(c.ci_low, c.ci_high):<18} {c.diff:+.3f} "
             f"{ci(c.diff_low, c.diff_high, True):<23} {c.evaluations:>4}  {'yes' if c.reaches_base else 'no'}"

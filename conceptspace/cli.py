@@ -387,7 +387,8 @@ RegimeOpt = Annotated[
         "--regime",
         "--regimes",
         help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance, "
-        "renoise, sliderspace; options after colons, as compare takes them (hybrid:k=2, renoise:eta=0); repeat or "
+        "renoise, uncond-first, guider (a diffusers guider: guider:guider=ClassifierFreeZeroStarGuidance), "
+        "sliderspace; options after colons, as compare takes them (hybrid:k=2, renoise:eta=0); repeat or "
         "comma-separate.",
     ),
 ]

@@ -17,6 +17,7 @@ _EXPORTS = {
     "conceptspace.pipeline": ("DiversityPipeline",),
     "conceptspace.diversity": ("diversity_run", "measure_diversity"),
     "conceptspace.embeddings": ("Embedder", "load_embedder"),
+    "conceptspace.metrics.reference": ("cmmd", "prdc"),
     "conceptspace.models.registry": (
         "REGISTRY",
         "IncompatibleModelsError",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from conceptspace.compare import compare
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
+    from conceptspace.metrics.reference import cmmd, prdc
     from conceptspace.models.loading import ModelPair, load_pair
     from conceptspace.models.registry import (
         REGISTRY,
@@ -119,6 +121,7 @@ __all__ = [
     "decode",
     "Embedder",
     "build_report",
+    "cmmd",
     "compare",
     "diversity_run",
     "load_embedder",
@@ -128,6 +131,7 @@ __all__ = [
     "get_spec",
     "load_pair",
     "parse_regime",
+    "prdc",
     "regime_from_name",
     "register",
     "sample",

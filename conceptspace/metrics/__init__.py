@@ -31,7 +31,10 @@ Results come out as tidy rows (:func:`conceptspace.results.metric_row`) ready fo
 - :mod:`~conceptspace.metrics.measures` — the diversity measures as plain numbers;
 - :mod:`~conceptspace.metrics.draws` — their intervals and paired tests for one prompt (:func:`diversity`,
   :func:`compare_diversity`, :func:`lpips_diversity`);
-- :mod:`~conceptspace.metrics.rows` — tidy rows for one prompt and averaged over prompts.
+- :mod:`~conceptspace.metrics.rows` — tidy rows for one prompt and averaged over prompts;
+- :mod:`~conceptspace.metrics.reference` — a regime's samples against a reference set (the base model's own samples):
+  precision, recall, density and coverage (:func:`prdc`), CMMD (:func:`cmmd`) and their rows
+  (:func:`reference_rows`).
 
 FID, Inception Score and CLIP score live in :mod:`conceptspace.quality`, the estimates and resampling in
 :mod:`conceptspace.stats`; their names are importable from here as before.
@@ -53,6 +56,15 @@ from conceptspace.metrics.measures import (
     pairwise_distance,
     vendi_score,
     vendi_score_from_similarity,
+)
+from conceptspace.metrics.reference import (
+    CMMD_SCALE,
+    CMMD_SIGMA,
+    PRDC_METRICS,
+    REFERENCE_METRICS,
+    cmmd,
+    prdc,
+    reference_rows,
 )
 from conceptspace.metrics.rows import (
     RESAMPLE_MODES,
@@ -103,11 +115,15 @@ from conceptspace.stats import (  # noqa: F401  (their home is conceptspace.stat
 
 __all__ = [
     "ALL_PROMPTS",
+    "CMMD_SCALE",
+    "CMMD_SIGMA",
     "DIVERSITY_METRICS",
     "EXACT_JACKKNIFE_MAX",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_URL",
     "JACKKNIFE_GROUPS",
+    "PRDC_METRICS",
+    "REFERENCE_METRICS",
     "RESAMPLE_MODES",
     "Embedder",
     "Estimate",
@@ -119,6 +135,7 @@ __all__ = [
     "clip_score_rows",
     "clip_score_with",
     "clip_scores",
+    "cmmd",
     "compare_diversity",
     "cosine_distance_matrix",
     "diversity",
@@ -137,6 +154,8 @@ __all__ = [
     "paired_over_prompts",
     "paired_rows",
     "pairwise_distance",
+    "prdc",
+    "reference_rows",
     "vendi_score",
     "vendi_score_from_similarity",
 ]

@@ -13,7 +13,7 @@ from conceptspace._version import __version__
 # Public names and the module that defines each. They are imported on first use (PEP 562), so that
 # `import conceptspace` and the command line's help answer without loading torch and diffusers.
 _EXPORTS = {
-    "conceptspace.compare": ("compare",),
+    "conceptspace.comparison": ("compare",),
     "conceptspace.pipeline": ("DiversityPipeline",),
     "conceptspace.diversity": ("diversity_run", "measure_diversity"),
     "conceptspace.embeddings": ("Embedder", "load_embedder"),
@@ -52,7 +52,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from conceptspace.compare import compare
+    from conceptspace.comparison import compare
     from conceptspace.diversity import diversity_run, measure_diversity
     from conceptspace.embeddings import Embedder, load_embedder
     from conceptspace.metrics.reference import cmmd, prdc

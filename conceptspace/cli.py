@@ -1432,7 +1432,7 @@ def compare_methods(
     Example: conceptspace compare --base sdxl --student dmd2 --methods hybrid,cads,cond-noise,hybrid:k=2 --prompt "a cute puppy" -n 64 --out runs/compare
     """
     options = locals()
-    from conceptspace.compare import compare, parse_method
+    from conceptspace.comparison import compare, parse_method
     from conceptspace.sampling import Base
 
     specs = _listed(methods)

@@ -618,7 +618,7 @@ def _calls(pair: ModelPair, chosen: KChoice, base_guidance: float) -> dict[str, 
 
 
 def _modular_families() -> set[str]:
-    from conceptspace.modular.hybrid import LOOP_SEAMS
+    from conceptspace.modular.blocks import LOOP_SEAMS
 
     return {seam.family for seam in LOOP_SEAMS.values()}
 

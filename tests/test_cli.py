@@ -370,7 +370,7 @@ def test_every_registered_regime_means_the_same_in_every_command():
     import inspect
 
     from conceptspace.cli import build_regimes, diversity, generate, run_prompts, trajectory
-    from conceptspace.compare import parse_method
+    from conceptspace.comparison import parse_method
     from conceptspace.sampling import registered_regimes
 
     variants = {"hybrid": "k=2", "renoise": "eta=0", "cads": "noise_scale=0.1", "base": "steps=3"}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conceptspace import Base, Distilled, Hybrid, Named, load_pair, sample
 from conceptspace.cli import ranking_lines
-from conceptspace.compare import ALL_PROMPTS, compare, parse_method, ranking
+from conceptspace.comparison import ALL_PROMPTS, compare, parse_method, ranking
 from conceptspace.diversity import generate_or_reuse
 from conceptspace.quality import fid, frechet_distance
 from conceptspace.ranking import NO_CLEAR_WINNER, no_clear_winner

@@ -269,3 +269,12 @@ def test_a_hybrid_is_not_made_twice_or_of_an_unsupported_pipeline(dmd2) -> None:
         hybrid(hybrid(pipe, base, k=1), base, k=1)
     with pytest.raises(ValueError, match="no hybrid for"):
         hybrid(SequentialPipelineBlocks().init_pipeline(), base, k=1)
+
+
+def test_the_public_hybrid_is_the_function_even_after_its_module_is_imported() -> None:
+    import importlib
+
+    importlib.import_module("conceptspace.modular.blocks")  # what diagnose imports, before any user does
+    from conceptspace.modular import hybrid
+
+    assert callable(hybrid) and hybrid.__name__ == "hybrid"

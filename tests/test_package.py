@@ -42,3 +42,15 @@ def test_every_module_but_the_testbeds_own_is_forbidden_to_import_the_testbed():
     }
     allowed = {"conceptspace.testbed", "conceptspace.demo", "conceptspace.cli"}
     assert set(contract["source_modules"]) == modules - allowed
+
+
+def test_no_public_name_is_also_the_name_of_a_submodule_of_its_package():
+    """Importing a submodule sets it as its package's attribute, over a lazily exported name of the same
+    spelling: after ``import conceptspace.compare``, ``from conceptspace import compare`` gave the module."""
+    import importlib
+    import pkgutil
+
+    for name in ("conceptspace", "conceptspace.modular", "conceptspace.sampling", "conceptspace.metrics"):
+        package = importlib.import_module(name)
+        submodules = {module.name for module in pkgutil.iter_modules(package.__path__)}
+        assert not set(package.__all__) & submodules, name

@@ -391,7 +391,7 @@ def test_at_1280_px_the_compare_report_fits_and_its_legends_are_whole(tmp_path, 
     import torch
 
     from conceptspace import Base, load_pair
-    from conceptspace.compare import compare
+    from conceptspace.comparison import compare
 
     pair = load_pair("shapes", "dmd", device="cpu", dtype=torch.float32)
     result = compare(pair, ["a shape"], ["hybrid", "cads"], seeds=range(4), out_dir=tmp_path / "cmp",

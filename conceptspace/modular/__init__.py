@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 from conceptspace._lazy import lazy_exports
 
 _EXPORTS = {
-    "conceptspace.modular.hybrid": ("HybridLoopDenoiser", "hybrid"),
+    "conceptspace.modular.blocks": ("HybridLoopDenoiser", "hybrid"),
     "conceptspace.modular.cads": ("CADSGuidance",),
     "conceptspace.modular.cond_noise": ("CondNoiseGuidance",),
     "conceptspace.modular.uncond_first": ("UncondFirstGuidance",),
 }
 
 if TYPE_CHECKING:
+    from conceptspace.modular.blocks import HybridLoopDenoiser, hybrid
     from conceptspace.modular.cads import CADSGuidance
     from conceptspace.modular.cond_noise import CondNoiseGuidance
-    from conceptspace.modular.hybrid import HybridLoopDenoiser, hybrid
     from conceptspace.modular.uncond_first import UncondFirstGuidance
 
 __all__ = ["CADSGuidance", "CondNoiseGuidance", "HybridLoopDenoiser", "UncondFirstGuidance", "hybrid"]

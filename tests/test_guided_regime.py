@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conceptspace import load_pair
 from conceptspace.remedies import CADS
 from conceptspace.sampling import (
     Base,
@@ -17,7 +18,8 @@ from conceptspace.sampling import (
     regime_from_name,
     sample,
 )
-from conceptspace.sampling.guided import Guided, GuidedDenoiser
+from conceptspace.sampling.guided import CFGZeroStar, Guided, GuidedDenoiser
+from conceptspace.sampling.remedies import evaluations
 
 PROMPT = "a red circle"
 SEEDS = [0, 1]
@@ -167,3 +169,61 @@ def test_unknown_guider_and_bad_scale_are_refused():
         Guided(guider="ClassifierFreeGuidance", guidance_scale=float("nan"))
     with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
         parse_regime("guider:guidance_scale=-1")
+
+
+# ------------------------------------------------------------------------------------------------ cfg-zero-star
+def test_cfg_zero_star_at_its_zero_setting_is_the_wrapped_regime_exactly(pair):
+    # no zero-init and scale 1: diffusers' guider runs the one conditional pass and returns it untouched
+    zero = CFGZeroStar(zero_init_steps=0, guidance_scale=1)
+    assert torch.equal(_latents(pair, zero), _latents(pair, Distilled()))
+    hybrid = CFGZeroStar(over=Hybrid(k=1), zero_init_steps=0, guidance_scale=1)
+    assert torch.equal(_latents(pair, hybrid), _latents(pair, Hybrid(k=1)))
+
+
+def test_cfg_zero_star_by_default_leaves_an_epsilon_student_as_it_is(pair):
+    regime = parse_regime("cfg-zero-star")
+    assert isinstance(regime, CFGZeroStar) and regime.name == "cfg-zero-star"
+    assert regime.describe() == {
+        "regime": "cfg-zero-star", "over": "distilled", "guider": "ClassifierFreeZeroStarGuidance",
+        "guidance_scale": None, "zero_init_steps": None,
+    }  # fmt: skip
+    dens = [den for segment in regime.segments(pair, CPU) for den in segment.denoisers]
+    assert [den.guider_scale for den in dens] == [1.0] * 4  # the student's one pass, not diffusers' scale 0
+    # zeros are no "stay" for an ε-prediction network: no zero-init, so at scale 1 the student itself
+    assert torch.equal(_latents(pair, regime), _latents(pair, Distilled()))
+
+
+def test_cfg_zero_star_by_default_zeroes_a_flow_students_first_step_at_its_cost():
+    flow = load_pair("tiny-sd3", "tiny-sd3-turbo", device="cpu")
+    regime = parse_regime("cfg-zero-star")
+    dens = [den for segment in regime.segments(flow, CPU) for den in segment.denoisers]
+    assert evaluations(regime.segments(flow, CPU)) == evaluations(Distilled().segments(flow, CPU))
+    assert (_latents(flow, regime) - _latents(flow, Distilled())).abs().max() > 1e-3
+    cond = encode_text(flow, PROMPT, negative_prompt=None, cfg=False, height=64, width=64).repeat(2)
+    channels = flow.network("student").config.in_channels
+    x = torch.randn(2, channels, *latent_size(flow, 64, 64), generator=torch.Generator().manual_seed(0))
+    first_timestep = regime.segments(flow, CPU)[0].scheduler.timesteps[0]
+    with torch.no_grad():
+        assert torch.equal(dens[0](x, first_timestep, cond), torch.zeros_like(x))  # the zero-init: velocity 0
+        assert not torch.equal(dens[1](x, first_timestep, cond), torch.zeros_like(x))
+
+
+def test_cfg_zero_star_over_the_base_runs_the_bases_cfg(pair):
+    dens = [den for seg in CFGZeroStar(over=Base(steps=3)).segments(pair, CPU) for den in seg.denoisers]
+    assert [den.guider_scale for den in dens] == [5.0] * 3 and [den.conditions for den in dens] == [2, 2, 2]
+
+
+def test_cfg_zero_star_options_are_checked():
+    assert (
+        parse_regime("cfg-zero-star:zero_init_steps=0:guidance_scale=2").describe()["over"]["zero_init_steps"]
+        == 0
+    )
+    with pytest.raises(ValueError, match="zero_init_steps must be a whole number >= 0"):
+        CFGZeroStar(zero_init_steps=-1)
+    with pytest.raises(ValueError, match="cfg-zero-star takes no option 'guider'"):
+        parse_regime("cfg-zero-star:guider=ClassifierFreeGuidance")
+
+
+def test_cfg_zero_star_refuses_to_zero_every_step(pair):
+    with pytest.raises(ValueError, match="zero_init_steps=4 zeroes all 4 steps"):
+        CFGZeroStar(zero_init_steps=4).segments(pair, CPU)

@@ -23,6 +23,7 @@ from conceptspace.models.families import Conditioning
 from conceptspace.sampling import (
     guided,  # noqa: F401 (registers diffusers' guiders as the "guider" regime)
     remedies,  # noqa: F401 (importing it registers the remedies as regimes)
+    repellency,  # noqa: F401 (registers SPELL's batch repellency as the "repellency" regime)
 )
 from conceptspace.sampling.loop import (
     Denoiser,

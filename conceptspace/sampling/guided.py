@@ -26,12 +26,13 @@ import difflib
 import importlib
 import inspect
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from conceptspace import schedules
 from conceptspace.models.families import Conditioning
 from conceptspace.models.loading import ModelPair
 from conceptspace.sampling.loop import Denoiser, Segment, switched_on
@@ -39,6 +40,7 @@ from conceptspace.sampling.regimes import REGIMES, Regime
 from conceptspace.sampling.remedies import denoiser_fields, describe_remedy, inner_regime, wrap_denoisers
 
 __all__ = [
+    "CFGZeroStar",
     "CONCEPTSPACE_GUIDERS",
     "Guided",
     "GuidedDenoiser",
@@ -108,11 +110,13 @@ def _quiet_guiders() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def build_guider(cls: type, guidance_scale: float | None) -> Any:
-    """``cls`` at ``guidance_scale`` (None: the class's own default). A guider with one scale per frequency band
-    (``guidance_scales``: FrequencyDecoupledGuidance) gets the scale in every band. A guider that cannot be built
-    so (one that needs layers to skip, a missing optional package) is a ValueError naming it."""
-    kwargs: dict[str, Any] = {}
+def build_guider(cls: type, guidance_scale: float | None, options: Mapping[str, Any] | None = None) -> Any:
+    """``cls`` at ``guidance_scale`` (None: the class's own default), with ``options`` passed on as they are (a
+    regime that fixes its guider sets that guider's own options: CFG-Zero*'s ``zero_init_steps``). A guider with
+    one scale per frequency band (``guidance_scales``: FrequencyDecoupledGuidance) gets the scale in every band. A
+    guider that cannot be built so (one that needs layers to skip, a missing optional package) is a ValueError
+    naming it."""
+    kwargs: dict[str, Any] = dict(options or {})
     if guidance_scale is not None:
         params = inspect.signature(cls.__init__).parameters
         if "guidance_scale" in params:
@@ -150,9 +154,10 @@ class GuidedDenoiser(Denoiser):
     total: int = 1
     timestep: float = 0.0
     guiders: dict[tuple[str, float], Any] = field(default_factory=dict, repr=False, compare=False)
+    guider_options: dict[str, Any] = field(default_factory=dict)
 
     def _fresh(self) -> Any:
-        guider = build_guider(self.guider_class, self.guider_scale)
+        guider = build_guider(self.guider_class, self.guider_scale, self.guider_options)
         guider.set_state(
             step=self.position, num_inference_steps=self.total, timestep=torch.tensor(self.timestep)
         )
@@ -179,7 +184,7 @@ class GuidedDenoiser(Denoiser):
             self.guiders.clear()  # a new batch of images: no state from the last one
         key = (self.name, self.guider_scale)
         if key not in self.guiders:
-            self.guiders[key] = build_guider(self.guider_class, self.guider_scale)
+            self.guiders[key] = build_guider(self.guider_class, self.guider_scale, self.guider_options)
         return self.guiders[key]
 
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -235,7 +240,20 @@ class Guided(Regime):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # checks guidance_scale (check_guidance: NaN would silently turn guidance off)
-        build_guider(guider_class(self.guider), self.guidance_scale)  # unknown or unbuildable: refused now
+        # unknown or unbuildable: refused now
+        build_guider(guider_class(self.guider), self.guidance_scale, self.guider_options())
+
+    def guider_options(self) -> dict[str, Any]:
+        """Options of the guider beyond its scale (none here: each guider at its class's defaults); a subclass
+        that fixes its guider sets that guider's own."""
+        return {}
+
+    def step_scale(self, den: Denoiser) -> float:
+        """The scale the guider runs at on ``den``'s step: ``guidance_scale``, or with None the step's own (1 for
+        a network that takes its scale as an input: no CFG on top of it)."""
+        if self.guidance_scale is not None:
+            return float(self.guidance_scale)
+        return _NO_CFG_SCALE if den.embeds_guidance else float(den.guidance_scale)
 
     def segments(
         self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
@@ -244,23 +262,23 @@ class Guided(Regime):
         total = sum(len(s.denoisers) for s in inner)
         cls = guider_class(self.guider)
         shared: dict[tuple[str, float], Any] = {}
+        options = self.guider_options()
 
         def wrap(den: Denoiser, segment: Segment, index: int, position: int) -> Denoiser:
             if type(den) is not Denoiser:
                 raise ValueError(
                     f"guider: {inner_regime(self.over).name!r} changes its denoisers' calls ({type(den).__name__}), which "
                     "a guider would replace: use the remedy's guider instead (guider=CADSGuidance, CondNoiseGuidance, "
-                    "UncondFirstGuidance)"
+                    "UncondFirstGuidance), or put the remedy outside the guider (repellency over a guider regime)"
                 )
-            scale = self.guidance_scale
-            if scale is None:
-                scale = _NO_CFG_SCALE if den.embeds_guidance else den.guidance_scale
+            scale = self.step_scale(den)
             own = denoiser_fields(den)
             if not den.embeds_guidance:  # what run.json's guidance_used reports: the scale the guider ran at
                 own["guidance_scale"] = float(scale)
             return GuidedDenoiser(
                 **own, guider_class=cls, guider_scale=float(scale), position=position,
                 total=total, timestep=float(segment.scheduler.timesteps[index]), guiders=shared,
+                guider_options=dict(options),
             )  # fmt: skip
 
         return wrap_denoisers(inner, wrap)
@@ -269,4 +287,77 @@ class Guided(Regime):
         return describe_remedy(self)
 
 
+@dataclass(frozen=True)
+class CFGZeroStar(Guided):
+    """CFG-Zero* (Fan et al., arXiv 2503.18886) as a regime of its own: diffusers' ``ClassifierFreeZeroStarGuidance``
+    over ``over`` (default the student alone), with its two parts as options.
+
+    - **Zero-init** (``zero_init_steps``; default None: the paper's and diffusers' 1 on a flow-matching network,
+      0 on any other, where zeros mean something else — below): the first steps' network output is replaced by
+      zeros. The paper means a flow model's *velocity*: a zero velocity leaves the latent
+      where it is, so the first step is spent doing nothing (the paper finds the early velocity estimate worse
+      than none). Zeros mean that only in flow parametrisation: on an ε-prediction network a zero ε̂ makes the
+      step's x̂0 the input itself divided by α (at SDXL's t = 999, ≈15× the noise), which the next step inherits.
+    - **Optimised scale** s* = ⟨c, u⟩/‖u‖² per sample: CFG becomes s*·u + w·(c − s*·u) (``guidance_scale`` w).
+      At w = 1 diffusers runs one conditional pass and s* plays no part.
+
+    ``guidance_scale=None`` (default): each step's own guidance in the guider's convention — the step's scale where
+    it runs CFG (a base step at its registry scale: full CFG-Zero*), else 1 (one conditional pass: a distilled
+    student, whose guidance is baked in, and a network that takes its scale as an input). Unlike the ``guider``
+    regime's None, it never hands a student's 0 to the guider (which would run the scaled *unconditional*
+    prediction).
+
+    So on a 1–4-step flow student (SD3.5-Turbo, FLUX.1-schnell, Qwen-Image-Lightning) the default is the student's
+    own passes with its first step zeroed, at its cost: the one part of CFG-Zero* that applies to a
+    guidance-distilled model, which runs no unconditional pass for s* to rescale. It spends a quarter (4 steps) or
+    half (2 steps) of the steps on nothing (1 step: refused): the second step starts from the unchanged initial
+    noise at a lower noise level than that noise has — not a state the student was distilled on; what that does to
+    its images is not measured here. On an ε- or v-prediction student (DMD2, SDXL-Turbo, LCM) a zeroed first step
+    would be destructive (see above), so the default there is no zero-init, which at scale 1 is the student
+    itself: give ``guidance_scale`` > 1 for the optimised-scale CFG on top of the student (two passes a step, on a
+    student distilled to run without CFG: untested here). A zero-init covering every
+    step is refused (the output would be the initial noise). The zero setting — ``zero_init_steps=0`` and
+    ``guidance_scale=1`` — is ``over`` exactly (one conditional pass a step, returned as it is).
+    """
+
+    zero_init_steps: int | None = None
+    guider: str = field(default="ClassifierFreeZeroStarGuidance", init=False)
+    name: str = field(default="cfg-zero-star", init=False)
+
+    def __post_init__(self) -> None:
+        steps = self.zero_init_steps
+        if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+            raise ValueError(f"cfg-zero-star: zero_init_steps must be a whole number >= 0, got {steps!r}")
+        super().__post_init__()
+
+    def guider_options(self) -> dict[str, Any]:
+        # None is settled per pair in segments(); the guider built to check the options takes the paper's 1
+        return {"zero_init_steps": 1 if self.zero_init_steps is None else self.zero_init_steps}
+
+    def step_scale(self, den: Denoiser) -> float:
+        if self.guidance_scale is not None:
+            return float(self.guidance_scale)
+        return float(den.guidance_scale) if den.uses_cfg else _NO_CFG_SCALE
+
+    def segments(
+        self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
+    ) -> list[Segment]:
+        if (
+            self.zero_init_steps is None
+        ):  # the paper's zero-init where zeros mean "stay": a flow network's first step
+            first = inner_regime(self.over).segments(pair, device, latent_shape)[0].denoisers[0]
+            steps = 1 if first.prediction_type == schedules.FLOW else 0
+            return replace(self, zero_init_steps=steps).segments(pair, device, latent_shape)
+        segments = super().segments(pair, device, latent_shape)
+        total = sum(len(segment.denoisers) for segment in segments)
+        if self.zero_init_steps >= total:
+            raise ValueError(
+                f"cfg-zero-star: zero_init_steps={self.zero_init_steps} zeroes all {total} steps of "
+                f"{inner_regime(self.over).name!r}, so the output would be the initial noise: use zero_init_steps < "
+                f"{total} (0: no zero-init)"
+            )
+        return segments
+
+
 REGIMES["guider"] = Guided  # type: ignore[assignment]
+REGIMES["cfg-zero-star"] = CFGZeroStar  # type: ignore[assignment]

@@ -150,6 +150,9 @@ _REPO_LAYOUTS: dict[str, _RepoLayout] = {
     "sdxl": _RepoLayout(tiny_sdxl_pipeline, clip_tokenizers=("tokenizer", "tokenizer_2")),
     "sd21": _RepoLayout(tiny_sd_pipeline, clip_tokenizers=("tokenizer",)),
     "sd35": _RepoLayout(tiny_sd3_pipeline, clip_tokenizers=("tokenizer", "tokenizer_2"), sharded_network=True),
+    "sd35-medium": _RepoLayout(  # MMDiT-X; its transformer is one file (4.94 GB), not shards
+        lambda seed: tiny_sd3_pipeline(seed, medium=True), clip_tokenizers=("tokenizer", "tokenizer_2")
+    ),
     "flux": _RepoLayout(  # the student repo: schnell's shape; its tokenizer_2 is T5's
         lambda seed: tiny_flux_pipeline(seed, schnell=seed != 0), clip_tokenizers=("tokenizer",), sharded_network=True
     ),
@@ -162,6 +165,16 @@ _REPO_LAYOUTS: dict[str, _RepoLayout] = {
 }
 
 
+_NETWORK_FILES: dict[str, tuple[Callable[[int], Any], torch.dtype]] = {
+    "sdxl": (tiny_sdxl_unet, torch.float16),
+    "sd21": (tiny_sd_unet, torch.float16),
+    "sd35-medium": (lambda seed: tiny_sd3_transformer(seed, medium=True), torch.bfloat16),
+}
+"""Per family, the tiny network (seed → module) a student stored as a bare state dict (``unet_file``) holds, and the
+dtype its repo's file is in: DMD2's and Lightning's fp16, DP-DMD's bf16 (its training script saves the bf16 FSDP
+state dict as it is)."""
+
+
 def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = None) -> Path:
     """Write tiny random weights for registry entries into a Hugging Face hub cache, in each repo's real layout.
 
@@ -170,8 +183,9 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
     tokenizers; SD3.5's, FLUX.1's, Z-Image's and Qwen-Image's transformers sharded with their index; PixArt's under
     the legacy class name ``Transformer2DModel``; Z-Image's and Qwen-Image's ``Qwen2Tokenizer``), the LCM UNet a
     UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``), SDXL-Lightning a fp16
-    ``.safetensors`` state dict, and the LoRA students LoRA files in their repos' key layouts. As in a real cache,
-    snapshot files are symlinks into the repo's ``blobs/``.
+    ``.safetensors`` state dict, DP-DMD a pickled bf16 SD3.5 Medium transformer state dict (``.pt``, diffusers keys;
+    its base's transformer one file, not shards), and the LoRA students LoRA files in their repos' key layouts. As in
+    a real cache, snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
     """
     from diffusers import EulerAncestralDiscreteScheduler
@@ -215,10 +229,8 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
             unet.save_pretrained(snapshot / (spec.subfolder or ""))
             unet.to(torch.float16).save_pretrained(snapshot / (spec.subfolder or ""), variant="fp16")
         elif spec.storage == "unet_file":
-            state_dict = {
-                k: v.to(torch.float16).contiguous()
-                for k, v in unets[spec.family](seed=30).state_dict().items()
-            }
+            network, dtype = _NETWORK_FILES[spec.family]
+            state_dict = {k: v.to(dtype).contiguous() for k, v in network(30).state_dict().items()}
             if spec.filename.endswith(".safetensors"):
                 save_file(state_dict, str(snapshot / spec.filename))
             else:

@@ -132,12 +132,14 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
     # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids, PixArt-α/δ
     # tests/test_pixart_family.py, Z-Image tests/test_zimage_family.py, Qwen-Image and its Lightning LoRAs
-    # tests/test_qwenimage_family.py; the SDXL LoRA students: below
+    # tests/test_qwenimage_family.py, SD3.5-Medium and DP-DMD tests/test_dp_dmd.py; the SDXL LoRA students: below
     assert downloadable == {
         "sdxl",
         "sd21",
         "sd35-large",
         "sd35-large-turbo",
+        "sd35-medium",
+        "dp-dmd",
         "flux-dev",
         "flux-schnell",
         "pixart-alpha",
@@ -640,7 +642,7 @@ def test_unknown_name_suggests_close_names_or_lists_known_ones():
     with pytest.raises(KeyError) as info:  # a ValueError too: the CLI's one-line user error
         get_spec("dmd3")
     assert isinstance(info.value, ValueError)
-    assert str(info.value).startswith("unknown model 'dmd3'; did you mean dmd or dmd2?")
+    assert str(info.value).startswith("unknown model 'dmd3'; did you mean dmd or dmd2 or dp-dmd?")
     with pytest.raises(ValueError) as info:
         get_spec("xyzzy")  # nothing close: the whole registry
     for name in ("dmd2", "lightning", "sdxl", "tiny-sdxl"):
@@ -752,7 +754,7 @@ def test_cli_models_reads_hf_hub_cache(hub_cache: Path):
             "dmd2",
             f"error: model 'sdxl' needs {SDXL_REPO} (model_index.json and UNet weights unet/",
         ),
-        ("dmd3", "error: unknown model 'dmd3'; did you mean dmd or dmd2?"),
+        ("dmd3", "error: unknown model 'dmd3'; did you mean dmd or dmd2 or dp-dmd?"),
     ],
 )
 def test_cli_user_errors_are_one_line_with_status_2(

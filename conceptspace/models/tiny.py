@@ -314,23 +314,32 @@ def tiny_t5_encoder(seed: int = 0) -> Any:
         return T5EncoderModel(config).eval()
 
 
-def tiny_sd3_transformer(seed: int = 0) -> Any:
-    """A tiny ``SD3Transformer2DModel`` (one joint block) for the tiny SD3 pipeline's latents and text."""
+def tiny_sd3_transformer(seed: int = 0, *, medium: bool = False) -> Any:
+    """A tiny ``SD3Transformer2DModel`` (one joint block) for the tiny SD3 pipeline's latents and text.
+
+    ``medium``: SD3.5 Medium's MMDiT-X shape instead — RMS QK-normalization and, in the first of two blocks (Medium:
+    its first blocks of 24), a second image-only attention (``dual_attention_layers``), so that its state dict holds
+    the keys (``attn2.*``, ``norm_q``/``norm_k``) a Medium checkpoint holds and a plain SD3 network lacks."""
     from diffusers import SD3Transformer2DModel
 
+    shape = (
+        {"num_layers": 2, "dual_attention_layers": (0,), "qk_norm": "rms_norm"}
+        if medium
+        else {"num_layers": 1}
+    )
     with _seeded(seed):
         return SD3Transformer2DModel(
             sample_size=32,
             patch_size=1,
             in_channels=4,
             out_channels=4,
-            num_layers=1,
             attention_head_dim=8,
             num_attention_heads=4,
             joint_attention_dim=T5_HIDDEN,
             caption_projection_dim=32,
             pooled_projection_dim=2 * TEXT_PROJECTION,
             pos_embed_max_size=96,
+            **shape,
         ).eval()
 
 
@@ -345,8 +354,8 @@ def tiny_flow_vae(seed: int = 0) -> Any:
     return vae
 
 
-def tiny_sd3_components(seed: int = 0) -> dict[str, Any]:
-    """The components of a tiny ``StableDiffusion3Pipeline``."""
+def tiny_sd3_components(seed: int = 0, *, medium: bool = False) -> dict[str, Any]:
+    """The components of a tiny ``StableDiffusion3Pipeline`` (``medium``: with SD3.5 Medium's transformer shape)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModelWithProjection
 
@@ -354,7 +363,7 @@ def tiny_sd3_components(seed: int = 0) -> dict[str, Any]:
         text_encoder = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
     return {
-        "transformer": tiny_sd3_transformer(seed),
+        "transformer": tiny_sd3_transformer(seed, medium=medium),
         "vae": tiny_flow_vae(seed + 2000),
         "scheduler": FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
         "text_encoder": text_encoder,
@@ -368,8 +377,8 @@ def tiny_sd3_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
-def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
-    return _pipeline("StableDiffusion3Pipeline", tiny_sd3_components(seed), dtype)
+def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32, medium: bool = False) -> Any:
+    return _pipeline("StableDiffusion3Pipeline", tiny_sd3_components(seed, medium=medium), dtype)
 
 
 FLUX_DEV_SCHEDULER: dict[str, Any] = {

@@ -251,6 +251,14 @@ def test_impossible_hybrids_are_refused(dmd2, options: dict[str, Any], message: 
         hybrid(pipe, base, **options)
 
 
+def test_more_base_steps_than_the_schedule_has_is_a_clear_error(dmd2) -> None:
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2
+    with pytest.raises(ValueError, match="k=5 is more than the schedule's 4 steps"):
+        _images(hybrid(pipe, base, k=5))
+
+
 def test_a_lora_free_network_without_a_base_is_a_clear_error(dmd2) -> None:
     from conceptspace.modular import hybrid
 

@@ -157,6 +157,10 @@ class HybridLoopDenoiser(ModularPipelineBlocks):
     def __call__(self, components: ModularPipeline, block_state: Any, i: int, t: torch.Tensor) -> Any:
         if i == 0 or getattr(block_state, "hybrid_schedule", None) is None:
             block_state.hybrid_schedule = []
+            timesteps = getattr(block_state, "timesteps", None)
+            steps = 0 if timesteps is None else len(timesteps)
+            if self.k is not None and steps and self.k > steps:
+                raise ValueError(f"hybrid k={self.k} is more than the schedule's {steps} steps")
         base = self.runs_base(i, t, components.scheduler)
         block_state.hybrid_schedule.append((i, timestep_value(t), "base" if base else "student"))
         if not base:
@@ -248,6 +252,9 @@ def hybrid(
         base_guider: any diffusers guider for the base's steps instead (e.g. ``CADSGuidance``, APG); its CFG
             needs the pipeline's encoders to make unconditional embeddings, which they do when the pipeline's own
             guider uses them.
+
+    The base's output goes to the student's scheduler as it is, so it must be in the same parametrisation: ε for
+    SDXL's students, velocity for the flow families' (true of every registry pair).
 
     Returns:
         A new modular pipeline sharing ``pipe``'s components (nothing is copied), with ``base_<network>`` and

@@ -46,7 +46,16 @@ from conceptspace.models import ModelPair
 from conceptspace.remedies import evaluations
 from conceptspace.report import build_report
 from conceptspace.results import ALL_PROMPTS, metric_row, write_metrics
-from conceptspace.sampling import Base, Distilled, Hybrid, SampleResult, check_prompt, check_seed, sample
+from conceptspace.sampling import (
+    Base,
+    Distilled,
+    Hybrid,
+    Regime,
+    SampleResult,
+    check_prompt,
+    check_seed,
+    sample,
+)
 from conceptspace.stats import check_settings, mean_estimate
 from conceptspace.trajectories import decode_trajectory
 
@@ -195,35 +204,13 @@ def diagnose(
         negative_prompt=negative_prompt, height=height, width=width, batch_size=batch_size, progress=progress
     )
     at_student = Hybrid(k=_student_steps(pair), base_guidance=base_guidance)
-    costs = {
-        BASE: _cost(base, pair),
-        STUDENT: _cost(Distilled(), pair),
-        BASE_AT_STUDENT: _cost(at_student, pair),
-    }
+    regimes = {BASE: base, STUDENT: Distilled(), BASE_AT_STUDENT: at_student}
+    costs = {name: _cost(regime, pair) for name, regime in regimes.items()}
     costs.update({switch.name: _cost(switch.regime, pair) for switch in sweep})
 
-    finals: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → final-image embeddings
-    per_step: dict[str, dict[str, np.ndarray]] = {}  # prompt → regime → (n, student steps, d) x̂0 embeddings
-    records: dict[str, dict[str, Any]] = {}
-    step_info: list[dict[str, Any]] = []
-    commitment_rows: list[dict[str, Any]] = []
-    for index, prompt in enumerate(prompt_list):
-        runs, step_info = _sample_prompt(pair, prompt, seed_list, base, at_student, sweep, options)
-        student_steps = [s["step"] for s in step_info]
-        finals[prompt] = {name: _embed(model, run.images) for name, run in runs.items()}
-        per_step[prompt] = {
-            STUDENT: _embed_steps(pair, model, runs[STUDENT].trajectory, student_steps),
-            BASE_AT_STUDENT: _embed_steps(pair, model, runs[BASE_AT_STUDENT].trajectory, student_steps),
-            BASE: _embed_steps(pair, model, runs[BASE].trajectory, [s["base_step"] for s in step_info]),
-        }
-        for name in (STUDENT, BASE_AT_STUDENT, BASE):
-            commitment_rows += _commitment_rows(
-                prompt, name, per_step[prompt][name], finals[prompt][name], step_info, model.name, n_boot
-            )
-        for name, run in runs.items():
-            _keep_images(out / name, index, run, images_kept)
-            _record(records, name, run, costs[name])
-
+    finals, per_step, commitment_rows, step_info, records = _measure(
+        pair, prompt_list, seed_list, regimes, sweep, costs, model, out, options, images_kept, n_boot
+    )
     stats = dict(n_boot=n_boot, embedder=model.name)
     rows = _step_rows(per_step, step_info, **stats) + commitment_rows
     rows += _final_rows(finals, costs, sweep, n_perm=n_perm, **stats)
@@ -251,6 +238,46 @@ def diagnose(
             out, title=f"conceptspace diagnose: {pair.base.name} → {pair.student.name}"
         )
     return result
+
+
+def _measure(
+    pair: ModelPair,
+    prompts: list[str],
+    seeds: list[int],
+    recorded: dict[str, Regime],
+    sweep: list[_Switch],
+    costs: dict[str, dict[str, int]],
+    model: Embedder,
+    out: Path,
+    options: dict[str, Any],
+    images_kept: int,
+    n_boot: int,
+) -> tuple[dict, dict, list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every prompt sampled in every regime and embedded: the final images' embeddings (prompt → regime), the x̂0
+    embeddings at the student's steps (prompt → regime → (n, steps, d)), the commitment rows, the steps matched
+    between the schedules, and each regime's record for run.json; a few images kept per regime."""
+    finals: dict[str, dict[str, np.ndarray]] = {}
+    per_step: dict[str, dict[str, np.ndarray]] = {}
+    commitment_rows: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
+    step_info: list[dict[str, Any]] = []
+    for index, prompt in enumerate(prompts):
+        runs, step_info = _sample_prompt(pair, prompt, seeds, recorded, sweep, options)
+        student_steps = [s["step"] for s in step_info]
+        finals[prompt] = {name: _embed(model, run.images) for name, run in runs.items()}
+        per_step[prompt] = {
+            STUDENT: _embed_steps(pair, model, runs[STUDENT].trajectory, student_steps),
+            BASE_AT_STUDENT: _embed_steps(pair, model, runs[BASE_AT_STUDENT].trajectory, student_steps),
+            BASE: _embed_steps(pair, model, runs[BASE].trajectory, [s["base_step"] for s in step_info]),
+        }
+        for name in (STUDENT, BASE_AT_STUDENT, BASE):
+            commitment_rows += _commitment_rows(
+                prompt, name, per_step[prompt][name], finals[prompt][name], step_info, model.name, n_boot
+            )
+        for name, run in runs.items():
+            _keep_images(out / name, index, run, images_kept)
+            _record(records, name, run, costs[name])
+    return finals, per_step, commitment_rows, step_info, records
 
 
 def _decided(
@@ -286,14 +313,12 @@ def _sample_prompt(
     pair: ModelPair,
     prompt: str,
     seeds: list[int],
-    base: Base,
-    at_student: Hybrid,
+    recorded: dict[str, Regime],
     sweep: list[_Switch],
     options: dict[str, Any],
 ) -> tuple[dict[str, SampleResult], list[dict[str, Any]]]:
-    """One prompt in every regime (the student and the base, on its own schedule and on the student's, with their
-    x̂0 recorded), and the base's own steps matched to the student's."""
-    recorded = {STUDENT: Distilled(), BASE: base, BASE_AT_STUDENT: at_student}
+    """One prompt in every regime (the ``recorded`` ones — the student and the base, on its own schedule and on the
+    student's — with their x̂0), and the base's own steps matched to the student's."""
     runs = {
         name: sample(pair, prompt, regime, seeds, output_type="pt", record_x0=True, **options)
         for name, regime in recorded.items()

@@ -850,3 +850,38 @@ def test_a_regime_against_itself_differs_by_exactly_zero(metric):
     x = np.random.default_rng(3).normal(size=(40, 16))
     estimate = metrics.compare_diversity(x, x, metric, n_boot=300, n_perm=300)
     assert (estimate.value, estimate.ci_low, estimate.ci_high, estimate.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------- prompt-aware Vendi
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_conditional_vendi_is_the_weighted_geometric_mean_of_the_prompts_own_scores_at_order_one():
+    rng = np.random.default_rng(3)
+    a, b = _unit(rng.normal(size=(6, 8))), _unit(rng.normal(size=(10, 8)))  # unequal shares: 6/16 and 10/16
+    prompts = ["a"] * 6 + ["b"] * 10
+    expected = math.exp(6 / 16 * math.log(vendi_score(a)) + 10 / 16 * math.log(vendi_score(b)))
+    assert metrics.conditional_vendi(np.vstack([a, b]), prompts) == pytest.approx(expected, rel=1e-9)
+    assert metrics.conditional_vendi(a, ["a"] * 6) == pytest.approx(vendi_score(a), rel=1e-9)  # one prompt
+
+
+def test_conditional_vendi_of_order_two_is_the_power_mean_of_the_prompts_eigenvalue_sums():
+    rng = np.random.default_rng(4)
+    blocks = [_unit(rng.normal(size=(5, 6))) for _ in range(3)]
+    sums = []
+    for block in blocks:  # Σ λ² of each prompt's own normalised kernel K/5
+        lam = np.linalg.eigvalsh(block @ block.T / 5)
+        sums.append((lam**2).sum())
+    expected = 1 / np.mean(sums)  # (mean Σλ^q)^(1/(1-q)) at q = 2
+    score = metrics.conditional_vendi(np.vstack(blocks), [p for p in "xyz" for _ in range(5)], q=2)
+    assert score == pytest.approx(expected, rel=1e-9)
+
+
+def test_conditional_vendi_does_not_count_variety_between_prompts():
+    same = np.eye(4)[[0, 0, 0, 1, 1, 1]]  # each prompt's images identical; the two prompts orthogonal
+    prompts = ["a circle"] * 3 + ["a square"] * 3
+    assert vendi_score(same) == pytest.approx(2.0)  # pooled: the two prompts count as diversity
+    assert metrics.conditional_vendi(same, prompts) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one prompt per embedding"):
+        metrics.conditional_vendi(same, prompts[:5])

@@ -4,7 +4,7 @@ order ``q`` and LPIPS distances, with the weighted sums over pairs that the inte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,30 @@ def vendi_score_from_similarity(similarity: ArrayLike, q: float | str = 1.0) -> 
             f"similarity is not positive semi-definite (smallest eigenvalue {eigenvalues.min():.3g})"
         )
     return float(vendi_from_eigenvalues(eigenvalues[None], vendi_order(q))[0])
+
+
+def conditional_vendi(embeddings: ArrayLike, prompts: Sequence[str], q: float | str = 1.0) -> float:
+    """The prompt-aware Vendi score: the Conditional-Vendi score (Jalali et al., arXiv 2411.02817) with the exact
+    prompt as the condition — ``exp(H_q(K_x ∘ K_t) − H_q(K_t))``, the matrix entropies of order ``q`` of the
+    joint kernel (cosine similarity times "same prompt") and of the prompt kernel alone.
+
+    Why this one: pooling a prompt set's images into one Vendi score counts the variety *between* prompts (a
+    circle and a square differ because they were asked to) as the model's diversity; conditioning on the prompt
+    removes exactly that share and keeps the variety within each prompt's images. With the exact prompt as the
+    condition the joint kernel is block-diagonal, so at q = 1 the score is the weighted geometric mean of the
+    prompts' own Vendi scores, ``exp(Σ_p w_p log Vendi_p)`` with ``w_p`` each prompt's share of the images; at
+    other orders (equal shares) the power mean of their eigenvalue sums. Between 1 and the largest prompt's
+    image count; one prompt gives its plain Vendi score.
+    """
+    x = as_embeddings(embeddings)
+    labels = list(prompts)
+    if len(labels) != len(x):
+        raise ValueError(f"give one prompt per embedding: {len(labels)} prompts for {len(x)} embeddings")
+    same = np.array([[a == b for b in labels] for a in labels], dtype=float)
+    order = vendi_order(q)
+    joint, condition = np.linalg.eigvalsh(np.stack([(x @ x.T) * same, same]))
+    joint_score, prompt_score = vendi_from_eigenvalues(np.stack([joint, condition]), order)
+    return float(joint_score / prompt_score)  # exp(H(joint) − H(prompt)): the scores are exp(entropy)
 
 
 def vendi_from_eigenvalues(eigenvalues: np.ndarray, q: float) -> np.ndarray:

@@ -14,6 +14,9 @@ Per method and prompt (and averaged over prompts), all with 95% intervals:
   probe's prompt adherence; the Fréchet distance to the base's images (or a reference folder) in the embedder's
   space (``fd``), and FID on Inception features when its weights are at hand; the Inception Score on request;
   paired differences from the student;
+- **against the base's own samples** ("did the method restore the teacher's distribution"): precision, recall,
+  density, coverage and CMMD in the embedder's space (``reference == "base"``), and the paired PRDC differences
+  ``<method> - distilled`` (docs/metrics.md);
 - **cost**: network evaluations per image (``evaluations``; a CFG step is two) and denoising seconds per image.
 
 Everything lands in ``out_dir`` as elsewhere: images per method, ``run.json`` (with the comparison's settings
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ from conceptspace.embeddings import resolve_embedder
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import write_json
 from conceptspace.metrics import ALL_PROMPTS, diversity_over_prompts, paired_over_prompts
+from conceptspace.metrics.reference import reference_difference_rows, reference_rows
 from conceptspace.models import ModelPair
 from conceptspace.quality import clip_scores, frechet_distance
 from conceptspace.ranking import BASE, STUDENT, ranking
@@ -158,6 +163,7 @@ def compare(
     pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m != BASE]
     model = f"{pair.base.name}/{pair.student.name}"
     rows = _embedding_diversity_rows(embeddings, pairs, spec.name, model, n_boot=n_boot, n_perm=n_perm)
+    rows += _reference_rows(embeddings, names, spec.name, model, n_boot=n_boot)
     if has_text:
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
     if truth is not None:
@@ -361,6 +367,49 @@ def _embedding_diversity_rows(
     return rows
 
 
+def _reference_rows(
+    embeddings: Mapping[str, Mapping[str, torch.Tensor]],
+    names: Sequence[str],
+    embedder: str,
+    model: str,
+    *,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Every regime but the base against the base's own samples of the same prompt ("did the method restore the
+    teacher's distribution"): precision, recall, density, coverage and CMMD in the embedder's space, and the paired
+    PRDC differences ``<method> - distilled`` (the seeds pair the base, the student and the method), per prompt
+    and, with several prompts, their mean. k is 5, or less where the seeds are too few for the delete-half
+    jackknife (2(k + 1) per set); below 4 seeds there are no such rows."""
+    n = min(len(by[BASE]) for by in embeddings.values())
+    k = min(5, n // 2 - 1)
+    if k < 1:
+        message = (
+            f"{n} seeds per prompt: no precision/recall/density/coverage/CMMD against the base (needs 4)"
+        )
+        warnings.warn(message, stacklevel=3)
+        return []
+    common = dict(k=k, n_boot=n_boot, embedder=embedder, model=model)
+    pairs = [(name, STUDENT) for name in names if name not in (BASE, STUDENT)]
+    rows: list[dict[str, Any]] = []
+    for prompt, by in embeddings.items():
+        others = {name: by[name] for name in names if name != BASE}
+        rows += reference_rows(others, by[BASE], prompt, **common)
+        rows += reference_difference_rows(others, by[BASE], prompt, pairs, **common)
+    if len(embeddings) > 1:
+        # The prompts are fixed (the prompts of interest) and their images disjoint, so the per-prompt estimates
+        # are independent: the mean's standard error is √(Σ se²) / prompts, each se read off its prompt's interval.
+        keep = ("embedder", "model", "reference", "k", "sigma")
+        prdc_rows = [row for row in rows if row["metric"] != "cmmd"]  # half-sampling intervals
+        cmmd_rows = [row for row in rows if row["metric"] == "cmmd"]  # percentile bootstrap intervals
+        averaged = _normal_mean_over_prompts(prdc_rows, keep=keep, errors="half-sampling")
+        for row in averaged:  # clipped to the metric's range, as each prompt's interval is
+            top = math.inf if row["metric"].endswith("density") else 1.0
+            bottom = -top if row["metric"].startswith("diff_") else 0.0
+            row["ci_low"], row["ci_high"] = max(row["ci_low"], bottom), min(row["ci_high"], top)
+        rows += averaged + _normal_mean_over_prompts(cmmd_rows, keep=keep)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ quality
 def _pooled(values: Mapping[str, np.ndarray], n_boot: int, prompt_count: int) -> Estimate:
     """The mean over prompts of per-image values (equal images per prompt), resampling images within prompts."""
@@ -475,18 +524,25 @@ def _probe_rows(
     return rows
 
 
-def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _normal_mean_over_prompts(
+    rows: Sequence[dict[str, Any]], keep: Sequence[str] = ("embedder", "model"), errors: str = "bootstrap"
+) -> list[dict[str, Any]]:
     """Per (method, metric) the mean over prompts of independent per-prompt estimates, with a normal interval
-    from their bootstrap intervals (each half-width / 1.96 taken as a standard error)."""
+    from their intervals: each half-width / 1.96 taken as a standard error (``errors="half-sampling"``: the wider
+    side's, as value ± 1.96·se clipped at a metric's bound keeps the full width on its other side). The rows'
+    ``keep`` keys carry over."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["regime"], row["metric"]), []).append(row)
     out = []
     for (regime, metric), group in groups.items():
         value = float(np.mean([r["value"] for r in group]))
-        errors = [(r["ci_high"] - r["ci_low"]) / (2 * 1.959964) for r in group]
-        half = 1.959964 * math.sqrt(sum(e * e for e in errors)) / len(group)
-        extra = {k: v for k, v in group[0].items() if k in ("embedder", "model")}
+        if errors == "half-sampling":
+            ses = [max(r["value"] - r["ci_low"], r["ci_high"] - r["value"]) / 1.959964 for r in group]
+        else:
+            ses = [(r["ci_high"] - r["ci_low"]) / (2 * 1.959964) for r in group]
+        half = 1.959964 * math.sqrt(sum(e * e for e in ses)) / len(group)
+        extra = {k: v for k, v in group[0].items() if k in keep}
         out.append(
             metric_row(
                 ALL_PROMPTS,
@@ -497,7 +553,7 @@ def _normal_mean_over_prompts(rows: Sequence[dict[str, Any]]) -> list[dict[str, 
                 value + half,
                 len(group),
                 n_images=int(sum(r["n"] for r in group)),
-                ci_method="normal over prompts (per-prompt bootstrap errors)",
+                ci_method=f"normal over prompts (per-prompt {errors} errors)",
                 **extra,
             )
         )

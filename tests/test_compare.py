@@ -175,7 +175,9 @@ def test_compare_measures_diversity_quality_and_cost_per_method_and_prompt(compa
     score = _row(rows, ALL_PROMPTS, "hybrid", "inception_score")
     assert score["n"] == 12 and score["classifier"] == "Sequential"
     # by hand from the written images: exp(mean KL(p(y|x) ‖ p(y))) of the 12 pooled "class" logits
-    pixels = np.stack([np.asarray(Image.open(f)) for f in sorted((compared.out_dir / "hybrid").glob("*.png"))])
+    pixels = np.stack(
+        [np.asarray(Image.open(f)) for f in sorted((compared.out_dir / "hybrid").glob("*.png"))]
+    )
     logits = pixels.reshape(12, 2, pixels.shape[1] // 2, 2, pixels.shape[2] // 2, 3).mean(axis=(2, 4)) / 255.0
     p = np.exp(logits.reshape(12, -1) - logits.reshape(12, -1).max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -195,6 +197,26 @@ def test_paired_quality_differences_are_differences_on_the_same_seeds(compared):
         fd_diff = _row(rows, prompt, "hybrid - distilled", "diff_fd")["value"]
         fd_gap = _row(rows, prompt, "hybrid", "fd")["value"] - _row(rows, prompt, "distilled", "fd")["value"]
         assert fd_diff == pytest.approx(fd_gap, abs=1e-9)
+
+
+def test_every_regime_is_measured_against_the_bases_own_samples_and_paired_against_the_student(compared):
+    rows = compared.rows
+    for prompt in ("a red circle", "a blue square", ALL_PROMPTS):
+        for method in ("distilled", "hybrid", "cads-noise_scale0.5"):
+            for metric in ("precision", "recall", "density", "coverage", "cmmd"):
+                row = _row(rows, prompt, method, metric)
+                assert row["reference"] == "base" and row["embedder"] == compared.rows[0]["embedder"]
+                assert math.isfinite(row["value"]) and row["ci_low"] <= row["value"] <= row["ci_high"]
+                assert row.get("k", 2) == 2  # 6 seeds: the largest k whose halves (3 seeds) hold k + 1
+        for method in ("hybrid", "cads-noise_scale0.5"):
+            diff = _row(rows, prompt, f"{method} - distilled", "diff_coverage")
+            assert diff["reference"] == "base" and diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+            gap = (
+                _row(rows, prompt, method, "coverage")["value"]
+                - _row(rows, prompt, "distilled", "coverage")["value"]
+            )
+            assert diff["value"] == pytest.approx(gap, abs=1e-9)  # over prompts too: a mean of differences
+    assert not [r for r in rows if r["metric"] in ("coverage", "cmmd") and r["regime"] == "base"]
 
 
 def test_the_report_and_run_json_of_a_comparison(compared):

@@ -13,7 +13,14 @@ import pytest
 
 import conceptspace
 from conceptspace.metrics import reference as reference_module
-from conceptspace.metrics.reference import PRDC_METRICS, cmmd, prdc, reference_rows
+from conceptspace.metrics.reference import (
+    PRDC_METRICS,
+    cmmd,
+    prdc,
+    prdc_difference,
+    reference_difference_rows,
+    reference_rows,
+)
 from conceptspace.results import validate_rows
 
 
@@ -123,6 +130,93 @@ def test_the_precision_and_recall_intervals_cover_their_expectation_at_the_nomin
             hits[name] += estimate[name].ci_low <= value <= estimate[name].ci_high
     for name in truth:
         assert 0.88 <= hits[name] / repeats <= 0.99, (name, hits[name] / repeats)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paired differences of PRDC
+
+
+def seed_paired(rng: np.random.Generator, n: int, d: int, noise: float = 0.2) -> tuple[np.ndarray, ...]:
+    """A reference and two sample sets paired by seed: row i of both samples shares the seed's draw z_i."""
+    z = rng.normal(size=(n, d))
+    reference = rng.normal(size=(n, d))
+    return reference, z + noise * rng.normal(size=(n, d)), 0.9 * z + noise * rng.normal(size=(n, d))
+
+
+def test_a_regime_against_itself_differs_by_exactly_zero_with_a_zero_width_interval():
+    reference, a, _ = seed_paired(np.random.default_rng(1), 40, 5)
+    for name, estimate in prdc_difference(reference, a, a, 3, n_boot=100).items():
+        assert (estimate.value, estimate.ci_low, estimate.ci_high) == (0.0, 0.0, 0.0), name
+        assert estimate.n == 40 and estimate.method == "paired half-sampling"
+
+
+def test_the_difference_is_the_difference_of_prdc_and_a_collapse_loses_coverage_beyond_its_interval():
+    rng = np.random.default_rng(2)
+    n, d, k = 120, 8, 5
+    z = rng.normal(size=(n, d))
+    reference, spread, collapsed = gaussian(rng, n, d), z, 0.3 * z  # the same seeds' noise, one set shrunk
+    diff = prdc_difference(reference, collapsed, spread, k, n_boot=300)
+    alone = [prdc(reference, x, k, n_boot=0) for x in (collapsed, spread)]
+    for name in PRDC_METRICS:
+        assert diff[name].value == pytest.approx(alone[0][name].value - alone[1][name].value, abs=1e-12)
+        assert diff[name].ci_low <= diff[name].value <= diff[name].ci_high
+    coverage = diff["coverage"]
+    assert coverage.value < 0 and coverage.ci_high < 0, coverage  # the collapsed set covers less, surely
+    assert diff["recall"].ci_high < 0
+
+
+def test_the_paired_interval_is_narrower_than_one_from_independent_halves_on_paired_data():
+    narrower = dict.fromkeys(PRDC_METRICS, 0)
+    for seed in range(5):
+        reference, a, b = seed_paired(np.random.default_rng(seed), 60, 6)
+        paired = prdc_difference(reference, a, b, 3, n_boot=300, seed=seed)
+        # unpaired: each set's own interval (independent halves), the two standard errors added in quadrature
+        one, two = (
+            prdc(reference, a, 3, n_boot=300, seed=seed),
+            prdc(reference, b, 3, n_boot=300, seed=seed + 99),
+        )
+        for name in PRDC_METRICS:
+            unpaired = math.hypot(one[name].ci_high - one[name].ci_low, two[name].ci_high - two[name].ci_low)
+            narrower[name] += paired[name].ci_high - paired[name].ci_low < unpaired
+    assert all(count >= 4 for count in narrower.values()), narrower
+
+
+def test_reference_difference_rows_are_named_as_the_other_paired_rows():
+    reference, a, b = seed_paired(np.random.default_rng(3), 30, 4)
+    rows = reference_difference_rows(
+        {"hybrid": a, "distilled": b},
+        reference,
+        "a cat",
+        [("hybrid", "distilled")],
+        k=3,
+        n_boot=50,
+        embedder="e",
+    )
+    validate_rows(rows)
+    assert [(r["regime"], r["metric"]) for r in rows] == [
+        ("hybrid - distilled", f"diff_{name}") for name in PRDC_METRICS
+    ]
+    expected = prdc_difference(reference, a, b, 3, n_boot=0)
+    for row in rows:
+        assert row["reference"] == "base" and row["k"] == 3 and row["n"] == 30 and row["embedder"] == "e"
+        assert row["value"] == expected[row["metric"][5:]].value
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    with pytest.raises(ValueError, match="regimes given"):
+        reference_difference_rows({"hybrid": a}, reference, "a cat", [("hybrid", "distilled")])
+    with pytest.raises(ValueError, match="not cmmd"):
+        reference_difference_rows({"a": a, "b": b}, reference, "p", [("a", "b")], metrics=["cmmd"])
+
+
+def test_a_paired_difference_needs_sets_paired_by_seed():
+    reference, a, b = seed_paired(np.random.default_rng(4), 30, 4)
+    with pytest.raises(ValueError, match="paired by seed .* got 30, 30 and 29"):
+        prdc_difference(reference, a, b[:29])
+    with pytest.raises(ValueError, match="got 29, 30 and 30"):
+        prdc_difference(reference[:29], a, b)
+    with pytest.raises(ValueError, match="reference and samples_b differ in dimension"):
+        prdc_difference(reference, a, b[:, :3])
+    with pytest.raises(ValueError, match="at least 12 images, got 10"):
+        prdc_difference(reference[:10], a[:10], b[:10], 5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ restore the teacher's distribution": precision and density ask whether the sampl
 lie, recall and coverage whether they reach everywhere the base's samples reach, and CMMD how far the two
 distributions are apart in (CLIP) embedding space.
 
+Two regimes sampled on the same seeds (e.g. a method and the student) compare through :func:`prdc_difference`,
+whose interval halves all three seed-paired sets alike, so what they share cancels.
+
 Like FID these numbers depend on the set sizes (and on ``k``): compare them only at equal sizes.
 """
 
@@ -38,6 +41,8 @@ __all__ = [
     "REFERENCE_METRICS",
     "cmmd",
     "prdc",
+    "prdc_difference",
+    "reference_difference_rows",
     "reference_rows",
 ]
 
@@ -54,6 +59,7 @@ CMMD_SCALE = 1000.0
 """CMMD is reported × 1000 (google-research/cmmd ``distance._SCALE``), to read as numbers of order 1."""
 
 _BOUNDS = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, math.inf), "coverage": (0.0, 1.0)}
+_DIFFERENCE_BOUNDS = {name: (-high, high) for name, (_, high) in _BOUNDS.items()}  # a − b of two in [0, high]
 
 _CHUNK_NUMBERS = 2e7  # numbers held per chunk of resamples: bounds memory at any set size
 
@@ -62,11 +68,13 @@ _CHUNK_NUMBERS = 2e7  # numbers held per chunk of resamples: bounds memory at an
 # inputs
 
 
-def _feature_sets(reference: ArrayLike, samples: ArrayLike, min_n: int) -> tuple[np.ndarray, np.ndarray]:
+def _feature_sets(
+    reference: ArrayLike, samples: ArrayLike, min_n: int, samples_name: str = "samples"
+) -> tuple[np.ndarray, np.ndarray]:
     """Both sets as ``(n, d)`` float64 arrays of finite features with a common ``d`` and at least ``min_n`` rows
-    each; clear errors otherwise. Features are used as given (not normalised)."""
+    each; clear errors otherwise (the samples called ``samples_name``). Features are used as given (not normalised)."""
     arrays = []
-    for x, name in ((reference, "reference"), (samples, "samples")):
+    for x, name in ((reference, "reference"), (samples, samples_name)):
         array = as_array(x, name)
         if array.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n_images, dim) features, got shape {tuple(array.shape)}")
@@ -76,7 +84,7 @@ def _feature_sets(reference: ArrayLike, samples: ArrayLike, min_n: int) -> tuple
         arrays.append(array)
     if arrays[0].shape[1] != arrays[1].shape[1]:
         raise ValueError(
-            f"reference and samples differ in dimension: {arrays[0].shape[1]} and {arrays[1].shape[1]} "
+            f"reference and {samples_name} differ in dimension: {arrays[0].shape[1]} and {arrays[1].shape[1]} "
             "(same embedder?)"
         )
     return arrays[0], arrays[1]
@@ -116,25 +124,88 @@ def _half_samples(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
 
 
 def _prdc_half_samples(
-    d_rr: np.ndarray, d_ss: np.ndarray, d_rs: np.ndarray, k: int, n_boot: int, rng: np.random.Generator
+    d_rr: np.ndarray,
+    sample_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    n_boot: int,
+    rng: np.random.Generator,
+    *,
+    paired: bool = False,
 ) -> np.ndarray:
-    """``(n_boot, 4)`` statistics of random halves of both sets (each half drawn afresh), in chunks."""
-    n, m = d_rs.shape
+    """``(n_boot, len(sample_sets), 4)`` statistics of random halves, in chunks: each sample set, given as its
+    (samples–samples, reference–samples) distances, against the one reference (reference–reference ``d_rr``).
+
+    Unpaired, every replicate draws a half of the reference and, independently, one half of the samples' indices
+    used for every sample set. ``paired``: the sets are paired by seed (row i of each, the reference's included,
+    from seed i), so one half of the seed indices serves all of them, keeping each seed's images together.
+    """
+    n, m = d_rr.shape[0], sample_sets[0][1].shape[1]
     h, g = n // 2, m // 2
-    chunk = max(1, int(_CHUNK_NUMBERS // (h * h + g * g + h * g)))
+    chunk = max(1, int(_CHUNK_NUMBERS // (h * h + len(sample_sets) * (g * g + h * g))))
     out = []
     for start in range(0, n_boot, chunk):
         count = min(chunk, n_boot - start)
-        rows, cols = _half_samples(rng, n, count), _half_samples(rng, m, count)
-        out.append(
+        rows = _half_samples(rng, n, count)
+        cols = rows if paired else _half_samples(rng, m, count)
+        reference = d_rr[rows[:, :, None], rows[:, None, :]]
+        per_set = [
             _prdc_of(
-                d_rr[rows[:, :, None], rows[:, None, :]],
+                reference,
                 d_ss[cols[:, :, None], cols[:, None, :]],
                 d_rs[rows[:, :, None], cols[:, None, :]],
                 k,
             )
-        )
+            for d_ss, d_rs in sample_sets
+        ]
+        out.append(np.stack(per_set, axis=1))
     return np.concatenate(out)
+
+
+def _check_prdc_sizes(k: int, n_boot: int, sets: Mapping[str, np.ndarray]) -> None:
+    """k must leave a k-th nearest neighbour other than the point itself in every set, and in every half of it
+    when an interval is asked for; clear errors otherwise."""
+    for name, x in sets.items():
+        if k >= len(x):
+            raise ValueError(
+                f"k = {k} needs more than k images in {name} (its k-th nearest neighbour other than itself), "
+                f"got {len(x)}: use a smaller k or more images"
+            )
+        if n_boot and k >= len(x) // 2:
+            raise ValueError(
+                f"an interval needs halves of {name} with more than k = {k} images, i.e. at least {2 * (k + 1)} "
+                f"images, got {len(x)}: use a smaller k, more images, or n_boot=0 for the values alone"
+            )
+
+
+def _half_sampling_estimates(
+    values: np.ndarray,
+    halves: np.ndarray | None,
+    n: int,
+    confidence: float,
+    bounds: Mapping[str, tuple[float, float]],
+    method: str,
+) -> dict[str, Estimate]:
+    """One estimate per PRDC metric: ``values`` ± z·se, se the spread of the half-set statistics ``halves``
+    ``(n_boot, 4)`` (None: the values alone), each interval clipped to the metric's range."""
+    if halves is None:
+        return {
+            name: Estimate(float(v), n=n, method="none") for name, v in zip(PRDC_METRICS, values, strict=True)
+        }
+    # Half-samples without replacement: the spread of a statistic over halves, about its mean, estimates the
+    # spread of the full-set statistic (for a mean, (s²/(n/2))·(1 − 1/2) = s²/n exactly).
+    se = halves.std(axis=0)
+    z = normal_quantile(confidence)
+    estimates = {}
+    for name, value, error in zip(PRDC_METRICS, values, se, strict=True):
+        low, high = bounds[name]
+        estimates[name] = Estimate(
+            float(value),
+            float(max(value - z * error, low)),
+            float(min(value + z * error, high)),
+            n,
+            method=method,
+        )
+    return estimates
 
 
 def _prdc_estimates(
@@ -149,40 +220,43 @@ def _prdc_estimates(
     check_settings(confidence, n_boot)
     k = _check_k(k)
     r, s = _feature_sets(reference, samples, min_n=1)
-    for x, name in ((r, "reference"), (s, "samples")):
-        if k >= len(x):
-            raise ValueError(
-                f"k = {k} needs more than k images in {name} (its k-th nearest neighbour other than itself), "
-                f"got {len(x)}: use a smaller k or more images"
-            )
-        if n_boot and k >= len(x) // 2:
-            raise ValueError(
-                f"an interval needs halves of {name} with more than k = {k} images, i.e. at least {2 * (k + 1)} "
-                f"images, got {len(x)}: use a smaller k, more images, or n_boot=0 for the values alone"
-            )
+    _check_prdc_sizes(k, n_boot, {"reference": r, "samples": s})
     d_rr, d_ss, d_rs = cdist(r, r), cdist(s, s), cdist(r, s)
     values = _prdc_of(d_rr, d_ss, d_rs, k)
-    if not n_boot:
-        return {
-            name: Estimate(float(v), n=len(s), method="none")
-            for name, v in zip(PRDC_METRICS, values, strict=True)
-        }
-    halves = _prdc_half_samples(d_rr, d_ss, d_rs, k, n_boot, rng)
-    # Half-samples without replacement: the spread of a statistic over halves of both sets, about its mean,
-    # estimates the spread of the full-set statistic (for a mean, (s²/(n/2))·(1 − 1/2) = s²/n exactly).
-    se = halves.std(axis=0)
-    z = normal_quantile(confidence)
-    estimates = {}
-    for name, value, error in zip(PRDC_METRICS, values, se, strict=True):
-        low, high = _BOUNDS[name]
-        estimates[name] = Estimate(
-            float(value),
-            float(max(value - z * error, low)),
-            float(min(value + z * error, high)),
-            len(s),
-            method="half-sampling",
+    halves = _prdc_half_samples(d_rr, [(d_ss, d_rs)], k, n_boot, rng)[:, 0] if n_boot else None
+    return _half_sampling_estimates(values, halves, len(s), confidence, _BOUNDS, "half-sampling")
+
+
+def _prdc_difference_estimates(
+    reference: ArrayLike,
+    samples_a: ArrayLike,
+    samples_b: ArrayLike,
+    k: int,
+    n_boot: int,
+    confidence: float,
+    rng: np.random.Generator,
+) -> dict[str, Estimate]:
+    """:func:`prdc_difference` with a given generator (the row builders key one per prompt and pair)."""
+    check_settings(confidence, n_boot)
+    k = _check_k(k)
+    r, a = _feature_sets(reference, samples_a, min_n=1, samples_name="samples_a")
+    _, b = _feature_sets(r, samples_b, min_n=1, samples_name="samples_b")
+    if not len(r) == len(a) == len(b):
+        raise ValueError(
+            "a paired difference needs the reference and both sample sets paired by seed (row i of each from seed "
+            f"i), i.e. equal numbers of rows, got {len(r)}, {len(a)} and {len(b)}"
         )
-    return estimates
+    _check_prdc_sizes(k, n_boot, {"reference": r, "samples_a": a, "samples_b": b})
+    d_rr = cdist(r, r)
+    sample_sets = [(cdist(x, x), cdist(r, x)) for x in (a, b)]
+    values = _prdc_of(d_rr, *sample_sets[0], k) - _prdc_of(d_rr, *sample_sets[1], k)
+    halves = None
+    if n_boot:
+        both = _prdc_half_samples(d_rr, sample_sets, k, n_boot, rng, paired=True)
+        halves = both[:, 0] - both[:, 1]
+    return _half_sampling_estimates(
+        values, halves, len(a), confidence, _DIFFERENCE_BOUNDS, "paired half-sampling"
+    )
 
 
 def prdc(
@@ -226,6 +300,35 @@ def prdc(
     return _prdc_estimates(reference, samples, k, n_boot, confidence, np.random.default_rng(seed))
 
 
+def prdc_difference(
+    reference: ArrayLike,
+    samples_a: ArrayLike,
+    samples_b: ArrayLike,
+    k: int = 5,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """Precision, recall, density and coverage of ``samples_a`` minus those of ``samples_b``, both against one
+    ``reference``, each difference with a ``confidence`` interval: "did method a restore the reference's
+    distribution more than method b".
+
+    The three sets are *paired by seed*: row i of each comes from seed i (the same prompt and starting noise in
+    three regimes), so all three hold n rows. The values are :func:`prdc`'s, subtracted. The interval is
+    :func:`prdc`'s delete-half jackknife with one random half of the seed indices applied to all three sets at
+    once, so each replicate recomputes both metrics on the same reference half and on the same seeds' images:
+    what the two measurements share (the reference's own randomness, the seeds' noise) moves both alike and
+    cancels in the difference, which an interval from two independent ``prdc`` intervals would count twice.
+    A regime against itself differs by exactly 0 with a zero-width interval. Intervals are clipped to the
+    difference's range (±1; density unbounded). Needs at least 2(k + 1) rows; ``n_boot=0`` gives the values
+    alone.
+    """
+    return _prdc_difference_estimates(
+        reference, samples_a, samples_b, k, n_boot, confidence, np.random.default_rng(seed)
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CMMD
 
@@ -247,7 +350,10 @@ class _KernelSums:
         (Σw)² − Σw² such pairs.
         """
         total = ((w @ kernel) * w).sum(axis=1) - (w**2 * np.diag(kernel)).sum(axis=1)
-        return total / (w.sum(axis=1) ** 2 - (w**2).sum(axis=1))
+        with np.errstate(
+            invalid="ignore", divide="ignore"
+        ):  # one original alone (tiny sets): NaN, dropped later
+            return total / (w.sum(axis=1) ** 2 - (w**2).sum(axis=1))
 
     def mmd2(self, w: np.ndarray, v: np.ndarray, unbiased: bool) -> np.ndarray:
         """MMD² for each pair of weight rows ``w`` (over x) and ``v`` (over y): the unbiased U-statistic, or the
@@ -310,6 +416,8 @@ def cmmd(
             parts.append(sums.mmd2(w, v, unbiased))
         replicates = np.concatenate(parts) * scale
     low, high = percentile_interval(replicates, confidence)
+    if not unbiased and len(replicates):  # the V-statistic is never below 0; resamples off distinct pairs can be
+        low = max(low, 0.0)
     return Estimate(value, low, high, len(y), method="bootstrap" if len(replicates) else "none")
 
 
@@ -384,6 +492,57 @@ def reference_rows(
             rows.append(
                 estimate.row(
                     prompt, regime, name, **common, sigma=float(sigma), ci_method=estimate.method, **extra
+                )
+            )
+    return rows
+
+
+def reference_difference_rows(
+    samples_by_regime: Mapping[str, ArrayLike],
+    reference: ArrayLike,
+    prompt: str,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    reference_name: str = "base",
+    metrics: Sequence[str] = PRDC_METRICS,
+    k: int = 5,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """One tidy row per (pair, metric): the paired difference (:func:`prdc_difference`) of two regimes' samples
+    for ``prompt`` against ``reference``, named as the project's other paired rows are: ``regime="<a> - <b>"``,
+    ``metric="diff_<metric>"``, value = metric(a) − metric(b).
+
+    Every regime's features and ``reference`` must be paired by seed (row i from seed i). ``metrics`` from
+    ``precision``, ``recall``, ``density``, ``coverage`` (CMMD has no paired form here). Rows carry
+    ``reference`` (``reference_name``), ``n_reference``, ``k``, ``ci_method`` and ``extra``; ``n`` is the number
+    of seed pairs.
+    """
+    check_settings(confidence, n_boot)
+    metrics = _check_metrics(metrics)
+    if "cmmd" in metrics:
+        raise ValueError("reference_difference_rows gives precision, recall, density and coverage, not cmmd")
+    reference = as_array(reference, "reference")
+    common = {"reference": reference_name, "n_reference": len(reference) if reference.ndim else 0}
+    rows = []
+    for pair in pairs:
+        if len(pair) != 2 or any(regime not in samples_by_regime for regime in pair):
+            raise ValueError(
+                f"each pair is (regime_a, regime_b) of regimes given ({', '.join(samples_by_regime)}), got {pair!r}"
+            )
+        a, b = pair
+        label = f"{a} - {b}"
+        rng = keyed_rng(seed, prompt, label, "prdc", reference_name)
+        estimates = _prdc_difference_estimates(
+            reference, samples_by_regime[a], samples_by_regime[b], k, n_boot, confidence, rng
+        )
+        for metric in metrics:
+            estimate = estimates[metric]
+            rows.append(
+                estimate.row(
+                    prompt, label, f"diff_{metric}", **common, k=k, ci_method=estimate.method, **extra
                 )
             )
     return rows

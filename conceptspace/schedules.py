@@ -6,7 +6,8 @@ Every scheduler conceptspace samples with writes its network input as ``x = alph
 - VP schedulers trained on a discrete schedule (DDPM, DDIM, LCM, DPM-Solver, Euler …): ``alpha = sqrt(ᾱ_t)``,
   ``sigma = sqrt(1 − ᾱ_t)``; Euler-type schedulers keep their latent at ``x / sqrt(σ²+1)``'s inverse scale and
   say so through ``scale_model_input``;
-- flow-matching schedulers (``FlowMatchEulerDiscreteScheduler``: SD3, FLUX, Qwen-Image, Z-Image):
+- flow-matching schedulers (``FlowMatchEulerDiscreteScheduler``: SD3, FLUX, Qwen-Image, Z-Image, SANA-Sprint; and
+  DPM-Solver on flow sigmas: SANA):
   ``alpha = 1 − σ``, ``sigma = σ``, and the network predicts the velocity ``v = ε − x0``.
 
 :func:`split` turns any output (ε, x0, v or flow velocity) into ``(x̂0, ε̂)`` and :func:`combine` goes back, so
@@ -64,9 +65,13 @@ class NoiseLevel:
 
 def is_flow(scheduler: Any) -> bool:
     """Whether ``scheduler`` (an instance, or a class name as the registry gives it) integrates a flow-matching ODE:
-    its timesteps are σ·1000, its input is unscaled, its network predicts the velocity."""
-    name = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
-    return name.startswith("FlowMatch")
+    its timesteps are σ·1000, its input is unscaled, its network predicts the velocity. Besides the ``FlowMatch*``
+    classes, an instance configured with ``use_flow_sigmas`` (SANA's DPM-Solver++ on flow sigmas, whose ``sigmas``
+    are flow σ and whose ``alphas_cumprod`` mean nothing) is one; a class name alone cannot say that."""
+    if isinstance(scheduler, str):
+        return scheduler.startswith("FlowMatch")
+    flow_sigmas = bool(getattr(getattr(scheduler, "config", None), "use_flow_sigmas", False))
+    return type(scheduler).__name__.startswith("FlowMatch") or flow_sigmas
 
 
 def parametrisation(scheduler: Any) -> str:

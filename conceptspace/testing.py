@@ -26,6 +26,7 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     tiny_flux_pipeline,
     tiny_pixart_pipeline,
     tiny_qwenimage_pipeline,
+    tiny_sana_pipeline,
     tiny_sd3_pipeline,
     tiny_sd3_transformer,
     tiny_sd_components,
@@ -162,6 +163,10 @@ _REPO_LAYOUTS: dict[str, _RepoLayout] = {
     ),
     "zimage": _RepoLayout(tiny_zimage_pipeline, sharded_network=True, qwen_tokenizer=True),
     "qwenimage": _RepoLayout(tiny_qwenimage_pipeline, sharded_network=True, qwen_tokenizer=True),
+    "sana-sprint": _RepoLayout(  # the student repo: a SanaSprintPipeline with SCMScheduler; the teacher a SanaPipeline
+        lambda seed: tiny_sana_pipeline(seed, sprint=seed != 0),
+        legacy_class=("GemmaTokenizer", "GemmaTokenizerFast"),
+    ),
 }
 
 
@@ -184,8 +189,9 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
     the legacy class name ``Transformer2DModel``; Z-Image's and Qwen-Image's ``Qwen2Tokenizer``), the LCM UNet a
     UNet folder (both variants) at the repo root, DMD2 a pickled fp16 state dict (``.bin``), SDXL-Lightning a fp16
     ``.safetensors`` state dict, DP-DMD a pickled bf16 SD3.5 Medium transformer state dict (``.pt``, diffusers keys;
-    its base's transformer one file, not shards), and the LoRA students LoRA files in their repos' key layouts. As in
-    a real cache, snapshot files are symlinks into the repo's ``blobs/``.
+    its base's transformer one file, not shards), SANA-Sprint a ``SanaSprintPipeline`` repo (``SCMScheduler``) beside
+    its teacher's ``SanaPipeline`` (flow DPM-Solver; both with a ``GemmaTokenizerFast``), and the LoRA students LoRA
+    files in their repos' key layouts. As in a real cache, snapshot files are symlinks into the repo's ``blobs/``.
     ``names`` defaults to every downloadable entry.
     """
     from diffusers import EulerAncestralDiscreteScheduler

@@ -132,7 +132,8 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
     downloadable = {s.name for s in REGISTRY.values() if s.storage != "random" and not s.local_dir}
     # the SD3.5 and FLUX.1 pairs: tests/test_flow_families.py loads them by their hub ids, PixArt-α/δ
     # tests/test_pixart_family.py, Z-Image tests/test_zimage_family.py, Qwen-Image and its Lightning LoRAs
-    # tests/test_qwenimage_family.py, SD3.5-Medium and DP-DMD tests/test_dp_dmd.py; the SDXL LoRA students: below
+    # tests/test_qwenimage_family.py, SD3.5-Medium and DP-DMD tests/test_dp_dmd.py, SANA-Sprint and its teacher
+    # tests/test_sana_family.py; the SDXL LoRA students: below
     assert downloadable == {
         "sdxl",
         "sd21",
@@ -149,6 +150,8 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
         "qwen-image",
         "qwen-image-lightning",
         "qwen-image-lightning-4step",
+        "sana-teacher",
+        "sana-sprint",
         *LORA_STUDENTS,
         *STUDENTS,
     }, "a registry entry without a loading test"

@@ -702,3 +702,84 @@ def tiny_qwenimage_components(seed: int = 0) -> dict[str, Any]:
 
 def tiny_qwenimage_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Any:
     return _pipeline("QwenImagePipeline", tiny_qwenimage_components(seed), dtype)
+
+
+# --------------------------------------------------------------------------------------------- SANA / SANA-Sprint
+GEMMA_HIDDEN = 16
+SANA_DPM_SCHEDULER: dict[str, Any] = {
+    "flow_shift": 3.0,
+    "use_flow_sigmas": True,
+    "prediction_type": "flow_prediction",
+}
+"""SANA's flow DPM-Solver++ (diffusers' ``convert_sana_to_diffusers.py`` default, the SANA repos' scheduler)."""
+
+
+def gemma_tokenizer() -> Any:
+    """A ``GemmaTokenizer`` (Gemma's conventions: "▁" for spaces, byte fallback; one token per character), built
+    offline; it saves and loads as itself."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁", *string.printable[:94]]
+    return GemmaTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+
+
+def tiny_gemma2_encoder(seed: int = 0) -> Any:
+    """A tiny ``Gemma2Model`` (one layer), SANA's text encoder's class."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(
+        vocab_size=len(gemma_tokenizer()), hidden_size=GEMMA_HIDDEN, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+    )  # fmt: skip
+    with _seeded(seed):
+        return Gemma2Model(config).eval()
+
+
+def tiny_sana_transformer(seed: int = 0, *, sprint: bool = False) -> Any:
+    """A tiny ``SanaTransformer2DModel`` with QK norm, as SANA-Sprint and its teacher have. ``sprint``: the student's
+    guidance embedding (called with σ as its timestep); else the teacher's dense timestep embedding, which
+    ``SanaPipeline`` feeds σ·1000·``timestep_scale`` = σ."""
+    from diffusers import SanaTransformer2DModel
+
+    shape = {"guidance_embeds": True} if sprint else {"timestep_scale": 0.001}
+    with _seeded(seed):
+        return SanaTransformer2DModel(
+            patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+            num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8,
+            caption_channels=GEMMA_HIDDEN, sample_size=32, qk_norm="rms_norm_across_heads", **shape,
+        ).eval()  # fmt: skip
+
+
+def tiny_dc_ae(seed: int = 0) -> Any:
+    """A tiny ``AutoencoderDC`` (deep-compression VAE; 2× here, SANA's is 32×), diffusers' test shape."""
+    from diffusers import AutoencoderDC
+
+    with _seeded(seed):
+        return AutoencoderDC(
+            in_channels=3, latent_channels=4, attention_head_dim=2,
+            encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
+            encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+            encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+            encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+            upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+            scaling_factor=0.41407,
+        ).eval()  # fmt: skip
+
+
+def tiny_sana_pipeline(seed: int = 0, *, sprint: bool = False, dtype: torch.dtype = torch.float32) -> Any:
+    """A tiny ``SanaPipeline`` (the teacher: flow DPM-Solver) or, ``sprint``, ``SanaSprintPipeline`` (``SCMScheduler``,
+    its repo's config: trigflow, σ_data 0.5)."""
+    from diffusers import DPMSolverMultistepScheduler, SCMScheduler
+
+    scheduler = SCMScheduler(sigma_data=0.5) if sprint else DPMSolverMultistepScheduler(**SANA_DPM_SCHEDULER)
+    components = {
+        "transformer": tiny_sana_transformer(seed, sprint=sprint),
+        "vae": tiny_dc_ae(seed + 2000),
+        "scheduler": scheduler,
+        "text_encoder": tiny_gemma2_encoder(seed + 3000),
+        "tokenizer": gemma_tokenizer(),
+    }
+    return _pipeline("SanaSprintPipeline" if sprint else "SanaPipeline", components, dtype)

@@ -12,6 +12,7 @@ from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.flux import Flux
 from conceptspace.models.families.pixart import PixArtAlpha
 from conceptspace.models.families.qwenimage import QwenImage
+from conceptspace.models.families.sana import Sana
 from conceptspace.models.families.sd import StableDiffusion
 from conceptspace.models.families.sd3 import StableDiffusion3
 from conceptspace.models.families.sdxl import StableDiffusionXL
@@ -30,6 +31,7 @@ FAMILIES.update(
             PixArtAlpha(),
             ZImage(),
             QwenImage(),
+            Sana(),
         )
     }
 )
@@ -66,6 +68,7 @@ __all__ = [
     "Flux",
     "PixArtAlpha",
     "QwenImage",
+    "Sana",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

@@ -378,7 +378,9 @@ def _reference_rows(
     """Every regime but the base against the base's own samples of the same prompt ("did the method restore the
     teacher's distribution"): precision, recall, density, coverage and CMMD in the embedder's space, and the paired
     PRDC differences ``<method> - distilled`` (the seeds pair the base, the student and the method), per prompt
-    and, with several prompts, their mean. k is 5, or less where the seeds are too few for the delete-half
+    and, with several prompts, their mean. A method's image and the base's from the same seed share their starting
+    noise (the hybrid's first step *is* the base's), so each image's own-seed partner is left out of the cross
+    comparisons (``paired=True``): otherwise the hybrid would "cover" each base image with its own twin. k is 5, or less where the seeds are too few for the delete-half
     jackknife (2(k + 1) per set); below 4 seeds there are no such rows."""
     n = min(len(by[BASE]) for by in embeddings.values())
     k = min(5, n // 2 - 1)
@@ -393,7 +395,7 @@ def _reference_rows(
     rows: list[dict[str, Any]] = []
     for prompt, by in embeddings.items():
         others = {name: by[name] for name in names if name != BASE}
-        rows += reference_rows(others, by[BASE], prompt, **common)
+        rows += reference_rows(others, by[BASE], prompt, paired=True, **common)  # own-seed twins left out
         rows += reference_difference_rows(others, by[BASE], prompt, pairs, **common)
     if len(embeddings) > 1:
         # The prompts are fixed (the prompts of interest) and their images disjoint, so the per-prompt estimates

@@ -135,6 +135,8 @@ class Diagnosis:
     boundary: int | None = None
     """The recommended boundary's hand-off timestep, None when the recommendation is a k on the student's
     schedule."""
+    regime: Hybrid | None = None
+    """The recommended hybrid as the regime that was measured (what ``call`` samples)."""
     calls: dict[str, str] = field(default_factory=dict)
     """The recommended hybrid in each API: ``"sample"`` (= ``call``), ``"DiversityPipeline"`` and, where the family
     has a diffusers modular pipeline and the choice is a k, ``"modular"``."""
@@ -215,7 +217,7 @@ def diagnose(
     rows = _step_rows(per_step, step_info, **stats) + commitment_rows
     rows += _final_rows(finals, costs, sweep, n_perm=n_perm, **stats)
     summary = ALL_PROMPTS if len(prompt_list) > 1 else prompt_list[0]
-    result = _decided(pair, rows, summary, sweep, costs, base_guidance, out)
+    result = _decided(pair, rows, summary, sweep, costs, out)
     write_metrics(out, rows)
     write_json(
         out / "run.json",
@@ -286,19 +288,20 @@ def _decided(
     summary: str,
     sweep: list[_Switch],
     costs: dict[str, int],
-    base_guidance: float,
     out: Path,
 ) -> Diagnosis:
     """The diagnosis the rows support: each k's and boundary's standing (on the ``summary`` prompt's rows), the
     recommended one and the calls that use it."""
     choices = _choices(rows, summary, sweep, costs)
     chosen, reaches, sentence = _recommend(choices)
-    calls = _calls(pair, chosen, base_guidance)
+    regime = next(sw.regime for sw in sweep if (sw.k, sw.boundary) == (chosen.k, chosen.boundary))
+    calls = _calls(pair, chosen, regime)
     return Diagnosis(
         rows=rows,
         choices=choices,
         k=chosen.k,
         boundary=chosen.boundary,
+        regime=regime,
         reaches_base=reaches,
         recommendation=sentence,
         call=calls["sample"],
@@ -613,11 +616,20 @@ def _recommend(choices: list[KChoice]) -> tuple[KChoice, bool, str]:
     )
 
 
-def _calls(pair: ModelPair, chosen: KChoice, base_guidance: float) -> dict[str, str]:
-    """The recommended hybrid in each API a user may sample with: one line each."""
-    options = f"k={chosen.k}" + (f", base_guidance={base_guidance:g}" if base_guidance else "")
-    if chosen.boundary is not None:
-        options += ', base_schedule="own"'
+def _hybrid_arguments(regime: Hybrid) -> str:
+    """``Hybrid(...)``'s arguments for ``regime``, its defaults left out: the call makes the regime measured."""
+    options = f"k={regime.k}" + (f", base_guidance={regime.base_guidance:g}" if regime.base_guidance else "")
+    if regime.base_schedule != "student":
+        options += f', base_schedule="{regime.base_schedule}"'
+    if regime.base_steps is not None:
+        options += f", base_steps={regime.base_steps}"
+    return options
+
+
+def _calls(pair: ModelPair, chosen: KChoice, regime: Hybrid) -> dict[str, str]:
+    """The recommended hybrid (``regime``, the one measured) in each API a user may sample with: one line each."""
+    options = _hybrid_arguments(regime)
+    base_guidance = regime.base_guidance
     student = pair.student.name if pair.student else "?"
     calls = {
         "sample": (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -109,16 +110,20 @@ def test_the_recommendation_is_a_k_of_the_sweep_and_holds_across_seed_sets(runs)
     assert a.k == b.k or (a.ci_low <= b.ci_high and b.ci_low <= a.ci_high)
 
 
-def test_the_call_runs(runs):
-    namespace: dict = {}
-    exec(runs[0].call.replace('"your prompt"', '"a shape"'), namespace)  # noqa: S102 - our own one line
-    assert len(namespace["images"]) == 4
+def test_the_call_runs_the_hybrid_that_was_measured(pair, runs):
+    from conceptspace import sample
+
+    for result in runs:
+        namespace: dict = {}
+        exec(result.call.replace('"your prompt"', '"a shape"'), namespace)  # noqa: S102 - our own one line
+        measured = sample(pair, "a shape", result.regime, seeds=range(4), progress=False).images
+        pixels = [np.asarray(image) for image in namespace["images"]]
+        assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(pixels, measured, strict=True))
     assert (
         runs[0].calls["sample"] == runs[0].call and "DiversityPipeline(" in runs[0].calls["DiversityPipeline"]
     )
-    assert (
-        "modular" not in runs[0].calls
-    )  # diffusers has no modular pipeline for the testbed's SD-1-style pair
+    # diffusers has no modular pipeline for the testbed's SD-1-style pair
+    assert "modular" not in runs[0].calls
 
 
 def test_run_json_metrics_and_the_report_with_its_curves(runs):

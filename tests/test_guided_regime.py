@@ -227,3 +227,12 @@ def test_cfg_zero_star_options_are_checked():
 def test_cfg_zero_star_refuses_to_zero_every_step(pair):
     with pytest.raises(ValueError, match="zero_init_steps=4 zeroes all 4 steps"):
         CFGZeroStar(zero_init_steps=4).segments(pair, CPU)
+
+
+def test_the_uncond_first_guider_as_a_regime_equals_the_uncond_first_regime(pair):
+    # the guider asks for the unconditional inputs before the loop (not at its one-pass steps): they get encoded
+    from conceptspace.remedies import UncondFirst
+
+    guided = Guided(over="distilled", guider="UncondFirstGuidance")
+    assert any(den.needs_negative for segment in guided.segments(pair, CPU) for den in segment.denoisers)
+    assert torch.equal(_latents(pair, guided), _latents(pair, UncondFirst(steps=1)))

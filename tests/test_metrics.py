@@ -885,3 +885,5 @@ def test_conditional_vendi_does_not_count_variety_between_prompts():
     assert metrics.conditional_vendi(same, prompts) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one prompt per embedding"):
         metrics.conditional_vendi(same, prompts[:5])
+    with pytest.raises(ValueError, match="not one string"):
+        metrics.conditional_vendi(same[:6], "circle")

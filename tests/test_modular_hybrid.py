@@ -259,12 +259,41 @@ def test_more_base_steps_than_the_schedule_has_is_a_clear_error(dmd2) -> None:
         _images(hybrid(pipe, base, k=5))
 
 
+def test_a_boundary_below_the_first_timestep_and_two_base_guidances_are_refused(dmd2) -> None:
+    from diffusers import ClassifierFreeGuidance
+
+    from conceptspace.modular import hybrid
+
+    _, pipe, base = dmd2  # DMD2's first timestep is 999: a boundary at 1000 would leave the base no step
+    with pytest.raises(ValueError, match="the base would run no step"):
+        _images(hybrid(pipe, base, k=None, boundary=1.0))
+    with pytest.raises(ValueError, match="not both"):
+        hybrid(pipe, base, k=1, base_guidance=3.0, base_guider=ClassifierFreeGuidance(guidance_scale=3.0))
+
+
+def test_a_lora_students_adapters_are_left_as_the_user_had_them(hub_cache: Path) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from conceptspace.modular import hybrid
+
+    pipe, _ = qwen_lightning(hub_cache)
+    layers = [m for m in pipe.transformer.modules() if isinstance(m, BaseTunerLayer)]
+    made = hybrid(pipe, None, k=1)
+    kwargs = {**_call_kwargs("qwen-image-lightning"), "num_images_per_prompt": 1}
+    made(**kwargs, generator=[torch.Generator().manual_seed(0)], output="images")
+    assert all(not layer.disable_adapters for layer in layers)  # on again after the base step
+    pipe.transformer.disable_adapters()  # the user switched the student off: a base step must not switch it on
+    made(**kwargs, generator=[torch.Generator().manual_seed(0)], output="images")
+    assert all(layer.disable_adapters for layer in layers)
+    pipe.transformer.enable_adapters()
+
+
 def test_a_lora_free_network_without_a_base_is_a_clear_error(dmd2) -> None:
     from conceptspace.modular import hybrid
 
     _, pipe, _ = dmd2
     with pytest.raises(ValueError, match="no base network"):
-        _images(hybrid(pipe, None, k=1))
+        hybrid(pipe, None, k=1)  # before any prompt is encoded
 
 
 def test_a_hybrid_is_not_made_twice_or_of_an_unsupported_pipeline(dmd2) -> None:

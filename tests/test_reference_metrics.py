@@ -156,7 +156,7 @@ def test_the_difference_is_the_difference_of_prdc_and_a_collapse_loses_coverage_
     z = rng.normal(size=(n, d))
     reference, spread, collapsed = gaussian(rng, n, d), z, 0.3 * z  # the same seeds' noise, one set shrunk
     diff = prdc_difference(reference, collapsed, spread, k, n_boot=300)
-    alone = [prdc(reference, x, k, n_boot=0) for x in (collapsed, spread)]
+    alone = [prdc(reference, x, k, n_boot=0, paired=True) for x in (collapsed, spread)]  # own seed out
     for name in PRDC_METRICS:
         assert diff[name].value == pytest.approx(alone[0][name].value - alone[1][name].value, abs=1e-12)
         assert diff[name].ci_low <= diff[name].value <= diff[name].ci_high
@@ -371,3 +371,40 @@ def test_clear_errors():
 def test_the_module_exports_what_it_documents():
     assert set(reference_module.__all__) <= set(dir(reference_module))
     assert (*PRDC_METRICS, "cmmd") == reference_module.REFERENCE_METRICS
+
+
+# ------------------------------------------------------------------------------------------- seed-paired sets
+def _coverage_without_own_seed(reference: np.ndarray, samples: np.ndarray, k: int) -> float:
+    """Coverage written out by hand: reference i is covered when a sample other than its own-seed partner i lies
+    inside its ball (the distance to its k-th nearest other reference point)."""
+    d_rr = np.linalg.norm(reference[:, None] - reference[None], axis=-1)
+    radii = np.sort(d_rr, axis=1)[:, k]
+    d_rs = np.linalg.norm(reference[:, None] - samples[None], axis=-1)
+    covered = [np.delete(d_rs[i], i).min() < radii[i] for i in range(len(reference))]
+    return float(np.mean(covered))
+
+
+def test_seed_paired_prdc_leaves_each_images_own_twin_out():
+    rng = np.random.default_rng(11)
+    reference = rng.normal(size=(40, 6))
+    twins = reference + 0.01 * rng.normal(size=reference.shape)  # image i shares seed i's noise: a near copy
+    collapsed = np.where(np.arange(40)[:, None] < 8, twins, 0.05 * rng.normal(size=reference.shape))
+    unpaired = prdc(reference, collapsed, k=3, n_boot=0)["coverage"].value
+    paired = prdc(reference, collapsed, k=3, n_boot=0, paired=True)["coverage"].value
+    assert paired == pytest.approx(_coverage_without_own_seed(reference, collapsed, 3), abs=1e-12)
+    assert unpaired > paired  # the twins covered their own reference points
+    with pytest.raises(ValueError, match="seed-paired sets"):
+        prdc(reference, collapsed[:30], k=3, n_boot=0, paired=True)
+
+
+def test_seed_paired_cmmd_leaves_each_seeds_own_pair_out_of_the_cross_mean():
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
+    kernel = lambda a, b: np.exp(-np.sum((a[:, None] - b[None]) ** 2, axis=-1) / (2 * 10.0**2))  # noqa: E731
+    xy = kernel(x, y)
+    cross = (xy.sum() - np.trace(xy)) / (12 * 11)
+    expected = (kernel(x, x).mean() + kernel(y, y).mean() - 2 * cross) * 1000
+    assert cmmd(x, y, n_boot=0, paired=True).value == pytest.approx(expected, rel=1e-10)
+    assert cmmd(x, y, n_boot=0).value != pytest.approx(expected, rel=1e-6)
+    estimate = cmmd(x, x + 0.001, n_boot=200, paired=True)
+    assert estimate.ci_low <= estimate.value <= estimate.ci_high and estimate.ci_high > estimate.ci_low

@@ -96,6 +96,8 @@ def conditional_vendi(embeddings: ArrayLike, prompts: Sequence[str], q: float | 
     image count; one prompt gives its plain Vendi score.
     """
     x = as_embeddings(embeddings)
+    if isinstance(prompts, str):  # a string would be read as one prompt per character
+        raise ValueError("prompts: give one prompt per embedding (a list of strings), not one string")
     labels = list(prompts)
     if len(labels) != len(x):
         raise ValueError(f"give one prompt per embedding: {len(labels)} prompts for {len(x)} embeddings")

@@ -118,6 +118,21 @@ def _prdc_of(d_rr: np.ndarray, d_ss: np.ndarray, d_rs: np.ndarray, k: int) -> np
     return np.stack([precision, recall, density, coverage], axis=-1)
 
 
+def _without_own_seed(d_rs: np.ndarray) -> np.ndarray:
+    """Reference–samples distances of two seed-paired sets (row i of each from seed i) with each image's own-seed
+    partner out of reach (+inf): a sample and the reference image drawn from the same starting noise are not
+    independent draws (a hybrid's first base step makes its image i a near twin of the base's image i), and
+    counting that twin would make a method look as if it covered the reference where it only copied its noise."""
+    if d_rs.shape[0] != d_rs.shape[1]:
+        raise ValueError(
+            "seed-paired sets (row i of each from seed i) need equal numbers of rows, got "
+            f"{d_rs.shape[0]} reference and {d_rs.shape[1]} sample rows"
+        )
+    masked = d_rs.copy()
+    np.fill_diagonal(masked, np.inf)
+    return masked
+
+
 def _half_samples(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
     """``(count, n // 2)`` indices: random halves of ``range(n)``, drawn without replacement."""
     return rng.permuted(np.broadcast_to(np.arange(n), (count, n)), axis=1)[:, : n // 2]
@@ -215,6 +230,7 @@ def _prdc_estimates(
     n_boot: int,
     confidence: float,
     rng: np.random.Generator,
+    paired: bool = False,
 ) -> dict[str, Estimate]:
     """:func:`prdc` with a given generator (the row builders key one per prompt and regime)."""
     check_settings(confidence, n_boot)
@@ -222,9 +238,14 @@ def _prdc_estimates(
     r, s = _feature_sets(reference, samples, min_n=1)
     _check_prdc_sizes(k, n_boot, {"reference": r, "samples": s})
     d_rr, d_ss, d_rs = cdist(r, r), cdist(s, s), cdist(r, s)
+    if paired:
+        d_rs = _without_own_seed(d_rs)
     values = _prdc_of(d_rr, d_ss, d_rs, k)
-    halves = _prdc_half_samples(d_rr, [(d_ss, d_rs)], k, n_boot, rng)[:, 0] if n_boot else None
-    return _half_sampling_estimates(values, halves, len(s), confidence, _BOUNDS, "half-sampling")
+    halves = None
+    if n_boot:
+        halves = _prdc_half_samples(d_rr, [(d_ss, d_rs)], k, n_boot, rng, paired=paired)[:, 0]
+    method = "seed-paired half-sampling" if paired else "half-sampling"
+    return _half_sampling_estimates(values, halves, len(s), confidence, _BOUNDS, method)
 
 
 def _prdc_difference_estimates(
@@ -248,7 +269,7 @@ def _prdc_difference_estimates(
         )
     _check_prdc_sizes(k, n_boot, {"reference": r, "samples_a": a, "samples_b": b})
     d_rr = cdist(r, r)
-    sample_sets = [(cdist(x, x), cdist(r, x)) for x in (a, b)]
+    sample_sets = [(cdist(x, x), _without_own_seed(cdist(r, x))) for x in (a, b)]
     values = _prdc_of(d_rr, *sample_sets[0], k) - _prdc_of(d_rr, *sample_sets[1], k)
     halves = None
     if n_boot:
@@ -267,9 +288,16 @@ def prdc(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: bool = False,
 ) -> dict[str, Estimate]:
     """Precision, recall, density and coverage of ``samples`` ``(m, d)`` against ``reference`` ``(n, d)``
     (Naeem et al. 2020), each with a ``confidence`` interval.
+
+    ``paired``: the two sets are paired by seed (row i of each from seed i, as a method's images and the base's
+    are in a comparison): each image's own-seed partner is left out of every reference–sample comparison, since
+    the two share their starting noise and are no independent draws, and the interval's halves keep each seed's
+    images together. For independent sets of equal distributions the coverage expectation below then holds with
+    m − 1 for m.
 
     The k-nearest-neighbour maths of the ``prdc`` package's ``compute_prdc(real_features=reference,
     fake_features=samples, nearest_k=k)``, on Euclidean distances between the features as given:
@@ -297,7 +325,7 @@ def prdc(
     covers the expected value at these sizes in 93–99% of repeats: conservative, never short. It needs at least
     2(k + 1) images in each set; ``n_boot=0`` gives the values alone (``k`` < n, m).
     """
-    return _prdc_estimates(reference, samples, k, n_boot, confidence, np.random.default_rng(seed))
+    return _prdc_estimates(reference, samples, k, n_boot, confidence, np.random.default_rng(seed), paired)
 
 
 def prdc_difference(
@@ -315,7 +343,8 @@ def prdc_difference(
     distribution more than method b".
 
     The three sets are *paired by seed*: row i of each comes from seed i (the same prompt and starting noise in
-    three regimes), so all three hold n rows. The values are :func:`prdc`'s, subtracted. The interval is
+    three regimes), so all three hold n rows. The values are :func:`prdc`'s with ``paired=True`` (each image's
+    own-seed partner in the reference left out), subtracted. The interval is
     :func:`prdc`'s delete-half jackknife with one random half of the seed indices applied to all three sets at
     once, so each replicate recomputes both metrics on the same reference half and on the same seeds' images:
     what the two measurements share (the reference's own randomness, the seeds' noise) moves both alike and
@@ -355,12 +384,18 @@ class _KernelSums:
         ):  # one original alone (tiny sets): NaN, dropped later
             return total / (w.sum(axis=1) ** 2 - (w**2).sum(axis=1))
 
-    def mmd2(self, w: np.ndarray, v: np.ndarray, unbiased: bool) -> np.ndarray:
+    def mmd2(self, w: np.ndarray, v: np.ndarray, unbiased: bool, paired: bool = False) -> np.ndarray:
         """MMD² for each pair of weight rows ``w`` (over x) and ``v`` (over y): the unbiased U-statistic, or the
-        biased V-statistic with n = Σw, m = Σv (the diagonal of a Gaussian kernel is 1)."""
+        biased V-statistic with n = Σw, m = Σv (the diagonal of a Gaussian kernel is 1). ``paired`` (x_i and y_i
+        from one seed): the cross mean leaves out each seed's own pair, which shares its starting noise."""
         n, m = w.sum(axis=1), v.sum(axis=1)
         k_xx, k_yy = self._within(self.xx, w), self._within(self.yy, v)
-        k_xy = ((w @ self.xy) * v).sum(axis=1) / (n * m)
+        cross = ((w @ self.xy) * v).sum(axis=1)
+        if paired:
+            own = w * v
+            k_xy = (cross - (own * np.diag(self.xy)).sum(axis=1)) / (n * m - own.sum(axis=1))
+        else:
+            k_xy = cross / (n * m)
         if not unbiased:
             k_xx, k_yy = ((n - 1) * k_xx + 1) / n, ((m - 1) * k_yy + 1) / m
         return k_xx + k_yy - 2 * k_xy
@@ -376,6 +411,7 @@ def cmmd(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: bool = False,
 ) -> Estimate:
     """CMMD: the squared maximum mean discrepancy between two embedding sets with a Gaussian RBF kernel
     ``exp(−‖x − y‖² / (2σ²))``, × ``scale``, with a percentile bootstrap interval.
@@ -396,6 +432,10 @@ def cmmd(
     within-set means), then restated at the original sizes for the V-statistic. It covers the estimator's own
     expectation: the population MMD² for ``unbiased=True``, the V-statistic's (biased) expectation otherwise.
     Near MMD² = 0 the statistic is degenerate and the interval is approximate.
+
+    ``paired``: the sets are paired by seed (row i of each from seed i): the cross mean leaves out each seed's own
+    pair, which shares its starting noise and would pull the distance down, and the bootstrap resamples seeds
+    (both images of a seed together).
     """
     check_settings(confidence, n_boot)
     if not (sigma > 0 and math.isfinite(sigma)):
@@ -403,8 +443,12 @@ def cmmd(
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale}")
     x, y = _feature_sets(reference, samples, min_n=2)
+    if paired and len(x) != len(y):
+        raise ValueError(
+            f"seed-paired sets (row i of each from seed i) need equal numbers of rows, got {len(x)} and {len(y)}"
+        )
     sums = _KernelSums(x, y, sigma)
-    value = float(sums.mmd2(np.ones((1, len(x))), np.ones((1, len(y))), unbiased)[0]) * scale
+    value = float(sums.mmd2(np.ones((1, len(x))), np.ones((1, len(y))), unbiased, paired)[0]) * scale
     rng = np.random.default_rng(seed)
     replicates = np.empty(0)
     if n_boot:
@@ -412,11 +456,14 @@ def cmmd(
         parts = []
         for start in range(0, n_boot, chunk):
             count = min(chunk, n_boot - start)
-            w, v = bootstrap_counts(rng, len(x), count), bootstrap_counts(rng, len(y), count)
-            parts.append(sums.mmd2(w, v, unbiased))
+            w = bootstrap_counts(rng, len(x), count)
+            v = w if paired else bootstrap_counts(rng, len(y), count)  # paired: resample seeds, both images
+            parts.append(sums.mmd2(w, v, unbiased, paired))
         replicates = np.concatenate(parts) * scale
     low, high = percentile_interval(replicates, confidence)
-    if not unbiased and len(replicates):  # the V-statistic is never below 0; resamples off distinct pairs can be
+    if (
+        not unbiased and not paired and len(replicates)
+    ):  # the V-statistic is never below 0; resamples off distinct pairs can be
         low = max(low, 0.0)
     return Estimate(value, low, high, len(y), method="bootstrap" if len(replicates) else "none")
 
@@ -452,6 +499,7 @@ def reference_rows(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: bool = False,
     **extra: Any,
 ) -> list[dict[str, Any]]:
     """One tidy row per (regime, metric): each regime's samples for ``prompt`` measured against ``reference``
@@ -466,7 +514,9 @@ def reference_rows(
     Rows carry ``reference`` (``reference_name``), ``n_reference``, ``ci_method``, ``k`` (PRDC) or ``sigma``
     (CMMD), and ``extra`` (e.g. ``model=``, ``embedder=``); ``n`` is the regime's number of samples. A regime
     that *is* the reference set scores trivially (precision 1, CMMD 0): for the base's own baseline pass a
-    second, disjoint draw of its samples (other seeds) as one of the regimes.
+    second, disjoint draw of its samples (other seeds) as one of the regimes. ``paired``: each regime's rows and
+    the reference's come from the same seeds (a comparison's images): :func:`prdc`'s and :func:`cmmd`'s
+    ``paired``, own-seed pairs left out.
     """
     check_settings(confidence, n_boot)
     metrics = _check_metrics(metrics)
@@ -478,7 +528,7 @@ def reference_rows(
     for regime, samples in samples_by_regime.items():
         if any(metric in PRDC_METRICS for metric in metrics):
             rng = keyed_rng(seed, prompt, regime, "prdc", reference_name)
-            estimates = _prdc_estimates(reference, samples, k, n_boot, confidence, rng)
+            estimates = _prdc_estimates(reference, samples, k, n_boot, confidence, rng, paired)
             for metric in (m for m in metrics if m in PRDC_METRICS):
                 estimate = estimates[metric]
                 rows.append(
@@ -487,7 +537,14 @@ def reference_rows(
         if "cmmd" in metrics:
             name = "cmmd_unbiased" if unbiased else "cmmd"
             cmmd_seed = int(keyed_rng(seed, prompt, regime, name, reference_name).integers(2**63))
-            settings = dict(sigma=sigma, scale=scale, unbiased=unbiased, n_boot=n_boot, confidence=confidence)
+            settings = dict(
+                sigma=sigma,
+                scale=scale,
+                unbiased=unbiased,
+                n_boot=n_boot,
+                confidence=confidence,
+                paired=paired,
+            )
             estimate = cmmd(reference, samples, seed=cmmd_seed, **settings)
             rows.append(
                 estimate.row(

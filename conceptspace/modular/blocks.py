@@ -161,6 +161,12 @@ class HybridLoopDenoiser(ModularPipelineBlocks):
             steps = 0 if timesteps is None else len(timesteps)
             if self.k is not None and steps and self.k > steps:
                 raise ValueError(f"hybrid k={self.k} is more than the schedule's {steps} steps")
+            if self.k is None and not self.runs_base(0, t, components.scheduler):
+                raise ValueError(
+                    f"hybrid boundary={self.boundary}: the first timestep ({timestep_value(t)}) is below "
+                    f"{self.boundary} x {components.scheduler.config.num_train_timesteps}, so the base would run no "
+                    "step; lower the boundary"
+                )
         base = self.runs_base(i, t, components.scheduler)
         block_state.hybrid_schedule.append((i, timestep_value(t), "base" if base else "student"))
         if not base:
@@ -209,11 +215,20 @@ def _adapters_off(network: Any, block: HybridLoopDenoiser) -> Iterator[None]:
             "load the student as a LoRA on the pipeline's network (pipe.load_lora_weights(...)) so that the base "
             "steps can switch it off"
         )
+    was_on = _adapters_on(network)
     network.disable_adapters()
     try:
         yield
     finally:
-        network.enable_adapters()
+        if was_on:  # as the user had them: a base step leaves no trace
+            network.enable_adapters()
+
+
+def _adapters_on(network: Any) -> bool:
+    """Whether any of ``network``'s LoRA layers is active (peft's ``disable_adapters`` flag off)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(not layer.disable_adapters for layer in network.modules() if isinstance(layer, BaseTunerLayer))
 
 
 def _denoise_loops(blocks: ModularPipelineBlocks) -> Iterator[LoopSequentialPipelineBlocks]:
@@ -281,6 +296,16 @@ def hybrid(
         )
     if base_guider is not None and not seam.has_guider:
         raise ValueError(f"{type(pipe).__name__}'s loop takes no guider; give base_guidance instead")
+    if base_guider is not None and base_guidance:
+        raise ValueError("give the base's guidance as base_guidance or as a base_guider, not both")
+    if base_network is None and not getattr(
+        getattr(pipe, seam.network, None), "_hf_peft_config_loaded", False
+    ):
+        raise ValueError(
+            f"the hybrid has no base network: give hybrid(pipe, base_network, ...) the base's {seam.network}, or "
+            "load the student as a LoRA on the pipeline's network (pipe.load_lora_weights(...)) so that the base "
+            "steps can switch it off"
+        )
     made = blocks.init_pipeline(components_manager=pipe._components_manager, collection=pipe._collection)
     config = {name: pipe.config[name] for name in made._config_specs if name in pipe.config}
     components = {name: c for name, c in pipe.components.items() if c is not None}

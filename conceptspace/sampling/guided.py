@@ -170,14 +170,19 @@ class GuidedDenoiser(Denoiser):
 
     @property
     def uses_cfg(self) -> bool:
-        # what evaluations() counts as two passes; a guider of three passes or more (SLG) still counts two
         return self.conditions > 1
 
     @property
+    def passes(self) -> int:
+        return self.conditions  # three or more for guiders such as skip-layer guidance
+
+    @property
     def needs_negative(self) -> bool:
-        """True where the guider runs more than one condition: the sampler then encodes the negative prompt (a
-        guider's second pass is the unconditional one for every CFG-like guider)."""
-        return self.conditions > 1
+        """True where the guider runs more than one condition at this step, or asks for the unconditional inputs
+        before the loop as diffusers' modular encoders read it (a guider not yet set to a step:
+        ``UncondFirstGuidance`` runs them alone, in one pass): the sampler then encodes the negative prompt."""
+        unset = build_guider(self.guider_class, self.guider_scale, self.guider_options)
+        return self.conditions > 1 or unset.num_conditions > 1
 
     def _guider(self) -> Any:
         if self.position == 0:

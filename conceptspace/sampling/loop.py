@@ -53,6 +53,11 @@ class Denoiser:
         return self.family.cfg_weight(self.guidance_scale) is not None and not self.embeds_guidance
 
     @property
+    def passes(self) -> int:
+        """Network evaluations per step (a CFG step is two)."""
+        return 2 if self.uses_cfg else 1
+
+    @property
     def needs_negative(self) -> bool:
         """Whether the prompt must be encoded with its unconditional inputs for this denoiser (CFG's second pass,
         or a denoiser that runs the unconditional inputs alone)."""

@@ -159,7 +159,7 @@ def evaluations(segments: list[Segment]) -> dict[str, int]:
     counts = {"base": 0, "distilled": 0}
     for segment in segments:
         for den in segment.denoisers:
-            counts[den.name] += 2 if den.uses_cfg else 1
+            counts[den.name] += den.passes
     return {**counts, "total": counts["base"] + counts["distilled"]}
 
 

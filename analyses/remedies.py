@@ -30,6 +30,9 @@ METHODS = (
     "interval-guidance",
     "renoise",
     "renoise:eta=0",
+    "uncond-first",
+    "cfg-zero-star:guidance_scale=2:name=cfg-zero-star-2",
+    "repellency",
 )
 TESTBED_METHODS = ("sliderspace:sliders=testbed:a-shape:name=sliderspace",)  # the shipped sliders of "a shape"
 
@@ -52,11 +55,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/remedies"))
     parser.add_argument("--rows", type=Path, default=None, help="also copy the tidy rows (JSON) here")
     parser.add_argument("--fresh", action="store_true", help="sample every method again (no reuse of --out)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the testbed")
     args = parser.parse_args()
 
     testbed = args.base == "shapes"
     if testbed:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     pair = load_pair(args.base, args.student, **({"dtype": torch.float32, "device": "cpu"} if testbed else {}))
     steps = args.base_steps or (DEMO_BASE_STEPS if testbed else None)
     result = compare(
@@ -81,8 +85,11 @@ def main() -> None:
         return None
 
     names = ["base", "distilled", *settings["methods"]]
-    print(f"| prompt | method | {diversity['metric']} | − distilled | − base | {quality['metric']} | − distilled |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| prompt | method | {diversity['metric']} | − distilled | − base | {quality['metric']} | − distilled "
+        "| coverage of the base | − distilled |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     prompts = list(dict.fromkeys(r["prompt"] for r in result.rows if r["metric"] == diversity["metric"]))
     for prompt in prompts:
         for name in names:
@@ -93,6 +100,8 @@ def main() -> None:
                 interval(find(prompt, f"{name} - base", f"diff_{d}", diversity["embedder"]), True),
                 interval(find(prompt, name, q, quality["embedder"])),
                 interval(find(prompt, f"{name} - distilled", f"diff_{q}", quality["embedder"]), True),
+                interval(find(prompt, name, "coverage", None)),  # against the base's own samples, own seeds out
+                interval(find(prompt, f"{name} - distilled", "diff_coverage", None), True),
             ]
             print(f"| {prompt} | {name} | " + " | ".join(cells) + " |")
     print()

@@ -236,3 +236,13 @@ def test_the_uncond_first_guider_as_a_regime_equals_the_uncond_first_regime(pair
     guided = Guided(over="distilled", guider="UncondFirstGuidance")
     assert any(den.needs_negative for segment in guided.segments(pair, CPU) for den in segment.denoisers)
     assert torch.equal(_latents(pair, guided), _latents(pair, UncondFirst(steps=1)))
+
+
+def test_a_stateful_guider_gives_each_image_the_same_whatever_its_batch(pair):
+    # APG keeps a momentum across steps: rebuilt at each batch's first step, so no state leaks between batches,
+    # and an image is a function of its prompt and seed alone (the sampler's invariant), at any batch size
+    apg = Guided(over=Base(steps=3), guider="AdaptiveProjectedGuidance", guidance_scale=3.0)
+    one_by_one = _latents(pair, apg, seeds=[3, 4], batch_size=1)
+    together = _latents(pair, apg, seeds=[3, 4], batch_size=2)
+    torch.testing.assert_close(one_by_one, together, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_latents(pair, apg, seeds=[3, 4], batch_size=1), one_by_one, atol=0, rtol=0)

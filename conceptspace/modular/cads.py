@@ -141,15 +141,17 @@ class SeededConditioningGuidance(OnePassCFGGuidance):
 
     # ----------------------------------------------------------------------------------------------- guidance
     def perturbs(self) -> bool:
-        """Whether the conditional batch is changed at the current step (set by ``set_state``)."""
-        raise NotImplementedError
+        """Whether the conditional batch is changed at the current step (set by ``set_state``); each remedy's
+        guider says (CADS: γ < 1; cond-noise: the first steps)."""
+        raise NotImplementedError(f"{type(self).__name__} must say when it perturbs: define perturbs()")
 
     def perturb(
         self, clean: torch.Tensor, real: torch.Tensor, seeds: tuple[int, ...], name: str
     ) -> torch.Tensor:
         """One text input of the conditional batch (batch first), changed; ``real``: its tokens' weights
-        (:func:`~conceptspace.sampling.remedies.token_weights`), ``name``: its noise name."""
-        raise NotImplementedError
+        (:func:`~conceptspace.sampling.remedies.token_weights`), ``name``: its noise name; each remedy's guider
+        says how."""
+        raise NotImplementedError(f"{type(self).__name__} must say what it changes: define perturb()")
 
     def prepare_inputs(self, data: dict[str, Any]) -> list[BlockState]:
         return self.perturbed(super().prepare_inputs(data))

@@ -29,7 +29,7 @@ N_IMAGES = 5
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Build under a fixed seed without touching the session's global RNG."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -49,7 +49,7 @@ def open_clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
     }
     (folder / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(config))
     open_clip.add_model_config(folder / f"{TINY_OPEN_CLIP}.json")
-    with _seeded(0):
+    with seeded(0):
         model = open_clip.create_model(TINY_OPEN_CLIP)
     torch.save(model.state_dict(), folder / "ckpt.pt")
     return f"open_clip:{TINY_OPEN_CLIP}:{folder / 'ckpt.pt'}"
@@ -77,7 +77,7 @@ def dinov2_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
         image_size=28,
         patch_size=7,
     )
-    with _seeded(2):
+    with seeded(2):
         model = Dinov2Model(config)
     model.save_pretrained(folder)
     BitImageProcessor(
@@ -338,7 +338,7 @@ def fake_dreamsim(monkeypatch) -> types.ModuleType:
     ):
         module.calls.append(dict(device=device, cache_dir=cache_dir, dreamsim_type=dreamsim_type))
         torch.hub.set_dir(cache_dir)  # the real package does this for its DINO backbone
-        with _seeded(3):
+        with seeded(3):
             model = _FakeDreamSim().eval()
         resize = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor()])
         return model, lambda image: resize(image.convert("RGB")).unsqueeze(0)

@@ -93,7 +93,7 @@ def clip_tokenizer() -> Any:
     return tokenizer
 
 
-class _seeded:
+class seeded:
     """Build modules under a fixed seed without disturbing the caller's global RNG."""
 
     def __init__(self, seed: int) -> None:
@@ -128,7 +128,7 @@ def _text_config(**extra: Any) -> Any:
 def tiny_vae(seed: int = 0) -> Any:
     from diffusers import AutoencoderKL
 
-    with _seeded(seed):
+    with seeded(seed):
         return AutoencoderKL(
             block_out_channels=(16, 32),
             in_channels=3,
@@ -144,7 +144,7 @@ def tiny_vae(seed: int = 0) -> Any:
 def _tiny_unet(seed: int, lcm: bool, **conditioning: Any) -> Any:
     from diffusers import UNet2DConditionModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=1,
@@ -202,7 +202,7 @@ def tiny_sdxl_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
     """The components of a tiny ``StableDiffusionXLPipeline``."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    with _seeded(seed + 1000):
+    with seeded(seed + 1000):
         text_encoder = CLIPTextModel(_text_config()).eval()
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
     return {
@@ -222,7 +222,7 @@ def tiny_sd_components(seed: int = 0, *, lcm: bool = False) -> dict[str, Any]:
     """The components of a tiny ``StableDiffusionPipeline``."""
     from transformers import CLIPTextModel
 
-    with _seeded(seed + 1000):
+    with seeded(seed + 1000):
         text_encoder = CLIPTextModel(_text_config()).eval()
     return {
         "unet": tiny_sd_unet(seed, lcm=lcm),
@@ -310,7 +310,7 @@ def tiny_t5_encoder(seed: int = 0) -> Any:
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    with _seeded(seed):
+    with seeded(seed):
         return T5EncoderModel(config).eval()
 
 
@@ -327,7 +327,7 @@ def tiny_sd3_transformer(seed: int = 0, *, medium: bool = False) -> Any:
         if medium
         else {"num_layers": 1}
     )
-    with _seeded(seed):
+    with seeded(seed):
         return SD3Transformer2DModel(
             sample_size=32,
             patch_size=1,
@@ -359,7 +359,7 @@ def tiny_sd3_components(seed: int = 0, *, medium: bool = False) -> dict[str, Any
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModelWithProjection
 
-    with _seeded(seed + 1000):
+    with seeded(seed + 1000):
         text_encoder = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_PROJECTION)).eval()
     return {
@@ -400,7 +400,7 @@ def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = True) -> Any
     ``guidance_embeds`` as FLUX.1-dev (True) or schnell (False)."""
     from diffusers import FluxTransformer2DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return FluxTransformer2DModel(
             patch_size=1,
             in_channels=4 * 4,
@@ -421,7 +421,7 @@ def tiny_flux_components(seed: int = 0, *, schnell: bool = False) -> dict[str, A
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModel
 
-    with _seeded(seed + 1000):
+    with seeded(seed + 1000):
         text_encoder = CLIPTextModel(_text_config()).eval()
     return {
         "transformer": tiny_flux_transformer(seed, guidance_embeds=not schnell),
@@ -469,7 +469,7 @@ def tiny_pixart_transformer(seed: int = 0) -> Any:
     the width is a multiple of 3 because those conditions fill two thirds of the timestep embedding."""
     from diffusers import PixArtTransformer2DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return PixArtTransformer2DModel(
             sample_size=128,
             num_layers=1,
@@ -565,7 +565,7 @@ def tiny_qwen3_encoder(seed: int = 0) -> Any:
         head_dim=8,
         max_position_embeddings=1024,
     )
-    with _seeded(seed):
+    with seeded(seed):
         return Qwen3Model(config).eval()
 
 
@@ -573,7 +573,7 @@ def tiny_zimage_transformer(seed: int = 0) -> Any:
     """A tiny ``ZImageTransformer2DModel`` (one main and one refiner layer) for the tiny VAE's latents."""
     from diffusers import ZImageTransformer2DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return ZImageTransformer2DModel(
             all_patch_size=(2,),
             all_f_patch_size=(1,),
@@ -649,7 +649,7 @@ def tiny_qwen25vl_encoder(seed: int = 0) -> Any:
             "fullatt_block_indexes": [0],
         },
     )
-    with _seeded(seed):
+    with seeded(seed):
         return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
@@ -658,7 +658,7 @@ def tiny_qwenimage_vae(seed: int = 0) -> Any:
     own mean and std)."""
     from diffusers import AutoencoderKLQwenImage
 
-    with _seeded(seed):
+    with seeded(seed):
         return AutoencoderKLQwenImage(
             base_dim=8,
             z_dim=4,
@@ -674,7 +674,7 @@ def tiny_qwenimage_transformer(seed: int = 0) -> Any:
     """A tiny ``QwenImageTransformer2DModel`` (two dual-stream blocks) for the tiny Qwen-Image VAE's latents."""
     from diffusers import QwenImageTransformer2DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return QwenImageTransformer2DModel(
             patch_size=2,
             in_channels=16,
@@ -734,7 +734,7 @@ def tiny_gemma2_encoder(seed: int = 0) -> Any:
         vocab_size=len(gemma_tokenizer()), hidden_size=GEMMA_HIDDEN, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
     )  # fmt: skip
-    with _seeded(seed):
+    with seeded(seed):
         return Gemma2Model(config).eval()
 
 
@@ -745,7 +745,7 @@ def tiny_sana_transformer(seed: int = 0, *, sprint: bool = False) -> Any:
     from diffusers import SanaTransformer2DModel
 
     shape = {"guidance_embeds": True} if sprint else {"timestep_scale": 0.001}
-    with _seeded(seed):
+    with seeded(seed):
         return SanaTransformer2DModel(
             patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
             num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8,
@@ -757,7 +757,7 @@ def tiny_dc_ae(seed: int = 0) -> Any:
     """A tiny ``AutoencoderDC`` (deep-compression VAE; 2× here, SANA's is 32×), diffusers' test shape."""
     from diffusers import AutoencoderDC
 
-    with _seeded(seed):
+    with seeded(seed):
         return AutoencoderDC(
             in_channels=3, latent_channels=4, attention_head_dim=2,
             encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),

@@ -21,6 +21,7 @@ and :mod:`~conceptspace.sampling.sampler` (:func:`sample`: text, noise, batches,
 
 from conceptspace.models.families import Conditioning
 from conceptspace.sampling import (
+    group_inference,  # noqa: F401 (registers the "group-inference" regime)
     guided,  # noqa: F401 (registers diffusers' guiders as the "guider" regime)
     remedies,  # noqa: F401 (importing it registers the remedies as regimes)
     repellency,  # noqa: F401 (registers SPELL's batch repellency as the "repellency" regime)
@@ -30,6 +31,7 @@ from conceptspace.sampling.loop import (
     ModelName,
     OutputType,
     RenoiseStep,
+    RowSelection,
     ScheduledStep,
     Segment,
     StepInfo,
@@ -85,6 +87,7 @@ __all__ = [
     "REGIME_PROVIDERS",
     "Regime",
     "RenoiseStep",
+    "RowSelection",
     "ReplaceFinal",
     "SEED_RANGE",
     "SampleResult",

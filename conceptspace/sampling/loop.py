@@ -8,7 +8,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -101,15 +101,28 @@ in place of the ``latents`` that ``scheduler.step`` made at step ``index`` (``mo
 input; ``x0``: its x̂0; ``generator``: the per-sample generators)."""
 
 
+class RowSelection(Protocol):
+    """A regime that keeps only some of the samples it started (group inference): after step ``index`` it sees
+    that step's x̂0 and the batch's conditioning, and returns the rows that go on (sorted indices), or None to keep
+    them all."""
+
+    def __call__(self, index: int, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor | None: ...
+
+    def rows_per_image(self, index: int) -> float:
+        """How many samples run step ``index`` for each image kept at the end (its cost per image)."""
+
+
 @dataclass
 class Segment:
     """Steps ``start..stop-1`` of one scheduler's timestep list, each with its denoiser; ``renoise`` (optional)
-    replaces the latents each step hands to the next one inside the segment (a sampler's stochasticity)."""
+    replaces the latents each step hands to the next one inside the segment (a sampler's stochasticity);
+    ``select`` (optional) drops samples after a step (see :class:`RowSelection`)."""
 
     scheduler: Any
     start: int
     denoisers: list[Denoiser]
     renoise: RenoiseStep | None = None
+    select: RowSelection | None = None
 
     @property
     def stop(self) -> int:
@@ -209,26 +222,38 @@ class StepInfo:
     latents: torch.Tensor
     x0: torch.Tensor
     seeds: tuple[int, ...] = ()
+    kept: torch.Tensor | None = None
+    """After a step that dropped samples: the rows of the previous step that ``x0`` continues (else None)."""
 
 
 class TrajectoryRecorder:
     """A callback keeping every step's x̂0 (latent space, on the CPU), batch after batch.
 
     A run of several batches reports step 0 again at the start of each batch; the recorder starts a new batch
-    there, so :meth:`stacked` gives one row per sample whatever the batch size.
+    there, so :meth:`stacked` gives one row per sample whatever the batch size. Samples a regime drops on the way
+    (group inference) are dropped from the earlier steps too: the rows are the samples that were kept.
     """
 
     def __init__(self) -> None:
         self.batches: list[list[torch.Tensor]] = []
-        self.seeds: list[int] = []
+        self.batch_seeds: list[list[int]] = []
         self.steps: list[ScheduledStep] = []
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed each row's noise was drawn from."""
+        return [seed for seeds in self.batch_seeds for seed in seeds]
 
     def __call__(self, info: StepInfo) -> None:
         if info.step == 0:
             self.batches.append([])
-            self.seeds.extend(info.seeds)
+            self.batch_seeds.append(list(info.seeds))
         if len(self.batches) == 1:
             self.steps.append(ScheduledStep(info.step, info.timestep, info.model))
+        if info.kept is not None:
+            kept = info.kept.cpu()
+            self.batches[-1] = [x0[kept] for x0 in self.batches[-1]]
+            self.batch_seeds[-1] = list(info.seeds)
         self.batches[-1].append(info.x0.detach().float().cpu())
 
     def stacked(self) -> torch.Tensor:
@@ -296,17 +321,50 @@ def denoise(
                 x0 = schedules.split(output, target, model_input, schedules.noise_level(scheduler, index))[0]
             finite.append(torch.isfinite(x0).all())
             ran.append((den.name, t))
-            previous = (scheduler, index, model_input)
             latents = result.prev_sample
             if segment.renoise is not None and index + 1 < len(scheduler.timesteps):
                 latents = segment.renoise(scheduler, index, den, model_input, x0, latents, generator)
+            rows_ran = latents.shape[0]
+            kept = segment.select(index, x0, cond) if segment.select is not None else None
+            if kept is not None:
+                keep_scheduler_rows(scheduler, kept, latents.shape[0])
+                latents, x0, model_input = latents[kept], x0[kept], model_input[kept]
+                cond = cond.select_rows(kept)
+                seeds = [seeds[i] for i in kept.tolist()]
+                if isinstance(generator, list):
+                    generator = [generator[i] for i in kept.tolist()]
+                    kwargs = _step_kwargs(scheduler, generator)
+            previous = (scheduler, index, model_input)
             if callback is not None:
-                callback(StepInfo(step, timestep_value(t), den.name, latents, x0, tuple(seeds)))
-            if progress is not None:
-                progress.update(latents.shape[0])
+                callback(StepInfo(step, timestep_value(t), den.name, latents, x0, tuple(seeds), kept))
+            if progress is not None:  # in images: the samples a selecting regime started count as a share of one
+                share = segment.select.rows_per_image(index) if segment.select is not None else 1.0
+                progress.update(round(rows_ran / share))
             step += 1
     _check_finite(finite, ran)
     return latents
+
+
+SCHEDULER_ROW_STATE = ("model_outputs", "last_sample", "sample", "prev_derivative")
+"""Scheduler attributes that hold one row per sample between steps (multistep solvers' history, Heun's first
+stage): what :func:`keep_scheduler_rows` subsets when samples are dropped."""
+
+
+def keep_scheduler_rows(scheduler: Any, kept: torch.Tensor, rows: int) -> None:
+    """Drop the rows a regime let go from the per-sample state a scheduler carries between steps (``rows``: how
+    many samples it held)."""
+
+    def keep(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            return value[kept.to(value.device)]
+        return value
+
+    for name in SCHEDULER_ROW_STATE:
+        value = getattr(scheduler, name, None)
+        if isinstance(value, list):
+            setattr(scheduler, name, [keep(item) for item in value])
+        elif value is not None:
+            setattr(scheduler, name, keep(value))
 
 
 def _check_finite(finite: list[torch.Tensor], ran: list[tuple[str, torch.Tensor]]) -> None:

@@ -54,6 +54,11 @@ class Regime(ABC):
     def describe(self) -> dict[str, Any]:
         return {"regime": self.name, **asdict(self)}  # type: ignore[call-overload]
 
+    def candidate_seeds(self, seeds: Sequence[int]) -> list[int]:
+        """The seeds whose noise a batch of ``seeds`` starts from: ``seeds`` itself, except for a regime that starts
+        more samples than it keeps (group inference), whose sample ``j`` has row ``j % len(seeds)``'s prompt."""
+        return list(seeds)
+
 
 def _student_schedule(
     pair: ModelPair,
@@ -251,8 +256,14 @@ class Named(Regime):
     def segments(
         self, pair: ModelPair, device: torch.device, latent_shape: tuple[int, int] | None = None
     ) -> list[Segment]:
-        inner = regime_from_name(self.over) if isinstance(self.over, str) else self.over
-        return inner.segments(pair, device, latent_shape)
+        return self.inner.segments(pair, device, latent_shape)
+
+    @property
+    def inner(self) -> Regime:
+        return regime_from_name(self.over) if isinstance(self.over, str) else self.over
+
+    def candidate_seeds(self, seeds: Sequence[int]) -> list[int]:
+        return self.inner.candidate_seeds(seeds)
 
     def describe(self) -> dict[str, Any]:
         over = self.over.describe() if isinstance(self.over, Regime) else self.over

@@ -129,22 +129,37 @@ def sample_latents(
     :func:`sample` and prompt-set runs share.
 
     Every row has its own CPU generator (as the diffusers pipelines draw noise), so a sample does not depend on its
-    batch. Schedulers carry per-run state, so the regime's segments are built afresh unless ``segments`` gives
-    unused ones of the same regime and shape.
+    batch (but for the regimes that couple a batch's samples: repellency, group inference). Schedulers carry
+    per-run state, so the regime's segments are built afresh unless ``segments`` gives unused ones of the same
+    regime and shape.
     """
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    cond = dataclasses.replace(cond, seeds=tuple(int(s) for s in seeds))
+    candidates = [int(s) for s in regime.candidate_seeds(seeds)]
+    if len(candidates) != len(seeds):  # more samples start than are kept: each with its row's prompt
+        cond = cond.select_rows(torch.arange(len(candidates)) % len(seeds))
+    generators = [torch.Generator("cpu").manual_seed(s) for s in candidates]
+    cond = dataclasses.replace(cond, seeds=tuple(candidates))
     device = pair.device
     if segments is None:
         segments = regime.segments(pair, device, latent_shape)
+    if len(candidates) == len(seeds) and any(segment.select is not None for segment in segments):
+        raise ValueError(
+            f"{regime.name} runs a regime that selects samples inside another one: the selecting regime "
+            "(group-inference) must be the outermost (group-inference:over=cads, not cads:over=group-inference)"
+        )
     channels = pair.family.latent_channels(pair.base_network)
     with torch.no_grad():
         latents = initial_latents(
-            segments[0], (len(seeds), channels, *latent_shape), generators, device, cond.dtype
+            segments[0], (len(candidates), channels, *latent_shape), generators, device, cond.dtype
         )
-        return denoise(
-            segments, latents, cond, generator=generators, callback=callback, progress=progress, seeds=seeds
+        final = denoise(
+            segments, latents, cond, generator=generators, callback=callback, progress=progress, seeds=candidates
         )
+    if final.shape[0] != len(seeds):
+        raise RuntimeError(
+            f"{regime.name} kept {final.shape[0]} of {len(candidates)} samples for {len(seeds)} seeds: a regime "
+            "that selects samples must be the outermost one (wrap others in it, not it in others)"
+        )
+    return final
 
 
 def sample(

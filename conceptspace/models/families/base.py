@@ -48,6 +48,17 @@ class Conditioning:
 
         return Conditioning(rep(self.inputs), rep(self.negative))  # type: ignore[arg-type]
 
+    def select_rows(self, rows: torch.Tensor) -> Conditioning:
+        """The rows ``rows`` (indices) of a batch's conditioning, seeds included."""
+
+        def pick(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            if tensors is None:
+                return None
+            return {k: v[rows.to(v.device)] for k, v in tensors.items()}
+
+        seeds = None if self.seeds is None else tuple(self.seeds[i] for i in rows.tolist())
+        return Conditioning(pick(self.inputs), pick(self.negative), seeds)  # type: ignore[arg-type]
+
     @classmethod
     def concatenate(cls, parts: Sequence[Conditioning]) -> Conditioning:
         """Stack conditionings of several prompts into one batch, rows in order."""

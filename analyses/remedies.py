@@ -20,6 +20,7 @@ import torch
 
 from conceptspace import Base, compare, load_pair
 from conceptspace.demo import DEMO_BASE_STEPS, DEMO_PROMPTS
+from conceptspace.metrics import ALL_PROMPTS as ALL
 
 METHODS = (
     "hybrid",
@@ -33,6 +34,7 @@ METHODS = (
     "uncond-first",
     "cfg-zero-star:guidance_scale=2:name=cfg-zero-star-2",
     "repellency",
+    "group-inference",
 )
 TESTBED_METHODS = ("sliderspace:sliders=testbed:a-shape:name=sliderspace",)  # the shipped sliders of "a shape"
 
@@ -114,6 +116,21 @@ def main() -> None:
             f"{interval(e['quality_vs_student'], True)} | {interval(e['fd'])} | {e['evaluations']:.0f} | {ms} | "
             f"{'yes' if e['pareto'] else ''} |"
         )
+    print()
+    print(
+        "| method | Vendi (q=1) | Vendi (q=2) | Conditional-Vendi | − distilled | precision | recall | coverage | CMMD |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    space = next(r["embedder"] for r in result.rows if r["metric"] == "vendi")  # the embedder's, not the probe's
+    for name in names:
+        cells = [
+            interval(find(ALL, name, "vendi", space)),
+            interval(find(ALL, name, "vendi_q2", space)),
+            interval(find(ALL, name, "conditional_vendi", space)),
+            interval(find(ALL, f"{name} - distilled", "diff_conditional_vendi", space), True),
+            *(interval(find(ALL, name, metric, space)) for metric in ("precision", "recall", "coverage", "cmmd")),
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     if args.rows:
         args.rows.parent.mkdir(parents=True, exist_ok=True)
         args.rows.write_text(json.dumps(result.rows, indent=1, default=float))

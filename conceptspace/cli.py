@@ -1329,13 +1329,20 @@ def evaluate(
             help="Also the Inception Score per regime (the FID network; on the testbed its probe).",
         ),
     ] = False,
+    reference_regime: Annotated[
+        str | None,
+        typer.Option(
+            help="Also precision, recall, density, coverage and CMMD of every other regime against this one's "
+            "images (e.g. base), in the embedder's space."
+        ),
+    ] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
     device: DeviceOpt = None,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """CLIP score (each image against its prompt), FID and Inception Score per regime of a run; writes
-    DIR/metrics.json and .csv.
+    """CLIP score (each image against its prompt), FID, Inception Score and coverage of a reference regime per
+    regime of a run; writes DIR/metrics.json and .csv.
 
     Example: conceptspace evaluate runs/coco --fid-ref data/coco-val2014 --embedder open_clip:ViT-B-32:laion2b_s34b_b79k
     """
@@ -1351,6 +1358,7 @@ def evaluate(
         fid_ref=fid_ref,
         fid_weights=fid_weights,
         inception_score=inception_score,
+        reference_regime=reference_regime,
         device=device,
         cache_dir=cache_dir,
         n_boot=n_boot,
@@ -1391,6 +1399,13 @@ def compare_methods(
     out: OutOpt = Path("out/compare"),
     embedder: Annotated[
         str | None, typer.Option(help="Embedder spec for diversity and quality (default: the pair's).")
+    ] = None,
+    also_embedder: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="More embedder specs for the diversity rows (repeatable; default: DINOv2 when its weights are "
+            "cached, beside --embedder's CLIP)."
+        ),
     ] = None,
     fid_ref: Annotated[
         str | None,
@@ -1453,6 +1468,7 @@ def compare_methods(
         out_dir=out,
         base=Base(steps=steps, guidance_scale=guidance),
         embedder=embedder,
+        also_embedders=also_embedder,
         fid_ref=fid_ref,
         fid_weights=fid_weights,
         inception_score=inception_score,

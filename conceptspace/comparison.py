@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,9 @@ from conceptspace.embeddings import resolve_embedder
 from conceptspace.ground_truth import GroundTruth, ground_truth_for
 from conceptspace.io import write_json
 from conceptspace.metrics import ALL_PROMPTS, diversity_over_prompts, paired_over_prompts
-from conceptspace.metrics.reference import reference_difference_rows, reference_rows
+from conceptspace.metrics.prompt_aware import conditional_vendi_rows
+from conceptspace.metrics.reference import base_reference_rows
+from conceptspace.metrics.rows import normal_mean_over_prompts
 from conceptspace.models import ModelPair
 from conceptspace.quality import clip_scores, frechet_distance
 from conceptspace.ranking import BASE, STUDENT, ranking
@@ -67,7 +68,7 @@ __all__ = [
 DEFAULT_METHODS = ("hybrid", "cads", "cond-noise", "interval-guidance", "renoise")
 """The methods compared when none are named: the paper's hybrid and the field's remedies, at their defaults."""
 
-EMBEDDING_METRICS = ("vendi", "pairwise_distance")
+EMBEDDING_METRICS = ("vendi", "vendi_q2", "pairwise_distance")
 
 
 # ------------------------------------------------------------------------------------------------------ methods
@@ -112,6 +113,7 @@ def compare(
     base: Regime | None = None,
     student: Regime | None = None,
     embedder: Any = None,
+    also_embedders: Sequence[Any] | None = None,
     fid_ref: str | os.PathLike | None = None,
     fid_features: torch.nn.Module | None = None,
     fid_weights: str | os.PathLike | None = None,
@@ -129,7 +131,9 @@ def compare(
 
     ``methods``: specs for :func:`parse_method` or regimes. ``base`` / ``student``: the reference regimes (default
     ``Base()`` and ``Distilled()``, the registry's settings). ``embedder``: a spec or a loaded embedder (default:
-    the pair's). ``fid_ref``: a folder of reference images for the Fréchet distances (default: the base's images of
+    the pair's). ``also_embedders``: more spaces for the diversity rows (Vendi, pairwise distance and their
+    differences) beside ``embedder``'s; default :data:`DINOV2` when its weights are in the Hugging Face cache and
+    ``embedder`` is not DINOv2 already (so DINOv2 and CLIP are reported together), else none. ``fid_ref``: a folder of reference images for the Fréchet distances (default: the base's images of
     the same prompts). FID on Inception features runs when ``fid_features`` (any module mapping an image batch in
     [0, 1] to features) is given, or the Inception weights are at hand (``fid_weights`` or the torch hub cache); not
     on the testbed. ``inception_score``: also the Inception Score (``is_classifier``; the testbed's own classes on
@@ -163,7 +167,14 @@ def compare(
     pairs = [(m, STUDENT) for m in names if m != STUDENT] + [(m, BASE) for m in names if m != BASE]
     model = f"{pair.base.name}/{pair.student.name}"
     rows = _embedding_diversity_rows(embeddings, pairs, spec.name, model, n_boot=n_boot, n_perm=n_perm)
-    rows += _reference_rows(embeddings, names, spec.name, model, n_boot=n_boot)
+    for extra in _also_embedders(also_embedders, spec, pair, progress):  # the same images in more spaces
+        extra_embeddings = _embed(extra, paths, progress)
+        rows += _embedding_diversity_rows(
+            extra_embeddings, pairs, extra.name, model, n_boot=n_boot, n_perm=n_perm
+        )
+    rows += base_reference_rows(
+        embeddings, names, BASE, STUDENT, embedder=spec.name, model=model, n_boot=n_boot
+    )
     if has_text:
         rows += _clip_rows(spec, embeddings, names, n_boot=n_boot)
     if truth is not None:
@@ -347,6 +358,22 @@ def _embed(
 
 
 # ---------------------------------------------------------------------------------------------------- diversity
+DINOV2 = "dinov2:facebook/dinov2-base"
+"""The second diversity space ``compare`` reports when its weights are at hand (the field reports DINOv2 beside
+CLIP)."""
+
+
+def _also_embedders(chosen: Sequence[Any] | None, main: Any, pair: ModelPair, progress: bool) -> list[Any]:
+    """The embedders of the extra diversity rows: ``chosen`` loaded, or DINOv2 when cached and not ``main``."""
+    if chosen is None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = DINOV2.split(":", 1)[1]
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        chosen = [DINOV2] if cached and not main.name.startswith("dinov2:") else []
+    return [resolve_embedder(e, pair, device=pair.device, progress=progress) for e in chosen]
+
+
 def _embedding_diversity_rows(
     embeddings: Mapping[str, Mapping[str, torch.Tensor]],
     pairs: Sequence[tuple[str, str]],
@@ -364,51 +391,8 @@ def _embedding_diversity_rows(
     rows += paired_over_prompts(
         embeddings, pairs, metrics=EMBEDDING_METRICS, resample=resample, n_perm=n_perm, **common
     )
-    return rows
-
-
-def _reference_rows(
-    embeddings: Mapping[str, Mapping[str, torch.Tensor]],
-    names: Sequence[str],
-    embedder: str,
-    model: str,
-    *,
-    n_boot: int,
-) -> list[dict[str, Any]]:
-    """Every regime but the base against the base's own samples of the same prompt ("did the method restore the
-    teacher's distribution"): precision, recall, density, coverage and CMMD in the embedder's space, and the paired
-    PRDC differences ``<method> - distilled`` (the seeds pair the base, the student and the method), per prompt
-    and, with several prompts, their mean. A method's image and the base's from the same seed share their starting
-    noise (the hybrid's first step *is* the base's), so each image's own-seed partner is left out of the cross
-    comparisons (``paired=True``): otherwise the hybrid would "cover" each base image with its own twin. k is 5, or less where the seeds are too few for the delete-half
-    jackknife (2(k + 1) per set); below 4 seeds there are no such rows."""
-    n = min(len(by[BASE]) for by in embeddings.values())
-    k = min(5, n // 2 - 1)
-    if k < 1:
-        message = (
-            f"{n} seeds per prompt: no precision/recall/density/coverage/CMMD against the base (needs 4)"
-        )
-        warnings.warn(message, stacklevel=3)
-        return []
-    common = dict(k=k, n_boot=n_boot, embedder=embedder, model=model)
-    pairs = [(name, STUDENT) for name in names if name not in (BASE, STUDENT)]
-    rows: list[dict[str, Any]] = []
-    for prompt, by in embeddings.items():
-        others = {name: by[name] for name in names if name != BASE}
-        rows += reference_rows(others, by[BASE], prompt, paired=True, **common)  # own-seed twins left out
-        rows += reference_difference_rows(others, by[BASE], prompt, pairs, **common)
-    if len(embeddings) > 1:
-        # The prompts are fixed (the prompts of interest) and their images disjoint, so the per-prompt estimates
-        # are independent: the mean's standard error is √(Σ se²) / prompts, each se read off its prompt's interval.
-        keep = ("embedder", "model", "reference", "k", "sigma")
-        prdc_rows = [row for row in rows if row["metric"] != "cmmd"]  # half-sampling intervals
-        cmmd_rows = [row for row in rows if row["metric"] == "cmmd"]  # percentile bootstrap intervals
-        averaged = _normal_mean_over_prompts(prdc_rows, keep=keep, errors="half-sampling")
-        for row in averaged:  # clipped to the metric's range, as each prompt's interval is
-            top = math.inf if row["metric"].endswith("density") else 1.0
-            bottom = -top if row["metric"].startswith("diff_") else 0.0
-            row["ci_low"], row["ci_high"] = max(row["ci_low"], bottom), min(row["ci_high"], top)
-        rows += averaged + _normal_mean_over_prompts(cmmd_rows, keep=keep)
+    if len(embeddings) > 1:  # the prompt-aware score: variety between prompts is not the model's
+        rows += conditional_vendi_rows(embeddings, pairs, embedder=embedder, model=model)
     return rows
 
 
@@ -515,7 +499,7 @@ def _probe_rows(
                 hits[name] = match.astype(np.float64)
             adherence[prompt] = _diff_values(hits, names)
     if len(paths) > 1:
-        rows += _normal_mean_over_prompts([r for r in rows if r["metric"].endswith(measure)])
+        rows += normal_mean_over_prompts([r for r in rows if r["metric"].endswith(measure)])
     if adherence:
         rows += [
             _as_difference(r)
@@ -524,42 +508,6 @@ def _probe_rows(
             )
         ]
     return rows
-
-
-def _normal_mean_over_prompts(
-    rows: Sequence[dict[str, Any]], keep: Sequence[str] = ("embedder", "model"), errors: str = "bootstrap"
-) -> list[dict[str, Any]]:
-    """Per (method, metric) the mean over prompts of independent per-prompt estimates, with a normal interval
-    from their intervals: each half-width / 1.96 taken as a standard error (``errors="half-sampling"``: the wider
-    side's, as value ± 1.96·se clipped at a metric's bound keeps the full width on its other side). The rows'
-    ``keep`` keys carry over."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["regime"], row["metric"]), []).append(row)
-    out = []
-    for (regime, metric), group in groups.items():
-        value = float(np.mean([r["value"] for r in group]))
-        if errors == "half-sampling":
-            ses = [max(r["value"] - r["ci_low"], r["ci_high"] - r["value"]) / 1.959964 for r in group]
-        else:
-            ses = [(r["ci_high"] - r["ci_low"]) / (2 * 1.959964) for r in group]
-        half = 1.959964 * math.sqrt(sum(e * e for e in ses)) / len(group)
-        extra = {k: v for k, v in group[0].items() if k in keep}
-        out.append(
-            metric_row(
-                ALL_PROMPTS,
-                regime,
-                metric,
-                value,
-                value - half,
-                value + half,
-                len(group),
-                n_images=int(sum(r["n"] for r in group)),
-                ci_method=f"normal over prompts (per-prompt {errors} errors)",
-                **extra,
-            )
-        )
-    return out
 
 
 def _reference_paths(fid_ref: str | os.PathLike) -> list[Path]:

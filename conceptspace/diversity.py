@@ -22,11 +22,13 @@ from conceptspace.embeddings import Embedder, default_embedder, load_embedder
 from conceptspace.generate import REGIME_RECORD, generate, schedule_field
 from conceptspace.io import write_json
 from conceptspace.metrics import diversity_over_prompts, paired_over_prompts
+from conceptspace.metrics.prompt_aware import conditional_vendi_rows
+from conceptspace.metrics.reference import base_reference_rows
 from conceptspace.models import ModelPair
 from conceptspace.results import write_metrics
 from conceptspace.sampling import Regime
 
-DEFAULT_METRICS = ("pairwise_distance", "vendi")
+DEFAULT_METRICS = ("pairwise_distance", "vendi", "vendi_q2")
 
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -101,7 +103,13 @@ def measure_diversity(
     ``"prompts"``, or ``"both"`` (two-stage, for prompt sets that sample a larger population); ``"auto"`` picks
     ``"images"`` below 10 prompts and ``"both"`` from 10 on (see docs/metrics.md for the coverage this gives).
     And paired differences between regimes (``pairs``, default :func:`default_pairs`)
-    with a CI and a permutation p-value. Rows carry ``embedder`` and the pair's ``model``.
+    with a CI and a permutation p-value. With several prompts, the prompt-aware Conditional-Vendi score of each
+    regime and its paired differences (:func:`conceptspace.metrics.prompt_aware.conditional_vendi_rows`); with a
+    ``base`` regime, every other regime against the base's own images of each prompt — precision, recall,
+    density, coverage, CMMD and the PRDC differences from ``distilled``
+    (:func:`conceptspace.metrics.reference.base_reference_rows`; 4 seeds or more). The default metrics hold
+    ``vendi_q2``, the order-2 Vendi score, which is closer to its many-image value at small n than q = 1
+    (docs/metrics.md). Rows carry ``embedder`` and the pair's ``model``.
     Returns the rows.
     """
     run = read_run(run_dir)
@@ -137,9 +145,18 @@ def measure_diversity(
     common = dict(
         metrics=metrics, n_boot=n_boot, seed=seed, resample=resample, embedder=embedder.name, model=model
     )
+    pairs = pairs or default_pairs(regimes)
     rows = diversity_over_prompts(embeddings, **common)
     if len(regimes) > 1:
-        rows += paired_over_prompts(embeddings, pairs or default_pairs(regimes), n_perm=n_perm, **common)
+        rows += paired_over_prompts(embeddings, pairs, n_perm=n_perm, **common)
+    if len(embeddings) > 1:  # the prompt-aware score: variety between prompts is not the model's
+        rows += conditional_vendi_rows(embeddings, pairs, embedder=embedder.name, model=model)
+    seeds = min(len(paths) for by_regime in chosen.values() for paths in by_regime.values())
+    if "base" in regimes and len(regimes) > 1 and seeds >= 4:  # who restores the base's own distribution
+        student = "distilled" if "distilled" in regimes else None
+        rows += base_reference_rows(
+            embeddings, regimes, "base", student, n_boot=n_boot, embedder=embedder.name, model=model
+        )
     write_metrics(run_dir, rows)
     return rows
 

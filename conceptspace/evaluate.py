@@ -43,6 +43,7 @@ def evaluate_run(
     fid_feature_extractor: torch.nn.Module | None = None,
     inception_score: bool = False,
     is_classifier: torch.nn.Module | None = None,
+    reference_regime: str | None = None,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     n_boot: int = 1000,
@@ -62,6 +63,10 @@ def evaluate_run(
     Score uses the same Inception network (its unbiased logits; the same weights file) unless ``is_classifier``
     (any module mapping an image batch in [0, 1] to class logits) is given; a testbed run defaults to
     :class:`conceptspace.testbed.probe.ProbeClasses` (the probe's shape × colour, 18 classes).
+    ``reference_regime``: a regime of this run (``base``: "did the method restore the teacher's distribution")
+    against which every other regime's images are measured in the embedder's space — precision, recall, density,
+    coverage and CMMD (:func:`conceptspace.metrics.reference_rows`), pooled over the run's prompts; an image's
+    own twin (same prompt and seed) in the reference is left out when the two regimes made the same images.
 
     Rows, all with ``prompt="(all prompts)"``: ``metric="clip_score"`` per regime (mean over images, bootstrap 95%
     CI), ``metric="fid"`` per regime other than the reference (no CI; ``reference`` and ``n_reference`` keys), and
@@ -84,7 +89,11 @@ def evaluate_run(
         embedder, base_name, device=device, cache_dir=cache_dir, batch_size=batch_size, progress=progress
     )
     has_text = getattr(spec, "has_text", False)
-    if not has_text and reference is None and not inception_score:
+    if reference_regime is not None and reference_regime not in by_regime:
+        raise ValueError(
+            f"reference regime {reference_regime!r} is not a regime of this run ({', '.join(by_regime)})"
+        )
+    if not has_text and reference is None and not inception_score and reference_regime is None:
         from conceptspace.embeddings import EXAMPLE_SPEC
 
         raise ValueError(
@@ -98,6 +107,8 @@ def evaluate_run(
         rows += _fid_rows(reference, by_regime, fid_feature_extractor, fid_weights, size, batch_size, device)
     if inception_score:
         rows += _inception_score_rows(is_classifier, by_regime, size, batch_size, device, n_boot)
+    if reference_regime is not None:
+        rows += _reference_set_rows(spec, by_regime, reference_regime, run_dir, n_boot)
     rows += _seconds_rows(seconds, run.get("parameters", {}), spec, has_text, n_boot)
     write_metrics(run_dir, rows)
     return rows
@@ -143,6 +154,32 @@ def _is_classifier(
         check_inception_available(weights)
         classifier = inception_classifier(weights)
     return classifier
+
+
+def _reference_set_rows(
+    embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], reference: str, run_dir: Path, n_boot: int
+) -> list[dict[str, Any]]:
+    """Every regime but ``reference`` against ``reference``'s images, pooled over prompts (PRDC with k = 5, or
+    less for a few images; CMMD). Images are put in file order, which pairs them by prompt and seed."""
+    from conceptspace.metrics import ALL_PROMPTS, reference_rows
+
+    ordered = {regime: sorted(path for path, _ in images) for regime, images in by_regime.items()}
+    names = {
+        regime: [path.relative_to(run_dir / regime) for path in paths] for regime, paths in ordered.items()
+    }
+    features = {regime: embedder.embed_images([str(p) for p in paths]) for regime, paths in ordered.items()}
+    n = min(len(paths) for paths in ordered.values())
+    k = min(5, n // 2 - 1)
+    if k < 1:
+        raise ValueError(f"{n} images per regime: measuring against {reference!r} needs at least 4")
+    rows = []
+    for regime in (r for r in ordered if r != reference):
+        paired = names[regime] == names[reference]  # the same prompts and seeds: leave each image's twin out
+        rows += reference_rows(
+            {regime: features[regime]}, features[reference], ALL_PROMPTS, reference_name=reference, k=k,
+            n_boot=n_boot, paired=paired, embedder=embedder.name,
+        )  # fmt: skip
+    return rows
 
 
 def _clip_score_rows(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -377,3 +378,54 @@ def test_ranking_reads_a_single_prompts_rows_where_no_average_over_prompts_exist
     (entry,) = [e for e in ranking(rows, settings) if e["method"] == "m"]
     assert entry["diversity_vs_student"] == {"value": 0.9, "ci_low": 0.5, "ci_high": 1.7}
     assert entry["quality"]["value"] == 3.0 and entry["versus_student"] == "more diverse"
+
+
+def test_the_prompt_aware_score_is_the_geometric_mean_of_each_prompts_vendi_and_the_order_2_vendi_is_reported(
+    compared,
+):
+    """With the same seeds per prompt, Conditional-Vendi (q = 1, the prompt as the condition) is the geometric
+    mean of the prompts' own Vendi scores — read here off compare's own per-prompt rows."""
+    rows = compared.rows
+    prompts = ("a red circle", "a blue square")
+    for method in ("base", "distilled", "hybrid", "cads-noise_scale0.5"):
+        per_prompt = [_row(rows, prompt, method, "vendi")["value"] for prompt in prompts]
+        row = _row(rows, ALL_PROMPTS, method, "conditional_vendi")
+        assert row["value"] == pytest.approx(math.exp(np.mean(np.log(per_prompt))), rel=1e-9)
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n"] == 12 and row["n_prompts"] == 2
+        for prompt in (*prompts, ALL_PROMPTS):
+            q2 = _row(rows, prompt, method, "vendi_q2")
+            assert 1 <= q2["value"] <= _row(rows, prompt, method, "vendi")["value"] + 1e-9  # q=2 ≤ q=1
+    diff = _row(rows, ALL_PROMPTS, "hybrid - distilled", "diff_conditional_vendi")
+    gap = _row(rows, ALL_PROMPTS, "hybrid", "conditional_vendi")["value"]
+    gap -= _row(rows, ALL_PROMPTS, "distilled", "conditional_vendi")["value"]
+    assert diff["value"] == pytest.approx(gap) and diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+
+
+def test_another_embedder_adds_its_own_diversity_rows_for_the_same_images(
+    pair, clip_spec, compared, tmp_path
+):
+    from conceptspace.diversity import images_by_prompt, read_run
+    from conceptspace.embeddings import load_embedder
+    from conceptspace.metrics import vendi_score
+
+    shutil.copytree(compared.out_dir, tmp_path / "again")
+    again = compare(
+        pair, ["a red circle", "a blue square"], ["hybrid", "cads:noise_scale=0.5"], seeds=range(6),
+        out_dir=tmp_path / "again", base=Base(steps=4), embedder=clip_spec, also_embedders=["pixels:8"],
+        fid_features=_Identity(), inception_score=True,
+        is_classifier=torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), batch_size=3,
+        report=False, **FAST,
+    )  # fmt: skip
+    pixels = [r for r in again.rows if r.get("embedder") == "pixels:8"]
+    assert {r["metric"] for r in pixels} == {
+        "vendi", "vendi_q2", "pairwise_distance", "conditional_vendi",
+        "diff_vendi", "diff_vendi_q2", "diff_pairwise_distance", "diff_conditional_vendi",
+    }  # fmt: skip
+    files = images_by_prompt(read_run(again.out_dir), again.out_dir)["a red circle"]["hybrid"]
+    embedder = load_embedder("pixels:8")
+    row = _row(pixels, "a red circle", "hybrid", "vendi")
+    assert row["value"] == pytest.approx(
+        vendi_score(embedder.embed_images([str(p) for _, p in files])), rel=1e-6
+    )
+    clip_rows = [r for r in again.rows if r.get("embedder") != "pixels:8"]
+    assert len(clip_rows) == len(compared.rows)  # the main embedder's rows are as before

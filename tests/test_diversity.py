@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -257,3 +258,39 @@ def test_ctrl_c_keeps_every_finished_image_and_the_same_command_reuses_them(tmp_
     assert run["reused_regimes"] == ["distilled"] and run["reused_images"] == {"base": n_base}
     assert [i["seed"] for i in run["regimes"]["base"]["images"]] == list(range(8))
     assert len(list((out / "base").glob("*.png"))) == 8
+
+
+def test_a_prompt_set_gets_the_prompt_aware_score_order_2_vendi_and_coverage_of_the_base(
+    tmp_path: Path,
+) -> None:
+    """Two prompts, a varied base, a collapsed student and a 'hybrid' drawn like the base (other seeds): the
+    student's Conditional-Vendi is 1 (each prompt's images identical), the base's the geometric mean of its
+    prompts' Vendi scores; against the base's own images the hybrid covers more than the collapsed student."""
+    rng = np.random.default_rng(0)
+
+    def varied(n: int) -> list[np.ndarray]:
+        return [blob(*rng.integers(0, 24, 2), tuple(rng.integers(0, 256, 3))) for _ in range(n)]
+
+    prompts = ("a shape", "a thing")
+    write_run(
+        tmp_path,
+        {
+            "base": {p: varied(12) for p in prompts},
+            "distilled": {p: [blob(4, 4, (200, 30, 30))] * 12 for p in prompts},
+            "hybrid": {p: varied(12) for p in prompts},
+        },
+    )
+    rows = measure_diversity(tmp_path, "pixels:16", n_boot=200, n_perm=200, progress=False)
+    by = {(r["prompt"], r["regime"], r["metric"]): r for r in rows}
+    assert by[(ALL_PROMPTS, "distilled", "conditional_vendi")]["value"] == pytest.approx(1.0, abs=1e-4)
+    per_prompt = [by[(p, "base", "vendi")]["value"] for p in prompts]
+    assert by[(ALL_PROMPTS, "base", "conditional_vendi")]["value"] == pytest.approx(
+        math.exp(np.mean(np.log(per_prompt))), rel=1e-9
+    )
+    assert (ALL_PROMPTS, "hybrid - distilled", "diff_conditional_vendi") in by
+    assert by[("a shape", "base", "vendi_q2")]["value"] <= by[("a shape", "base", "vendi")]["value"] + 1e-9
+    for prompt in (*prompts, ALL_PROMPTS):
+        hybrid, student = by[(prompt, "hybrid", "coverage")], by[(prompt, "distilled", "coverage")]
+        assert hybrid["reference"] == "base" and hybrid["value"] > student["value"]
+        assert (prompt, "hybrid - distilled", "diff_coverage") in by
+    assert not [r for r in rows if r["regime"] == "base" and r["metric"] == "coverage"]

@@ -749,12 +749,16 @@ def test_evaluate_scores_each_regime_with_the_inception_score(reference_run: Pat
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
     torch.manual_seed(0)
-    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    classifier = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 5)
+    )
     rows = evaluate_run(run, inception_score=True, is_classifier=classifier, n_boot=200, progress=False)
     scores = {r["regime"]: r for r in rows if r["metric"] == "inception_score"}
     assert list(scores) == ["distilled", "hybrid"]
     for regime, row in scores.items():
-        paths = [run / runs.image_path(*runs.entry_key(e)) for e in read_manifest(run) if e["regime"] == regime]
+        paths = [
+            run / runs.image_path(*runs.entry_key(e)) for e in read_manifest(run) if e["regime"] == regime
+        ]
         images = [Image.open(path).convert("RGB") for path in paths]
         expected = inception_score(images, classifier=classifier, n_boot=0).value
         assert row["value"] == pytest.approx(expected) and row["n"] == 6 and 1.0 <= row["value"] <= 5.0
@@ -767,11 +771,39 @@ def test_every_command_reads_a_prompt_file_one_way(tmp_path):
     from conceptspace.prompts import read_prompt_file
 
     bom = tmp_path / "bom.csv"
-    bom.write_bytes("\ufeffprompt\na cat\n\"a dog, running\"\n".encode())
+    bom.write_bytes('\ufeffprompt\na cat\n"a dog, running"\n'.encode())
     assert read_prompt_file(bom) == ["a cat", "a dog, running"]
     assert [c.prompt for c in read_cases(bom)] == ["a cat", "a dog, running"]
     empty = tmp_path / "empty.csv"
-    empty.write_text("prompt\na cat\n\"  \"\n", encoding="utf-8")
+    empty.write_text('prompt\na cat\n"  "\n', encoding="utf-8")
     for reader in (read_prompt_file, read_cases):
         with pytest.raises(ValueError, match="line 3: the prompt is empty"):
             reader(empty)
+
+
+def test_evaluate_measures_every_regime_against_a_reference_regime(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    """Precision, recall, density, coverage and CMMD of the hybrid against the student's images, equal to prdc()
+    and cmmd() on the same embeddings with each image's own-seed twin left out."""
+    from conceptspace.embeddings import load_embedder
+    from conceptspace.metrics import cmmd, prdc
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    rows = evaluate_run(run, reference_regime="distilled", n_boot=50, progress=False)
+    got = {r["metric"]: r for r in rows if r["regime"] == "hybrid" and r.get("reference") == "distilled"}
+    assert set(got) == {"precision", "recall", "density", "coverage", "cmmd"}
+    embedder = load_embedder("pixels:32")  # tiny-sdxl's own
+    features = {
+        regime: embedder.embed_images([str(p) for p in sorted((run / regime).glob("*.png"))])
+        for regime in ("distilled", "hybrid")
+    }
+    expected = prdc(features["distilled"], features["hybrid"], k=2, n_boot=0, paired=True)
+    for metric in ("precision", "recall", "density", "coverage"):
+        assert got[metric]["value"] == pytest.approx(expected[metric].value), metric
+        assert got[metric]["k"] == 2 and got[metric]["n"] == 6
+    mmd = cmmd(features["distilled"], features["hybrid"], n_boot=0, paired=True)
+    assert got["cmmd"]["value"] == pytest.approx(mmd.value)
+    with pytest.raises(ValueError, match="not a regime of this run"):
+        evaluate_run(run, reference_regime="nope", progress=False)

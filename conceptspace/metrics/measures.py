@@ -27,8 +27,18 @@ def vendi_order(q: float | str) -> float:
     return q
 
 
+def split_metric(metric: str, q: float | str = 1.0) -> tuple[str, float]:
+    """A metric name and the Vendi order it asks for: ``"vendi_q2"`` → ``("vendi", 2.0)``, any other name →
+    itself with ``q`` (so a metric list can hold ``vendi`` and ``vendi_q2`` side by side)."""
+    if metric.startswith("vendi_q"):
+        return "vendi", vendi_order(metric.removeprefix("vendi_q"))
+    return metric, vendi_order(q)
+
+
 def metric_name(metric: str, q: float | str = 1.0) -> str:
-    """The row name of a diversity metric: ``vendi`` for q=1, ``vendi_q2``, ``vendi_qinf``… for other orders."""
+    """The row name of a diversity metric: ``vendi`` for q=1, ``vendi_q2``, ``vendi_qinf``… for other orders (a
+    ``vendi_q<order>`` name gives its own order)."""
+    metric, q = split_metric(metric, q)
     if metric not in DIVERSITY_METRICS:
         raise ValueError(f"unknown diversity metric {metric!r}; choose from {', '.join(DIVERSITY_METRICS)}")
     if metric != "vendi" or vendi_order(q) == 1:

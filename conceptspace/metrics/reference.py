@@ -16,12 +16,14 @@ Like FID these numbers depend on the set sizes (and on ``k``): compare them only
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from conceptspace.metrics.rows import normal_mean_over_prompts
 from conceptspace.stats import (
     ArrayLike,
     Estimate,
@@ -39,6 +41,7 @@ __all__ = [
     "CMMD_SIGMA",
     "PRDC_METRICS",
     "REFERENCE_METRICS",
+    "base_reference_rows",
     "cmmd",
     "prdc",
     "prdc_difference",
@@ -602,4 +605,50 @@ def reference_difference_rows(
                     prompt, label, f"diff_{metric}", **common, k=k, ci_method=estimate.method, **extra
                 )
             )
+    return rows
+
+
+def base_reference_rows(
+    embeddings: Mapping[str, Mapping[str, ArrayLike]],
+    names: Sequence[str],
+    base: str,
+    student: str | None,
+    *,
+    n_boot: int = 1000,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """Every regime of ``names`` but ``base`` against ``base``'s own samples of the same prompt ("did the method restore the
+    teacher's distribution"): precision, recall, density, coverage and CMMD in the embedder's space, and the paired
+    PRDC differences ``<method> - <student>`` (when ``student`` is one of ``names``) (the seeds pair the base, the student and the method), per prompt
+    and, with several prompts, their mean. A method's image and the base's from the same seed share their starting
+    noise (the hybrid's first step *is* the base's), so each image's own-seed partner is left out of the cross
+    comparisons (``paired=True``): otherwise the hybrid would "cover" each base image with its own twin. k is 5, or less where the seeds are too few for the delete-half
+    jackknife (2(k + 1) per set); below 4 seeds there are no such rows."""
+    n = min(len(by[base]) for by in embeddings.values())
+    k = min(5, n // 2 - 1)
+    if k < 1:
+        message = (
+            f"{n} seeds per prompt: no precision/recall/density/coverage/CMMD against the base (needs 4)"
+        )
+        warnings.warn(message, stacklevel=3)
+        return []
+    common = dict(k=k, n_boot=n_boot, **extra)
+    pairs = [(name, student) for name in names if name not in (base, student)] if student in names else []
+    rows: list[dict[str, Any]] = []
+    for prompt, by in embeddings.items():
+        others = {name: by[name] for name in names if name != base}
+        rows += reference_rows(others, by[base], prompt, paired=True, **common)  # own-seed twins left out
+        rows += reference_difference_rows(others, by[base], prompt, pairs, **common)
+    if len(embeddings) > 1:
+        # The prompts are fixed (the prompts of interest) and their images disjoint, so the per-prompt estimates
+        # are independent: the mean's standard error is √(Σ se²) / prompts, each se read off its prompt's interval.
+        keep = ("embedder", "model", "reference", "k", "sigma")
+        prdc_rows = [row for row in rows if row["metric"] != "cmmd"]  # half-sampling intervals
+        cmmd_rows = [row for row in rows if row["metric"] == "cmmd"]  # percentile bootstrap intervals
+        averaged = normal_mean_over_prompts(prdc_rows, keep=keep, errors="half-sampling")
+        for row in averaged:  # clipped to the metric's range, as each prompt's interval is
+            top = math.inf if row["metric"].endswith("density") else 1.0
+            bottom = -top if row["metric"].startswith("diff_") else 0.0
+            row["ci_low"], row["ci_high"] = max(row["ci_low"], bottom), min(row["ci_high"], top)
+        rows += averaged + normal_mean_over_prompts(cmmd_rows, keep=keep)
     return rows

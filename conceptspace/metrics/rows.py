@@ -18,6 +18,7 @@ from conceptspace.metrics.measures import (
     load_lpips,
     lpips_distance_matrix,
     metric_name,
+    split_metric,
     vendi_order,
 )
 from conceptspace.results import ALL_PROMPTS, metric_row
@@ -87,12 +88,14 @@ class _Sources:
         return MatrixPairs(lpips_distance_matrix(images, model=self.lpips_model, device=self.device))
 
     def single(self, regime: str, metric: str, **settings: Any) -> Draws:
+        metric, settings["q"] = split_metric(metric, settings["q"])
         if metric == "lpips":
             return single_draws(metric, None, self.lpips(self.images(regime)), **settings)
         x = self.x(regime)
         return single_draws(metric, x, CosinePairs(x), **settings)
 
     def paired(self, a: str, b: str, metric: str, **settings: Any) -> Draws:
+        metric, settings["q"] = split_metric(metric, settings["q"])
         if metric == "lpips":
             images_a, images_b = self.images(a), self.images(b)
             check_paired(images_a, images_b, (a, b))
@@ -415,6 +418,42 @@ def average_over_prompts(
         out.append(
             metric_row(
                 label, regime, metric, estimate.value, estimate.ci_low, estimate.ci_high, len(values), **extra
+            )
+        )
+    return out
+
+
+def normal_mean_over_prompts(
+    rows: Sequence[dict[str, Any]], keep: Sequence[str] = ("embedder", "model"), errors: str = "bootstrap"
+) -> list[dict[str, Any]]:
+    """Per (method, metric) the mean over prompts of independent per-prompt estimates, with a normal interval
+    from their intervals: each half-width / 1.96 taken as a standard error (``errors="half-sampling"``: the wider
+    side's, as value ± 1.96·se clipped at a metric's bound keeps the full width on its other side). The rows'
+    ``keep`` keys carry over."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["regime"], row["metric"]), []).append(row)
+    out = []
+    for (regime, metric), group in groups.items():
+        value = float(np.mean([r["value"] for r in group]))
+        if errors == "half-sampling":
+            ses = [max(r["value"] - r["ci_low"], r["ci_high"] - r["value"]) / 1.959964 for r in group]
+        else:
+            ses = [(r["ci_high"] - r["ci_low"]) / (2 * 1.959964) for r in group]
+        half = 1.959964 * math.sqrt(sum(e * e for e in ses)) / len(group)
+        extra = {k: v for k, v in group[0].items() if k in keep}
+        out.append(
+            metric_row(
+                ALL_PROMPTS,
+                regime,
+                metric,
+                value,
+                value - half,
+                value + half,
+                len(group),
+                n_images=int(sum(r["n"] for r in group)),
+                ci_method=f"normal over prompts (per-prompt {errors} errors)",
+                **extra,
             )
         )
     return out

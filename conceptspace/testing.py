@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from conceptspace.models.families.hidream import LLAMA_REPO_ID
 from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' and benchmarks' builders)
     LCM_TIME_COND_DIM,
     SD_EULER_SCHEDULER,
@@ -39,6 +40,9 @@ from conceptspace.models.tiny import (  # noqa: F401  (re-exported: the tests' a
     tiny_zimage_pipeline,
     write_clip_tokenizer_files,
 )
+from conceptspace.models.tiny_flux2 import tiny_flux2_pipeline
+from conceptspace.models.tiny_hidream import tiny_hidream_pipeline, write_tiny_llama_repo
+from conceptspace.models.tiny_krea2 import tiny_krea2_pipeline
 
 SNAPSHOT_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -145,6 +149,9 @@ class _RepoLayout:
     legacy_class: tuple[str, str] | None = None
     """(diffusers' class name, the older name the repo's configs use)."""
     qwen_tokenizer: bool = False
+    companion_repos: tuple[tuple[str, Callable[[Path], Any]], ...] = ()
+    """(repo id, writer of its snapshot folder) of repos the pipeline is loaded with but does not ship (HiDream's
+    Llama encoder)."""
 
 
 _REPO_LAYOUTS: dict[str, _RepoLayout] = {
@@ -167,6 +174,20 @@ _REPO_LAYOUTS: dict[str, _RepoLayout] = {
         lambda seed: tiny_sana_pipeline(seed, sprint=seed != 0),
         legacy_class=("GemmaTokenizer", "GemmaTokenizerFast"),
     ),
+    "hidream": _RepoLayout(  # the student repo: Fast's FlowMatchLCMScheduler; no repo ships the Llama encoder
+        lambda seed: tiny_hidream_pipeline(seed, fast=seed != 0, llama=False),
+        clip_tokenizers=("tokenizer", "tokenizer_2"),
+        sharded_network=True, companion_repos=((LLAMA_REPO_ID, write_tiny_llama_repo),),
+    ),
+    "krea2": _RepoLayout(  # the student repo: Turbo's Krea2Pipeline, is_distilled in its model_index.json
+        lambda seed: tiny_krea2_pipeline(seed, distilled=seed != 0), sharded_network=True, qwen_tokenizer=True
+    ),
+    **{  # FLUX.2 [klein] 4B and 9B: Flux2KleinPipeline repos, the step-distilled ones with is_distilled set
+        family: _RepoLayout(
+            lambda seed: tiny_flux2_pipeline(seed, distilled=seed != 0), sharded_network=True, qwen_tokenizer=True
+        )
+        for family in ("flux2-klein-4b", "flux2-klein-9b")
+    },
 }
 
 
@@ -230,6 +251,10 @@ def write_hub_cache(cache_dir: str | os.PathLike, names: Iterable[str] | None = 
             if spec.variant:
                 pipe.to(torch.float16).save_pretrained(snapshot, variant=spec.variant)
             _write_clip_tokenizers(snapshot, layout.clip_tokenizers, spec.family)
+            for repo_id, write in layout.companion_repos:
+                if repo_id not in snapshots:
+                    snapshots[repo_id] = _snapshot(cache_dir, repo_id)
+                    write(snapshots[repo_id])
         elif spec.storage == "unet_folder":
             unet = unets[spec.family](seed=20, lcm=spec.scheduler == "LCMScheduler")
             unet.save_pretrained(snapshot / (spec.subfolder or ""))

@@ -152,6 +152,9 @@ def test_hub_cache_mirrors_the_real_repos(hub_cache: Path):
         "qwen-image-lightning-4step",
         "sana-teacher",
         "sana-sprint",
+        *("krea2-raw", "krea2-turbo"),  # test_krea2_family.py
+        *("hidream-i1-full", "hidream-i1-fast", "hidream-i1-dev"),  # test_hidream_family.py
+        *("flux2-klein-base-4b", "flux2-klein-4b", "flux2-klein-base-9b", "flux2-klein-9b"),  # test_flux2_family.py
         *LORA_STUDENTS,
         *STUDENTS,
     }, "a registry entry without a loading test"

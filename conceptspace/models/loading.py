@@ -321,6 +321,8 @@ def _load_with_variants(
             # shard list unless told local_files_only (seen with SD3.5's sharded transformer).
             offline = {"local_files_only": True} if hub_offline() and path is None else {}
             return loader(variant=variant, cache_dir=cache_dir, **_dtype_kwargs(dtype), **offline, **kwargs)
+        except ModelNotFoundError:  # a family's own missing repo (HiDream's Llama) names itself
+            raise
         except (OSError, ValueError) as error:  # diffusers reports absent files and variants with either
             errors.append(f"variant={variant}: {_first_line(error)}")
         except (TypeError, KeyError, AttributeError, IndexError) as error:  # a config the class cannot build

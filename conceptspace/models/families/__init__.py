@@ -10,6 +10,9 @@ from __future__ import annotations
 from conceptspace.lora import NETWORK_TIMESTEPS
 from conceptspace.models.families.base import Conditioning, Family
 from conceptspace.models.families.flux import Flux
+from conceptspace.models.families.flux2 import Flux2
+from conceptspace.models.families.hidream import HiDream
+from conceptspace.models.families.krea2 import Krea2
 from conceptspace.models.families.pixart import PixArtAlpha
 from conceptspace.models.families.qwenimage import QwenImage
 from conceptspace.models.families.sana import Sana
@@ -32,6 +35,9 @@ FAMILIES.update(
             ZImage(),
             QwenImage(),
             Sana(),
+            HiDream(),
+            Krea2(),
+            Flux2(),
         )
     }
 )
@@ -66,6 +72,9 @@ __all__ = [
     "Conditioning",
     "Family",
     "Flux",
+    "Flux2",
+    "HiDream",
+    "Krea2",
     "PixArtAlpha",
     "QwenImage",
     "Sana",

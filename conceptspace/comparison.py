@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,14 +365,21 @@ CLIP)."""
 
 
 def _also_embedders(chosen: Sequence[Any] | None, main: Any, pair: ModelPair, progress: bool) -> list[Any]:
-    """The embedders of the extra diversity rows: ``chosen`` loaded, or DINOv2 when cached and not ``main``."""
-    if chosen is None:
-        from huggingface_hub import try_to_load_from_cache
+    """The embedders of the extra diversity rows: ``chosen`` loaded, or DINOv2 when its config and weights are in
+    the Hugging Face cache and ``main`` is not DINOv2 (one that then fails to load is left out with a warning)."""
+    if chosen is not None:
+        return [resolve_embedder(e, pair, device=pair.device, progress=progress) for e in chosen]
+    from huggingface_hub import try_to_load_from_cache
 
-        repo = DINOV2.split(":", 1)[1]
-        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
-        chosen = [DINOV2] if cached and not main.name.startswith("dinov2:") else []
-    return [resolve_embedder(e, pair, device=pair.device, progress=progress) for e in chosen]
+    repo = DINOV2.split(":", 1)[1]
+    cached = [isinstance(try_to_load_from_cache(repo, f), str) for f in ("config.json", "model.safetensors")]
+    if not all(cached) or main.name.startswith("dinov2:"):
+        return []
+    try:
+        return [resolve_embedder(DINOV2, pair, device=pair.device, progress=progress)]
+    except (OSError, ValueError) as error:
+        warnings.warn(f"no DINOv2 diversity rows: {DINOV2} did not load ({error})", stacklevel=3)
+        return []
 
 
 def _embedding_diversity_rows(

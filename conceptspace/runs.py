@@ -138,8 +138,9 @@ def sample_batch(
     """One PIL image per (prompt, seed) pair, sampled together in one batch of exactly ``batch_size`` rows.
 
     Prompts may differ within the batch. A short batch is padded by repeating its last sample (the copies are
-    discarded), so every forward pass of a run has the same shape. With ``batch_size=1`` the image equals
-    ``sample(pair, prompt, regime, [seed], batch_size=1)`` bit for bit.
+    discarded), so every forward pass of a run has the same shape — except under a regime that chooses among a
+    batch's samples (group inference), where copies would join a prompt's group. With ``batch_size=1`` the image
+    equals ``sample(pair, prompt, regime, [seed], batch_size=1)`` bit for bit.
     """
     rows = len(prompts)
     batch_size = batch_size or rows
@@ -147,7 +148,8 @@ def sample_batch(
         raise ValueError(f"{rows} prompts but {len(seeds)} seeds: give one seed per prompt")
     if not 1 <= rows <= batch_size:
         raise ValueError(f"a batch holds 1 to {batch_size} samples, got {rows}")
-    padding = batch_size - rows
+    selects = len(regime.candidate_seeds([0])) > 1  # a padded copy would be one more member of a group
+    padding = 0 if selects else batch_size - rows
     prompts = list(prompts) + [prompts[-1]] * padding
     seeds = [int(s) for s in seeds] + [int(seeds[-1])] * padding
     height = height or pair.default_resolution

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,9 @@ def test_greedy_dispersion_follows_its_rule_step_by_step():
     """A hand-written rule on random points: the first member of the farthest pair, then the largest summed
     distance to the chosen ones."""
     points = torch.randn(9, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    distance = {(i, j): float((points[i] - points[j]).norm()) for i, j in itertools.product(range(9), repeat=2)}
+    distance = {
+        (i, j): float((points[i] - points[j]).norm()) for i, j in itertools.product(range(9), repeat=2)
+    }
     far = max(distance.values())
     first = min(i for i in range(9) if any(abs(distance[i, j] - far) < 1e-12 for j in range(9)))
     chosen = [first]
@@ -113,13 +116,15 @@ def test_the_chosen_group_lies_farther_apart_than_the_first_candidates(pair):
     [
         (GroupInference(candidates=4), {"base": 0, "distilled": 4 + 3, "total": 7}),
         (GroupInference(candidates=4, prune=(0, 1)), {"base": 0, "distilled": 4 + 2 + 2, "total": 8}),
+        (GroupInference(candidates=3, prune=(0, 1)), {"base": 0, "distilled": 3 + 2 + 2, "total": 7}),
         (GroupInference(over=Hybrid(k=1), candidates=2), {"base": 2, "distilled": 3, "total": 5}),
         (GroupInference(candidates=1), {"base": 0, "distilled": 4, "total": 4}),
     ],
-    ids=["one-cut", "two-cuts", "hybrid", "zero"],
+    ids=["one-cut", "two-cuts", "two-cuts-rounded", "hybrid", "zero"],
 )
 def test_cost_counts_every_candidates_evaluations_per_kept_image(pair, regime, expected):
-    # the 4-step student: M candidates run up to the cut, then the survivors (√M per image after a first of two)
+    # the 4-step student: M candidates run up to the cut, then the survivors (round(√M) per image after the first
+    # of two cuts)
     assert evaluations(regime.segments(pair, pair.device)) == expected
 
 
@@ -131,18 +136,38 @@ def test_two_cuts_keep_two_per_image_then_one(pair):
     assert counts == [6, 3, 3, 3] and grouped.images.shape[0] == 3
 
 
-def test_prompts_sharing_a_batch_are_chosen_among_their_own_candidates(pair):
-    """Two prompts in one batch (a prompt-set run): each keeps its own rows, chosen among its own candidates."""
+def test_prompts_sharing_a_batch_are_chosen_among_their_own_candidates_and_keep_their_rows(pair):
+    """Two prompts interleaved in one batch (a prompt-set run): each keeps its own rows, chosen among its own
+    candidates — the reference is each prompt sampled alone on its candidates' seeds."""
     shape = latent_size(pair, 64, 64)
-    prompts = ["a red circle", "a blue square", "a blue square"]
+    prompts = ["a red circle", "a blue square", "a red circle", "a blue square"]
     conds = [encode_text(pair, p, negative_prompt=None, cfg=False, height=64, width=64) for p in prompts]
     regime = GroupInference(candidates=3)
-    grouped = sample_latents(pair, regime, Conditioning.concatenate(conds), [0, 1, 2], latent_shape=shape)
-    for rows in ([0], [1, 2]):  # the seeds are the rows: each prompt's candidates in the batch's order
+    grouped = sample_latents(pair, regime, Conditioning.concatenate(conds), [0, 1, 2, 3], latent_shape=shape)
+    later = False
+    for rows in ([0, 2], [1, 3]):  # the seeds are the rows: each prompt's candidates in the batch's order
         alone = sample(pair, prompts[rows[0]], Distilled(), regime.candidate_seeds(rows), height=64, width=64,
                        output_type="latent", progress=False, record_x0=True)  # fmt: skip
         chosen = greedy_dispersion(preview_features(alone.trajectory[:, 0]), len(rows))
         assert torch.allclose(grouped[rows], alone.images[chosen], atol=1e-5)
+        later |= chosen.tolist() != list(range(len(rows)))
+    assert later  # some prompt kept a candidate other than its own seeds: the test could tell rows apart
+
+
+def test_a_prompt_with_one_image_in_the_batch_keeps_its_own_seed_and_says_why(pair):
+    with pytest.warns(UserWarning, match="one image of a prompt"):
+        alone = _run(pair, GroupInference(candidates=3), seeds=[7])
+    assert torch.allclose(alone.images, _run(pair, Distilled(), seeds=[7]).images, atol=1e-5)  # batch of 3 vs 1
+
+
+def test_a_prompt_set_run_does_not_pad_a_groups_batch(pair):
+    """A short batch of a prompt-set run is padded with copies of its last sample, which would join its group."""
+    from conceptspace.runs import sample_batch
+
+    regime = GroupInference(candidates=2)
+    images = sample_batch(pair, regime, ["a red circle"] * 2, [0, 1], batch_size=4, height=64, width=64)
+    expected = sample(pair, "a red circle", regime, [0, 1], height=64, width=64, batch_size=2, progress=False)
+    assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in expected.images]
 
 
 def test_spec_and_description(pair):

@@ -12,13 +12,15 @@ in latent space has no prompt-alignment score, and ``compare`` measures quality 
 The group is a batch's samples of one prompt: an image depends on its batch's other seeds, as under repellency
 (sample with ``batch_size=len(seeds)`` to choose all of a prompt's images together). Candidate ``j`` of row ``i``
 (``j >= 1``) draws its noise from :func:`candidate_seed` ``(seed_i, j)``; candidate 0 is the row's own seed, so
-``candidates=1`` is ``over`` exactly. The kept samples go on in candidate order.
+``candidates=1`` is ``over`` exactly. Each prompt's kept samples fill its own rows of the batch in candidate
+order; a prompt with one image in the batch keeps its own seed's sample (with a warning: there is no group).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,40 +75,60 @@ def greedy_dispersion(features: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.tensor(sorted(chosen))
 
 
-def _prompt_groups(cond: Conditioning) -> list[torch.Tensor]:
-    """The rows of a batch grouped by identical conditioning (one group per prompt), in order of first row."""
-    rows = next(iter(cond.inputs.values())).shape[0]
-    keys: dict[bytes, list[int]] = {}
-    for row in range(rows):
-        key = b"".join(v[row].detach().cpu().contiguous().numpy().tobytes() for v in cond.inputs.values())
-        keys.setdefault(key, []).append(row)
-    return [torch.tensor(group) for group in keys.values()]
+def _slot_groups(cond: Conditioning, slots: int) -> list[list[int]]:
+    """The image slots ``0 … slots-1`` grouped by identical conditioning (one group per prompt), in order of
+    first slot; rows ``0 … slots-1`` of ``cond`` hold one sample of each slot."""
+    flat = torch.cat([v[:slots].detach().flatten(1).float() for v in cond.inputs.values()], dim=1)
+    _, prompt = torch.unique(flat, dim=0, return_inverse=True)
+    groups: dict[int, list[int]] = {}
+    for slot, key in enumerate(prompt.tolist()):
+        groups.setdefault(key, []).append(slot)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
 class GroupSelection:
     """The row selection of one segment (a :class:`~conceptspace.sampling.loop.RowSelection`): after the steps at
-    the scheduler indices in ``sizes``, each prompt's samples are cut to ``sizes[index]`` per image kept."""
+    the scheduler indices in ``sizes``, each prompt's samples are cut to ``sizes[index]`` per image kept.
 
-    sizes: dict[int, float]
+    Rows are laid out rank by rank: the sample at row ``p`` belongs to image slot ``p % slots`` (the batch's row
+    of that prompt and seed), as the candidates start (:meth:`GroupInference.candidate_seeds`) and as every cut
+    leaves them, so after the last cut row ``i`` is image ``i`` of the batch, with its own prompt."""
+
+    sizes: dict[int, int]
     """Scheduler index → candidates per kept image left after that step (after the last cut: 1)."""
-    entering: float
+    entering: int
     """Candidates per kept image at the segment's first step."""
 
-    def rows_per_image(self, index: int) -> float:
+    def rows_per_image(self, index: int) -> int:
         return min([self.entering] + [size for at, size in self.sizes.items() if at < index])
 
     def __call__(self, index: int, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor | None:
         if index not in self.sizes:
             return None
-        per_image, now = self.sizes[index], self.rows_per_image(index)
+        per_image, slots = self.sizes[index], x0.shape[0] // self.rows_per_image(index)
         features = preview_features(x0)
-        kept = []
-        for rows in _prompt_groups(cond):
-            images = round(len(rows) / now)  # the images this prompt's rows stand for
-            choice = greedy_dispersion(features[rows], max(images, round(images * per_image)))
-            kept.append(rows[choice])
-        return torch.cat(kept).sort().values
+        kept = torch.empty(slots * per_image, dtype=torch.long)
+        for group in _slot_groups(cond, slots):
+            rows = torch.tensor(
+                [p for p in range(x0.shape[0]) if p % slots in group]
+            )  # the prompt's candidates
+            if (
+                len(group) * per_image == 1
+            ):  # one image of this prompt in the batch: nothing to choose between
+                warnings.warn(
+                    "group inference: a batch holds one image of a prompt, so its candidates have no group to be "
+                    "diverse in and the image's own seed is kept; sample a prompt's seeds in one batch "
+                    "(batch_size=len(seeds))",
+                    stacklevel=2,
+                )
+                chosen = rows[:1]
+            else:
+                chosen = rows[greedy_dispersion(features[rows], len(group) * per_image)]
+            for rank in range(per_image):  # rank by rank, each prompt's picks into its own slots
+                for position, slot in enumerate(group):
+                    kept[rank * slots + slot] = chosen[rank * len(group) + position]
+        return kept
 
 
 @dataclass(frozen=True)
@@ -157,8 +179,8 @@ class GroupInference(Regime):
                 f"{inner_regime(self.over).name} runs {len(positions)} steps (positions 0 to {len(positions) - 1})"
             )
         cuts = len(self.prune)
-        after = {p: self.candidates ** (1 - (i + 1) / cuts) for i, p in enumerate(self.prune)}
-        segments, position, entering = [], 0, float(self.candidates)
+        after = {p: max(1, round(self.candidates ** (1 - (i + 1) / cuts))) for i, p in enumerate(self.prune)}
+        segments, position, entering = [], 0, self.candidates
         for segment in inner:
             sizes = {
                 segment.start + offset: after[position + offset]

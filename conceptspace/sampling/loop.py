@@ -103,12 +103,12 @@ input; ``x0``: its x̂0; ``generator``: the per-sample generators)."""
 
 class RowSelection(Protocol):
     """A regime that keeps only some of the samples it started (group inference): after step ``index`` it sees
-    that step's x̂0 and the batch's conditioning, and returns the rows that go on (sorted indices), or None to keep
-    them all."""
+    that step's x̂0 and the batch's conditioning, and returns the rows that go on, in their new order (indices into
+    the step's rows), or None to keep them all."""
 
     def __call__(self, index: int, x0: torch.Tensor, cond: Conditioning) -> torch.Tensor | None: ...
 
-    def rows_per_image(self, index: int) -> float:
+    def rows_per_image(self, index: int) -> int:
         """How many samples run step ``index`` for each image kept at the end (its cost per image)."""
 
 
@@ -338,16 +338,16 @@ def denoise(
             if callback is not None:
                 callback(StepInfo(step, timestep_value(t), den.name, latents, x0, tuple(seeds), kept))
             if progress is not None:  # in images: the samples a selecting regime started count as a share of one
-                share = segment.select.rows_per_image(index) if segment.select is not None else 1.0
-                progress.update(round(rows_ran / share))
+                share = segment.select.rows_per_image(index) if segment.select is not None else 1
+                progress.update(rows_ran // share)
             step += 1
     _check_finite(finite, ran)
     return latents
 
 
-SCHEDULER_ROW_STATE = ("model_outputs", "last_sample", "sample", "prev_derivative")
+SCHEDULER_ROW_STATE = ("model_outputs", "last_sample", "sample", "prev_derivative", "ets", "cur_sample")
 """Scheduler attributes that hold one row per sample between steps (multistep solvers' history, Heun's first
-stage): what :func:`keep_scheduler_rows` subsets when samples are dropped."""
+stage, PNDM's): what :func:`keep_scheduler_rows` subsets when samples are dropped."""
 
 
 def keep_scheduler_rows(scheduler: Any, kept: torch.Tensor, rows: int) -> None:

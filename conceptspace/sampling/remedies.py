@@ -154,15 +154,14 @@ def denoiser_fields(den: Denoiser) -> dict[str, Any]:
     return {f.name: getattr(den, f.name) for f in fields(Denoiser)}
 
 
-def evaluations(segments: list[Segment]) -> dict[str, float]:
+def evaluations(segments: list[Segment]) -> dict[str, int]:
     """Network evaluations per image of a regime's segments: per model, and in all (a CFG step is two; the samples
     a selecting regime starts and drops count as a share of the images it keeps)."""
-    counts = {"base": 0.0, "distilled": 0.0}
+    counts = {"base": 0, "distilled": 0}
     for segment in segments:
         for offset, den in enumerate(segment.denoisers):
             share = segment.select.rows_per_image(segment.start + offset) if segment.select is not None else 1
             counts[den.name] += den.passes * share
-    counts = {name: int(count) if float(count).is_integer() else count for name, count in counts.items()}
     return {**counts, "total": counts["base"] + counts["distilled"]}
 
 

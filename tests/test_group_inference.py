@@ -157,7 +157,9 @@ def test_prompts_sharing_a_batch_are_chosen_among_their_own_candidates_and_keep_
 def test_a_prompt_with_one_image_in_the_batch_keeps_its_own_seed_and_says_why(pair):
     with pytest.warns(UserWarning, match="one image of a prompt"):
         alone = _run(pair, GroupInference(candidates=3), seeds=[7])
-    assert torch.allclose(alone.images, _run(pair, Distilled(), seeds=[7]).images, atol=1e-5)  # batch of 3 vs 1
+    assert torch.allclose(
+        alone.images, _run(pair, Distilled(), seeds=[7]).images, atol=1e-5
+    )  # batch of 3 vs 1
 
 
 def test_a_prompt_set_run_does_not_pad_a_groups_batch(pair):
@@ -199,3 +201,15 @@ def test_a_cut_at_the_last_step_is_refused(pair):
 def test_selecting_inside_another_remedy_is_refused(pair):
     with pytest.raises(ValueError, match="must be the outermost"):
         _run(pair, CADS(over=GroupInference(candidates=2)))
+
+
+def test_previews_pool_the_familys_image_grid():
+    """FLUX.2 holds its latents as a reshape of the patchified grid: the previews pool that grid, not the memory."""
+    from conceptspace import load_pair
+    from conceptspace.models.families.flux2 import patchified
+
+    flux2 = load_pair("tiny-flux2-klein", "tiny-flux2-klein-distilled", device="cpu")
+    selection = GroupInference(candidates=2).segments(flux2, flux2.device)[0].select
+    latents = torch.randn(2, 8, 8, 8)
+    assert torch.equal(selection.spatial(latents), patchified(latents))
+    assert torch.equal(flux2.family.spatial_latents(latents), patchified(latents))

@@ -180,3 +180,15 @@ def test_the_builtin_tiny_pair_samples_every_regime():
     for regime in (Base(steps=2), Distilled(), Hybrid(k=1)):
         result = sample(pair, PROMPT, regime, [0], output_type="latent", progress=False)
         assert torch.isfinite(result.latents).all()
+
+
+def test_the_memory_plan_counts_llama_from_its_own_repo(cache: Path, pair):
+    """The HiDream repo ships no fourth text encoder: a plan counts Llama's parameters from its own cached repo,
+    as many as the loaded pipeline's text_encoder_4 holds."""
+    from conceptspace.models.registry import get_spec
+    from conceptspace.models.sizes import component_parameters
+
+    counts, source = component_parameters(get_spec("hidream-i1-full"), cache_dir=cache)
+    llama = pair.pipeline.text_encoder_4
+    assert source == "files" and counts["text_encoder_4"] == sum(p.numel() for p in llama.parameters())
+    assert counts["transformer"] == sum(p.numel() for p in pair.pipeline.transformer.parameters())

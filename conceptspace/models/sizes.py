@@ -121,6 +121,7 @@ def component_parameters(
                     found = _folder_parameters(where / name)
                     if found is not None:
                         counts[name] = found
+            counts.update(_companion_parameters(spec, cache_dir, exclude=counts))
         elif spec.storage in ("pipeline", "unet_folder"):
             folder = where / (spec.network_folder if spec.storage == "pipeline" else (spec.subfolder or ""))
             found = _folder_parameters(folder)
@@ -136,6 +137,28 @@ def component_parameters(
     if spec.role == "student":
         published = {("network" if k == spec.network_folder else k): v for k, v in published.items()}
     return {k: int(v) for k, v in published.items()}, "published"
+
+
+def _companion_parameters(
+    spec: ModelSpec, cache_dir: str | os.PathLike | None, exclude: Mapping[str, int]
+) -> dict[str, int]:
+    """The components a base loads from other repos (its family's ``companion_repos``, e.g. HiDream's Llama), read
+    from their cached files; one not cached is left out (loading then says what to fetch)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from conceptspace.models.families import family_of
+
+    counts = {}
+    for name, repo in family_of(spec).companion_repos.items():
+        config = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir)
+        found = (
+            _folder_parameters(Path(config).parent)
+            if isinstance(config, str) and name not in exclude
+            else None
+        )
+        if found is not None:
+            counts[name] = found
+    return counts
 
 
 def _built_parameters(spec: ModelSpec) -> dict[str, int]:

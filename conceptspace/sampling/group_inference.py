@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -99,6 +99,8 @@ class GroupSelection:
     """Scheduler index → candidates per kept image left after that step (after the last cut: 1)."""
     entering: int
     """Candidates per kept image at the segment's first step."""
+    spatial: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda latents: latents, compare=False)
+    """The family's :meth:`~conceptspace.models.families.base.Family.spatial_latents`: previews pool an image grid."""
 
     def rows_per_image(self, index: int) -> int:
         return min([self.entering] + [size for at, size in self.sizes.items() if at < index])
@@ -107,7 +109,7 @@ class GroupSelection:
         if index not in self.sizes:
             return None
         per_image, slots = self.sizes[index], x0.shape[0] // self.rows_per_image(index)
-        features = preview_features(x0)
+        features = preview_features(self.spatial(x0))
         kept = torch.empty(slots * per_image, dtype=torch.long)
         for group in _slot_groups(cond, slots):
             rows = torch.tensor(
@@ -187,7 +189,9 @@ class GroupInference(Regime):
                 for offset in range(len(segment.denoisers))
                 if position + offset in after
             }
-            segments.append(replace(segment, select=GroupSelection(sizes, entering)))
+            segments.append(
+                replace(segment, select=GroupSelection(sizes, entering, pair.family.spatial_latents))
+            )
             position += len(segment.denoisers)
             entering = min([entering, *sizes.values()])
         return segments

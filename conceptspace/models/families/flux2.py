@@ -179,6 +179,9 @@ class Flux2(Family):
         spatial = grid.reshape(b, channels // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
         return vae.decode(spatial.reshape(b, channels // 4, 2 * h, 2 * w), return_dict=False)[0]
 
+    def spatial_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return patchified(latents)  # the sampler's layout is the patchified tensor's memory, not an image grid
+
     def random_pipeline(self, seed: int, dtype: torch.dtype) -> Any:
         from conceptspace.models.tiny_flux2 import tiny_flux2_pipeline
 

@@ -160,6 +160,7 @@ class HiDream(Family):
     """HiDream-I1 Full / Dev / Fast transformers (``HiDreamImagePipeline``)."""
 
     name: ClassVar[str] = "hidream"
+    companion_repos: ClassVar[dict[str, str]] = {"text_encoder_4": LLAMA_REPO_ID}
     text_inputs: ClassVar[tuple[str, ...]] = (
         "encoder_hidden_states_t5",
         "encoder_hidden_states_llama3",

@@ -226,6 +226,9 @@ def build_regimes(
         "renoise": over_student,
         "uncond-first": over_student,
         "guider": over_student,
+        "cfg-zero-star": over_student,
+        "repellency": over_student,
+        "group-inference": over_student,
         "interval-guidance": {"guidance_scale": guidance},  # over the hybrid with two base steps
     }
     return [parse_regime(spec, **defaults.get(name, {})) for spec, name in zip(specs, names, strict=True)]
@@ -387,8 +390,8 @@ RegimeOpt = Annotated[
         "--regime",
         "--regimes",
         help="base, distilled, hybrid, skip-first, replace-final, or a remedy: cads, cond-noise, interval-guidance, "
-        "renoise, uncond-first, guider (a diffusers guider: guider:guider=ClassifierFreeZeroStarGuidance), "
-        "sliderspace; options after colons, as compare takes them (hybrid:k=2, renoise:eta=0); repeat or "
+        "renoise, uncond-first, cfg-zero-star, repellency, group-inference, guider (a diffusers guider: "
+        "guider:guider=ClassifierFreeZeroStarGuidance), sliderspace; options after colons, as compare takes them (hybrid:k=2, renoise:eta=0); repeat or "
         "comma-separate.",
     ),
 ]

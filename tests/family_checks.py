@@ -40,9 +40,21 @@ def check_flow_x0(pair: Any, recording: Recording, prompt: str, seeds: list[int]
     recorded: list = []
     handle = recording(pair.student_network, calls)
     try:
-        sample(pair, prompt, Distilled(), seeds, output_type="latent", progress=False, callback=recorded.append)
+        sample(
+            pair, prompt, Distilled(), seeds, output_type="latent", progress=False, callback=recorded.append
+        )
     finally:
         handle.remove()
     assert len(calls) == len(recorded) == pair.spec("student").num_inference_steps
     for (x, t, velocity), info in zip(calls, recorded, strict=True):
         torch.testing.assert_close(info.x0, x - t / 1000 * velocity, rtol=0, atol=1e-5)
+
+
+def check_x0_recorded(pair: Any, regime: Any, prompt: str, **size: int) -> None:
+    """x̂0 is recorded at every step of ``regime`` (finite), and the last one is the sample's final latent."""
+    import torch
+
+    result = sample(pair, prompt, regime, [0], output_type="latent", record_x0=True, progress=False, **size)
+    trajectory = result.trajectory
+    assert trajectory.shape[1] == len(result.schedule) and torch.isfinite(trajectory).all()
+    torch.testing.assert_close(trajectory[:, -1], result.latents.float(), rtol=0, atol=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from family_checks import check_flow_x0, check_hybrid_hand_off
+from family_checks import check_flow_x0, check_hybrid_hand_off, check_x0_recorded
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample, schedule_of
 from conceptspace.models import get_spec, is_cached
@@ -166,10 +166,7 @@ def test_x0_is_the_latent_minus_sigma_times_the_velocity(tiny):
 
 @pytest.mark.parametrize("regime", [Distilled(), Base(steps=4)], ids=["distilled", "base"])
 def test_x0_is_recorded_every_step_and_the_last_is_the_output(tiny, regime):
-    result = sample(tiny, PROMPT, regime, [0], output_type="latent", record_x0=True, progress=False)
-    trajectory = result.trajectory
-    assert trajectory.shape[1] == len(result.schedule) and torch.isfinite(trajectory).all()
-    torch.testing.assert_close(trajectory[:, -1], result.latents.float(), rtol=0, atol=1e-5)
+    check_x0_recorded(tiny, regime, PROMPT)
 
 
 def test_the_hybrid_hands_the_bases_own_schedule_to_the_student(tiny):

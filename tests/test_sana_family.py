@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from family_checks import check_x0_recorded
 
 from conceptspace import Base, Distilled, Hybrid, load_pair, sample, schedule_of
 from conceptspace.models import get_spec, is_cached
@@ -114,20 +115,7 @@ def test_each_regime_reproduces_diffusers_own_pipeline(pair, role, regime, defau
 
 @pytest.mark.parametrize("regime", [Distilled(), Base(steps=4)], ids=["distilled", "base"])
 def test_x0_is_recorded_every_step_and_the_last_is_the_output(pair, regime):
-    result = sample(
-        pair,
-        PROMPT,
-        regime,
-        [0],
-        height=SIZE,
-        width=SIZE,
-        output_type="latent",
-        record_x0=True,
-        progress=False,
-    )
-    trajectory = result.trajectory
-    assert trajectory.shape[1] == len(result.schedule) and torch.isfinite(trajectory).all()
-    torch.testing.assert_close(trajectory[:, -1], result.latents.float(), rtol=0, atol=1e-5)
+    check_x0_recorded(pair, regime, PROMPT, height=SIZE, width=SIZE)
 
 
 def test_the_hybrid_runs_the_teacher_first_on_the_students_timesteps(pair):

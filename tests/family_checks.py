@@ -1,4 +1,5 @@
-"""Checks every family's tests share: what the hybrid's networks are called with, seen through forward hooks."""
+"""Checks every family's tests share: what the hybrid's networks are called with (seen through forward hooks), and
+that x̂0 is recorded at every step."""
 
 from __future__ import annotations
 

@@ -71,8 +71,8 @@ def sdxl_dmd2(cache: Path) -> tuple[Any, torch.nn.Module | None]:
 
 
 def full_student(base: str, student: str) -> Callable[[Path], tuple[Any, torch.nn.Module | None]]:
-    """A student shipped as a whole pipeline repo (FLUX.1-schnell, Z-Image-Turbo, SD3.5 Turbo), its base's
-    network loaded beside it."""
+    """A student shipped as a whole pipeline repo (FLUX.1-schnell, Z-Image-Turbo, SD3.5 Turbo, Krea 2 Turbo,
+    FLUX.2 [klein]), its base's network loaded beside it."""
 
     def load(cache: Path) -> tuple[Any, torch.nn.Module | None]:
         pipe = _modular(REGISTRY[student].repo_id, cache)
@@ -112,6 +112,12 @@ CASES = {
     "qwen-image-lightning-lora": Case("qwen-image", "qwen-image-lightning", qwen_lightning),
     "z-image-turbo": Case("z-image", "z-image-turbo", full_student("z-image", "z-image-turbo")),
     "sd35-turbo": Case("sd35-large", "sd35-large-turbo", full_student("sd35-large", "sd35-large-turbo")),
+    # Krea2TurboModularPipeline with Raw's transformer; Flux2KleinModularPipeline with [klein] Base's: loops
+    # without a guider, whose base steps run one conditional pass
+    "krea2-turbo": Case("krea2-raw", "krea2-turbo", full_student("krea2-raw", "krea2-turbo")),
+    "flux2-klein": Case(
+        "flux2-klein-base-4b", "flux2-klein-4b", full_student("flux2-klein-base-4b", "flux2-klein-4b")
+    ),
 }
 
 
@@ -315,3 +321,45 @@ def test_the_public_hybrid_is_the_function_even_after_its_module_is_imported() -
     from conceptspace.modular import hybrid
 
     assert callable(hybrid) and hybrid.__name__ == "hybrid"
+
+
+ONE_PASS_STUDENTS = {  # the student's modular pipeline, and its base's, which shares its model_name and guides
+    "krea2-turbo": ("Krea2TurboModularPipeline", "Krea2ModularPipeline"),
+    "flux2-klein": ("Flux2KleinModularPipeline", "Flux2KleinBaseModularPipeline"),
+}
+
+
+@pytest.fixture(scope="module", params=list(ONE_PASS_STUDENTS))
+def one_pass_student(request: pytest.FixtureRequest, hub_cache: Path) -> tuple[str, Any, torch.nn.Module]:
+    pipe, base = CASES[request.param].load(hub_cache)
+    assert type(pipe).__name__ == ONE_PASS_STUDENTS[request.param][0]
+    return request.param, pipe, base
+
+
+def test_a_base_modular_pipeline_sharing_its_students_model_name_is_refused(
+    one_pass_student, hub_cache
+) -> None:
+    from conceptspace.modular import hybrid
+
+    name, pipe, base = one_pass_student
+    student_class, base_class = ONE_PASS_STUDENTS[name]
+    # Raw's / [klein] Base's own modular pipeline, whose loop guides
+    base_pipe = _modular(REGISTRY[CASES[name].base].repo_id, hub_cache)
+    assert type(base_pipe).__name__ == base_class
+    assert base_pipe.blocks.model_name == pipe.blocks.model_name
+    with pytest.raises(
+        ValueError, match=f"base's modular pipeline.*make the hybrid from the student's \\({student_class}\\)"
+    ):
+        hybrid(base_pipe, base, k=1)
+
+
+def test_base_cfg_is_refused_where_the_students_loop_has_no_guider(one_pass_student) -> None:
+    from diffusers import ClassifierFreeGuidance
+
+    from conceptspace.modular import hybrid
+
+    name, pipe, base = one_pass_student
+    with pytest.raises(ValueError, match="cannot run classifier-free guidance"):
+        hybrid(pipe, base, k=1, base_guidance=REGISTRY[CASES[name].base].guidance_scale)  # 3.5 / 4
+    with pytest.raises(ValueError, match="takes no guider; its base steps run one conditional pass"):
+        hybrid(pipe, base, k=1, base_guider=ClassifierFreeGuidance(guidance_scale=3.0))

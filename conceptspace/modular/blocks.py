@@ -29,7 +29,7 @@ from diffusers.modular_pipelines import ModularPipeline, ModularPipelineBlocks
 from diffusers.modular_pipelines.modular_pipeline import LoopSequentialPipelineBlocks
 from diffusers.modular_pipelines.modular_pipeline_utils import ComponentSpec, OutputParam
 
-from conceptspace.models.families import family_of_network
+from conceptspace.models.families import family_of, family_of_network
 from conceptspace.modular.one_pass import OnePassCFGGuidance
 from conceptspace.sampling.loop import check_guidance, timestep_value
 
@@ -48,7 +48,11 @@ class LoopSeam:
     """The block-state field holding the student's embedded guidance (FLUX's ``guidance``, an LCM UNet's
     ``timestep_cond``), which a base step replaces with the base's own (or None, for a base that takes none)."""
     has_guider: bool = True
-    """Whether the loop guides through ``components.guider`` (FLUX's embeds its guidance instead)."""
+    """Whether the loop guides through ``components.guider`` (FLUX's embeds its guidance instead; Krea 2 Turbo's
+    and FLUX.2 [klein]'s run one conditional pass, with no guider and no negative prompt)."""
+    student_pipeline: str | None = None
+    """The student's modular pipeline, for a loop without a guider whose base's modular pipeline shares its
+    ``model_name`` and guides: a pipeline with the base's loop is refused, naming this one."""
 
 
 LOOP_SEAMS: dict[str, LoopSeam] = {
@@ -57,8 +61,17 @@ LOOP_SEAMS: dict[str, LoopSeam] = {
     "qwenimage": LoopSeam("transformer", "qwenimage"),
     "z-image": LoopSeam("transformer", "zimage"),
     "stable-diffusion-3": LoopSeam("transformer", "sd3"),
+    "krea2": LoopSeam("transformer", "krea2", has_guider=False, student_pipeline="Krea2TurboModularPipeline"),
+    "flux2-klein": LoopSeam(
+        "transformer", "flux2", has_guider=False, student_pipeline="Flux2KleinModularPipeline"
+    ),
 }
-"""The modular pipelines the hybrid supports, by their blocks' ``model_name``."""
+"""The modular pipelines the hybrid supports, by their blocks' ``model_name``: SDXL's, FLUX.1's, Qwen-Image's,
+Z-Image's, SD3's, and those of the distilled Krea 2 Turbo (``Krea2TurboModularPipeline``, Raw's transformer as the
+base) and FLUX.2 [klein] (``Flux2KleinModularPipeline``, [klein] Base's). Krea 2 Raw's and [klein] Base's own
+modular pipelines share their students' ``model_name`` but guide, so they are refused as students; and as the
+students' loops have no guider and no negative prompt, their bases run one conditional pass (``base_guidance`` at
+the family's one-pass scale, the default 0)."""
 
 
 class _BaseView:
@@ -256,7 +269,7 @@ def hybrid(
 
     Args:
         pipe: a modular pipeline set up as the student (its network, scheduler and guider): SDXL, FLUX, Qwen-Image,
-            Z-Image or SD3.
+            Z-Image, SD3, Krea 2 Turbo or FLUX.2 [klein] (the distilled model's).
         base_network: the base's UNet or transformer; None for a student loaded as a LoRA on the pipeline's
             network (``pipe.load_lora_weights``), whose adapters the base steps switch off.
         k: the number of base steps (conceptspace's ``Hybrid(k)``); None when ``boundary`` is given.
@@ -291,11 +304,27 @@ def hybrid(
         inner = loop.sub_blocks["denoiser"]
         if isinstance(inner, HybridLoopDenoiser):
             raise ValueError("this pipeline is already a hybrid: make the hybrid from the student's pipeline")
+        if not seam.has_guider and any(spec.name == "guider" for spec in inner.expected_components):
+            raise ValueError(
+                f"{type(pipe).__name__}'s denoising step ({type(inner).__name__}) guides through a guider: it is the "
+                f"base's modular pipeline, which shares model_name {blocks.model_name!r} with its distilled "
+                f"student's; make the hybrid from the student's ({seam.student_pipeline or 'its distilled model'}) "
+                "and give it this pipeline's network as base_network"
+            )
         loop.sub_blocks["denoiser"] = HybridLoopDenoiser(
             inner, seam, k=k, boundary=boundary, base_guidance=base_guidance
         )
     if base_guider is not None and not seam.has_guider:
-        raise ValueError(f"{type(pipe).__name__}'s loop takes no guider; give base_guidance instead")
+        instead = (
+            "give base_guidance instead" if seam.guidance_field else "its base steps run one conditional pass"
+        )
+        raise ValueError(f"{type(pipe).__name__}'s loop takes no guider; {instead}")
+    if not seam.has_guider and not seam.guidance_field and family_of(seam.family).cfg_weight(base_guidance):
+        raise ValueError(
+            f"{type(pipe).__name__}'s loop has no guider and no negative prompt, so the base cannot run "
+            f"classifier-free guidance (base_guidance={base_guidance}): its base steps run one conditional pass, "
+            "the paper's setting (leave base_guidance at 0)"
+        )
     if base_guider is not None and base_guidance:
         raise ValueError("give the base's guidance as base_guidance or as a base_guider, not both")
     if base_network is None and not getattr(

@@ -363,3 +363,32 @@ def test_base_cfg_is_refused_where_the_students_loop_has_no_guider(one_pass_stud
         hybrid(pipe, base, k=1, base_guidance=REGISTRY[CASES[name].base].guidance_scale)  # 3.5 / 4
     with pytest.raises(ValueError, match="takes no guider; its base steps run one conditional pass"):
         hybrid(pipe, base, k=1, base_guider=ClassifierFreeGuidance(guidance_scale=3.0))
+
+
+@pytest.mark.parametrize(
+    ("seam", "base_guidance", "scale"),
+    [
+        ("stable-diffusion-xl", 0.0, 0.0),
+        ("stable-diffusion-xl", 0.5, 0.0),  # diffusers' one-pass rule: CFG only above 1
+        ("stable-diffusion-xl", 3.0, 3.0),
+        ("z-image", 0.5, 1.5),  # Z-Image's cond + s·(cond − uncond): CFG as soon as s > 0, weight 1 + s
+        ("z-image", 3.0, 4.0),
+    ],
+)
+def test_the_base_guider_runs_the_base_as_its_family_does(
+    seam: str, base_guidance: float, scale: float
+) -> None:
+    from conceptspace.modular.blocks import LOOP_SEAMS, base_guider_scale
+
+    assert base_guider_scale(LOOP_SEAMS[seam], base_guidance) == scale
+
+
+def test_z_image_base_guidance_below_one_is_cfg_and_needs_unconditional_embeddings(hub_cache: Path) -> None:
+    """Z-Image's scale 0.5 is CFG (weight 1.5), which conceptspace's Hybrid runs with two passes; the Turbo
+    student's modular encoder makes no unconditional embeddings, so the modular hybrid refuses it instead of
+    silently running one pass."""
+    from conceptspace.modular import hybrid
+
+    pipe, base = CASES["z-image-turbo"].load(hub_cache)
+    with pytest.raises(ValueError, match="unconditional embeddings"):
+        hybrid(pipe, base, k=1, base_guidance=0.5)

@@ -33,7 +33,7 @@ from conceptspace.models.families import family_of, family_of_network
 from conceptspace.modular.one_pass import OnePassCFGGuidance
 from conceptspace.sampling.loop import check_guidance, timestep_value
 
-__all__ = ["HybridLoopDenoiser", "LoopSeam", "LOOP_SEAMS", "hybrid"]
+__all__ = ["HybridLoopDenoiser", "LoopSeam", "LOOP_SEAMS", "base_guider_scale", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class HybridLoopDenoiser(ModularPipelineBlocks):
                 ComponentSpec(
                     "base_guider",
                     OnePassCFGGuidance,
-                    config={"guidance_scale": self.base_guidance},
+                    config={"guidance_scale": base_guider_scale(self.seam, self.base_guidance)},
                     default_creation_method="from_config",
                 )
             )
@@ -341,11 +341,21 @@ def hybrid(
     extra: dict[str, Any] = {f"base_{seam.network}": base_network}
     if seam.has_guider:
         extra["base_guider"] = (
-            base_guider if base_guider is not None else OnePassCFGGuidance(guidance_scale=base_guidance)
+            base_guider
+            if base_guider is not None
+            else OnePassCFGGuidance(guidance_scale=base_guider_scale(seam, base_guidance))
         )
     made.update_components(**components, **extra, **config)
     _check_unconditional_embeds(made)
     return made
+
+
+def base_guider_scale(seam: LoopSeam, base_guidance: float) -> float:
+    """The scale of diffusers' CFG (``uncond + w·(cond − uncond)``) that runs the base as conceptspace's family
+    does at ``base_guidance`` (Z-Image's and Krea's ``cond + s·(cond − uncond)`` is ``w = 1 + s``), or 0 (one
+    pass) where the family runs no CFG at that scale."""
+    weight = family_of(seam.family).cfg_weight(base_guidance)
+    return 0.0 if weight is None else float(weight)
 
 
 def _check_unconditional_embeds(pipe: ModularPipeline) -> None:

@@ -39,13 +39,30 @@ from conceptspace.sampling import Conditioning, Denoiser, encode_text, latent_si
 Layers = Literal["self-attention", "cross-attention", "all"]
 LAYERS: tuple[str, ...] = ("self-attention", "cross-attention", "cross-attention-kv", "all")
 _ATTN_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-_FF = ("ff.net.0.proj", "ff.net.2")
-# Joint-attention transformers (SD3's MMDiT, FLUX) have one attention per block over image and text tokens: the
-# image stream's projections stand in for self-attention, the text stream's (add_*_proj) for cross-attention.
+_FF = ("ff.net.0.proj", "ff.net.2", "ff.linear_in", "ff.linear_out")  # diffusers' FeedForward; FLUX.2's
+# Joint-attention transformers (SD3's MMDiT, FLUX, FLUX.2) have one attention per block over image and text tokens:
+# the image stream's projections stand in for self-attention, the text stream's (add_*_proj) for cross-attention.
+# FLUX.2's single-stream blocks fuse q/k/v with their MLP's input (to_qkv_mlp_proj) and the attention's output with
+# the MLP's (to_out): their only attention projections, self-attention as FLUX's single-stream q/k/v are.
 _JOINT_SUFFIXES = {
-    "self-attention": [f".attn.{p}" for p in _ATTN_PROJECTIONS],
+    "self-attention": [f".attn.{p}" for p in _ATTN_PROJECTIONS] + [".attn.to_qkv_mlp_proj", ".attn.to_out"],
     "cross-attention": [".attn.add_q_proj", ".attn.add_k_proj", ".attn.add_v_proj", ".attn.to_add_out"],
     "cross-attention-kv": [".attn.add_k_proj", ".attn.add_v_proj"],
+}
+# HiDream's dual-stream blocks hold both streams in one attention (attn1): the image's to_q/k/v/out, the text's
+# to_q_t/k_t/v_t/out_t; its single-stream blocks' attn1 has the image's names. Feed-forwards: SwiGLU w1/w2/w3 (the
+# image stream's a mixture of experts, shared and routed).
+_HIDREAM_SUFFIXES = {
+    "self-attention": [f".attn1.{p}" for p in ("to_q", "to_k", "to_v", "to_out")],
+    "cross-attention": [f".attn1.{p}_t" for p in ("to_q", "to_k", "to_v", "to_out")],
+    "cross-attention-kv": [".attn1.to_k_t", ".attn1.to_v_t"],
+}
+# Single-stream transformers, by the prefix of their main blocks: the attention's module name and the layers ``all``
+# adds (Krea 2's attention output gate and SwiGLU). Text-only blocks (Z-Image's context refiner, Krea 2's text
+# fusion) are left out.
+_SINGLE_STREAM = {
+    "layers.": (".attention.", (".feed_forward.w1", ".feed_forward.w2", ".feed_forward.w3")),  # Z-Image
+    "transformer_blocks.": (".attn.", (".attn.to_gate", ".ff.gate", ".ff.up", ".ff.down")),  # Krea 2
 }
 
 
@@ -201,8 +218,12 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
     attention structure: with separate self- and cross-attention (PixArt's DiT blocks) as the UNet's; dual-stream
     joint attention (SD3, FLUX): the image stream's projections (``attn.to_q/k/v/out``) are the self-attention,
     the text stream's (``attn.add_q/k/v_proj``, ``to_add_out``) the cross-attention, ``all`` adds both
-    feed-forwards; single-stream (Z-Image): one attention over image and text tokens in the main ``layers``
-    stands for both, its ``to_k``/``to_v`` for the cross-attention's keys and values."""
+    feed-forwards (FLUX.2's single-stream blocks: their fused ``attn.to_qkv_mlp_proj`` and ``attn.to_out`` count as
+    self-attention); HiDream's: the image stream's ``attn1.to_q/k/v/out`` and the text stream's ``…_t``, ``all``
+    adding the SwiGLU feed-forwards, experts included; single-stream (Z-Image, Krea 2): one attention over image
+    and text tokens in the main ``layers`` (Krea 2: ``transformer_blocks``) stands for both, its ``to_k``/``to_v``
+    for the cross-attention's keys and values. SANA's blocks are read as PixArt's; its convolutional feed-forward
+    takes no slider."""
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}; got {layers!r}")
     names = [name for name, module in unet.named_modules() if isinstance(module, nn.Linear)]
@@ -215,17 +236,25 @@ def target_modules(unet: nn.Module, layers: str) -> list[str]:
         projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
         suffixes = [f".{a}.{p}" for a in attns.get(layers, ("attn1", "attn2")) for p in projections]
         suffixes += [f".{s}" for s in _FF] if layers == "all" else []
-    elif any(".attn.add_k_proj" in name for name in names):  # SD3, FLUX
+    elif any(".attn.add_k_proj" in name for name in names):  # SD3, FLUX, FLUX.2
         if layers == "all":
             suffixes = _JOINT_SUFFIXES["self-attention"] + _JOINT_SUFFIXES["cross-attention"]
             suffixes += [f".{s}" for s in _FF] + [f".ff_context.{s[3:]}" for s in _FF]
         else:
             suffixes = _JOINT_SUFFIXES[layers]
-    else:  # Z-Image: the main layers' single-stream attention
+    elif any(name.endswith(".attn1.to_k_t") for name in names):  # HiDream
+        if layers == "all":
+            suffixes = _HIDREAM_SUFFIXES["self-attention"] + _HIDREAM_SUFFIXES["cross-attention"]
+            suffixes += [".w1", ".w2", ".w3"]
+        else:
+            suffixes = _HIDREAM_SUFFIXES[layers]
+    else:  # Z-Image, Krea 2: the main blocks' single-stream attention
+        main = "layers." if any(name.startswith("layers.") for name in names) else "transformer_blocks."
+        attention, extra = _SINGLE_STREAM[main]
         projections = ("to_k", "to_v") if layers == "cross-attention-kv" else _ATTN_PROJECTIONS
-        suffixes = [f".attention.{p}" for p in projections]
-        suffixes += [".feed_forward.w1", ".feed_forward.w2", ".feed_forward.w3"] if layers == "all" else []
-        names = [name for name in names if name.startswith("layers.")]
+        suffixes = [f"{attention}{p}" for p in projections]
+        suffixes += list(extra) if layers == "all" else []
+        names = [name for name in names if name.startswith(main)]
     names = [name for name in names if name.endswith(tuple(suffixes))]
     if not names:
         raise ValueError(f"the {network_name(unet)} has no {layers} layers to train a slider on")

@@ -4,7 +4,9 @@ timestep window (:func:`apply_lora`), and merging into the weights for good (:fu
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -331,11 +333,16 @@ def _row_scale(scale: float | torch.Tensor, term: torch.Tensor) -> float | torch
     return per_row.view(rows, *([1] * (term.dim() - 1)))
 
 
-NETWORK_TIMESTEPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+NETWORK_TIMESTEPS: dict[str, Callable[..., torch.Tensor]] = {}
 """Per denoising-network class name, how its ``timestep`` argument maps to the scheduler's timesteps, in which
-LoRA windows are given (FLUX's transformer takes t / 1000). The model families register theirs
+LoRA windows are given (FLUX's transformer takes t / 1000). A mapping with a ``network`` keyword is given the
+network it reads for (SANA's depends on the network's config). The model families register theirs
 (:mod:`conceptspace.models.families`, listed in :data:`TIMESTEP_PROVIDERS`); other networks take the scheduler's
 timestep as it is."""
+
+TIMESTEP_KEYWORDS = ("timestep", "timesteps")
+"""The keywords a network's timestep argument goes by (HiDream's transformer takes ``timesteps``); else its second
+positional argument."""
 
 TIMESTEP_PROVIDERS = ["conceptspace.models.families"]
 """Modules imported before a LoRA tracks a network's timestep, so that their mappings are registered."""
@@ -344,7 +351,12 @@ TIMESTEP_PROVIDERS = ["conceptspace.models.families"]
 def _registered_timestep_map(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     for module in TIMESTEP_PROVIDERS:
         importlib.import_module(module)
-    return NETWORK_TIMESTEPS.get(type(network).__name__)
+    mapping = NETWORK_TIMESTEPS.get(type(network).__name__)
+    try:
+        takes_network = mapping is not None and "network" in inspect.signature(mapping).parameters
+    except (TypeError, ValueError):  # a callable without a signature takes the timestep alone
+        takes_network = False
+    return functools.partial(mapping, network=network) if takes_network else mapping
 
 
 def _timestep_hook(handle: LoRAHandle, to_scheduler: Callable[[torch.Tensor], torch.Tensor] | None) -> Any:
@@ -352,7 +364,8 @@ def _timestep_hook(handle: LoRAHandle, to_scheduler: Callable[[torch.Tensor], to
         # only a window needs the timestep: reading a GPU tensor would wait for the device
         if handle.t_start is None:
             return
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        key = next((k for k in TIMESTEP_KEYWORDS if kwargs.get(k) is not None), None)
+        t = kwargs[key] if key is not None else args[1] if len(args) > 1 else None
         if t is not None:
             handle.set_timestep(t if to_scheduler is None else to_scheduler(t))
 

@@ -146,6 +146,15 @@ class Sana(Family):
             out = out.chunk(2, dim=1)[0]
         return out.to(sample.dtype)
 
+    def scheduler_timestep(self, network_timestep: torch.Tensor, network: Any = None) -> torch.Tensor:
+        """The scheduler's t from ``network``'s timestep input, as :meth:`predict` calls it: SANA-Sprint's σ = t/1000,
+        SANA's t·``timestep_scale`` (σ for SANA-Sprint's teacher); t as it is when the network is not given."""
+        if network is None:
+            return network_timestep
+        if self.embeds_guidance(network):
+            return network_timestep * 1000
+        return network_timestep / network.config.timestep_scale
+
     def timestep_kwargs(
         self, scheduler: Any, network: Any, steps: int, latent_shape: tuple[int, int]
     ) -> dict[str, Any]:

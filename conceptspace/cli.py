@@ -396,6 +396,13 @@ RegimeOpt = Annotated[
     ),
 ]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")]
+AlsoEmbedderOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="More embedder specs for the diversity rows (repeatable; default: DINOv2 when its weights are "
+        "cached, beside --embedder's CLIP)."
+    ),
+]
 PromptsOpt = Annotated[
     Path | None, typer.Option(help="File of prompts: one per line, or a CSV with a 'prompt' column.")
 ]
@@ -1403,13 +1410,7 @@ def compare_methods(
     embedder: Annotated[
         str | None, typer.Option(help="Embedder spec for diversity and quality (default: the pair's).")
     ] = None,
-    also_embedder: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="More embedder specs for the diversity rows (repeatable; default: DINOv2 when its weights are "
-            "cached, beside --embedder's CLIP)."
-        ),
-    ] = None,
+    also_embedder: AlsoEmbedderOpt = None,
     fid_ref: Annotated[
         str | None,
         typer.Option(

@@ -169,10 +169,8 @@ def compare(
     model = f"{pair.base.name}/{pair.student.name}"
     rows = _embedding_diversity_rows(embeddings, pairs, spec.name, model, n_boot=n_boot, n_perm=n_perm)
     for extra in _also_embedders(also_embedders, spec, pair, progress):  # the same images in more spaces
-        extra_embeddings = _embed(extra, paths, progress)
-        rows += _embedding_diversity_rows(
-            extra_embeddings, pairs, extra.name, model, n_boot=n_boot, n_perm=n_perm
-        )
+        more = _embed(extra, paths, progress)
+        rows += _embedding_diversity_rows(more, pairs, extra.name, model, n_boot=n_boot, n_perm=n_perm)
     rows += base_reference_rows(
         embeddings, names, BASE, STUDENT, embedder=spec.name, model=model, n_boot=n_boot
     )

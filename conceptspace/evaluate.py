@@ -71,8 +71,10 @@ def evaluate_run(
     Rows, all with ``prompt="(all prompts)"``: ``metric="clip_score"`` per regime (mean over images, bootstrap 95%
     CI), ``metric="fid"`` per regime other than the reference (no CI; ``reference`` and ``n_reference`` keys), and
     ``metric="inception_score"`` per regime (bootstrap 95% CI over images; ``classifier`` key), and
-    ``metric="seconds_per_image"`` per regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over
-    images; ``batch_size`` and ``device_type`` keys, since both change it).
+    ``metric="conditional_vendi"`` per regime when the run has two prompts or more with two images or more each
+    (the prompt-aware diversity: :mod:`conceptspace.metrics.prompt_aware`), and ``metric="seconds_per_image"`` per
+    regime (mean of the manifest's per-image ``seconds``, bootstrap 95% CI over images; ``batch_size`` and
+    ``device_type`` keys, since both change it). Every image is embedded once, for all of these.
     """
     from conceptspace.results import write_metrics
 
@@ -102,13 +104,17 @@ def evaluate_run(
         )
 
     size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
-    rows = _clip_score_rows(spec, by_regime, n_boot) if has_text else []  # image-only embedder: no CLIP score
+    embedded = {r: spec.embed_images([str(path) for path, _ in images]) for r, images in by_regime.items()}
+    rows = (
+        _clip_score_rows(spec, by_regime, embedded, n_boot) if has_text else []
+    )  # image-only: no CLIP score
+    rows += _prompt_aware_rows(spec, by_regime, embedded)
     if reference is not None:
         rows += _fid_rows(reference, by_regime, fid_feature_extractor, fid_weights, size, batch_size, device)
     if inception_score:
         rows += _inception_score_rows(is_classifier, by_regime, size, batch_size, device, n_boot)
     if reference_regime is not None:
-        rows += _reference_set_rows(spec, by_regime, reference_regime, run_dir, n_boot)
+        rows += _reference_set_rows(spec, by_regime, embedded, reference_regime, run_dir, n_boot)
     rows += _seconds_rows(seconds, run.get("parameters", {}), spec, has_text, n_boot)
     write_metrics(run_dir, rows)
     return rows
@@ -157,23 +163,26 @@ def _is_classifier(
 
 
 def _reference_set_rows(
-    embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], reference: str, run_dir: Path, n_boot: int
+    embedder: Any,
+    by_regime: dict[str, list[tuple[Path, str]]],
+    embedded: dict[str, torch.Tensor],
+    reference: str,
+    run_dir: Path,
+    n_boot: int,
 ) -> list[dict[str, Any]]:
     """Every regime but ``reference`` against ``reference``'s images, pooled over prompts (PRDC with k = 5, or
     less for a few images; CMMD). Images are put in file order, which pairs them by prompt and seed."""
     from conceptspace.metrics import ALL_PROMPTS, reference_rows
 
-    ordered = {regime: sorted(path for path, _ in images) for regime, images in by_regime.items()}
-    names = {
-        regime: [path.relative_to(run_dir / regime) for path in paths] for regime, paths in ordered.items()
-    }
-    features = {regime: embedder.embed_images([str(p) for p in paths]) for regime, paths in ordered.items()}
-    n = min(len(paths) for paths in ordered.values())
+    order = {r: sorted(range(len(images)), key=lambda i: images[i][0]) for r, images in by_regime.items()}
+    names = {r: [by_regime[r][i][0].relative_to(run_dir / r) for i in rows] for r, rows in order.items()}
+    features = {r: embedded[r][rows] for r, rows in order.items()}
+    n = min(len(rows) for rows in order.values())
     k = min(5, n // 2 - 1)
     if k < 1:
         raise ValueError(f"{n} images per regime: measuring against {reference!r} needs at least 4")
     rows = []
-    for regime in (r for r in ordered if r != reference):
+    for regime in (r for r in order if r != reference):
         paired = names[regime] == names[reference]  # the same prompts and seeds: leave each image's twin out
         rows += reference_rows(
             {regime: features[regime]}, features[reference], ALL_PROMPTS, reference_name=reference, k=k,
@@ -182,8 +191,28 @@ def _reference_set_rows(
     return rows
 
 
+def _prompt_aware_rows(
+    embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], embedded: dict[str, torch.Tensor]
+) -> list[dict[str, Any]]:
+    """Per regime, the Conditional-Vendi score of its images over the run's prompts, where there are two prompts
+    or more and every prompt has two images or more (else no row: one image says nothing of a prompt's variety)."""
+    from conceptspace.metrics.prompt_aware import conditional_vendi_rows
+
+    by_prompt: dict[str, dict[str, torch.Tensor]] = {}
+    for regime, images in by_regime.items():
+        for prompt in dict.fromkeys(p for _, p in images):
+            rows = [i for i, (_, p) in enumerate(images) if p == prompt]
+            by_prompt.setdefault(prompt, {})[regime] = embedded[regime][rows]
+    if len(by_prompt) < 2 or any(len(x) < 2 for by in by_prompt.values() for x in by.values()):
+        return []
+    return conditional_vendi_rows(by_prompt, embedder=embedder.name)
+
+
 def _clip_score_rows(
-    embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], n_boot: int
+    embedder: Any,
+    by_regime: dict[str, list[tuple[Path, str]]],
+    embedded: dict[str, torch.Tensor],
+    n_boot: int,
 ) -> list[dict[str, Any]]:
     """Per regime, the mean CLIP score of each image against its own prompt."""
     from conceptspace.metrics import ALL_PROMPTS
@@ -196,7 +225,7 @@ def _clip_score_rows(
         texts = embedder.embed_texts(unique)
         row_of = {prompt: row for row, prompt in enumerate(unique)}
         estimate = clip_score(
-            embedder.embed_images([str(path) for path, _ in images]),
+            embedded[regime],
             texts[[row_of[prompt] for prompt in prompts]],
             n_boot=n_boot,
         )

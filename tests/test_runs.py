@@ -616,6 +616,8 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     assert [(r["regime"], r["metric"]) for r in rows] == [
         ("distilled", "clip_score"),
         ("hybrid", "clip_score"),
+        ("distilled", "conditional_vendi"),
+        ("hybrid", "conditional_vendi"),
         ("distilled", "fid"),
         ("hybrid", "fid"),
         ("distilled", "seconds_per_image"),
@@ -623,6 +625,15 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     ]
     embedder = load_embedder(clip_spec, device="cpu", progress=False)
     entries = [e for e in read_manifest(run) if e["regime"] == "hybrid"]
+    from conceptspace.metrics import conditional_vendi
+
+    # 3 prompts × 2 images: the prompt-aware score of the hybrid's images, as conditional_vendi gives it
+    vendi = conditional_vendi(
+        embedder.embed_images([str(run / e["path"]) for e in entries]), [e["prompt"] for e in entries]
+    )
+    assert (
+        rows[3]["value"] == pytest.approx(vendi, rel=1e-5) and rows[3]["n"] == 6 and rows[3]["n_prompts"] == 3
+    )
     expected = clip_score(
         embedder.embed_images([str(run / e["path"]) for e in entries]),
         embedder.embed_texts([e["prompt"] for e in entries]),
@@ -630,9 +641,9 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     )
     assert rows[1]["value"] == pytest.approx(expected.value, rel=1e-5) and rows[1]["n"] == 6
     assert rows[1]["ci_low"] <= rows[1]["value"] <= rows[1]["ci_high"] and rows[1]["embedder"] == clip_spec
-    distilled_fid, hybrid_fid = rows[2]["value"], rows[3]["value"]
+    distilled_fid, hybrid_fid = rows[4]["value"], rows[5]["value"]
     assert (
-        0 <= distilled_fid < hybrid_fid and rows[3]["reference"] == str(real) and rows[3]["n_reference"] == 6
+        0 <= distilled_fid < hybrid_fid and rows[5]["reference"] == str(real) and rows[5]["n_reference"] == 6
     )
     # features extracted once per set, then the Fréchet distance: the same number as torchmetrics' FID
     from conceptspace.evaluate import image_file_batches
@@ -653,8 +664,8 @@ def test_evaluate_writes_clip_score_and_fid_rows(reference_run: Path, clip_spec:
     by_regime = evaluate_run(
         run, embedder=clip_spec, fid_ref="distilled", fid_feature_extractor=features, progress=False
     )
-    assert [(r["regime"], r["metric"]) for r in by_regime][2:3] == [("hybrid", "fid")]
-    assert by_regime[2]["reference"] == "regime:distilled"
+    assert [(r["regime"], r["metric"]) for r in by_regime][4:5] == [("hybrid", "fid")]
+    assert by_regime[4]["reference"] == "regime:distilled"
 
 
 def test_evaluate_command_prints_the_table(reference_run: Path, clip_spec: str, tmp_path: Path) -> None:
@@ -731,11 +742,13 @@ def test_evaluate_with_an_image_only_embedder_skips_the_clip_score(
     # tiny-sdxl's default embedder (pixels:32) has no text tower: FID and time only, and a note saying why
     rows = evaluate_run(run, fid_ref="distilled", fid_feature_extractor=features, n_boot=50, progress=False)
     assert [(r["regime"], r["metric"]) for r in rows] == [
+        ("distilled", "conditional_vendi"),
+        ("hybrid", "conditional_vendi"),
         ("hybrid", "fid"),
         ("distilled", "seconds_per_image"),
         ("hybrid", "seconds_per_image"),
     ]
-    assert rows[1]["notes"] == "no clip_score: embedder 'pixels:32' has no text tower"
+    assert rows[3]["notes"] == "no clip_score: embedder 'pixels:32' has no text tower"
     # nothing at all to measure is still an error
     (run / "metrics.json").unlink()
     with pytest.raises(ValueError, match="embeds images only.*or --fid-ref for FID alone"):

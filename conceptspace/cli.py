@@ -400,7 +400,7 @@ AlsoEmbedderOpt = Annotated[
     list[str] | None,
     typer.Option(
         help="More embedder specs for the diversity rows (repeatable; default: DINOv2 when its weights are "
-        "cached, beside --embedder's CLIP)."
+        "cached, beside --embedder's CLIP; 'none' for none)."
     ),
 ]
 PromptsOpt = Annotated[
@@ -1472,7 +1472,7 @@ def compare_methods(
         out_dir=out,
         base=Base(steps=steps, guidance_scale=guidance),
         embedder=embedder,
-        also_embedders=also_embedder,
+        also_embedders=[] if also_embedder == ["none"] else also_embedder,
         fid_ref=fid_ref,
         fid_weights=fid_weights,
         inception_score=inception_score,

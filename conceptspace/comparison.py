@@ -366,7 +366,8 @@ def _also_embedders(chosen: Sequence[Any] | None, main: Any, pair: ModelPair, pr
     """The embedders of the extra diversity rows: ``chosen`` loaded, or DINOv2 when its config and weights are in
     the Hugging Face cache and ``main`` is not DINOv2 (one that then fails to load is left out with a warning)."""
     if chosen is not None:
-        return [resolve_embedder(e, pair, device=pair.device, progress=progress) for e in chosen]
+        loaded = [resolve_embedder(e, pair, device=pair.device, progress=progress) for e in chosen]
+        return [e for e in loaded if e.name != main.name]  # the main space's rows are there already
     from huggingface_hub import try_to_load_from_cache
 
     repo = DINOV2.split(":", 1)[1]
@@ -375,7 +376,7 @@ def _also_embedders(chosen: Sequence[Any] | None, main: Any, pair: ModelPair, pr
         return []
     try:
         return [resolve_embedder(DINOV2, pair, device=pair.device, progress=progress)]
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError, RuntimeError) as error:  # the main rows do not need it
         warnings.warn(f"no DINOv2 diversity rows: {DINOV2} did not load ({error})", stacklevel=3)
         return []
 

@@ -104,11 +104,13 @@ def evaluate_run(
         )
 
     size = _open_rgb(by_regime[next(iter(by_regime))][0][0]).size  # every image of a run has the same size
-    embedded = {r: spec.embed_images([str(path) for path, _ in images]) for r, images in by_regime.items()}
+    varied = [r for r, images in by_regime.items() if _images_per_prompt(images) >= 2]  # a prompt-aware score
+    needs_embeddings = has_text or varied or reference_regime is not None
+    embedded = _embed_regimes(spec, by_regime) if needs_embeddings else {}
     rows = (
         _clip_score_rows(spec, by_regime, embedded, n_boot) if has_text else []
     )  # image-only: no CLIP score
-    rows += _prompt_aware_rows(spec, by_regime, embedded)
+    rows += _prompt_aware_rows(spec, {r: by_regime[r] for r in varied}, embedded)
     if reference is not None:
         rows += _fid_rows(reference, by_regime, fid_feature_extractor, fid_weights, size, batch_size, device)
     if inception_score:
@@ -191,21 +193,37 @@ def _reference_set_rows(
     return rows
 
 
+def _embed_regimes(embedder: Any, by_regime: dict[str, list[tuple[Path, str]]]) -> dict[str, torch.Tensor]:
+    """Every regime's images embedded once, in the manifest's order, for all the rows that read them."""
+    return {
+        regime: embedder.embed_images([str(path) for path, _ in images])
+        for regime, images in by_regime.items()
+    }
+
+
+def _images_per_prompt(images: list[tuple[Path, str]]) -> int:
+    """The fewest images any of a regime's prompts has, or 0 for a regime of one prompt (no prompt set)."""
+    counts: dict[str, int] = {}
+    for _, prompt in images:
+        counts[prompt] = counts.get(prompt, 0) + 1
+    return min(counts.values()) if len(counts) > 1 else 0
+
+
 def _prompt_aware_rows(
     embedder: Any, by_regime: dict[str, list[tuple[Path, str]]], embedded: dict[str, torch.Tensor]
 ) -> list[dict[str, Any]]:
-    """Per regime, the Conditional-Vendi score of its images over the run's prompts, where there are two prompts
-    or more and every prompt has two images or more (else no row: one image says nothing of a prompt's variety)."""
+    """Per regime (of two prompts or more, each with two images or more: one image says nothing of a prompt's
+    variety), the Conditional-Vendi score of its images over its prompts."""
     from conceptspace.metrics.prompt_aware import conditional_vendi_rows
 
-    by_prompt: dict[str, dict[str, torch.Tensor]] = {}
+    rows = []
     for regime, images in by_regime.items():
-        for prompt in dict.fromkeys(p for _, p in images):
-            rows = [i for i, (_, p) in enumerate(images) if p == prompt]
-            by_prompt.setdefault(prompt, {})[regime] = embedded[regime][rows]
-    if len(by_prompt) < 2 or any(len(x) < 2 for by in by_prompt.values() for x in by.values()):
-        return []
-    return conditional_vendi_rows(by_prompt, embedder=embedder.name)
+        indices: dict[str, list[int]] = {}
+        for i, (_, prompt) in enumerate(images):
+            indices.setdefault(prompt, []).append(i)
+        by_prompt = {prompt: {regime: embedded[regime][rows_of]} for prompt, rows_of in indices.items()}
+        rows += conditional_vendi_rows(by_prompt, embedder=embedder.name)
+    return rows
 
 
 def _clip_score_rows(

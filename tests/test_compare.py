@@ -411,7 +411,8 @@ def test_another_embedder_adds_its_own_diversity_rows_for_the_same_images(
     shutil.copytree(compared.out_dir, tmp_path / "again")
     again = compare(
         pair, ["a red circle", "a blue square"], ["hybrid", "cads:noise_scale=0.5"], seeds=range(6),
-        out_dir=tmp_path / "again", base=Base(steps=4), embedder=clip_spec, also_embedders=["pixels:8"],
+        out_dir=tmp_path / "again", base=Base(steps=4), embedder=clip_spec, also_embedders=[clip_spec, "pixels:8"],  # the main one again: no second copy of its rows
+       
         fid_features=_Identity(), inception_score=True,
         is_classifier=torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), batch_size=3,
         report=False, **FAST,

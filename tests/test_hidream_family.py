@@ -180,3 +180,21 @@ def test_the_memory_plan_counts_llama_from_its_own_repo(cache: Path, pair):
     llama = pair.pipeline.text_encoder_4
     assert source == "files" and counts["text_encoder_4"] == sum(p.numel() for p in llama.parameters())
     assert counts["transformer"] == sum(p.numel() for p in pair.pipeline.transformer.parameters())
+
+
+def test_the_memory_plan_reads_llama_where_the_environment_points(cache: Path, tmp_path, monkeypatch):
+    """CONCEPTSPACE_HIDREAM_LLAMA names a local folder: the plan counts the Llama there, as loading reads it (a
+    folder holding one shard fewer than the cached repo: a smaller count, the folder's own)."""
+    from conceptspace.models.registry import get_spec
+    from conceptspace.models.sizes import component_parameters, safetensors_parameters
+    from conceptspace.models.tiny_hidream import write_tiny_llama_repo
+
+    spec = get_spec("hidream-i1-full")
+    cached = component_parameters(spec, cache_dir=cache)[0]["text_encoder_4"]
+    folder = write_tiny_llama_repo(tmp_path / "llama")
+    sorted(folder.glob("*.safetensors"))[-1].unlink()
+    monkeypatch.setenv("CONCEPTSPACE_HIDREAM_LLAMA", str(folder))
+    counted = component_parameters(spec, cache_dir=cache)[0]["text_encoder_4"]
+    assert counted == sum(safetensors_parameters(f) for f in folder.glob("*.safetensors")) < cached
+    monkeypatch.setenv("CONCEPTSPACE_HIDREAM_LLAMA", str(tmp_path / "nowhere"))  # not a folder, not a repo
+    assert "text_encoder_4" not in component_parameters(spec, cache_dir=cache)[0]

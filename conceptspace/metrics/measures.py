@@ -111,7 +111,8 @@ def conditional_vendi(embeddings: ArrayLike, prompts: Sequence[str], q: float | 
     labels = list(prompts)
     if len(labels) != len(x):
         raise ValueError(f"give one prompt per embedding: {len(labels)} prompts for {len(x)} embeddings")
-    same = np.array([[a == b for b in labels] for a in labels], dtype=float)
+    codes = np.unique(np.array(labels, dtype=object), return_inverse=True)[1]
+    same = (codes[:, None] == codes[None, :]).astype(float)
     order = vendi_order(q)
     joint, condition = np.linalg.eigvalsh(np.stack([(x @ x.T) * same, same]))
     joint_score, prompt_score = vendi_from_eigenvalues(np.stack([joint, condition]), order)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from conceptspace.metrics.draws import vendi_jackknife
-from conceptspace.metrics.measures import conditional_vendi, vendi_of_subsets
+from conceptspace.metrics.measures import vendi_of_subsets
 from conceptspace.results import ALL_PROMPTS, metric_row
 from conceptspace.stats import ArrayLike, as_embeddings, normal_quantile
 
@@ -75,9 +75,7 @@ def conditional_vendi_rows(
         counts = np.array([len(x) for x in xs], dtype=float)
         weights = counts / counts.sum()
         log_value = float(sum(w * full for w, (full, _) in zip(weights, logs[regime], strict=True)))
-        value = conditional_vendi(
-            np.concatenate(xs), [p for p, x in zip(prompts, xs, strict=True) for _ in x]
-        )
+        value = math.exp(log_value)  # conditional_vendi's value, factorised: no (images × images) spectrum
         se = math.sqrt(
             sum(w * w * _jackknife_variance(loo) for w, (_, loo) in zip(weights, logs[regime], strict=True))
         )

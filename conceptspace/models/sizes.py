@@ -142,20 +142,29 @@ def component_parameters(
 def _companion_parameters(
     spec: ModelSpec, cache_dir: str | os.PathLike | None, exclude: Mapping[str, int]
 ) -> dict[str, int]:
-    """The components a base loads from other repos (its family's ``companion_repos``, e.g. HiDream's Llama), read
-    from their cached files; one not cached is left out (loading then says what to fetch)."""
+    """The components a base loads from elsewhere (its family's ``companions()``, e.g. HiDream's Llama), read from
+    their local folder or cached repo; one not on disk is left out (loading then says what to fetch)."""
     from huggingface_hub import try_to_load_from_cache
 
     from conceptspace.models.families import family_of
 
+    try:
+        companions = family_of(spec).companions()
+    except ValueError:  # an architecture no family adapter answers to: nothing known beyond the repo
+        return {}
     counts = {}
-    for name, repo in family_of(spec).companion_repos.items():
-        config = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir)
-        found = (
-            _folder_parameters(Path(config).parent)
-            if isinstance(config, str) and name not in exclude
-            else None
-        )
+    for name, source in companions.items():
+        if name in exclude:
+            continue
+        if os.path.isdir(source):
+            folder: Path | None = Path(source)
+        else:
+            try:
+                config = try_to_load_from_cache(source, "config.json", cache_dir=cache_dir)
+            except ValueError:  # neither a folder nor a repo id: loading says what is wrong
+                config = None
+            folder = Path(config).parent if isinstance(config, str) else None
+        found = _folder_parameters(folder) if folder is not None else None
         if found is not None:
             counts[name] = found
     return counts

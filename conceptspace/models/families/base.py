@@ -126,9 +126,6 @@ class Family(ABC):
     micro-conditions and time ids are left alone."""
     text_mask_input: ClassVar[str | None] = None
     """The conditioning input that marks a padded sequence's real tokens (nonzero), where the family has one."""
-    companion_repos: ClassVar[dict[str, str]] = {}
-    """Pipeline components a base repo does not ship, by component name → the hub repo they are loaded from
-    (HiDream's Llama text encoder): what a memory plan counts beside the repo's own folders."""
 
     single_pass_scale: ClassVar[float] = 1.0
     """The guidance scale at which the network runs one plain conditional pass (diffusers' CFG-off value)."""
@@ -216,6 +213,11 @@ class Family(ABC):
         """Diffusion latents → images in [-1, 1] through the family's VAE, as its pipeline decodes them.
         Differentiable."""
         return vae.decode(vae_input(vae, latents), return_dict=False)[0]
+
+    def companions(self) -> dict[str, str]:
+        """Pipeline components a base repo does not ship, by component name → where they are loaded from (a hub
+        repo or a local folder; HiDream's Llama text encoder): what a memory plan counts beside the repo's own."""
+        return {}
 
     def spatial_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The sampler's latents as a ``(B, C, h, w)`` grid laid out like the image (what x̂0 previews pool over):

@@ -160,7 +160,6 @@ class HiDream(Family):
     """HiDream-I1 Full / Dev / Fast transformers (``HiDreamImagePipeline``)."""
 
     name: ClassVar[str] = "hidream"
-    companion_repos: ClassVar[dict[str, str]] = {"text_encoder_4": LLAMA_REPO_ID}
     text_inputs: ClassVar[tuple[str, ...]] = (
         "encoder_hidden_states_t5",
         "encoder_hidden_states_llama3",
@@ -185,6 +184,11 @@ class HiDream(Family):
         "axes_dims_rope",
         "llama_layers",
     )
+
+    def companions(self) -> dict[str, str]:
+        return {
+            "text_encoder_4": llama_source()
+        }  # where loading reads it: CONCEPTSPACE_HIDREAM_LLAMA or the hub
 
     def pipeline_class(self) -> type:
         """``HiDreamImagePipeline``, with a ``from_pretrained`` that also reads its Llama encoder."""

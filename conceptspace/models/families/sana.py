@@ -148,7 +148,9 @@ class Sana(Family):
 
     def scheduler_timestep(self, network_timestep: torch.Tensor, network: Any = None) -> torch.Tensor:
         """The scheduler's t from ``network``'s timestep input, as :meth:`predict` calls it: SANA-Sprint's σ = t/1000,
-        SANA's t·``timestep_scale`` (σ for SANA-Sprint's teacher); t as it is when the network is not given."""
+        SANA's t·``timestep_scale`` (σ for SANA-Sprint's teacher); t as it is when the network is not given. These
+        are the flow scheduler's timesteps conceptspace samples SANA-Sprint with; diffusers' ``SanaSprintPipeline``
+        steps by SCM angles instead, so a window given in its timesteps does not carry over."""
         if network is None:
             return network_timestep
         if self.embeds_guidance(network):

@@ -411,8 +411,8 @@ def test_another_embedder_adds_its_own_diversity_rows_for_the_same_images(
     shutil.copytree(compared.out_dir, tmp_path / "again")
     again = compare(
         pair, ["a red circle", "a blue square"], ["hybrid", "cads:noise_scale=0.5"], seeds=range(6),
-        out_dir=tmp_path / "again", base=Base(steps=4), embedder=clip_spec, also_embedders=[clip_spec, "pixels:8"],  # the main one again: no second copy of its rows
-       
+        out_dir=tmp_path / "again", base=Base(steps=4), embedder=clip_spec,
+        also_embedders=[clip_spec, "pixels:8"],  # the main one again: no second copy of its rows
         fid_features=_Identity(), inception_score=True,
         is_classifier=torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), batch_size=3,
         report=False, **FAST,
@@ -429,4 +429,4 @@ def test_another_embedder_adds_its_own_diversity_rows_for_the_same_images(
         vendi_score(embedder.embed_images([str(p) for _, p in files])), rel=1e-6
     )
     clip_rows = [r for r in again.rows if r.get("embedder") != "pixels:8"]
-    assert len(clip_rows) == len(compared.rows)  # the main embedder's rows are as before
+    assert len(clip_rows) == len(compared.rows)  # the main embedder given again adds no copy

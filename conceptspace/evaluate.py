@@ -107,9 +107,8 @@ def evaluate_run(
     varied = [r for r, images in by_regime.items() if _images_per_prompt(images) >= 2]  # a prompt-aware score
     needs_embeddings = has_text or varied or reference_regime is not None
     embedded = _embed_regimes(spec, by_regime) if needs_embeddings else {}
-    rows = (
-        _clip_score_rows(spec, by_regime, embedded, n_boot) if has_text else []
-    )  # image-only: no CLIP score
+    # an image-only embedder gives no CLIP score
+    rows = _clip_score_rows(spec, by_regime, embedded, n_boot) if has_text else []
     rows += _prompt_aware_rows(spec, {r: by_regime[r] for r in varied}, embedded)
     if reference is not None:
         rows += _fid_rows(reference, by_regime, fid_feature_extractor, fid_weights, size, batch_size, device)

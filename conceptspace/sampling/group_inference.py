@@ -112,12 +112,9 @@ class GroupSelection:
         features = preview_features(self.spatial(x0))
         kept = torch.empty(slots * per_image, dtype=torch.long)
         for group in _slot_groups(cond, slots):
-            rows = torch.tensor(
-                [p for p in range(x0.shape[0]) if p % slots in group]
-            )  # the prompt's candidates
-            if (
-                len(group) * per_image == 1
-            ):  # one image of this prompt in the batch: nothing to choose between
+            # the prompt's candidates; a prompt with one image in the batch has nothing to choose between
+            rows = torch.tensor([p for p in range(x0.shape[0]) if p % slots in group])
+            if len(group) * per_image == 1:
                 warnings.warn(
                     "group inference: a batch holds one image of a prompt, so its candidates have no group to be "
                     "diverse in and the image's own seed is kept; sample a prompt's seeds in one batch "

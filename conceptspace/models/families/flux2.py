@@ -173,14 +173,13 @@ class Flux2(Family):
         mean = vae.bn.running_mean.view(1, -1, 1, 1).to(grid)
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(grid)
         grid = grid * std + mean
-        b, channels, h, w = (
-            grid.shape
-        )  # unpatchify: channel (c, dy, dx) → pixel (2y + dy, 2x + dx) of channel c
+        # unpatchify: channel (c, dy, dx) → pixel (2y + dy, 2x + dx) of channel c
+        b, channels, h, w = grid.shape
         spatial = grid.reshape(b, channels // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
         return vae.decode(spatial.reshape(b, channels // 4, 2 * h, 2 * w), return_dict=False)[0]
 
     def spatial_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return patchified(latents)  # the sampler's layout is the patchified tensor's memory, not an image grid
+        return patchified(latents)  # the sampler's layout is that tensor's memory, not an image grid
 
     def random_pipeline(self, seed: int, dtype: torch.dtype) -> Any:
         from conceptspace.models.tiny_flux2 import tiny_flux2_pipeline
